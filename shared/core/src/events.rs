@@ -1,0 +1,422 @@
+//! phoenix's own events (source `phoenix`), what each means for a fleet (`Intent`), and the
+//! records phoenix keeps of what it decided (`Change`).
+
+use crate::error::{Error, Result};
+use crate::ids::{FleetName, ImageId, InstanceId};
+use crate::model::{validate_capacity, Health, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The EventBridge `source` of every event phoenix accepts from pipelines and emits itself.
+pub const SOURCE: &str = "phoenix";
+
+pub const IMAGE_READY: &str = "ImageReady";
+pub const HEALTH_CHECK_FAILED: &str = "HealthCheckFailed";
+pub const HEALTH_CHECK_PASSED: &str = "HealthCheckPassed";
+pub const SCALE_REQUESTED: &str = "ScaleRequested";
+pub const RECONCILE_REQUESTED: &str = "ReconcileRequested";
+
+/// What an EventBridge schedule delivers (the scheduled reconcile).
+pub const SCHEDULE_SOURCE: &str = "aws.events";
+pub const SCHEDULED_EVENT: &str = "Scheduled Event";
+
+/// The EventBridge envelope fields phoenix uses. `id` and `time` come from EventBridge itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Envelope {
+    pub id: String,
+    pub source: String,
+    pub detail_type: String,
+    pub time: Timestamp,
+    pub detail: Value,
+}
+
+/// What an event asks of a fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Intent {
+    /// Run this image from now on (replacing every instance on another image).
+    ImageReady {
+        fleet: FleetName,
+        image: ImageId,
+    },
+    HealthCheckFailed {
+        instance: InstanceId,
+        reason: String,
+    },
+    HealthCheckPassed {
+        instance: InstanceId,
+    },
+    Scale {
+        fleet: FleetName,
+        target: ScaleTarget,
+    },
+    /// Reconcile one fleet now, or every fleet.
+    Reconcile {
+        fleet: Option<FleetName>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleTarget {
+    Desired(u32),
+    Delta(i64),
+}
+
+// Wire shapes of the details. Unknown fields are tolerated (newer publishers may add some).
+#[derive(Deserialize)]
+struct ImageReadyDetail {
+    fleet: String,
+    image: String,
+}
+#[derive(Deserialize)]
+struct HealthFailedDetail {
+    instance: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+#[derive(Deserialize)]
+struct HealthPassedDetail {
+    instance: String,
+}
+#[derive(Deserialize)]
+struct ScaleDetail {
+    fleet: String,
+    #[serde(default)]
+    desired: Option<i64>,
+    #[serde(default)]
+    delta: Option<i64>,
+}
+#[derive(Deserialize)]
+struct ReconcileDetail {
+    #[serde(default)]
+    fleet: Option<String>,
+}
+
+fn detail<T: serde::de::DeserializeOwned>(detail_type: &str, v: &Value) -> Result<T> {
+    if !v.is_object() {
+        return Err(Error::Event(format!(
+            "{detail_type}: detail must be a JSON object, got {v}"
+        )));
+    }
+    serde_json::from_value(v.clone()).map_err(|e| Error::Event(format!("{detail_type}: {e}")))
+}
+
+fn field<T>(detail_type: &str, r: Result<T>) -> Result<T> {
+    r.map_err(|e| Error::Event(format!("{detail_type}: {e}")))
+}
+
+impl Intent {
+    /// Parses a phoenix event. Rejects (with the reason) anything that is not from `phoenix`, of an
+    /// unknown detail-type, or missing or mistyped fields.
+    pub fn from_envelope(env: &Envelope) -> Result<Intent> {
+        if env.source == SCHEDULE_SOURCE && env.detail_type == SCHEDULED_EVENT {
+            return Ok(Intent::Reconcile { fleet: None });
+        }
+        if env.source != SOURCE {
+            return Err(Error::Event(format!(
+                "source {:?} is not {SOURCE:?}",
+                env.source
+            )));
+        }
+        Self::from_detail(&env.detail_type, &env.detail)
+    }
+
+    pub fn from_detail(detail_type: &str, v: &Value) -> Result<Intent> {
+        let dt = detail_type;
+        Ok(match dt {
+            IMAGE_READY => {
+                let d: ImageReadyDetail = detail(dt, v)?;
+                Intent::ImageReady {
+                    fleet: field(dt, FleetName::parse(&d.fleet))?,
+                    image: field(dt, ImageId::parse(&d.image))?,
+                }
+            }
+            HEALTH_CHECK_FAILED => {
+                let d: HealthFailedDetail = detail(dt, v)?;
+                let reason = d
+                    .reason
+                    .filter(|r| !r.trim().is_empty())
+                    .unwrap_or_else(|| "health check failed".into());
+                Intent::HealthCheckFailed {
+                    instance: field(dt, InstanceId::parse(&d.instance))?,
+                    reason,
+                }
+            }
+            HEALTH_CHECK_PASSED => {
+                let d: HealthPassedDetail = detail(dt, v)?;
+                Intent::HealthCheckPassed {
+                    instance: field(dt, InstanceId::parse(&d.instance))?,
+                }
+            }
+            SCALE_REQUESTED => {
+                let d: ScaleDetail = detail(dt, v)?;
+                let fleet = field(dt, FleetName::parse(&d.fleet))?;
+                let target = match (d.desired, d.delta) {
+                    (Some(n), None) => ScaleTarget::Desired(field(dt, validate_capacity(n))?),
+                    (None, Some(0)) => {
+                        return Err(Error::Event(format!("{dt}: delta must not be 0")))
+                    }
+                    (None, Some(n)) if n.unsigned_abs() > u64::from(crate::model::MAX_CAPACITY) => {
+                        return Err(Error::Event(format!(
+                            "{dt}: invalid capacity: delta {n} is larger than the maximum capacity"
+                        )))
+                    }
+                    (None, Some(n)) => ScaleTarget::Delta(n),
+                    _ => {
+                        return Err(Error::Event(format!(
+                            "{dt}: give exactly one of `desired` or `delta`"
+                        )))
+                    }
+                };
+                Intent::Scale { fleet, target }
+            }
+            RECONCILE_REQUESTED => {
+                let d: ReconcileDetail = detail(dt, v)?;
+                Intent::Reconcile {
+                    fleet: d
+                        .fleet
+                        .map(|f| field(dt, FleetName::parse(&f)))
+                        .transpose()?,
+                }
+            }
+            other => return Err(Error::Event(format!("unknown detail-type {other:?}"))),
+        })
+    }
+
+    /// The detail-type and detail JSON of this intent, as published on the bus.
+    pub fn to_detail(&self) -> (&'static str, Value) {
+        use serde_json::json;
+        match self {
+            Intent::ImageReady { fleet, image } => {
+                (IMAGE_READY, json!({"fleet": fleet, "image": image}))
+            }
+            Intent::HealthCheckFailed { instance, reason } => (
+                HEALTH_CHECK_FAILED,
+                json!({"instance": instance, "reason": reason}),
+            ),
+            Intent::HealthCheckPassed { instance } => {
+                (HEALTH_CHECK_PASSED, json!({"instance": instance}))
+            }
+            Intent::Scale {
+                fleet,
+                target: ScaleTarget::Desired(n),
+            } => (SCALE_REQUESTED, json!({"fleet": fleet, "desired": n})),
+            Intent::Scale {
+                fleet,
+                target: ScaleTarget::Delta(n),
+            } => (SCALE_REQUESTED, json!({"fleet": fleet, "delta": n})),
+            Intent::Reconcile { fleet: Some(f) } => (RECONCILE_REQUESTED, json!({"fleet": f})),
+            Intent::Reconcile { fleet: None } => (RECONCILE_REQUESTED, json!({})),
+        }
+    }
+}
+
+/// What caused a change: the event (or command) it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cause {
+    /// EventBridge event id, when the change came from an event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub source: String,
+    pub detail_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<Timestamp>,
+}
+
+impl Cause {
+    pub fn from_envelope(env: &Envelope) -> Self {
+        Cause {
+            event_id: Some(env.id.clone()),
+            source: env.source.clone(),
+            detail_type: env.detail_type.clone(),
+            event_time: Some(env.time),
+        }
+    }
+    /// A change phoenix made on its own initiative (the scheduled reconcile, a command).
+    pub fn internal(what: &str) -> Self {
+        Cause {
+            event_id: None,
+            source: SOURCE.into(),
+            detail_type: what.into(),
+            event_time: None,
+        }
+    }
+}
+
+/// One entry of a fleet's append-only history. Each committed change carries the list of these
+/// that it made, next to its cause.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    FleetCreated {
+        image: ImageId,
+        capacity: u32,
+    },
+    FleetUpdated {
+        fields: Vec<String>,
+    },
+    ImageChanged {
+        from: ImageId,
+        to: ImageId,
+    },
+    CapacityChanged {
+        from: u32,
+        to: u32,
+    },
+    /// An event that asked for nothing new (same image, older than the last change, ...).
+    Ignored {
+        reason: String,
+    },
+    RolloutStarted {
+        rollout: u64,
+        from: Option<ImageId>,
+        to: ImageId,
+    },
+    RolloutSuperseded {
+        rollout: u64,
+    },
+    WaveStarted {
+        rollout: u64,
+        wave: u32,
+        launches: u32,
+    },
+    WaveHealthy {
+        rollout: u64,
+        wave: u32,
+    },
+    RolloutSucceeded {
+        rollout: u64,
+    },
+    LaunchDecided {
+        token: String,
+        image: ImageId,
+        count: u32,
+        reason: String,
+    },
+    LaunchRetried {
+        token: String,
+    },
+    Launched {
+        token: String,
+        instances: Vec<InstanceId>,
+    },
+    LaunchFailed {
+        token: String,
+        error: String,
+    },
+    TerminationDecided {
+        instance: InstanceId,
+        reason: String,
+    },
+    Terminated {
+        instances: Vec<InstanceId>,
+    },
+    TerminationFailed {
+        instances: Vec<InstanceId>,
+        error: String,
+    },
+    HealthChanged {
+        instance: InstanceId,
+        health: Health,
+    },
+    StateChanged {
+        instance: InstanceId,
+        state: crate::model::Lifecycle,
+    },
+    /// EC2 no longer has an instance phoenix did not decide to terminate.
+    Vanished {
+        instance: InstanceId,
+        state: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_intent_round_trips_through_its_wire_form() {
+        let intents = [
+            Intent::ImageReady {
+                fleet: FleetName::parse("web").unwrap(),
+                image: ImageId::parse("ami-12345678").unwrap(),
+            },
+            Intent::HealthCheckFailed {
+                instance: InstanceId::parse("i-12345678").unwrap(),
+                reason: "http 503".into(),
+            },
+            Intent::HealthCheckPassed {
+                instance: InstanceId::parse("i-12345678").unwrap(),
+            },
+            Intent::Scale {
+                fleet: FleetName::parse("web").unwrap(),
+                target: ScaleTarget::Desired(6),
+            },
+            Intent::Scale {
+                fleet: FleetName::parse("web").unwrap(),
+                target: ScaleTarget::Delta(-2),
+            },
+            Intent::Reconcile { fleet: None },
+        ];
+        for intent in intents {
+            let (dt, detail) = intent.to_detail();
+            assert_eq!(Intent::from_detail(dt, &detail).unwrap(), intent);
+        }
+    }
+
+    #[test]
+    fn bad_details_are_rejected_with_the_reason() {
+        let cases = [
+            (
+                IMAGE_READY,
+                json!({"fleet": "web"}),
+                "missing field `image`",
+            ),
+            (
+                IMAGE_READY,
+                json!({"fleet": "web", "image": "ubuntu"}),
+                "not an AMI id",
+            ),
+            (IMAGE_READY, json!("web"), "must be a JSON object"),
+            (HEALTH_CHECK_FAILED, json!({"instance": 42}), "invalid type"),
+            (
+                SCALE_REQUESTED,
+                json!({"fleet": "web", "desired": -1}),
+                "negative",
+            ),
+            (
+                SCALE_REQUESTED,
+                json!({"fleet": "web", "desired": 1000000}),
+                "maximum",
+            ),
+            (
+                SCALE_REQUESTED,
+                json!({"fleet": "web", "desired": 3, "delta": 1}),
+                "exactly one",
+            ),
+            (SCALE_REQUESTED, json!({"fleet": "web"}), "exactly one"),
+            ("Surprise", json!({}), "unknown detail-type"),
+        ];
+        for (dt, detail, expected) in cases {
+            let err = Intent::from_detail(dt, &detail).unwrap_err().to_string();
+            assert!(err.contains(expected), "{dt} {detail}: {err}");
+        }
+    }
+
+    #[test]
+    fn foreign_sources_are_rejected() {
+        let env = Envelope {
+            id: "1".into(),
+            source: "aws.ec2".into(),
+            detail_type: IMAGE_READY.into(),
+            time: chrono::DateTime::UNIX_EPOCH,
+            detail: json!({"fleet": "web", "image": "ami-12345678"}),
+        };
+        assert!(Intent::from_envelope(&env)
+            .unwrap_err()
+            .to_string()
+            .contains("is not \"phoenix\""));
+    }
+}

@@ -1,0 +1,17 @@
+//! phoenix's functional core.
+//!
+//! Everything here is a pure function of its inputs: no I/O, no async, no clock reads, no AWS
+//! types. The adapters in `phoenix-aws` load state, observe EC2, call into this crate, then apply
+//! the commands it returns. That split is what lets the planner be tested with plain values and
+//! driven by a deterministic simulator.
+
+pub mod error;
+pub mod events;
+pub mod ids;
+pub mod model;
+pub mod patterns;
+pub mod planner;
+pub mod quantity;
+
+pub use error::{Error, Result};
+pub use ids::{FleetName, ImageId, InstanceId};

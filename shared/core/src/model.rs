@@ -1,0 +1,408 @@
+//! The fleet model: what a fleet should be (`FleetSpec`), what phoenix knows it is (`Fleet`,
+//! `Instance`, `Rollout`), and what it has decided but not yet seen happen (`PendingLaunch`).
+
+use crate::error::{Error, Result};
+use crate::ids::{FleetName, ImageId, InstanceId};
+use crate::quantity::{Quantity, Rounding};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The largest capacity a fleet may ask for. A guard against typos (`capacity: 40000` for 40),
+/// not a limit of the design.
+pub const MAX_CAPACITY: u32 = 10_000;
+
+/// Tag keys phoenix puts on every instance it launches, at launch (tag-on-create), so that an
+/// instance is attributable to its fleet and decision from the moment it exists.
+pub const TAG_FLEET: &str = "phoenix:fleet";
+pub const TAG_IMAGE: &str = "phoenix:image";
+pub const TAG_TOKEN: &str = "phoenix:launch";
+
+pub type Timestamp = DateTime<Utc>;
+
+/// Which signal makes a freshly launched instance count as healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthSignal {
+    /// EC2 reports the instance running with both status checks `ok`.
+    #[default]
+    Ec2,
+    /// A `HealthCheckPassed` event names the instance (an application-level check).
+    Event,
+}
+
+/// How replacements proceed. Percentages are of the fleet's capacity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutPolicy {
+    /// How many instances above capacity may exist while replacing (rounded up). Default 1.
+    #[serde(default = "default_surge")]
+    pub max_surge: Quantity,
+    /// How many instances below capacity may be unavailable while replacing (rounded down). Default 0.
+    #[serde(default = "default_unavailable")]
+    pub max_unavailable: Quantity,
+    /// What makes a new instance count as healthy. Default `ec2`.
+    #[serde(default)]
+    pub health_check: HealthSignal,
+}
+
+fn default_surge() -> Quantity {
+    Quantity::Count(1)
+}
+fn default_unavailable() -> Quantity {
+    Quantity::Count(0)
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        RolloutPolicy {
+            max_surge: default_surge(),
+            max_unavailable: default_unavailable(),
+            health_check: HealthSignal::Ec2,
+        }
+    }
+}
+
+/// The disruption budget resolved against a capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Budget {
+    /// Most instances that may exist at once (capacity + surge).
+    pub max_total: u32,
+    /// Fewest healthy instances that must remain (capacity - unavailable).
+    pub min_healthy: u32,
+}
+
+impl RolloutPolicy {
+    pub fn budget(&self, capacity: u32) -> Budget {
+        let mut surge = self.max_surge.resolve(capacity, Rounding::Up);
+        let unavailable = self
+            .max_unavailable
+            .resolve(capacity, Rounding::Down)
+            .min(capacity);
+        // Both zero would forbid every replacement; like Kubernetes, allow one surge instead.
+        if surge == 0 && unavailable == 0 {
+            surge = 1;
+        }
+        Budget {
+            max_total: capacity.saturating_add(surge),
+            min_healthy: capacity - unavailable,
+        }
+    }
+}
+
+/// A launch template to launch from instead of (or in addition to) the fleet's own fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchTemplateRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// What a fleet should be. Written by `phoenix fleet apply`; changed by events (image, capacity).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSpec {
+    pub name: FleetName,
+    /// The approved image every instance should run.
+    pub image: ImageId,
+    #[serde(deserialize_with = "capacity_from_any")]
+    pub capacity: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_template: Option<LaunchTemplateRef>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub policy: RolloutPolicy,
+}
+
+/// Capacities arrive as JSON numbers from users; read them wide so `-1` and `1e9` get our own
+/// message instead of serde's "expected u32".
+fn capacity_from_any<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
+    let v = i64::deserialize(d)?;
+    validate_capacity(v).map_err(serde::de::Error::custom)
+}
+
+pub fn validate_capacity(v: i64) -> Result<u32> {
+    if v < 0 {
+        return Err(Error::invalid("capacity", format!("{v} is negative")));
+    }
+    if v > i64::from(MAX_CAPACITY) {
+        return Err(Error::invalid(
+            "capacity",
+            format!("{v} is more than the maximum of {MAX_CAPACITY}"),
+        ));
+    }
+    Ok(v as u32)
+}
+
+impl FleetSpec {
+    /// Checks what serde cannot: cross-field rules and reserved tag keys.
+    pub fn validate(&self) -> Result<()> {
+        validate_capacity(i64::from(self.capacity))?;
+        if self.instance_type.is_none() && self.launch_template.is_none() {
+            return Err(Error::invalid(
+                "instance_type",
+                "required unless a launch_template is given",
+            ));
+        }
+        if let Some(t) = &self.instance_type {
+            let ok = t.split_once('.').is_some_and(|(family, size)| {
+                !family.is_empty()
+                    && !size.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            });
+            if !ok {
+                return Err(Error::invalid(
+                    "instance_type",
+                    format!("{t:?} is not an EC2 instance type like \"t3.micro\""),
+                ));
+            }
+        }
+        if let Some(lt) = &self.launch_template {
+            if lt.id.is_some() == lt.name.is_some() {
+                return Err(Error::invalid(
+                    "launch_template",
+                    "give exactly one of id or name",
+                ));
+            }
+        }
+        for key in self.tags.keys() {
+            let lower = key.to_ascii_lowercase();
+            if lower.starts_with("phoenix:") || lower.starts_with("aws:") {
+                return Err(Error::invalid(
+                    "tags",
+                    format!("{key:?} uses a reserved prefix (phoenix: or aws:)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a fleet file (YAML, of which JSON is a subset). Errors name the line and the field.
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        let spec: FleetSpec =
+            serde_yaml::from_str(text).map_err(|e| Error::FleetFile(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// EC2's lifecycle states, as observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Lifecycle {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    ShuttingDown,
+    Terminated,
+}
+
+impl Lifecycle {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Lifecycle::Pending,
+            "running" => Lifecycle::Running,
+            "stopping" => Lifecycle::Stopping,
+            "stopped" => Lifecycle::Stopped,
+            "shutting-down" => Lifecycle::ShuttingDown,
+            "terminated" => Lifecycle::Terminated,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Pending => "pending",
+            Lifecycle::Running => "running",
+            Lifecycle::Stopping => "stopping",
+            Lifecycle::Stopped => "stopped",
+            Lifecycle::ShuttingDown => "shutting-down",
+            Lifecycle::Terminated => "terminated",
+        }
+    }
+    /// Gone or going: EC2 will not bring it back.
+    pub fn is_gone(self) -> bool {
+        matches!(self, Lifecycle::ShuttingDown | Lifecycle::Terminated)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Health {
+    /// Launched, not yet proven healthy.
+    Unknown,
+    Healthy,
+    /// Failed a health check. Sticky: an instance that failed is replaced, never trusted again.
+    Unhealthy {
+        reason: String,
+    },
+}
+
+/// phoenix has decided to terminate this instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disposal {
+    pub reason: String,
+    pub decided_at: Timestamp,
+    /// Terminate only once this launch (its replacement) has succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_launch: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub image: ImageId,
+    pub launched_at: Timestamp,
+    pub state: Lifecycle,
+    pub health: Health,
+    /// The launch decision that created it (its EC2 ClientToken and `phoenix:launch` tag).
+    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposal: Option<Disposal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated_at: Option<Timestamp>,
+}
+
+impl Instance {
+    pub fn is_live(&self) -> bool {
+        self.terminated_at.is_none()
+    }
+    pub fn is_healthy(&self) -> bool {
+        self.health == Health::Healthy && self.state == Lifecycle::Running
+    }
+    pub fn is_failed(&self) -> bool {
+        matches!(self.health, Health::Unhealthy { .. })
+    }
+}
+
+/// A launch phoenix decided and has not yet seen the instances of. Recorded before RunInstances is
+/// called (write-ahead), so a crash between the call and the record is recovered by finding the
+/// instances by their `phoenix:launch` tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingLaunch {
+    pub token: String,
+    pub image: ImageId,
+    pub count: u32,
+    pub reason: String,
+    pub decided_at: Timestamp,
+    /// Until then, the invocation that decided it owns the call; after, any reconcile may finish it.
+    pub lease_until: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutStatus {
+    InProgress,
+    Succeeded,
+    /// A newer image arrived before this rollout finished; the newer rollout continues from here.
+    Superseded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wave {
+    pub number: u32,
+    pub started_at: Timestamp,
+    /// Launch tokens of this wave.
+    pub tokens: Vec<String>,
+    pub launched: Vec<InstanceId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub terminated: Vec<InstanceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ImageId>,
+    pub to: ImageId,
+    pub status: RolloutStatus,
+    pub started_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    pub waves: Vec<Wave>,
+}
+
+/// Everything phoenix records about one fleet. `instances` may hold only part of the fleet (an
+/// instance-scoped event loads just its instance); `complete` says which.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fleet {
+    pub spec: FleetSpec,
+    /// Bumped by every committed change; every write is conditional on the version it read.
+    pub version: u64,
+    pub created_at: Timestamp,
+    /// Event times of the last image and capacity changes, so a late, older event cannot undo a
+    /// newer one (EventBridge does not order deliveries).
+    pub image_set_at: Timestamp,
+    pub capacity_set_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingLaunch>,
+    /// Live instances (kept as a count so instance-scoped work can respect the surge limit without
+    /// reading every instance).
+    pub live: u32,
+    #[serde(skip)]
+    pub instances: BTreeMap<InstanceId, Instance>,
+    #[serde(skip)]
+    pub complete: bool,
+}
+
+impl Fleet {
+    pub fn new(spec: FleetSpec, now: Timestamp) -> Self {
+        Fleet {
+            spec,
+            version: 0,
+            created_at: now,
+            image_set_at: now,
+            capacity_set_at: now,
+            rollout: None,
+            pending: Vec::new(),
+            live: 0,
+            instances: BTreeMap::new(),
+            complete: true,
+        }
+    }
+
+    pub fn live_instances(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.values().filter(|i| i.is_live())
+    }
+
+    pub fn pending_count(&self) -> u32 {
+        self.pending.iter().map(|p| p.count).sum()
+    }
+
+    pub fn budget(&self) -> Budget {
+        self.spec.policy.budget(self.spec.capacity)
+    }
+}
+
+/// What EC2 says about one instance tagged with the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub id: InstanceId,
+    pub image: Option<ImageId>,
+    pub state: Lifecycle,
+    /// Both EC2 status checks (system and instance) report `ok`.
+    pub status_ok: bool,
+    pub launched_at: Option<Timestamp>,
+    /// The `phoenix:launch` tag.
+    pub token: Option<String>,
+}
