@@ -1,0 +1,862 @@
+//! The deployment templates agree with the Rust sources and stay least-privilege.
+//!
+//! `infra/template.yaml` (SAM, deployed to AWS) and `infra/cfn-plain.yaml` (plain CloudFormation
+//! for the local emulator) are parsed into JSON with CloudFormation short tags (`!Ref`, `!Sub`,
+//! `!GetAtt`, ...) expanded to their long form, then checked against `phoenix_core::patterns`,
+//! against each other, and against the IAM rules in `least_privilege_violations`.
+
+use phoenix_core::model::TAG_FLEET;
+use phoenix_core::patterns::{rules, Function, RECONCILE_SCHEDULE};
+use serde_json::{json, Map, Value};
+use serde_yaml::Value as Yaml;
+use std::collections::{BTreeMap, BTreeSet};
+
+const SAM_TEMPLATE: &str = include_str!("../../infra/template.yaml");
+const PLAIN_TEMPLATE: &str = include_str!("../../infra/cfn-plain.yaml");
+
+// ------------------------------------------------------------------------------------- parsing
+
+/// Parses a CloudFormation YAML template into JSON, expanding short-form intrinsics.
+fn parse(text: &str) -> Value {
+    let yaml: Yaml = serde_yaml::from_str(text).expect("template is valid YAML");
+    to_json(yaml)
+}
+
+fn to_json(yaml: Yaml) -> Value {
+    match yaml {
+        Yaml::Null => Value::Null,
+        Yaml::Bool(b) => Value::Bool(b),
+        Yaml::Number(n) => number(&n),
+        Yaml::String(s) => Value::String(s),
+        Yaml::Sequence(items) => Value::Array(items.into_iter().map(to_json).collect()),
+        Yaml::Mapping(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (map_key(k), to_json(v)))
+                .collect(),
+        ),
+        Yaml::Tagged(tagged) => intrinsic(&tagged.tag.to_string(), to_json(tagged.value)),
+    }
+}
+
+fn number(n: &serde_yaml::Number) -> Value {
+    match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => json!(i),
+        (None, Some(f)) => json!(f),
+        (None, None) => panic!("unsupported number {n}"),
+    }
+}
+
+fn map_key(key: Yaml) -> String {
+    match key {
+        Yaml::String(s) => s,
+        other => panic!("non-string mapping key {other:?}"),
+    }
+}
+
+/// `!Ref X` → `{"Ref": "X"}`, `!GetAtt A.B` → `{"Fn::GetAtt": ["A", "B"]}`, `!Sub s` →
+/// `{"Fn::Sub": s}`, and so on for every other `!Name` → `{"Fn::Name": ...}`.
+fn intrinsic(tag: &str, value: Value) -> Value {
+    match (tag.trim_start_matches('!'), value) {
+        ("Ref", v) => json!({ "Ref": v }),
+        ("Condition", v) => json!({ "Condition": v }),
+        ("GetAtt", Value::String(dotted)) => {
+            let (resource, attribute) = dotted.split_once('.').expect("!GetAtt Resource.Attribute");
+            get_att(resource, attribute)
+        }
+        (name, v) => Value::Object(Map::from_iter([(format!("Fn::{name}"), v)])),
+    }
+}
+
+fn sam() -> Value {
+    parse(SAM_TEMPLATE)
+}
+
+fn plain() -> Value {
+    parse(PLAIN_TEMPLATE)
+}
+
+/// The logical id a rule for a function must target in one template.
+type TargetOf = fn(Function) -> String;
+
+/// Both templates, each with what a rule for `function` must target in it: the function itself
+/// in AWS, the SQS queue standing in for it on the emulator.
+
+fn templates() -> [(&'static str, Value, TargetOf); 2] {
+    [
+        ("template.yaml", sam(), |f| format!("{}Function", stem(f))),
+        ("cfn-plain.yaml", plain(), |f| format!("{}Queue", stem(f))),
+    ]
+}
+
+// ----------------------------------------------------------------------------------- accessors
+
+fn get_att(resource: &str, attribute: &str) -> Value {
+    json!({ "Fn::GetAtt": [resource, attribute] })
+}
+
+fn reference(name: &str) -> Value {
+    json!({ "Ref": name })
+}
+
+fn sub(text: &str) -> Value {
+    json!({ "Fn::Sub": text })
+}
+
+/// `Function::Image` → `"Image"`: the stem of that function's logical ids.
+fn stem(function: Function) -> String {
+    let name = function.name();
+    name[..1].to_uppercase() + &name[1..]
+}
+
+fn resources(template: &Value) -> &Map<String, Value> {
+    template["Resources"]
+        .as_object()
+        .expect("template has Resources")
+}
+
+fn resource<'a>(template: &'a Value, id: &str) -> &'a Value {
+    resources(template)
+        .get(id)
+        .unwrap_or_else(|| panic!("no resource {id}"))
+}
+
+fn properties<'a>(template: &'a Value, id: &str) -> &'a Value {
+    &resource(template, id)["Properties"]
+}
+
+fn resources_of_type<'a>(template: &'a Value, type_prefix: &str) -> BTreeMap<&'a str, &'a Value> {
+    resources(template)
+        .iter()
+        .filter(|(_, r)| {
+            r["Type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with(type_prefix))
+        })
+        .map(|(id, r)| (id.as_str(), r))
+        .collect()
+}
+
+/// Event rules by logical id: those with an `EventPattern` (`scheduled` false) or a
+/// `ScheduleExpression` (`scheduled` true).
+fn event_rules(template: &Value, scheduled: bool) -> BTreeMap<&str, &Value> {
+    let key = if scheduled {
+        "ScheduleExpression"
+    } else {
+        "EventPattern"
+    };
+    resources_of_type(template, "AWS::Events::Rule")
+        .into_iter()
+        .map(|(id, r)| (id, &r["Properties"]))
+        .filter(|(_, p)| !p[key].is_null())
+        .collect()
+}
+
+fn only_target(rule: &Value) -> &Value {
+    let targets = rule["Targets"].as_array().expect("rule has Targets");
+    assert_eq!(targets.len(), 1, "one target per rule: {rule}");
+    &targets[0]
+}
+
+/// A single value or a list, as IAM allows for `Action` and `Resource`.
+fn one_or_many(value: &Value) -> Vec<&Value> {
+    match value {
+        Value::Null => vec![],
+        Value::Array(items) => items.iter().collect(),
+        single => vec![single],
+    }
+}
+
+// --------------------------------------------------------------------------- a. event patterns
+
+#[test]
+fn every_core_rule_is_in_both_templates_with_its_pattern_and_target() {
+    let expected_ids: BTreeSet<String> =
+        rules().iter().map(|r| format!("{}Rule", r.name)).collect();
+    for (label, template, target_of) in templates() {
+        let found = event_rules(&template, false);
+        let found_ids: BTreeSet<String> = found.keys().map(|id| id.to_string()).collect();
+        assert_eq!(
+            found_ids, expected_ids,
+            "{label}: pattern rules differ from phoenix_core::patterns::rules()"
+        );
+        for spec in rules() {
+            let rule = found[format!("{}Rule", spec.name).as_str()];
+            assert_eq!(
+                rule["EventPattern"], spec.pattern,
+                "{label}: pattern of {}",
+                spec.name
+            );
+            let target = only_target(rule);
+            assert_eq!(
+                target["Arn"],
+                get_att(&target_of(spec.function), "Arn"),
+                "{label}: target of {}",
+                spec.name
+            );
+        }
+    }
+}
+
+#[test]
+fn reconcile_runs_on_the_core_schedule_on_the_default_bus() {
+    for (label, template, target_of) in templates() {
+        let scheduled = event_rules(&template, true);
+        assert_eq!(
+            scheduled.keys().copied().collect::<Vec<_>>(),
+            ["ReconcileScheduleRule"],
+            "{label}"
+        );
+        let rule = scheduled["ReconcileScheduleRule"];
+        assert_eq!(rule["ScheduleExpression"], RECONCILE_SCHEDULE, "{label}");
+        assert!(
+            rule["EventBusName"].is_null(),
+            "{label}: scheduled rules exist only on the default bus"
+        );
+        assert_eq!(
+            only_target(rule)["Arn"],
+            get_att(&target_of(Function::Reconcile), "Arn"),
+            "{label}"
+        );
+    }
+}
+
+#[test]
+fn pattern_rules_listen_on_the_phoenix_bus() {
+    let sam = sam();
+    let bus =
+        json!({ "Fn::If": ["CreateBus", get_att("EventBus", "Name"), reference("EventBusName")] });
+    for (id, rule) in event_rules(&sam, false) {
+        assert_eq!(rule["EventBusName"], bus, "template.yaml: {id}");
+    }
+    let plain = plain();
+    for (id, rule) in event_rules(&plain, false) {
+        assert_eq!(
+            rule["EventBusName"],
+            get_att("EventBus", "Name"),
+            "cfn-plain.yaml: {id}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------- b. IAM
+
+/// Every statement of every policy in the template: identity policies and resource policies.
+fn statements(value: &Value) -> Vec<&Value> {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .flat_map(|(key, v)| {
+                if key == "Statement" {
+                    one_or_many(v)
+                } else {
+                    statements(v)
+                }
+            })
+            .collect(),
+        Value::Array(items) => items.iter().flat_map(statements).collect(),
+        _ => vec![],
+    }
+}
+
+fn actions(statement: &Value) -> Vec<&str> {
+    one_or_many(&statement["Action"])
+        .into_iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+fn statement_resources(statement: &Value) -> Vec<&Value> {
+    one_or_many(&statement["Resource"])
+}
+
+fn grants(statement: &Value, action: &str) -> bool {
+    actions(statement).contains(&action)
+}
+
+fn condition<'a>(statement: &'a Value, operator: &str, key: &str) -> &'a Value {
+    &statement["Condition"][operator][key]
+}
+
+/// A condition value that is exactly `expected`, written as a string or a one-element list.
+fn is_exactly(value: &Value, expected: &str) -> bool {
+    value == expected || *value == json!([expected])
+}
+
+/// The ARN text of a literal or `!Sub` resource.
+fn arn_text(resource: &Value) -> String {
+    resource
+        .as_str()
+        .or_else(|| resource["Fn::Sub"].as_str())
+        .map_or_else(|| resource.to_string(), str::to_owned)
+}
+
+/// `arn:...:ec2:region:account:instance/*` → `instance`.
+fn ec2_resource_type(arn: &str) -> &str {
+    let last = arn.rsplit(':').next().unwrap_or(arn);
+    last.split('/').next().unwrap_or(last)
+}
+
+type IamRule = fn(&Value) -> Option<String>;
+
+/// What each allowed statement must satisfy; a rule returns a description of what it found wrong.
+const IAM_RULES: &[(&str, IamRule)] = &[
+    ("no wildcard or negated actions", no_wildcard_actions),
+    ("no public principal", no_public_principal),
+    (
+        "Resource \"*\" only for ec2:Describe*",
+        star_resource_only_for_describe,
+    ),
+    (
+        "RunInstances creates only fleet-tagged instances",
+        run_instances_only_tagged,
+    ),
+    ("CreateTags only at launch", create_tags_only_at_launch),
+    (
+        "TerminateInstances only on fleet-tagged instances",
+        terminate_only_tagged,
+    ),
+    (
+        "PassRole only the instance role, only to EC2",
+        pass_role_only_instance_role,
+    ),
+    (
+        "DynamoDB only on the fleet table",
+        dynamodb_only_fleet_table,
+    ),
+    (
+        "PutEvents only on the phoenix bus",
+        put_events_only_phoenix_bus,
+    ),
+];
+
+/// Violations of phoenix's least-privilege rules anywhere in the template; empty when it is fine.
+fn least_privilege_violations(template: &Value) -> Vec<String> {
+    let allowed = statements(template)
+        .into_iter()
+        .filter(|s| s["Effect"] == "Allow");
+    allowed
+        .flat_map(|statement| {
+            let sid = statement["Sid"].as_str().unwrap_or("(no Sid)");
+            IAM_RULES.iter().filter_map(move |(rule, check)| {
+                check(statement).map(|why| format!("{sid}: {rule}: {why}"))
+            })
+        })
+        .collect()
+}
+
+fn no_wildcard_actions(statement: &Value) -> Option<String> {
+    if !statement["NotAction"].is_null() || !statement["NotResource"].is_null() {
+        return Some("NotAction/NotResource".into());
+    }
+    let wild: Vec<_> = actions(statement)
+        .into_iter()
+        .filter(|a| a.contains('*'))
+        .collect();
+    (!wild.is_empty()).then(|| format!("{wild:?}"))
+}
+
+fn no_public_principal(statement: &Value) -> Option<String> {
+    let principal = &statement["Principal"];
+    (principal == "*" || principal["AWS"] == "*").then(|| principal.to_string())
+}
+
+fn star_resource_only_for_describe(statement: &Value) -> Option<String> {
+    let star = statement_resources(statement).iter().any(|r| *r == "*");
+    let other: Vec<_> = actions(statement)
+        .into_iter()
+        .filter(|a| !a.starts_with("ec2:Describe"))
+        .collect();
+    (star && !other.is_empty()).then(|| format!("{other:?} on \"*\""))
+}
+
+fn run_instances_only_tagged(statement: &Value) -> Option<String> {
+    if !grants(statement, "ec2:RunInstances") {
+        return None;
+    }
+    let tagged = condition(
+        statement,
+        "StringLike",
+        &format!("aws:RequestTag/{TAG_FLEET}"),
+    ) == "*";
+    let arns: Vec<String> = statement_resources(statement)
+        .into_iter()
+        .map(arn_text)
+        .collect();
+    let bad: Vec<&String> = arns
+        .iter()
+        .filter(|arn| match ec2_resource_type(arn) {
+            "instance" | "volume" | "network-interface" => !tagged,
+            "image" | "subnet" | "security-group" | "key-pair" | "launch-template" => false,
+            _ => true,
+        })
+        .collect();
+    (!bad.is_empty()).then(|| format!("{bad:?} (tag condition present: {tagged})"))
+}
+
+fn create_tags_only_at_launch(statement: &Value) -> Option<String> {
+    let at_launch = is_exactly(
+        condition(statement, "StringEquals", "ec2:CreateAction"),
+        "RunInstances",
+    );
+    (grants(statement, "ec2:CreateTags") && !at_launch).then(|| statement["Condition"].to_string())
+}
+
+fn terminate_only_tagged(statement: &Value) -> Option<String> {
+    let keys = [
+        format!("aws:ResourceTag/{TAG_FLEET}"),
+        format!("ec2:ResourceTag/{TAG_FLEET}"),
+    ];
+    let tagged = ["StringLike", "StringEquals"].iter().any(|op| {
+        keys.iter()
+            .any(|key| !condition(statement, op, key).is_null())
+    });
+    (grants(statement, "ec2:TerminateInstances") && !tagged)
+        .then(|| statement["Condition"].to_string())
+}
+
+fn pass_role_only_instance_role(statement: &Value) -> Option<String> {
+    if !grants(statement, "iam:PassRole") {
+        return None;
+    }
+    let only_instance_role = statement_resources(statement) == [&reference("InstanceRoleArn")];
+    let only_ec2 = is_exactly(
+        condition(statement, "StringEquals", "iam:PassedToService"),
+        "ec2.amazonaws.com",
+    );
+    (!only_instance_role || !only_ec2)
+        .then(|| format!("{} {}", statement["Resource"], statement["Condition"]))
+}
+
+fn dynamodb_only_fleet_table(statement: &Value) -> Option<String> {
+    if !actions(statement)
+        .iter()
+        .any(|a| a.starts_with("dynamodb:"))
+    {
+        return None;
+    }
+    let allowed = [
+        get_att("FleetTable", "Arn"),
+        sub("${FleetTable.Arn}/index/*"),
+    ];
+    let found = statement_resources(statement);
+    (found.is_empty() || found.iter().any(|r| !allowed.contains(r)))
+        .then(|| statement["Resource"].to_string())
+}
+
+fn put_events_only_phoenix_bus(statement: &Value) -> Option<String> {
+    let bus = sub(
+        "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}",
+    );
+    (grants(statement, "events:PutEvents") && statement_resources(statement) != [&bus])
+        .then(|| statement["Resource"].to_string())
+}
+
+#[test]
+fn both_templates_are_least_privilege() {
+    for (label, template, _) in templates() {
+        assert_eq!(
+            least_privilege_violations(&template),
+            Vec::<String>::new(),
+            "{label}"
+        );
+    }
+}
+
+#[test]
+fn iam_resources_are_identical_in_both_templates() {
+    let (sam, plain) = (sam(), plain());
+    let iam_sam = resources_of_type(&sam, "AWS::IAM::");
+    assert!(!iam_sam.is_empty());
+    assert_eq!(iam_sam, resources_of_type(&plain, "AWS::IAM::"));
+}
+
+/// Allowed actions of the shared controller policy.
+fn controller_actions(template: &Value) -> BTreeSet<&str> {
+    statements(properties(template, "PhoenixControllerPolicy"))
+        .into_iter()
+        .flat_map(actions)
+        .collect()
+}
+
+#[test]
+fn the_controller_policy_grants_what_the_functions_need() {
+    let sam = sam();
+    let granted = controller_actions(&sam);
+    for needed in [
+        "ec2:RunInstances",
+        "ec2:CreateTags",
+        "ec2:TerminateInstances",
+        "ec2:DescribeInstances",
+        "ec2:DescribeInstanceStatus",
+        "ec2:DescribeImages",
+        "iam:PassRole",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:Query",
+        "dynamodb:ConditionCheckItem",
+        "dynamodb:BatchGetItem",
+        "events:PutEvents",
+        "sqs:SendMessage",
+    ] {
+        assert!(
+            granted.contains(needed),
+            "{needed} missing from PhoenixControllerPolicy"
+        );
+    }
+}
+
+#[test]
+fn each_function_role_has_the_controller_policy_and_only_its_own_logs() {
+    let sam = sam();
+    for function in Function::ALL {
+        let role = properties(&sam, &format!("{}FunctionRole", stem(function)));
+        assert_eq!(
+            role["ManagedPolicyArns"],
+            json!([reference("PhoenixControllerPolicy")])
+        );
+        let inline: Vec<&Value> = one_or_many(&role["Policies"])
+            .into_iter()
+            .flat_map(statements)
+            .collect();
+        let log_group = format!(
+            ":log-group:/aws/lambda/${{AWS::StackName}}-{}:*",
+            function.name()
+        );
+        for statement in inline {
+            assert!(
+                actions(statement).iter().all(|a| a.starts_with("logs:")),
+                "{statement}"
+            );
+            assert!(
+                statement_resources(statement)
+                    .iter()
+                    .all(|r| arn_text(r).ends_with(&log_group)),
+                "{statement}"
+            );
+        }
+    }
+}
+
+/// The first statement of the controller policy that grants `action` and satisfies `extra`.
+fn controller_statement<'a>(
+    template: &'a mut Value,
+    action: &str,
+    extra: fn(&Value) -> bool,
+) -> &'a mut Value {
+    template["Resources"]["PhoenixControllerPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        .as_array_mut()
+        .expect("controller policy statements")
+        .iter_mut()
+        .find(|s| grants(s, action) && extra(s))
+        .unwrap_or_else(|| panic!("no controller statement grants {action}"))
+}
+
+fn any(_: &Value) -> bool {
+    true
+}
+
+fn has_condition(statement: &Value) -> bool {
+    !statement["Condition"].is_null()
+}
+
+fn has_no_condition(statement: &Value) -> bool {
+    statement["Condition"].is_null()
+}
+
+fn remove_condition(statement: &mut Value) {
+    statement
+        .as_object_mut()
+        .expect("statement")
+        .remove("Condition");
+}
+
+type Loosening = fn(&mut Value);
+
+/// Ways a policy could be loosened by mistake, each with the rule that must catch it.
+const LOOSENINGS: &[(&str, &str, Loosening)] = &[
+    (
+        "terminate without the fleet tag",
+        "TerminateInstances only",
+        |t| remove_condition(controller_statement(t, "ec2:TerminateInstances", any)),
+    ),
+    ("launch untagged instances", "RunInstances creates", |t| {
+        remove_condition(controller_statement(t, "ec2:RunInstances", has_condition))
+    }),
+    (
+        "launch into instance/* without the tag condition",
+        "RunInstances creates",
+        |t| {
+            let arn = sub("arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*");
+            let statement = controller_statement(t, "ec2:RunInstances", has_no_condition);
+            statement["Resource"]
+                .as_array_mut()
+                .expect("resources")
+                .push(arn);
+        },
+    ),
+    ("launch anything", "Resource \"*\"", |t| {
+        controller_statement(t, "ec2:RunInstances", has_no_condition)["Resource"] = json!("*")
+    }),
+    ("tag after launch", "CreateTags only", |t| {
+        remove_condition(controller_statement(t, "ec2:CreateTags", any))
+    }),
+    ("pass any role", "PassRole only", |t| {
+        controller_statement(t, "iam:PassRole", any)["Resource"] = json!("*")
+    }),
+    ("pass the role to any service", "PassRole only", |t| {
+        remove_condition(controller_statement(t, "iam:PassRole", any))
+    }),
+    ("any table", "DynamoDB only", |t| {
+        controller_statement(t, "dynamodb:GetItem", any)["Resource"] =
+            sub("arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/*")
+    }),
+    ("every DynamoDB action", "no wildcard", |t| {
+        controller_statement(t, "dynamodb:GetItem", any)["Action"] = json!("dynamodb:*")
+    }),
+    ("every EC2 action", "no wildcard", |t| {
+        controller_statement(t, "ec2:DescribeImages", any)["Action"] = json!(["ec2:*"])
+    }),
+    ("any bus", "PutEvents only", |t| {
+        controller_statement(t, "events:PutEvents", any)["Resource"] =
+            sub("arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/*")
+    }),
+    ("everything", "no wildcard", |t| {
+        controller_statement(t, "sqs:SendMessage", any)["Action"] = json!("*")
+    }),
+    ("send to any queue", "Resource \"*\"", |t| {
+        controller_statement(t, "sqs:SendMessage", any)["Resource"] = json!("*")
+    }),
+];
+
+#[test]
+fn the_checker_rejects_every_loosened_policy() {
+    for (what, rule, loosen) in LOOSENINGS {
+        let mut template = sam();
+        loosen(&mut template);
+        let violations = least_privilege_violations(&template);
+        assert!(
+            violations.iter().any(|v| v.contains(rule)),
+            "{what}: not caught by {rule:?}, only {violations:?}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------ c. table, retries, failures
+
+#[test]
+fn the_fleet_table_is_durable_and_indexed_by_instance() {
+    let (sam, plain) = (sam(), plain());
+    let table = resource(&sam, "FleetTable");
+    assert_eq!(
+        table,
+        resource(&plain, "FleetTable"),
+        "the two templates' tables differ"
+    );
+    assert_eq!(table["DeletionPolicy"], "Retain");
+    assert_eq!(table["UpdateReplacePolicy"], "Retain");
+    let props = &table["Properties"];
+    assert_eq!(props["BillingMode"], "PAY_PER_REQUEST");
+    assert_eq!(
+        props["KeySchema"],
+        json!([{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
+    );
+    assert_eq!(
+        props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],
+        true
+    );
+    assert_eq!(
+        props["TimeToLiveSpecification"],
+        json!({"AttributeName": "expires_at", "Enabled": true})
+    );
+    assert_eq!(props["DeletionProtectionEnabled"], true);
+    let index = one_or_many(&props["GlobalSecondaryIndexes"])
+        .into_iter()
+        .find(|i| i["IndexName"] == "by-instance");
+    let index = index.expect("by-instance GSI");
+    assert_eq!(
+        index["KeySchema"],
+        json!([{"AttributeName": "instance_id", "KeyType": "HASH"}])
+    );
+    // The index only maps an instance to its fleet: keys are all a lookup reads.
+    assert_eq!(index["Projection"]["ProjectionType"], "KEYS_ONLY");
+    let attributes = one_or_many(&props["AttributeDefinitions"]);
+    for (name, kind) in [("pk", "S"), ("sk", "S"), ("instance_id", "S")] {
+        assert!(
+            attributes.contains(&&json!({"AttributeName": name, "AttributeType": kind})),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn every_rule_target_retries_then_dead_letters() {
+    let dlq = get_att("DeadLetterQueue", "Arn");
+    for (label, template, _) in templates() {
+        let all_rules = event_rules(&template, false)
+            .into_iter()
+            .chain(event_rules(&template, true));
+        for (id, rule) in all_rules {
+            for target in one_or_many(&rule["Targets"]) {
+                let retry = &target["RetryPolicy"];
+                assert!(
+                    retry["MaximumRetryAttempts"].is_u64(),
+                    "{label}: {id} retry attempts"
+                );
+                assert!(
+                    retry["MaximumEventAgeInSeconds"].is_u64(),
+                    "{label}: {id} event age"
+                );
+                assert_eq!(
+                    target["DeadLetterConfig"]["Arn"], dlq,
+                    "{label}: {id} dead-letter queue"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn each_rule_may_invoke_its_function_and_nothing_else_may() {
+    let sam = sam();
+    let permissions: Vec<&Value> = resources_of_type(&sam, "AWS::Lambda::Permission")
+        .values()
+        .map(|p| &p["Properties"])
+        .collect();
+    let rules = event_rules(&sam, false)
+        .into_iter()
+        .chain(event_rules(&sam, true));
+    let mut expected = Vec::new();
+    for (id, rule) in rules {
+        let permission = json!({
+            "Action": "lambda:InvokeFunction",
+            "FunctionName": only_target(rule)["Arn"],
+            "Principal": "events.amazonaws.com",
+            "SourceArn": get_att(id, "Arn"),
+        });
+        assert!(permissions.contains(&&permission), "no permission for {id}");
+        expected.push(permission);
+    }
+    assert_eq!(
+        permissions.len(),
+        expected.len(),
+        "unexpected Lambda permissions"
+    );
+}
+
+#[test]
+fn failed_async_invocations_go_to_the_dead_letter_queue() {
+    let sam = sam();
+    for function in Function::ALL {
+        let config = properties(&sam, &format!("{}InvokeConfig", stem(function)));
+        assert_eq!(
+            config["FunctionName"],
+            reference(&format!("{}Function", stem(function)))
+        );
+        assert!(config["MaximumRetryAttempts"].is_u64(), "{function:?}");
+        assert_eq!(
+            config["DestinationConfig"]["OnFailure"]["Destination"],
+            get_att("DeadLetterQueue", "Arn")
+        );
+    }
+    let queue_policy = properties(&sam, "DeadLetterQueuePolicy");
+    let principals: Vec<&Value> = statements(queue_policy)
+        .into_iter()
+        .map(|s| &s["Principal"])
+        .collect();
+    assert!(principals.contains(&&json!({"Service": "events.amazonaws.com"})));
+    let roles: Vec<Value> = Function::ALL
+        .iter()
+        .map(|f| get_att(&format!("{}FunctionRole", stem(*f)), "Arn"))
+        .collect();
+    assert!(principals.contains(&&json!({ "AWS": roles })));
+}
+
+#[test]
+fn functions_are_the_workspace_binaries_on_al2023() {
+    let sam = sam();
+    let globals = &sam["Globals"]["Function"];
+    assert_eq!(globals["Runtime"], "provided.al2023");
+    assert_eq!(globals["Handler"], "bootstrap");
+    assert_eq!(globals["Architectures"], json!([reference("Architecture")]));
+    for variable in ["PHOENIX_TABLE", "PHOENIX_BUS", "RUST_LOG"] {
+        assert!(
+            !globals["Environment"]["Variables"][variable].is_null(),
+            "{variable}"
+        );
+    }
+    assert_eq!(
+        resources_of_type(&sam, "AWS::Serverless::Function").len(),
+        Function::ALL.len()
+    );
+    for function in Function::ALL {
+        let id = format!("{}Function", stem(function));
+        let binary = format!("phoenix-{}", function.name());
+        let lambda = resource(&sam, &id);
+        assert_eq!(
+            lambda["Metadata"]["BuildMethod"], "rust-cargolambda",
+            "{id}"
+        );
+        assert_eq!(
+            lambda["Metadata"]["BuildProperties"]["Binary"],
+            binary.as_str(),
+            "{id}"
+        );
+        assert_eq!(
+            lambda["Properties"]["Role"],
+            get_att(&format!("{id}Role"), "Arn"),
+            "{id}"
+        );
+        let manifest = format!(
+            "{}/../functions/{}/Cargo.toml",
+            env!("CARGO_MANIFEST_DIR"),
+            function.name()
+        );
+        let manifest = std::fs::read_to_string(&manifest).expect("function crate manifest");
+        assert!(
+            manifest.contains(&format!("name = \"{binary}\"")),
+            "functions/{} is not {binary}",
+            function.name()
+        );
+    }
+}
+
+#[test]
+fn logs_are_kept_and_failures_alarm() {
+    let sam = sam();
+    for function in Function::ALL {
+        let log_group = properties(&sam, &format!("{}LogGroup", stem(function)));
+        assert_eq!(
+            log_group["LogGroupName"],
+            sub(&format!(
+                "/aws/lambda/${{AWS::StackName}}-{}",
+                function.name()
+            ))
+        );
+        assert_eq!(
+            log_group["RetentionInDays"],
+            reference("LogRetentionInDays")
+        );
+        let alarm = properties(&sam, &format!("{}ErrorsAlarm", stem(function)));
+        assert_eq!(alarm["MetricName"], "Errors");
+        let dimension = json!([{"Name": "FunctionName", "Value": reference(&format!("{}Function", stem(function)))}]);
+        assert_eq!(alarm["Dimensions"], dimension);
+    }
+    let dlq_alarm = properties(&sam, "DeadLetterQueueAlarm");
+    assert_eq!(
+        dlq_alarm["MetricName"],
+        "ApproximateNumberOfMessagesVisible"
+    );
+    assert_eq!(
+        dlq_alarm["Dimensions"][0]["Value"],
+        get_att("DeadLetterQueue", "QueueName")
+    );
+    assert_eq!(
+        (
+            dlq_alarm["Threshold"].as_f64(),
+            dlq_alarm["ComparisonOperator"].as_str()
+        ),
+        (Some(0.0), Some("GreaterThanThreshold"))
+    );
+}
