@@ -50,3 +50,17 @@ pub async fn load_sdk_config() -> SdkConfig {
         .load()
         .await
 }
+
+/// Configuration for the local emulator: its endpoint, a fixed region and static test credentials,
+/// with the same retry and timeout settings as production.
+pub async fn emulator_sdk_config(endpoint: &str) -> SdkConfig {
+    let creds =
+        aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "phoenix-emulator");
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(creds)
+        .retry_config(RetryConfig::standard().with_max_attempts(4))
+        .load()
+        .await
+}
