@@ -101,15 +101,15 @@ enum PublishCmd {
 }
 
 #[derive(Args)]
-#[group(required = true, multiple = false)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["desired", "delta"])))]
 struct ScaleArgs {
-    #[arg(long, required = true)]
+    #[arg(long)]
     fleet: FleetName,
     /// The new capacity.
-    #[arg(long, group = "target")]
+    #[arg(long)]
     desired: Option<i64>,
     /// Add (or with a minus sign, remove) this many instances.
-    #[arg(long, group = "target", allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true)]
     delta: Option<i64>,
 }
 
