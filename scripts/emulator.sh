@@ -4,7 +4,7 @@
 #   scripts/emulator.sh stop
 set -euo pipefail
 cd "$(dirname "$0")/.."
-state=.local
+state="${PHOENIX_STATE_DIR:-.local}"
 mkdir -p "$state"
 
 case "${1:-}" in

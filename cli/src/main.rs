@@ -119,8 +119,13 @@ enum RolloutCmd {
     /// capacity. Prints progress; exits non-zero on timeout.
     Wait {
         fleet: FleetName,
+        /// Seconds to wait before failing.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// First wait until the event with this id (as `publish` prints it) has been handled, so
+        /// a wait right after a publish cannot pass on the state from before it.
+        #[arg(long)]
+        event: Option<String>,
     },
 }
 
@@ -208,8 +213,19 @@ async fn run(cli: Cli) -> Result<()> {
             let entries = controller.store.history(&fleet, limit).await?;
             out.history(&entries)
         }
-        Top::Rollout(RolloutCmd::Wait { fleet, timeout }) => {
-            wait(&controller, &fleet, Duration::from_secs(timeout), &out).await
+        Top::Rollout(RolloutCmd::Wait {
+            fleet,
+            timeout,
+            event,
+        }) => {
+            wait(
+                &controller,
+                &fleet,
+                event.as_deref(),
+                Duration::from_secs(timeout),
+                &out,
+            )
+            .await
         }
         Top::Local(cmd) => local_cmd(cmd, controller, &out).await,
     }
@@ -234,10 +250,29 @@ async fn publish(controller: &AwsController, intent: &Intent) -> Result<String> 
 async fn wait(
     controller: &AwsController,
     name: &FleetName,
+    event: Option<&str>,
     timeout: Duration,
     out: &output::Printer,
 ) -> Result<()> {
     let start = Instant::now();
+    if let Some(id) = event {
+        loop {
+            let recent = controller.store.history(name, 100).await?;
+            if recent
+                .iter()
+                .any(|e| e.cause.event_id.as_deref() == Some(id))
+            {
+                break;
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "event {id} was not handled for fleet {name} within {}s",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     let mut last = String::new();
     loop {
         let fleet = controller.store.load_fleet(name).await?;

@@ -91,21 +91,19 @@ impl Progress {
         let rollout = match &self.rollout {
             Some(r) if r["status"] == "in_progress" => {
                 format!(
-                    " | rollout {} to {}: wave {} ({} healthy)",
-                    r["id"],
-                    r["to"].as_str().unwrap_or(""),
-                    r["waves"],
-                    r["healthy_waves"]
+                    " | rollout {} wave {} ({} healthy)",
+                    r["id"], r["waves"], r["healthy_waves"]
                 )
             }
             _ => String::new(),
         };
         format!(
-            "{}: {}/{} healthy on {} | {} instances, {} launching{}{}",
+            "{}: {}/{} healthy on {} | {} healthy of {} instances, {} launching{}{}",
             self.fleet,
             self.healthy_on_image,
             self.capacity,
             self.image,
+            self.healthy,
             self.live,
             self.pending_launches,
             rollout,
@@ -240,10 +238,14 @@ impl Printer {
             fleet.spec.policy.max_unavailable
         );
         if let Some(r) = &fleet.rollout {
+            let from = r
+                .from
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "-".into());
             say!(
-                "  rollout {} {:?} -> {} : {:?}, {} waves",
+                "  rollout {} {from} -> {}: {:?}, {} waves",
                 r.id,
-                r.from.as_ref().map(ToString::to_string).unwrap_or_default(),
                 r.to,
                 r.status,
                 r.waves.len()

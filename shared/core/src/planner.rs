@@ -485,6 +485,9 @@ pub fn apply_intent(
         Intent::ImageReady { image, .. } => {
             if *image == fleet.spec.image {
                 tx.ignore(format!("{image} is already the fleet's image"));
+                // A newer announcement of the current image still outdates older announcements
+                // of other images that may yet be delivered.
+                tx.fleet.image_set_at = tx.fleet.image_set_at.max(event_time);
             } else if older(event_time, fleet.image_set_at) {
                 tx.ignore(format!(
                     "event of {event_time} is older than the image change of {}",
@@ -527,6 +530,8 @@ pub fn apply_intent(
             };
             if desired == current {
                 tx.ignore(format!("capacity is already {current}"));
+                // As for images: a newer request for the current capacity outdates older ones.
+                tx.fleet.capacity_set_at = tx.fleet.capacity_set_at.max(event_time);
             } else {
                 tx.changes.push(Change::CapacityChanged {
                     from: current,
@@ -690,7 +695,18 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                 }
                 if let Some(d) = &inst.disposal {
                     // Decided but apparently never carried out (the deciding invocation died).
+                    // Issued again as a change of its own with a fresh lease, like a retried
+                    // launch: the controller neither commits nor executes a step without changes.
                     if d.decided_at + LEASE <= now && !tx.terminate_now.contains(&inst.id) {
+                        if let Some(disposal) =
+                            tx.instance_mut(&inst.id).and_then(|i| i.disposal.as_mut())
+                        {
+                            disposal.decided_at = now;
+                        }
+                        tx.changes.push(Change::TerminationDecided {
+                            instance: inst.id.clone(),
+                            reason: format!("{} (issued again)", d.reason),
+                        });
                         tx.terminate_now.push(inst.id.clone());
                     }
                 }
@@ -795,6 +811,23 @@ fn roll_and_scale(tx: &mut Tx) {
             remove.push((i.id.clone(), format!("scale in to {capacity}")));
         }
     }
+    // Pending launches count towards capacity above, but serve nothing yet: a scale-in must not
+    // trade healthy instances for them below `min_healthy`. The surplus goes once they are up
+    // (unready ones first).
+    let mut spare = keep
+        .iter()
+        .filter(|i| i.is_healthy())
+        .count()
+        .saturating_sub(budget.min_healthy as usize);
+    remove.retain(|(id, _)| {
+        if keep.iter().any(|i| &i.id == id && i.is_healthy()) {
+            if spare == 0 {
+                return false;
+            }
+            spare -= 1;
+        }
+        true
+    });
     let room = MAX_TERMINATIONS_PER_STEP.saturating_sub(tx.terminations_this_step());
     remove.truncate(room.min(MAX_TOUCHED_PER_STEP.saturating_sub(tx.touched.len())));
     let removed_new = remove
