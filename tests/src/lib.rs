@@ -136,8 +136,8 @@ impl Harness {
         })
     }
 
-    pub fn store(&self) -> &DynamoStore {
-        &self.dispatcher.controller.store
+    pub fn store(&self) -> Store<'_> {
+        Store(&self.dispatcher.controller.store)
     }
 
     /// The environment the CLI and the functions need to reach this emulator.
@@ -527,4 +527,20 @@ pub fn envelope(
         "resources": [],
         "detail": detail,
     })
+}
+
+/// The store, with a few conveniences for assertions.
+pub struct Store<'a>(pub &'a DynamoStore);
+
+impl std::ops::Deref for Store<'_> {
+    type Target = DynamoStore;
+    fn deref(&self) -> &DynamoStore {
+        self.0
+    }
+}
+
+impl Store<'_> {
+    pub async fn list_fleets_now(&self) -> Vec<FleetName> {
+        self.0.list_fleets().await.unwrap()
+    }
 }

@@ -88,7 +88,8 @@ pub enum FleetOutcome {
     Changed,
     /// Nothing to do.
     Unchanged,
-    /// This event was handled before; its intent was not applied again.
+    /// This event was handled before; its intent was not applied again (the fleet was still
+    /// reconciled, and `changes` lists what that did).
     Duplicate,
 }
 
@@ -202,9 +203,7 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                     info!(fleet = %name, "duplicate event; reconciling without it");
                     let mut r =
                         Box::pin(self.reconcile_fleet(name, None, event_time, cause, None)).await?;
-                    if r.outcome == FleetOutcome::Unchanged {
-                        r.outcome = FleetOutcome::Duplicate;
-                    }
+                    r.outcome = FleetOutcome::Duplicate;
                     return Ok(r);
                 }
                 Err(Error::Conflict(_)) => backoff(attempt).await,
