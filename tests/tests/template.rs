@@ -80,7 +80,6 @@ type TargetOf = fn(Function) -> String;
 
 /// Both templates, each with what a rule for `function` must target in it: the function itself
 /// in AWS, the SQS queue standing in for it on the emulator.
-
 fn templates() -> [(&'static str, Value, TargetOf); 2] {
     [
         ("template.yaml", sam(), |f| format!("{}Function", stem(f))),

@@ -148,17 +148,33 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                         .await?,
                 ]
             }
-            Intent::Reconcile { fleet } => {
-                let names = match fleet {
-                    Some(f) => vec![f.clone()],
-                    None => self.store.list_fleets().await?,
-                };
+            Intent::Reconcile { fleet: Some(name) } => vec![
+                self.reconcile_fleet(name, None, env.time, &cause, None)
+                    .await?,
+            ],
+            // Every fleet: one that fails must not stop the others. Its failure is in the report
+            // and the log; the next schedule tries again.
+            Intent::Reconcile { fleet: None } => {
                 let mut reports = Vec::new();
-                for name in names {
-                    reports.push(
-                        self.reconcile_fleet(&name, None, env.time, &cause, None)
-                            .await?,
-                    );
+                for name in self.store.list_fleets().await? {
+                    match self
+                        .reconcile_fleet(&name, None, env.time, &cause, None)
+                        .await
+                    {
+                        Ok(r) => reports.push(r),
+                        Err(e) => {
+                            warn!(fleet = %name, error = %e, "reconcile failed");
+                            reports.push(FleetReport {
+                                fleet: name,
+                                outcome: FleetOutcome::Unchanged,
+                                version: 0,
+                                changes: Vec::new(),
+                                launched: Vec::new(),
+                                terminated: Vec::new(),
+                                failures: vec![e.to_string()],
+                            });
+                        }
+                    }
                 }
                 reports
             }

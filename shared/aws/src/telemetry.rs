@@ -8,6 +8,8 @@ pub fn init_json() {
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
+        // The span list carries the runtime's span (AWS request id, X-Ray trace id) and ours
+        // (EventBridge event id, detail-type): every line of an invocation can be correlated.
         .with_current_span(true)
         .with_target(false)
         .without_time() // Lambda stamps every line itself.
