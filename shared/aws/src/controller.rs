@@ -209,7 +209,7 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
             }
             match self
                 .store
-                .commit(&fleet, &step, cause, intent.and(key))
+                .commit(&fleet, &step, cause, intent.and(key), now)
                 .await
             {
                 Ok(committed) => return self.execute(committed, step, cause).await,
@@ -242,7 +242,11 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
             let fleet = self.store.load_for_instance(id).await?;
             let now = self.now();
             let step = planner::apply_intent(&fleet, intent, event_time, now)?;
-            match self.store.commit(&fleet, &step, cause, Some(key)).await {
+            match self
+                .store
+                .commit(&fleet, &step, cause, Some(key), now)
+                .await
+            {
                 Ok(committed) => return self.execute(committed, step, cause).await,
                 Err(Error::Duplicate(_)) => {
                     return Ok(report(
@@ -349,8 +353,9 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
         }
         let involved: Vec<InstanceId> = fleet.instances.keys().cloned().collect();
         for attempt in 0..MAX_CONFLICTS {
-            let record = planner::record_outcomes(&fleet, &outcomes, self.now());
-            match self.store.commit(&fleet, &record, cause, None).await {
+            let now = self.now();
+            let record = planner::record_outcomes(&fleet, &outcomes, now);
+            match self.store.commit(&fleet, &record, cause, None, now).await {
                 Ok(committed) => {
                     changes.extend(record.changes);
                     return Ok(report(&name, FleetOutcome::Changed, &committed, changes)
@@ -436,7 +441,7 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                 }
                 Err(e) => return Err(e),
             };
-            match self.store.commit(&before, &step, &cause, None).await {
+            match self.store.commit(&before, &step, &cause, None, now).await {
                 Ok(committed) => {
                     return Ok(report(
                         &spec.name,

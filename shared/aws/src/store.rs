@@ -16,12 +16,12 @@
 use crate::error::{Error, Result};
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
-use chrono::{Duration, Utc};
-use phoenix_core::events::{Cause, Change};
+use chrono::Duration;
+use phoenix_core::events::Cause;
+pub use phoenix_core::history::HistoryEntry;
 use phoenix_core::model::{Fleet, Instance, Timestamp};
 use phoenix_core::planner::Step;
 use phoenix_core::{FleetName, InstanceId};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
 
@@ -30,16 +30,6 @@ pub const INSTANCE_INDEX: &str = "by-instance";
 const TOMBSTONE_TTL: Duration = Duration::days(7);
 /// Handled-event records outlive EventBridge's longest redelivery window (24 h).
 const EVENT_TTL: Duration = Duration::days(2);
-
-/// One committed change: its cause and what it changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    pub fleet: FleetName,
-    pub version: u64,
-    pub at: Timestamp,
-    pub cause: Cause,
-    pub changes: Vec<Change>,
-}
 
 /// The identity of an event for deduplication: its id and a hash of its content, so a different
 /// payload reusing an id is caught.
@@ -61,7 +51,8 @@ pub trait StateStore: Send + Sync {
         name: &FleetName,
         ids: &[InstanceId],
     ) -> impl Future<Output = Result<Fleet>> + Send;
-    /// Writes a step atomically, conditional on `before.version` (0: the fleet must not exist).
+    /// Writes a step atomically, conditional on `before.version` (0: the fleet must not exist),
+    /// stamped `now` (the controller's clock).
     /// Returns the committed fleet. `Error::Conflict` if the version moved; `Error::Duplicate` if
     /// the event was already handled (nothing is written then).
     fn commit(
@@ -70,6 +61,7 @@ pub trait StateStore: Send + Sync {
         step: &Step,
         cause: &Cause,
         event: Option<&EventKey>,
+        now: Timestamp,
     ) -> impl Future<Output = Result<Fleet>> + Send;
     fn list_fleets(&self) -> impl Future<Output = Result<Vec<FleetName>>> + Send;
     /// The newest `limit` history entries, oldest first.
@@ -290,8 +282,8 @@ impl StateStore for DynamoStore {
         step: &Step,
         cause: &Cause,
         event: Option<&EventKey>,
+        now: Timestamp,
     ) -> Result<Fleet> {
-        let now = Utc::now();
         let mut next = step.fleet.clone();
         next.version = before.version + 1;
         let name = &next.spec.name;
@@ -308,13 +300,7 @@ impl StateStore for DynamoStore {
                 items.push(self.put(Self::instance_item(name, inst)?, None)?);
             }
         }
-        let entry = HistoryEntry {
-            fleet: name.clone(),
-            version: next.version,
-            at: now,
-            cause: cause.clone(),
-            changes: step.changes.clone(),
-        };
+        let entry = HistoryEntry::record(&next, &step.touched, cause, &step.changes, now);
         let history = HashMap::from([
             ("pk".into(), s(fleet_pk(name))),
             ("sk".into(), s(format!("HIST#{:012}", next.version))),

@@ -66,15 +66,15 @@ id_type!(
     InstanceId, "instance", |s| is_hex_id(s, "i-"), "an EC2 instance id (i- followed by 8 or 17 hex digits)"
 );
 id_type!(
-    /// A fleet name: 1–40 characters of `a-z`, `0-9` and `-`, starting with a letter. Short and
+    /// A fleet name: 1–32 characters of `a-z`, `0-9` and `-`, starting with a letter. Short and
     /// plain because it is part of DynamoDB keys, EC2 tag values and launch idempotency tokens
     /// (which EC2 caps at 64 characters).
     FleetName, "fleet", |s| {
         !s.is_empty()
-            && s.len() <= 40
+            && s.len() <= 32
             && s.as_bytes()[0].is_ascii_lowercase()
             && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    }, "a fleet name (1-40 of a-z, 0-9 and -, starting with a letter)"
+    }, "a fleet name (1-32 of a-z, 0-9 and -, starting with a letter)"
 );
 
 #[cfg(test)]
@@ -104,7 +104,7 @@ mod tests {
         assert!(InstanceId::parse("i-0123456789abcdef0").is_ok());
         assert!(InstanceId::parse("ami-12345678").is_err());
         assert!(FleetName::parse("web-1").is_ok());
-        for bad in ["", "Web", "1web", "web_1", &"a".repeat(41)] {
+        for bad in ["", "Web", "1web", "web_1", &"a".repeat(33)] {
             assert!(FleetName::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod events;
+pub mod history;
 pub mod ids;
 pub mod model;
 pub mod patterns;

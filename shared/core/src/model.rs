@@ -309,9 +309,25 @@ pub struct PendingLaunch {
 #[serde(rename_all = "snake_case")]
 pub enum RolloutStatus {
     InProgress,
+    /// Stopped at a checkpoint or by an operator; `rollout resume` (or the checkpoint's timer)
+    /// continues it.
+    Paused,
+    /// The new image failed its health gate: instances on it are being replaced by the previous image.
+    RollingBack,
     Succeeded,
+    /// Every instance is back on the previous image; the new one is quarantined.
+    RolledBack,
+    /// Stopped for good by an operator; the fleet stays as it is, mixed if need be.
+    Aborted,
     /// A newer image arrived before this rollout finished; the newer rollout continues from here.
     Superseded,
+}
+
+impl RolloutStatus {
+    /// Still moving instances (or about to).
+    pub fn is_active(self) -> bool {
+        matches!(self, RolloutStatus::InProgress | RolloutStatus::Paused | RolloutStatus::RollingBack)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,6 +395,22 @@ impl Fleet {
             instances: BTreeMap::new(),
             complete: true,
         }
+    }
+
+    /// Tells this fleet apart from an earlier one of the same name: its creation time in base 36
+    /// (seconds; 6 characters until 2038, 7 after).
+    pub fn incarnation(&self) -> String {
+        let mut n = self.created_at.timestamp().max(0) as u64;
+        let mut out = Vec::new();
+        loop {
+            out.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+            n /= 36;
+            if n == 0 {
+                break;
+            }
+        }
+        out.reverse();
+        String::from_utf8(out).unwrap_or_default()
     }
 
     pub fn live_instances(&self) -> impl Iterator<Item = &Instance> {

@@ -199,11 +199,18 @@ impl Tx {
         self.terminate_now.len() + self.terminate_after.values().map(Vec::len).sum::<usize>()
     }
 
-    /// Records a launch as pending (write-ahead) and returns its token: `<fleet>-<version>-<n>`,
-    /// unique per decision and at most 57 characters (EC2 allows 64).
+    /// Records a launch as pending (write-ahead) and returns its token:
+    /// `<fleet>-<incarnation>-<version>-<n>`, unique per decision — also across a fleet deleted and
+    /// created again under the same name, whose versions restart — and at most 58 characters
+    /// (EC2 allows 64).
     fn decide_launch(&mut self, image: ImageId, count: u32, reason: String) -> String {
         let version = self.fleet.version + 1;
-        let prefix = format!("{}-{}-", self.fleet.spec.name, version);
+        let prefix = format!(
+            "{}-{}-{}-",
+            self.fleet.spec.name,
+            self.fleet.incarnation(),
+            version
+        );
         let n = self
             .fleet
             .pending
