@@ -146,11 +146,19 @@ impl Ec2Compute {
                 id,
                 launched_at,
                 state: lifecycle(i.state.as_ref().and_then(|s| s.name.as_ref())),
+                zone: zone_of(&i),
+                instance_type: i.instance_type.as_ref().map(|t| t.as_str().to_string()),
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
+}
+
+fn zone_of(i: &aws_sdk_ec2::types::Instance) -> Option<String> {
+    i.placement
+        .as_ref()
+        .and_then(|p| p.availability_zone.clone())
 }
 
 fn tag_value(tags: Option<&[Tag]>, key: &str) -> Option<String> {
@@ -194,6 +202,8 @@ impl Compute for Ec2Compute {
                     .launch_time
                     .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
                 token: tag_value(tags, TAG_TOKEN),
+                zone: zone_of(&i),
+                instance_type: i.instance_type.as_ref().map(|t| t.as_str().to_string()),
             });
         }
         Ok(observed)

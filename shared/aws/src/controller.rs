@@ -11,7 +11,7 @@
 //!    call: the tags let the next reconcile adopt what was launched; terminating again is harmless.
 //! 4. *record outcomes* — instance ids and terminations are committed the same way as 2.
 
-use crate::bus::{Bus, EventBridgeBus};
+use crate::bus::{Bus, EventBridgeBus, OutgoingEvent};
 use crate::compute::{Compute, Ec2Compute};
 use crate::config::{load_sdk_config, Settings};
 use crate::error::{Error, Result};
@@ -138,7 +138,9 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                         .await?,
                 ]
             }
-            Intent::Scale { fleet, .. } => vec![
+            Intent::Scale { fleet, .. }
+            | Intent::RolloutControl { fleet, .. }
+            | Intent::ClearQuarantine { fleet, .. } => vec![
                 self.reconcile_fleet(fleet, Some(&intent), env.time, &cause, Some(&key))
                     .await?,
             ],
@@ -212,7 +214,10 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                 .commit(&fleet, &step, cause, intent.and(key), now)
                 .await
             {
-                Ok(committed) => return self.execute(committed, step, cause).await,
+                Ok(committed) => {
+                    self.announce(&committed, &step.changes).await;
+                    return self.execute(committed, step, cause).await;
+                }
                 // Handled before: do not apply the intent again, but still reconcile (level-triggered:
                 // the earlier delivery may have died before finishing its work).
                 Err(Error::Duplicate(_)) => {
@@ -247,7 +252,10 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                 .commit(&fleet, &step, cause, Some(key), now)
                 .await
             {
-                Ok(committed) => return self.execute(committed, step, cause).await,
+                Ok(committed) => {
+                    self.announce(&committed, &step.changes).await;
+                    return self.execute(committed, step, cause).await;
+                }
                 Err(Error::Duplicate(_)) => {
                     return Ok(report(
                         &fleet.spec.name,
@@ -261,6 +269,26 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
             }
         }
         Err(Error::Conflict(id.to_string()))
+    }
+
+    /// Publishes the transitions users route to chat or paging (`RolloutStarted`, `WaveHealthy`,
+    /// `RolloutRollingBack`, `ReplacementHalted`, ...). After the commit, best effort: the history
+    /// is the record; a lost notification is logged, never retried into a second decision.
+    async fn announce(&self, fleet: &Fleet, changes: &[Change]) {
+        let events: Vec<OutgoingEvent> = phoenix_core::events::published(&fleet.spec.name, changes)
+            .into_iter()
+            .map(|(detail_type, detail)| OutgoingEvent {
+                detail_type: detail_type.into(),
+                detail,
+                resources: Vec::new(),
+            })
+            .collect();
+        if events.is_empty() {
+            return;
+        }
+        if let Err(e) = self.bus.publish(&events).await {
+            warn!(fleet = %fleet.spec.name, error = %e, "could not publish {} events", events.len());
+        }
     }
 
     /// Carries out a committed step's commands and records what came of them.
@@ -357,6 +385,7 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
             let record = planner::record_outcomes(&fleet, &outcomes, now);
             match self.store.commit(&fleet, &record, cause, None, now).await {
                 Ok(committed) => {
+                    self.announce(&committed, &record.changes).await;
                     changes.extend(record.changes);
                     return Ok(report(&name, FleetOutcome::Changed, &committed, changes)
                         .with_failures(failures));

@@ -15,6 +15,7 @@ pub const HEALTH_CHECK_FAILED: &str = "HealthCheckFailed";
 pub const HEALTH_CHECK_PASSED: &str = "HealthCheckPassed";
 pub const SCALE_REQUESTED: &str = "ScaleRequested";
 pub const RECONCILE_REQUESTED: &str = "ReconcileRequested";
+pub const ROLLOUT_CONTROL: &str = "RolloutControl";
 
 /// What an EventBridge schedule delivers (the scheduled reconcile).
 pub const SCHEDULE_SOURCE: &str = "aws.events";
@@ -54,6 +55,40 @@ pub enum Intent {
     Reconcile {
         fleet: Option<FleetName>,
     },
+    /// An operator's command to a fleet's rollout.
+    RolloutControl {
+        fleet: FleetName,
+        action: ControlAction,
+    },
+    /// An operator lifts an image's quarantine for a fleet.
+    ClearQuarantine {
+        fleet: FleetName,
+        image: ImageId,
+    },
+}
+
+/// What an operator can ask of a rollout (`phoenix rollout pause|resume|abort|undo`), and of
+/// the breaker (`resume-repairs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ControlAction {
+    Pause,
+    Resume,
+    Abort,
+    Undo,
+    ResumeRepairs,
+}
+
+impl ControlAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlAction::Pause => "pause",
+            ControlAction::Resume => "resume",
+            ControlAction::Abort => "abort",
+            ControlAction::Undo => "undo",
+            ControlAction::ResumeRepairs => "resume-repairs",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -86,6 +121,14 @@ struct ScaleDetail {
     desired: Option<i64>,
     #[serde(default)]
     delta: Option<i64>,
+}
+#[derive(Deserialize)]
+struct ControlDetail {
+    fleet: String,
+    #[serde(default)]
+    action: Option<ControlAction>,
+    #[serde(default)]
+    image: Option<String>,
 }
 #[derive(Deserialize)]
 struct ReconcileDetail {
@@ -180,6 +223,22 @@ impl Intent {
                         .transpose()?,
                 }
             }
+            ROLLOUT_CONTROL => {
+                let d: ControlDetail = detail(dt, v)?;
+                let fleet = field(dt, FleetName::parse(&d.fleet))?;
+                match (d.action, d.image) {
+                    (Some(action), None) => Intent::RolloutControl { fleet, action },
+                    (None, Some(image)) => Intent::ClearQuarantine {
+                        fleet,
+                        image: field(dt, ImageId::parse(&image))?,
+                    },
+                    _ => {
+                        return Err(Error::Event(format!(
+                            "{dt}: give `action` (pause, resume, abort, undo, resume-repairs) or `image` to clear from quarantine"
+                        )))
+                    }
+                }
+            }
             other => return Err(Error::Event(format!("unknown detail-type {other:?}"))),
         })
     }
@@ -208,6 +267,12 @@ impl Intent {
             } => (SCALE_REQUESTED, json!({"fleet": fleet, "delta": n})),
             Intent::Reconcile { fleet: Some(f) } => (RECONCILE_REQUESTED, json!({"fleet": f})),
             Intent::Reconcile { fleet: None } => (RECONCILE_REQUESTED, json!({})),
+            Intent::RolloutControl { fleet, action } => {
+                (ROLLOUT_CONTROL, json!({"fleet": fleet, "action": action}))
+            }
+            Intent::ClearQuarantine { fleet, image } => {
+                (ROLLOUT_CONTROL, json!({"fleet": fleet, "image": image}))
+            }
         }
     }
 }
@@ -329,6 +394,135 @@ pub enum Change {
         instance: InstanceId,
         state: String,
     },
+    /// A failed instance was replaced by a new one.
+    InstanceReplaced {
+        instance: InstanceId,
+        by: Vec<InstanceId>,
+        reason: String,
+    },
+    CheckpointReached {
+        rollout: u64,
+        percent: u32,
+        until: Option<Timestamp>,
+    },
+    RolloutPaused {
+        rollout: u64,
+        reason: String,
+        until: Option<Timestamp>,
+    },
+    RolloutResumed {
+        rollout: u64,
+        reason: String,
+    },
+    RolloutRollingBack {
+        rollout: u64,
+        reason: String,
+    },
+    RolloutRolledBack {
+        rollout: u64,
+    },
+    RolloutAborted {
+        rollout: u64,
+        reason: String,
+    },
+    ImageQuarantined {
+        image: ImageId,
+        reason: String,
+    },
+    ImageReleased {
+        image: ImageId,
+    },
+    /// An image that may not be launched for this fleet was asked for.
+    ImageRefused {
+        image: ImageId,
+        reason: String,
+    },
+    /// More than the breaker's share of the fleet is unhealthy: repairs stop.
+    ReplacementHalted {
+        unhealthy: u32,
+        capacity: u32,
+        shared: Option<String>,
+    },
+    ReplacementResumed {
+        reason: String,
+    },
+    /// A repair waits: the breaker is tripped or about to be, or the hourly budget is spent.
+    RepairDeferred {
+        instance: InstanceId,
+        reason: String,
+    },
+    /// The hourly disruption budget is spent: nothing more is taken away until it refills.
+    BudgetExhausted {
+        limit: u32,
+    },
+}
+
+/// The events phoenix publishes on its bus for the transitions users route to chat or paging:
+/// `(detail-type, detail)` for each change that is one.
+pub fn published(fleet: &FleetName, changes: &[Change]) -> Vec<(&'static str, Value)> {
+    use serde_json::json;
+    let mut out = Vec::new();
+    for c in changes {
+        let (dt, mut detail) = match c {
+            Change::RolloutStarted { rollout, from, to } => (
+                "RolloutStarted",
+                json!({"rollout": rollout, "from": from, "to": to}),
+            ),
+            Change::WaveStarted {
+                rollout,
+                wave,
+                launches,
+            } => (
+                "WaveStarted",
+                json!({"rollout": rollout, "wave": wave, "launches": launches}),
+            ),
+            Change::WaveHealthy { rollout, wave } => {
+                ("WaveHealthy", json!({"rollout": rollout, "wave": wave}))
+            }
+            Change::CheckpointReached {
+                rollout,
+                percent,
+                until,
+            } => (
+                "CheckpointReached",
+                json!({"rollout": rollout, "percent": percent, "until": until}),
+            ),
+            Change::RolloutSucceeded { rollout } => {
+                ("RolloutSucceeded", json!({"rollout": rollout}))
+            }
+            Change::RolloutRollingBack { rollout, reason } => (
+                "RolloutRollingBack",
+                json!({"rollout": rollout, "reason": reason}),
+            ),
+            Change::RolloutRolledBack { rollout } => {
+                ("RolloutRolledBack", json!({"rollout": rollout}))
+            }
+            Change::InstanceReplaced {
+                instance,
+                by,
+                reason,
+            } => (
+                "InstanceReplaced",
+                json!({"instance": instance, "by": by, "reason": reason}),
+            ),
+            Change::ReplacementHalted {
+                unhealthy,
+                capacity,
+                shared,
+            } => (
+                "ReplacementHalted",
+                json!({"unhealthy": unhealthy, "capacity": capacity, "shared_attribute": shared}),
+            ),
+            Change::ImageQuarantined { image, reason } => (
+                "ImageQuarantined",
+                json!({"image": image, "reason": reason}),
+            ),
+            _ => continue,
+        };
+        detail["fleet"] = json!(fleet);
+        out.push((dt, detail));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -5,9 +5,13 @@
 //! back exactly the state that was live then — without reading anything but the history.
 
 use crate::events::{Cause, Change};
-use crate::ids::FleetName;
-use crate::model::{Fleet, Instance, Timestamp};
+use crate::ids::{FleetName, ImageId, InstanceId};
+use crate::model::{
+    Fleet, Health, Instance, Lifecycle, PendingLaunch, Rollout, RolloutPolicy, RolloutStatus,
+    Timestamp, Wave,
+};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// One committed change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,9 +56,18 @@ impl HistoryEntry {
 /// yet. `entries` must be in version order (as the store returns them). Terminated instances are
 /// kept in the map with `terminated_at` set, so a reconstruction also says what had gone.
 pub fn replay(entries: &[HistoryEntry], at: Timestamp) -> Option<Fleet> {
+    replay_while(entries, |e| e.at <= at)
+}
+
+/// The fleet as it was just after the entry of `version` (and every entry before it).
+pub fn replay_to_version(entries: &[HistoryEntry], version: u64) -> Option<Fleet> {
+    replay_while(entries, |e| e.version <= version)
+}
+
+fn replay_while(entries: &[HistoryEntry], keep: impl Fn(&HistoryEntry) -> bool) -> Option<Fleet> {
     let mut fleet: Option<Fleet> = None;
-    let mut instances = std::collections::BTreeMap::new();
-    for entry in entries.iter().take_while(|e| e.at <= at) {
+    let mut instances = BTreeMap::new();
+    for entry in entries.iter().take_while(|e| keep(e)) {
         for inst in &entry.instances {
             instances.insert(inst.id.clone(), inst.clone());
         }
@@ -64,5 +77,413 @@ pub fn replay(entries: &[HistoryEntry], at: Timestamp) -> Option<Fleet> {
         f.instances = instances;
         f.complete = true;
         f
+    })
+}
+
+/// The entries recorded in `[since, until]` (either bound open when `None`), in version order.
+pub fn between(
+    entries: &[HistoryEntry],
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+) -> Vec<&HistoryEntry> {
+    entries
+        .iter()
+        .filter(|e| since.is_none_or(|s| e.at >= s) && until.is_none_or(|u| e.at <= u))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Describing changes
+// ---------------------------------------------------------------------------------------------
+
+/// The kind of a change as it is stored (`launch_decided`, `wave_started`, ...). Changes are read
+/// by kind where a newer kind may not exist yet in this build (`replacement_halted`).
+pub fn change_kind(c: &Change) -> String {
+    serde_json::to_value(c)
+        .ok()
+        .and_then(|v| v.get("change").and_then(|k| k.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The change kind a circuit breaker records when it stops replacements.
+pub const BREAKER_TRIP: &str = "replacement_halted";
+
+/// Whether a change records a rollback (of any kind a rollout engine may record).
+pub fn is_rollback(c: &Change) -> bool {
+    let kind = change_kind(c);
+    kind.contains("rollback") || kind.contains("rolling_back") || kind.contains("rolled_back")
+}
+
+/// Whether a change records a circuit breaker stopping replacements.
+pub fn is_breaker_trip(c: &Change) -> bool {
+    change_kind(c) == BREAKER_TRIP
+}
+
+fn health_word(h: &Health) -> String {
+    match h {
+        Health::Unknown => "unknown".into(),
+        Health::Healthy => "healthy".into(),
+        Health::Unhealthy { reason } => format!("unhealthy ({reason})"),
+    }
+}
+
+fn join(ids: &[impl std::fmt::Display]) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One line saying what a change did, for people.
+pub fn describe(c: &Change) -> String {
+    match c {
+        Change::FleetCreated { image, capacity } => format!("fleet created: {capacity} on {image}"),
+        Change::FleetUpdated { fields } => format!("fleet updated: {}", fields.join(", ")),
+        Change::ImageChanged { from, to } => format!("image {from} -> {to}"),
+        Change::CapacityChanged { from, to } => format!("capacity {from} -> {to}"),
+        Change::Ignored { reason } => format!("ignored: {reason}"),
+        Change::RolloutStarted { rollout, to, .. } => format!("rollout {rollout} to {to} started"),
+        Change::RolloutSuperseded { rollout } => format!("rollout {rollout} superseded"),
+        Change::WaveStarted {
+            rollout,
+            wave,
+            launches,
+        } => format!("rollout {rollout} wave {wave}: launching {launches}"),
+        Change::WaveHealthy { rollout, wave } => format!("rollout {rollout} wave {wave} healthy"),
+        Change::RolloutSucceeded { rollout } => format!("rollout {rollout} succeeded"),
+        Change::LaunchDecided {
+            token,
+            image,
+            count,
+            reason,
+        } => format!("launch {count} on {image} ({reason}) [{token}]"),
+        Change::LaunchRetried { token } => format!("launch {token} retried"),
+        Change::Launched { instances, .. } => format!("launched {}", join(instances)),
+        Change::LaunchFailed { token, error } => format!("launch {token} failed: {error}"),
+        Change::TerminationDecided { instance, reason } => {
+            format!("terminate {instance} ({reason})")
+        }
+        Change::Terminated { instances } => format!("terminated {}", join(instances)),
+        Change::TerminationFailed { instances, error } => {
+            format!("terminate {} failed: {error}", join(instances))
+        }
+        Change::HealthChanged { instance, health } => format!("{instance} {}", health_word(health)),
+        Change::StateChanged { instance, state } => format!("{instance} {}", state.as_str()),
+        Change::Vanished { instance, state } => format!("{instance} vanished ({state})"),
+        // Kinds newer than this function: their stored form says what they are.
+        #[allow(unreachable_patterns)]
+        other => describe_generic(other),
+    }
+}
+
+/// `kind: field value, ...` from a change's stored form.
+fn describe_generic(c: &Change) -> String {
+    let value = serde_json::to_value(c).unwrap_or_default();
+    let kind = change_kind(c).replace('_', " ");
+    let fields: Vec<String> = value
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != "change")
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k} {s}"),
+            other => format!("{k} {other}"),
+        })
+        .collect();
+    if fields.is_empty() {
+        kind
+    } else {
+        format!("{kind}: {}", fields.join(", "))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A past moment
+// ---------------------------------------------------------------------------------------------
+
+/// The disruption budget and how much of it is in use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BudgetUse {
+    /// Most instances that may exist at once (capacity + surge).
+    pub max_total: u32,
+    /// Fewest healthy instances that must remain (capacity - unavailable).
+    pub min_healthy: u32,
+    /// Live instances (launched, not terminated).
+    pub live: u32,
+    /// Live instances that are running and healthy.
+    pub healthy: u32,
+    /// Instances of launches decided but not yet seen.
+    pub launching: u32,
+    /// `live + launching`: what counts against `max_total`.
+    pub in_flight: u32,
+}
+
+impl BudgetUse {
+    pub fn of(fleet: &Fleet) -> Self {
+        let budget = fleet.budget();
+        let live = fleet.live_instances().count() as u32;
+        let launching = fleet.pending_count();
+        BudgetUse {
+            max_total: budget.max_total,
+            min_healthy: budget.min_healthy,
+            live,
+            healthy: fleet.live_instances().filter(|i| i.is_healthy()).count() as u32,
+            launching,
+            in_flight: live + launching,
+        }
+    }
+}
+
+/// An instance at a moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceView {
+    pub id: InstanceId,
+    pub image: ImageId,
+    pub state: Lifecycle,
+    /// `unknown`, `healthy` or `unhealthy`.
+    pub health: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
+    pub launched_at: Timestamp,
+    /// Why phoenix decided to terminate it, when it had.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaving: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terminated_at: Option<Timestamp>,
+}
+
+impl InstanceView {
+    pub fn of(i: &Instance) -> Self {
+        let (health, health_reason) = match &i.health {
+            Health::Unknown => ("unknown", None),
+            Health::Healthy => ("healthy", None),
+            Health::Unhealthy { reason } => ("unhealthy", Some(reason.clone())),
+        };
+        InstanceView {
+            id: i.id.clone(),
+            image: i.image.clone(),
+            state: i.state,
+            health,
+            health_reason,
+            launched_at: i.launched_at,
+            leaving: i.disposal.as_ref().map(|d| d.reason.clone()),
+            terminated_at: i.terminated_at,
+        }
+    }
+}
+
+/// A rollout at a moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutView {
+    pub id: u64,
+    pub from: Option<ImageId>,
+    pub to: ImageId,
+    pub status: RolloutStatus,
+    pub active: bool,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    /// The wave under way (the latest started), 0 before the first.
+    pub wave: u32,
+    pub waves_healthy: u32,
+    pub waves: Vec<Wave>,
+}
+
+impl RolloutView {
+    pub fn of(r: &Rollout) -> Self {
+        RolloutView {
+            id: r.id,
+            from: r.from.clone(),
+            to: r.to.clone(),
+            status: r.status,
+            active: r.status.is_active(),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            wave: r.waves.last().map_or(0, |w| w.number),
+            waves_healthy: r.waves.iter().filter(|w| w.healthy_at.is_some()).count() as u32,
+            waves: r.waves.clone(),
+        }
+    }
+}
+
+/// What a fleet was at a moment, from its history alone.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    pub fleet: FleetName,
+    /// The moment asked about.
+    pub at: Timestamp,
+    /// The last change at or before it: its version and when it was recorded.
+    pub version: u64,
+    pub recorded_at: Timestamp,
+    pub image: ImageId,
+    pub capacity: u32,
+    pub policy: RolloutPolicy,
+    pub budget: BudgetUse,
+    pub rollout: Option<RolloutView>,
+    pub pending_launches: Vec<PendingLaunch>,
+    /// Live instances then, oldest first.
+    pub instances: Vec<InstanceView>,
+    /// Instances terminated by then (ids, in termination order).
+    pub terminated: Vec<InstanceId>,
+}
+
+impl Snapshot {
+    /// The snapshot of a (complete) fleet, as recorded at `recorded_at`, asked about at `at`.
+    pub fn of(fleet: &Fleet, at: Timestamp, recorded_at: Timestamp) -> Self {
+        let mut live: Vec<&Instance> = fleet.live_instances().collect();
+        live.sort_by(|a, b| (a.launched_at, &a.id).cmp(&(b.launched_at, &b.id)));
+        let mut gone: Vec<&Instance> = fleet.instances.values().filter(|i| !i.is_live()).collect();
+        gone.sort_by(|a, b| (a.terminated_at, &a.id).cmp(&(b.terminated_at, &b.id)));
+        Snapshot {
+            fleet: fleet.spec.name.clone(),
+            at,
+            version: fleet.version,
+            recorded_at,
+            image: fleet.spec.image.clone(),
+            capacity: fleet.spec.capacity,
+            policy: fleet.spec.policy.clone(),
+            budget: BudgetUse::of(fleet),
+            rollout: fleet.rollout.as_ref().map(RolloutView::of),
+            pending_launches: fleet.pending.clone(),
+            instances: live.into_iter().map(InstanceView::of).collect(),
+            terminated: gone.into_iter().map(|i| i.id.clone()).collect(),
+        }
+    }
+}
+
+/// The fleet at `at`, from its history alone; `None` before it was created.
+pub fn snapshot(entries: &[HistoryEntry], at: Timestamp) -> Option<Snapshot> {
+    let fleet = replay(entries, at)?;
+    let recorded_at = entries
+        .iter()
+        .take_while(|e| e.at <= at)
+        .last()
+        .map_or(at, |e| e.at);
+    Some(Snapshot::of(&fleet, at, recorded_at))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Why an instance came and went
+// ---------------------------------------------------------------------------------------------
+
+/// A step in an instance's life, in the order recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkKind {
+    LaunchDecided,
+    LaunchRetried,
+    Launched,
+    LaunchFailed,
+    Healthy,
+    HealthFailed,
+    StateChanged,
+    Vanished,
+    TerminationDecided,
+    Terminated,
+    TerminationFailed,
+}
+
+impl LinkKind {
+    /// Whether the step belongs to the instance's launch (else to its termination or life).
+    pub fn is_launch(self) -> bool {
+        matches!(
+            self,
+            LinkKind::LaunchDecided
+                | LinkKind::LaunchRetried
+                | LinkKind::Launched
+                | LinkKind::LaunchFailed
+        )
+    }
+}
+
+/// The fleet as a decision saw it: the policy in force and the budget in use once it was made.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecisionContext {
+    pub image: ImageId,
+    pub capacity: u32,
+    pub policy: RolloutPolicy,
+    pub budget: BudgetUse,
+    pub rollout: Option<RolloutView>,
+}
+
+/// One link of the causal chain: the change, the entry that recorded it and its cause.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Link {
+    pub kind: LinkKind,
+    pub version: u64,
+    pub at: Timestamp,
+    pub cause: Cause,
+    pub summary: String,
+    pub change: Change,
+    pub decision: DecisionContext,
+}
+
+/// Why an instance exists, or existed, and why it went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explanation {
+    pub fleet: FleetName,
+    /// The instance's last record.
+    pub instance: InstanceView,
+    /// Its launch decision (the EC2 ClientToken and `phoenix:launch` tag).
+    pub token: String,
+    pub links: Vec<Link>,
+}
+
+/// The causal chain of an instance from the fleet's history: the decision that launched it (and
+/// the event behind that decision), what happened to it, and the decision that terminated it
+/// (and the health failure or disappearance before it). `None` if no entry recorded it.
+pub fn explain(entries: &[HistoryEntry], id: &InstanceId) -> Option<Explanation> {
+    let record = entries
+        .iter()
+        .rev()
+        .find_map(|e| e.instances.iter().find(|i| &i.id == id))?
+        .clone();
+    let token = record.token.clone();
+    let mut links = Vec::new();
+    for entry in entries {
+        for change in &entry.changes {
+            let kind = match change {
+                Change::LaunchDecided { token: t, .. } if *t == token => LinkKind::LaunchDecided,
+                Change::LaunchRetried { token: t } if *t == token => LinkKind::LaunchRetried,
+                Change::LaunchFailed { token: t, .. } if *t == token => LinkKind::LaunchFailed,
+                Change::Launched { instances, .. } if instances.contains(id) => LinkKind::Launched,
+                Change::HealthChanged {
+                    instance,
+                    health: Health::Healthy,
+                } if instance == id => LinkKind::Healthy,
+                Change::HealthChanged { instance, .. } if instance == id => LinkKind::HealthFailed,
+                Change::StateChanged { instance, .. } if instance == id => LinkKind::StateChanged,
+                Change::Vanished { instance, .. } if instance == id => LinkKind::Vanished,
+                Change::TerminationDecided { instance, .. } if instance == id => {
+                    LinkKind::TerminationDecided
+                }
+                Change::Terminated { instances } if instances.contains(id) => LinkKind::Terminated,
+                Change::TerminationFailed { instances, .. } if instances.contains(id) => {
+                    LinkKind::TerminationFailed
+                }
+                _ => continue,
+            };
+            let fleet = replay_to_version(entries, entry.version).unwrap_or(entry.state.clone());
+            links.push(Link {
+                kind,
+                version: entry.version,
+                at: entry.at,
+                cause: entry.cause.clone(),
+                summary: describe(change),
+                change: change.clone(),
+                decision: DecisionContext {
+                    image: fleet.spec.image.clone(),
+                    capacity: fleet.spec.capacity,
+                    policy: fleet.spec.policy.clone(),
+                    budget: BudgetUse::of(&fleet),
+                    rollout: fleet.rollout.as_ref().map(RolloutView::of),
+                },
+            });
+        }
+    }
+    Some(Explanation {
+        fleet: entries.first().map(|e| e.fleet.clone())?,
+        instance: InstanceView::of(&record),
+        token,
+        links,
     })
 }

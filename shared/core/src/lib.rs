@@ -13,6 +13,7 @@ pub mod model;
 pub mod patterns;
 pub mod planner;
 pub mod quantity;
+pub mod timeline;
 
 pub use error::{Error, Result};
 pub use ids::{FleetName, ImageId, InstanceId};

@@ -29,6 +29,30 @@ pub enum HealthSignal {
     Ec2,
     /// A `HealthCheckPassed` event names the instance (an application-level check).
     Event,
+    /// Both of the above.
+    Both,
+}
+
+impl HealthSignal {
+    /// Whether the signals an instance has received satisfy this policy.
+    pub fn satisfied_by(self, signals: Signals) -> bool {
+        match self {
+            HealthSignal::Ec2 => signals.ec2_ok,
+            HealthSignal::Event => signals.passed,
+            HealthSignal::Both => signals.ec2_ok && signals.passed,
+        }
+    }
+}
+
+/// The health signals an instance has given so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Signals {
+    /// EC2 reported it running with both status checks `ok`.
+    #[serde(default)]
+    pub ec2_ok: bool,
+    /// A `HealthCheckPassed` event named it.
+    #[serde(default)]
+    pub passed: bool,
 }
 
 /// How replacements proceed. Percentages are of the fleet's capacity.
@@ -44,6 +68,161 @@ pub struct RolloutPolicy {
     /// What makes a new instance count as healthy. Default `ec2`.
     #[serde(default)]
     pub health_check: HealthSignal,
+    /// Grace after launch before an instance can count as healthy. Default 0s.
+    #[serde(default, skip_serializing_if = "Seconds::is_zero")]
+    pub warmup: Seconds,
+    /// Size of the first wave of a rollout (count or % of capacity). Default: none (the first
+    /// wave is as large as `max_surge` allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Quantity>,
+    /// How long the canary must stay healthy before the rest follows. Default 0s.
+    #[serde(default, skip_serializing_if = "Seconds::is_zero")]
+    pub bake: Seconds,
+    /// Pause points, in % of capacity replaced, each with a pause (a duration, or until
+    /// `phoenix rollout resume` when none is given). Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<Checkpoint>,
+    /// A wave must be healthy within this time or the rollout rolls back. Default 10m.
+    #[serde(default = "default_deadline")]
+    pub progress_deadline: Seconds,
+    /// Roll back automatically when the new image fails its health gate. Default true.
+    #[serde(default = "default_true")]
+    pub auto_rollback: bool,
+    /// Most instances taken away per hour, for every reason together (rollout waves, repairs,
+    /// scale-in). Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replacements_per_hour: Option<u32>,
+    /// Mass-failure breaker.
+    #[serde(default)]
+    pub breaker: BreakerPolicy,
+}
+
+fn default_deadline() -> Seconds {
+    Seconds(600)
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A pause point of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// % of capacity on the new image, healthy, at which to pause (1-99).
+    pub percent: u32,
+    /// How long to pause; none: until `phoenix rollout resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Seconds>,
+}
+
+/// When to stop replacing unhealthy instances because the cause is probably shared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerPolicy {
+    /// Trip when more than this % of capacity is unhealthy at once. Default 20.
+    #[serde(default = "default_breaker")]
+    pub unhealthy_percent: u32,
+}
+
+fn default_breaker() -> u32 {
+    20
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            unhealthy_percent: default_breaker(),
+        }
+    }
+}
+
+/// A duration in whole seconds, written `90`, `"90s"`, `"5m"`, `"2h"` or `"1h30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Seconds(pub u64);
+
+impl Seconds {
+    pub fn is_zero(&self) -> bool {
+        self.0 == 0
+    }
+    pub fn duration(self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.0).unwrap_or(i64::MAX / 1000))
+    }
+    pub fn parse(text: &str) -> Result<Self> {
+        let t = text.trim();
+        if let Ok(n) = t.parse::<u64>() {
+            return Ok(Seconds(n));
+        }
+        let mut total: u64 = 0;
+        let mut digits = String::new();
+        for c in t.chars() {
+            if c.is_ascii_digit() {
+                digits.push(c);
+                continue;
+            }
+            let unit = match c {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86_400,
+                _ => {
+                    return Err(Error::invalid(
+                        "duration",
+                        format!("{text:?} is not a duration like \"90s\", \"5m\" or \"1h30m\""),
+                    ))
+                }
+            };
+            let n: u64 = digits.parse().map_err(|_| {
+                Error::invalid(
+                    "duration",
+                    format!("{text:?} is not a duration like \"5m\""),
+                )
+            })?;
+            total = total.saturating_add(n.saturating_mul(unit));
+            digits.clear();
+        }
+        if !digits.is_empty() || t.is_empty() {
+            return Err(Error::invalid(
+                "duration",
+                format!("{text:?} is not a duration like \"90s\", \"5m\" or \"1h30m\""),
+            ));
+        }
+        Ok(Seconds(total))
+    }
+}
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (h, m, s) = (self.0 / 3600, self.0 % 3600 / 60, self.0 % 60);
+        match (h, m, s) {
+            (0, 0, s) => write!(f, "{s}s"),
+            (0, m, 0) => write!(f, "{m}m"),
+            (0, m, s) => write!(f, "{m}m{s}s"),
+            (h, 0, 0) => write!(f, "{h}h"),
+            (h, m, 0) => write!(f, "{h}h{m}m"),
+            (h, m, s) => write!(f, "{h}h{m}m{s}s"),
+        }
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Seconds(n)),
+            Raw::Text(t) => Seconds::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 fn default_surge() -> Quantity {
@@ -59,6 +238,14 @@ impl Default for RolloutPolicy {
             max_surge: default_surge(),
             max_unavailable: default_unavailable(),
             health_check: HealthSignal::Ec2,
+            warmup: Seconds(0),
+            canary: None,
+            bake: Seconds(0),
+            checkpoints: Vec::new(),
+            progress_deadline: default_deadline(),
+            auto_rollback: true,
+            max_replacements_per_hour: None,
+            breaker: BreakerPolicy::default(),
         }
     }
 }
@@ -181,6 +368,38 @@ impl FleetSpec {
                 ));
             }
         }
+        let p = &self.policy;
+        let mut last = 0;
+        for c in &p.checkpoints {
+            if c.percent == 0 || c.percent >= 100 || c.percent <= last {
+                return Err(Error::invalid(
+                    "policy.checkpoints",
+                    format!(
+                        "{}% must be between 1 and 99 and larger than the one before",
+                        c.percent
+                    ),
+                ));
+            }
+            last = c.percent;
+        }
+        if p.breaker.unhealthy_percent == 0 || p.breaker.unhealthy_percent > 100 {
+            return Err(Error::invalid(
+                "policy.breaker.unhealthy_percent",
+                "must be between 1 and 100",
+            ));
+        }
+        if p.progress_deadline.is_zero() {
+            return Err(Error::invalid(
+                "policy.progress_deadline",
+                "must be more than 0s",
+            ));
+        }
+        if p.max_replacements_per_hour == Some(0) {
+            return Err(Error::invalid(
+                "policy.max_replacements_per_hour",
+                "0 would forbid every replacement; leave it out for no limit",
+            ));
+        }
         for key in self.tags.keys() {
             let lower = key.to_ascii_lowercase();
             if lower.starts_with("phoenix:") || lower.starts_with("aws:") {
@@ -271,8 +490,14 @@ pub struct Instance {
     pub launched_at: Timestamp,
     pub state: Lifecycle,
     pub health: Health,
+    #[serde(default)]
+    pub signals: Signals,
     /// The launch decision that created it (its EC2 ClientToken and `phoenix:launch` tag).
     pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disposal: Option<Disposal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -326,7 +551,10 @@ pub enum RolloutStatus {
 impl RolloutStatus {
     /// Still moving instances (or about to).
     pub fn is_active(self) -> bool {
-        matches!(self, RolloutStatus::InProgress | RolloutStatus::Paused | RolloutStatus::RollingBack)
+        matches!(
+            self,
+            RolloutStatus::InProgress | RolloutStatus::Paused | RolloutStatus::RollingBack
+        )
     }
 }
 
@@ -354,6 +582,43 @@ pub struct Rollout {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
     pub waves: Vec<Wave>,
+    /// Why it is paused, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Pause>,
+    /// Checkpoints (in %) already passed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints_passed: Vec<u32>,
+    /// Why it rolled back or was aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Why a rollout waits, and until when (none: until `phoenix rollout resume`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    /// Status to return to on resume.
+    pub resume_to: RolloutStatus,
+}
+
+/// An image refused for a fleet after it failed a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    pub reason: String,
+    pub at: Timestamp,
+    pub rollout: u64,
+}
+
+/// The mass-failure breaker, while tripped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Breaker {
+    pub tripped_at: Timestamp,
+    pub unhealthy: u32,
+    /// The attribute most unhealthy instances share, if one stands out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<String>,
 }
 
 /// Everything phoenix records about one fleet. `instances` may hold only part of the fleet (an
@@ -375,6 +640,24 @@ pub struct Fleet {
     /// Live instances (kept as a count so instance-scoped work can respect the surge limit without
     /// reading every instance).
     pub live: u32,
+    /// Live instances that failed a health check (a count, for the breaker, for the same reason).
+    #[serde(default)]
+    pub failed: u32,
+    /// Images refused for this fleet, with why.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quarantined: BTreeMap<ImageId, Quarantine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<Breaker>,
+    /// An operator resumed repairs while the breaker was tripped; it stays off until fewer
+    /// instances are unhealthy than its threshold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub breaker_overridden: bool,
+    /// When instances were taken away in the last hour (for `max_replacements_per_hour`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disruptions: Vec<Timestamp>,
+    /// Whether the hourly budget was exhausted at the last pass (recorded once, not every pass).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub budget_exhausted: bool,
     #[serde(skip)]
     pub instances: BTreeMap<InstanceId, Instance>,
     #[serde(skip)]
@@ -392,6 +675,12 @@ impl Fleet {
             rollout: None,
             pending: Vec::new(),
             live: 0,
+            failed: 0,
+            quarantined: BTreeMap::new(),
+            breaker: None,
+            breaker_overridden: false,
+            disruptions: Vec::new(),
+            budget_exhausted: false,
             instances: BTreeMap::new(),
             complete: true,
         }
@@ -437,4 +726,6 @@ pub struct Observed {
     pub launched_at: Option<Timestamp>,
     /// The `phoenix:launch` tag.
     pub token: Option<String>,
+    pub zone: Option<String>,
+    pub instance_type: Option<String>,
 }

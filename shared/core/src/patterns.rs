@@ -3,8 +3,8 @@
 //! checks that `infra/template.yaml` carries the same patterns.
 
 use crate::events::{
-    HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED, IMAGE_READY, RECONCILE_REQUESTED, SCALE_REQUESTED,
-    SCHEDULED_EVENT, SCHEDULE_SOURCE, SOURCE,
+    HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED, IMAGE_READY, RECONCILE_REQUESTED, ROLLOUT_CONTROL,
+    SCALE_REQUESTED, SCHEDULED_EVENT, SCHEDULE_SOURCE, SOURCE,
 };
 use serde_json::{json, Value};
 
@@ -49,7 +49,7 @@ pub fn rules() -> Vec<RuleSpec> {
         RuleSpec {
             name: "ImageReady",
             function: Function::Image,
-            pattern: json!({"source": [SOURCE], "detail-type": [IMAGE_READY]}),
+            pattern: json!({"source": [SOURCE], "detail-type": [IMAGE_READY, ROLLOUT_CONTROL]}),
         },
         RuleSpec {
             name: "HealthCheck",
@@ -104,6 +104,7 @@ mod tests {
     fn every_phoenix_event_routes_to_exactly_one_function() {
         for dt in [
             IMAGE_READY,
+            ROLLOUT_CONTROL,
             HEALTH_CHECK_FAILED,
             HEALTH_CHECK_PASSED,
             SCALE_REQUESTED,

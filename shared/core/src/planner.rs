@@ -12,12 +12,13 @@
 //! ClientToken; a decided termination is issued again (terminating twice is harmless).
 
 use crate::error::{Error, Result};
-use crate::events::{Change, Intent, ScaleTarget};
+use crate::events::{Change, ControlAction, Intent, ScaleTarget};
 use crate::ids::{ImageId, InstanceId};
 use crate::model::{
-    Disposal, Fleet, FleetSpec, Health, HealthSignal, Instance, Lifecycle, Observed, PendingLaunch,
-    Rollout, RolloutStatus, Timestamp, Wave, MAX_CAPACITY,
+    Breaker, Disposal, Fleet, FleetSpec, Health, Instance, Lifecycle, Observed, Pause,
+    PendingLaunch, Quarantine, Rollout, RolloutStatus, Timestamp, Wave, MAX_CAPACITY,
 };
+use crate::quantity::Rounding;
 use chrono::Duration;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -79,6 +80,8 @@ pub struct Launched {
     pub id: InstanceId,
     pub launched_at: Option<Timestamp>,
     pub state: Lifecycle,
+    pub zone: Option<String>,
+    pub instance_type: Option<String>,
 }
 
 /// The result of planning: the next fleet state, why, and what to do.
@@ -138,8 +141,12 @@ struct Tx {
 
 impl Tx {
     fn new(fleet: &Fleet, now: Timestamp) -> Self {
+        let mut fleet = fleet.clone();
+        // Only the last hour counts against `max_replacements_per_hour`. (Dropping old entries is
+        // not a change by itself: it is written with the next real one.)
+        fleet.disruptions.retain(|t| *t + Duration::hours(1) > now);
         Tx {
-            fleet: fleet.clone(),
+            fleet,
             changes: Vec::new(),
             touched: BTreeSet::new(),
             launches: Vec::new(),
@@ -199,6 +206,26 @@ impl Tx {
         self.terminate_now.len() + self.terminate_after.values().map(Vec::len).sum::<usize>()
     }
 
+    /// How many more instances may be taken away this hour (`None`: no limit).
+    fn hourly_room(&self) -> Option<usize> {
+        let limit = self.fleet.spec.policy.max_replacements_per_hour?;
+        Some((limit as usize).saturating_sub(self.fleet.disruptions.len()))
+    }
+
+    /// Records, once, that the hourly budget stopped something; and that it refilled.
+    fn note_budget(&mut self, blocked: bool) {
+        if blocked && !self.fleet.budget_exhausted {
+            let limit = self
+                .fleet
+                .spec
+                .policy
+                .max_replacements_per_hour
+                .unwrap_or_default();
+            self.changes.push(Change::BudgetExhausted { limit });
+        }
+        self.fleet.budget_exhausted = blocked;
+    }
+
     /// Records a launch as pending (write-ahead) and returns its token:
     /// `<fleet>-<incarnation>-<version>-<n>`, unique per decision — also across a fleet deleted and
     /// created again under the same name, whose versions restart — and at most 58 characters
@@ -240,6 +267,7 @@ impl Tx {
         token
     }
 
+    /// Decides to terminate a member of the fleet. Counts against the hourly budget.
     fn decide_terminate(&mut self, id: &InstanceId, reason: String, after_launch: Option<String>) {
         let now = self.now;
         let Some(inst) = self.instance_mut(id) else {
@@ -250,6 +278,7 @@ impl Tx {
             decided_at: now,
             after_launch: after_launch.clone(),
         });
+        self.fleet.disruptions.push(now);
         self.changes.push(Change::TerminationDecided {
             instance: id.clone(),
             reason,
@@ -271,9 +300,13 @@ impl Tx {
             return;
         };
         if inst.terminated_at.is_none() {
+            let failed = inst.is_failed();
             inst.terminated_at = Some(now);
             inst.state = Lifecycle::Terminated;
             self.fleet.live = self.fleet.live.saturating_sub(1);
+            if failed {
+                self.fleet.failed = self.fleet.failed.saturating_sub(1);
+            }
         }
     }
 
@@ -281,12 +314,35 @@ impl Tx {
         let Some(inst) = self.instance_mut(id) else {
             return;
         };
-        if inst.health != health {
-            inst.health = health.clone();
-            self.changes.push(Change::HealthChanged {
-                instance: id.clone(),
-                health,
-            });
+        if inst.health == health {
+            return;
+        }
+        let was_failed = inst.is_failed();
+        inst.health = health.clone();
+        let is_failed = inst.is_failed();
+        if is_failed && !was_failed {
+            self.fleet.failed += 1;
+        } else if was_failed && !is_failed {
+            self.fleet.failed = self.fleet.failed.saturating_sub(1);
+        }
+        self.changes.push(Change::HealthChanged {
+            instance: id.clone(),
+            health,
+        });
+    }
+
+    /// Counts an instance healthy once its signals satisfy the policy and its warmup is over.
+    fn promote(&mut self, id: &InstanceId) {
+        let policy = &self.fleet.spec.policy;
+        let Some(inst) = self.fleet.instances.get(id) else {
+            return;
+        };
+        let ready = inst.health == Health::Unknown
+            && inst.state == Lifecycle::Running
+            && policy.health_check.satisfied_by(inst.signals)
+            && inst.launched_at + policy.warmup.duration() <= self.now;
+        if ready {
+            self.set_health(id, Health::Healthy);
         }
     }
 
@@ -296,20 +352,19 @@ impl Tx {
         });
     }
 
-    fn current_rollout(&mut self) -> Option<&mut Rollout> {
-        self.fleet
-            .rollout
-            .as_mut()
-            .filter(|r| r.status == RolloutStatus::InProgress)
+    /// The rollout, while it still moves instances or may (in progress, paused, rolling back).
+    fn active_rollout(&mut self) -> Option<&mut Rollout> {
+        self.fleet.rollout.as_mut().filter(|r| r.status.is_active())
     }
 
     fn start_rollout(&mut self, from: ImageId, to: ImageId) {
         let mut next_id = 1;
         if let Some(prev) = self.fleet.rollout.as_mut() {
             next_id = prev.id + 1;
-            if prev.status == RolloutStatus::InProgress {
+            if prev.status.is_active() {
                 prev.status = RolloutStatus::Superseded;
                 prev.finished_at = Some(self.now);
+                prev.pause = None;
                 self.changes
                     .push(Change::RolloutSuperseded { rollout: prev.id });
             }
@@ -327,7 +382,113 @@ impl Tx {
             started_at: self.now,
             finished_at: None,
             waves: Vec::new(),
+            pause: None,
+            checkpoints_passed: Vec::new(),
+            reason: None,
         });
+    }
+
+    /// Sends the rollout back to its previous image, under the same budget. `quarantine`: the new
+    /// image failed (not an operator's undo) and may not be launched for this fleet again.
+    fn roll_back(&mut self, reason: String, quarantine: bool) {
+        let now = self.now;
+        let Some(r) = self.fleet.rollout.clone().filter(|r| r.status.is_active()) else {
+            return;
+        };
+        if quarantine {
+            self.fleet.quarantined.insert(
+                r.to.clone(),
+                Quarantine {
+                    reason: reason.clone(),
+                    at: now,
+                    rollout: r.id,
+                },
+            );
+            self.changes.push(Change::ImageQuarantined {
+                image: r.to.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let back = r
+            .from
+            .clone()
+            .filter(|f| !self.fleet.quarantined.contains_key(f));
+        let Some(back) = back else {
+            // Nothing safe to go back to: stop where we are and say so.
+            self.abort(format!("{reason}; no earlier image to roll back to"));
+            return;
+        };
+        if quarantine && !self.fleet.spec.policy.auto_rollback {
+            self.pause(
+                format!("health gate failed: {reason}; automatic rollback is off"),
+                None,
+            );
+            return;
+        }
+        self.fleet.spec.image = back;
+        if let Some(r) = self.fleet.rollout.as_mut() {
+            r.status = RolloutStatus::RollingBack;
+            r.pause = None;
+            r.reason = Some(reason.clone());
+            self.changes.push(Change::RolloutRollingBack {
+                rollout: r.id,
+                reason,
+            });
+        }
+    }
+
+    fn abort(&mut self, reason: String) {
+        let now = self.now;
+        if let Some(r) = self.active_rollout() {
+            r.status = RolloutStatus::Aborted;
+            r.finished_at = Some(now);
+            r.pause = None;
+            r.reason = Some(reason.clone());
+            let id = r.id;
+            self.changes.push(Change::RolloutAborted {
+                rollout: id,
+                reason,
+            });
+        }
+    }
+
+    fn pause(&mut self, reason: String, until: Option<Timestamp>) {
+        if let Some(r) = self.active_rollout() {
+            if r.status == RolloutStatus::Paused {
+                return;
+            }
+            let resume_to = r.status;
+            r.status = RolloutStatus::Paused;
+            r.pause = Some(Pause {
+                reason: reason.clone(),
+                until,
+                resume_to,
+            });
+            let id = r.id;
+            self.changes.push(Change::RolloutPaused {
+                rollout: id,
+                reason,
+                until,
+            });
+        }
+    }
+
+    fn resume(&mut self, reason: String) {
+        if let Some(r) = self
+            .active_rollout()
+            .filter(|r| r.status == RolloutStatus::Paused)
+        {
+            r.status = r
+                .pause
+                .take()
+                .map(|p| p.resume_to)
+                .unwrap_or(RolloutStatus::InProgress);
+            let id = r.id;
+            self.changes.push(Change::RolloutResumed {
+                rollout: id,
+                reason,
+            });
+        }
     }
 
     /// Adds instances found for a pending launch and retires the pending record.
@@ -349,7 +510,10 @@ impl Tx {
                     launched_at: l.launched_at.unwrap_or(self.now),
                     state: l.state,
                     health: Health::Unknown,
+                    signals: Default::default(),
                     token: token.to_string(),
+                    zone: l.zone.clone(),
+                    instance_type: l.instance_type.clone(),
                     disposal: None,
                     terminated_at: None,
                 },
@@ -380,8 +544,19 @@ impl Tx {
         }
     }
 
+    /// Whether so many instances are unhealthy at once that the cause is probably shared: more
+    /// than the breaker's share of capacity, and never for a single instance (one failure in a
+    /// fleet of 4 is 25 %, but says nothing about the others).
+    fn breaker_threshold_exceeded(&self, failed: u32) -> bool {
+        let capacity = u64::from(self.fleet.spec.capacity.max(1));
+        failed >= 2
+            && u64::from(failed) * 100
+                > u64::from(self.fleet.spec.policy.breaker.unhealthy_percent) * capacity
+    }
+
     /// Replaces a failed instance: launch first when the surge limit leaves room, otherwise
     /// terminate first (a failed instance serves nothing, so removing it costs no availability).
+    /// Not while the breaker is tripped, nor beyond the hourly budget.
     fn repair(&mut self, id: &InstanceId) {
         let Some(inst) = self.fleet.instances.get(id) else {
             return;
@@ -393,6 +568,29 @@ impl Tx {
             Health::Unhealthy { reason } => format!("replace failed instance: {reason}"),
             _ => "replace failed instance".into(),
         };
+        let halted = self.fleet.breaker.is_some()
+            || (!self.fleet.breaker_overridden
+                && self.breaker_threshold_exceeded(self.fleet.failed));
+        if halted {
+            if self.fleet.breaker.is_none() && !self.fleet.complete {
+                // Tripping needs the whole fleet (to name what the failures share): the next
+                // reconcile does it. Until then, nothing is replaced.
+                self.changes.push(Change::RepairDeferred {
+                    instance: id.clone(),
+                    reason: format!(
+                        "{} of {} instances unhealthy: more than {}%",
+                        self.fleet.failed,
+                        self.fleet.spec.capacity,
+                        self.fleet.spec.policy.breaker.unhealthy_percent
+                    ),
+                });
+            }
+            return;
+        }
+        if self.hourly_room() == Some(0) {
+            self.note_budget(true);
+            return;
+        }
         let budget = self.fleet.budget();
         let peak = self.fleet.live + self.fleet.pending_count();
         if peak < budget.max_total
@@ -409,6 +607,160 @@ impl Tx {
             self.decide_terminate(id, reason, None);
         }
     }
+
+    /// The health gate of a rollout: a new-image instance that failed, or a wave that missed its
+    /// deadline, sends the rollout back to the previous image and quarantines the new one.
+    fn health_gate(&mut self) {
+        let now = self.now;
+        let Some(r) = self.fleet.rollout.clone() else {
+            return;
+        };
+        if !matches!(r.status, RolloutStatus::InProgress | RolloutStatus::Paused) {
+            return;
+        }
+        if r.pause
+            .as_ref()
+            .is_some_and(|p| p.resume_to == RolloutStatus::RollingBack)
+        {
+            return;
+        }
+        let failed = self
+            .fleet
+            .instances
+            .values()
+            .filter(|i| i.image == r.to && i.launched_at >= r.started_at)
+            .find_map(|i| match &i.health {
+                Health::Unhealthy { reason } => Some(format!(
+                    "{} on {} failed its health check: {reason}",
+                    i.id, r.to
+                )),
+                _ => None,
+            });
+        let deadline = self.fleet.spec.policy.progress_deadline;
+        let late = r
+            .waves
+            .iter()
+            .find(|w| {
+                w.healthy_at.is_none()
+                    && w.started_at + deadline.duration() <= now
+                    && r.status == RolloutStatus::InProgress
+            })
+            .map(|w| {
+                format!(
+                    "wave {} was not healthy within its progress deadline of {deadline}",
+                    w.number
+                )
+            });
+        if let Some(reason) = failed.or(late) {
+            self.roll_back(reason, true);
+        }
+    }
+
+    /// Resumes a rollout whose timed pause (bake, checkpoint) is over.
+    fn wake(&mut self) {
+        let now = self.now;
+        let due = self
+            .fleet
+            .rollout
+            .as_ref()
+            .and_then(|r| r.pause.as_ref())
+            .is_some_and(|p| p.until.is_some_and(|u| u <= now));
+        if due {
+            self.resume("pause over".into());
+        }
+    }
+
+    /// The mass-failure breaker, on the whole fleet: trips when more than its share of capacity is
+    /// unhealthy, naming what the unhealthy instances share; resets once the fleet recovers.
+    fn breaker(&mut self) {
+        let count = self
+            .fleet
+            .live_instances()
+            .filter(|i| i.is_failed())
+            .count() as u32;
+        let exceeded = self.breaker_threshold_exceeded(count);
+        if !exceeded {
+            // An operator's override lasts until the fleet is below the threshold again.
+            self.fleet.breaker_overridden = false;
+        }
+        let tripped = exceeded && !self.fleet.breaker_overridden;
+        let is_tripped = self.fleet.breaker.is_some();
+        if tripped && !is_tripped {
+            let live: Vec<&Instance> = self.fleet.live_instances().collect();
+            let unhealthy: Vec<&Instance> =
+                live.iter().copied().filter(|i| i.is_failed()).collect();
+            let shared = shared_attribute(&unhealthy, &live);
+            let capacity = self.fleet.spec.capacity;
+            self.fleet.breaker = Some(Breaker {
+                tripped_at: self.now,
+                unhealthy: count,
+                shared: shared.clone(),
+            });
+            self.changes.push(Change::ReplacementHalted {
+                unhealthy: count,
+                capacity,
+                shared,
+            });
+        } else if !tripped && is_tripped {
+            self.fleet.breaker = None;
+            self.changes.push(Change::ReplacementResumed {
+                reason: format!("{count} unhealthy: below the breaker's threshold again"),
+            });
+        }
+    }
+}
+
+/// The attribute that stands out among unhealthy instances: shared by at least 80 % of them and
+/// more common among them than in the fleet (a bad image, a zone outage, a bad instance type, a
+/// batch launched together). `None` when nothing stands out.
+fn shared_attribute(unhealthy: &[&Instance], all: &[&Instance]) -> Option<String> {
+    if unhealthy.is_empty() {
+        return None;
+    }
+    type Key = fn(&Instance) -> Option<String>;
+    let keys: [(&str, Key); 4] = [
+        ("image", |i| Some(i.image.to_string())),
+        ("availability zone", |i| i.zone.clone()),
+        ("instance type", |i| i.instance_type.clone()),
+        ("launch window", |i| {
+            Some(i.launched_at.format("%Y-%m-%dT%H:%M").to_string()[..15].to_string() + "0")
+        }),
+    ];
+    let mut best: Option<(f64, String)> = None;
+    for (name, key) in keys {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for i in unhealthy {
+            if let Some(v) = key(i) {
+                *counts.entry(v).or_default() += 1;
+            }
+        }
+        let Some((value, n)) = counts.into_iter().max_by_key(|(_, n)| *n) else {
+            continue;
+        };
+        let share = n as f64 / unhealthy.len() as f64;
+        let in_fleet = all
+            .iter()
+            .filter(|i| key(i).as_deref() == Some(value.as_str()))
+            .count();
+        let fleet_share = in_fleet as f64 / all.len().max(1) as f64;
+        let lift = share - fleet_share;
+        if share >= 0.8 && lift > 0.0 && best.as_ref().is_none_or(|(l, _)| lift > *l) {
+            let value = if name == "launch window" {
+                format!("{value} (10 minutes)")
+            } else {
+                value
+            };
+            best = Some((
+                lift,
+                format!(
+                    "{name} {value}: {n} of {} unhealthy instances, {in_fleet} of {} in the fleet",
+                    unhealthy.len(),
+                    all.len()
+                ),
+            ));
+        }
+    }
+    best.map(|(_, text)| text)
 }
 
 /// A new fleet, as `phoenix fleet apply` creates it. Instances come with the first reconcile.
@@ -426,6 +778,16 @@ pub fn create_fleet(spec: FleetSpec, now: Timestamp) -> Result<Step> {
     })
 }
 
+/// The reason an image may not be launched for this fleet, if it is quarantined.
+fn refusal(fleet: &Fleet, image: &ImageId) -> Option<String> {
+    fleet.quarantined.get(image).map(|q| {
+        format!(
+            "{image} is quarantined for fleet {} since rollout {} failed ({}); clear it with `phoenix image clear-quarantine {} {image}`",
+            fleet.spec.name, q.rollout, q.reason, fleet.spec.name
+        )
+    })
+}
+
 /// A fleet file applied over an existing fleet: a new image starts a rollout, a new capacity
 /// scales, other fields apply to later launches.
 pub fn update_spec(fleet: &Fleet, spec: FleetSpec, now: Timestamp) -> Result<Step> {
@@ -435,6 +797,11 @@ pub fn update_spec(fleet: &Fleet, spec: FleetSpec, now: Timestamp) -> Result<Ste
             "name",
             format!("{} is not fleet {}", spec.name, fleet.spec.name),
         ));
+    }
+    if spec.image != fleet.spec.image {
+        if let Some(reason) = refusal(fleet, &spec.image) {
+            return Err(Error::invalid("image", reason));
+        }
     }
     let mut tx = Tx::new(fleet, now);
     let old = fleet.spec.clone();
@@ -479,6 +846,13 @@ fn older(event_time: Timestamp, applied_at: Timestamp) -> bool {
     event_time.timestamp() < applied_at.timestamp()
 }
 
+fn not_member(fleet: &Fleet, instance: &InstanceId) -> Error {
+    Error::invalid(
+        "instance",
+        format!("{instance} is not an instance of fleet {}", fleet.spec.name),
+    )
+}
+
 /// Applies what an event asks. `event_time` orders events that EventBridge may deliver out of
 /// order; `fleet` holds at least the instance an instance-scoped event names.
 pub fn apply_intent(
@@ -500,6 +874,11 @@ pub fn apply_intent(
                     "event of {event_time} is older than the image change of {}",
                     fleet.image_set_at
                 ));
+            } else if let Some(reason) = refusal(fleet, image) {
+                tx.changes.push(Change::ImageRefused {
+                    image: image.clone(),
+                    reason,
+                });
             } else {
                 let from = fleet.spec.image.clone();
                 tx.changes.push(Change::ImageChanged {
@@ -549,12 +928,7 @@ pub fn apply_intent(
             }
         }
         Intent::HealthCheckFailed { instance, reason } => match fleet.instances.get(instance) {
-            None => {
-                return Err(Error::invalid(
-                    "instance",
-                    format!("{instance} is not an instance of fleet {}", fleet.spec.name),
-                ))
-            }
+            None => return Err(not_member(fleet, instance)),
             Some(i) if !i.is_live() => tx.ignore(format!("{instance} was already replaced")),
             Some(i) if i.disposal.is_some() => {
                 tx.ignore(format!("{instance} is already being replaced"))
@@ -567,28 +941,110 @@ pub fn apply_intent(
                         reason: reason.clone(),
                     },
                 );
+                // A new-image instance failing sends the rollout back first, so that its
+                // replacement comes from the previous image.
+                tx.health_gate();
                 tx.repair(instance);
             }
         },
         Intent::HealthCheckPassed { instance } => match fleet.instances.get(instance) {
-            None => {
-                return Err(Error::invalid(
-                    "instance",
-                    format!("{instance} is not an instance of fleet {}", fleet.spec.name),
-                ))
-            }
+            None => return Err(not_member(fleet, instance)),
             Some(i) if !i.is_live() => tx.ignore(format!("{instance} was already replaced")),
+            // While the breaker holds repairs back, the failures were probably one shared cause (a
+            // zone outage, a dependency): an instance that passes again has recovered.
+            Some(i) if i.is_failed() && fleet.breaker.is_some() && i.disposal.is_none() => {
+                tx.set_health(instance, Health::Healthy);
+            }
             Some(i) if i.is_failed() => tx.ignore(format!(
                 "{instance} failed earlier; a failed instance is never trusted again"
             )),
-            Some(i) if i.health == Health::Healthy => {
-                tx.ignore(format!("{instance} is already healthy"))
+            Some(i) if i.signals.passed => tx.ignore(format!("{instance} already passed")),
+            Some(_) => {
+                if let Some(i) = tx.instance_mut(instance) {
+                    i.signals.passed = true;
+                }
+                tx.promote(instance);
+                if tx.changes.is_empty() {
+                    // Recorded even when the instance is not healthy yet (warmup, or EC2's
+                    // checks still to come): the signal must not be lost.
+                    tx.ignore(format!("{instance} passed; counted healthy once the policy's other conditions hold"));
+                }
             }
-            Some(_) => tx.set_health(instance, Health::Healthy),
         },
+        Intent::RolloutControl { action, .. } => control(&mut tx, *action),
+        Intent::ClearQuarantine { image, .. } => {
+            if tx.fleet.quarantined.remove(image).is_some() {
+                tx.changes.push(Change::ImageReleased {
+                    image: image.clone(),
+                });
+            } else {
+                tx.ignore(format!(
+                    "{image} is not quarantined for fleet {}",
+                    fleet.spec.name
+                ));
+            }
+        }
         Intent::Reconcile { .. } => {}
     }
     Ok(tx.finish())
+}
+
+/// An operator's command to the rollout.
+fn control(tx: &mut Tx, action: ControlAction) {
+    let status = tx.fleet.rollout.as_ref().map(|r| r.status);
+    match (action, status) {
+        (ControlAction::Pause, Some(RolloutStatus::InProgress | RolloutStatus::RollingBack)) => {
+            tx.pause("paused by operator".into(), None)
+        }
+        (ControlAction::Resume, Some(RolloutStatus::Paused)) => {
+            tx.resume("resumed by operator".into())
+        }
+        (ControlAction::Abort, Some(s)) if s.is_active() => tx.abort("aborted by operator".into()),
+        (ControlAction::Undo, Some(RolloutStatus::InProgress | RolloutStatus::Paused)) => {
+            tx.roll_back("undone by operator".into(), false)
+        }
+        (ControlAction::Undo, Some(RolloutStatus::Succeeded | RolloutStatus::Aborted)) => {
+            // Undo a finished rollout: a new rollout back to the image before it.
+            let Some(r) = tx.fleet.rollout.clone() else {
+                return;
+            };
+            match r.from.filter(|f| !tx.fleet.quarantined.contains_key(f)) {
+                Some(back) => {
+                    let current = tx.fleet.spec.image.clone();
+                    tx.changes.push(Change::ImageChanged {
+                        from: current.clone(),
+                        to: back.clone(),
+                    });
+                    tx.fleet.spec.image = back.clone();
+                    tx.fleet.image_set_at = tx.now;
+                    tx.start_rollout(current, back);
+                }
+                None => tx.ignore(format!(
+                    "rollout {} has no earlier image to go back to",
+                    r.id
+                )),
+            }
+        }
+        (ControlAction::ResumeRepairs, _) => {
+            if tx.fleet.breaker.take().is_some() {
+                tx.fleet.breaker_overridden = true;
+                tx.changes.push(Change::ReplacementResumed {
+                    reason: "resumed by operator (the breaker stays off until fewer instances are unhealthy)".into(),
+                });
+            } else {
+                tx.ignore("repairs are not halted");
+            }
+        }
+        (action, status) => {
+            let what = status
+                .map(|s| format!("{s:?}").to_lowercase())
+                .unwrap_or_else(|| "none".into());
+            tx.ignore(format!(
+                "cannot {} a rollout in state {what}",
+                action.as_str()
+            ))
+        }
+    }
 }
 
 /// One reconcile pass over a whole fleet: fold in what EC2 reports, finish or retry unfinished
@@ -597,7 +1053,13 @@ pub fn apply_intent(
 /// Idempotent: run on the state it produced (and an unchanged EC2) it decides nothing more.
 pub fn reconcile(fleet: &Fleet, observed: &[Observed], now: Timestamp) -> Step {
     let mut tx = Tx::new(fleet, now);
+    // The counters are derived: a full view is the moment to correct any drift.
+    tx.fleet.live = tx.fleet.live_instances().count() as u32;
+    tx.fleet.failed = tx.fleet.live_instances().filter(|i| i.is_failed()).count() as u32;
     observe(&mut tx, observed);
+    tx.wake();
+    tx.health_gate();
+    tx.breaker();
     // Failed instances first: they are the most urgent and cost no availability.
     let failed: Vec<InstanceId> = tx
         .fleet
@@ -612,6 +1074,9 @@ pub fn reconcile(fleet: &Fleet, observed: &[Observed], now: Timestamp) -> Step {
     }
     roll_and_scale(&mut tx);
     track_rollout(&mut tx);
+    if tx.fleet.budget_exhausted && tx.hourly_room() != Some(0) {
+        tx.note_budget(false);
+    }
     tx.finish()
 }
 
@@ -629,6 +1094,8 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                 id: o.id.clone(),
                 launched_at: o.launched_at,
                 state: o.state,
+                zone: o.zone.clone(),
+                instance_type: o.instance_type.clone(),
             })
             .collect();
         found.sort_by(|a, b| (a.launched_at, &a.id).cmp(&(b.launched_at, &b.id)));
@@ -656,7 +1123,6 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
 
     // Recorded instances: follow EC2's view of them.
     let recorded: Vec<Instance> = tx.fleet.live_instances().cloned().collect();
-    let health_signal = tx.fleet.spec.policy.health_check;
     for inst in recorded {
         if !tx.room_to_touch() {
             break;
@@ -685,6 +1151,14 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                         state: o.state,
                     });
                 }
+                if (o.zone.is_some() && inst.zone.is_none())
+                    || (o.instance_type.is_some() && inst.instance_type.is_none())
+                {
+                    if let Some(i) = tx.instance_mut(&inst.id) {
+                        i.zone = i.zone.clone().or(o.zone.clone());
+                        i.instance_type = i.instance_type.clone().or(o.instance_type.clone());
+                    }
+                }
                 let stopped = matches!(o.state, Lifecycle::Stopping | Lifecycle::Stopped);
                 if stopped && !inst.is_failed() && inst.disposal.is_none() {
                     tx.set_health(
@@ -693,12 +1167,14 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                             reason: format!("instance is {} outside phoenix", o.state.as_str()),
                         },
                     );
-                } else if health_signal == HealthSignal::Ec2
-                    && inst.health == Health::Unknown
-                    && o.state == Lifecycle::Running
-                    && o.status_ok
-                {
-                    tx.set_health(&inst.id, Health::Healthy);
+                } else if inst.health == Health::Unknown {
+                    let ec2_ok = o.state == Lifecycle::Running && o.status_ok;
+                    if ec2_ok && !inst.signals.ec2_ok {
+                        if let Some(i) = tx.instance_mut(&inst.id) {
+                            i.signals.ec2_ok = true;
+                        }
+                    }
+                    tx.promote(&inst.id);
                 }
                 if let Some(d) = &inst.disposal {
                     // Decided but apparently never carried out (the deciding invocation died).
@@ -761,9 +1237,48 @@ fn fleet_tokens(fleet: &Fleet) -> BTreeSet<&str> {
     fleet.pending.iter().map(|p| p.token.as_str()).collect()
 }
 
+/// How many instances on the target image the rollout allows now (`None`: up to capacity): the
+/// canary until it is healthy and baked, then each checkpoint in turn; frozen while paused; and
+/// after an abort, no more than there are.
+fn new_image_cap(fleet: &Fleet, current_new: u32) -> Option<u32> {
+    let r = fleet.rollout.as_ref()?;
+    let capacity = fleet.spec.capacity;
+    let policy = &fleet.spec.policy;
+    match r.status {
+        RolloutStatus::Paused | RolloutStatus::Aborted => return Some(current_new),
+        RolloutStatus::InProgress => {}
+        _ => return None,
+    }
+    let mut cap = capacity;
+    if let Some(canary) = policy.canary {
+        let canary_done = r.waves.first().is_some_and(|w| w.healthy_at.is_some());
+        if !canary_done {
+            cap = cap.min(
+                canary
+                    .resolve(capacity, Rounding::Up)
+                    .clamp(1, capacity.max(1)),
+            );
+        }
+    }
+    if let Some(next) = policy
+        .checkpoints
+        .iter()
+        .find(|c| !r.checkpoints_passed.contains(&c.percent))
+    {
+        cap = cap.min(checkpoint_count(capacity, next.percent));
+    }
+    Some(cap)
+}
+
+fn checkpoint_count(capacity: u32, percent: u32) -> u32 {
+    crate::quantity::Quantity::Percent(percent)
+        .resolve(capacity, Rounding::Up)
+        .max(1)
+}
+
 /// Rolling replacement and scaling, in the manner of a Kubernetes Deployment: never more than
 /// `max_total` instances at once, never fewer healthy than `min_healthy`, old images go only as
-/// healthy new ones cover them.
+/// healthy new ones cover them — and no further than the rollout's current stage allows.
 fn roll_and_scale(tx: &mut Tx) {
     let capacity = tx.fleet.spec.capacity;
     let budget = tx.fleet.budget();
@@ -791,6 +1306,7 @@ fn roll_and_scale(tx: &mut Tx) {
         keep.iter().partition(|i| i.image == target);
     let healthy_new = new.iter().filter(|i| i.is_healthy()).count() as u32;
     let unready_new = new.len() as u32 - healthy_new + pending;
+    let cap = new_image_cap(&tx.fleet, healthy_new + unready_new);
 
     // Who goes first: not yet healthy, then older images, then the oldest.
     let order = |a: &&Instance, b: &&Instance| {
@@ -806,11 +1322,24 @@ fn roll_and_scale(tx: &mut Tx) {
             remove.push((i.id.clone(), format!("scale in to {capacity}")));
         }
     } else {
-        let can_remove = total
+        let mut can_remove = total
             .saturating_sub(budget.min_healthy)
             .saturating_sub(unready_new) as usize;
+        if let Some(cap) = cap {
+            // The stage's share of old instances stays until the stage moves on; a scale-in
+            // still removes the excess.
+            let must_stay = capacity.saturating_sub(cap.max(healthy_new + unready_new)) as usize;
+            let stage_room = old.len().saturating_sub(must_stay);
+            let excess = total.saturating_sub(capacity) as usize;
+            can_remove = can_remove.min(stage_room.max(excess.min(old.len())));
+        }
+        let reason = match tx.fleet.rollout.as_ref().map(|r| r.status) {
+            Some(RolloutStatus::RollingBack) => format!("rolled back to image {target}"),
+            Some(RolloutStatus::InProgress) => format!("replaced by image {target}"),
+            _ => format!("scale in to {capacity}"),
+        };
         for i in old.iter().take(can_remove) {
-            remove.push((i.id.clone(), format!("replaced by image {target}")));
+            remove.push((i.id.clone(), reason.clone()));
         }
         // A scale-in during a rollout: drop new instances beyond capacity too.
         let new_total = new.len() as u32 + pending;
@@ -837,6 +1366,11 @@ fn roll_and_scale(tx: &mut Tx) {
     });
     let room = MAX_TERMINATIONS_PER_STEP.saturating_sub(tx.terminations_this_step());
     remove.truncate(room.min(MAX_TOUCHED_PER_STEP.saturating_sub(tx.touched.len())));
+    let wanted = remove.len();
+    if let Some(hourly) = tx.hourly_room() {
+        remove.truncate(hourly);
+    }
+    let blocked_by_budget = remove.len() < wanted;
     let removed_new = remove
         .iter()
         .filter(|(id, _)| new.iter().any(|i| &i.id == id))
@@ -845,40 +1379,46 @@ fn roll_and_scale(tx: &mut Tx) {
     drop(new);
     drop(old);
     drop(keep);
+    if blocked_by_budget {
+        tx.note_budget(true);
+    }
 
-    let rollout_ongoing = tx
-        .fleet
-        .rollout
-        .as_ref()
-        .is_some_and(|r| r.status == RolloutStatus::InProgress);
     for (id, reason) in &remove {
         tx.decide_terminate(id, reason.clone(), None);
-        if rollout_ongoing {
-            if let Some(wave) = tx.current_rollout().and_then(|r| r.waves.last_mut()) {
-                wave.terminated.push(id.clone());
-            }
+        if let Some(wave) = tx.active_rollout().and_then(|r| r.waves.last_mut()) {
+            wave.terminated.push(id.clone());
         }
     }
 
-    // Launch new-image instances up to capacity, within the surge limit.
+    // Launch new-image instances up to capacity (or the stage's cap), within the surge limit.
     let new_count = (healthy_new + unready_new).saturating_sub(removed_new);
     let peak = total - removed + leaving_later;
     let launch = budget
         .max_total
         .saturating_sub(peak)
-        .min(capacity.saturating_sub(new_count))
+        .min(
+            capacity
+                .min(cap.unwrap_or(capacity))
+                .saturating_sub(new_count),
+        )
         .min(MAX_LAUNCHES_PER_STEP.saturating_sub(tx.launches_this_step()));
     if launch == 0 || !tx.room_to_touch() {
         return;
     }
-    let reason = match tx.current_rollout() {
+    let reason = match tx.active_rollout() {
+        Some(r) if r.status == RolloutStatus::RollingBack => {
+            format!("roll back rollout {} to {target}", r.id)
+        }
         Some(r) => format!("rollout {} to {}", r.id, r.to),
         None => format!("bring fleet to {capacity} instances"),
     };
     let token = tx.decide_launch(target, launch, reason);
     let now = tx.now;
     let mut wave_started = None;
-    if let Some(r) = tx.current_rollout() {
+    if let Some(r) = tx
+        .active_rollout()
+        .filter(|r| r.status == RolloutStatus::InProgress)
+    {
         let number = r.waves.len() as u32 + 1;
         r.waves.push(Wave {
             number,
@@ -897,15 +1437,11 @@ fn roll_and_scale(tx: &mut Tx) {
     tx.changes.extend(wave_started);
 }
 
-/// Marks waves healthy and the rollout succeeded once every instance runs the new image, healthy.
+/// Marks waves healthy; pauses for the canary's bake and at checkpoints; ends the rollout once
+/// every instance runs its target image, healthy (Succeeded, or RolledBack when going back).
 fn track_rollout(tx: &mut Tx) {
     let now = tx.now;
-    let Some(rollout) = tx
-        .fleet
-        .rollout
-        .clone()
-        .filter(|r| r.status == RolloutStatus::InProgress)
-    else {
+    let Some(rollout) = tx.fleet.rollout.clone().filter(|r| r.status.is_active()) else {
         return;
     };
     let pending: BTreeSet<&str> = fleet_tokens(&tx.fleet);
@@ -927,22 +1463,76 @@ fn track_rollout(tx: &mut Tx) {
             });
         }
     }
+    let target = tx.fleet.spec.image.clone();
     let capacity = tx.fleet.spec.capacity as usize;
     let live: Vec<&Instance> = tx.fleet.live_instances().collect();
+    let healthy_on_target = live
+        .iter()
+        .filter(|i| i.image == target && i.is_healthy() && i.disposal.is_none())
+        .count();
     let done = tx.fleet.pending.is_empty()
         && live.len() == capacity
         && live
             .iter()
-            .all(|i| i.image == rollout.to && i.is_healthy() && i.disposal.is_none());
+            .all(|i| i.image == target && i.is_healthy() && i.disposal.is_none());
+    let policy = tx.fleet.spec.policy.clone();
+    let canary_just_healthy = policy.canary.is_some()
+        && rollout
+            .waves
+            .first()
+            .is_some_and(|w| w.healthy_at.is_none())
+        && waves.first().is_some_and(|w| w.healthy_at.is_some());
+    let mut pause = None;
     if let Some(r) = tx.fleet.rollout.as_mut() {
         r.waves = waves;
         if done {
-            r.status = RolloutStatus::Succeeded;
+            r.status = if r.status == RolloutStatus::RollingBack {
+                RolloutStatus::RolledBack
+            } else {
+                RolloutStatus::Succeeded
+            };
             r.finished_at = Some(now);
-            changes.push(Change::RolloutSucceeded { rollout: r.id });
+            r.pause = None;
+            changes.push(if r.status == RolloutStatus::RolledBack {
+                Change::RolloutRolledBack { rollout: r.id }
+            } else {
+                Change::RolloutSucceeded { rollout: r.id }
+            });
+        } else if r.status == RolloutStatus::InProgress {
+            if canary_just_healthy && !policy.bake.is_zero() {
+                pause = Some((
+                    format!("canary baking for {}", policy.bake),
+                    Some(now + policy.bake.duration()),
+                ));
+            } else if let Some(cp) = policy
+                .checkpoints
+                .iter()
+                .find(|c| !r.checkpoints_passed.contains(&c.percent))
+            {
+                if healthy_on_target as u32 >= checkpoint_count(capacity as u32, cp.percent) {
+                    r.checkpoints_passed.push(cp.percent);
+                    let until = cp.pause.map(|p| now + p.duration());
+                    changes.push(Change::CheckpointReached {
+                        rollout: r.id,
+                        percent: cp.percent,
+                        until,
+                    });
+                    let how = match cp.pause {
+                        Some(p) => format!("for {p}"),
+                        None => "until `phoenix rollout resume`".into(),
+                    };
+                    pause = Some((
+                        format!("checkpoint {}% reached: paused {how}", cp.percent),
+                        until,
+                    ));
+                }
+            }
         }
     }
     tx.changes.extend(changes);
+    if let Some((reason, until)) = pause {
+        tx.pause(reason, until);
+    }
 }
 
 /// Folds what the executor got back from EC2 into the fleet.
@@ -978,7 +1568,28 @@ pub fn record_outcomes(fleet: &Fleet, outcomes: &[Outcome], now: Timestamp) -> S
             }
             Outcome::Terminated { instances } => {
                 for id in instances {
+                    let replaced = tx.fleet.instances.get(id).and_then(|i| {
+                        let d = i.disposal.as_ref()?;
+                        let token = d.after_launch.as_ref()?;
+                        let by: Vec<InstanceId> = outcomes
+                            .iter()
+                            .filter_map(|o| match o {
+                                Outcome::Launched {
+                                    token: t,
+                                    instances,
+                                } if t == token => Some(instances.iter().map(|l| l.id.clone())),
+                                _ => None,
+                            })
+                            .flatten()
+                            .collect();
+                        Some(Change::InstanceReplaced {
+                            instance: id.clone(),
+                            by,
+                            reason: d.reason.clone(),
+                        })
+                    });
                     tx.bury(id);
+                    tx.changes.extend(replaced);
                 }
                 tx.changes.push(Change::Terminated {
                     instances: instances.clone(),

@@ -260,6 +260,8 @@ impl Ec2 {
                 id: id.clone(),
                 launched_at: Some(self.vms[id].launched_at),
                 state: self.vms[id].state,
+                zone: None,
+                instance_type: None,
             })
             .collect())
     }
@@ -319,6 +321,8 @@ impl Ec2 {
                 status_ok: vm.status_ok,
                 launched_at: Some(vm.launched_at),
                 token: vm.token.clone(),
+                zone: None,
+                instance_type: None,
             })
             .collect()
     }
@@ -417,7 +421,10 @@ impl Sim {
                     launched_at,
                     state: Lifecycle::Running,
                     health: Health::Healthy,
+                    signals: Default::default(),
                     token,
+                    zone: None,
+                    instance_type: None,
                     disposal: None,
                     terminated_at: None,
                 },
@@ -456,7 +463,10 @@ impl Sim {
             Intent::HealthCheckFailed { instance, .. } | Intent::HealthCheckPassed { instance } => {
                 self.load_partial(Some(instance))
             }
-            Intent::ImageReady { .. } | Intent::Scale { .. } => self.load_partial(None),
+            Intent::ImageReady { .. }
+            | Intent::Scale { .. }
+            | Intent::RolloutControl { .. }
+            | Intent::ClearQuarantine { .. } => self.load_partial(None),
             Intent::Reconcile { .. } => self.fleet.clone(),
         }
     }
@@ -1457,7 +1467,18 @@ fn random_run(seed: u64) -> Result<(), String> {
         sim.tick(wait);
     }
 
-    // Events stop and EC2 behaves: the fleet must come to rest as asked.
+    // Events stop and EC2 behaves: the fleet must come to rest as asked. A tripped breaker holds
+    // repairs until a person looks (failed instances never heal by themselves here): resume them.
+    if sim.fleet.breaker.is_some() {
+        sim.apply(
+            &Intent::RolloutControl {
+                fleet: sim.fleet.spec.name.clone(),
+                action: phoenix_core::events::ControlAction::ResumeRepairs,
+            },
+            sim.now(),
+        )
+        .map_err(|e| format!("seed {seed}: {e}"))?;
+    }
     sim.ec2.fail_launches = false;
     sim.ec2.duplicate_launches = false;
     sim.ec2.visibility_lag = Duration::zero();
@@ -1476,7 +1497,14 @@ fn random_run(seed: u64) -> Result<(), String> {
     if !settled {
         return Err(context(&sim, 50, "did not converge"));
     }
-    if sim.fleet.spec.image != newest.1 {
+    // The newest announcement wins, unless its rollout failed its health gate: then the fleet is
+    // back on an image that is not quarantined, and the failed one is.
+    let expected_ok = if sim.fleet.quarantined.contains_key(&newest.1) {
+        !sim.fleet.quarantined.contains_key(&sim.fleet.spec.image)
+    } else {
+        sim.fleet.spec.image == newest.1
+    };
+    if !expected_ok {
         return Err(context(
             &sim,
             50,
