@@ -405,6 +405,111 @@ impl Harness {
         }
     }
 
+    /// Publishes a phoenix event on the bus, as the CLI or a pipeline would; returns its id.
+    pub async fn publish(&self, intent: &phoenix_core::events::Intent) -> String {
+        use phoenix_aws::bus::{Bus, OutgoingEvent};
+        let (detail_type, detail) = intent.to_detail();
+        let event = OutgoingEvent {
+            detail_type: detail_type.into(),
+            detail,
+            resources: Vec::new(),
+        };
+        self.dispatcher
+            .controller
+            .bus
+            .publish(&[event])
+            .await
+            .unwrap()
+            .remove(0)
+    }
+
+    /// Routes the events phoenix publishes about its fleets (RolloutStarted, ReplacementHalted, ...)
+    /// to a queue, as a user routes them to chat or paging. Returns the queue to read.
+    pub async fn subscribe(&self) -> String {
+        use aws_sdk_eventbridge::types::Target;
+        let sqs = aws_sdk_sqs_client(&self.sdk);
+        let url = sqs
+            .create_queue()
+            .queue_name("notifications")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let arn = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+            .clone();
+        let events = aws_sdk_eventbridge::Client::new(&self.sdk);
+        let kinds = [
+            "RolloutStarted",
+            "WaveStarted",
+            "WaveHealthy",
+            "CheckpointReached",
+            "RolloutSucceeded",
+            "RolloutRollingBack",
+            "RolloutRolledBack",
+            "InstanceReplaced",
+            "ReplacementHalted",
+            "ImageQuarantined",
+        ];
+        let pattern = serde_json::json!({"source": ["phoenix"], "detail-type": kinds});
+        events
+            .put_rule()
+            .name("notifications")
+            .event_pattern(pattern.to_string())
+            .send()
+            .await
+            .unwrap();
+        events
+            .put_targets()
+            .rule("notifications")
+            .targets(Target::builder().id("q").arn(arn).build().unwrap())
+            .send()
+            .await
+            .unwrap();
+        url
+    }
+
+    /// The events received on a subscription queue so far: (detail-type, detail).
+    pub async fn notifications(&self, url: &str) -> Vec<(String, serde_json::Value)> {
+        let sqs = aws_sdk_sqs_client(&self.sdk);
+        let mut out = Vec::new();
+        loop {
+            let got = sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .unwrap();
+            let msgs = got.messages.unwrap_or_default();
+            if msgs.is_empty() {
+                return out;
+            }
+            for m in msgs {
+                let v: serde_json::Value =
+                    serde_json::from_str(m.body.as_deref().unwrap_or("{}")).unwrap();
+                out.push((
+                    v["detail-type"].as_str().unwrap_or_default().to_string(),
+                    v["detail"].clone(),
+                ));
+                sqs.delete_message()
+                    .queue_url(url)
+                    .receipt_handle(m.receipt_handle.unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
     pub fn filter(name: &str, value: &str) -> Filter {
         Filter::builder().name(name).values(value).build()
     }
@@ -430,9 +535,7 @@ pub fn controller(
 pub fn converged(f: &Fleet) -> bool {
     let live: Vec<_> = f.live_instances().collect();
     f.pending.is_empty()
-        && f.rollout
-            .as_ref()
-            .is_none_or(|r| r.status != phoenix_core::model::RolloutStatus::InProgress)
+        && f.rollout.as_ref().is_none_or(|r| !r.status.is_active())
         && live.len() == f.spec.capacity as usize
         && live
             .iter()
@@ -454,6 +557,9 @@ pub struct FleetFile {
     pub max_surge: String,
     pub max_unavailable: String,
     pub tags: Vec<(String, String)>,
+    pub instance_type: String,
+    /// Extra lines under `policy:` (already indented by two spaces).
+    pub policy_extra: Vec<String>,
 }
 
 impl FleetFile {
@@ -465,6 +571,8 @@ impl FleetFile {
             max_surge: "1".into(),
             max_unavailable: "0".into(),
             tags: vec![("team".into(), "web".into())],
+            instance_type: "t3.micro".into(),
+            policy_extra: Vec::new(),
         }
     }
     pub fn surge(mut self, q: &str) -> Self {
@@ -477,6 +585,15 @@ impl FleetFile {
     }
     pub fn image(mut self, image: &ImageId) -> Self {
         self.image = image.to_string();
+        self
+    }
+    pub fn instance_type(mut self, t: &str) -> Self {
+        self.instance_type = t.into();
+        self
+    }
+    /// Adds a line to the policy, e.g. `canary: 1` or `checkpoints: [{percent: 50}]`.
+    pub fn policy(mut self, line: &str) -> Self {
+        self.policy_extra.push(format!("  {line}"));
         self
     }
     pub fn capacity(mut self, c: i64) -> Self {
@@ -492,13 +609,18 @@ impl FleetFile {
             }
         };
         let mut s = format!(
-            "name: {}\nimage: {}\ncapacity: {}\ninstance_type: t3.micro\npolicy:\n  max_surge: {}\n  max_unavailable: {}\n",
+            "name: {}\nimage: {}\ncapacity: {}\ninstance_type: {}\npolicy:\n  max_surge: {}\n  max_unavailable: {}\n",
             self.name,
             self.image,
             self.capacity,
+            self.instance_type,
             quote(&self.max_surge),
             quote(&self.max_unavailable)
         );
+        for line in &self.policy_extra {
+            s.push_str(line);
+            s.push('\n');
+        }
         if !self.tags.is_empty() {
             s.push_str("tags:\n");
             for (k, v) in &self.tags {

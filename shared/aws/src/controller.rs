@@ -254,7 +254,25 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
             {
                 Ok(committed) => {
                     self.announce(&committed, &step.changes).await;
-                    return self.execute(committed, step, cause).await;
+                    let needs_fleet = step
+                        .changes
+                        .iter()
+                        .any(|c| matches!(c, Change::RepairDeferred { .. }));
+                    let name = committed.spec.name.clone();
+                    let mut done = self.execute(committed, step, cause).await?;
+                    if needs_fleet {
+                        // The breaker decides on the whole fleet (and names what the failures
+                        // share): reconcile it now rather than at the next schedule.
+                        let full = self
+                            .reconcile_fleet(&name, None, event_time, cause, None)
+                            .await?;
+                        done.changes.extend(full.changes);
+                        done.launched.extend(full.launched);
+                        done.terminated.extend(full.terminated);
+                        done.failures.extend(full.failures);
+                        done.version = done.version.max(full.version);
+                    }
+                    return Ok(done);
                 }
                 Err(Error::Duplicate(_)) => {
                     return Ok(report(

@@ -5,6 +5,7 @@
 //! the commands it returns. That split is what lets the planner be tested with plain values and
 //! driven by a deterministic simulator.
 
+pub mod dryrun;
 pub mod error;
 pub mod events;
 pub mod history;

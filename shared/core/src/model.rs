@@ -119,9 +119,16 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerPolicy {
-    /// Trip when more than this % of capacity is unhealthy at once. Default 20.
+    /// Trip when more than this % of capacity is unhealthy at once (and at least 2). Default 20.
     #[serde(default = "default_breaker")]
     pub unhealthy_percent: u32,
+    /// Failures this recent count as "at once", even if already replaced. Default 10m.
+    #[serde(default = "default_breaker_window")]
+    pub window: Seconds,
+}
+
+fn default_breaker_window() -> Seconds {
+    Seconds(600)
 }
 
 fn default_breaker() -> u32 {
@@ -132,6 +139,7 @@ impl Default for BreakerPolicy {
     fn default() -> Self {
         BreakerPolicy {
             unhealthy_percent: default_breaker(),
+            window: default_breaker_window(),
         }
     }
 }
@@ -611,6 +619,14 @@ pub struct Quarantine {
     pub rollout: u64,
 }
 
+/// A failure the breaker counts: "unhealthy at once" includes instances already replaced in the
+/// last few minutes, or replacing them one by one would hide a mass failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentFailure {
+    pub at: Timestamp,
+    pub instance: Instance,
+}
+
 /// The mass-failure breaker, while tripped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Breaker {
@@ -648,6 +664,9 @@ pub struct Fleet {
     pub quarantined: BTreeMap<ImageId, Quarantine>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<Breaker>,
+    /// Instances that failed in the breaker's window (replaced or not), as they were then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<RecentFailure>,
     /// An operator resumed repairs while the breaker was tripped; it stays off until fewer
     /// instances are unhealthy than its threshold.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -679,6 +698,7 @@ impl Fleet {
             quarantined: BTreeMap::new(),
             breaker: None,
             breaker_overridden: false,
+            failures: Vec::new(),
             disruptions: Vec::new(),
             budget_exhausted: false,
             instances: BTreeMap::new(),

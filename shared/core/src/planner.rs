@@ -16,7 +16,8 @@ use crate::events::{Change, ControlAction, Intent, ScaleTarget};
 use crate::ids::{ImageId, InstanceId};
 use crate::model::{
     Breaker, Disposal, Fleet, FleetSpec, Health, Instance, Lifecycle, Observed, Pause,
-    PendingLaunch, Quarantine, Rollout, RolloutStatus, Timestamp, Wave, MAX_CAPACITY,
+    PendingLaunch, Quarantine, RecentFailure, Rollout, RolloutStatus, Timestamp, Wave,
+    MAX_CAPACITY,
 };
 use crate::quantity::Rounding;
 use chrono::Duration;
@@ -145,6 +146,8 @@ impl Tx {
         // Only the last hour counts against `max_replacements_per_hour`. (Dropping old entries is
         // not a change by itself: it is written with the next real one.)
         fleet.disruptions.retain(|t| *t + Duration::hours(1) > now);
+        let window = fleet.spec.policy.breaker.window.duration();
+        fleet.failures.retain(|f| f.at + window > now);
         Tx {
             fleet,
             changes: Vec::new(),
@@ -321,7 +324,15 @@ impl Tx {
         inst.health = health.clone();
         let is_failed = inst.is_failed();
         if is_failed && !was_failed {
+            let snapshot = inst.clone();
             self.fleet.failed += 1;
+            // Enough to decide the breaker (it trips past its threshold): the list stays small.
+            if self.fleet.failures.len() <= self.fleet.spec.capacity as usize {
+                self.fleet.failures.push(RecentFailure {
+                    at: self.now,
+                    instance: snapshot,
+                });
+            }
         } else if was_failed && !is_failed {
             self.fleet.failed = self.fleet.failed.saturating_sub(1);
         }
@@ -544,6 +555,22 @@ impl Tx {
         }
     }
 
+    /// Instances unhealthy "at once": failed and still here, or failed within the breaker's window.
+    /// With only part of the fleet loaded, the live count is the recorded counter.
+    fn unhealthy_at_once(&self) -> (Vec<Instance>, u32) {
+        let mut by_id: BTreeMap<InstanceId, Instance> = self
+            .fleet
+            .failures
+            .iter()
+            .map(|f| (f.instance.id.clone(), f.instance.clone()))
+            .collect();
+        for i in self.fleet.live_instances().filter(|i| i.is_failed()) {
+            by_id.insert(i.id.clone(), i.clone());
+        }
+        let count = (by_id.len() as u32).max(self.fleet.failed);
+        (by_id.into_values().collect(), count)
+    }
+
     /// Whether so many instances are unhealthy at once that the cause is probably shared: more
     /// than the breaker's share of capacity, and never for a single instance (one failure in a
     /// fleet of 4 is 25 %, but says nothing about the others).
@@ -570,7 +597,7 @@ impl Tx {
         };
         let halted = self.fleet.breaker.is_some()
             || (!self.fleet.breaker_overridden
-                && self.breaker_threshold_exceeded(self.fleet.failed));
+                && self.breaker_threshold_exceeded(self.unhealthy_at_once().1));
         if halted {
             if self.fleet.breaker.is_none() && !self.fleet.complete {
                 // Tripping needs the whole fleet (to name what the failures share): the next
@@ -628,7 +655,7 @@ impl Tx {
             .fleet
             .instances
             .values()
-            .filter(|i| i.image == r.to && i.launched_at >= r.started_at)
+            .filter(|i| i.image == r.to && i.is_live())
             .find_map(|i| match &i.health {
                 Health::Unhealthy { reason } => Some(format!(
                     "{} on {} failed its health check: {reason}",
@@ -673,11 +700,7 @@ impl Tx {
     /// The mass-failure breaker, on the whole fleet: trips when more than its share of capacity is
     /// unhealthy, naming what the unhealthy instances share; resets once the fleet recovers.
     fn breaker(&mut self) {
-        let count = self
-            .fleet
-            .live_instances()
-            .filter(|i| i.is_failed())
-            .count() as u32;
+        let (unhealthy, count) = self.unhealthy_at_once();
         let exceeded = self.breaker_threshold_exceeded(count);
         if !exceeded {
             // An operator's override lasts until the fleet is below the threshold again.
@@ -686,10 +709,14 @@ impl Tx {
         let tripped = exceeded && !self.fleet.breaker_overridden;
         let is_tripped = self.fleet.breaker.is_some();
         if tripped && !is_tripped {
-            let live: Vec<&Instance> = self.fleet.live_instances().collect();
-            let unhealthy: Vec<&Instance> =
-                live.iter().copied().filter(|i| i.is_failed()).collect();
-            let shared = shared_attribute(&unhealthy, &live);
+            let mut all: Vec<&Instance> = self.fleet.live_instances().collect();
+            all.extend(
+                unhealthy
+                    .iter()
+                    .filter(|u| !self.fleet.instances.get(&u.id).is_some_and(|i| i.is_live())),
+            );
+            let unhealthy: Vec<&Instance> = unhealthy.iter().collect();
+            let shared = shared_attribute(&unhealthy, &all);
             let capacity = self.fleet.spec.capacity;
             self.fleet.breaker = Some(Breaker {
                 tripped_at: self.now,

@@ -1,0 +1,236 @@
+//! The rollout engine's rules as pure functions: the plan of a rollout with a canary, a bake and
+//! checkpoints; quarantine; the breaker's threshold and what it names.
+
+use chrono::{DateTime, Duration, Utc};
+use phoenix_core::dryrun::plan_rollout;
+use phoenix_core::events::{Change, ControlAction, Intent};
+use phoenix_core::model::{Fleet, FleetSpec, Health, Instance, Lifecycle, Quarantine, Signals};
+use phoenix_core::planner::{apply_intent, reconcile, update_spec};
+use phoenix_core::{FleetName, ImageId, InstanceId};
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_900_000_000, 0).unwrap()
+}
+fn ami(n: u8) -> ImageId {
+    ImageId::parse(&format!("ami-{n:08x}")).unwrap()
+}
+
+/// A fleet of `capacity` healthy instances on image 1, with the policy lines given.
+fn fleet(capacity: u32, policy: &str) -> Fleet {
+    let yaml = format!(
+        "name: web\nimage: {}\ncapacity: {capacity}\ninstance_type: t3.micro\npolicy:\n{policy}",
+        ami(1)
+    );
+    let spec = FleetSpec::from_yaml(&yaml).unwrap();
+    let mut f = Fleet::new(spec, t0() - Duration::hours(2));
+    f.version = 3;
+    for n in 0..capacity {
+        let id = InstanceId::parse(&format!("i-{:08x}", 0x1000 + n)).unwrap();
+        let zone = if n % 2 == 0 {
+            "us-east-1a"
+        } else {
+            "us-east-1b"
+        };
+        f.instances.insert(
+            id.clone(),
+            Instance {
+                id,
+                image: ami(1),
+                launched_at: t0() - Duration::minutes(90 - i64::from(n)),
+                state: Lifecycle::Running,
+                health: Health::Healthy,
+                signals: Signals {
+                    ec2_ok: true,
+                    passed: false,
+                },
+                token: format!("web-seed-{n}"),
+                zone: Some(zone.into()),
+                instance_type: Some("t3.micro".into()),
+                disposal: None,
+                terminated_at: None,
+            },
+        );
+        f.live += 1;
+    }
+    f.complete = true;
+    f
+}
+
+#[test]
+fn a_plan_with_canary_bake_and_checkpoint_shows_each_stage() {
+    let f = fleet(
+        8,
+        "  max_surge: 2\n  canary: 1\n  bake: 5m\n  checkpoints: [{percent: 50, pause: 10m}]\n",
+    );
+    let plan = plan_rollout(&f, &ami(2), t0(), Duration::minutes(1)).unwrap();
+    let launches: Vec<u32> = plan.passes.iter().map(|p| p.launch).collect();
+    assert_eq!(launches[0], 1, "the canary goes alone: {plan:#?}");
+    let pauses: Vec<&str> = plan
+        .passes
+        .iter()
+        .filter_map(|p| p.pause.as_deref())
+        .collect();
+    assert_eq!(pauses.len(), 2, "{pauses:?}");
+    assert!(pauses[0].contains("canary baking for 5m"));
+    assert!(pauses[1].contains("checkpoint 50%"));
+    assert_eq!(plan.passes.iter().map(|p| p.launch).sum::<u32>(), 8);
+    assert_eq!(
+        plan.passes.iter().map(|p| p.terminate.len()).sum::<usize>(),
+        8
+    );
+    assert!(
+        plan.passes
+            .iter()
+            .all(|p| p.peak <= 10 && p.healthy_floor >= 8),
+        "{plan:#?}"
+    );
+    // The bake and the checkpoint's pause show in the timing.
+    let last = plan.passes.last().unwrap();
+    assert!(last.at_seconds >= 15 * 60, "{}", last.at_seconds);
+}
+
+#[test]
+fn a_plan_without_surge_uses_the_unavailable_budget() {
+    let f = fleet(4, "  max_surge: 0\n  max_unavailable: 1\n");
+    let plan = plan_rollout(&f, &ami(2), t0(), Duration::minutes(1)).unwrap();
+    assert_eq!(plan.waves(), 4);
+    assert!(
+        plan.passes
+            .iter()
+            .all(|p| p.peak <= 4 && p.healthy_floor >= 3),
+        "{plan:#?}"
+    );
+}
+
+#[test]
+fn a_quarantined_image_is_refused_by_events_files_and_plans() {
+    let mut f = fleet(2, "  max_surge: 1\n");
+    f.quarantined.insert(
+        ami(2),
+        Quarantine {
+            reason: "wave 1 failed".into(),
+            at: t0(),
+            rollout: 1,
+        },
+    );
+    let step = apply_intent(
+        &f,
+        &Intent::ImageReady {
+            fleet: FleetName::parse("web").unwrap(),
+            image: ami(2),
+        },
+        t0(),
+        t0(),
+    )
+    .unwrap();
+    assert!(
+        matches!(&step.changes[..], [Change::ImageRefused { reason, .. }] if reason.contains("quarantined")),
+        "{:?}",
+        step.changes
+    );
+    assert!(step.commands.is_empty());
+    let mut spec = f.spec.clone();
+    spec.image = ami(2);
+    let err = update_spec(&f, spec, t0()).unwrap_err().to_string();
+    assert!(err.contains("clear-quarantine"), "{err}");
+    assert!(plan_rollout(&f, &ami(2), t0(), Duration::minutes(1))
+        .unwrap()
+        .refused
+        .is_some());
+    // Cleared, it is accepted again.
+    let cleared = apply_intent(
+        &f,
+        &Intent::ClearQuarantine {
+            fleet: f.spec.name.clone(),
+            image: ami(2),
+        },
+        t0(),
+        t0(),
+    )
+    .unwrap();
+    assert!(cleared.fleet.quarantined.is_empty());
+}
+
+fn fail(f: &Fleet, n: u32) -> Fleet {
+    let id = InstanceId::parse(&format!("i-{:08x}", 0x1000 + n)).unwrap();
+    let step = apply_intent(
+        f,
+        &Intent::HealthCheckFailed {
+            instance: id,
+            reason: "down".into(),
+        },
+        t0(),
+        t0(),
+    )
+    .unwrap();
+    let mut next = step.fleet;
+    next.version += 1;
+    next
+}
+
+#[test]
+fn one_failure_is_repaired_but_many_at_once_trip_the_breaker_naming_the_zone() {
+    let f = fleet(10, "  max_surge: 2\n");
+    // One failure in a fleet of 10: replaced at once.
+    let one = fail(&f, 0);
+    let step = reconcile(&one, &[], t0());
+    assert!(step
+        .changes
+        .iter()
+        .all(|c| !matches!(c, Change::ReplacementHalted { .. })));
+    // Three in zone a (instances 0, 2, 4) at once: more than 20 % of 10.
+    let mut many = f.clone();
+    for n in [0, 2, 4] {
+        many.instances
+            .get_mut(&InstanceId::parse(&format!("i-{:08x}", 0x1000 + n)).unwrap())
+            .unwrap()
+            .health = Health::Unhealthy {
+            reason: "down".into(),
+        };
+    }
+    let observed: Vec<_> = many
+        .live_instances()
+        .map(|i| phoenix_core::model::Observed {
+            id: i.id.clone(),
+            image: Some(i.image.clone()),
+            state: Lifecycle::Running,
+            status_ok: true,
+            launched_at: Some(i.launched_at),
+            token: Some(i.token.clone()),
+            zone: i.zone.clone(),
+            instance_type: i.instance_type.clone(),
+        })
+        .collect();
+    let step = reconcile(&many, &observed, t0());
+    let halted = step.changes.iter().find_map(|c| match c {
+        Change::ReplacementHalted {
+            unhealthy, shared, ..
+        } => Some((*unhealthy, shared.clone())),
+        _ => None,
+    });
+    let (unhealthy, shared) = halted.expect("breaker tripped");
+    assert_eq!(unhealthy, 3);
+    assert!(shared.unwrap().starts_with("availability zone us-east-1a"));
+    assert!(
+        step.commands.is_empty(),
+        "nothing replaced while halted: {:?}",
+        step.commands
+    );
+    // An operator resumes repairs: they go on even though the threshold is still exceeded.
+    let mut halted_fleet = step.fleet.clone();
+    halted_fleet.version += 1;
+    let resumed = apply_intent(
+        &halted_fleet,
+        &Intent::RolloutControl {
+            fleet: f.spec.name.clone(),
+            action: ControlAction::ResumeRepairs,
+        },
+        t0(),
+        t0(),
+    )
+    .unwrap();
+    let mut resumed_fleet = resumed.fleet;
+    resumed_fleet.version += 1;
+    let step = reconcile(&resumed_fleet, &observed, t0());
+    assert!(!step.commands.is_empty(), "repairs resumed");
+}

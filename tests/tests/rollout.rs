@@ -1,0 +1,404 @@
+//! The rollout engine on the emulator: canary and bake, checkpoints and resume, automatic
+//! rollback with quarantine, the mass-failure breaker, and `plan` agreeing with the rollout.
+
+use phoenix_core::events::{Change, ControlAction, Intent};
+use phoenix_core::model::RolloutStatus;
+use phoenix_core::FleetName;
+use phoenix_tests::{FleetFile, Harness};
+use std::time::Duration;
+
+fn web() -> FleetName {
+    FleetName::parse("web").unwrap()
+}
+
+fn changes(history: &[phoenix_aws::store::HistoryEntry]) -> Vec<Change> {
+    history
+        .iter()
+        .flat_map(|e| e.changes.iter().cloned())
+        .collect()
+}
+
+/// Instances per image among the fleet's live ones.
+async fn on_image(h: &Harness, image: &phoenix_core::ImageId) -> usize {
+    h.fleet_instances("web")
+        .await
+        .iter()
+        .filter(|i| i.image == image.as_str())
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_bakes_a_checkpoint_pauses_and_resume_finishes_the_rollout() {
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let b = h.register_image("web-b").await;
+    let fleet = FleetFile::new("web", &a, 4)
+        .surge("2")
+        .policy("canary: 1")
+        .policy("bake: 2s")
+        .policy("checkpoints: [{percent: 50}]");
+    h.apply(&fleet);
+    h.settle("web").await;
+
+    h.phoenix_ok(&[
+        "publish",
+        "image-ready",
+        "--fleet",
+        "web",
+        "--image",
+        b.as_str(),
+    ]);
+    h.drain().await;
+    assert_eq!(
+        on_image(&h, &b).await,
+        1,
+        "the first wave is the canary alone"
+    );
+
+    // The canary becomes healthy: the rollout bakes, launching nothing.
+    h.dispatcher.tick().await.unwrap();
+    let f = h.fleet("web").await;
+    assert_eq!(f.rollout.as_ref().unwrap().status, RolloutStatus::Paused);
+    h.dispatcher.tick().await.unwrap();
+    assert_eq!(on_image(&h, &b).await, 1, "nothing more while baking");
+
+    // After the bake, up to the 50 % checkpoint, where it pauses until resumed.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for _ in 0..4 {
+        h.dispatcher.tick().await.unwrap();
+    }
+    let f = h.fleet("web").await;
+    let rollout = f.rollout.clone().unwrap();
+    assert_eq!(rollout.status, RolloutStatus::Paused, "{rollout:?}");
+    assert_eq!(rollout.checkpoints_passed, vec![50]);
+    assert_eq!(on_image(&h, &b).await, 2);
+    assert_eq!(
+        on_image(&h, &a).await,
+        2,
+        "half the fleet stays on the old image at the checkpoint"
+    );
+    for _ in 0..3 {
+        h.dispatcher.tick().await.unwrap();
+    }
+    assert_eq!(
+        on_image(&h, &b).await,
+        2,
+        "still paused: it waits for a person"
+    );
+
+    h.publish(&Intent::RolloutControl {
+        fleet: web(),
+        action: ControlAction::Resume,
+    })
+    .await;
+    let f = h.settle("web").await;
+    let rollout = f.rollout.unwrap();
+    assert_eq!(rollout.status, RolloutStatus::Succeeded);
+    assert_eq!(on_image(&h, &b).await, 4);
+    let all = changes(&h.history("web").await);
+    let count = |p: fn(&Change) -> bool| all.iter().filter(|c| p(c)).count();
+    assert_eq!(
+        count(|c| matches!(c, Change::CheckpointReached { percent: 50, .. })),
+        1
+    );
+    assert_eq!(
+        count(|c| matches!(c, Change::RolloutPaused { .. })),
+        2,
+        "bake, then the checkpoint"
+    );
+    assert_eq!(count(|c| matches!(c, Change::RolloutResumed { .. })), 2);
+    assert!(rollout.waves[0].launched.len() == 1, "canary wave of one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_image_rolls_back_is_quarantined_and_refused_afterwards() {
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let b = h.register_image("web-b").await;
+    h.apply(&FleetFile::new("web", &a, 4).surge("1"));
+    h.settle("web").await;
+    let notes = h.subscribe().await;
+
+    h.phoenix_ok(&[
+        "publish",
+        "image-ready",
+        "--fleet",
+        "web",
+        "--image",
+        b.as_str(),
+    ]);
+    h.drain().await;
+    let canary = h
+        .fleet_instances("web")
+        .await
+        .into_iter()
+        .find(|i| i.image == b.as_str())
+        .unwrap();
+    h.phoenix_ok(&[
+        "publish",
+        "health-failed",
+        "--instance",
+        &canary.id,
+        "--reason",
+        "500 on /health",
+    ]);
+    h.drain().await;
+
+    let f = h.fleet("web").await;
+    let rollout = f.rollout.clone().unwrap();
+    assert_eq!(rollout.status, RolloutStatus::RollingBack);
+    assert!(rollout
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("500 on /health"));
+    assert_eq!(
+        f.spec.image, a,
+        "the fleet's image is the previous one again"
+    );
+    assert!(f.quarantined.contains_key(&b));
+
+    let f = h.settle("web").await;
+    assert_eq!(
+        f.rollout.as_ref().unwrap().status,
+        RolloutStatus::RolledBack
+    );
+    let live = h.fleet_instances("web").await;
+    assert_eq!(live.len(), 4);
+    assert!(live.iter().all(|i| i.image == a.as_str()), "{live:?}");
+
+    // The quarantined image is refused, with the reason, and nothing launches from it.
+    h.phoenix_ok(&[
+        "publish",
+        "image-ready",
+        "--fleet",
+        "web",
+        "--image",
+        b.as_str(),
+    ]);
+    let d = h.drain().await;
+    let refused = d[0].report.as_ref().unwrap().fleets[0]
+        .changes
+        .iter()
+        .find_map(|c| match c {
+            Change::ImageRefused { reason, .. } => Some(reason.clone()),
+            _ => None,
+        });
+    assert!(
+        refused
+            .as_deref()
+            .unwrap_or_default()
+            .contains("quarantined"),
+        "{d:?}"
+    );
+    // Scale-out uses the old image.
+    h.phoenix_ok(&["publish", "scale", "--fleet", "web", "--desired", "6"]);
+    h.settle("web").await;
+    let live = h.fleet_instances("web").await;
+    assert_eq!(live.len(), 6);
+    assert!(live.iter().all(|i| i.image == a.as_str()));
+    let b_launched = h
+        .instances()
+        .await
+        .iter()
+        .filter(|i| i.image == b.as_str())
+        .count();
+    assert_eq!(b_launched, 1, "only the canary ever ran the bad image");
+
+    let kinds: Vec<String> = h
+        .notifications(&notes)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    for expected in [
+        "RolloutStarted",
+        "RolloutRollingBack",
+        "ImageQuarantined",
+        "RolloutRolledBack",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == expected),
+            "{expected} not published: {kinds:?}"
+        );
+    }
+
+    // Cleared by an operator, the image may roll out again.
+    h.publish(&Intent::ClearQuarantine {
+        fleet: web(),
+        image: b.clone(),
+    })
+    .await;
+    h.drain().await;
+    assert!(h.fleet("web").await.quarantined.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_failure_trips_the_breaker_and_names_what_the_failures_share() {
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    h.apply(&FleetFile::new("web", &a, 6).surge("2"));
+    h.settle("web").await;
+    // Four more on another instance type: the ones that will fail.
+    h.apply(
+        &FleetFile::new("web", &a, 10)
+            .surge("2")
+            .instance_type("t3.small"),
+    );
+    h.settle("web").await;
+    let notes = h.subscribe().await;
+    let f = h.fleet("web").await;
+    let small: Vec<String> = f
+        .live_instances()
+        .filter(|i| i.instance_type.as_deref() == Some("t3.small"))
+        .map(|i| i.id.to_string())
+        .collect();
+    assert_eq!(small.len(), 4, "{f:#?}");
+
+    // 40 % of the fleet reported unhealthy at once.
+    for id in &small {
+        h.phoenix_ok(&[
+            "publish",
+            "health-failed",
+            "--instance",
+            id,
+            "--reason",
+            "connection refused",
+        ]);
+    }
+    h.drain().await;
+    for _ in 0..3 {
+        h.dispatcher.tick().await.unwrap();
+    }
+
+    let f = h.fleet("web").await;
+    let breaker = f.breaker.clone().expect("the breaker tripped");
+    assert!(
+        breaker
+            .shared
+            .as_deref()
+            .unwrap_or_default()
+            .contains("instance type t3.small"),
+        "{breaker:?}"
+    );
+    let history = changes(&h.history("web").await);
+    let replaced = history
+        .iter()
+        .filter(|c| matches!(c, Change::InstanceReplaced { .. }))
+        .count();
+    assert!(
+        replaced <= 2,
+        "the breaker lets at most 20 % of 10 be replaced, not {replaced}"
+    );
+    let still_failed = f.live_instances().filter(|i| i.is_failed()).count();
+    assert_eq!(
+        still_failed + replaced,
+        4,
+        "the others wait, failed, for the cause to be found"
+    );
+
+    let halted: Vec<serde_json::Value> = h
+        .notifications(&notes)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "ReplacementHalted")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(halted.len(), 1);
+    assert!(
+        halted[0]["shared_attribute"]
+            .as_str()
+            .unwrap()
+            .contains("t3.small"),
+        "{halted:?}"
+    );
+
+    // An operator who found the cause lets repairs go on.
+    h.publish(&Intent::RolloutControl {
+        fleet: web(),
+        action: ControlAction::ResumeRepairs,
+    })
+    .await;
+    h.drain().await;
+    let f = h.settle("web").await;
+    assert!(f.breaker.is_none());
+    assert_eq!(f.live_instances().filter(|i| i.is_failed()).count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_shows_exactly_what_the_rollout_then_does() {
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let b = h.register_image("web-b").await;
+    h.apply(&FleetFile::new("web", &a, 6).surge("2").unavailable("1"));
+    h.settle("web").await;
+
+    let fleet = h.fleet("web").await;
+    let plan = phoenix_core::dryrun::plan_rollout(
+        &fleet,
+        &b,
+        chrono::Utc::now(),
+        chrono::Duration::minutes(1),
+    )
+    .unwrap();
+    assert!(plan.refused.is_none());
+    let planned: Vec<(u32, Vec<String>)> = plan
+        .passes
+        .iter()
+        .map(|p| {
+            (
+                p.launch,
+                p.terminate.iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect();
+    assert!(
+        plan.passes
+            .iter()
+            .all(|p| p.peak <= 8 && p.healthy_floor >= 5),
+        "{plan:#?}"
+    );
+
+    h.phoenix_ok(&[
+        "publish",
+        "image-ready",
+        "--fleet",
+        "web",
+        "--image",
+        b.as_str(),
+    ]);
+    h.settle("web").await;
+    let originals: Vec<String> = fleet.live_instances().map(|i| i.id.to_string()).collect();
+    let history = h.history("web").await;
+    let done: Vec<(u32, Vec<String>)> = history
+        .iter()
+        .filter(|e| e.version > fleet.version)
+        .filter_map(|e| {
+            let launch: u32 = e
+                .changes
+                .iter()
+                .map(|c| {
+                    if let Change::LaunchDecided { count, .. } = c {
+                        *count
+                    } else {
+                        0
+                    }
+                })
+                .sum();
+            let terminate: Vec<String> = e
+                .changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::TerminationDecided { instance, .. }
+                        if originals.contains(&instance.to_string()) =>
+                    {
+                        Some(instance.to_string())
+                    }
+                    _ => None,
+                })
+                .collect();
+            (launch > 0 || !terminate.is_empty()).then_some((launch, terminate))
+        })
+        .collect();
+    assert_eq!(planned, done, "plan vs rollout");
+}
