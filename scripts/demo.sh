@@ -81,4 +81,20 @@ step "Status"
 step "History: every decision with its cause"
 "$phoenix" history web
 
+step "Timeline: each instance from launch to termination, coloured by image"
+"$phoenix" history web --svg "$PHOENIX_STATE_DIR/timeline.svg" --html "$PHOENIX_STATE_DIR/timeline.html"
+echo "the picture is $PHOENIX_STATE_DIR/timeline.svg (with the decisions: $PHOENIX_STATE_DIR/timeline.html)"
+
+step "History --at: the fleet mid-rollout, rebuilt from its history alone"
+mid="$("$phoenix" history web -o json | python3 -c '
+import json, sys
+entries = json.load(sys.stdin)
+waves = [e for e in entries if any(c["change"] == "wave_started" for c in e["changes"])]
+print((waves[1] if len(waves) > 1 else waves[0])["at"])')"
+echo "the moment the second wave started: $mid"
+"$phoenix" history web --at "$mid"
+
+step "Explain: why $victim was launched, and why it was replaced"
+"$phoenix" explain "$victim"
+
 step "Done: the emulator and the dispatcher are stopped on exit"

@@ -2,8 +2,15 @@
 //!
 //! Honours the standard AWS environment (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL`), so the
 //! same commands work against AWS and against the local emulator.
+//!
+//! Exit codes: 0 success; 1 error or timeout; 2 the rollout waited on ended rolled back or
+//! aborted (`rollout wait`, `rollout watch`); 64 the command line itself is wrong.
 
+mod fleet;
+mod fleetfile;
 mod output;
+mod rollout;
+mod when;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -12,19 +19,24 @@ use phoenix_aws::config::{load_sdk_config, Settings};
 use phoenix_aws::local::{self, Dispatcher};
 use phoenix_aws::store::StateStore;
 use phoenix_aws::{telemetry, AwsController};
-use phoenix_core::events::{Intent, ScaleTarget};
-use phoenix_core::model::FleetSpec;
+use phoenix_core::events::{ControlAction, Intent, ScaleTarget};
+use phoenix_core::history;
+use phoenix_core::model::Timestamp;
+use phoenix_core::timeline::{self, Timeline, Window};
 use phoenix_core::{FleetName, ImageId, InstanceId};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(
     name = "phoenix",
     version,
-    about = "Immutable fleets on AWS: replace, never repair"
+    about = "Immutable fleets on AWS: replace, never repair",
+    after_help = "Exit codes: 0 success; 1 error or timeout; 2 the rollout waited on ended rolled \
+                  back or aborted; 64 usage error."
 )]
 struct Cli {
-    /// Output format.
+    /// Output format: tables for people, JSON (documented in docs/cli.md) for scripts.
     #[arg(long, short, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
     #[command(subcommand)]
@@ -39,7 +51,7 @@ enum Format {
 
 #[derive(Subcommand)]
 enum Top {
-    /// Create, change and list fleets.
+    /// Create, change, inspect, list and delete fleets.
     #[command(subcommand)]
     Fleet(FleetCmd),
     /// Publish a phoenix event to the bus (what a pipeline does).
@@ -47,16 +59,28 @@ enum Top {
     Publish(PublishCmd),
     /// A fleet's state: spec, rollout, instances.
     Status { fleet: FleetName },
-    /// A fleet's recorded decisions, oldest first.
-    History {
-        fleet: FleetName,
-        /// Show at most this many of the newest entries.
-        #[arg(long, default_value_t = 200)]
-        limit: usize,
-    },
-    /// Follow rollouts.
+    /// A fleet's recorded decisions, the fleet at a past moment, or its timeline as a picture.
+    History(HistoryArgs),
+    /// Why an instance exists or existed: the events and decisions that launched and
+    /// terminated it, with the policy and budget at each decision.
+    Explain { instance: InstanceId },
+    /// Follow and steer rollouts.
     #[command(subcommand)]
     Rollout(RolloutCmd),
+    /// What a new image's rollout would do, wave by wave, with no side effect.
+    Plan {
+        fleet: FleetName,
+        #[arg(long)]
+        image: ImageId,
+        /// Seconds between reconcile passes (the schedule: 60 in AWS).
+        #[arg(long, default_value_t = 60)]
+        interval: i64,
+    },
+    /// Images refused for a fleet after a failed rollout.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Let repairs go on while the mass-failure breaker holds them (once the cause is known).
+    ResumeRepairs { fleet: FleetName },
     /// The local stack on the AWS emulator.
     #[command(subcommand)]
     Local(LocalCmd),
@@ -65,9 +89,22 @@ enum Top {
 #[derive(Subcommand)]
 enum FleetCmd {
     /// Create or update a fleet from a YAML or JSON file; the fleet is then reconciled.
-    Apply { file: std::path::PathBuf },
+    Apply { file: PathBuf },
     /// List fleets.
     List,
+    /// One fleet in full: spec and policy, disruption budget in use, rollout, instances.
+    Show { fleet: FleetName },
+    /// Delete a fleet's records. Refused while it has instances, unless --terminate-instances.
+    Delete {
+        fleet: FleetName,
+        /// Scale the fleet to 0 first (the usual replacement path, recorded in its history),
+        /// wait until every instance is terminated, then delete.
+        #[arg(long)]
+        terminate_instances: bool,
+        /// Seconds to wait for the instances to be terminated.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -113,20 +150,76 @@ struct ScaleArgs {
     delta: Option<i64>,
 }
 
+/// Times are RFC 3339 (`2025-03-01T12:00:00Z`) or a span ago (`90s`, `10m`, `2h`, `1d`, `1h30m`).
+#[derive(Args)]
+struct HistoryArgs {
+    fleet: FleetName,
+    /// Show at most this many of the newest entries (without --since/--until).
+    #[arg(long, default_value_t = 200)]
+    limit: usize,
+    /// The fleet as it was at this moment, rebuilt from its history: instances with image, state
+    /// and health, the rollout and its wave, the disruption budget in use.
+    #[arg(long, value_parser = when::parse, conflicts_with_all = ["since", "until", "svg", "html"])]
+    at: Option<Timestamp>,
+    /// Only decisions recorded at or after this moment.
+    #[arg(long, value_parser = when::parse)]
+    since: Option<Timestamp>,
+    /// Only decisions recorded at or before this moment.
+    #[arg(long, value_parser = when::parse)]
+    until: Option<Timestamp>,
+    /// Write the timeline (one lane per instance, coloured by image) as an SVG picture.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// Write the timeline and the decisions as a standalone HTML page.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum RolloutCmd {
     /// Wait until the fleet has converged: every instance on the fleet's image, healthy, at
-    /// capacity. Prints progress; exits non-zero on timeout.
+    /// capacity. Prints progress. Exits 0 once converged, 2 if the rollout ends rolled back or
+    /// aborted, 1 on timeout.
     Wait {
         fleet: FleetName,
         /// Seconds to wait before failing.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
         /// First wait until the event with this id (as `publish` prints it) has been handled, so
-        /// a wait right after a publish cannot pass on the state from before it.
+        /// a wait right after a publish cannot pass on the state from before it; a rollout that
+        /// had ended before that event is then not the one waited on.
         #[arg(long)]
         event: Option<String>,
     },
+    /// Pause the rollout where it is (also at a checkpoint it is already paused at).
+    Pause { fleet: FleetName },
+    /// Resume a paused rollout (after a checkpoint, or a pause).
+    Resume { fleet: FleetName },
+    /// Stop the rollout for good; the fleet stays as it is until the next image.
+    Abort { fleet: FleetName },
+    /// Roll back: during a rollout, to the previous image (without quarantine); after it, a new
+    /// rollout back to the image before.
+    Undo { fleet: FleetName },
+    /// Follow the rollout live until it is no longer active: waves, healthy/total, a progress
+    /// bar on a terminal, plain lines otherwise. Exits like `wait`.
+    Watch {
+        fleet: FleetName,
+        /// Seconds to follow before failing (default: as long as the rollout runs).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// First wait until the event with this id has been handled (see `wait`).
+        #[arg(long)]
+        event: Option<String>,
+        /// Seconds between two looks at the fleet.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Allow a quarantined image again for the fleet.
+    ClearQuarantine { fleet: FleetName, image: ImageId },
 }
 
 #[derive(Subcommand)]
@@ -145,13 +238,38 @@ enum LocalCmd {
     RegisterImage { name: String },
 }
 
+/// An error with its own exit code (see the module doc).
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Exit code of a usage error (BSD `EX_USAGE`), kept apart from 2, which `rollout` commands use.
+const EXIT_USAGE: i32 = 64;
+
 #[tokio::main]
 async fn main() {
     telemetry::init_human("warn");
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
     if let Err(e) = run(cli).await {
+        let code = e.downcast_ref::<Exit>().map_or(1, |x| x.code);
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(code);
     }
 }
 
@@ -161,24 +279,7 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let controller = AwsController::from_env().await;
     match cli.command {
-        Top::Fleet(FleetCmd::Apply { file }) => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let spec =
-                FleetSpec::from_yaml(&text).with_context(|| format!("{}", file.display()))?;
-            let name = spec.name.clone();
-            let report = controller.apply_fleet(spec).await?;
-            publish(&controller, &Intent::Reconcile { fleet: Some(name) }).await?;
-            out.fleet_report(&report)
-        }
-        Top::Fleet(FleetCmd::List) => {
-            let names = controller.store.list_fleets().await?;
-            let mut fleets = Vec::new();
-            for n in names {
-                fleets.push(controller.store.load_fleet(&n).await?);
-            }
-            out.fleet_list(&fleets)
-        }
+        Top::Fleet(cmd) => fleet_cmd(cmd, &controller, &out).await,
         Top::Publish(cmd) => {
             let intent = match cmd {
                 PublishCmd::ImageReady { fleet, image } => Intent::ImageReady { fleet, image },
@@ -209,16 +310,61 @@ async fn run(cli: Cli) -> Result<()> {
             let fleet = controller.store.load_fleet(&fleet).await?;
             out.status(&fleet)
         }
-        Top::History { fleet, limit } => {
-            let entries = controller.store.history(&fleet, limit).await?;
-            out.history(&entries)
+        Top::History(args) => history_cmd(args, &controller, &out).await,
+        Top::Explain { instance } => {
+            let fleet = controller.store.load_for_instance(&instance).await?;
+            let entries = controller
+                .store
+                .history_between(&fleet.spec.name, None, None)
+                .await?;
+            let explanation = history::explain(&entries, &instance).with_context(|| {
+                format!(
+                    "no recorded decision of fleet {} mentions {instance}",
+                    fleet.spec.name
+                )
+            })?;
+            out.explanation(&explanation)
+        }
+        Top::Rollout(RolloutCmd::Pause { fleet }) => {
+            control(&controller, &out, fleet, ControlAction::Pause).await
+        }
+        Top::Rollout(RolloutCmd::Resume { fleet }) => {
+            control(&controller, &out, fleet, ControlAction::Resume).await
+        }
+        Top::Rollout(RolloutCmd::Abort { fleet }) => {
+            control(&controller, &out, fleet, ControlAction::Abort).await
+        }
+        Top::Rollout(RolloutCmd::Undo { fleet }) => {
+            control(&controller, &out, fleet, ControlAction::Undo).await
+        }
+        Top::ResumeRepairs { fleet } => {
+            control(&controller, &out, fleet, ControlAction::ResumeRepairs).await
+        }
+        Top::Image(ImageCmd::ClearQuarantine { fleet, image }) => {
+            let intent = Intent::ClearQuarantine { fleet, image };
+            let id = publish(&controller, &intent).await?;
+            out.published(&intent, &id)
+        }
+        Top::Plan {
+            fleet,
+            image,
+            interval,
+        } => {
+            let f = controller.store.load_fleet(&fleet).await?;
+            let plan = phoenix_core::dryrun::plan_rollout(
+                &f,
+                &image,
+                chrono::Utc::now(),
+                chrono::Duration::seconds(interval.max(1)),
+            )?;
+            out.plan(&plan)
         }
         Top::Rollout(RolloutCmd::Wait {
             fleet,
             timeout,
             event,
         }) => {
-            wait(
+            rollout::wait(
                 &controller,
                 &fleet,
                 event.as_deref(),
@@ -227,8 +373,138 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
+        Top::Rollout(RolloutCmd::Watch {
+            fleet,
+            timeout,
+            event,
+            interval,
+        }) => {
+            rollout::watch(
+                &controller,
+                &fleet,
+                rollout::WatchOptions {
+                    event,
+                    timeout: timeout.map(Duration::from_secs),
+                    interval: Duration::from_secs_f64(interval.clamp(0.1, 60.0)),
+                },
+                &out,
+            )
+            .await
+        }
         Top::Local(cmd) => local_cmd(cmd, controller, &out).await,
     }
+}
+
+async fn fleet_cmd(cmd: FleetCmd, controller: &AwsController, out: &output::Printer) -> Result<()> {
+    match cmd {
+        FleetCmd::Apply { file } => {
+            let spec = fleetfile::read(&file)?;
+            let name = spec.name.clone();
+            let report = controller.apply_fleet(spec).await?;
+            publish(controller, &Intent::Reconcile { fleet: Some(name) }).await?;
+            out.fleet_report(&report)
+        }
+        FleetCmd::List => {
+            let names = controller.store.list_fleets().await?;
+            let mut fleets = Vec::new();
+            for n in names {
+                fleets.push(controller.store.load_fleet(&n).await?);
+            }
+            out.fleet_list(&fleets)
+        }
+        FleetCmd::Show { fleet } => {
+            let fleet = controller.store.load_fleet(&fleet).await?;
+            out.fleet_show(&fleet)
+        }
+        FleetCmd::Delete {
+            fleet,
+            terminate_instances,
+            timeout,
+        } => {
+            let deleted = fleet::delete(
+                controller,
+                &fleet,
+                terminate_instances,
+                Duration::from_secs(timeout),
+                out,
+            )
+            .await?;
+            out.deleted(&deleted)
+        }
+    }
+}
+
+/// Fails with "unknown fleet" when the fleet does not exist.
+async fn ensure_fleet(controller: &AwsController, name: &FleetName) -> Result<()> {
+    controller.store.load_partial(name, &[]).await?;
+    Ok(())
+}
+
+async fn history_cmd(
+    args: HistoryArgs,
+    controller: &AwsController,
+    out: &output::Printer,
+) -> Result<()> {
+    let store = &controller.store;
+    let name = &args.fleet;
+    if let Some(at) = args.at {
+        let entries = store.history_between(name, None, Some(at)).await?;
+        if entries.is_empty() {
+            ensure_fleet(controller, name).await?;
+        }
+        let snapshot = history::snapshot(&entries, at).with_context(|| {
+            format!(
+                "fleet {name} did not exist yet at {}",
+                at.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            )
+        })?;
+        return out.snapshot(&snapshot);
+    }
+    if args.svg.is_some() || args.html.is_some() {
+        let entries = store.history_between(name, None, args.until).await?;
+        if entries.is_empty() {
+            ensure_fleet(controller, name).await?;
+        }
+        let window = Window {
+            since: args.since,
+            until: args.until,
+        };
+        let tl = Timeline::from_history(&entries, window)
+            .with_context(|| format!("fleet {name} has no history in that time"))?;
+        let mut written = Vec::new();
+        if let Some(path) = &args.svg {
+            std::fs::write(path, timeline::render_svg(&tl))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            written.push(path.clone());
+        }
+        if let Some(path) = &args.html {
+            std::fs::write(path, timeline::render_html(&tl, &entries))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            written.push(path.clone());
+        }
+        return out.timeline_written(&tl, &written);
+    }
+    let entries = if args.since.is_some() || args.until.is_some() {
+        store.history_between(name, args.since, args.until).await?
+    } else {
+        store.history(name, args.limit).await?
+    };
+    if entries.is_empty() {
+        ensure_fleet(controller, name).await?;
+    }
+    out.history(&entries)
+}
+
+/// Publishes an operator's `RolloutControl` event, as a pipeline or a chat bot could.
+async fn control(
+    controller: &AwsController,
+    out: &output::Printer,
+    fleet: FleetName,
+    action: ControlAction,
+) -> Result<()> {
+    let intent = Intent::RolloutControl { fleet, action };
+    let id = publish(controller, &intent).await?;
+    out.published(&intent, &id)
 }
 
 async fn publish(controller: &AwsController, intent: &Intent) -> Result<String> {
@@ -244,55 +520,6 @@ async fn publish(controller: &AwsController, intent: &Intent) -> Result<String> 
     ids.into_iter()
         .next()
         .context("the bus returned no event id")
-}
-
-/// Polls the fleet until it has converged, printing a line whenever its progress changes.
-async fn wait(
-    controller: &AwsController,
-    name: &FleetName,
-    event: Option<&str>,
-    timeout: Duration,
-    out: &output::Printer,
-) -> Result<()> {
-    let start = Instant::now();
-    if let Some(id) = event {
-        loop {
-            let recent = controller.store.history(name, 100).await?;
-            if recent
-                .iter()
-                .any(|e| e.cause.event_id.as_deref() == Some(id))
-            {
-                break;
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "event {id} was not handled for fleet {name} within {}s",
-                    timeout.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    let mut last = String::new();
-    loop {
-        let fleet = controller.store.load_fleet(name).await?;
-        let progress = output::Progress::of(&fleet);
-        let line = progress.line();
-        if line != last {
-            out.progress(&progress)?;
-            last = line;
-        }
-        if progress.converged {
-            return Ok(());
-        }
-        if start.elapsed() > timeout {
-            bail!(
-                "fleet {name} did not converge within {}s: {last}",
-                timeout.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 async fn local_cmd(cmd: LocalCmd, controller: AwsController, out: &output::Printer) -> Result<()> {

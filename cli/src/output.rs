@@ -1,13 +1,19 @@
 //! What the CLI prints: tables for people, `--output json` with a stable shape for scripts.
 
+use crate::fleet::Deleted;
+use crate::rollout::status_word;
 use anyhow::Result;
 use phoenix_aws::local::Delivery;
 use phoenix_aws::store::HistoryEntry;
 use phoenix_aws::FleetReport;
-use phoenix_core::events::{Change, Intent};
-use phoenix_core::model::{Fleet, Health, RolloutStatus};
+use phoenix_core::events::{Cause, Intent};
+use phoenix_core::history::{describe, BudgetUse, Explanation, Link, LinkKind, Snapshot};
+use phoenix_core::model::{Fleet, Health, RolloutPolicy, RolloutStatus, Timestamp};
+use phoenix_core::timeline::{MarkerKind, Timeline};
+use phoenix_core::ImageId;
 use serde::Serialize;
 use serde_json::json;
+use std::path::PathBuf;
 
 /// `println!` that does not panic when stdout is closed early (`phoenix history web | head`).
 macro_rules! say {
@@ -35,7 +41,7 @@ fn health_word(h: &Health) -> String {
     }
 }
 
-/// How far a fleet is from its spec.
+/// How far a fleet is from its spec (`rollout wait`/`watch` lines, `fleet list` rows).
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {
     pub fleet: String,
@@ -46,8 +52,31 @@ pub struct Progress {
     pub on_image: usize,
     pub healthy_on_image: usize,
     pub pending_launches: u32,
-    pub rollout: Option<serde_json::Value>,
+    pub budget: BudgetLimits,
+    pub rollout: Option<RolloutProgress>,
     pub converged: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BudgetLimits {
+    pub max_total: u32,
+    pub min_healthy: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutProgress {
+    pub id: u64,
+    pub from: Option<ImageId>,
+    pub to: ImageId,
+    pub status: RolloutStatus,
+    pub active: bool,
+    /// The latest wave started (0 before the first).
+    pub wave: u32,
+    /// Waves started.
+    pub waves: usize,
+    pub healthy_waves: usize,
+    /// Why it rolled back or was aborted.
+    pub reason: Option<String>,
 }
 
 impl Progress {
@@ -59,17 +88,20 @@ impl Progress {
             .iter()
             .filter(|i| i.image == fleet.spec.image && i.is_healthy())
             .count();
-        let rollout = fleet.rollout.as_ref().map(|r| {
-            json!({
-                "id": r.id, "to": r.to, "status": r.status, "waves": r.waves.len(),
-                "healthy_waves": r.waves.iter().filter(|w| w.healthy_at.is_some()).count(),
-            })
+        let rollout = fleet.rollout.as_ref().map(|r| RolloutProgress {
+            id: r.id,
+            from: r.from.clone(),
+            to: r.to.clone(),
+            status: r.status,
+            active: r.status.is_active(),
+            wave: r.waves.last().map_or(0, |w| w.number),
+            waves: r.waves.len(),
+            healthy_waves: r.waves.iter().filter(|w| w.healthy_at.is_some()).count(),
+            reason: r.reason.clone(),
         });
-        let rollout_done = fleet
-            .rollout
-            .as_ref()
-            .is_none_or(|r| r.status != RolloutStatus::InProgress);
+        let rollout_done = fleet.rollout.as_ref().is_none_or(|r| !r.status.is_active());
         let capacity = fleet.spec.capacity as usize;
+        let budget = fleet.budget();
         Progress {
             fleet: fleet.spec.name.to_string(),
             image: fleet.spec.image.to_string(),
@@ -79,6 +111,10 @@ impl Progress {
             on_image,
             healthy_on_image,
             pending_launches: fleet.pending_count(),
+            budget: BudgetLimits {
+                max_total: budget.max_total,
+                min_healthy: budget.min_healthy,
+            },
             rollout,
             converged: rollout_done
                 && fleet.pending.is_empty()
@@ -89,12 +125,13 @@ impl Progress {
 
     pub fn line(&self) -> String {
         let rollout = match &self.rollout {
-            Some(r) if r["status"] == "in_progress" => {
-                format!(
-                    " | rollout {} wave {} ({} healthy)",
-                    r["id"], r["waves"], r["healthy_waves"]
-                )
-            }
+            Some(r) if r.active => format!(
+                " | rollout {} {} wave {} ({} healthy)",
+                r.id,
+                status_word(r.status),
+                r.wave,
+                r.healthy_waves
+            ),
             _ => String::new(),
         };
         format!(
@@ -112,49 +149,59 @@ impl Progress {
     }
 }
 
-pub fn describe_change(c: &Change) -> String {
-    match c {
-        Change::FleetCreated { image, capacity } => format!("fleet created: {capacity} on {image}"),
-        Change::FleetUpdated { fields } => format!("fleet updated: {}", fields.join(", ")),
-        Change::ImageChanged { from, to } => format!("image {from} -> {to}"),
-        Change::CapacityChanged { from, to } => format!("capacity {from} -> {to}"),
-        Change::Ignored { reason } => format!("ignored: {reason}"),
-        Change::RolloutStarted { rollout, to, .. } => format!("rollout {rollout} to {to} started"),
-        Change::RolloutSuperseded { rollout } => format!("rollout {rollout} superseded"),
-        Change::WaveStarted {
-            rollout,
-            wave,
-            launches,
-        } => format!("rollout {rollout} wave {wave}: launching {launches}"),
-        Change::WaveHealthy { rollout, wave } => format!("rollout {rollout} wave {wave} healthy"),
-        Change::RolloutSucceeded { rollout } => format!("rollout {rollout} succeeded"),
-        Change::LaunchDecided {
-            token,
-            image,
-            count,
-            reason,
-        } => format!("launch {count} on {image} ({reason}) [{token}]"),
-        Change::LaunchRetried { token } => format!("launch {token} retried"),
-        Change::Launched { instances, .. } => format!("launched {}", join(instances)),
-        Change::LaunchFailed { token, error } => format!("launch {token} failed: {error}"),
-        Change::TerminationDecided { instance, reason } => {
-            format!("terminate {instance} ({reason})")
-        }
-        Change::Terminated { instances } => format!("terminated {}", join(instances)),
-        Change::TerminationFailed { instances, error } => {
-            format!("terminate {} failed: {error}", join(instances))
-        }
-        Change::HealthChanged { instance, health } => format!("{instance} {}", health_word(health)),
-        Change::StateChanged { instance, state } => format!("{instance} {}", state.as_str()),
-        Change::Vanished { instance, state } => format!("{instance} vanished ({state})"),
-    }
+pub fn describe_change(c: &phoenix_core::events::Change) -> String {
+    describe(c)
 }
-
 fn join(ids: &[impl std::fmt::Display]) -> String {
     ids.iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+fn ts(t: Timestamp) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn cause_line(c: &Cause) -> String {
+    let mut s = c.detail_type.clone();
+    if let Some(id) = &c.event_id {
+        s.push_str(&format!(" event {id}"));
+    }
+    s.push_str(&format!(" (source {}", c.source));
+    if let Some(t) = c.event_time {
+        s.push_str(&format!(", sent {}", t.format("%Y-%m-%dT%H:%M:%SZ")));
+    }
+    s.push(')');
+    s
+}
+
+fn policy_line(p: &RolloutPolicy) -> String {
+    let health = serde_json::to_value(p.health_check)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    format!(
+        "max_surge {}, max_unavailable {}, health_check {health}",
+        p.max_surge, p.max_unavailable
+    )
+}
+
+fn budget_line(b: &BudgetUse) -> String {
+    format!(
+        "{} of at most {} instances ({} live, {} of them leaving, {} launching), {} healthy staying of at least {}",
+        b.in_flight, b.max_total, b.live, b.leaving, b.launching, b.healthy, b.min_healthy
+    )
+}
+
+fn instance_header() {
+    say!(
+        "  {:<21} {:<22} {:<18} {:<28} LAUNCHED",
+        "INSTANCE",
+        "IMAGE",
+        "STATE",
+        "HEALTH"
+    );
 }
 
 impl Printer {
@@ -167,6 +214,18 @@ impl Printer {
         }
     }
 
+    /// A remark for people, on stderr (so it never mixes with JSON on stdout).
+    pub fn note(&self, m: &str) {
+        eprintln!("{m}");
+    }
+
+    /// A plain line on stdout (table output only).
+    pub fn line(&self, m: &str) {
+        if !self.json {
+            say!("{m}");
+        }
+    }
+
     pub fn fleet_report(&self, r: &FleetReport) -> Result<()> {
         if self.json {
             return print_json(r);
@@ -175,6 +234,54 @@ impl Printer {
         for c in &r.changes {
             say!("  {}", describe_change(c));
         }
+        Ok(())
+    }
+
+    /// `phoenix plan`: one line per pass that does something, then the totals.
+    pub fn plan(&self, plan: &phoenix_core::dryrun::RolloutPlan) -> Result<()> {
+        if self.json {
+            return print_json(plan);
+        }
+        if let Some(reason) = &plan.refused {
+            say!("{}: nothing to roll out: {reason}", plan.fleet);
+            return Ok(());
+        }
+        say!(
+            "{}: {} -> {}, capacity {}, at most {} instances, at least {} healthy",
+            plan.fleet,
+            plan.from,
+            plan.to,
+            plan.capacity,
+            plan.budget.max_total,
+            plan.budget.min_healthy
+        );
+        say!(
+            "{:>8} {:>5} {:>7} {:>6} {:>8}  TERMINATES",
+            "AT",
+            "WAVE",
+            "LAUNCH",
+            "PEAK",
+            "HEALTHY"
+        );
+        for p in &plan.passes {
+            let at = format!("+{}m{:02}s", p.at_seconds / 60, p.at_seconds % 60);
+            let wave = p.wave.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
+            let ids: Vec<String> = p.terminate.iter().map(ToString::to_string).collect();
+            say!(
+                "{at:>8} {wave:>5} {:>7} {:>6} {:>8}  {}",
+                p.launch,
+                p.peak,
+                p.healthy_floor,
+                ids.join(" ")
+            );
+            if let Some(pause) = &p.pause {
+                say!("{:>8} {}", "", pause);
+            }
+        }
+        say!(
+            "{} waves; no side effect: nothing was launched or terminated",
+            plan.waves()
+        );
         Ok(())
     }
 
@@ -195,77 +302,59 @@ impl Printer {
             return print_json(&rows);
         }
         say!(
-            "{:<20} {:<22} {:>8} {:>8} {:>7}",
+            "{:<20} {:<22} {:>8} {:>8} {:>5}  {:<8} ROLLOUT",
             "FLEET",
             "IMAGE",
             "CAPACITY",
             "HEALTHY",
+            "LIVE",
             "STATUS"
         );
         for p in rows {
             let status = if p.converged { "ok" } else { "moving" };
+            let rollout = p
+                .rollout
+                .as_ref()
+                .map(|r| format!("{} {}", r.id, status_word(r.status)))
+                .unwrap_or_else(|| "-".into());
             say!(
-                "{:<20} {:<22} {:>8} {:>8} {:>7}",
+                "{:<20} {:<22} {:>8} {:>8} {:>5}  {:<8} {}",
                 p.fleet,
                 p.image,
                 p.capacity,
                 p.healthy_on_image,
-                status
+                p.live,
+                status,
+                rollout
             );
         }
         Ok(())
     }
 
-    pub fn status(&self, fleet: &Fleet) -> Result<()> {
-        let progress = Progress::of(fleet);
+    fn status_json(fleet: &Fleet) -> serde_json::Value {
         let instances: Vec<_> = fleet.live_instances().collect();
-        if self.json {
-            return print_json(&json!({
-                "fleet": fleet.spec.name,
-                "version": fleet.version,
-                "spec": fleet.spec,
-                "progress": progress,
-                "rollout": fleet.rollout,
-                "pending_launches": fleet.pending,
-                "instances": instances,
-            }));
-        }
-        say!("{}", progress.line());
-        say!(
-            "  version {} | policy max_surge {} max_unavailable {}",
-            fleet.version,
-            fleet.spec.policy.max_surge,
-            fleet.spec.policy.max_unavailable
-        );
-        if let Some(r) = &fleet.rollout {
-            let from = r
-                .from
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_else(|| "-".into());
-            say!(
-                "  rollout {} {from} -> {}: {:?}, {} waves",
-                r.id,
-                r.to,
-                r.status,
-                r.waves.len()
-            );
-        }
-        say!(
-            "  {:<21} {:<22} {:<14} {:<28} LAUNCHED",
-            "INSTANCE",
-            "IMAGE",
-            "STATE",
-            "HEALTH"
-        );
-        for i in instances {
+        json!({
+            "fleet": fleet.spec.name,
+            "version": fleet.version,
+            "spec": fleet.spec,
+            "budget": BudgetUse::of(fleet),
+            "progress": Progress::of(fleet),
+            "rollout": fleet.rollout,
+            "pending_launches": fleet.pending,
+            "instances": instances,
+        })
+    }
+
+    fn instance_rows(fleet: &Fleet) {
+        instance_header();
+        for i in fleet.live_instances() {
             let state = if i.disposal.is_some() {
                 format!("{} (leaving)", i.state.as_str())
             } else {
                 i.state.as_str().to_string()
             };
             say!(
-                "  {:<21} {:<22} {:<14} {:<28} {}",
+                "  {:<21} {:<22} {:<18} {:<28} {}",
                 i.id,
                 i.image,
                 state,
@@ -273,6 +362,84 @@ impl Printer {
                 i.launched_at.format("%Y-%m-%dT%H:%M:%SZ")
             );
         }
+    }
+
+    fn rollout_line(fleet: &Fleet) {
+        if let Some(r) = &fleet.rollout {
+            let from = r
+                .from
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "-".into());
+            let reason = r
+                .reason
+                .as_ref()
+                .map(|why| format!(" ({why})"))
+                .unwrap_or_default();
+            say!(
+                "  rollout {} {from} -> {}: {}{reason}, {} waves",
+                r.id,
+                r.to,
+                status_word(r.status),
+                r.waves.len()
+            );
+        }
+    }
+
+    pub fn status(&self, fleet: &Fleet) -> Result<()> {
+        if self.json {
+            return print_json(&Self::status_json(fleet));
+        }
+        say!("{}", Progress::of(fleet).line());
+        say!(
+            "  version {} | policy max_surge {} max_unavailable {}",
+            fleet.version,
+            fleet.spec.policy.max_surge,
+            fleet.spec.policy.max_unavailable
+        );
+        Self::rollout_line(fleet);
+        Self::instance_rows(fleet);
+        Ok(())
+    }
+
+    pub fn fleet_show(&self, fleet: &Fleet) -> Result<()> {
+        if self.json {
+            let mut v = Self::status_json(fleet);
+            v["created_at"] = json!(fleet.created_at);
+            return print_json(&v);
+        }
+        let spec = &fleet.spec;
+        say!(
+            "fleet {} (version {}, created {})",
+            spec.name,
+            fleet.version,
+            ts(fleet.created_at)
+        );
+        say!("  image {} | capacity {}", spec.image, spec.capacity);
+        say!("  policy {}", policy_line(&spec.policy));
+        say!("  budget {}", budget_line(&BudgetUse::of(fleet)));
+        if let Some(t) = &spec.instance_type {
+            say!("  instance_type {t}");
+        }
+        if !spec.subnets.is_empty() {
+            say!("  subnets {}", spec.subnets.join(", "));
+        }
+        if !spec.tags.is_empty() {
+            let tags: Vec<String> = spec.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            say!("  tags {}", tags.join(", "));
+        }
+        Self::rollout_line(fleet);
+        for p in &fleet.pending {
+            say!(
+                "  launching {} on {} ({}) [{}]",
+                p.count,
+                p.image,
+                p.reason,
+                p.token
+            );
+        }
+        say!("{}", Progress::of(fleet).line());
+        Self::instance_rows(fleet);
         Ok(())
     }
 
@@ -290,7 +457,7 @@ impl Printer {
             say!(
                 "v{:<4} {} {}{}",
                 e.version,
-                e.at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                ts(e.at),
                 e.cause.detail_type,
                 event
             );
@@ -298,6 +465,232 @@ impl Printer {
                 say!("        {}", describe_change(c));
             }
         }
+        Ok(())
+    }
+
+    pub fn snapshot(&self, s: &Snapshot) -> Result<()> {
+        if self.json {
+            return print_json(s);
+        }
+        say!(
+            "fleet {} at {} (version {}, recorded {})",
+            s.fleet,
+            ts(s.at),
+            s.version,
+            ts(s.recorded_at)
+        );
+        say!(
+            "  image {} | capacity {} | policy {}",
+            s.image,
+            s.capacity,
+            policy_line(&s.policy)
+        );
+        say!("  budget {}", budget_line(&s.budget));
+        match &s.rollout {
+            Some(r) => say!(
+                "  rollout {} {} -> {}: {}, wave {} ({} of {} waves healthy)",
+                r.id,
+                r.from
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "-".into()),
+                r.to,
+                status_word(r.status),
+                r.wave,
+                r.waves_healthy,
+                r.waves.len()
+            ),
+            None => say!("  no rollout yet"),
+        }
+        for p in &s.pending_launches {
+            say!(
+                "  launching {} on {} ({}) [{}]",
+                p.count,
+                p.image,
+                p.reason,
+                p.token
+            );
+        }
+        instance_header();
+        for i in &s.instances {
+            let health = match &i.health_reason {
+                Some(r) => format!("{} ({r})", i.health),
+                None => i.health.to_string(),
+            };
+            let state = if i.leaving.is_some() {
+                format!("{} (leaving)", i.state.as_str())
+            } else {
+                i.state.as_str().to_string()
+            };
+            say!(
+                "  {:<21} {:<22} {:<18} {:<28} {}",
+                i.id,
+                i.image,
+                state,
+                health,
+                i.launched_at.format("%Y-%m-%dT%H:%M:%SZ")
+            );
+        }
+        if !s.terminated.is_empty() {
+            say!("  terminated by then: {}", join(&s.terminated));
+        }
+        Ok(())
+    }
+
+    pub fn explanation(&self, e: &Explanation) -> Result<()> {
+        if self.json {
+            return print_json(e);
+        }
+        let i = &e.instance;
+        let health = match &i.health_reason {
+            Some(r) => format!("{} ({r})", i.health),
+            None => i.health.to_string(),
+        };
+        say!(
+            "instance {} of fleet {}: {} on {}, {}",
+            i.id,
+            e.fleet,
+            i.state.as_str(),
+            i.image,
+            health
+        );
+        say!(
+            "  launched {}{} | launch decision {}",
+            ts(i.launched_at),
+            i.terminated_at
+                .map(|t| format!(", terminated {}", ts(t)))
+                .unwrap_or_default(),
+            e.token
+        );
+        if let Some(o) = &e.rollout {
+            say!(
+                "  launched in wave {} of rollout {} to {}, started {} by {}",
+                o.wave,
+                o.rollout,
+                o.to,
+                ts(o.started_at),
+                o.started_by
+                    .as_ref()
+                    .map(cause_line)
+                    .unwrap_or_else(|| "an entry no longer in the history".into())
+            );
+        }
+        // One block per history entry: its cause once, then what it did to the instance; the
+        // policy and budget in force under the decisions (launch and termination).
+        let mut section = "";
+        let mut n = 0;
+        while n < e.links.len() {
+            let first = &e.links[n];
+            let group: Vec<&Link> = e.links[n..]
+                .iter()
+                .take_while(|l| {
+                    l.version == first.version && l.kind.is_launch() == first.kind.is_launch()
+                })
+                .collect();
+            n += group.len();
+            let title = if first.kind.is_launch() {
+                "WHY IT WAS LAUNCHED"
+            } else {
+                "WHAT HAPPENED TO IT"
+            };
+            if title != section {
+                say!("\n{title}");
+                section = title;
+            }
+            say!(
+                "  v{:<4} {}  {}",
+                first.version,
+                ts(first.at),
+                cause_line(&first.cause)
+            );
+            for link in &group {
+                let kind = serde_json::to_value(link.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
+                    .unwrap_or_default();
+                if link.kind == LinkKind::Other {
+                    say!("        - {}", link.summary);
+                } else {
+                    say!("        - {kind}: {}", link.summary);
+                }
+            }
+            let decided = group.iter().any(|l| {
+                matches!(
+                    l.kind,
+                    LinkKind::LaunchDecided
+                        | LinkKind::LaunchRetried
+                        | LinkKind::TerminationDecided
+                )
+            });
+            if decided {
+                let d = &first.decision;
+                say!(
+                    "        policy   image {}, capacity {}, {}",
+                    d.image,
+                    d.capacity,
+                    policy_line(&d.policy)
+                );
+                say!("        budget   {}", budget_line(&d.budget));
+                if let Some(r) = &d.rollout {
+                    say!(
+                        "        rollout  {} to {}: {}, wave {}",
+                        r.id,
+                        r.to,
+                        status_word(r.status),
+                        r.wave
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn timeline_written(&self, tl: &Timeline, files: &[PathBuf]) -> Result<()> {
+        let count = |k: MarkerKind| tl.markers.iter().filter(|m| m.kind == k).count();
+        if self.json {
+            return print_json(&json!({
+                "fleet": tl.fleet,
+                "files": files,
+                "start": tl.start,
+                "end": tl.end,
+                "lanes": tl.lanes.len(),
+                "images": tl.images,
+                "rollouts": tl.rollouts.len(),
+                "markers": {
+                    "health_failed": count(MarkerKind::HealthFailed),
+                    "vanished": count(MarkerKind::Vanished),
+                    "rollback": count(MarkerKind::Rollback),
+                    "breaker_trip": count(MarkerKind::BreakerTrip),
+                },
+            }));
+        }
+        for f in files {
+            say!("wrote {}", f.display());
+        }
+        say!(
+            "fleet {}: {} instances on {} images, {} rollouts, {} health failures, {} vanished, {} rollbacks, {} breaker trips, {} to {} UTC",
+            tl.fleet,
+            tl.lanes.len(),
+            tl.images.len(),
+            tl.rollouts.len(),
+            count(MarkerKind::HealthFailed),
+            count(MarkerKind::Vanished),
+            count(MarkerKind::Rollback),
+            count(MarkerKind::BreakerTrip),
+            ts(tl.start),
+            ts(tl.end)
+        );
+        Ok(())
+    }
+
+    pub fn deleted(&self, d: &Deleted) -> Result<()> {
+        if self.json {
+            return print_json(d);
+        }
+        if !d.terminated.is_empty() {
+            say!("terminated {}", join(&d.terminated));
+        }
+        say!("deleted fleet {} ({} items)", d.fleet, d.items);
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 
 use crate::bus::Bus;
 use crate::compute::Compute;
-use crate::controller::{Controller, Report};
+use crate::controller::{Controller, Deadline, Report};
 use crate::error::Error;
 use crate::store::StateStore;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
@@ -30,6 +30,9 @@ pub fn envelope_from_json(payload: Value) -> Result<Envelope, Error> {
         time: ev.time.ok_or_else(|| bad("missing field `time`".into()))?,
         source: ev.source,
         detail_type: ev.detail_type,
+        account: ev.account.filter(|s| !s.is_empty()),
+        region: ev.region.filter(|s| !s.is_empty()),
+        resources: ev.resources.unwrap_or_default(),
         detail: ev.detail,
     })
 }
@@ -59,9 +62,17 @@ pub async fn handle<S: StateStore, C: Compute, B: Bus>(
         diagnostic(&e)
     })?;
     let span = tracing::info_span!("event", event_id = %env.id, detail_type = %env.detail_type, request_id = %event.context.request_id);
+    let started = std::time::Instant::now();
+    // The context's deadline: near it the controller starts no new work and leaves the rest to
+    // the next reconcile; the event's in-progress record expires with it.
+    let deadline = Deadline::from_epoch_millis(event.context.deadline);
     async {
-        match controller.handle(&env, Some(function)).await {
+        match controller
+            .handle_within(&env, Some(function), deadline)
+            .await
+        {
             Ok(report) => {
+                crate::metrics::emit(function.name(), &report, started.elapsed());
                 info!(fleets = report.fleets.len(), "handled");
                 Ok(report)
             }

@@ -185,8 +185,17 @@ fn describe_generic(c: &Change) -> String {
         .into_iter()
         .flatten()
         .filter(|(k, _)| k.as_str() != "change")
+        .filter(|(_, v)| !v.is_null())
         .map(|(k, v)| match v {
             serde_json::Value::String(s) => format!("{k} {s}"),
+            serde_json::Value::Array(items) => format!(
+                "{k} {}",
+                items
+                    .iter()
+                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
             other => format!("{k} {other}"),
         })
         .collect();
@@ -201,35 +210,52 @@ fn describe_generic(c: &Change) -> String {
 // A past moment
 // ---------------------------------------------------------------------------------------------
 
-/// The disruption budget and how much of it is in use.
+/// The disruption budget and how much of it is in use, counted as the planner counts it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BudgetUse {
     /// Most instances that may exist at once (capacity + surge).
     pub max_total: u32,
     /// Fewest healthy instances that must remain (capacity - unavailable).
     pub min_healthy: u32,
-    /// Live instances (launched, not terminated).
+    /// Live instances (launched, not yet terminated), leaving ones included.
     pub live: u32,
-    /// Live instances that are running and healthy.
-    pub healthy: u32,
+    /// Live instances whose termination is decided.
+    pub leaving: u32,
     /// Instances of launches decided but not yet seen.
     pub launching: u32,
-    /// `live + launching`: what counts against `max_total`.
+    /// What counts against `max_total`: live instances not already being terminated (one that
+    /// waits for its replacement's launch still counts), plus `launching`.
     pub in_flight: u32,
+    /// Healthy instances that stay (running, healthy, no termination decided): what counts
+    /// towards `min_healthy`.
+    pub healthy: u32,
 }
 
 impl BudgetUse {
     pub fn of(fleet: &Fleet) -> Self {
         let budget = fleet.budget();
-        let live = fleet.live_instances().count() as u32;
+        let live: Vec<&Instance> = fleet.live_instances().collect();
+        let leaving = live.iter().filter(|i| i.disposal.is_some()).count() as u32;
+        let terminating = live
+            .iter()
+            .filter(|i| {
+                i.disposal
+                    .as_ref()
+                    .is_some_and(|d| d.after_launch.is_none())
+            })
+            .count() as u32;
         let launching = fleet.pending_count();
         BudgetUse {
             max_total: budget.max_total,
             min_healthy: budget.min_healthy,
-            live,
-            healthy: fleet.live_instances().filter(|i| i.is_healthy()).count() as u32,
+            live: live.len() as u32,
+            leaving,
             launching,
-            in_flight: live + launching,
+            in_flight: live.len() as u32 - terminating + launching,
+            healthy: live
+                .iter()
+                .filter(|i| i.is_healthy() && i.disposal.is_none())
+                .count() as u32,
         }
     }
 }
@@ -380,6 +406,8 @@ pub enum LinkKind {
     TerminationDecided,
     Terminated,
     TerminationFailed,
+    /// Any other change that names the instance (kinds newer than this list among them).
+    Other,
 }
 
 impl LinkKind {
@@ -417,6 +445,18 @@ pub struct Link {
     pub decision: DecisionContext,
 }
 
+/// The rollout wave an instance was launched in, and the event that started that rollout (a
+/// later wave is decided by a reconcile, but caused by the rollout's `ImageReady`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutOrigin {
+    pub rollout: u64,
+    pub wave: u32,
+    pub to: ImageId,
+    pub started_at: Timestamp,
+    /// The cause of the entry that started the rollout.
+    pub started_by: Option<Cause>,
+}
+
 /// Why an instance exists, or existed, and why it went.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Explanation {
@@ -425,7 +465,53 @@ pub struct Explanation {
     pub instance: InstanceView,
     /// Its launch decision (the EC2 ClientToken and `phoenix:launch` tag).
     pub token: String,
+    /// The rollout wave it was launched in, if any.
+    pub rollout: Option<RolloutOrigin>,
     pub links: Vec<Link>,
+}
+
+/// The rollout wave whose launch decision is `token`, from the entries' fleet records.
+fn rollout_origin(entries: &[HistoryEntry], token: &str) -> Option<RolloutOrigin> {
+    let (rollout, wave) = entries.iter().find_map(|e| {
+        let r = e.state.rollout.as_ref()?;
+        let w = r
+            .waves
+            .iter()
+            .find(|w| w.tokens.iter().any(|t| t == token))?;
+        Some((r.clone(), w.number))
+    })?;
+    let started_by = entries
+        .iter()
+        .find(|e| {
+            e.changes.iter().any(
+                |c| matches!(c, Change::RolloutStarted { rollout: id, .. } if *id == rollout.id),
+            )
+        })
+        .map(|e| e.cause.clone());
+    Some(RolloutOrigin {
+        rollout: rollout.id,
+        wave,
+        to: rollout.to,
+        started_at: rollout.started_at,
+        started_by,
+    })
+}
+
+/// Whether a change names the instance in one of its fields (alone or in a list).
+fn mentions(c: &Change, id: &InstanceId) -> bool {
+    let value = serde_json::to_value(c).unwrap_or_default();
+    value
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != "change")
+        .any(|(_, v)| match v {
+            serde_json::Value::String(s) => s == id.as_str(),
+            serde_json::Value::Array(items) => {
+                items.iter().any(|i| i.as_str() == Some(id.as_str()))
+            }
+            _ => false,
+        })
 }
 
 /// The causal chain of an instance from the fleet's history: the decision that launched it (and
@@ -460,6 +546,7 @@ pub fn explain(entries: &[HistoryEntry], id: &InstanceId) -> Option<Explanation>
                 Change::TerminationFailed { instances, .. } if instances.contains(id) => {
                     LinkKind::TerminationFailed
                 }
+                c if mentions(c, id) => LinkKind::Other,
                 _ => continue,
             };
             let fleet = replay_to_version(entries, entry.version).unwrap_or(entry.state.clone());
@@ -483,6 +570,7 @@ pub fn explain(entries: &[HistoryEntry], id: &InstanceId) -> Option<Explanation>
     Some(Explanation {
         fleet: entries.first().map(|e| e.fleet.clone())?,
         instance: InstanceView::of(&record),
+        rollout: rollout_origin(entries, &token),
         token,
         links,
     })

@@ -600,17 +600,29 @@ pub fn render_svg(tl: &Timeline) -> String {
                 status_word(r.status)
             ),
         );
+        // Labels of waves too close to the previous label are left out (the line stays).
+        let mut last_label = f64::NEG_INFINITY;
         for (k, t) in r.waves.iter().enumerate() {
             let wx = tl.x(*t);
-            w(
-                &mut s,
+            let label = if wx - last_label >= 20.0 {
+                last_label = wx;
                 format!(
-                    r##"<g class="wave"><line x1="{wx:.1}" y1="{:.1}" x2="{wx:.1}" y2="{:.1}" stroke="#9aa5b1" stroke-width="1" stroke-dasharray="2 3"/><text x="{:.1}" y="{:.1}" fill="#667" font-size="9">w{}</text></g>"##,
-                    plot.y,
-                    plot.bottom(),
+                    r##"<text x="{:.1}" y="{:.1}" fill="#667" font-size="9">w{}</text>"##,
                     wx + 2.0,
                     plot.y + 9.0,
                     k + 1
+                )
+            } else {
+                String::new()
+            };
+            w(
+                &mut s,
+                format!(
+                    r##"<g class="wave"><title>wave {} started at {}</title><line x1="{wx:.1}" y1="{:.1}" x2="{wx:.1}" y2="{:.1}" stroke="#9aa5b1" stroke-width="1" stroke-dasharray="2 3"/>{label}</g>"##,
+                    k + 1,
+                    hms(*t),
+                    plot.y,
+                    plot.bottom(),
                 ),
             );
         }

@@ -1,0 +1,607 @@
+//! Operating and troubleshooting through the CLI, on the emulator: a past moment rebuilt from the
+//! history, the causal chain of an instance, the timeline picture, following a rollout and its
+//! exit codes, deleting a fleet, and clear errors for what does not exist or does not parse.
+
+#![allow(clippy::unwrap_used)]
+
+use phoenix_core::events::{ControlAction, Intent};
+use phoenix_core::FleetName;
+use phoenix_tests::{FleetFile, Harness};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("phoenix-operate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// The demo's story: fleet `web` of 4 on A (surge 2), ImageReady B, then one instance fails its
+/// health check. Returns the harness, the images, the victim and the HealthCheckFailed event id.
+async fn demo() -> (Harness, String, String, String, String) {
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let b = h.register_image("web-b").await;
+    h.apply(&FleetFile::new("web", &a, 4).surge("2"));
+    h.settle("web").await;
+    h.phoenix_ok(&[
+        "publish",
+        "image-ready",
+        "--fleet",
+        "web",
+        "--image",
+        b.as_str(),
+    ]);
+    h.settle("web").await;
+    let victim = h.fleet_instances("web").await[0].id.clone();
+    let published = json(&h.phoenix_ok(&[
+        "publish",
+        "health-failed",
+        "--instance",
+        &victim,
+        "--reason",
+        "GET /health returned 503",
+        "-o",
+        "json",
+    ]));
+    let event = published["event_id"].as_str().unwrap().to_string();
+    h.settle("web").await;
+    (h, a.to_string(), b.to_string(), victim, event)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_rebuilds_a_moment_explain_names_the_cause_and_the_timeline_is_drawn() {
+    let (h, a, b, victim, event) = Box::pin(demo()).await;
+    // The rest only runs the CLI: a plain function keeps this future (and its stack) small.
+    check_history_explain_and_timeline(&h, &a, &b, &victim, &event);
+}
+
+fn check_history_explain_and_timeline(h: &Harness, a: &str, b: &str, victim: &str, event: &str) {
+    // The decisions, and the moment wave 2 of the rollout started.
+    let entries = json(&h.phoenix_ok(&["history", "web", "-o", "json"]));
+    let entries = entries.as_array().unwrap();
+    let wave2 = entries
+        .iter()
+        .find(|e| {
+            e["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["change"] == "wave_started" && c["wave"] == 2)
+        })
+        .unwrap();
+    let mid = wave2["at"].as_str().unwrap();
+
+    // --at: a mixed fleet, the rollout in its second wave, the budget in use.
+    let snap = json(&h.phoenix_ok(&["history", "web", "--at", mid, "-o", "json"]));
+    let images: BTreeSet<&str> = snap["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(images, BTreeSet::from([a, b]), "{snap:#}");
+    assert_eq!(snap["rollout"]["wave"], 2);
+    assert_eq!(snap["rollout"]["active"], true);
+    assert_eq!(snap["budget"]["max_total"], 6);
+    assert_eq!(snap["budget"]["min_healthy"], 4);
+    assert!(snap["budget"]["in_flight"].as_u64().unwrap() <= 6);
+    assert_eq!(snap["version"], wave2["version"]);
+    for i in snap["instances"].as_array().unwrap() {
+        assert!(i["state"].is_string() && i["health"].is_string(), "{i}");
+    }
+    let table = h.phoenix_ok(&["history", "web", "--at", mid]);
+    assert!(
+        table.contains("wave 2") && table.contains(a) && table.contains(b),
+        "{table}"
+    );
+    // Now (a span ago of 0s): the 4 instances of today.
+    let now = json(&h.phoenix_ok(&["history", "web", "--at", "0s", "-o", "json"]));
+    assert_eq!(now["instances"].as_array().unwrap().len(), 4);
+
+    // --since/--until: exactly the entries recorded in between.
+    let first = entries[1]["at"].as_str().unwrap();
+    let between = json(&h.phoenix_ok(&[
+        "history", "web", "--since", first, "--until", mid, "-o", "json",
+    ]));
+    let versions: Vec<u64> = between
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = entries
+        .iter()
+        .filter(|e| {
+            let v = e["version"].as_u64().unwrap();
+            v >= entries[1]["version"].as_u64().unwrap() && v <= wave2["version"].as_u64().unwrap()
+        })
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, expected);
+
+    // explain: launched by the rollout's ImageReady, terminated because of the health event.
+    let ex = json(&h.phoenix_ok(&["explain", victim, "-o", "json"]));
+    assert_eq!(ex["fleet"], "web");
+    assert_eq!(ex["instance"]["id"], victim);
+    assert_eq!(ex["instance"]["image"], b);
+    let links = ex["links"].as_array().unwrap();
+    let kinds: Vec<&str> = links.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"launch_decided"), "{kinds:?}");
+    for k in [
+        "launched",
+        "health_failed",
+        "termination_decided",
+        "terminated",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    // Launched by the rollout to B: wave 1 by the ImageReady event itself, wave 2 by the
+    // reconcile that saw wave 1 healthy; either way the origin names the ImageReady event.
+    assert!(
+        links[0]["change"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("rollout 1"),
+        "{:#}",
+        links[0]
+    );
+    assert_eq!(ex["rollout"]["rollout"], 1);
+    assert_eq!(ex["rollout"]["to"], b);
+    assert_eq!(ex["rollout"]["started_by"]["detail_type"], "ImageReady");
+    let failed = links.iter().find(|l| l["kind"] == "health_failed").unwrap();
+    assert_eq!(failed["cause"]["event_id"], event);
+    assert_eq!(failed["cause"]["detail_type"], "HealthCheckFailed");
+    let decided = links
+        .iter()
+        .find(|l| l["kind"] == "termination_decided")
+        .unwrap();
+    assert_eq!(decided["cause"]["event_id"], event);
+    assert_eq!(decided["decision"]["budget"]["max_total"], 6);
+    assert_eq!(decided["decision"]["policy"]["max_surge"], 2);
+    let table = h.phoenix_ok(&["explain", victim]);
+    assert!(table.contains(event), "{table}");
+    assert!(table.contains("GET /health returned 503"), "{table}");
+
+    // The timeline: 4 on A, 4 on B, 1 replacement; one health failure marked.
+    let svg = tmp("web.svg");
+    let html = tmp("web.html");
+    let written = json(&h.phoenix_ok(&[
+        "history",
+        "web",
+        "--svg",
+        svg.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+        "-o",
+        "json",
+    ]));
+    assert_eq!(written["lanes"], 9, "{written:#}");
+    assert_eq!(written["images"], serde_json::json!([a, b]));
+    assert_eq!(written["markers"]["health_failed"], 1);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg"));
+    assert_eq!(text.matches(r#"<g class="lane""#).count(), 9);
+    assert!(text.contains(&format!(r#"data-instance="{victim}""#)));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains(event));
+
+    // The other JSON outputs parse and carry what they document.
+    let list = json(&h.phoenix_ok(&["fleet", "list", "-o", "json"]));
+    assert_eq!(list[0]["fleet"], "web");
+    assert_eq!(list[0]["converged"], true);
+    let show = json(&h.phoenix_ok(&["fleet", "show", "web", "-o", "json"]));
+    assert_eq!(show["budget"]["live"], 4);
+    assert_eq!(show["spec"]["capacity"], 4);
+    let status = json(&h.phoenix_ok(&["status", "web", "-o", "json"]));
+    assert_eq!(status["instances"].as_array().unwrap().len(), 4);
+    assert!(h.phoenix_ok(&["fleet", "show", "web"]).contains("budget"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_delete_refuses_while_instances_live_and_drains_them_when_asked() {
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    h.apply(&FleetFile::new("web", &a, 3));
+    h.settle("web").await;
+    let ids: BTreeSet<String> = h
+        .fleet_instances("web")
+        .await
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+
+    let refused = h.phoenix(&["fleet", "delete", "web"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let why = stderr(&refused);
+    assert!(
+        why.contains("3 live instances") && why.contains("--terminate-instances"),
+        "{why}"
+    );
+    assert_eq!(
+        h.fleet_instances("web").await.len(),
+        3,
+        "nothing was touched"
+    );
+
+    let done = json(&h.phoenix_ok(&[
+        "fleet",
+        "delete",
+        "web",
+        "--terminate-instances",
+        "-o",
+        "json",
+    ]));
+    let terminated: BTreeSet<String> = done["terminated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(terminated, ids);
+    assert!(done["items"].as_u64().unwrap() > 3);
+    assert!(h.fleet_instances("web").await.is_empty());
+    for i in h.instances().await {
+        assert!(!i.is_alive(), "{} is {}", i.id, i.state);
+    }
+    assert_eq!(
+        json(&h.phoenix_ok(&["fleet", "list", "-o", "json"])),
+        serde_json::json!([])
+    );
+    for args in [
+        &["status", "web"][..],
+        &["history", "web"],
+        &["fleet", "delete", "web"],
+        &["fleet", "show", "web"],
+    ] {
+        let o = h.phoenix(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&o).contains("unknown fleet web"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    let o = h.phoenix(&["explain", ids.first().unwrap()]);
+    assert!(
+        stderr(&o).contains("not managed by any phoenix fleet"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Nothing is left behind: the same name starts afresh.
+    h.apply(&FleetFile::new("web", &a, 2));
+    let f = h.settle("web").await;
+    assert_eq!(f.live_instances().count(), 2);
+    let history = json(&h.phoenix_ok(&["history", "web", "-o", "json"]));
+    assert_eq!(history[0]["version"], 1, "a new history");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_naming_what_and_where() {
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let file = tmp("bad.yaml");
+    let cases = [
+        (
+            format!("name: web\nimage: {a}\ncapacty: 3\ninstance_type: t3.micro\n"),
+            vec!["capacty", "line 3"],
+        ),
+        (
+            format!("name: web\nimage: {a}\ncapacity: -3\ninstance_type: t3.micro\n"),
+            vec!["capacity", "negative", "line 3"],
+        ),
+        (
+            format!("name: web\nimage: {a}\ncapacity: 3\ninstance_type: t3.micro\npolicy:\n  max_surge: lots\n"),
+            vec!["max_surge", "line 6"],
+        ),
+        (
+            "name: web\nimage: ubuntu\ncapacity: 3\ninstance_type: t3.micro\n".to_string(),
+            vec!["image", "not an AMI id", "line 2"],
+        ),
+        (
+            format!("name: web\nimage: {a}\ninstance_type: t3.micro\n"),
+            vec!["missing field `capacity`"],
+        ),
+    ];
+    for (yaml, expected) in cases {
+        std::fs::write(&file, &yaml).unwrap();
+        let o = h.phoenix(&["fleet", "apply", file.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{yaml}");
+        let err = stderr(&o);
+        for e in expected {
+            assert!(err.contains(e), "{e:?} not in {err:?} for\n{yaml}");
+        }
+        assert!(err.contains("bad.yaml"), "the file is named: {err}");
+    }
+    assert!(h.store().list_fleets_now().await.is_empty());
+
+    let o = h.phoenix(&["status", "nope"]);
+    assert!(stderr(&o).contains("unknown fleet nope"), "{}", stderr(&o));
+    let o = h.phoenix(&["history", "nope", "--at", "1m"]);
+    assert!(stderr(&o).contains("unknown fleet nope"), "{}", stderr(&o));
+    let o = h.phoenix(&["explain", "i-0123456789abcdef0"]);
+    assert!(
+        stderr(&o).contains("i-0123456789abcdef0 is not managed by any phoenix fleet"),
+        "{}",
+        stderr(&o)
+    );
+    // A wrong command line is a usage error (64), never mistaken for a failed rollout (2).
+    let o = h.phoenix(&["history", "web", "--at", "yesterday"]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(stderr(&o).contains("RFC 3339"), "{}", stderr(&o));
+    assert_eq!(
+        h.phoenix(&["rollout", "wiat", "web"]).status.code(),
+        Some(64)
+    );
+}
+
+/// Runs the dispatcher (deliveries and the scheduled reconcile) until dropped, as the deployed
+/// functions would, while a CLI command blocks the test.
+struct Background {
+    stop: Arc<AtomicBool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    fn dispatch(h: &Arc<Harness>) -> Background {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, flag) = (h.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !flag.load(Ordering::SeqCst) {
+                let _ = h.dispatcher.poll_once(0).await;
+                let _ = h.dispatcher.tick().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        Background {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    async fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+async fn cli(h: &Arc<Harness>, args: &[&str]) -> Output {
+    let h = h.clone();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        h.phoenix(&args)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_watch_follows_the_waves_and_exit_codes_say_how_a_rollout_ended() {
+    let h = Arc::new(Harness::start().await.unwrap());
+    let a = h.register_image("web-a").await;
+    let b = h.register_image("web-b").await;
+    let c = h.register_image("web-c").await;
+    h.apply(&FleetFile::new("web", &a, 4).surge("2"));
+    h.settle("web").await;
+
+    // watch, plain lines (stdout is not a terminal): the waves, then success.
+    let id = json(&h.phoenix_ok(&[
+        "publish",
+        "image-ready",
+        "--fleet",
+        "web",
+        "--image",
+        b.as_str(),
+        "-o",
+        "json",
+    ]))["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bg = Background::dispatch(&h);
+    let o = cli(
+        &h,
+        &[
+            "rollout",
+            "watch",
+            "web",
+            "--event",
+            &id,
+            "--timeout",
+            "120",
+            "--interval",
+            "0.2",
+        ],
+    )
+    .await;
+    bg.stop().await;
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.contains("rollout 1 wave 1 started"), "{out}");
+    assert!(out.contains("rollout 1 wave 2 started"), "{out}");
+    assert!(out.lines().last().unwrap().contains("converged"), "{out}");
+    assert!(stderr(&o).contains("succeeded"), "{}", stderr(&o));
+    assert!(
+        !out.contains('\u{1b}'),
+        "no terminal control codes when not on a terminal"
+    );
+
+    // The same, as JSON lines.
+    let o = h.phoenix(&["rollout", "watch", "web", "-o", "json"]);
+    assert!(o.status.success());
+    for line in stdout(&o).lines() {
+        let p = json(line);
+        assert_eq!(p["fleet"], "web");
+        assert!(p["budget"]["max_total"].is_number());
+    }
+
+    // A canary that fails its health check rolls the rollout back: exit 2, saying why.
+    h.apply(&FleetFile::new("web", &b, 4).surge("1"));
+    h.settle("web").await;
+    h.phoenix_ok(&[
+        "publish",
+        "image-ready",
+        "--fleet",
+        "web",
+        "--image",
+        c.as_str(),
+    ]);
+    h.drain().await;
+    let canary = h
+        .fleet_instances("web")
+        .await
+        .into_iter()
+        .find(|i| i.image == c.as_str())
+        .unwrap();
+    let failed = json(&h.phoenix_ok(&[
+        "publish",
+        "health-failed",
+        "--instance",
+        &canary.id,
+        "--reason",
+        "500 on /health",
+        "-o",
+        "json",
+    ]))["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bg = Background::dispatch(&h);
+    let o = cli(
+        &h,
+        &[
+            "rollout",
+            "wait",
+            "web",
+            "--event",
+            &failed,
+            "--timeout",
+            "120",
+        ],
+    )
+    .await;
+    bg.stop().await;
+    assert_eq!(o.status.code(), Some(2), "{}\n{}", stdout(&o), stderr(&o));
+    let why = stderr(&o);
+    assert!(
+        why.contains("rolled back") && why.contains("500 on /health"),
+        "{why}"
+    );
+    let o = h.phoenix(&["rollout", "watch", "web"]);
+    assert_eq!(o.status.code(), Some(2), "watch agrees: {}", stderr(&o));
+
+    // The timeline marks the rollback.
+    let svg = tmp("rollback.svg");
+    let written = json(&h.phoenix_ok(&[
+        "history",
+        "web",
+        "--svg",
+        svg.to_str().unwrap(),
+        "-o",
+        "json",
+    ]));
+    assert!(
+        written["markers"]["rollback"].as_u64().unwrap() >= 1,
+        "{written:#}"
+    );
+
+    // An aborted rollout: exit 2 too, at once.
+    h.phoenix_ok(&[
+        "publish",
+        "image-ready",
+        "--fleet",
+        "web",
+        "--image",
+        a.as_str(),
+    ]);
+    h.drain().await;
+    h.publish(&Intent::RolloutControl {
+        fleet: FleetName::parse("web").unwrap(),
+        action: ControlAction::Abort,
+    })
+    .await;
+    h.drain().await;
+    let o = h.phoenix(&["rollout", "wait", "web", "--timeout", "30"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("aborted"), "{}", stderr(&o));
+
+    // A timeout is 1.
+    let o = h.phoenix(&[
+        "rollout",
+        "watch",
+        "web",
+        "--event",
+        "never-sent",
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_handled_event_prints_an_embedded_metric_line_per_fleet() {
+    use phoenix_tests::runtime_api::RuntimeApi;
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    h.apply(&FleetFile::new("web", &a, 2));
+    h.settle("web").await;
+
+    let api = RuntimeApi::start().await.unwrap();
+    let process = api
+        .spawn_function(&phoenix_tests::workspace_bin("phoenix-scale"), &h.env())
+        .unwrap();
+    let id = format!("evt-metrics-{}", std::process::id());
+    let event = phoenix_tests::envelope(
+        &id,
+        "ScaleRequested",
+        serde_json::json!({"fleet": "web", "desired": 3}),
+        &chrono::Utc::now().to_rfc3339(),
+    );
+    api.invoke(event, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .response()
+        .unwrap();
+    let line = process
+        .wait_for_line(Duration::from_secs(5), |l| {
+            l.contains("CloudWatchMetrics") && l.contains(&id)
+        })
+        .await
+        .unwrap();
+    let emf = json(&line);
+    let directive = &emf["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(directive["Namespace"], "phoenix");
+    assert_eq!(directive["Dimensions"], serde_json::json!([["Fleet"]]));
+    assert!(emf["_aws"]["Timestamp"].is_i64());
+    assert_eq!(emf["Fleet"], "web");
+    assert_eq!(emf["InstancesLaunched"], 1);
+    assert_eq!(emf["InstancesTerminated"], 0);
+    assert_eq!(emf["function"], "scale");
+    assert!(emf["HandlerLatency"].as_f64().unwrap() > 0.0);
+    let metric_lines = process
+        .stdout_lines()
+        .iter()
+        .filter(|l| l.contains("CloudWatchMetrics"))
+        .count();
+    assert_eq!(metric_lines, 1, "one line per fleet per event");
+}
