@@ -15,6 +15,19 @@ pub enum Error {
     /// The event was handled before (same id, same content); its intent is not applied again.
     #[error("event {0} was already handled")]
     Duplicate(String),
+    /// Another invocation applied this event's intent and is still carrying it out (its record is
+    /// `INPROGRESS` and its time has not run out): nothing to do here.
+    #[error("event {0} is being handled by another invocation")]
+    InFlight(String),
+    /// An earlier invocation applied this event's intent but its time ran out before it recorded
+    /// the outcome (it died or was cut short): the intent is not applied again, the fleet is
+    /// reconciled to finish the work.
+    #[error("event {0} was applied by an invocation that did not finish")]
+    Unfinished(String),
+    /// The invocation's remaining time is too short to start more work; the event is delivered
+    /// again (retryable) or, if its intent is already committed, the next reconcile finishes.
+    #[error("{0}")]
+    Deadline(String),
     /// Someone else changed the fleet since it was read; re-read and re-plan.
     #[error("fleet {0} changed concurrently")]
     Conflict(String),
@@ -49,6 +62,7 @@ impl Error {
         matches!(
             self,
             Error::Conflict(_)
+                | Error::Deadline(_)
                 | Error::Throttled { .. }
                 | Error::Capacity(_)
                 | Error::Transient { .. }
@@ -112,6 +126,12 @@ fn classify(service: &'static str, code: &str, message: String, transport: bool)
         "Unavailable",
         "InternalServerError",
         "TransactionInProgressException",
+        // EventBridge's and SQS's 5xx (found by the fault proxy: they were rejected as
+        // permanent, sending a good event to the dead-letter queue).
+        "InternalException",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
     ];
     if transport {
         Error::Transient { service, message }
@@ -149,6 +169,7 @@ mod tests {
             Error::Permanent { .. }
         ));
         assert!(matches!(c("InternalError"), Error::Transient { .. }));
+        assert!(matches!(c("InternalException"), Error::Transient { .. }));
         assert!(c("RequestLimitExceeded").is_retryable());
         assert!(!c("UnauthorizedOperation").is_retryable());
         assert!(!Error::NotFound("x".into()).is_retryable());

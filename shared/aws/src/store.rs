@@ -5,7 +5,7 @@
 //! | fleet | `FLEET#<name>` | `META` | `version`, `state` (spec, rollout, pending launches, counters; JSON) |
 //! | instance | `FLEET#<name>` | `INST#<id>` | `instance_id` (GSI key), `data` (JSON), `gone` + `expires_at` once terminated |
 //! | history | `FLEET#<name>` | `HIST#<version, 12 digits>` | `at`, `entry` (cause + changes; JSON) |
-//! | handled event | `EVENT#<event id>` | `EVENT` | `hash`, `fleet`, `version`, `expires_at` |
+//! | handled event | `EVENT#<event id>` | `EVENT` | `hash`, `fleet`, `version`, `status` (`INPROGRESS`/`COMPLETED`), `in_progress_until` (ms), `completed_version`, `expires_at` |
 //! | fleet index | `FLEETS` | `FLEET#<name>` | (lists fleets without a scan) |
 //!
 //! GSI `by-instance` (hash `instance_id`) finds an instance's fleet in one query, so a health
@@ -14,7 +14,10 @@
 //! record — so a change and its cause are never written apart.
 
 use crate::error::{Error, Result};
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, DeleteRequest, Put, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update, WriteRequest,
+};
 use aws_sdk_dynamodb::Client;
 use chrono::Duration;
 use phoenix_core::events::Cause;
@@ -39,6 +42,40 @@ pub struct EventKey {
     pub hash: String,
 }
 
+/// How a commit records the event that caused it (Powertools-style status and expiry).
+///
+/// The record is never written on its own: the claim rides in the transaction that applies the
+/// event's intent, and the completion in the transaction that records what EC2 answered — two
+/// writes every event makes anyway. A separate `PutItem` lock before the work (as Powertools does)
+/// would cost one extra write per event (two with its release) and protect nothing more: the
+/// intent's transaction is conditional on the record's absence, so two deliveries racing before
+/// either committed still apply the intent once; the loser learns the record's status from the
+/// failed condition (`ReturnValuesOnConditionCheckFailure = ALL_OLD`) and returns without acting.
+/// What a duplicate may still spend before that point are reads (the fleet, EC2's view).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventRecord<'a> {
+    /// The commit applying the event's intent; the record must not exist (or be past its TTL).
+    /// `in_progress_until: Some(t)`: `INPROGRESS`, owned by this invocation until `t` (its
+    /// deadline) because commands follow; `None`: `COMPLETED` at once (nothing follows).
+    Claim {
+        key: &'a EventKey,
+        in_progress_until: Option<Timestamp>,
+    },
+    /// A later commit of the same invocation (the outcomes): the record becomes `COMPLETED`.
+    Complete(&'a EventKey),
+}
+
+impl<'a> EventRecord<'a> {
+    pub fn key(&self) -> &'a EventKey {
+        match *self {
+            EventRecord::Claim { key, .. } | EventRecord::Complete(key) => key,
+        }
+    }
+}
+
+pub const STATUS_IN_PROGRESS: &str = "INPROGRESS";
+pub const STATUS_COMPLETED: &str = "COMPLETED";
+
 /// The state store port.
 pub trait StateStore: Send + Sync {
     /// The fleet with every live instance.
@@ -53,16 +90,26 @@ pub trait StateStore: Send + Sync {
     ) -> impl Future<Output = Result<Fleet>> + Send;
     /// Writes a step atomically, conditional on `before.version` (0: the fleet must not exist),
     /// stamped `now` (the controller's clock).
-    /// Returns the committed fleet. `Error::Conflict` if the version moved; `Error::Duplicate` if
-    /// the event was already handled (nothing is written then).
+    /// Returns the committed fleet. `Error::Conflict` if the version moved. When claiming an
+    /// event that has a record already (nothing is written then): `Error::Duplicate` if it is
+    /// `COMPLETED`, `Error::InFlight` if it is `INPROGRESS` and its owner's time has not run out
+    /// (by `now`), `Error::Unfinished` if it has, and `Error::Invalid` if its content differs.
     fn commit(
         &self,
         before: &Fleet,
         step: &Step,
         cause: &Cause,
-        event: Option<&EventKey>,
+        event: Option<EventRecord<'_>>,
         now: Timestamp,
     ) -> impl Future<Output = Result<Fleet>> + Send;
+    /// `Ok` if the event has no record; otherwise the error a claim would meet (`Duplicate`,
+    /// `InFlight`, `Unfinished` or `Invalid`, as for `commit`). Read only where planning the
+    /// event failed, to tell a redelivery from bad input.
+    fn check_event(
+        &self,
+        key: &EventKey,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn list_fleets(&self) -> impl Future<Output = Result<Vec<FleetName>>> + Send;
     /// The newest `limit` history entries, oldest first.
     fn history(
@@ -70,6 +117,19 @@ pub trait StateStore: Send + Sync {
         name: &FleetName,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<HistoryEntry>>> + Send;
+    /// Every history entry recorded in `[since, until]` (either bound open when `None`), oldest
+    /// first. `until` alone gives what `history::replay` needs to rebuild the fleet at `until`.
+    fn history_between(
+        &self,
+        name: &FleetName,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+    ) -> impl Future<Output = Result<Vec<HistoryEntry>>> + Send;
+    /// Deletes a fleet: its record, index entry, instance records and history. Refused while the
+    /// fleet (as loaded, complete) has live instances or launches in flight; the fleet record
+    /// goes first, conditional on the version loaded (`Error::Conflict` if it moved). Returns how
+    /// many items were deleted.
+    fn delete_fleet(&self, fleet: &Fleet) -> impl Future<Output = Result<usize>> + Send;
 }
 
 #[derive(Clone, Debug)]
@@ -281,7 +341,7 @@ impl StateStore for DynamoStore {
         before: &Fleet,
         step: &Step,
         cause: &Cause,
-        event: Option<&EventKey>,
+        event: Option<EventRecord<'_>>,
         now: Timestamp,
     ) -> Result<Fleet> {
         let mut next = step.fleet.clone();
@@ -311,17 +371,19 @@ impl StateStore for DynamoStore {
             ),
         ]);
         items.push(self.put(history, Some(("attribute_not_exists(pk)", vec![])))?);
-        let event_index = event.map(|_| items.len());
-        if let Some(ev) = event {
-            let record = HashMap::from([
-                ("pk".into(), s(format!("EVENT#{}", ev.id))),
-                ("sk".into(), s("EVENT")),
-                ("hash".into(), s(&ev.hash)),
-                ("fleet".into(), s(name.as_str())),
-                ("version".into(), n(next.version)),
-                ("expires_at".into(), n((now + EVENT_TTL).timestamp())),
-            ]);
-            items.push(self.put(record, Some(("attribute_not_exists(pk)", vec![])))?);
+        let claim_index = match event {
+            Some(EventRecord::Claim { .. }) => Some(items.len()),
+            _ => None,
+        };
+        match event {
+            Some(EventRecord::Claim {
+                key,
+                in_progress_until,
+            }) => items.push(self.claim_event(key, name, next.version, in_progress_until, now)?),
+            Some(EventRecord::Complete(key)) => {
+                items.push(self.complete_event(key, name, next.version, now)?)
+            }
+            None => {}
         }
         if before.version == 0 {
             let index = HashMap::from([
@@ -349,7 +411,7 @@ impl StateStore for DynamoStore {
                 Ok(next)
             }
             Err(err) => {
-                let reasons: Vec<String> = err
+                let reasons: Vec<(String, Option<HashMap<String, AttributeValue>>)> = err
                     .as_service_error()
                     .and_then(|e| match e {
                         aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(t) => {
@@ -357,7 +419,11 @@ impl StateStore for DynamoStore {
                         }
                         _ => None,
                     })
-                    .map(|rs| rs.iter().map(|r| r.code.clone().unwrap_or_default()).collect())
+                    .map(|rs| {
+                        rs.iter()
+                            .map(|r| (r.code.clone().unwrap_or_default(), r.item.clone()))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if reasons.is_empty() {
                     return Err(sdk(err));
@@ -365,12 +431,12 @@ impl StateStore for DynamoStore {
                 let failed = |i: usize| {
                     reasons
                         .get(i)
-                        .is_some_and(|c| c == "ConditionalCheckFailed")
+                        .is_some_and(|(c, _)| c == "ConditionalCheckFailed")
                 };
-                if let (Some(i), Some(ev)) = (event_index, event) {
+                if let (Some(i), Some(ev)) = (claim_index, event) {
                     if failed(i) {
-                        self.check_duplicate(ev).await?;
-                        return Err(Error::Duplicate(ev.id.clone()));
+                        let old = reasons.get(i).and_then(|(_, item)| item.clone());
+                        return Err(self.already_recorded(ev.key(), old, now).await);
                     }
                 }
                 if failed(0) {
@@ -385,6 +451,13 @@ impl StateStore for DynamoStore {
                 }
                 Err(sdk(err))
             }
+        }
+    }
+
+    async fn check_event(&self, key: &EventKey, now: Timestamp) -> Result<()> {
+        match self.get_event_item(&key.id).await? {
+            None => Ok(()),
+            Some(item) => Err(self.already_recorded(key, Some(item), now).await),
         }
     }
 
@@ -425,10 +498,7 @@ impl StateStore for DynamoStore {
                 .await
                 .map_err(sdk)?;
             for item in out.items.unwrap_or_default() {
-                entries.push(
-                    serde_json::from_str::<HistoryEntry>(get_s(&item, "entry")?)
-                        .map_err(|e| corrupt("history", e))?,
-                );
+                entries.push(decode_entry(&item)?);
                 if entries.len() >= limit {
                     break;
                 }
@@ -441,29 +511,341 @@ impl StateStore for DynamoStore {
         entries.reverse();
         Ok(entries)
     }
+
+    async fn history_between(
+        &self,
+        name: &FleetName,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+    ) -> Result<Vec<HistoryEntry>> {
+        // `at` is stored as RFC 3339 in UTC, which sorts as time does; the bounds are widened by
+        // a second here and applied exactly below, so formatting details cannot lose an entry.
+        let mut filters = Vec::new();
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :h)")
+            .expression_attribute_values(":pk", s(fleet_pk(name)))
+            .expression_attribute_values(":h", s("HIST#"))
+            .consistent_read(true);
+        if let Some(t) = since {
+            filters.push("#at >= :since");
+            query = query
+                .expression_attribute_values(":since", s((t - Duration::seconds(1)).to_rfc3339()));
+        }
+        if let Some(t) = until {
+            filters.push("#at <= :until");
+            query = query
+                .expression_attribute_values(":until", s((t + Duration::seconds(1)).to_rfc3339()));
+        }
+        if !filters.is_empty() {
+            query = query
+                .filter_expression(filters.join(" AND "))
+                .expression_attribute_names("#at", "at");
+        }
+        let mut pages = query.into_paginator().items().send();
+        let mut entries = Vec::new();
+        while let Some(item) = pages.next().await {
+            let entry = decode_entry(&item.map_err(sdk)?)?;
+            if since.is_none_or(|t| entry.at >= t) && until.is_none_or(|t| entry.at <= t) {
+                entries.push(entry);
+            }
+        }
+        entries.sort_by_key(|e| e.version);
+        Ok(entries)
+    }
+
+    async fn delete_fleet(&self, fleet: &Fleet) -> Result<usize> {
+        let name = &fleet.spec.name;
+        let live = fleet.live_instances().count();
+        if !fleet.complete || live > 0 || !fleet.pending.is_empty() {
+            return Err(Error::Invalid(phoenix_core::Error::invalid(
+                "fleet",
+                format!(
+                    "fleet {name} still has {live} live instances and {} launches in flight",
+                    fleet.pending_count()
+                ),
+            )));
+        }
+        let delete = |pk: String, sk: String, condition: bool| {
+            let mut d = Delete::builder()
+                .table_name(&self.table)
+                .key("pk", s(pk))
+                .key("sk", s(sk));
+            if condition {
+                d = d
+                    .condition_expression("version = :v")
+                    .expression_attribute_values(":v", n(fleet.version));
+            }
+            d.build()
+                .map(|d| TransactWriteItem::builder().delete(d).build())
+                .map_err(|e| corrupt("delete", e))
+        };
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(delete(fleet_pk(name), "META".into(), true)?)
+            .transact_items(delete("FLEETS".into(), format!("FLEET#{name}"), false)?)
+            .send()
+            .await;
+        if let Err(err) = result {
+            let conflict = err.as_service_error().is_some_and(|e| {
+                matches!(
+                    e,
+                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(_)
+                )
+            });
+            return Err(if conflict {
+                Error::Conflict(name.to_string())
+            } else {
+                sdk(err)
+            });
+        }
+        Ok(2 + self.purge_fleet_items(name).await?)
+    }
 }
 
+fn decode_entry(item: &HashMap<String, AttributeValue>) -> Result<HistoryEntry> {
+    serde_json::from_str::<HistoryEntry>(get_s(item, "entry")?).map_err(|e| corrupt("history", e))
+}
+
+/// A handled-event record (`EVENT#<id>`) as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecordItem {
+    pub hash: String,
+    pub fleet: String,
+    /// The fleet version that applied the event's intent.
+    pub version: Option<u64>,
+    /// `INPROGRESS` or `COMPLETED` (records written before statuses existed read as completed).
+    pub status: String,
+    /// Set while `INPROGRESS`: when the owning invocation's time runs out.
+    pub in_progress_until: Option<Timestamp>,
+}
+
+fn decode_event(item: &HashMap<String, AttributeValue>) -> Result<EventRecordItem> {
+    let num = |k: &str| {
+        item.get(k)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    let status = item
+        .get("status")
+        .and_then(|v| v.as_s().ok())
+        .cloned()
+        .unwrap_or_else(|| STATUS_COMPLETED.to_string());
+    let in_progress_until = if status == STATUS_IN_PROGRESS {
+        // A record in progress without a time is treated as long expired: finish it.
+        Some(
+            num("in_progress_until")
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .unwrap_or_default(),
+        )
+    } else {
+        None
+    };
+    Ok(EventRecordItem {
+        hash: get_s(item, "hash")?.to_string(),
+        fleet: item
+            .get("fleet")
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default(),
+        version: num("version").and_then(|v| u64::try_from(v).ok()),
+        status,
+        in_progress_until,
+    })
+}
+
+/// BatchWriteItem takes at most 25 requests.
+const BATCH_WRITE: usize = 25;
+
 impl DynamoStore {
-    /// The event was recorded before: the same content is a harmless redelivery; different content
-    /// under the same id is refused.
-    async fn check_duplicate(&self, ev: &EventKey) -> Result<()> {
+    /// Deletes every item of a fleet's partition but its record (instances, history), in batches.
+    /// Also what is left of a fleet whose record is already gone. Returns how many it deleted.
+    pub async fn purge_fleet_items(&self, name: &FleetName) -> Result<usize> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(fleet_pk(name)))
+            .projection_expression("pk, sk")
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        let mut keys = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(sdk)?;
+            if get_s(&item, "sk")? != "META" {
+                keys.push(item);
+            }
+        }
+        let deleted = keys.len();
+        for chunk in keys.chunks(BATCH_WRITE) {
+            let mut requests: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|key| {
+                    DeleteRequest::builder()
+                        .set_key(Some(key.clone()))
+                        .build()
+                        .map(|d| WriteRequest::builder().delete_request(d).build())
+                        .map_err(|e| corrupt("delete", e))
+                })
+                .collect::<Result<_>>()?;
+            // Unprocessed requests (throttling) are sent again, with a growing pause.
+            for attempt in 0..8u64 {
+                if requests.is_empty() {
+                    break;
+                }
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                requests = out
+                    .unprocessed_items
+                    .and_then(|mut m| m.remove(&self.table))
+                    .unwrap_or_default();
+                if !requests.is_empty() {
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                }
+            }
+            if !requests.is_empty() {
+                return Err(Error::Transient {
+                    service: "dynamodb",
+                    message: format!("{} deletes of fleet {name} not processed", requests.len()),
+                });
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// The event record claimed by the commit that applies the event's intent: conditional on no
+    /// record (or one past its TTL, which DynamoDB deletes up to days late), returning the old
+    /// record when the condition fails so the loser needs no extra read.
+    fn claim_event(
+        &self,
+        key: &EventKey,
+        fleet: &FleetName,
+        version: u64,
+        in_progress_until: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<TransactWriteItem> {
+        let mut record = HashMap::from([
+            ("pk".into(), s(format!("EVENT#{}", key.id))),
+            ("sk".into(), s("EVENT")),
+            ("hash".into(), s(&key.hash)),
+            ("fleet".into(), s(fleet.as_str())),
+            ("version".into(), n(version)),
+            ("expires_at".into(), n((now + EVENT_TTL).timestamp())),
+        ]);
+        match in_progress_until {
+            Some(until) => {
+                record.insert("status".into(), s(STATUS_IN_PROGRESS));
+                record.insert("in_progress_until".into(), n(until.timestamp_millis()));
+            }
+            None => {
+                record.insert("status".into(), s(STATUS_COMPLETED));
+            }
+        }
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(record))
+            .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+            .expression_attribute_values(":now", n(now.timestamp()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(|e| corrupt("put", e))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// Marks a claimed event `COMPLETED`, in the transaction recording its outcomes. No condition:
+    /// only the invocation that claimed the record completes it, and failing the outcomes over
+    /// the record would be worse than any state of the record.
+    fn complete_event(
+        &self,
+        key: &EventKey,
+        fleet: &FleetName,
+        version: u64,
+        now: Timestamp,
+    ) -> Result<TransactWriteItem> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(format!("EVENT#{}", key.id)))
+            .key("sk", s("EVENT"))
+            .update_expression("SET #st = :c, #h = :h, #f = :f, #cv = :v, #e = :e REMOVE #ipu")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#h", "hash")
+            .expression_attribute_names("#f", "fleet")
+            .expression_attribute_names("#cv", "completed_version")
+            .expression_attribute_names("#e", "expires_at")
+            .expression_attribute_names("#ipu", "in_progress_until")
+            .expression_attribute_values(":c", s(STATUS_COMPLETED))
+            .expression_attribute_values(":h", s(&key.hash))
+            .expression_attribute_values(":f", s(fleet.as_str()))
+            .expression_attribute_values(":v", n(version))
+            .expression_attribute_values(":e", n((now + EVENT_TTL).timestamp()))
+            .build()
+            .map_err(|e| corrupt("update", e))?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// The error for an event whose claim failed because it has a record: different content under
+    /// the same id is refused; otherwise what to do depends on the record's status (see
+    /// `StateStore::commit`). `old` is the record the failed condition returned, if it did.
+    async fn already_recorded(
+        &self,
+        key: &EventKey,
+        old: Option<HashMap<String, AttributeValue>>,
+        now: Timestamp,
+    ) -> Error {
+        let record = match old {
+            Some(item) => Ok(Some(item)),
+            None => self.get_event_item(&key.id).await,
+        };
+        let record = match record.and_then(|r| r.map(|item| decode_event(&item)).transpose()) {
+            Ok(Some(r)) => r,
+            // Gone in between (TTL): the next attempt claims it; until then, a plain conflict.
+            Ok(None) => return Error::Conflict(format!("event {}", key.id)),
+            Err(e) => return e,
+        };
+        if record.hash != key.hash {
+            return Error::Invalid(phoenix_core::Error::Event(format!(
+                "event id {} was already used for different content",
+                key.id
+            )));
+        }
+        match record.in_progress_until {
+            None => Error::Duplicate(key.id.clone()),
+            Some(until) if until > now => Error::InFlight(key.id.clone()),
+            Some(_) => Error::Unfinished(key.id.clone()),
+        }
+    }
+
+    async fn get_event_item(&self, id: &str) -> Result<Option<HashMap<String, AttributeValue>>> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(format!("EVENT#{}", ev.id)))
+            .key("pk", s(format!("EVENT#{id}")))
             .key("sk", s("EVENT"))
             .consistent_read(true)
             .send()
             .await
             .map_err(sdk)?;
-        match out.item.as_ref().map(|i| get_s(i, "hash")).transpose()? {
-            Some(h) if h != ev.hash => Err(Error::Invalid(phoenix_core::Error::Event(format!(
-                "event id {} was already used for different content",
-                ev.id
-            )))),
-            _ => Ok(()),
-        }
+        Ok(out.item)
+    }
+
+    /// The record of a handled event, if there is one.
+    pub async fn event_record(&self, id: &str) -> Result<Option<EventRecordItem>> {
+        self.get_event_item(id)
+            .await?
+            .map(|item| decode_event(&item))
+            .transpose()
     }
 
     /// Creates the table (on-demand, with the instance index). Used by the local stack and tests;

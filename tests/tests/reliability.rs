@@ -1,0 +1,375 @@
+//! The reliability mechanisms one at a time, on the emulator behind the fault proxy: the event
+//! record's status and expiry (a duplicate in flight returns without acting; a record whose
+//! invocation died expires and the retry finishes the work), the invocation's deadline, a launch
+//! whose answer was lost, and the proxy's faults as the SDK sees them.
+
+#![allow(clippy::unwrap_used)]
+
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use phoenix_aws::controller::{Deadline, DEADLINE_RESERVE};
+use phoenix_aws::store::StateStore;
+use phoenix_aws::{Error, FleetOutcome};
+use phoenix_core::events::{Change, Envelope, Intent, ScaleTarget};
+use phoenix_core::model::TAG_TOKEN;
+use phoenix_core::planner::LEASE;
+use phoenix_core::FleetName;
+use phoenix_tests::chaos::World;
+use phoenix_tests::faults::{FaultConfig, FaultKind, FaultProxy};
+use phoenix_tests::Emulator;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A converged fleet `web` of two on the first image; returns the world and one instance.
+/// `faults`: the proxy answers retried calls with the same idempotency token as AWS does.
+async fn fleet_of_two_with(faults: bool) -> (World, String) {
+    let w = World::start_with(3, 1, faults).await.unwrap();
+    let a = w.images[0].clone();
+    w.create_fleet("web", &a, 2, 1).await.unwrap();
+    let victim = w.live_ids("web").await.unwrap()[0].clone();
+    (w, victim)
+}
+
+async fn fleet_of_two() -> (World, String) {
+    fleet_of_two_with(false).await
+}
+
+fn health_failed(w: &World, victim: &str) -> Envelope {
+    w.event(
+        &Intent::HealthCheckFailed {
+            instance: victim.parse().unwrap(),
+            reason: "http 503".into(),
+        },
+        w.now(),
+    )
+}
+
+/// Instances EC2 ever had for the fleet, in any state.
+async fn ever(w: &World) -> usize {
+    w.instances()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|i| i.tags.get("phoenix:fleet").map(String::as_str) == Some("web"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_arriving_while_the_first_is_in_flight_returns_without_acting() {
+    let (w, victim) = fleet_of_two().await;
+    let w = Arc::new(w);
+    let env = health_failed(&w, &victim);
+    // RunInstances takes 3 s: the first delivery holds the event in progress meanwhile.
+    let mut slow = FaultConfig::default();
+    slow.delays
+        .insert("RunInstances".into(), Duration::from_secs(3));
+    w.proxy.set_faults(slow);
+    let first = {
+        let (w, env) = (w.clone(), env.clone());
+        tokio::spawn(async move { w.invoke(&env, None).await })
+    };
+    let record = loop {
+        if let Some(r) = w.store.event_record(&env.id).await.unwrap() {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(record.status, "INPROGRESS");
+    assert!(record.in_progress_until.unwrap() > w.now());
+    let version = w.fleet("web").await.unwrap().version;
+
+    let dup = w.invoke(&env, None).await.unwrap();
+    assert_eq!(dup.fleets[0].outcome, FleetOutcome::InFlight);
+    assert!(dup.fleets[0].changes.is_empty() && dup.fleets[0].launched.is_empty());
+    assert_eq!(
+        w.fleet("web").await.unwrap().version,
+        version,
+        "the duplicate wrote nothing"
+    );
+
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.fleets[0].outcome, FleetOutcome::Changed);
+    assert_eq!(first.fleets[0].launched.len(), 1);
+    assert_eq!(
+        w.store.event_record(&env.id).await.unwrap().unwrap().status,
+        "COMPLETED"
+    );
+    // Once completed, a redelivery returns at once, doing nothing either.
+    let late = w.invoke(&env, None).await.unwrap();
+    assert_eq!(late.fleets[0].outcome, FleetOutcome::Duplicate);
+    assert!(late.fleets[0].changes.is_empty());
+    assert_eq!(ever(&w).await, 3, "two, and one replacement");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_progress_record_whose_invocation_died_expires_and_the_retry_finishes_the_work() {
+    let (w, victim) = fleet_of_two().await;
+    let env = health_failed(&w, &victim);
+    // Calls 1-3 read the instance and its fleet; call 4 commits the decision and claims the
+    // event. The invocation dies right after it.
+    assert!(w.deliver_crashing(&env, 4).await);
+    let record = w.store.event_record(&env.id).await.unwrap().unwrap();
+    assert_eq!(record.status, "INPROGRESS");
+
+    // Delivered again at once: its owner may still be alive, so nothing is done.
+    let again = w.invoke(&env, None).await.unwrap();
+    assert_eq!(again.fleets[0].outcome, FleetOutcome::InFlight);
+    assert_eq!(ever(&w).await, 2, "nothing launched");
+    assert!(w.live_ids("web").await.unwrap().contains(&victim));
+
+    // After the dead invocation's deadline and its decisions' lease: the retry finishes the
+    // replacement, without applying the event a second time.
+    w.advance(LEASE + chrono::Duration::seconds(1));
+    let retry = w.invoke(&env, None).await.unwrap();
+    assert_eq!(retry.fleets[0].outcome, FleetOutcome::Duplicate);
+    assert_eq!(retry.fleets[0].launched.len(), 1, "{retry:#?}");
+    assert_eq!(
+        retry.fleets[0]
+            .terminated
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>(),
+        vec![victim.clone()]
+    );
+    assert_eq!(ever(&w).await, 3);
+    let history = w
+        .store
+        .history(&FleetName::parse("web").unwrap(), 1000)
+        .await
+        .unwrap();
+    let applied = history
+        .iter()
+        .filter(|e| e.cause.event_id.as_deref() == Some(env.id.as_str()))
+        .flat_map(|e| &e.changes)
+        .filter(|c| matches!(c, Change::HealthChanged { .. }))
+        .count();
+    assert_eq!(applied, 1, "the failure was recorded once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_reused_for_other_content_is_rejected_and_a_redelivery_that_no_longer_plans_is_a_duplicate(
+) {
+    let (w, victim) = fleet_of_two().await;
+    let env = health_failed(&w, &victim);
+    w.invoke(&env, None).await.unwrap();
+    let mut other = env.clone();
+    other.detail = serde_json::json!({"instance": victim, "reason": "something else"});
+    let err = w.invoke(&other, None).await.unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    assert!(err.to_string().contains("different content"), "{err}");
+    assert!(!err.is_retryable());
+
+    // Capacity 2, delta -2 applied: a redelivery would plan a negative capacity. It is a
+    // duplicate, not bad input (it must not end in the dead-letter queue).
+    let name = FleetName::parse("web").unwrap();
+    let scale = w.event(
+        &Intent::Scale {
+            fleet: name,
+            target: ScaleTarget::Delta(-2),
+        },
+        w.now() + chrono::Duration::minutes(1),
+    );
+    let first = w.invoke(&scale, None).await.unwrap();
+    assert_eq!(first.fleets[0].outcome, FleetOutcome::Changed);
+    let again = w.invoke(&scale, None).await.unwrap();
+    assert_eq!(again.fleets[0].outcome, FleetOutcome::Duplicate);
+    assert_eq!(w.fleet("web").await.unwrap().spec.capacity, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_its_deadline_an_invocation_starts_nothing_new_and_the_next_reconcile_finishes() {
+    let (w, victim) = fleet_of_two().await;
+    let version = w.fleet("web").await.unwrap().version;
+
+    // Too little time from the start: nothing is done, and the event is retried.
+    let env = health_failed(&w, &victim);
+    let err = w
+        .invoke(&env, Some(Deadline::after(DEADLINE_RESERVE / 2)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Deadline(_)), "{err}");
+    assert!(err.is_retryable());
+    assert!(w.store.event_record(&env.id).await.unwrap().is_none());
+    assert_eq!(w.fleet("web").await.unwrap().version, version);
+
+    // Time for the decision and the launch, not for what follows: RunInstances takes 3 s of
+    // the 4.5 s beyond the reserve. The termination waiting for that launch is left over.
+    let mut slow = FaultConfig::default();
+    slow.delays
+        .insert("RunInstances".into(), Duration::from_secs(3));
+    w.proxy.set_faults(slow);
+    let report = w
+        .invoke(
+            &env,
+            Some(Deadline::after(
+                DEADLINE_RESERVE + Duration::from_millis(2500),
+            )),
+        )
+        .await
+        .unwrap();
+    w.proxy.clear_faults();
+    let f = &report.fleets[0];
+    assert_eq!(f.launched.len(), 1, "{report:#?}");
+    assert!(f.terminated.is_empty(), "{report:#?}");
+    assert!(
+        f.failures.iter().any(|m| m.starts_with("deferred")),
+        "{:?}",
+        f.failures
+    );
+    assert!(w.live_ids("web").await.unwrap().contains(&victim));
+    assert_eq!(
+        w.store.event_record(&env.id).await.unwrap().unwrap().status,
+        "INPROGRESS",
+        "not completed: work is left"
+    );
+
+    // The next reconcile after the lease carries out the termination.
+    w.advance(LEASE + chrono::Duration::seconds(1));
+    w.reconcile("web").await.unwrap();
+    assert!(!w.live_ids("web").await.unwrap().contains(&victim));
+    let fleet = w.fleet("web").await.unwrap();
+    assert_eq!(fleet.live_instances().count(), 2);
+    assert!(fleet.pending.is_empty());
+    assert_eq!(ever(&w).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_whose_answer_was_lost_is_adopted_by_its_token_not_reaped() {
+    let (w, victim) = fleet_of_two_with(true).await;
+    // Every RunInstances reaches EC2 and its answer is lost, on every SDK attempt.
+    let mut lost = FaultConfig::default();
+    lost.rates.insert("ec2", 1.0);
+    lost.only = vec!["RunInstances".into()];
+    lost.kinds = vec![FaultKind::ResetAfterForward];
+    w.proxy.set_faults(lost);
+    let env = health_failed(&w, &victim);
+    let report = w.invoke(&env, None).await.unwrap();
+    w.proxy.clear_faults();
+    let f = &report.fleets[0];
+    assert!(f.launched.is_empty());
+    assert!(
+        f.failures.iter().any(|m| m.contains("outcome unknown")),
+        "{:?}",
+        f.failures
+    );
+    assert_eq!(ever(&w).await, 3, "EC2 did launch it");
+    assert!(
+        !w.fleet("web").await.unwrap().pending.is_empty(),
+        "the decision stays pending"
+    );
+
+    w.advance(LEASE + chrono::Duration::seconds(1));
+    w.settle("web", false, 10).await.unwrap();
+    let all = w.instances().await.unwrap();
+    let ours: Vec<_> = all
+        .iter()
+        .filter(|i| i.tags.get("phoenix:fleet").map(String::as_str) == Some("web"))
+        .collect();
+    assert_eq!(ours.len(), 3, "adopted, not launched again");
+    let adopted = ours
+        .iter()
+        .filter(|i| i.tags.contains_key(TAG_TOKEN) && i.is_alive())
+        .count();
+    assert_eq!(adopted, 2);
+    let history = w
+        .store
+        .history(&FleetName::parse("web").unwrap(), 1000)
+        .await
+        .unwrap();
+    assert!(!history.iter().flat_map(|e| &e.changes).any(|c| matches!(
+        c,
+        Change::TerminationDecided { reason, .. } if reason.contains("owned by no phoenix decision")
+    )));
+    assert!(!w.live_ids("web").await.unwrap().contains(&victim));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fault_proxy_fails_each_service_the_way_aws_does() {
+    let emulator = Emulator::start().unwrap();
+    let proxy = FaultProxy::start(&emulator.endpoint, 1).await.unwrap();
+    let creds = aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "t");
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&proxy.endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(creds)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_millis(500))
+                .build(),
+        )
+        .load()
+        .await;
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let events = aws_sdk_eventbridge::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    for kind in [
+        FaultKind::Throttle,
+        FaultKind::ServerError,
+        FaultKind::Reset,
+        FaultKind::Timeout,
+    ] {
+        let mut c = FaultConfig::default();
+        for s in ["ec2", "dynamodb", "events", "sqs"] {
+            c.rates.insert(s, 1.0);
+        }
+        c.kinds = vec![kind];
+        c.hold = Duration::from_secs(1);
+        proxy.set_faults(c);
+        let got: Vec<(&str, String, Error)> = vec![
+            {
+                let e = ec2.describe_instances().send().await.unwrap_err();
+                (
+                    "ec2",
+                    e.code().unwrap_or_default().to_string(),
+                    Error::from_sdk("ec2", e),
+                )
+            },
+            {
+                let e = ddb.list_tables().send().await.unwrap_err();
+                (
+                    "dynamodb",
+                    e.code().unwrap_or_default().to_string(),
+                    Error::from_sdk("dynamodb", e),
+                )
+            },
+            {
+                let e = events.list_rules().send().await.unwrap_err();
+                (
+                    "events",
+                    e.code().unwrap_or_default().to_string(),
+                    Error::from_sdk("eventbridge", e),
+                )
+            },
+            {
+                let e = sqs.list_queues().send().await.unwrap_err();
+                (
+                    "sqs",
+                    e.code().unwrap_or_default().to_string(),
+                    Error::from_sdk("sqs", e),
+                )
+            },
+        ];
+        for (service, code, err) in got {
+            match kind {
+                FaultKind::Throttle => {
+                    let expected = match service {
+                        "ec2" => "RequestLimitExceeded",
+                        "sqs" => "RequestThrottled",
+                        _ => "ThrottlingException",
+                    };
+                    assert_eq!(code, expected, "{service}");
+                    assert!(matches!(err, Error::Throttled { .. }), "{service}: {err}");
+                }
+                _ => assert!(
+                    matches!(err, Error::Transient { .. }),
+                    "{service} {kind:?}: {err}"
+                ),
+            }
+            assert!(err.is_retryable());
+        }
+    }
+    let stats = proxy.stats();
+    assert_eq!(stats.faults, 16);
+    assert_eq!(stats.by_service.len(), 4);
+}
