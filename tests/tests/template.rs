@@ -6,7 +6,7 @@
 //! against each other, and against the IAM rules in `least_privilege_violations`.
 
 use phoenix_core::model::TAG_FLEET;
-use phoenix_core::patterns::{rules, Function, RECONCILE_SCHEDULE};
+use phoenix_core::patterns::{rules, Function, RuleBus, RECONCILE_SCHEDULE};
 use serde_json::{json, Map, Value};
 use serde_yaml::Value as Yaml;
 use std::collections::{BTreeMap, BTreeSet};
@@ -219,21 +219,46 @@ fn reconcile_runs_on_the_core_schedule_on_the_default_bus() {
     }
 }
 
+/// phoenix's own rules listen on its bus; the rules for AWS's events on the default bus (no
+/// `EventBusName`), the only bus AWS services put events on.
 #[test]
-fn pattern_rules_listen_on_the_phoenix_bus() {
-    let sam = sam();
-    let bus =
+fn pattern_rules_listen_on_the_bus_their_events_arrive_on() {
+    let sam_bus =
         json!({ "Fn::If": ["CreateBus", get_att("EventBus", "Name"), reference("EventBusName")] });
-    for (id, rule) in event_rules(&sam, false) {
-        assert_eq!(rule["EventBusName"], bus, "template.yaml: {id}");
+    let plain_bus = get_att("EventBus", "Name");
+    for (label, template, phoenix_bus) in [
+        ("template.yaml", sam(), sam_bus),
+        ("cfn-plain.yaml", plain(), plain_bus),
+    ] {
+        let found = event_rules(&template, false);
+        for spec in rules() {
+            let rule = found[format!("{}Rule", spec.name).as_str()];
+            let expected = match spec.bus {
+                RuleBus::Phoenix => phoenix_bus.clone(),
+                RuleBus::Default => Value::Null,
+            };
+            assert_eq!(rule["EventBusName"], expected, "{label}: {}", spec.name);
+        }
     }
-    let plain = plain();
-    for (id, rule) in event_rules(&plain, false) {
-        assert_eq!(
-            rule["EventBusName"],
-            get_att("EventBus", "Name"),
-            "cfn-plain.yaml: {id}"
-        );
+}
+
+#[test]
+fn every_rule_may_dead_letter() {
+    for (label, template, _) in templates() {
+        let policy = properties(&template, "DeadLetterQueuePolicy");
+        let sources: Vec<&Value> = statements(policy)
+            .into_iter()
+            .flat_map(|s| one_or_many(&s["Condition"]["ArnEquals"]["aws:SourceArn"]))
+            .collect();
+        let all_rules = event_rules(&template, false)
+            .into_iter()
+            .chain(event_rules(&template, true));
+        for (id, _) in all_rules {
+            assert!(
+                sources.contains(&&get_att(id, "Arn")),
+                "{label}: {id} may not send to the dead-letter queue"
+            );
+        }
     }
 }
 
@@ -498,6 +523,7 @@ fn the_controller_policy_grants_what_the_functions_need() {
         "dynamodb:BatchGetItem",
         "events:PutEvents",
         "sqs:SendMessage",
+        "imagebuilder:GetImage",
     ] {
         assert!(
             granted.contains(needed),

@@ -8,6 +8,7 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_ec2::Client;
 use chrono::DateTime;
+use phoenix_core::images::ImageFacts;
 use phoenix_core::model::{FleetSpec, Lifecycle, Observed, TAG_FLEET, TAG_IMAGE, TAG_TOKEN};
 use phoenix_core::planner::Launched;
 use phoenix_core::{FleetName, ImageId, InstanceId};
@@ -45,6 +46,15 @@ pub trait Compute: Send + Sync {
     ) -> impl Future<Output = Result<Vec<InstanceId>>> + Send;
     /// Whether the AMI exists and is available to this account.
     fn image_exists(&self, image: &ImageId) -> impl Future<Output = Result<bool>> + Send;
+    /// What EC2 reports about an AMI (name, owner, tags), or `None` if this account cannot see
+    /// it. Image selectors and admission gates judge these facts. The default knows only whether
+    /// the image exists (no name, owner or tags): wrappers should delegate to the real adapter.
+    fn describe_image(
+        &self,
+        image: &ImageId,
+    ) -> impl Future<Output = Result<Option<ImageFacts>>> + Send {
+        async move { Ok(self.image_exists(image).await?.then(ImageFacts::default)) }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -386,5 +396,40 @@ impl Compute for Ec2Compute {
                 }
             }
         }
+    }
+
+    async fn describe_image(&self, image: &ImageId) -> Result<Option<ImageFacts>> {
+        let out = match self
+            .client
+            .describe_images()
+            .image_ids(image.as_str())
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e)
+                if e.as_service_error()
+                    .and_then(|s| aws_sdk_ec2::error::ProvideErrorMetadata::code(s))
+                    .is_some_and(|c| c.starts_with("InvalidAMIID")) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(sdk(e)),
+        };
+        let found = out
+            .images
+            .unwrap_or_default()
+            .into_iter()
+            .find(|i| i.image_id.as_deref() == Some(image.as_str()));
+        Ok(found.map(|i| ImageFacts {
+            name: i.name,
+            owner: i.owner_id,
+            tags: i
+                .tags
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|t| Some((t.key?, t.value.unwrap_or_default())))
+                .collect(),
+        }))
     }
 }

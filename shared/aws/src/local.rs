@@ -15,7 +15,7 @@ use aws_config::SdkConfig;
 use aws_sdk_eventbridge::types::Target;
 use aws_sdk_sqs::types::QueueAttributeName;
 use phoenix_core::events::{Envelope, SCHEDULED_EVENT, SCHEDULE_SOURCE};
-use phoenix_core::patterns::{rules, Function};
+use phoenix_core::patterns::{rules, Function, RuleBus};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -43,7 +43,8 @@ where
 }
 
 /// Creates the table, the bus (unless it is the default bus), one queue per function plus the DLQ,
-/// and every rule of `patterns::rules()` targeting its function's queue. Safe to run twice.
+/// and every rule of `patterns::rules()` targeting its function's queue — phoenix's own rules on
+/// its bus, the rules for AWS's events (`aws.*`) on the default bus. Safe to run twice.
 pub async fn provision(sdk: &SdkConfig, settings: &Settings) -> Result<()> {
     DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &settings.table)
         .create_table()
@@ -77,10 +78,15 @@ pub async fn provision(sdk: &SdkConfig, settings: &Settings) -> Result<()> {
                 message: format!("queue {url} has no ARN"),
             })?;
         let rule_name = format!("phoenix-{}", rule.name);
+        // AWS services put their events on the default bus only, as in AWS.
+        let bus = match rule.bus {
+            RuleBus::Phoenix => settings.bus.as_str(),
+            RuleBus::Default => "default",
+        };
         events
             .put_rule()
             .name(&rule_name)
-            .event_bus_name(&settings.bus)
+            .event_bus_name(bus)
             .event_pattern(rule.pattern.to_string())
             .send()
             .await
@@ -96,7 +102,7 @@ pub async fn provision(sdk: &SdkConfig, settings: &Settings) -> Result<()> {
         events
             .put_targets()
             .rule(&rule_name)
-            .event_bus_name(&settings.bus)
+            .event_bus_name(bus)
             .targets(target)
             .send()
             .await
@@ -277,13 +283,13 @@ impl<S: StateStore, C: Compute, B: Bus> Dispatcher<S, C, B> {
     /// The scheduled reconcile, with the envelope an EventBridge schedule sends.
     pub async fn tick(&self) -> Result<Report> {
         let now = (self.controller.clock)();
-        let env = Envelope {
-            id: uuid::Uuid::new_v4().to_string(),
-            source: SCHEDULE_SOURCE.into(),
-            detail_type: SCHEDULED_EVENT.into(),
-            time: now,
-            detail: serde_json::json!({}),
-        };
+        let env = Envelope::new(
+            &uuid::Uuid::new_v4().to_string(),
+            SCHEDULE_SOURCE,
+            SCHEDULED_EVENT,
+            now,
+            serde_json::json!({}),
+        );
         self.controller
             .handle(&env, Some(Function::Reconcile))
             .await

@@ -1,6 +1,7 @@
 //! The EventBridge rules phoenix needs: which events go to which function. This is the single
 //! source of truth: the local dispatcher creates exactly these rules on the emulator, and a test
-//! checks that `infra/template.yaml` carries the same patterns.
+//! checks that `infra/template.yaml` and `infra/cfn-plain.yaml` carry the same patterns, each on
+//! the same bus (`RuleBus`).
 
 use crate::events::{
     HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED, IMAGE_READY, RECONCILE_REQUESTED, ROLLOUT_CONTROL,
@@ -35,37 +36,112 @@ impl Function {
     }
 }
 
-/// One EventBridge rule: its name (also the CloudFormation logical id stem) and pattern.
+/// Which event bus a rule listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleBus {
+    /// phoenix's bus (`PHOENIX_BUS`; the template's `EventBusName`): phoenix's own events.
+    Phoenix,
+    /// The account's default bus: AWS services put their events (`aws.*`) only there.
+    Default,
+}
+
+/// One EventBridge rule: its name (also the CloudFormation logical id stem), bus and pattern.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleSpec {
     pub name: &'static str,
     pub function: Function,
+    pub bus: RuleBus,
     pub pattern: Value,
 }
 
-/// Every rule phoenix installs on its bus.
+/// Every rule phoenix installs: its own events on its bus, AWS's on the default bus.
+///
+/// AWS events go to the function whose work they are: new images to `image`; everything said
+/// about one instance (an alarm, a state phoenix did not ask for, a Spot interruption or
+/// rebalance, scheduled maintenance, an in-place change) to `health`, which already replaces
+/// single instances and reads only the instance's record to find its fleet.
 pub fn rules() -> Vec<RuleSpec> {
+    use crate::aws_events as aws;
+    let mutations: Vec<&str> = aws::MUTATIONS
+        .iter()
+        .flat_map(|(_, names)| names.iter().copied())
+        .collect();
+    let mutation_sources: Vec<&str> = aws::MUTATIONS.iter().map(|(src, _)| *src).collect();
+    let phoenix = |name, function, pattern| RuleSpec {
+        name,
+        function,
+        bus: RuleBus::Phoenix,
+        pattern,
+    };
+    let aws = |name, function, pattern| RuleSpec {
+        name,
+        function,
+        bus: RuleBus::Default,
+        pattern,
+    };
     vec![
-        RuleSpec {
-            name: "ImageReady",
-            function: Function::Image,
-            pattern: json!({"source": [SOURCE], "detail-type": [IMAGE_READY, ROLLOUT_CONTROL]}),
-        },
-        RuleSpec {
-            name: "HealthCheck",
-            function: Function::Health,
-            pattern: json!({"source": [SOURCE], "detail-type": [HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED]}),
-        },
-        RuleSpec {
-            name: "ScaleRequested",
-            function: Function::Scale,
-            pattern: json!({"source": [SOURCE], "detail-type": [SCALE_REQUESTED]}),
-        },
-        RuleSpec {
-            name: "ReconcileRequested",
-            function: Function::Reconcile,
-            pattern: json!({"source": [SOURCE], "detail-type": [RECONCILE_REQUESTED]}),
-        },
+        phoenix(
+            "ImageReady",
+            Function::Image,
+            json!({"source": [SOURCE], "detail-type": [IMAGE_READY, ROLLOUT_CONTROL]}),
+        ),
+        phoenix(
+            "HealthCheck",
+            Function::Health,
+            json!({"source": [SOURCE], "detail-type": [HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED]}),
+        ),
+        phoenix(
+            "ScaleRequested",
+            Function::Scale,
+            json!({"source": [SOURCE], "detail-type": [SCALE_REQUESTED]}),
+        ),
+        phoenix(
+            "ReconcileRequested",
+            Function::Reconcile,
+            json!({"source": [SOURCE], "detail-type": [RECONCILE_REQUESTED]}),
+        ),
+        aws(
+            "AmiAvailable",
+            Function::Image,
+            json!({"source": [aws::EC2], "detail-type": [aws::AMI_STATE_CHANGE],
+                   "detail": {"State": ["available"]}}),
+        ),
+        aws(
+            "ImageBuildAvailable",
+            Function::Image,
+            json!({"source": [aws::IMAGE_BUILDER], "detail-type": [aws::IMAGE_BUILDER_STATE_CHANGE],
+                   "detail": {"state": {"status": ["AVAILABLE"]}}}),
+        ),
+        aws(
+            "InstanceAlarm",
+            Function::Health,
+            json!({"source": [aws::CLOUDWATCH], "detail-type": [aws::ALARM_STATE_CHANGE],
+                   "detail": {"state": {"value": ["ALARM"]}}}),
+        ),
+        aws(
+            "InstanceStateChange",
+            Function::Health,
+            json!({"source": [aws::EC2], "detail-type": [aws::INSTANCE_STATE_CHANGE],
+                   "detail": {"state": aws::UNASKED_STATES}}),
+        ),
+        aws(
+            "SpotInterruption",
+            Function::Health,
+            json!({"source": [aws::EC2],
+                   "detail-type": [aws::SPOT_INTERRUPTION, aws::REBALANCE_RECOMMENDATION]}),
+        ),
+        aws(
+            "ScheduledMaintenance",
+            Function::Health,
+            json!({"source": [aws::HEALTH], "detail-type": [aws::HEALTH_EVENT],
+                   "detail": {"service": ["EC2"], "eventTypeCategory": ["scheduledChange"]}}),
+        ),
+        aws(
+            "InstanceMutation",
+            Function::Health,
+            json!({"source": [aws::EC2, aws::SSM], "detail-type": [aws::API_CALL],
+                   "detail": {"eventSource": mutation_sources, "eventName": mutations}}),
+        ),
     ]
 }
 
@@ -118,6 +194,38 @@ mod tests {
         }
         assert_eq!(route(SOURCE, HEALTH_CHECK_PASSED), Some(Function::Health));
         assert_eq!(route("aws.ec2", IMAGE_READY), None);
+        use crate::aws_events as aws;
+        for (source, dt, function) in [
+            (aws::EC2, aws::AMI_STATE_CHANGE, Function::Image),
+            (
+                aws::IMAGE_BUILDER,
+                aws::IMAGE_BUILDER_STATE_CHANGE,
+                Function::Image,
+            ),
+            (aws::CLOUDWATCH, aws::ALARM_STATE_CHANGE, Function::Health),
+            (aws::EC2, aws::INSTANCE_STATE_CHANGE, Function::Health),
+            (aws::EC2, aws::SPOT_INTERRUPTION, Function::Health),
+            (aws::EC2, aws::REBALANCE_RECOMMENDATION, Function::Health),
+            (aws::HEALTH, aws::HEALTH_EVENT, Function::Health),
+            (aws::EC2, aws::API_CALL, Function::Health),
+            (aws::SSM, aws::API_CALL, Function::Health),
+        ] {
+            let hits = rules()
+                .into_iter()
+                .filter(|r| matches(&r.pattern, source, dt))
+                .count();
+            assert_eq!(hits, 1, "{source} {dt}");
+            assert_eq!(route(source, dt), Some(function), "{source} {dt}");
+            assert!(aws::is_known(source, dt), "{source} {dt}");
+        }
+        // AWS services publish only on the default bus; phoenix's own events use phoenix's bus.
+        for r in rules() {
+            let aws_source = r.pattern["source"].as_array().is_some_and(|s| {
+                s.iter()
+                    .all(|s| s.as_str().is_some_and(|s| s.starts_with("aws.")))
+            });
+            assert_eq!(r.bus == RuleBus::Default, aws_source, "{}", r.name);
+        }
         assert_eq!(route(SOURCE, "Other"), None);
         assert_eq!(
             route(SCHEDULE_SOURCE, SCHEDULED_EVENT),
