@@ -8,13 +8,29 @@ STAMP := $(VENV)/.installed
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 PHOENIX := $(TARGET_DIR)/debug/phoenix
 
-.PHONY: help venv build demo test test-rust check-template lint fmt up down clean
+# The Lambda functions: cross-compiled for arm64 by cargo-lambda, one zip per function in
+# $(TARGET_DIR)/lambda/<function>/bootstrap.zip.
+FUNCTIONS := phoenix-image phoenix-health phoenix-scale phoenix-reconcile
+LAMBDA_TARGET := aarch64-unknown-linux-gnu
+BUILD_STAMP := $(VENV)/.installed-build
+# Release builds of the SDK-heavy workspace take ~15 minutes of both cores on a 2-core machine:
+# run them at the lowest priority so the machine stays usable meanwhile.
+LOW_PRIORITY := nice -n 19
+# Every cargo invocation selects the whole workspace (and narrows with --bin) so features unify
+# the same way each time and the AWS SDK is compiled once per profile and target.
+BIN_ARGS := --workspace $(addprefix --bin ,$(FUNCTIONS))
+
+.PHONY: help venv binaries lambda-toolchain build bench-lambda deploy demo test test-rust check-template lint fmt up down clean
 
 help:
-	@echo "make demo    set everything up and play the demo on the local AWS emulator"
-	@echo "make test    run every test (unit, emulator end-to-end, Lambda runtime API, template checks)"
-	@echo "make up      start the local stack (emulator, table, rules, dispatcher); make down stops it"
-	@echo "make lint    cargo fmt --check and clippy -D warnings"
+	@echo "make demo          set everything up and play the demo on the local AWS emulator"
+	@echo "make test          run every test (unit, emulator end-to-end, Lambda runtime API, template checks)"
+	@echo "make up            start the local stack (emulator, table, rules, dispatcher); make down stops it"
+	@echo "make lint          cargo fmt --check and clippy -D warnings"
+	@echo "make chaos         the reliability report: duplicates, concurrency, AWS faults, crashes, lost events"
+	@echo "make build         release zips of the four Lambda functions for arm64 (cargo-lambda; long cold build)"
+	@echo "make bench-lambda  zip size and init time of each function (builds release binaries first)"
+	@echo "make deploy        sam build + sam deploy --guided to your AWS account (see docs/deploy.md)"
 
 # Python tools (the AWS emulator, cfn-lint, sam) in a venv inside the repo, pinned.
 $(STAMP): requirements-dev.txt
@@ -24,15 +40,51 @@ $(STAMP): requirements-dev.txt
 
 venv: $(STAMP)
 
-build:
+# Debug builds of every binary (CLI, functions, test tools): what the demo and the tests run.
+binaries:
 	cargo build --workspace
 
-demo: venv build
+# Build-only tools, in the same venv but from their own list so `make test` does not install them.
+$(BUILD_STAMP): $(STAMP) requirements-build.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-build.txt
+	touch $@
+
+# cargo-lambda, Zig and the arm64 standard library.
+lambda-toolchain: $(BUILD_STAMP)
+	@rustup target list --installed | grep -qx '$(LAMBDA_TARGET)' || rustup target add $(LAMBDA_TARGET)
+
+# Deployable artifacts: `cargo lambda build --release --arm64` with the [profile.release] of
+# Cargo.toml (cargo-lambda adds only `-C target-cpu=neoverse-n1`, Graviton 2's core). The venv's
+# bin/ goes first on PATH so cargo finds the `cargo-lambda` subcommand and cargo-lambda finds Zig.
+build: lambda-toolchain
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(LOW_PRIORITY) cargo lambda build --release --arm64 --output-format zip $(BIN_ARGS)
+	@for f in $(FUNCTIONS); do \
+	    zip="$(TARGET_DIR)/lambda/$$f/bootstrap.zip"; \
+	    test -f "$$zip" || { echo "build: $$zip was not produced" >&2; exit 1; }; \
+	    printf '%-20s %10d bytes  %s\n' "$$f" "$$(stat -c %s "$$zip")" "$$zip"; \
+	done
+
+# Zip size (arm64, from `make build`) and init time of each function: process start to its first
+# `GET /runtime/invocation/next` on a local Lambda Runtime API, measured on x86_64 release builds
+# (arm64 binaries cannot run here). Not a test: numbers vary with the machine and its load.
+bench-lambda: build binaries
+	$(LOW_PRIORITY) cargo build --release $(BIN_ARGS)
+	scripts/lambda-bench.sh
+
+# Deploys to the AWS account of your current credentials; see docs/deploy.md first. Checks the
+# credentials before installing the build tools, so it fails at once where there are none.
+deploy: venv
+	scripts/deploy.sh --preflight
+	@$(MAKE) --no-print-directory lambda-toolchain
+	scripts/deploy.sh
+
+demo: venv binaries
 	scripts/demo.sh
 
 # Binaries first: the end-to-end tests run the CLI and the Lambda binaries as processes.
-test: venv build
+test: venv binaries
 	cargo test --workspace
+	$(TARGET_DIR)/debug/phoenix-sim --steps 100000 --quiet
 	scripts/check-template.sh
 
 lint:
@@ -42,7 +94,7 @@ lint:
 fmt:
 	cargo fmt --all
 
-up: venv build
+up: venv binaries
 	@scripts/emulator.sh start >/dev/null
 	@set -e; export AWS_ENDPOINT_URL="$$(cat .local/endpoint)" AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test; \
 	$(PHOENIX) local provision; \
@@ -58,3 +110,19 @@ down:
 
 clean: down
 	rm -rf .local
+
+# Deterministic simulation (shared/sim): the real planner driven through the controller's protocol
+# against a simulated EC2 and store, with faults, lost, duplicated and late events and crashing
+# handlers; a million steps over many seeds (debug build, ~20 s). A failing seed prints the
+# command that replays it exactly: `phoenix-sim --seed N`.
+.PHONY: sim
+sim: binaries
+	$(TARGET_DIR)/debug/phoenix-sim --steps 1000000
+
+# The reliability report on the emulator (tests/src/chaos.rs): duplicated, concurrent, lost events,
+# AWS faults through a fault proxy and crashes after every AWS call of a replacement; one table,
+# exit 1 if any guarantee broke (~4 min). `make test` runs the same scenarios at small sizes
+# (tests/tests/chaos.rs). `CHAOS_ARGS="--seed N --only crash"` narrows it.
+.PHONY: chaos
+chaos: venv binaries
+	$(TARGET_DIR)/debug/chaos $(CHAOS_ARGS)

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Lints the CloudFormation templates: cfn-lint on both, plus `sam validate --lint` on the SAM
-# template when the SAM CLI is installed in the venv. Exits non-zero on any finding.
-# The tools come from the project venv (.venv, installed from requirements-dev.txt).
+# template when the SAM CLI is installed in the venv; then creates infra/cfn-plain.yaml as a stack
+# on the local emulator's CloudFormation and checks what it built (scripts/cfn-emulator-check.py:
+# table, rules, IAM, delivery to the right queue, what survives deleting the stack).
+# Exits non-zero on any finding. The tools come from the project venv (.venv, installed from
+# requirements-dev.txt).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,5 +28,31 @@ if [[ -x "$venv/sam" ]]; then
 else
     echo "sam validate: skipped ($venv/sam not installed)"
 fi
+
+# Starts and stops its own emulator on a free port.
+"$venv/python" scripts/cfn-emulator-check.py --template infra/cfn-plain.yaml
+
+# The pipeline examples must at least be well-formed YAML of the right shape.
+"$venv/python" - <<'PY'
+import sys
+from pathlib import Path
+import yaml
+
+shapes = {"github-actions": ("jobs",), "codebuild": ("version", "phases")}
+bad = []
+files = sorted(Path("examples").glob("*/*.yml"))
+for path in files:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        bad.append(f"{path}: {e}")
+        continue
+    missing = [k for k in shapes.get(path.parent.name, ()) if not isinstance(doc, dict) or k not in doc]
+    if missing:
+        bad.append(f"{path}: missing {', '.join(missing)}")
+if bad:
+    sys.exit("examples:\n  " + "\n  ".join(bad))
+print(f"examples: {len(files)} YAML files parse")
+PY
 
 echo "templates OK"

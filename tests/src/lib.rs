@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod chaos;
+pub mod faults;
 pub mod runtime_api;
 
 use anyhow::{bail, Context, Result};
@@ -98,6 +100,8 @@ pub struct Harness {
     pub settings: Settings,
     pub dispatcher: LocalDispatcher,
     pub ec2: aws_sdk_ec2::Client,
+    /// The Image Builder builds the controller knows (the emulator has no Image Builder).
+    pub builds: phoenix_aws::intake::StaticImageResolver,
 }
 
 /// An EC2 instance as the tests see it.
@@ -124,7 +128,9 @@ impl Harness {
             bus: "default".into(),
         };
         local::provision(&sdk, &settings).await?;
-        let controller = controller(&sdk, &settings);
+        let mut controller = controller(&sdk, &settings);
+        let builds = phoenix_aws::intake::StaticImageResolver::default();
+        controller.intake.images = std::sync::Arc::new(builds.clone());
         let dispatcher = Dispatcher::connect(&sdk, controller).await?;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
         Ok(Harness {
@@ -133,6 +139,7 @@ impl Harness {
             settings,
             dispatcher,
             ec2,
+            builds,
         })
     }
 
@@ -458,6 +465,7 @@ impl Harness {
             "InstanceReplaced",
             "ReplacementHalted",
             "ImageQuarantined",
+            "ImageRejected",
         ];
         let pattern = serde_json::json!({"source": ["phoenix"], "detail-type": kinds});
         events
@@ -528,6 +536,7 @@ pub fn controller(
         compute: Ec2Compute::new(aws_sdk_ec2::Client::new(sdk)),
         bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), &settings.bus),
         clock: system_clock(),
+        intake: Default::default(),
     }
 }
 

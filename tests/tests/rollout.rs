@@ -1,15 +1,10 @@
 //! The rollout engine on the emulator: canary and bake, checkpoints and resume, automatic
 //! rollback with quarantine, the mass-failure breaker, and `plan` agreeing with the rollout.
 
-use phoenix_core::events::{Change, ControlAction, Intent};
+use phoenix_core::events::Change;
 use phoenix_core::model::RolloutStatus;
-use phoenix_core::FleetName;
 use phoenix_tests::{FleetFile, Harness};
 use std::time::Duration;
-
-fn web() -> FleetName {
-    FleetName::parse("web").unwrap()
-}
 
 fn changes(history: &[phoenix_aws::store::HistoryEntry]) -> Vec<Change> {
     history
@@ -86,11 +81,7 @@ async fn a_canary_bakes_a_checkpoint_pauses_and_resume_finishes_the_rollout() {
         "still paused: it waits for a person"
     );
 
-    h.publish(&Intent::RolloutControl {
-        fleet: web(),
-        action: ControlAction::Resume,
-    })
-    .await;
+    h.phoenix_ok(&["rollout", "resume", "web"]);
     let f = h.settle("web").await;
     let rollout = f.rollout.unwrap();
     assert_eq!(rollout.status, RolloutStatus::Succeeded);
@@ -224,11 +215,7 @@ async fn a_failing_image_rolls_back_is_quarantined_and_refused_afterwards() {
     }
 
     // Cleared by an operator, the image may roll out again.
-    h.publish(&Intent::ClearQuarantine {
-        fleet: web(),
-        image: b.clone(),
-    })
-    .await;
+    h.phoenix_ok(&["image", "clear-quarantine", "web", b.as_str()]);
     h.drain().await;
     assert!(h.fleet("web").await.quarantined.is_empty());
 }
@@ -314,11 +301,7 @@ async fn a_mass_failure_trips_the_breaker_and_names_what_the_failures_share() {
     );
 
     // An operator who found the cause lets repairs go on.
-    h.publish(&Intent::RolloutControl {
-        fleet: web(),
-        action: ControlAction::ResumeRepairs,
-    })
-    .await;
+    h.phoenix_ok(&["resume-repairs", "web"]);
     h.drain().await;
     let f = h.settle("web").await;
     assert!(f.breaker.is_none());
@@ -334,29 +317,39 @@ async fn plan_shows_exactly_what_the_rollout_then_does() {
     h.settle("web").await;
 
     let fleet = h.fleet("web").await;
-    let plan = phoenix_core::dryrun::plan_rollout(
-        &fleet,
-        &b,
-        chrono::Utc::now(),
-        chrono::Duration::minutes(1),
-    )
+    let plan: serde_json::Value = serde_json::from_str(&h.phoenix_ok(&[
+        "plan",
+        "web",
+        "--image",
+        b.as_str(),
+        "--output",
+        "json",
+    ]))
     .unwrap();
-    assert!(plan.refused.is_none());
-    let planned: Vec<(u32, Vec<String>)> = plan
-        .passes
+    assert!(plan["refused"].is_null(), "{plan}");
+    let passes = plan["passes"].as_array().unwrap();
+    let planned: Vec<(u32, Vec<String>)> = passes
         .iter()
         .map(|p| {
-            (
-                p.launch,
-                p.terminate.iter().map(ToString::to_string).collect(),
-            )
+            let ids = p["terminate"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_str().unwrap().to_string())
+                .collect();
+            (p["launch"].as_u64().unwrap() as u32, ids)
         })
         .collect();
     assert!(
-        plan.passes
+        passes
             .iter()
-            .all(|p| p.peak <= 8 && p.healthy_floor >= 5),
-        "{plan:#?}"
+            .all(|p| p["peak"].as_u64().unwrap() <= 8 && p["healthy_floor"].as_u64().unwrap() >= 5),
+        "{plan}"
+    );
+    assert_eq!(
+        h.fleet("web").await.version,
+        fleet.version,
+        "planning changed nothing"
     );
 
     h.phoenix_ok(&[

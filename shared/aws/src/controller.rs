@@ -10,12 +10,21 @@
 //!    instances tagged at creation), then terminations that waited for a launch. Crash after any
 //!    call: the tags let the next reconcile adopt what was launched; terminating again is harmless.
 //! 4. *record outcomes* — instance ids and terminations are committed the same way as 2.
+//!
+//! The event's record (`EVENT#<id>`) rides in those transactions: claimed in 2 (`INPROGRESS`
+//! until the invocation's deadline, or `COMPLETED` when no command follows), completed in 4. A
+//! delivery that finds it `COMPLETED` or `INPROGRESS` returns without acting; one that finds it
+//! `INPROGRESS` past its owner's deadline reconciles the fleet (the intent is never applied twice).
+//! Near its deadline an invocation starts no new command: what it committed but did not carry out
+//! is finished by the next reconcile once its lease runs out, exactly as after a crash.
 
 use crate::bus::{Bus, EventBridgeBus, OutgoingEvent};
 use crate::compute::{Compute, Ec2Compute};
 use crate::config::{load_sdk_config, Settings};
 use crate::error::{Error, Result};
-use crate::store::{DynamoStore, EventKey, StateStore};
+use crate::intake::Intake;
+use crate::store::{DynamoStore, EventKey, EventRecord, StateStore};
+use phoenix_core::aws_events::AwsEvent;
 use phoenix_core::events::{Cause, Change, Envelope, Intent};
 use phoenix_core::model::{Fleet, Timestamp};
 use phoenix_core::patterns::{route, Function};
@@ -26,9 +35,24 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
+mod aws_events;
+
 /// How often a commit may lose the race for one fleet before the invocation gives up (and is
 /// retried by Lambda). Each loss means another writer made progress, so this is not a livelock.
+/// Without a deadline (CLI, local dispatcher) this bounds the retries; with one, the deadline
+/// does (up to `MAX_CONFLICTS_WITHIN_DEADLINE`): measured with 50 concurrent invocations on one
+/// fleet, 10 attempts with short pauses left a sixth of the events failing three invocations in a
+/// row (dead-lettered), while retrying until the reserve lost none.
 const MAX_CONFLICTS: usize = 10;
+const MAX_CONFLICTS_WITHIN_DEADLINE: usize = 200;
+
+fn conflict_attempts(deadline: Deadline) -> usize {
+    if deadline.remaining().is_some() {
+        MAX_CONFLICTS_WITHIN_DEADLINE
+    } else {
+        MAX_CONFLICTS
+    }
+}
 
 /// A source of the current time; tests pin it.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -37,11 +61,78 @@ pub fn system_clock() -> Clock {
     Arc::new(chrono::Utc::now)
 }
 
+/// Time an invocation keeps in hand at its deadline: no command (launch, terminate) and no new
+/// fleet is started with less than this left, so what was started can finish and its outcome be
+/// committed (a few calls of well under a second each, with retries) before Lambda stops the
+/// process. The functions' timeout is 60 s (infra/template.yaml).
+pub const DEADLINE_RESERVE: Duration = Duration::from_secs(10);
+
+/// When an event's record stays `INPROGRESS` with no deadline known (CLI, local dispatcher): the
+/// lease a write-ahead decision gets, for the same reason — longer than an invocation lives.
+const IN_PROGRESS_WITHOUT_DEADLINE: chrono::Duration = planner::LEASE;
+
+/// When the current invocation must be done: the Lambda context's deadline, or none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deadline(Option<std::time::Instant>);
+
+impl Deadline {
+    /// No deadline (CLI, local dispatcher, tests).
+    pub const NONE: Deadline = Deadline(None);
+
+    pub fn at(instant: std::time::Instant) -> Self {
+        Deadline(Some(instant))
+    }
+
+    pub fn after(d: Duration) -> Self {
+        Deadline(Some(std::time::Instant::now() + d))
+    }
+
+    /// From the Lambda context's deadline (milliseconds since the epoch).
+    pub fn from_epoch_millis(ms: u64) -> Self {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        Self::after(Duration::from_millis(ms.saturating_sub(now_ms)))
+    }
+
+    pub fn remaining(&self) -> Option<Duration> {
+        self.0
+            .map(|t| t.saturating_duration_since(std::time::Instant::now()))
+    }
+
+    /// Less than `DEADLINE_RESERVE` left: start nothing new.
+    pub fn is_short(&self) -> bool {
+        self.remaining().is_some_and(|r| r < DEADLINE_RESERVE)
+    }
+
+    fn check(&self, what: &str) -> Result<()> {
+        if self.is_short() {
+            return Err(Error::Deadline(format!(
+                "{}ms left before the invocation's deadline: not starting to {what}",
+                self.remaining().unwrap_or_default().as_millis()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Until when an event claimed now stays in progress: the deadline, in the clock's terms.
+    fn in_progress_until(&self, now: Timestamp) -> Timestamp {
+        match self.remaining() {
+            Some(r) => now + chrono::Duration::milliseconds(r.as_millis() as i64),
+            None => now + IN_PROGRESS_WITHOUT_DEADLINE,
+        }
+    }
+}
+
 pub struct Controller<S, C, B> {
     pub store: S,
     pub compute: C,
     pub bus: B,
     pub clock: Clock,
+    /// Accounts and sources events are accepted from; Image Builder. `Intake::default()`: any
+    /// account, every known source, no Image Builder.
+    pub intake: Intake,
 }
 
 /// The production controller: DynamoDB, EC2 and EventBridge.
@@ -57,6 +148,7 @@ impl AwsController {
             compute: Ec2Compute::new(aws_sdk_ec2::Client::new(&sdk)),
             bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&sdk), settings.bus),
             clock: system_clock(),
+            intake: Intake::from_env(&sdk),
         }
     }
 }
@@ -88,9 +180,12 @@ pub enum FleetOutcome {
     Changed,
     /// Nothing to do.
     Unchanged,
-    /// This event was handled before; its intent was not applied again (the fleet was still
-    /// reconciled, and `changes` lists what that did).
+    /// This event was handled before; its intent was not applied again. If the earlier delivery
+    /// did not finish (its record expired in progress) the fleet was reconciled, and `changes`
+    /// lists what that did; otherwise nothing was done.
     Duplicate,
+    /// Another invocation is handling this event right now: nothing was done.
+    InFlight,
 }
 
 fn event_key(env: &Envelope) -> EventKey {
@@ -113,6 +208,24 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
     /// Handles one phoenix event. `function` (when given) is the function receiving it, which
     /// refuses event kinds routed elsewhere.
     pub async fn handle(&self, env: &Envelope, function: Option<Function>) -> Result<Report> {
+        self.handle_within(env, function, Deadline::NONE).await
+    }
+
+    /// `handle` for an invocation that must be done by `deadline` (`lambda::handle` passes the
+    /// Lambda context's). With less than `DEADLINE_RESERVE` left it starts nothing new: before
+    /// the event's intent is committed that fails the invocation (retryable: delivered again);
+    /// after, the rest is left to the next reconcile and the report lists what was deferred.
+    pub async fn handle_within(
+        &self,
+        env: &Envelope,
+        function: Option<Function>,
+        deadline: Deadline,
+    ) -> Result<Report> {
+        // Only allowed accounts and sources; AWS's own events have their own path.
+        self.intake.policy.check(env)?;
+        if let Some(event) = AwsEvent::from_envelope(env) {
+            return self.handle_aws(env, event?, function, deadline).await;
+        }
         let intent = Intent::from_envelope(env)?;
         if let Some(f) = function {
             if route(&env.source, &env.detail_type) != Some(f) {
@@ -126,43 +239,82 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
         }
         let cause = Cause::from_envelope(env);
         let key = event_key(env);
+        deadline.check("handle the event")?;
         let fleets = match &intent {
             Intent::ImageReady { fleet, image } => {
-                if !self.compute.image_exists(image).await? {
+                let Some(facts) = self.compute.describe_image(image).await? else {
                     return Err(Error::NotFound(format!(
                         "image {image} does not exist or is not available to this account"
                     )));
-                }
-                vec![
-                    self.reconcile_fleet(fleet, Some(&intent), env.time, &cause, Some(&key))
+                };
+                // The fleet's admission gate first: a refused image is recorded, not rolled out.
+                if let Some(reason) = self.refusal(fleet, image, &facts).await? {
+                    vec![
+                        self.reject_image(fleet.clone(), image.clone(), reason, &cause, &key)
+                            .await?,
+                    ]
+                } else {
+                    vec![
+                        Box::pin(self.reconcile_within(
+                            fleet,
+                            Some(&intent),
+                            env.time,
+                            &cause,
+                            Some(&key),
+                            deadline,
+                        ))
                         .await?,
-                ]
+                    ]
+                }
+            }
+            Intent::Notice { .. } => {
+                return Err(phoenix_core::Error::Event(
+                    "notices come from AWS's events, not phoenix's".into(),
+                )
+                .into())
             }
             Intent::Scale { fleet, .. }
             | Intent::RolloutControl { fleet, .. }
             | Intent::ClearQuarantine { fleet, .. } => vec![
-                self.reconcile_fleet(fleet, Some(&intent), env.time, &cause, Some(&key))
-                    .await?,
+                Box::pin(self.reconcile_within(
+                    fleet,
+                    Some(&intent),
+                    env.time,
+                    &cause,
+                    Some(&key),
+                    deadline,
+                ))
+                .await?,
             ],
             Intent::HealthCheckFailed { instance, .. } | Intent::HealthCheckPassed { instance } => {
                 vec![
-                    self.instance_event(instance, &intent, env.time, &cause, &key)
-                        .await?,
+                    Box::pin(
+                        self.instance_event(instance, &intent, env.time, &cause, &key, deadline),
+                    )
+                    .await?,
                 ]
             }
             Intent::Reconcile { fleet: Some(name) } => vec![
-                self.reconcile_fleet(name, None, env.time, &cause, None)
+                Box::pin(self.reconcile_within(name, None, env.time, &cause, None, deadline))
                     .await?,
             ],
             // Every fleet: one that fails must not stop the others. Its failure is in the report
-            // and the log; the next schedule tries again.
+            // and the log; the next schedule tries again — as it does the fleets not started
+            // because the invocation's time ran short.
             Intent::Reconcile { fleet: None } => {
                 let mut reports = Vec::new();
                 for name in self.store.list_fleets().await? {
-                    match self
-                        .reconcile_fleet(&name, None, env.time, &cause, None)
-                        .await
-                    {
+                    let result =
+                        match deadline.check("reconcile another fleet") {
+                            Ok(()) => {
+                                Box::pin(self.reconcile_within(
+                                    &name, None, env.time, &cause, None, deadline,
+                                ))
+                                .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                    match result {
                         Ok(r) => reports.push(r),
                         Err(e) => {
                             warn!(fleet = %name, error = %e, "reconcile failed");
@@ -197,41 +349,107 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
         cause: &Cause,
         key: Option<&EventKey>,
     ) -> Result<FleetReport> {
-        for attempt in 0..MAX_CONFLICTS {
+        Box::pin(self.reconcile_within(name, intent, event_time, cause, key, Deadline::NONE)).await
+    }
+
+    async fn reconcile_within(
+        &self,
+        name: &FleetName,
+        intent: Option<&Intent>,
+        event_time: Timestamp,
+        cause: &Cause,
+        key: Option<&EventKey>,
+        deadline: Deadline,
+    ) -> Result<FleetReport> {
+        let key = intent.and(key);
+        for attempt in 0..conflict_attempts(deadline) {
+            deadline.check("plan a change")?;
             let fleet = self.store.load_fleet(name).await?;
             let observed = self.compute.describe_fleet(name).await?;
             let now = self.now();
             let step = match intent {
-                Some(i) => planner::apply_intent(&fleet, i, event_time, now)?,
+                Some(i) => match planner::apply_intent(&fleet, i, event_time, now) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        // A redelivery may no longer apply (a delta below zero, say): it is a
+                        // duplicate, not bad input.
+                        if let Some(key) = key {
+                            match self.store.check_event(key, now).await {
+                                Ok(()) => {}
+                                Err(seen) => {
+                                    return self
+                                        .already_handled(
+                                            name, &fleet, seen, event_time, cause, deadline,
+                                        )
+                                        .await
+                                }
+                            }
+                        }
+                        return Err(e.into());
+                    }
+                },
                 None => Step::unchanged(&fleet),
             }
             .then(|f| planner::reconcile(f, &observed, now));
             if step.is_noop() {
                 return Ok(report(name, FleetOutcome::Unchanged, &fleet, Vec::new()));
             }
-            match self
-                .store
-                .commit(&fleet, &step, cause, intent.and(key), now)
-                .await
-            {
+            // Commands follow: the event stays in progress until they are recorded.
+            let in_progress = !step.commands.is_empty();
+            let record = key.map(|key| EventRecord::Claim {
+                key,
+                in_progress_until: in_progress.then(|| deadline.in_progress_until(now)),
+            });
+            match self.store.commit(&fleet, &step, cause, record, now).await {
                 Ok(committed) => {
                     self.announce(&committed, &step.changes).await;
-                    return self.execute(committed, step, cause).await;
-                }
-                // Handled before: do not apply the intent again, but still reconcile (level-triggered:
-                // the earlier delivery may have died before finishing its work).
-                Err(Error::Duplicate(_)) => {
-                    info!(fleet = %name, "duplicate event; reconciling without it");
-                    let mut r =
-                        Box::pin(self.reconcile_fleet(name, None, event_time, cause, None)).await?;
-                    r.outcome = FleetOutcome::Duplicate;
-                    return Ok(r);
+                    let claimed = key.filter(|_| in_progress);
+                    return Box::pin(self.execute(committed, step, cause, claimed, deadline)).await;
                 }
                 Err(Error::Conflict(_)) => backoff(attempt).await,
+                Err(seen @ (Error::Duplicate(_) | Error::InFlight(_) | Error::Unfinished(_))) => {
+                    return self
+                        .already_handled(name, &fleet, seen, event_time, cause, deadline)
+                        .await
+                }
                 Err(e) => return Err(e),
             }
         }
         Err(Error::Conflict(name.to_string()))
+    }
+
+    /// A delivery of an event that has a record already (`seen`, from the store): completed or in
+    /// the hands of a live invocation — return without acting; applied by an invocation whose
+    /// time ran out — reconcile the fleet to finish its work, without applying the intent again.
+    async fn already_handled(
+        &self,
+        name: &FleetName,
+        fleet: &Fleet,
+        seen: Error,
+        event_time: Timestamp,
+        cause: &Cause,
+        deadline: Deadline,
+    ) -> Result<FleetReport> {
+        match seen {
+            Error::Duplicate(_) => {
+                info!(fleet = %name, "duplicate event; handled before");
+                Ok(report(name, FleetOutcome::Duplicate, fleet, Vec::new()))
+            }
+            Error::InFlight(_) => {
+                info!(fleet = %name, "duplicate event; being handled by another invocation");
+                Ok(report(name, FleetOutcome::InFlight, fleet, Vec::new()))
+            }
+            Error::Unfinished(_) => {
+                info!(fleet = %name, "duplicate of an unfinished event; reconciling without it");
+                let mut r = Box::pin(Box::pin(
+                    self.reconcile_within(name, None, event_time, cause, None, deadline),
+                ))
+                .await?;
+                r.outcome = FleetOutcome::Duplicate;
+                Ok(r)
+            }
+            other => Err(other),
+        }
     }
 
     /// An event about one instance: reads only that instance and its fleet's record.
@@ -242,14 +460,32 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
         event_time: Timestamp,
         cause: &Cause,
         key: &EventKey,
+        deadline: Deadline,
     ) -> Result<FleetReport> {
-        for attempt in 0..MAX_CONFLICTS {
+        for attempt in 0..conflict_attempts(deadline) {
+            deadline.check("plan a change")?;
             let fleet = self.store.load_for_instance(id).await?;
             let now = self.now();
-            let step = planner::apply_intent(&fleet, intent, event_time, now)?;
+            let step = match planner::apply_intent(&fleet, intent, event_time, now) {
+                Ok(step) => step,
+                Err(e) => {
+                    if let Err(seen) = self.store.check_event(key, now).await {
+                        let name = fleet.spec.name.clone();
+                        return self
+                            .already_handled(&name, &fleet, seen, event_time, cause, deadline)
+                            .await;
+                    }
+                    return Err(e.into());
+                }
+            };
+            let in_progress = !step.commands.is_empty();
+            let record = EventRecord::Claim {
+                key,
+                in_progress_until: in_progress.then(|| deadline.in_progress_until(now)),
+            };
             match self
                 .store
-                .commit(&fleet, &step, cause, Some(key), now)
+                .commit(&fleet, &step, cause, Some(record), now)
                 .await
             {
                 Ok(committed) => {
@@ -259,12 +495,14 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                         .iter()
                         .any(|c| matches!(c, Change::RepairDeferred { .. }));
                     let name = committed.spec.name.clone();
-                    let mut done = self.execute(committed, step, cause).await?;
+                    let claimed = in_progress.then_some(key);
+                    let mut done =
+                        Box::pin(self.execute(committed, step, cause, claimed, deadline)).await?;
                     if needs_fleet {
                         // The breaker decides on the whole fleet (and names what the failures
                         // share): reconcile it now rather than at the next schedule.
                         let full = self
-                            .reconcile_fleet(&name, None, event_time, cause, None)
+                            .reconcile_within(&name, None, event_time, cause, None, deadline)
                             .await?;
                         done.changes.extend(full.changes);
                         done.launched.extend(full.launched);
@@ -274,13 +512,11 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                     }
                     return Ok(done);
                 }
-                Err(Error::Duplicate(_)) => {
-                    return Ok(report(
-                        &fleet.spec.name,
-                        FleetOutcome::Duplicate,
-                        &fleet,
-                        Vec::new(),
-                    ))
+                Err(seen @ (Error::Duplicate(_) | Error::InFlight(_) | Error::Unfinished(_))) => {
+                    let name = fleet.spec.name.clone();
+                    return self
+                        .already_handled(&name, &fleet, seen, event_time, cause, deadline)
+                        .await;
                 }
                 Err(Error::Conflict(_)) => backoff(attempt).await,
                 Err(e) => return Err(e),
@@ -309,11 +545,24 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
         }
     }
 
-    /// Carries out a committed step's commands and records what came of them.
-    async fn execute(&self, mut fleet: Fleet, step: Step, cause: &Cause) -> Result<FleetReport> {
+    /// Carries out a committed step's commands and records what came of them. `claimed`: the
+    /// event whose record this invocation holds `INPROGRESS`, marked `COMPLETED` with the outcomes
+    /// once every command has a known outcome.
+    async fn execute(
+        &self,
+        mut fleet: Fleet,
+        step: Step,
+        cause: &Cause,
+        claimed: Option<&EventKey>,
+        deadline: Deadline,
+    ) -> Result<FleetReport> {
         let name = fleet.spec.name.clone();
         let mut outcomes = Vec::new();
         let mut failures = Vec::new();
+        // Commands not started (time short) or whose outcome is unknown: their decisions stay as
+        // committed, and the next reconcile finishes them once their lease runs out.
+        let mut unsettled = 0usize;
+        let mut deferred = false;
         let mut launched_ok = std::collections::BTreeSet::new();
         let (first, rest): (Vec<&Command>, Vec<&Command>) = step.commands.iter().partition(|c| {
             matches!(
@@ -328,6 +577,18 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
             .into_iter()
             .partition(|c| matches!(c, Command::Launch { .. }));
         for cmd in first.into_iter().chain(launches).chain(after) {
+            if deadline.is_short() {
+                if !deferred {
+                    deferred = true;
+                    failures.push(
+                        "deferred: the invocation's time is short; the next reconcile carries \
+                         out the rest"
+                            .to_string(),
+                    );
+                }
+                unsettled += 1;
+                continue;
+            }
             match cmd {
                 Command::Launch {
                     token,
@@ -345,6 +606,16 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                         token: token.clone(),
                         error: "EC2 launched nothing".into(),
                     }),
+                    // A timeout, a lost connection or a 5xx may hide a launch that happened: the
+                    // decision stays pending (not failed), so the next reconcile adopts what
+                    // carries its token, or launches again with the same ClientToken once the
+                    // lease runs out. Recording it as failed would drop the decision and reap the
+                    // instance as an orphan.
+                    Err(e @ Error::Transient { .. }) => {
+                        warn!(fleet = %name, %token, error = %e, "launch outcome unknown");
+                        failures.push(format!("launch {token} (outcome unknown): {e}"));
+                        unsettled += 1;
+                    }
                     Err(e) => {
                         warn!(fleet = %name, %token, error = %e, "launch failed");
                         failures.push(format!("launch {token}: {e}"));
@@ -398,10 +669,22 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
             );
         }
         let involved: Vec<InstanceId> = fleet.instances.keys().cloned().collect();
-        for attempt in 0..MAX_CONFLICTS {
+        let completes = claimed
+            .filter(|_| unsettled == 0)
+            .map(EventRecord::Complete);
+        // Recording outcomes is what the deadline's reserve is kept for: retried until the
+        // deadline itself (an unrecorded launch is adopted by the next reconcile anyway).
+        for attempt in 0..conflict_attempts(deadline) {
+            if deadline.remaining() == Some(Duration::ZERO) {
+                break;
+            }
             let now = self.now();
             let record = planner::record_outcomes(&fleet, &outcomes, now);
-            match self.store.commit(&fleet, &record, cause, None, now).await {
+            match self
+                .store
+                .commit(&fleet, &record, cause, completes, now)
+                .await
+            {
                 Ok(committed) => {
                     self.announce(&committed, &record.changes).await;
                     changes.extend(record.changes);
@@ -424,9 +707,16 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
 }
 
 async fn backoff(attempt: usize) {
-    // Small, growing, jittered pause so racing writers spread out.
-    let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 20;
-    tokio::time::sleep(Duration::from_millis(10 * (attempt as u64 + 1) + jitter)).await;
+    // Exponential (10 ms doubling, capped at 1 s) with "equal jitter": between half and all of
+    // it, so racing writers spread out and each loser still waits longer than the last time.
+    let cap = 10u64 << attempt.min(7);
+    let cap = cap.min(1000);
+    let r = u64::from(u16::from_le_bytes(
+        uuid::Uuid::new_v4().as_bytes()[..2]
+            .try_into()
+            .unwrap_or_default(),
+    ));
+    tokio::time::sleep(Duration::from_millis(cap / 2 + r % (cap / 2 + 1))).await;
 }
 
 fn report(
@@ -468,11 +758,19 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
     /// caller publishes.
     pub async fn apply_fleet(&self, spec: phoenix_core::model::FleetSpec) -> Result<FleetReport> {
         spec.validate()?;
-        if !self.compute.image_exists(&spec.image).await? {
+        let Some(facts) = self.compute.describe_image(&spec.image).await? else {
             return Err(Error::NotFound(format!(
                 "image {} does not exist or is not available to this account",
                 spec.image
             )));
+        };
+        // The file's own image passes the gate it declares, like any other.
+        if let Some(Err(reason)) = spec
+            .admission
+            .as_ref()
+            .map(|a| a.admits(&spec.image, &facts))
+        {
+            return Err(phoenix_core::Error::invalid("image", reason).into());
         }
         let cause = Cause::internal("FleetApplied");
         for attempt in 0..MAX_CONFLICTS {

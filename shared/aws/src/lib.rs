@@ -7,8 +7,10 @@ pub mod compute;
 pub mod config;
 pub mod controller;
 pub mod error;
+pub mod intake;
 pub mod lambda;
 pub mod local;
+pub mod metrics;
 pub mod store;
 pub mod telemetry;
 

@@ -21,14 +21,36 @@ pub const ROLLOUT_CONTROL: &str = "RolloutControl";
 pub const SCHEDULE_SOURCE: &str = "aws.events";
 pub const SCHEDULED_EVENT: &str = "Scheduled Event";
 
-/// The EventBridge envelope fields phoenix uses. `id` and `time` come from EventBridge itself.
+/// The EventBridge envelope fields phoenix uses. `id`, `time` and `account` come from
+/// EventBridge itself.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Envelope {
     pub id: String,
     pub source: String,
     pub detail_type: String,
     pub time: Timestamp,
+    /// The account the event came from (checked against `PHOENIX_ALLOWED_ACCOUNTS`).
+    pub account: Option<String>,
+    pub region: Option<String>,
+    /// ARNs or ids the event is about (Image Builder: the build version ARN).
+    pub resources: Vec<String>,
     pub detail: Value,
+}
+
+impl Envelope {
+    /// An envelope without account, region or resources (the schedule's tick, tests).
+    pub fn new(id: &str, source: &str, detail_type: &str, time: Timestamp, detail: Value) -> Self {
+        Envelope {
+            id: id.into(),
+            source: source.into(),
+            detail_type: detail_type.into(),
+            time,
+            account: None,
+            region: None,
+            resources: Vec::new(),
+            detail,
+        }
+    }
 }
 
 /// What an event asks of a fleet.
@@ -65,11 +87,18 @@ pub enum Intent {
         fleet: FleetName,
         image: ImageId,
     },
+    /// What AWS says about instances of one fleet (an EC2 state phoenix did not ask for, a Spot
+    /// interruption, scheduled maintenance, an in-place change): see `crate::notice`.
+    Notice {
+        instances: Vec<InstanceId>,
+        notice: crate::notice::Notice,
+    },
 }
 
 /// What an operator can ask of a rollout (`phoenix rollout pause|resume|abort|undo`), and of
 /// the breaker (`resume-repairs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ControlAction {
     Pause,
@@ -99,39 +128,70 @@ pub enum ScaleTarget {
 }
 
 // Wire shapes of the details. Unknown fields are tolerated (newer publishers may add some).
+// Their JSON Schemas (`schemas/`) are generated from these types by `crate::wire`'s tests.
+
+/// `ImageReady`: run this image from now on.
 #[derive(Deserialize)]
-struct ImageReadyDetail {
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[cfg_attr(test, schemars(title = "ImageReady"))]
+pub(crate) struct ImageReadyDetail {
+    /// The fleet's name.
     fleet: String,
+    /// The AMI id (`ami-` and 8 or 17 hex digits); it must exist.
     image: String,
 }
+/// `HealthCheckFailed`: replace this instance.
 #[derive(Deserialize)]
-struct HealthFailedDetail {
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[cfg_attr(test, schemars(title = "HealthCheckFailed"))]
+pub(crate) struct HealthFailedDetail {
+    /// The EC2 instance id.
     instance: String,
+    /// Why, for the history.
     #[serde(default)]
     reason: Option<String>,
 }
+/// `HealthCheckPassed`: count this instance healthy (`health_check: event`).
 #[derive(Deserialize)]
-struct HealthPassedDetail {
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[cfg_attr(test, schemars(title = "HealthCheckPassed"))]
+pub(crate) struct HealthPassedDetail {
+    /// The EC2 instance id.
     instance: String,
 }
+/// `ScaleRequested`: exactly one of `desired` and `delta`.
 #[derive(Deserialize)]
-struct ScaleDetail {
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[cfg_attr(test, schemars(title = "ScaleRequested"))]
+pub(crate) struct ScaleDetail {
+    /// The fleet's name.
     fleet: String,
+    /// The capacity to reach (0..=10000); last writer by event time wins.
     #[serde(default)]
     desired: Option<i64>,
+    /// A change of capacity, applied once per event.
     #[serde(default)]
     delta: Option<i64>,
 }
+/// `RolloutControl`: an `action`, or an `image` to clear from quarantine.
 #[derive(Deserialize)]
-struct ControlDetail {
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[cfg_attr(test, schemars(title = "RolloutControl"))]
+pub(crate) struct ControlDetail {
+    /// The fleet's name.
     fleet: String,
     #[serde(default)]
     action: Option<ControlAction>,
+    /// An AMI id to clear from the fleet's quarantine.
     #[serde(default)]
     image: Option<String>,
 }
+/// `ReconcileRequested`: reconcile one fleet now, or every fleet.
 #[derive(Deserialize)]
-struct ReconcileDetail {
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[cfg_attr(test, schemars(title = "ReconcileRequested"))]
+pub(crate) struct ReconcileDetail {
+    /// The fleet's name; absent: every fleet.
     #[serde(default)]
     fleet: Option<String>,
 }
@@ -273,9 +333,17 @@ impl Intent {
             Intent::ClearQuarantine { fleet, image } => {
                 (ROLLOUT_CONTROL, json!({"fleet": fleet, "image": image}))
             }
+            // Notices come from AWS events, never from phoenix's bus; this is their record form.
+            Intent::Notice { instances, notice } => (
+                INSTANCE_NOTICE,
+                json!({"instances": instances, "notice": notice}),
+            ),
         }
     }
 }
+
+/// The detail-type under which a notice is recorded (it is not an event phoenix accepts).
+pub const INSTANCE_NOTICE: &str = "InstanceNotice";
 
 /// What caused a change: the event (or command) it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -455,6 +523,27 @@ pub enum Change {
     BudgetExhausted {
         limit: u32,
     },
+    /// The fleet's admission gate refused an image.
+    ImageRejected {
+        image: ImageId,
+        reason: String,
+    },
+    /// An instance must go (Spot interruption, rebalance, maintenance, in-place change): it is
+    /// replaced launch-first once its window is open and the surge limit leaves room.
+    RetirementScheduled {
+        instance: InstanceId,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_before: Option<Timestamp>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline: Option<Timestamp>,
+    },
+    /// Someone changed an instance in place (CloudTrail): who and with which call.
+    Tainted {
+        instance: InstanceId,
+        who: String,
+        what: String,
+    },
 }
 
 /// The events phoenix publishes on its bus for the transitions users route to chat or paging:
@@ -517,6 +606,9 @@ pub fn published(fleet: &FleetName, changes: &[Change]) -> Vec<(&'static str, Va
                 "ImageQuarantined",
                 json!({"image": image, "reason": reason}),
             ),
+            Change::ImageRejected { image, reason } => {
+                ("ImageRejected", json!({"image": image, "reason": reason}))
+            }
             _ => continue,
         };
         detail["fleet"] = json!(fleet);
@@ -601,13 +693,13 @@ mod tests {
 
     #[test]
     fn foreign_sources_are_rejected() {
-        let env = Envelope {
-            id: "1".into(),
-            source: "aws.ec2".into(),
-            detail_type: IMAGE_READY.into(),
-            time: chrono::DateTime::UNIX_EPOCH,
-            detail: json!({"fleet": "web", "image": "ami-12345678"}),
-        };
+        let env = Envelope::new(
+            "1",
+            "aws.ec2",
+            IMAGE_READY,
+            chrono::DateTime::UNIX_EPOCH,
+            json!({"fleet": "web", "image": "ami-12345678"}),
+        );
         assert!(Intent::from_envelope(&env)
             .unwrap_err()
             .to_string()

@@ -5,16 +5,20 @@
 //! the commands it returns. That split is what lets the planner be tested with plain values and
 //! driven by a deterministic simulator.
 
+pub mod aws_events;
 pub mod dryrun;
 pub mod error;
 pub mod events;
 pub mod history;
 pub mod ids;
+pub mod images;
 pub mod model;
+pub mod notice;
 pub mod patterns;
 pub mod planner;
 pub mod quantity;
 pub mod timeline;
+pub mod wire;
 
 pub use error::{Error, Result};
 pub use ids::{FleetName, ImageId, InstanceId};

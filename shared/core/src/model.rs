@@ -322,6 +322,18 @@ pub struct FleetSpec {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub policy: RolloutPolicy,
+    /// Follow new images AWS announces (AMI available, Image Builder build finished) that match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_selector: Option<crate::images::ImageSelector>,
+    /// Which images the fleet accepts at all, whoever announces them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<crate::images::Admission>,
+    /// When planned replacements (scheduled maintenance) may happen, UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<crate::notice::MaintenanceWindow>,
+    /// What an in-place change to an instance (CloudTrail) does: off, record or replace (default).
+    #[serde(default, skip_serializing_if = "crate::notice::TaintMode::is_default")]
+    pub taint: crate::notice::TaintMode,
 }
 
 /// Capacities arrive as JSON numbers from users; read them wide so `-1` and `1e9` get our own
@@ -407,6 +419,15 @@ impl FleetSpec {
                 "policy.max_replacements_per_hour",
                 "0 would forbid every replacement; leave it out for no limit",
             ));
+        }
+        if let Some(s) = &self.image_selector {
+            s.validate()?;
+        }
+        if let Some(a) = &self.admission {
+            a.validate()?;
+        }
+        if let Some(w) = &self.maintenance_window {
+            w.validate()?;
         }
         for key in self.tags.keys() {
             let lower = key.to_ascii_lowercase();
@@ -510,6 +531,12 @@ pub struct Instance {
     pub disposal: Option<Disposal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated_at: Option<Timestamp>,
+    /// In-place changes made to it outside phoenix (CloudTrail), newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<crate::notice::Taint>,
+    /// A replacement owed to it though it has not failed (Spot interruption, maintenance, taint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retirement: Option<crate::notice::Retirement>,
 }
 
 impl Instance {

@@ -129,25 +129,20 @@ impl Step {
     }
 }
 
-/// A step being built.
-struct Tx {
-    fleet: Fleet,
-    changes: Vec<Change>,
+/// A step being built. Crate-visible for `notice`, which plans through the same machinery.
+pub(crate) struct Tx {
+    pub(crate) fleet: Fleet,
+    pub(crate) changes: Vec<Change>,
     touched: BTreeSet<InstanceId>,
     launches: Vec<Command>,
     terminate_now: Vec<InstanceId>,
     terminate_after: BTreeMap<String, Vec<InstanceId>>,
-    now: Timestamp,
+    pub(crate) now: Timestamp,
 }
 
 impl Tx {
     fn new(fleet: &Fleet, now: Timestamp) -> Self {
-        let mut fleet = fleet.clone();
-        // Only the last hour counts against `max_replacements_per_hour`. (Dropping old entries is
-        // not a change by itself: it is written with the next real one.)
-        fleet.disruptions.retain(|t| *t + Duration::hours(1) > now);
-        let window = fleet.spec.policy.breaker.window.duration();
-        fleet.failures.retain(|f| f.at + window > now);
+        let fleet = fleet.clone();
         Tx {
             fleet,
             changes: Vec::new(),
@@ -182,7 +177,7 @@ impl Tx {
         }
     }
 
-    fn instance_mut(&mut self, id: &InstanceId) -> Option<&mut Instance> {
+    pub(crate) fn instance_mut(&mut self, id: &InstanceId) -> Option<&mut Instance> {
         let inst = self.fleet.instances.get_mut(id)?;
         self.touched.insert(id.clone());
         Some(inst)
@@ -212,7 +207,13 @@ impl Tx {
     /// How many more instances may be taken away this hour (`None`: no limit).
     fn hourly_room(&self) -> Option<usize> {
         let limit = self.fleet.spec.policy.max_replacements_per_hour?;
-        Some((limit as usize).saturating_sub(self.fleet.disruptions.len()))
+        let recent = self
+            .fleet
+            .disruptions
+            .iter()
+            .filter(|t| **t + Duration::hours(1) > self.now)
+            .count();
+        Some((limit as usize).saturating_sub(recent))
     }
 
     /// Records, once, that the hourly budget stopped something; and that it refilled.
@@ -281,6 +282,11 @@ impl Tx {
             decided_at: now,
             after_launch: after_launch.clone(),
         });
+        // Entries older than the hour no longer count; they are dropped with the next change
+        // (not on their own: a step that only forgets is not worth a write).
+        self.fleet
+            .disruptions
+            .retain(|t| *t + Duration::hours(1) > now);
         self.fleet.disruptions.push(now);
         self.changes.push(Change::TerminationDecided {
             instance: id.clone(),
@@ -297,7 +303,7 @@ impl Tx {
     }
 
     /// Marks an instance as gone (a tombstone is kept so late events about it are recognised).
-    fn bury(&mut self, id: &InstanceId) {
+    pub(crate) fn bury(&mut self, id: &InstanceId) {
         let now = self.now;
         let Some(inst) = self.instance_mut(id) else {
             return;
@@ -313,7 +319,7 @@ impl Tx {
         }
     }
 
-    fn set_health(&mut self, id: &InstanceId, health: Health) {
+    pub(crate) fn set_health(&mut self, id: &InstanceId, health: Health) {
         let Some(inst) = self.instance_mut(id) else {
             return;
         };
@@ -327,6 +333,9 @@ impl Tx {
             let snapshot = inst.clone();
             self.fleet.failed += 1;
             // Enough to decide the breaker (it trips past its threshold): the list stays small.
+            let window = self.fleet.spec.policy.breaker.window.duration();
+            let now = self.now;
+            self.fleet.failures.retain(|f| f.at + window > now);
             if self.fleet.failures.len() <= self.fleet.spec.capacity as usize {
                 self.fleet.failures.push(RecentFailure {
                     at: self.now,
@@ -357,7 +366,7 @@ impl Tx {
         }
     }
 
-    fn ignore(&mut self, reason: impl Into<String>) {
+    pub(crate) fn ignore(&mut self, reason: impl Into<String>) {
         self.changes.push(Change::Ignored {
             reason: reason.into(),
         });
@@ -406,7 +415,7 @@ impl Tx {
         let Some(r) = self.fleet.rollout.clone().filter(|r| r.status.is_active()) else {
             return;
         };
-        if quarantine {
+        if quarantine && !self.fleet.quarantined.contains_key(&r.to) {
             self.fleet.quarantined.insert(
                 r.to.clone(),
                 Quarantine {
@@ -420,6 +429,10 @@ impl Tx {
                 reason: reason.clone(),
             });
         }
+        if quarantine {
+            // Launches of the image retried earlier in this step are not made after all.
+            self.cancel_launches(&r.to);
+        }
         let back = r
             .from
             .clone()
@@ -430,10 +443,26 @@ impl Tx {
             return;
         };
         if quarantine && !self.fleet.spec.policy.auto_rollback {
-            self.pause(
-                format!("health gate failed: {reason}; automatic rollback is off"),
-                None,
-            );
+            let why = format!("health gate failed: {reason}; automatic rollback is off");
+            // Already paused on a timer (a bake, a checkpoint): it now waits for the operator,
+            // or the timer would resume it onto the quarantined image.
+            if let Some(r) = self
+                .active_rollout()
+                .filter(|r| r.status == RolloutStatus::Paused)
+            {
+                if let Some(p) = r.pause.as_mut().filter(|p| p.until.is_some()) {
+                    p.until = None;
+                    p.reason = why.clone();
+                    let id = r.id;
+                    self.changes.push(Change::RolloutPaused {
+                        rollout: id,
+                        reason: why,
+                        until: None,
+                    });
+                }
+                return;
+            }
+            self.pause(why, None);
             return;
         }
         self.fleet.spec.image = back;
@@ -446,6 +475,66 @@ impl Tx {
                 reason,
             });
         }
+    }
+
+    /// Retires a pending launch that will not be made (EC2 refused it, or its image was
+    /// quarantined): the instances waiting for it as their replacement stay; the next pass plans
+    /// again.
+    fn drop_pending(&mut self, token: &str, error: String) {
+        let Some(pos) = self.fleet.pending.iter().position(|p| p.token == token) else {
+            return;
+        };
+        self.fleet.pending.remove(pos);
+        self.changes.push(Change::LaunchFailed {
+            token: token.to_string(),
+            error,
+        });
+        let waiting: Vec<InstanceId> = self
+            .fleet
+            .live_instances()
+            .filter(|i| i.disposal.as_ref().and_then(|d| d.after_launch.as_deref()) == Some(token))
+            .map(|i| i.id.clone())
+            .collect();
+        for id in waiting {
+            if let Some(i) = self.instance_mut(&id) {
+                i.disposal = None;
+            }
+        }
+    }
+
+    /// Drops the launches of `image` this step would make (retries of pending launches).
+    fn cancel_launches(&mut self, image: &ImageId) {
+        let tokens: Vec<String> = self
+            .launches
+            .iter()
+            .filter_map(|c| match c {
+                Command::Launch {
+                    token, image: i, ..
+                } if i == image => Some(token.clone()),
+                _ => None,
+            })
+            .collect();
+        for token in tokens {
+            self.launches
+                .retain(|c| !matches!(c, Command::Launch { token: t, .. } if *t == token));
+            self.terminate_after.remove(&token);
+            self.drop_pending(&token, format!("image {image} is quarantined"));
+        }
+    }
+
+    /// The image new instances come from: the fleet's, unless it is quarantined (a health gate
+    /// that failed with automatic rollback off leaves the fleet on it while the rollout waits for
+    /// the operator), then the one that rollout came from, if that one is not.
+    fn launchable_image(&self) -> Option<ImageId> {
+        let ok = |i: &ImageId| !self.fleet.quarantined.contains_key(i);
+        Some(self.fleet.spec.image.clone()).filter(ok).or_else(|| {
+            self.fleet
+                .rollout
+                .as_ref()
+                .filter(|r| r.status.is_active())
+                .and_then(|r| r.from.clone())
+                .filter(ok)
+        })
     }
 
     fn abort(&mut self, reason: String) {
@@ -527,6 +616,8 @@ impl Tx {
                     instance_type: l.instance_type.clone(),
                     disposal: None,
                     terminated_at: None,
+                    taints: Vec::new(),
+                    retirement: None,
                 },
             );
             self.touched.insert(l.id.clone());
@@ -558,10 +649,12 @@ impl Tx {
     /// Instances unhealthy "at once": failed and still here, or failed within the breaker's window.
     /// With only part of the fleet loaded, the live count is the recorded counter.
     fn unhealthy_at_once(&self) -> (Vec<Instance>, u32) {
+        let window = self.fleet.spec.policy.breaker.window.duration();
         let mut by_id: BTreeMap<InstanceId, Instance> = self
             .fleet
             .failures
             .iter()
+            .filter(|f| f.at + window > self.now)
             .map(|f| (f.instance.id.clone(), f.instance.clone()))
             .collect();
         for i in self.fleet.live_instances().filter(|i| i.is_failed()) {
@@ -584,7 +677,7 @@ impl Tx {
     /// Replaces a failed instance: launch first when the surge limit leaves room, otherwise
     /// terminate first (a failed instance serves nothing, so removing it costs no availability).
     /// Not while the breaker is tripped, nor beyond the hourly budget.
-    fn repair(&mut self, id: &InstanceId) {
+    pub(crate) fn repair(&mut self, id: &InstanceId) {
         let Some(inst) = self.fleet.instances.get(id) else {
             return;
         };
@@ -620,6 +713,43 @@ impl Tx {
         }
         let budget = self.fleet.budget();
         let peak = self.fleet.live + self.fleet.pending_count();
+        let image = self.launchable_image();
+        if let Some(image) = image.filter(|_| {
+            peak < budget.max_total
+                && self.launches_this_step() < MAX_LAUNCHES_PER_STEP
+                && self.fleet.spec.capacity > 0
+        }) {
+            let token = self.decide_launch(image, 1, format!("replacement for {id}"));
+            self.decide_terminate(id, reason, Some(token));
+        } else {
+            self.decide_terminate(id, reason, None);
+        }
+    }
+
+    /// Replaces an instance that has to go without having failed (its `retirement`; see
+    /// `crate::notice`): launch first when the surge limit leaves room, once its window is open
+    /// and within the hourly budget. Neither counted nor held back by the breaker. An urgent one
+    /// (it goes soon whatever phoenix does) ignores the hourly budget and, without room,
+    /// terminates first so that its replacement launches in the same pass.
+    pub(crate) fn retire(&mut self, id: &InstanceId) {
+        let now = self.now;
+        let Some(inst) = self.fleet.instances.get(id) else {
+            return;
+        };
+        let Some(r) = inst.retirement.clone() else {
+            return;
+        };
+        if !inst.is_live() || inst.disposal.is_some() || !r.is_due(now) {
+            return;
+        }
+        let urgent = r.is_urgent(now);
+        if !urgent && self.hourly_room() == Some(0) {
+            self.note_budget(true);
+            return;
+        }
+        let budget = self.fleet.budget();
+        let peak = self.fleet.live + self.fleet.pending_count();
+        let reason = format!("retire: {}", r.reason);
         if peak < budget.max_total
             && self.launches_this_step() < MAX_LAUNCHES_PER_STEP
             && self.fleet.spec.capacity > 0
@@ -630,14 +760,14 @@ impl Tx {
                 format!("replacement for {id}"),
             );
             self.decide_terminate(id, reason, Some(token));
-        } else {
+        } else if urgent {
             self.decide_terminate(id, reason, None);
         }
     }
 
     /// The health gate of a rollout: a new-image instance that failed, or a wave that missed its
     /// deadline, sends the rollout back to the previous image and quarantines the new one.
-    fn health_gate(&mut self) {
+    pub(crate) fn health_gate(&mut self) {
         let now = self.now;
         let Some(r) = self.fleet.rollout.clone() else {
             return;
@@ -655,7 +785,14 @@ impl Tx {
             .fleet
             .instances
             .values()
-            .filter(|i| i.image == r.to && i.is_live())
+            // Instances of this rollout only: launched since it started (EC2 stamps launch times to
+            // the second, hence the one-second allowance). An instance that already ran the
+            // target image before (a rollout back to an older image) says nothing about it.
+            .filter(|i| {
+                i.image == r.to
+                    && i.is_live()
+                    && i.launched_at + Duration::seconds(1) >= r.started_at
+            })
             .find_map(|i| match &i.health {
                 Health::Unhealthy { reason } => Some(format!(
                     "{} on {} failed its health check: {reason}",
@@ -1011,6 +1148,11 @@ pub fn apply_intent(
                 ));
             }
         }
+        Intent::Notice { instances, notice } => {
+            for id in instances {
+                crate::notice::apply(&mut tx, id, notice);
+            }
+        }
         Intent::Reconcile { .. } => {}
     }
     Ok(tx.finish())
@@ -1024,7 +1166,21 @@ fn control(tx: &mut Tx, action: ControlAction) {
             tx.pause("paused by operator".into(), None)
         }
         (ControlAction::Resume, Some(RolloutStatus::Paused)) => {
-            tx.resume("resumed by operator".into())
+            let forward = tx.fleet.rollout.as_ref().filter(|r| {
+                r.pause
+                    .as_ref()
+                    .is_none_or(|p| p.resume_to != RolloutStatus::RollingBack)
+            });
+            match forward.filter(|r| tx.fleet.quarantined.contains_key(&r.to)) {
+                Some(r) => {
+                    let reason = format!(
+                        "rollout {}'s image {} is quarantined: undo the rollout, or clear the quarantine first",
+                        r.id, r.to
+                    );
+                    tx.ignore(reason)
+                }
+                None => tx.resume("resumed by operator".into()),
+            }
         }
         (ControlAction::Abort, Some(s)) if s.is_active() => tx.abort("aborted by operator".into()),
         (ControlAction::Undo, Some(RolloutStatus::InProgress | RolloutStatus::Paused)) => {
@@ -1099,6 +1255,18 @@ pub fn reconcile(fleet: &Fleet, observed: &[Observed], now: Timestamp) -> Step {
             tx.repair(&id);
         }
     }
+    // Then instances owed a replacement by a notice (waiting for their window or for room).
+    let retiring: Vec<InstanceId> = tx
+        .fleet
+        .live_instances()
+        .filter(|i| i.retirement.is_some() && i.disposal.is_none())
+        .map(|i| i.id.clone())
+        .collect();
+    for id in retiring {
+        if tx.room_to_touch() {
+            tx.retire(&id);
+        }
+    }
     roll_and_scale(&mut tx);
     track_rollout(&mut tx);
     if tx.fleet.budget_exhausted && tx.hourly_room() != Some(0) {
@@ -1128,6 +1296,11 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
         found.sort_by(|a, b| (a.launched_at, &a.id).cmp(&(b.launched_at, &b.id)));
         if !found.is_empty() {
             tx.adopt_launch(&pending.token, &found);
+        } else if pending.lease_until <= now && tx.fleet.quarantined.contains_key(&pending.image) {
+            tx.drop_pending(
+                &pending.token,
+                format!("image {} is quarantined", pending.image),
+            );
         } else if pending.lease_until <= now {
             if let Some(p) = tx
                 .fleet
@@ -1207,7 +1380,21 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                     // Decided but apparently never carried out (the deciding invocation died).
                     // Issued again as a change of its own with a fresh lease, like a retried
                     // launch: the controller neither commits nor executes a step without changes.
-                    if d.decided_at + LEASE <= now && !tx.terminate_now.contains(&inst.id) {
+                    // One waiting for its replacement's launch, while that launch is pending, goes
+                    // only with the launch's retry, and only if the launch succeeds.
+                    let waits_for = d
+                        .after_launch
+                        .clone()
+                        .filter(|t| tx.fleet.pending.iter().any(|p| p.token == *t));
+                    let retried = waits_for.as_ref().is_some_and(|t| {
+                        tx.launches
+                            .iter()
+                            .any(|c| matches!(c, Command::Launch { token, .. } if token == t))
+                    });
+                    if d.decided_at + LEASE <= now
+                        && !tx.terminate_now.contains(&inst.id)
+                        && (waits_for.is_none() || retried)
+                    {
                         if let Some(disposal) =
                             tx.instance_mut(&inst.id).and_then(|i| i.disposal.as_mut())
                         {
@@ -1217,7 +1404,14 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                             instance: inst.id.clone(),
                             reason: format!("{} (issued again)", d.reason),
                         });
-                        tx.terminate_now.push(inst.id.clone());
+                        match waits_for {
+                            Some(t) => tx
+                                .terminate_after
+                                .entry(t)
+                                .or_default()
+                                .push(inst.id.clone()),
+                            None => tx.terminate_now.push(inst.id.clone()),
+                        }
                     }
                 }
             }
@@ -1278,13 +1472,19 @@ fn new_image_cap(fleet: &Fleet, current_new: u32) -> Option<u32> {
     }
     let mut cap = capacity;
     if let Some(canary) = policy.canary {
-        let canary_done = r.waves.first().is_some_and(|w| w.healthy_at.is_some());
+        let size = canary
+            .resolve(capacity, Rounding::Up)
+            .clamp(1, capacity.max(1));
+        // Instances already on the image (left by a rollout it superseded) may fill the canary's
+        // share before any wave starts: then they are the canary, or it would never be done.
+        let healthy_on_target = fleet
+            .live_instances()
+            .filter(|i| i.image == r.to && i.is_healthy() && i.disposal.is_none())
+            .count() as u32;
+        let canary_done = r.waves.first().is_some_and(|w| w.healthy_at.is_some())
+            || (r.waves.is_empty() && healthy_on_target >= size);
         if !canary_done {
-            cap = cap.min(
-                canary
-                    .resolve(capacity, Rounding::Up)
-                    .clamp(1, capacity.max(1)),
-            );
+            cap = cap.min(size);
         }
     }
     if let Some(next) = policy
@@ -1334,6 +1534,15 @@ fn roll_and_scale(tx: &mut Tx) {
     let healthy_new = new.iter().filter(|i| i.is_healthy()).count() as u32;
     let unready_new = new.len() as u32 - healthy_new + pending;
     let cap = new_image_cap(&tx.fleet, healthy_new + unready_new);
+    // A paused or aborted rollout freezes how far the new image replaces the old, not the fleet's
+    // size: instances that vanished and a scale-out are still made up (from the fleet's image, as
+    // repairs are).
+    let cap = match tx.fleet.rollout.as_ref().map(|r| r.status) {
+        Some(RolloutStatus::Paused | RolloutStatus::Aborted) => {
+            cap.map(|c| c + capacity.saturating_sub(total))
+        }
+        _ => cap,
+    };
 
     // Who goes first: not yet healthy, then older images, then the oldest.
     let order = |a: &&Instance, b: &&Instance| {
@@ -1429,7 +1638,9 @@ fn roll_and_scale(tx: &mut Tx) {
                 .saturating_sub(new_count),
         )
         .min(MAX_LAUNCHES_PER_STEP.saturating_sub(tx.launches_this_step()));
-    if launch == 0 || !tx.room_to_touch() {
+    // Never from a quarantined image (the fleet stays on one when a health gate fails with
+    // automatic rollback off, until the operator undoes the rollout or clears the quarantine).
+    if launch == 0 || !tx.room_to_touch() || tx.fleet.quarantined.contains_key(&target) {
         return;
     }
     let reason = match tx.active_rollout() {
@@ -1497,7 +1708,10 @@ fn track_rollout(tx: &mut Tx) {
         .iter()
         .filter(|i| i.image == target && i.is_healthy() && i.disposal.is_none())
         .count();
+    // A rollout whose image failed its health gate (quarantined, paused with automatic rollback
+    // off) does not succeed by itself: the operator undoes it, or clears the quarantine.
     let done = tx.fleet.pending.is_empty()
+        && !tx.fleet.quarantined.contains_key(&target)
         && live.len() == capacity
         && live
             .iter()
@@ -1568,31 +1782,7 @@ pub fn record_outcomes(fleet: &Fleet, outcomes: &[Outcome], now: Timestamp) -> S
     for outcome in outcomes {
         match outcome {
             Outcome::Launched { token, instances } => tx.adopt_launch(token, instances),
-            Outcome::LaunchFailed { token, error } => {
-                let Some(pos) = tx.fleet.pending.iter().position(|p| &p.token == token) else {
-                    continue;
-                };
-                tx.fleet.pending.remove(pos);
-                tx.changes.push(Change::LaunchFailed {
-                    token: token.clone(),
-                    error: error.clone(),
-                });
-                // The instances waiting for this replacement stay; the next pass plans again.
-                let waiting: Vec<InstanceId> = tx
-                    .fleet
-                    .live_instances()
-                    .filter(|i| {
-                        i.disposal.as_ref().and_then(|d| d.after_launch.as_deref())
-                            == Some(token.as_str())
-                    })
-                    .map(|i| i.id.clone())
-                    .collect();
-                for id in waiting {
-                    if let Some(i) = tx.instance_mut(&id) {
-                        i.disposal = None;
-                    }
-                }
-            }
+            Outcome::LaunchFailed { token, error } => tx.drop_pending(token, error.clone()),
             Outcome::Terminated { instances } => {
                 for id in instances {
                     let replaced = tx.fleet.instances.get(id).and_then(|i| {

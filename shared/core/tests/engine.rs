@@ -1,6 +1,8 @@
 //! The rollout engine's rules as pure functions: the plan of a rollout with a canary, a bake and
 //! checkpoints; quarantine; the breaker's threshold and what it names.
 
+#![allow(clippy::unwrap_used)]
+
 use chrono::{DateTime, Duration, Utc};
 use phoenix_core::dryrun::plan_rollout;
 use phoenix_core::events::{Change, ControlAction, Intent};
@@ -48,6 +50,8 @@ fn fleet(capacity: u32, policy: &str) -> Fleet {
                 instance_type: Some("t3.micro".into()),
                 disposal: None,
                 terminated_at: None,
+                taints: Vec::new(),
+                retirement: None,
             },
         );
         f.live += 1;

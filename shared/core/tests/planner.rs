@@ -427,6 +427,8 @@ impl Sim {
                     instance_type: None,
                     disposal: None,
                     terminated_at: None,
+                    taints: Vec::new(),
+                    retirement: None,
                 },
             );
             sim.fleet.live += 1;
@@ -467,7 +469,8 @@ impl Sim {
             | Intent::Scale { .. }
             | Intent::RolloutControl { .. }
             | Intent::ClearQuarantine { .. } => self.load_partial(None),
-            Intent::Reconcile { .. } => self.fleet.clone(),
+            // The controller plans notices on the whole fleet (then reconciles it).
+            Intent::Reconcile { .. } | Intent::Notice { .. } => self.fleet.clone(),
         }
     }
 

@@ -1,0 +1,355 @@
+//! The controller's side of AWS's own events (`phoenix_core::aws_events`): which fleets an event
+//! concerns, and the same plan → commit → execute path as phoenix's events for each of them.
+//!
+//! - An event about an image goes to every fleet whose `image_selector` matches what EC2
+//!   reports about the AMI, through the fleet's admission gate.
+//! - An event about instances goes to the fleet of each instance (found by the instance index);
+//!   instances no fleet manages are ignored (logged at debug level: success, not an error).
+//! - An event may concern several fleets, so its record is kept per fleet (`<id>#<fleet>`); AWS
+//!   Health's is keyed by account and `communicationId`, which AWS reuses when it sends the same
+//!   communication again.
+
+use super::{
+    backoff, report, Controller, Deadline, FleetOutcome, FleetReport, Report, MAX_CONFLICTS,
+};
+use crate::bus::Bus;
+use crate::compute::Compute;
+use crate::error::{Error, Result};
+use crate::intake::BoxFuture;
+use crate::store::{EventKey, EventRecord, StateStore};
+use phoenix_core::aws_events::{self, AwsEvent};
+use phoenix_core::events::{Cause, Envelope, Intent};
+use phoenix_core::images::{self, ImageBuild, ImageFacts};
+use phoenix_core::patterns::{route, Function};
+use phoenix_core::{FleetName, ImageId, InstanceId};
+use std::collections::BTreeMap;
+use tracing::{debug, warn};
+
+/// The record key of an AWS event for one fleet: its identity (EventBridge id, or Health's
+/// communication) and the fleet. Health's content may change between sends of the same
+/// communication, so its hash covers the identity alone; a redelivery is a duplicate either way.
+fn key_for(env: &Envelope, fleet: &FleetName) -> EventKey {
+    let identity = aws_events::identity(env);
+    let content = if identity == env.id {
+        format!("{}\n{}\n{}", env.source, env.detail_type, env.detail)
+    } else {
+        identity.clone()
+    };
+    let hash = content.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    EventKey {
+        id: format!("{identity}#{fleet}"),
+        hash: format!("{hash:016x}"),
+    }
+}
+
+/// What an AWS event asks of one fleet. Worked out first (reads only), then carried out by the
+/// same calls as phoenix's own events, one fleet at a time: no deeper nesting than theirs.
+enum Job {
+    /// Apply the intent to the whole fleet, then reconcile it.
+    Fleet {
+        name: FleetName,
+        intent: Intent,
+        key: EventKey,
+    },
+    /// Apply the intent to one instance (reads the instance and its fleet's record only).
+    Instance {
+        id: InstanceId,
+        intent: Intent,
+        key: EventKey,
+    },
+    /// Record that the fleet's admission gate refused the image.
+    Reject {
+        name: FleetName,
+        image: ImageId,
+        reason: String,
+        key: EventKey,
+    },
+}
+
+impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
+    /// Handles an event from an AWS service. Boxed here, in a plain function, so that the
+    /// caller's frame holds a pointer rather than this future (debug builds keep every awaited
+    /// future's temporary on the stack, and the fleet paths are deep).
+    pub(super) fn handle_aws<'a>(
+        &'a self,
+        env: &'a Envelope,
+        event: AwsEvent,
+        function: Option<Function>,
+        deadline: Deadline,
+    ) -> BoxFuture<'a, Result<Report>> {
+        Box::pin(self.handle_aws_inner(env, event, function, deadline))
+    }
+
+    async fn handle_aws_inner(
+        &self,
+        env: &Envelope,
+        event: AwsEvent,
+        function: Option<Function>,
+        deadline: Deadline,
+    ) -> Result<Report> {
+        if let Some(f) = function {
+            if route(&env.source, &env.detail_type) != Some(f) {
+                return Err(phoenix_core::Error::Event(format!(
+                    "the {} function does not handle {}",
+                    f.name(),
+                    env.detail_type
+                ))
+                .into());
+            }
+        }
+        deadline.check("handle the event")?;
+        let cause = Cause::from_envelope(env);
+        let jobs = self.jobs(env, event).await?;
+        let mut fleets = Vec::new();
+        for job in jobs {
+            deadline.check("act on another fleet")?;
+            let report = match job {
+                Job::Fleet { name, intent, key } => {
+                    self.reconcile_within(
+                        &name,
+                        Some(&intent),
+                        env.time,
+                        &cause,
+                        Some(&key),
+                        deadline,
+                    )
+                    .await?
+                }
+                Job::Instance { id, intent, key } => {
+                    self.instance_event(&id, &intent, env.time, &cause, &key, deadline)
+                        .await?
+                }
+                Job::Reject {
+                    name,
+                    image,
+                    reason,
+                    key,
+                } => self.reject_image(name, image, reason, &cause, &key).await?,
+            };
+            fleets.push(report);
+        }
+        Ok(Report {
+            event_id: env.id.clone(),
+            detail_type: env.detail_type.clone(),
+            fleets,
+        })
+    }
+
+    /// What the event asks of each fleet it concerns.
+    async fn jobs(&self, env: &Envelope, event: AwsEvent) -> Result<Vec<Job>> {
+        let mut jobs = Vec::new();
+        match event {
+            AwsEvent::Ignored { reason } => {
+                debug!(event_id = %env.id, detail_type = %env.detail_type, %reason, "ignored");
+            }
+            AwsEvent::ImageAvailable { image } => {
+                let facts = self.visible_image(&image).await?;
+                self.image_jobs(env, &image, &facts, None, &mut jobs)
+                    .await?;
+            }
+            AwsEvent::ImageBuilt { arn } => {
+                let build = self.intake.images.resolve(&arn).await?;
+                // A build distributes AMIs to several regions; this region's are ours.
+                let here: Vec<&ImageId> = build
+                    .amis
+                    .iter()
+                    .filter(|(region, _)| env.region.as_deref().is_none_or(|r| r == region))
+                    .map(|(_, image)| image)
+                    .collect();
+                if here.is_empty() {
+                    debug!(%arn, "the build has no AMI in this region: ignored");
+                }
+                for image in here {
+                    let facts = self.visible_image(image).await?;
+                    self.image_jobs(env, image, &facts, Some(&build), &mut jobs)
+                        .await?;
+                }
+            }
+            AwsEvent::HealthCheckFailed { instance, reason } => {
+                if let Some(name) = self.fleet_of(&instance).await? {
+                    jobs.push(Job::Instance {
+                        key: key_for(env, &name),
+                        intent: Intent::HealthCheckFailed {
+                            instance: instance.clone(),
+                            reason,
+                        },
+                        id: instance,
+                    });
+                }
+            }
+            AwsEvent::Notice { instances, notice } => {
+                let mut by_fleet: BTreeMap<FleetName, Vec<InstanceId>> = BTreeMap::new();
+                for id in instances {
+                    if let Some(name) = self.fleet_of(&id).await? {
+                        by_fleet.entry(name).or_default().push(id);
+                    }
+                }
+                for (name, ids) in by_fleet {
+                    jobs.push(Job::Fleet {
+                        key: key_for(env, &name),
+                        intent: Intent::Notice {
+                            instances: ids,
+                            notice: notice.clone(),
+                        },
+                        name,
+                    });
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// What EC2 reports about an AMI an AWS event announced. Not visible yet (EC2's reads are
+    /// eventually consistent): retryable, the event is delivered again.
+    async fn visible_image(&self, image: &ImageId) -> Result<ImageFacts> {
+        self.compute
+            .describe_image(image)
+            .await?
+            .ok_or_else(|| Error::Transient {
+                service: "ec2",
+                message: format!("image {image} is not visible to this account yet"),
+            })
+    }
+
+    /// The fleet managing an instance, if it still has to act on it: not for an instance no fleet
+    /// manages, nor one phoenix already replaced or is replacing (EC2 reports every termination
+    /// phoenix makes, too). Those are ignored, logged at debug level.
+    async fn fleet_of(&self, id: &InstanceId) -> Result<Option<FleetName>> {
+        let fleet = match self.store.load_for_instance(id).await {
+            Ok(fleet) => fleet,
+            Err(Error::NotFound(why)) => {
+                debug!(instance = %id, %why, "not a fleet instance: ignored");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        match fleet.instances.get(id) {
+            Some(i) if !i.is_live() => {
+                debug!(instance = %id, fleet = %fleet.spec.name, "already replaced: ignored");
+                Ok(None)
+            }
+            Some(i) if i.disposal.is_some() => {
+                debug!(instance = %id, fleet = %fleet.spec.name, "being replaced: ignored");
+                Ok(None)
+            }
+            _ => Ok(Some(fleet.spec.name)),
+        }
+    }
+
+    /// `ImageReady` (or a refusal) for every fleet whose selector matches the image.
+    async fn image_jobs(
+        &self,
+        env: &Envelope,
+        image: &ImageId,
+        facts: &ImageFacts,
+        build: Option<&ImageBuild>,
+        jobs: &mut Vec<Job>,
+    ) -> Result<()> {
+        let before = jobs.len();
+        for name in self.store.list_fleets().await? {
+            let fleet = self.store.load_partial(&name, &[]).await?;
+            let Some(selector) = &fleet.spec.image_selector else {
+                continue;
+            };
+            if let Err(why) = selector.matches(facts, build) {
+                debug!(fleet = %name, %image, %why, "image not selected");
+                continue;
+            }
+            let key = key_for(env, &name);
+            let refused = (fleet.spec.image != *image)
+                .then(|| images::refusal(&fleet, image, facts))
+                .flatten();
+            jobs.push(match refused {
+                Some(reason) => Job::Reject {
+                    name,
+                    image: image.clone(),
+                    reason,
+                    key,
+                },
+                None => Job::Fleet {
+                    intent: Intent::ImageReady {
+                        fleet: name.clone(),
+                        image: image.clone(),
+                    },
+                    name,
+                    key,
+                },
+            });
+        }
+        if jobs.len() == before {
+            debug!(%image, "no fleet selects this image: ignored");
+        }
+        Ok(())
+    }
+
+    /// Why the fleet's admission gate refuses the image, if it does (not for the image it runs).
+    pub(super) fn refusal<'a>(
+        &'a self,
+        name: &'a FleetName,
+        image: &'a ImageId,
+        facts: &'a ImageFacts,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            let fleet = self.store.load_partial(name, &[]).await?;
+            Ok((fleet.spec.image != *image)
+                .then(|| images::refusal(&fleet, image, facts))
+                .flatten())
+        })
+    }
+
+    /// Records `ImageRejected` in the fleet's history, with the event, and publishes it.
+    pub(super) fn reject_image<'a>(
+        &'a self,
+        name: FleetName,
+        image: ImageId,
+        reason: String,
+        cause: &'a Cause,
+        key: &'a EventKey,
+    ) -> BoxFuture<'a, Result<FleetReport>> {
+        Box::pin(self.reject_image_inner(name, image, reason, cause, key))
+    }
+
+    async fn reject_image_inner(
+        &self,
+        name: FleetName,
+        image: ImageId,
+        reason: String,
+        cause: &Cause,
+        key: &EventKey,
+    ) -> Result<FleetReport> {
+        let (name, image) = (&name, &image);
+        warn!(fleet = %name, %image, %reason, "image refused by the fleet's admission gate");
+        for attempt in 0..MAX_CONFLICTS {
+            let fleet = self.store.load_partial(name, &[]).await?;
+            let step = images::rejected(&fleet, image, reason.clone());
+            // Nothing follows the commit: the event's record is complete at once.
+            let record = EventRecord::Claim {
+                key,
+                in_progress_until: None,
+            };
+            match self
+                .store
+                .commit(&fleet, &step, cause, Some(record), self.now())
+                .await
+            {
+                Ok(committed) => {
+                    self.announce(&committed, &step.changes).await;
+                    return Ok(report(
+                        name,
+                        FleetOutcome::Changed,
+                        &committed,
+                        step.changes,
+                    ));
+                }
+                Err(Error::Conflict(_)) => backoff(attempt).await,
+                Err(Error::Duplicate(_) | Error::InFlight(_) | Error::Unfinished(_)) => {
+                    return Ok(report(name, FleetOutcome::Duplicate, &fleet, Vec::new()))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(name.to_string()))
+    }
+}

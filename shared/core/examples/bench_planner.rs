@@ -1,0 +1,127 @@
+//! Planner CPU time per event, for fleets of 100 to 100 000 instances.
+//!
+//! `make bench` runs it in release. It prints the median time of each kind of planning work and
+//! its ratio to the goal (1 ms for a fleet of 10 000).
+
+use chrono::{DateTime, Duration, Utc};
+use phoenix_core::events::Intent;
+use phoenix_core::model::{Fleet, FleetSpec, Health, Instance, Lifecycle, Observed, Signals};
+use phoenix_core::planner::{apply_intent, reconcile};
+use phoenix_core::{FleetName, ImageId, InstanceId};
+use std::time::Instant;
+
+fn ami(n: u32) -> ImageId {
+    ImageId::parse(&format!("ami-{n:08x}")).expect("valid ami")
+}
+
+fn fleet(size: u32) -> (Fleet, Vec<Observed>) {
+    let yaml = format!("name: web\nimage: {}\ncapacity: 1\ninstance_type: t3.micro\npolicy:\n  max_surge: \"5%\"\n", ami(1));
+    let mut spec = FleetSpec::from_yaml(&yaml).expect("spec");
+    // Beyond the fleet file's limit of 10 000 on purpose: the planner's cost at 100 000.
+    spec.capacity = size;
+    let t0 = DateTime::from_timestamp(1_900_000_000, 0).expect("time");
+    let mut f = Fleet::new(spec, t0);
+    let mut observed = Vec::new();
+    for n in 0..size {
+        let id = InstanceId::parse(&format!("i-{:017x}", u64::from(n) + 1)).expect("id");
+        let inst = Instance {
+            id: id.clone(),
+            image: ami(1),
+            launched_at: t0,
+            state: Lifecycle::Running,
+            health: Health::Healthy,
+            signals: Signals {
+                ec2_ok: true,
+                passed: false,
+            },
+            token: format!("web-x-1-{}", n / 50),
+            zone: Some("us-east-1a".into()),
+            instance_type: Some("t3.micro".into()),
+            disposal: None,
+            terminated_at: None,
+            taints: Vec::new(),
+            retirement: None,
+        };
+        observed.push(Observed {
+            id: id.clone(),
+            image: Some(ami(1)),
+            state: Lifecycle::Running,
+            status_ok: true,
+            launched_at: Some(t0),
+            token: Some(inst.token.clone()),
+            zone: inst.zone.clone(),
+            instance_type: inst.instance_type.clone(),
+        });
+        f.instances.insert(id, inst);
+    }
+    f.live = size;
+    f.version = 10;
+    (f, observed)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn time(runs: usize, mut f: impl FnMut()) -> f64 {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        f();
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    median(samples)
+}
+
+fn main() {
+    let now = DateTime::from_timestamp(1_900_000_600, 0).expect("time") + Duration::zero();
+    let name = FleetName::parse("web").expect("name");
+    println!(
+        "{:<10} {:>16} {:>18} {:>22}",
+        "instances", "reconcile (ms)", "image event (ms)", "health event (ms)"
+    );
+    for size in [100u32, 1_000, 10_000, 100_000] {
+        let (f, observed) = fleet(size);
+        let runs = if size >= 100_000 { 5 } else { 21 };
+        let rest = time(runs, || {
+            let s = reconcile(&f, &observed, now);
+            assert!(s.is_noop());
+        });
+        let image = time(runs, || {
+            let s = apply_intent(
+                &f,
+                &Intent::ImageReady {
+                    fleet: name.clone(),
+                    image: ami(2),
+                },
+                now,
+                now,
+            )
+            .expect("intent")
+            .then(|next| reconcile(next, &observed, now));
+            assert!(!s.commands.is_empty());
+        });
+        // An instance-scoped event loads the fleet record and one instance.
+        let mut partial = f.clone();
+        let victim = InstanceId::parse(&format!("i-{:017x}", 1)).expect("id");
+        partial.instances.retain(|id, _| *id == victim);
+        partial.complete = false;
+        let health = time(runs * 10, || {
+            let s = apply_intent(
+                &partial,
+                &Intent::HealthCheckFailed {
+                    instance: victim.clone(),
+                    reason: "x".into(),
+                },
+                now,
+                now,
+            )
+            .expect("intent");
+            assert!(!s.commands.is_empty());
+        });
+        let _ = Utc::now();
+        println!("{size:<10} {rest:>16.3} {image:>18.3} {health:>22.4}");
+    }
+    println!("goal: image event at 10 000 instances <= 1 ms");
+}
