@@ -1,0 +1,368 @@
+//! The invariants, checked after every simulation step (and at the EC2 calls that matter), with
+//! the bookkeeping they need. Each check is exact about what it allows and why; the comments are
+//! the specification.
+//!
+//! Words used below:
+//! - *the books*: what the store holds (the fleet record and the instance records);
+//! - *alive*: an instance EC2 has and that is not shutting down or terminated (stopped ones are
+//!   alive); every simulated instance carries the fleet's tag;
+//! - *world-healthy*: running, past its boot and status-check delays, and nothing wrong with it
+//!   (no fault: not impaired, application not failing, not a bad image, zone up, not stopped);
+//! - *believed failed*: its live record's health is `Unhealthy`.
+
+use crate::ec2::Ec2;
+use crate::store::Store;
+use chrono::Duration;
+use phoenix_core::events::Change;
+use phoenix_core::model::{Health, Timestamp};
+use phoenix_core::{ImageId, InstanceId};
+use std::collections::BTreeMap;
+
+/// How long the fleet may be below `min_healthy` while the books show nothing wrong before that
+/// counts as a silent failure. The health checker reports a broken instance within a minute and
+/// again every one to two minutes, and a scheduled reconcile runs every minute; fifteen minutes is
+/// many lost reports and failed invocations in a row.
+pub const SILENCE: Duration = Duration::minutes(15);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Unit {
+    /// The capacity (hence `min_healthy`) went up by one: one more instance to launch and boot.
+    Scale,
+    /// An instance the world took: it failed, was reported failed, or vanished, and then left.
+    Lost(InstanceId),
+}
+
+/// One launch decision: how many instances it asked for and the version that committed it.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision {
+    pub count: u32,
+    pub version: u64,
+}
+
+/// A decrease of `max_total` and the version that committed it.
+#[derive(Debug, Clone, Copy)]
+struct Slack {
+    version: u64,
+    amount: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Checker {
+    lost: Vec<Unit>,
+    prev_min_healthy: u32,
+    prev_max_total: u32,
+    slack: Vec<Slack>,
+    /// When each image now quarantined was quarantined (the committing version).
+    quarantined_at: BTreeMap<ImageId, u64>,
+    /// Every launch decision ever committed.
+    pub decided: BTreeMap<String, Decision>,
+    silent_since: Option<Timestamp>,
+}
+
+/// What one look at the world found (for the trace and the end-of-run report).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Census {
+    pub healthy: u32,
+    pub excused: u32,
+    pub min_healthy: u32,
+    pub surge_counted: u32,
+    pub max_total: u32,
+}
+
+impl Checker {
+    pub fn new(store: &Store) -> Self {
+        let budget = store.meta().budget();
+        Checker {
+            // The fleet starts empty: bringing it up is the first "capacity increase".
+            lost: vec![Unit::Scale; budget.min_healthy as usize],
+            prev_min_healthy: budget.min_healthy,
+            prev_max_total: budget.max_total,
+            ..Checker::default()
+        }
+    }
+
+    /// After every successful commit, with the changes it recorded.
+    pub fn on_commit(&mut self, store: &Store, changes: &[Change]) {
+        let version = store.version();
+        for c in changes {
+            if let Change::LaunchDecided { token, count, .. } = c {
+                self.decided.insert(
+                    token.clone(),
+                    Decision {
+                        count: *count,
+                        version,
+                    },
+                );
+            }
+        }
+        let budget = store.meta().budget();
+        if budget.min_healthy > self.prev_min_healthy {
+            let more = budget.min_healthy - self.prev_min_healthy;
+            self.lost.extend((0..more).map(|_| Unit::Scale));
+        }
+        self.prev_min_healthy = budget.min_healthy;
+        if budget.max_total < self.prev_max_total {
+            self.slack.push(Slack {
+                version,
+                amount: self.prev_max_total - budget.max_total,
+            });
+        }
+        self.prev_max_total = budget.max_total;
+        let q = &store.meta().quarantined;
+        self.quarantined_at.retain(|image, _| q.contains_key(image));
+        for image in q.keys() {
+            self.quarantined_at.entry(image.clone()).or_insert(version);
+        }
+    }
+
+    /// An alive instance leaves (terminated by phoenix or by the world). `excused`: it was broken
+    /// (a fault, or believed failed after a report) or the world took it; either way the slot it
+    /// held was lost to the world, not given up by phoenix.
+    pub fn on_gone(&mut self, id: &InstanceId, excused: bool) {
+        if excused {
+            self.lost.push(Unit::Lost(id.clone()));
+        }
+    }
+
+    /// Whether an alive instance is, right now, excused from counting as healthy: something
+    /// outside phoenix is wrong with it, or phoenix believes it failed because it was reported.
+    pub fn excused(ec2: &Ec2, store: &Store, id: &InstanceId) -> bool {
+        let Some(vm) = ec2.vms.get(id) else {
+            return false;
+        };
+        let believed_failed = store
+            .instance(id)
+            .is_some_and(|i| i.is_live() && i.is_failed());
+        ec2.fault(vm) || (believed_failed && vm.reported)
+    }
+
+    /// The checks on the state of the world and the books, after every step.
+    pub fn check_world(
+        &mut self,
+        store: &Store,
+        ec2: &Ec2,
+        now: Timestamp,
+    ) -> (Census, Vec<(&'static str, String)>) {
+        let mut out = Vec::new();
+        let meta = store.meta();
+        let budget = meta.budget();
+
+        // ---- Availability --------------------------------------------------------------------
+        // healthy: alive, world-healthy, and counted healthy by phoenix (its live record says
+        //   Healthy). An instance phoenix has not promoted yet does not count: phoenix does not
+        //   count it either, and may remove it first (a scale-in takes unready instances first).
+        // excused: alive and broken by the world, or believed failed after a report (phoenix
+        //   replaces what it is told failed; a spurious report costs a slot, by design).
+        // lost: units given by the world since the fleet was last whole: an instance that left
+        //   while broken, or that the world terminated; and each increase of min_healthy (a
+        //   scale-out, the first bring-up), which takes launches and boots to fill.
+        // Rule: healthy + excused + lost >= min_healthy.
+        // Phoenix only ever terminates an instance it counts healthy when the healthy instances
+        // it keeps are at least min_healthy; each of those is, in the world, healthy, excused or
+        // a lost unit (its fault or disappearance is one): phoenix promotes an instance only once
+        // EC2's checks pass or a passed report arrives, so one it counts healthy that is not
+        // healthy in the world has a fault. So the rule holds for a correct planner whatever the
+        // faults, and fails when phoenix gives up a healthy instance too early (the
+        // replace-in-place bug: terminate old before new is healthy).
+        // The fleet is *whole* when its healthy instances that are not leaving reach
+        // min_healthy: then the lost units are forgiven, except those of instances the books
+        // still count as live (phoenix has not noticed they are gone, and may still give up a
+        // healthy instance on their account).
+        let mut healthy = 0u32;
+        let mut excused = 0u32;
+        let mut whole = 0u32;
+        for vm in ec2.alive() {
+            let record = store.instance(&vm.id).filter(|i| i.is_live());
+            let believed_failed = record.is_some_and(|i| i.is_failed());
+            let counted = record.is_some_and(|i| i.health == Health::Healthy);
+            if ec2.world_healthy(vm, now) && counted {
+                healthy += 1;
+                if record.is_some_and(|i| i.disposal.is_none()) {
+                    whole += 1;
+                }
+            } else if ec2.fault(vm) || (believed_failed && vm.reported) {
+                excused += 1;
+            }
+        }
+        let lost = self.lost.len() as u32;
+        if healthy + excused + lost < budget.min_healthy {
+            out.push((
+                "availability",
+                format!(
+                    "{healthy} healthy + {excused} broken by faults + {lost} lost to faults or \
+                     scaling < min_healthy {} (capacity {})",
+                    budget.min_healthy, meta.spec.capacity
+                ),
+            ));
+        }
+        if whole >= budget.min_healthy {
+            self.lost
+                .retain(|u| matches!(u, Unit::Lost(id) if store.is_live(id)));
+        }
+
+        // ---- Reported, never silent ------------------------------------------------------------
+        // Below min_healthy while the books look perfect (no breaker, no launch in flight, no
+        // active rollout, hourly budget not exhausted, exactly `capacity` live records, all
+        // healthy and staying) is allowed only while phoenix cannot know yet (SILENCE).
+        let quiet = meta.breaker.is_none()
+            && meta.pending.is_empty()
+            && !meta.budget_exhausted
+            && meta.rollout.as_ref().is_none_or(|r| !r.status.is_active())
+            && store.live().count() == meta.spec.capacity as usize
+            && store.live().all(|i| i.is_healthy() && i.disposal.is_none());
+        if healthy < budget.min_healthy && quiet {
+            let since = *self.silent_since.get_or_insert(now);
+            if now - since > SILENCE {
+                out.push((
+                    "silent",
+                    format!(
+                        "{healthy} healthy < min_healthy {} for {} min while the fleet's records show nothing wrong",
+                        budget.min_healthy,
+                        (now - since).num_minutes()
+                    ),
+                ));
+                self.silent_since = Some(now);
+            }
+        } else {
+            self.silent_since = None;
+        }
+
+        // ---- Surge ---------------------------------------------------------------------------
+        // Counted: alive instances pending or running in EC2 that phoenix owns and keeps:
+        // - a live record, unless its termination is decided outright (after_launch: none): the
+        //   planner counts those as gone already; the deciding invocation terminates them before
+        //   it launches anything, or, if it died, the next reconcile after the lease does;
+        // - no record, but the token of a pending launch: up to that launch's count. Beyond the
+        //   count they are extras of a launch made twice (an endpoint that ignores the
+        //   ClientToken), which the reconcile that adopts the launch terminates;
+        // - not counted: instances of no decision in the books (a launch recorded as failed that
+        //   EC2 did make, extras, instances buried while too new to be listed): phoenix learns of
+        //   them only by seeing them, and terminates them then (checked as leaks).
+        // Launch-first repairs need no allowance: the failed instance and its replacement are
+        // both counted, and the planner decides the launch only within max_total.
+        // Rule: counted <= max_total + slack, where slack is each decrease of max_total (a
+        // scale-in) not yet absorbed: launches decided under the larger budget may still be made
+        // (retried after a crash, or by an invocation still executing), and the instances they
+        // bring can only be scaled in once seen. A decrease is absorbed once no launch decided
+        // before it is pending and the count fits the new max_total.
+        let pending: BTreeMap<&str, u32> = meta
+            .pending
+            .iter()
+            .map(|p| (p.token.as_str(), p.count))
+            .collect();
+        let mut used: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut counted = 0u32;
+        for vm in ec2.alive().filter(|vm| vm.counts_for_surge()) {
+            match store.instance(&vm.id).filter(|i| i.is_live()) {
+                Some(rec) => {
+                    if rec
+                        .disposal
+                        .as_ref()
+                        .is_none_or(|d| d.after_launch.is_some())
+                    {
+                        counted += 1;
+                    }
+                }
+                None => {
+                    if let Some(n) = pending.get(vm.token.as_str()) {
+                        let u = used.entry(vm.token.as_str()).or_default();
+                        if *u < *n {
+                            *u += 1;
+                            counted += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let slack: u32 = self.slack.iter().map(|s| s.amount).sum();
+        if counted > budget.max_total + slack {
+            out.push((
+                "surge",
+                format!(
+                    "{counted} instances pending or running > max_total {} (capacity {}{})",
+                    budget.max_total,
+                    meta.spec.capacity,
+                    if slack > 0 {
+                        format!(", +{slack} while a scale-in settles")
+                    } else {
+                        String::new()
+                    }
+                ),
+            ));
+        }
+        if counted <= budget.max_total {
+            let decided = &self.decided;
+            self.slack.retain(|s| {
+                meta.pending
+                    .iter()
+                    .any(|p| decided.get(&p.token).is_none_or(|d| d.version < s.version))
+            });
+        }
+
+        // ---- One decision, at most its count kept -------------------------------------------
+        let mut per_token: BTreeMap<&str, u32> = BTreeMap::new();
+        for i in store.live() {
+            *per_token.entry(i.token.as_str()).or_default() += 1;
+        }
+        for (token, n) in per_token {
+            let asked = self.decided.get(token).map_or(0, |d| d.count);
+            if n > asked {
+                out.push((
+                    "double-launch",
+                    format!("{n} live instances kept for launch {token}, which asked for {asked}"),
+                ));
+            }
+        }
+
+        (
+            Census {
+                healthy,
+                excused: excused + lost,
+                min_healthy: budget.min_healthy,
+                surge_counted: counted,
+                max_total: budget.max_total,
+            },
+            out,
+        )
+    }
+
+    /// Before RunInstances creates instances: no launch from an image quarantined for the fleet,
+    /// unless the decision (or its retry) was committed before the quarantine — an invocation
+    /// already executing a committed decision carries it out; everything decided from the
+    /// quarantine on must respect it.
+    pub fn check_launch(&self, image: &ImageId, decided_at_version: u64) -> Option<String> {
+        let q = self.quarantined_at.get(image)?;
+        (decided_at_version >= *q).then(|| {
+            format!(
+                "launched from {image}, quarantined at version {q}, by a step committed at version {decided_at_version}"
+            )
+        })
+    }
+
+    /// Before an instance is terminated: if its record says it waits for a replacement's launch,
+    /// that launch must have created its instances already.
+    pub fn check_terminate(store: &Store, ec2: &Ec2, id: &InstanceId) -> Option<String> {
+        let rec = store.instance(id)?;
+        let token = rec.disposal.as_ref()?.after_launch.as_ref()?;
+        (!ec2.tokens_created.contains(token)).then(|| {
+            format!("{id} terminated before its replacement (launch {token}) was launched")
+        })
+    }
+
+    /// After a full reconcile that ran cleanly (committed or found nothing to do, no terminate
+    /// call failed): every instance it saw that the books it loaded did not record as live must now
+    /// be recorded or on its way out (adopted, or terminated as an orphan or extra).
+    pub fn check_leaks(store: &Store, ec2: &Ec2, seen_unowned: &[InstanceId]) -> Option<String> {
+        let leaked: Vec<String> = seen_unowned
+            .iter()
+            .filter(|id| ec2.vms.get(*id).is_some_and(|vm| vm.alive()) && !store.is_live(id))
+            .map(|id| format!("{id} ({})", ec2.vms[id].token))
+            .collect();
+        (!leaked.is_empty()).then(|| {
+            format!(
+                "{} seen by a reconcile as owned by no record, and neither recorded nor terminated after it",
+                leaked.join(", ")
+            )
+        })
+    }
+}

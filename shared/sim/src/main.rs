@@ -1,0 +1,233 @@
+//! `phoenix-sim`: runs the deterministic simulation over many seeds, or replays one.
+//!
+//! ```text
+//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--variant NAME] [--trace] [--quiet]
+//! ```
+
+use phoenix_sim::{run_seed, Config, Report, Stats, Variant};
+use std::process::ExitCode;
+use std::time::Instant;
+
+const USAGE: &str = "\
+usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--variant NAME] [--trace] [--quiet]
+
+  --steps N        run seeds FIRST, FIRST+1, ... until N steps in all (default 100000)
+  --seeds FIRST    first seed of the range (default 1)
+  --seed N         run (replay) that one seed; its output is the same on every run
+  --seed-steps K   chaos steps per seed before the world calms down (default 2000)
+  --variant NAME   drive a deliberately broken planner: real (default), drop-after-launch,
+                   replace-in-place, launch-quarantined, surge-blind, ignore-health-failures
+  --trace          print every step of the trace
+  --quiet          print only the summary (and failures)
+
+Exits 1 if any seed breaks an invariant, printing the seed, the step, the last steps of its trace
+and the command that replays it.";
+
+struct Args {
+    steps: u64,
+    first: u64,
+    single: Option<u64>,
+    seed_steps: u64,
+    variant: Variant,
+    trace: bool,
+    quiet: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        steps: 100_000,
+        first: 1,
+        single: None,
+        seed_steps: Config::new(0).chaos_steps,
+        variant: Variant::Real,
+        trace: false,
+        quiet: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut num = |name: &str| -> Result<u64, String> {
+            let v = it.next().ok_or(format!("{name} needs a value"))?;
+            v.replace('_', "")
+                .parse()
+                .map_err(|_| format!("{name}: {v:?} is not a number"))
+        };
+        match arg.as_str() {
+            "--steps" => a.steps = num("--steps")?,
+            "--seeds" => a.first = num("--seeds")?,
+            "--seed" => a.single = Some(num("--seed")?),
+            "--seed-steps" => a.seed_steps = num("--seed-steps")?,
+            "--variant" => {
+                let v = it.next().ok_or("--variant needs a value")?;
+                a.variant = Variant::parse(&v).ok_or(format!("unknown variant {v:?}"))?;
+            }
+            "--trace" => a.trace = true,
+            "--quiet" => a.quiet = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(a)
+}
+
+fn config(a: &Args, seed: u64) -> Config {
+    let mut cfg = Config::new(seed);
+    cfg.chaos_steps = a.seed_steps;
+    cfg.variant = a.variant;
+    cfg.trace = a.trace;
+    cfg
+}
+
+fn replay_command(a: &Args, seed: u64) -> String {
+    let mut cmd = format!("phoenix-sim --seed {seed}");
+    if a.seed_steps != Config::new(0).chaos_steps {
+        cmd.push_str(&format!(" --seed-steps {}", a.seed_steps));
+    }
+    if a.variant != Variant::Real {
+        cmd.push_str(&format!(" --variant {}", a.variant.name()));
+    }
+    cmd
+}
+
+fn print_failure(a: &Args, r: &Report, with_scenario: bool) {
+    let Some(v) = &r.violation else {
+        return;
+    };
+    println!(
+        "VIOLATION seed {} step {} at {}: {}: {}",
+        r.seed, v.step, v.at, v.kind, v.message
+    );
+    if with_scenario {
+        println!("scenario: {}", r.scenario);
+    }
+    println!("state:");
+    for line in &v.state {
+        println!("  {line}");
+    }
+    if !a.trace {
+        println!("last {} steps:", r.trace_tail.len());
+        for line in &r.trace_tail {
+            println!("  {line}");
+        }
+    }
+    println!("replay: {}", replay_command(a, r.seed));
+}
+
+fn stats_line(s: &Stats) -> String {
+    format!(
+        "events {} (lost {}, duplicated {}), invocations {} (crashed {}, timed out {}, conflicts {}), event seen before {} \
+         (completed {}, in flight {}, unfinished {}), commands left unsettled {}, \
+         commits {}, launched {} (launch failures {}), terminated {}, faults {}, \
+         rollouts {} (succeeded {}, rolled back {}, aborted {}, superseded {}), \
+         quarantined {} bad / {} good images (good ones: {} wave deadline, {} stopped instance, {} failed health check, {} spurious report), breaker trips {}",
+        s.events,
+        s.events_lost,
+        s.events_duplicated,
+        s.invocations,
+        s.crashes,
+        s.timeouts,
+        s.conflicts,
+        s.duplicates + s.in_flight + s.unfinished,
+        s.duplicates,
+        s.in_flight,
+        s.unfinished,
+        s.unsettled,
+        s.commits,
+        s.instances_launched,
+        s.launch_failures,
+        s.terminations,
+        s.faults,
+        s.rollouts,
+        s.succeeded,
+        s.rolled_back,
+        s.aborted,
+        s.superseded,
+        s.quarantined_bad,
+        s.quarantined_good,
+        s.good_by_deadline,
+        s.good_by_stop,
+        s.good_by_fault,
+        s.good_by_spurious,
+        s.breaker_trips
+    )
+}
+
+fn main() -> ExitCode {
+    let a = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            if e.is_empty() {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("phoenix-sim: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+
+    if let Some(seed) = a.single {
+        // Replay: everything printed here is a function of the arguments alone.
+        let r = run_seed(config(&a, seed));
+        if !a.quiet {
+            println!("scenario: {}", r.scenario);
+        }
+        println!(
+            "seed {seed}: {} steps, {} simulated minutes, {} violations, trace digest {:016x}",
+            r.steps,
+            r.sim_time.num_minutes(),
+            u8::from(r.violation.is_some()),
+            r.digest
+        );
+        if !a.quiet {
+            println!("{}", stats_line(&r.stats));
+        }
+        if r.violation.is_some() {
+            print_failure(&a, &r, a.quiet);
+            return ExitCode::FAILURE;
+        }
+        return ExitCode::SUCCESS;
+    }
+
+    let started = Instant::now();
+    let mut steps = 0u64;
+    let mut seed = a.first;
+    let mut failed: Vec<Report> = Vec::new();
+    let mut stats = Stats::default();
+    while steps < a.steps {
+        let r = run_seed(config(&a, seed));
+        steps += r.steps;
+        stats.add(&r.stats);
+        if r.violation.is_some() {
+            if failed.is_empty() || !a.quiet {
+                print_failure(&a, &r, true);
+            }
+            failed.push(r);
+        }
+        seed += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "phoenix-sim: seeds {}..={} ({} seeds), {} steps, {} violations, {:.0} steps/s ({:.1} s){}",
+        a.first,
+        seed - 1,
+        seed - a.first,
+        steps,
+        failed.len(),
+        steps as f64 / secs.max(1e-9),
+        secs,
+        if a.variant == Variant::Real {
+            String::new()
+        } else {
+            format!(", planner variant {}", a.variant.name())
+        }
+    );
+    if !a.quiet {
+        println!("{}", stats_line(&stats));
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        let seeds: Vec<String> = failed.iter().take(20).map(|r| r.seed.to_string()).collect();
+        println!("failing seeds: {}", seeds.join(" "));
+        ExitCode::FAILURE
+    }
+}
