@@ -649,30 +649,7 @@ impl World {
 
     /// Every instance EC2 knows, in any state (straight to the emulator).
     pub async fn instances(&self) -> Result<Vec<Ec2Instance>> {
-        let mut out = Vec::new();
-        let mut pages = self.ec2.describe_instances().into_paginator().send();
-        while let Some(page) = pages.next().await {
-            for r in page?.reservations.unwrap_or_default() {
-                for i in r.instances.unwrap_or_default() {
-                    out.push(Ec2Instance {
-                        id: i.instance_id.unwrap_or_default(),
-                        state: i
-                            .state
-                            .and_then(|s| s.name)
-                            .map(|n| n.as_str().to_string())
-                            .unwrap_or_default(),
-                        image: i.image_id.unwrap_or_default(),
-                        tags: i
-                            .tags
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|t| (t.key.unwrap_or_default(), t.value.unwrap_or_default()))
-                            .collect(),
-                    });
-                }
-            }
-        }
-        Ok(out)
+        crate::list_instances(&self.ec2).await
     }
 
     pub async fn live_ids(&self, fleet: &str) -> Result<Vec<String>> {

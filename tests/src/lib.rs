@@ -239,31 +239,7 @@ impl Harness {
 
     /// Every instance EC2 knows, in any state.
     pub async fn instances(&self) -> Vec<Ec2Instance> {
-        let mut out = Vec::new();
-        let mut pages = self.ec2.describe_instances().into_paginator().send();
-        while let Some(page) = pages.next().await {
-            for r in page.unwrap().reservations.unwrap_or_default() {
-                for i in r.instances.unwrap_or_default() {
-                    out.push(Ec2Instance {
-                        id: i.instance_id.unwrap_or_default(),
-                        state: i
-                            .state
-                            .and_then(|s| s.name)
-                            .map(|n| n.as_str().to_string())
-                            .unwrap_or_default(),
-                        image: i.image_id.unwrap_or_default(),
-                        tags: i
-                            .tags
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|t| (t.key.unwrap_or_default(), t.value.unwrap_or_default()))
-                            .collect(),
-                    });
-                }
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
+        list_instances(&self.ec2).await.unwrap()
     }
 
     /// Live (pending or running) instances of a fleet, by its tag.
@@ -674,4 +650,33 @@ impl Store<'_> {
     pub async fn list_fleets_now(&self) -> Vec<FleetName> {
         self.0.list_fleets().await.unwrap()
     }
+}
+
+/// Every instance EC2 knows, in any state, ordered by id.
+pub async fn list_instances(ec2: &aws_sdk_ec2::Client) -> Result<Vec<Ec2Instance>> {
+    let mut out = Vec::new();
+    let mut pages = ec2.describe_instances().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for r in page?.reservations.unwrap_or_default() {
+            for i in r.instances.unwrap_or_default() {
+                out.push(Ec2Instance {
+                    id: i.instance_id.unwrap_or_default(),
+                    state: i
+                        .state
+                        .and_then(|s| s.name)
+                        .map(|n| n.as_str().to_string())
+                        .unwrap_or_default(),
+                    image: i.image_id.unwrap_or_default(),
+                    tags: i
+                        .tags
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|t| (t.key.unwrap_or_default(), t.value.unwrap_or_default()))
+                        .collect(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
 }
