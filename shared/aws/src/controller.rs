@@ -215,6 +215,9 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
     /// Lambda context's). With less than `DEADLINE_RESERVE` left it starts nothing new: before
     /// the event's intent is committed that fails the invocation (retryable: delivered again);
     /// after, the rest is left to the next reconcile and the report lists what was deferred.
+    ///
+    /// The per-fleet work is boxed (`Box::pin`): its futures hold several SDK calls' state, and
+    /// nested unboxed they overflowed a 2 MiB worker-thread stack in debug builds.
     pub async fn handle_within(
         &self,
         env: &Envelope,
