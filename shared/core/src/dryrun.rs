@@ -144,16 +144,7 @@ impl World {
     fn observe(&self) -> Vec<Observed> {
         self.fleet
             .live_instances()
-            .map(|i| Observed {
-                id: i.id.clone(),
-                image: Some(i.image.clone()),
-                state: Lifecycle::Running,
-                status_ok: true,
-                launched_at: Some(i.launched_at),
-                token: Some(i.token.clone()),
-                zone: i.zone.clone(),
-                instance_type: i.instance_type.clone(),
-            })
+            .map(Observed::running_ok)
             .collect()
     }
 

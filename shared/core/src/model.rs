@@ -776,3 +776,19 @@ pub struct Observed {
     pub zone: Option<String>,
     pub instance_type: Option<String>,
 }
+
+impl Observed {
+    /// How EC2 shows a recorded instance when all is well: running, both status checks ok.
+    pub fn running_ok(i: &Instance) -> Self {
+        Observed {
+            id: i.id.clone(),
+            image: Some(i.image.clone()),
+            state: Lifecycle::Running,
+            status_ok: true,
+            launched_at: Some(i.launched_at),
+            token: Some(i.token.clone()),
+            zone: i.zone.clone(),
+            instance_type: i.instance_type.clone(),
+        }
+    }
+}

@@ -194,16 +194,7 @@ fn one_failure_is_repaired_but_many_at_once_trip_the_breaker_naming_the_zone() {
     }
     let observed: Vec<_> = many
         .live_instances()
-        .map(|i| phoenix_core::model::Observed {
-            id: i.id.clone(),
-            image: Some(i.image.clone()),
-            state: Lifecycle::Running,
-            status_ok: true,
-            launched_at: Some(i.launched_at),
-            token: Some(i.token.clone()),
-            zone: i.zone.clone(),
-            instance_type: i.instance_type.clone(),
-        })
+        .map(phoenix_core::model::Observed::running_ok)
         .collect();
     let step = reconcile(&many, &observed, t0());
     let halted = step.changes.iter().find_map(|c| match c {
