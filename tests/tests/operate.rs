@@ -175,9 +175,22 @@ fn check_history_explain_and_timeline(h: &Harness, a: &str, b: &str, victim: &st
     assert_eq!(decided["cause"]["event_id"], event);
     assert_eq!(decided["decision"]["budget"]["max_total"], 6);
     assert_eq!(decided["decision"]["policy"]["max_surge"], 2);
+    // The AWS calls that launched and terminated it, by request id (what AWS support asks for).
+    for kind in ["launched", "terminated"] {
+        let link = links.iter().find(|l| l["kind"] == kind).unwrap();
+        let ids = link["change"]["request_ids"].as_array().unwrap();
+        assert_eq!(ids.len(), 1, "{link:#}");
+        assert!(!ids[0].as_str().unwrap().is_empty());
+    }
     let table = h.phoenix_ok(&["explain", victim]);
     assert!(table.contains(event), "{table}");
     assert!(table.contains("GET /health returned 503"), "{table}");
+    let terminated = links.iter().find(|l| l["kind"] == "terminated").unwrap();
+    let request = terminated["change"]["request_ids"][0].as_str().unwrap();
+    assert!(
+        table.contains(&format!("(AWS request {request})")),
+        "{table}"
+    );
 
     // The timeline: 4 on A, 4 on B, 1 replacement; one health failure marked.
     let svg = tmp("web.svg");

@@ -2,6 +2,7 @@
 //! only what carries the fleet's tag.
 
 use crate::error::{Error, Result};
+use aws_sdk_ec2::operation::RequestId;
 use aws_sdk_ec2::types::{
     Filter, IamInstanceProfileSpecification, InstanceStateName, InstanceType,
     LaunchTemplateSpecification, ResourceType, SummaryStatus, Tag, TagSpecification,
@@ -14,11 +15,30 @@ use phoenix_core::planner::Launched;
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use std::collections::BTreeSet;
 use std::future::Future;
+use tracing::info;
 
 /// TerminateInstances accepts up to 1000 ids; Karpenter uses batches of 500, and so do we.
 const TERMINATE_BATCH: usize = 500;
 /// DescribeInstanceStatus takes at most 100 ids per call.
 const STATUS_BATCH: usize = 100;
+
+/// What a launch produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaunchOutput {
+    pub instances: Vec<Launched>,
+    /// The RunInstances call's AWS request id; none when an earlier attempt's instances were
+    /// found by their token tag instead.
+    pub request_id: Option<String>,
+}
+
+/// What a termination did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TerminateOutput {
+    /// The ids that are now gone (including those that already were).
+    pub gone: Vec<InstanceId>,
+    /// One AWS request id per TerminateInstances call (batches of 500).
+    pub request_ids: Vec<String>,
+}
 
 /// The compute port.
 pub trait Compute: Send + Sync {
@@ -36,14 +56,14 @@ pub trait Compute: Send + Sync {
         token: &str,
         image: &ImageId,
         count: u32,
-    ) -> impl Future<Output = Result<Vec<Launched>>> + Send;
-    /// Terminates those of `ids` that carry the fleet's tag. Returns the ids that are now gone
-    /// (including those that already were); ids without the tag are never touched.
+    ) -> impl Future<Output = Result<LaunchOutput>> + Send;
+    /// Terminates those of `ids` that carry the fleet's tag; ids without the tag are never
+    /// touched, and are not among those reported gone.
     fn terminate(
         &self,
         fleet: &FleetName,
         ids: &[InstanceId],
-    ) -> impl Future<Output = Result<Vec<InstanceId>>> + Send;
+    ) -> impl Future<Output = Result<TerminateOutput>> + Send;
     /// Whether the AMI exists and is available to this account.
     fn image_exists(&self, image: &ImageId) -> impl Future<Output = Result<bool>> + Send;
     /// What EC2 reports about an AMI (name, owner, tags), or `None` if this account cannot see
@@ -225,14 +245,18 @@ impl Compute for Ec2Compute {
         token: &str,
         image: &ImageId,
         count: u32,
-    ) -> Result<Vec<Launched>> {
+    ) -> Result<LaunchOutput> {
         // Belt and braces beside ClientToken: if a previous attempt launched (and we crashed before
         // recording it), the instances carry the token tag.
         let existing = self
             .describe(vec![tag_filter(TAG_TOKEN, token), not_terminated()])
             .await?;
         if !existing.is_empty() {
-            return Self::to_launched(existing);
+            info!(%token, found = existing.len(), "instances of this launch decision exist already");
+            return Ok(LaunchOutput {
+                instances: Self::to_launched(existing)?,
+                request_id: None,
+            });
         }
         let mut tags = vec![
             Tag::builder()
@@ -307,12 +331,17 @@ impl Compute for Ec2Compute {
             );
         }
         let out = req.send().await.map_err(sdk)?;
-        Self::to_launched(out.instances.unwrap_or_default())
+        let request_id = out.request_id().map(str::to_string);
+        info!(%token, %image, count, aws_request_id = request_id.as_deref().unwrap_or("-"), "RunInstances");
+        Ok(LaunchOutput {
+            instances: Self::to_launched(out.instances.unwrap_or_default())?,
+            request_id,
+        })
     }
 
-    async fn terminate(&self, fleet: &FleetName, ids: &[InstanceId]) -> Result<Vec<InstanceId>> {
+    async fn terminate(&self, fleet: &FleetName, ids: &[InstanceId]) -> Result<TerminateOutput> {
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(TerminateOutput::default());
         }
         // Re-validate just before the destructive act: only instances that EC2 says carry this
         // fleet's tag are terminated. Anything else is left alone.
@@ -329,6 +358,7 @@ impl Compute for Ec2Compute {
             .filter(|id| wanted.contains(id.as_str()))
             .collect();
         let alive: Vec<String> = alive.into_iter().collect();
+        let mut request_ids = Vec::new();
         for chunk in alive.chunks(TERMINATE_BATCH) {
             match self
                 .client
@@ -337,7 +367,15 @@ impl Compute for Ec2Compute {
                 .send()
                 .await
             {
-                Ok(_) => {}
+                Ok(out) => {
+                    let id = out.request_id().unwrap_or("-");
+                    info!(
+                        count = chunk.len(),
+                        aws_request_id = id,
+                        "TerminateInstances"
+                    );
+                    request_ids.extend(out.request_id().map(str::to_string));
+                }
                 // "Already gone" is success for a delete.
                 Err(e)
                     if e.as_service_error()
@@ -363,11 +401,14 @@ impl Compute for Ec2Compute {
             let found = self.describe(vec![by_id, not_terminated()]).await?;
             found.into_iter().filter_map(|i| i.instance_id).collect()
         };
-        Ok(ids
-            .iter()
-            .filter(|id| !foreign.contains(id.as_str()))
-            .cloned()
-            .collect())
+        Ok(TerminateOutput {
+            gone: ids
+                .iter()
+                .filter(|id| !foreign.contains(id.as_str()))
+                .cloned()
+                .collect(),
+            request_ids,
+        })
     }
 
     async fn image_exists(&self, image: &ImageId) -> Result<bool> {

@@ -598,11 +598,12 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                     image,
                     count,
                 } => match self.compute.launch(&fleet.spec, token, image, *count).await {
-                    Ok(instances) if !instances.is_empty() => {
+                    Ok(out) if !out.instances.is_empty() => {
                         launched_ok.insert(token.clone());
                         outcomes.push(Outcome::Launched {
                             token: token.clone(),
-                            instances,
+                            instances: out.instances,
+                            request_ids: out.request_id.into_iter().collect(),
                         });
                     }
                     Ok(_) => outcomes.push(Outcome::LaunchFailed {
@@ -639,7 +640,8 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                         continue; // its replacement did not launch: keep it for now
                     }
                     match self.compute.terminate(&name, instances).await {
-                        Ok(gone) => {
+                        Ok(out) => {
+                            let gone = out.gone;
                             let kept: Vec<InstanceId> = instances
                                 .iter()
                                 .filter(|i| !gone.contains(i))
@@ -651,7 +653,10 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                                     error: "not tagged with this fleet in EC2; left alone".into(),
                                 });
                             }
-                            outcomes.push(Outcome::Terminated { instances: gone });
+                            outcomes.push(Outcome::Terminated {
+                                instances: gone,
+                                request_ids: out.request_ids,
+                            });
                         }
                         Err(e) => {
                             warn!(fleet = %name, error = %e, "terminate failed");
@@ -733,7 +738,7 @@ fn report(
     for c in &changes {
         match c {
             Change::Launched { instances, .. } => launched.extend(instances.iter().cloned()),
-            Change::Terminated { instances } => terminated.extend(instances.iter().cloned()),
+            Change::Terminated { instances, .. } => terminated.extend(instances.iter().cloned()),
             _ => {}
         }
     }

@@ -94,6 +94,12 @@ impl Error {
                 aws_smithy_types::error::display::DisplayErrorContext(other)
             ),
         };
+        // The request id lets AWS support find the call; kept with the error wherever it goes
+        // (history, report, logs).
+        let message = match aws_sdk_ec2::operation::RequestId::request_id(err.meta()) {
+            Some(id) => format!("{message} (request id {id})"),
+            None => message,
+        };
         let retryable_transport = matches!(
             err,
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)

@@ -399,6 +399,7 @@ impl StateStore for DynamoStore {
             });
         }
 
+        let items_len = items.len();
         let result = self
             .client
             .transact_write_items()
@@ -406,7 +407,15 @@ impl StateStore for DynamoStore {
             .send()
             .await;
         match result {
-            Ok(_) => {
+            Ok(out) => {
+                tracing::info!(
+                    fleet = %next.spec.name,
+                    version = next.version,
+                    writes = items_len,
+                    aws_request_id = aws_sdk_dynamodb::operation::RequestId::request_id(&out)
+                        .unwrap_or("-"),
+                    "committed"
+                );
                 next.complete = step.fleet.complete;
                 Ok(next)
             }

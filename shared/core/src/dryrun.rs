@@ -226,6 +226,7 @@ impl World {
                     outcomes.push(Outcome::Launched {
                         token: token.clone(),
                         instances,
+                        request_ids: Vec::new(),
                     });
                 }
                 Command::Terminate { instances, .. } => {
@@ -242,6 +243,7 @@ impl World {
                     }
                     outcomes.push(Outcome::Terminated {
                         instances: instances.clone(),
+                        request_ids: Vec::new(),
                     });
                 }
             }

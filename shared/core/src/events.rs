@@ -433,6 +433,10 @@ pub enum Change {
     Launched {
         token: String,
         instances: Vec<InstanceId>,
+        /// Request ids of the AWS calls that launched them (none when found by their tag rather
+        /// than launched by this call): what AWS support asks for.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        request_ids: Vec<String>,
     },
     LaunchFailed {
         token: String,
@@ -444,6 +448,9 @@ pub enum Change {
     },
     Terminated {
         instances: Vec<InstanceId>,
+        /// Request ids of the TerminateInstances calls (none when EC2 showed them gone).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        request_ids: Vec<String>,
     },
     TerminationFailed {
         instances: Vec<InstanceId>,

@@ -134,6 +134,15 @@ fn join(ids: &[impl std::fmt::Display]) -> String {
         .join(" ")
 }
 
+/// The AWS request ids of the calls behind a change, as `describe` shows them.
+fn requests(ids: &[String]) -> String {
+    match ids {
+        [] => String::new(),
+        [one] => format!(" (AWS request {one})"),
+        many => format!(" (AWS requests {})", many.join(", ")),
+    }
+}
+
 /// One line saying what a change did, for people.
 pub fn describe(c: &Change) -> String {
     match c {
@@ -158,12 +167,19 @@ pub fn describe(c: &Change) -> String {
             reason,
         } => format!("launch {count} on {image} ({reason}) [{token}]"),
         Change::LaunchRetried { token } => format!("launch {token} retried"),
-        Change::Launched { instances, .. } => format!("launched {}", join(instances)),
+        Change::Launched {
+            instances,
+            request_ids,
+            ..
+        } => format!("launched {}{}", join(instances), requests(request_ids)),
         Change::LaunchFailed { token, error } => format!("launch {token} failed: {error}"),
         Change::TerminationDecided { instance, reason } => {
             format!("terminate {instance} ({reason})")
         }
-        Change::Terminated { instances } => format!("terminated {}", join(instances)),
+        Change::Terminated {
+            instances,
+            request_ids,
+        } => format!("terminated {}{}", join(instances), requests(request_ids)),
         Change::TerminationFailed { instances, error } => {
             format!("terminate {} failed: {error}", join(instances))
         }
@@ -542,7 +558,9 @@ pub fn explain(entries: &[HistoryEntry], id: &InstanceId) -> Option<Explanation>
                 Change::TerminationDecided { instance, .. } if instance == id => {
                     LinkKind::TerminationDecided
                 }
-                Change::Terminated { instances } if instances.contains(id) => LinkKind::Terminated,
+                Change::Terminated { instances, .. } if instances.contains(id) => {
+                    LinkKind::Terminated
+                }
                 Change::TerminationFailed { instances, .. } if instances.contains(id) => {
                     LinkKind::TerminationFailed
                 }

@@ -62,6 +62,8 @@ pub enum Outcome {
     Launched {
         token: String,
         instances: Vec<Launched>,
+        /// The AWS request ids of the calls that acted, recorded with the change.
+        request_ids: Vec<String>,
     },
     LaunchFailed {
         token: String,
@@ -69,6 +71,7 @@ pub enum Outcome {
     },
     Terminated {
         instances: Vec<InstanceId>,
+        request_ids: Vec<String>,
     },
     TerminateFailed {
         instances: Vec<InstanceId>,
@@ -592,7 +595,7 @@ impl Tx {
     }
 
     /// Adds instances found for a pending launch and retires the pending record.
-    fn adopt_launch(&mut self, token: &str, found: &[Launched]) {
+    fn adopt_launch(&mut self, token: &str, found: &[Launched], request_ids: &[String]) {
         let Some(pos) = self.fleet.pending.iter().position(|p| p.token == token) else {
             return;
         };
@@ -634,6 +637,7 @@ impl Tx {
         self.changes.push(Change::Launched {
             token: token.to_string(),
             instances: ids,
+            request_ids: request_ids.to_vec(),
         });
         // A double launch (an emulator that ignores ClientToken, or a lost race) leaves extras:
         // they belong to no decision, so they go.
@@ -1295,7 +1299,7 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
             .collect();
         found.sort_by(|a, b| (a.launched_at, &a.id).cmp(&(b.launched_at, &b.id)));
         if !found.is_empty() {
-            tx.adopt_launch(&pending.token, &found);
+            tx.adopt_launch(&pending.token, &found, &[]);
         } else if pending.lease_until <= now && tx.fleet.quarantined.contains_key(&pending.image) {
             tx.drop_pending(
                 &pending.token,
@@ -1332,6 +1336,7 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                 if inst.disposal.is_some() {
                     tx.changes.push(Change::Terminated {
                         instances: vec![inst.id.clone()],
+                        request_ids: Vec::new(),
                     });
                 } else {
                     tx.changes.push(Change::Vanished {
@@ -1419,6 +1424,7 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                 if inst.disposal.is_some() {
                     tx.changes.push(Change::Terminated {
                         instances: vec![inst.id.clone()],
+                        request_ids: Vec::new(),
                     });
                 } else {
                     tx.changes.push(Change::Vanished {
@@ -1781,9 +1787,16 @@ pub fn record_outcomes(fleet: &Fleet, outcomes: &[Outcome], now: Timestamp) -> S
     let mut tx = Tx::new(fleet, now);
     for outcome in outcomes {
         match outcome {
-            Outcome::Launched { token, instances } => tx.adopt_launch(token, instances),
+            Outcome::Launched {
+                token,
+                instances,
+                request_ids,
+            } => tx.adopt_launch(token, instances, request_ids),
             Outcome::LaunchFailed { token, error } => tx.drop_pending(token, error.clone()),
-            Outcome::Terminated { instances } => {
+            Outcome::Terminated {
+                instances,
+                request_ids,
+            } => {
                 for id in instances {
                     let replaced = tx.fleet.instances.get(id).and_then(|i| {
                         let d = i.disposal.as_ref()?;
@@ -1794,6 +1807,7 @@ pub fn record_outcomes(fleet: &Fleet, outcomes: &[Outcome], now: Timestamp) -> S
                                 Outcome::Launched {
                                     token: t,
                                     instances,
+                                    ..
                                 } if t == token => Some(instances.iter().map(|l| l.id.clone())),
                                 _ => None,
                             })
@@ -1810,6 +1824,7 @@ pub fn record_outcomes(fleet: &Fleet, outcomes: &[Outcome], now: Timestamp) -> S
                 }
                 tx.changes.push(Change::Terminated {
                     instances: instances.clone(),
+                    request_ids: request_ids.clone(),
                 });
             }
             Outcome::TerminateFailed { instances, error } => {

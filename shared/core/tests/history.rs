@@ -312,6 +312,7 @@ impl World {
                 self.ec2.terminate(instances);
                 outcomes.push(Outcome::Terminated {
                     instances: instances.clone(),
+                    request_ids: Vec::new(),
                 });
             }
         }
@@ -328,6 +329,7 @@ impl World {
                         outcomes.push(Outcome::Launched {
                             token: token.clone(),
                             instances,
+                            request_ids: Vec::new(),
                         });
                     }
                     Err(error) => outcomes.push(Outcome::LaunchFailed {
@@ -347,6 +349,7 @@ impl World {
                     self.ec2.terminate(instances);
                     outcomes.push(Outcome::Terminated {
                         instances: instances.clone(),
+                        request_ids: Vec::new(),
                     });
                 }
             }

@@ -520,6 +520,7 @@ impl Sim {
                 self.ec2.terminate(instances);
                 outcomes.push(Outcome::Terminated {
                     instances: instances.clone(),
+                    request_ids: Vec::new(),
                 });
                 self.record_moment(c, false);
             }
@@ -537,6 +538,7 @@ impl Sim {
                         outcomes.push(Outcome::Launched {
                             token: token.clone(),
                             instances,
+                            request_ids: Vec::new(),
                         });
                     }
                     Err(error) => outcomes.push(Outcome::LaunchFailed {
@@ -557,6 +559,7 @@ impl Sim {
                     self.ec2.terminate(instances);
                     outcomes.push(Outcome::Terminated {
                         instances: instances.clone(),
+                        request_ids: Vec::new(),
                     });
                     self.record_moment(c, false);
                 }
@@ -1227,7 +1230,8 @@ fn instances_launched_before_a_crash_are_adopted_not_launched_again() {
     let adopted: Vec<InstanceId> = sim.ec2.vms.keys().cloned().collect();
     assert!(found.changes.contains(&Change::Launched {
         token: token.clone(),
-        instances: adopted
+        instances: adopted,
+        request_ids: Vec::new(),
     }));
     assert!(sim.fleet.pending.is_empty());
     sim.tick(secs(30));

@@ -1283,7 +1283,11 @@ impl Sim {
                             ids(instances.iter().map(|l| &l.id))
                         ));
                         ex.launched_ok.insert(token.clone());
-                        ex.outcomes.push(Outcome::Launched { token, instances });
+                        ex.outcomes.push(Outcome::Launched {
+                            token,
+                            instances,
+                            request_ids: Vec::new(),
+                        });
                     }
                     Ok(_) => {
                         self.stats.launch_failures += 1;
@@ -1350,7 +1354,10 @@ impl Sim {
                             inv.n,
                             ids(terminated.iter())
                         ));
-                        ex.outcomes.push(Outcome::Terminated { instances: gone });
+                        ex.outcomes.push(Outcome::Terminated {
+                            instances: gone,
+                            request_ids: Vec::new(),
+                        });
                     }
                     Err(e) => {
                         self.note(format!(
@@ -1768,13 +1775,15 @@ fn summarize(step: &Step) -> String {
                 ..
             } => format!("decide {token} x{count} {image}"),
             Change::LaunchRetried { token } => format!("retry {token}"),
-            Change::Launched { token, instances } => {
+            Change::Launched {
+                token, instances, ..
+            } => {
                 format!("adopt {token}: {}", ids(instances.iter()))
             }
             Change::LaunchFailed { token, .. } => format!("{token} failed"),
             Change::TerminationDecided { instance, reason } => format!("end {instance} ({reason})"),
-            Change::Terminated { instances } if instances.is_empty() => continue,
-            Change::Terminated { instances } => format!("gone {}", ids(instances.iter())),
+            Change::Terminated { instances, .. } if instances.is_empty() => continue,
+            Change::Terminated { instances, .. } => format!("gone {}", ids(instances.iter())),
             Change::HealthChanged { instance, health } => format!(
                 "{instance} {}",
                 match health {
