@@ -104,9 +104,9 @@ async fn a_duplicate_arriving_while_the_first_is_in_flight_returns_without_actin
 async fn an_in_progress_record_whose_invocation_died_expires_and_the_retry_finishes_the_work() {
     let (w, victim) = fleet_of_two().await;
     let env = health_failed(&w, &victim);
-    // Calls 1-3 read the instance and its fleet; call 4 commits the decision and claims the
-    // event. The invocation dies right after it.
-    assert!(w.deliver_crashing(&env, 4).await);
+    // Calls 1-2 read the instance and its fleet (Query on the index, one BatchGetItem); call 3
+    // commits the decision and claims the event. The invocation dies right after it.
+    assert!(w.deliver_crashing(&env, 3).await);
     let record = w.store.event_record(&env.id).await.unwrap().unwrap();
     assert_eq!(record.status, "INPROGRESS");
 

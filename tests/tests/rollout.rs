@@ -395,3 +395,71 @@ async fn plan_shows_exactly_what_the_rollout_then_does() {
         .collect();
     assert_eq!(planned, done, "plan vs rollout");
 }
+
+/// Publishes `HealthCheckPassed` for every live instance of the fleet not yet healthy, as an
+/// application health checker does, and delivers the events.
+async fn report_healthy(h: &Harness) {
+    let f = h.fleet("web").await;
+    for i in f
+        .instances
+        .values()
+        .filter(|i| i.is_live() && !i.is_healthy())
+    {
+        h.publish(&phoenix_core::events::Intent::HealthCheckPassed {
+            instance: i.id.clone(),
+        })
+        .await;
+    }
+    h.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_event_that_completes_a_wave_starts_the_next_wave_at_once() {
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let b = h.register_image("web-b").await;
+    h.apply(
+        &FleetFile::new("web", &a, 4)
+            .surge("2")
+            .policy("health_check: event"),
+    );
+    for _ in 0..10 {
+        h.drain().await;
+        h.dispatcher.tick().await.unwrap();
+        report_healthy(&h).await;
+        if phoenix_tests::converged(&h.fleet("web").await) {
+            break;
+        }
+    }
+    assert!(phoenix_tests::converged(&h.fleet("web").await));
+
+    h.publish(&phoenix_core::events::Intent::ImageReady {
+        fleet: phoenix_core::FleetName::parse("web").unwrap(),
+        image: b.clone(),
+    })
+    .await;
+    h.drain().await;
+    // EC2 reports wave 1 running (in AWS its state-change events say so).
+    h.dispatcher.tick().await.unwrap();
+    let waves = |f: &phoenix_core::model::Fleet| f.rollout.as_ref().unwrap().waves.len();
+    assert_eq!(waves(&h.fleet("web").await), 1);
+    assert_eq!(on_image(&h, &b).await, 2);
+
+    // The health checker reports wave 1 healthy. No scheduled reconcile runs: the event that
+    // completed the wave started the next one.
+    report_healthy(&h).await;
+    let f = h.fleet("web").await;
+    assert_eq!(waves(&f), 2, "{:#?}", f.rollout);
+    assert_eq!(on_image(&h, &b).await, 4);
+    let started = h
+        .history("web")
+        .await
+        .into_iter()
+        .find(|e| {
+            e.changes
+                .iter()
+                .any(|c| matches!(c, Change::WaveStarted { wave: 2, .. }))
+        })
+        .expect("wave 2 started");
+    assert_eq!(started.cause.detail_type, "HealthCheckPassed");
+}

@@ -19,6 +19,8 @@ use tracing::info;
 
 /// TerminateInstances accepts up to 1000 ids; Karpenter uses batches of 500, and so do we.
 const TERMINATE_BATCH: usize = 500;
+/// Values per DescribeInstances filter (AWS allows 200).
+const FILTER_VALUES: usize = 200;
 /// DescribeInstanceStatus takes at most 100 ids per call.
 const STATUS_BATCH: usize = 100;
 
@@ -47,15 +49,18 @@ pub trait Compute: Send + Sync {
         &self,
         fleet: &FleetName,
     ) -> impl Future<Output = Result<Vec<Observed>>> + Send;
-    /// Launches `count` instances for one decision. Idempotent per token: instances already
-    /// carrying the token are returned instead of launching again, and the token is EC2's
-    /// ClientToken as well.
+    /// Launches `count` instances for one decision. Idempotent per token: the token is EC2's
+    /// ClientToken, and for a decision carried out again (`fresh` false: an earlier invocation
+    /// may have launched it and died) instances already carrying the token are returned instead
+    /// of launching again. A fresh decision, committed by this invocation a moment ago, cannot
+    /// have been launched before, so it skips that lookup.
     fn launch(
         &self,
         spec: &FleetSpec,
         token: &str,
         image: &ImageId,
         count: u32,
+        fresh: bool,
     ) -> impl Future<Output = Result<LaunchOutput>> + Send;
     /// Terminates those of `ids` that carry the fleet's tag; ids without the tag are never
     /// touched, and are not among those reported gone.
@@ -245,12 +250,16 @@ impl Compute for Ec2Compute {
         token: &str,
         image: &ImageId,
         count: u32,
+        fresh: bool,
     ) -> Result<LaunchOutput> {
         // Belt and braces beside ClientToken: if a previous attempt launched (and we crashed before
         // recording it), the instances carry the token tag.
-        let existing = self
-            .describe(vec![tag_filter(TAG_TOKEN, token), not_terminated()])
-            .await?;
+        let existing = if fresh {
+            Vec::new()
+        } else {
+            self.describe(vec![tag_filter(TAG_TOKEN, token), not_terminated()])
+                .await?
+        };
         if !existing.is_empty() {
             info!(%token, found = existing.len(), "instances of this launch decision exist already");
             return Ok(LaunchOutput {
@@ -343,21 +352,27 @@ impl Compute for Ec2Compute {
         if ids.is_empty() {
             return Ok(TerminateOutput::default());
         }
-        // Re-validate just before the destructive act: only instances that EC2 says carry this
-        // fleet's tag are terminated. Anything else is left alone.
-        let wanted: BTreeSet<&str> = ids.iter().map(InstanceId::as_str).collect();
-        let tagged = self
-            .describe(vec![
-                tag_filter(TAG_FLEET, fleet.as_str()),
-                not_terminated(),
-            ])
-            .await?;
-        let alive: BTreeSet<String> = tagged
-            .iter()
-            .filter_map(|i| i.instance_id.clone())
-            .filter(|id| wanted.contains(id.as_str()))
-            .collect();
-        let alive: Vec<String> = alive.into_iter().collect();
+        // Re-validate just before the destructive act, by id (so the cost follows the ids, not
+        // the fleet): only instances EC2 shows alive with this fleet's tag are terminated; alive
+        // without it, they are not ours and are left alone; not alive, they are gone already.
+        let mut alive = Vec::new();
+        let mut foreign = BTreeSet::new();
+        for chunk in ids.chunks(FILTER_VALUES) {
+            let by_id = Filter::builder()
+                .name("instance-id")
+                .set_values(Some(chunk.iter().map(|id| id.to_string()).collect()))
+                .build();
+            for i in self.describe(vec![by_id, not_terminated()]).await? {
+                let Some(id) = i.instance_id.clone() else {
+                    continue;
+                };
+                if tag_value(i.tags.as_deref(), TAG_FLEET).as_deref() == Some(fleet.as_str()) {
+                    alive.push(id);
+                } else {
+                    foreign.insert(id);
+                }
+            }
+        }
         let mut request_ids = Vec::new();
         for chunk in alive.chunks(TERMINATE_BATCH) {
             match self
@@ -384,23 +399,6 @@ impl Compute for Ec2Compute {
                 Err(e) => return Err(sdk(e)),
             }
         }
-        // Ids that were not alive with our tag are either gone already (success) or alive without
-        // it (not ours: left alone and not reported as terminated).
-        let rest: Vec<String> = ids
-            .iter()
-            .map(|id| id.to_string())
-            .filter(|id| !alive.contains(id))
-            .collect();
-        let foreign: BTreeSet<String> = if rest.is_empty() {
-            BTreeSet::new()
-        } else {
-            let by_id = Filter::builder()
-                .name("instance-id")
-                .set_values(Some(rest))
-                .build();
-            let found = self.describe(vec![by_id, not_terminated()]).await?;
-            found.into_iter().filter_map(|i| i.instance_id).collect()
-        };
         Ok(TerminateOutput {
             gone: ids
                 .iter()

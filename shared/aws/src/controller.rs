@@ -496,7 +496,8 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                     let needs_fleet = step
                         .changes
                         .iter()
-                        .any(|c| matches!(c, Change::RepairDeferred { .. }));
+                        .any(|c| matches!(c, Change::RepairDeferred { .. }))
+                        || self.completes_wave(&committed, &step.changes).await?;
                     let name = committed.spec.name.clone();
                     let claimed = in_progress.then_some(key);
                     let mut done =
@@ -526,6 +527,16 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
             }
         }
         Err(Error::Conflict(id.to_string()))
+    }
+
+    /// Whether an instance event may have made the rollout's current wave healthy (see
+    /// `planner::wave_to_recheck`): then the fleet is reconciled at once.
+    async fn completes_wave(&self, fleet: &Fleet, changes: &[Change]) -> Result<bool> {
+        let Some(wave) = planner::wave_to_recheck(fleet, changes) else {
+            return Ok(false);
+        };
+        let members = self.store.load_partial(&fleet.spec.name, wave).await?;
+        Ok(planner::wave_healthy(&members))
     }
 
     /// Publishes the transitions users route to chat or paging (`RolloutStarted`, `WaveHealthy`,
@@ -567,6 +578,15 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
         let mut unsettled = 0usize;
         let mut deferred = false;
         let mut launched_ok = std::collections::BTreeSet::new();
+        // Decisions this invocation committed just now (not ones carried out again).
+        let fresh: std::collections::BTreeSet<&String> = step
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::LaunchDecided { token, .. } => Some(token),
+                _ => None,
+            })
+            .collect();
         let (first, rest): (Vec<&Command>, Vec<&Command>) = step.commands.iter().partition(|c| {
             matches!(
                 c,
@@ -597,7 +617,11 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                     token,
                     image,
                     count,
-                } => match self.compute.launch(&fleet.spec, token, image, *count).await {
+                } => match self
+                    .compute
+                    .launch(&fleet.spec, token, image, *count, fresh.contains(token))
+                    .await
+                {
                     Ok(out) if !out.instances.is_empty() => {
                         launched_ok.insert(token.clone());
                         outcomes.push(Outcome::Launched {

@@ -15,8 +15,8 @@
 
 use crate::error::{Error, Result};
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, DeleteRequest, Put, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, Update, WriteRequest,
+    AttributeValue, Delete, DeleteRequest, KeysAndAttributes, Put,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::Duration;
@@ -196,25 +196,7 @@ impl DynamoStore {
         let item = out
             .item
             .ok_or_else(|| Error::NotFound(format!("unknown fleet {name}")))?;
-        let mut fleet: Fleet =
-            serde_json::from_str(get_s(&item, "state")?).map_err(|e| corrupt("fleet", e))?;
-        fleet.version = get_s_or_n(&item, "version")?;
-        fleet.complete = false;
-        Ok(fleet)
-    }
-
-    async fn get_instance(&self, name: &FleetName, id: &InstanceId) -> Result<Option<Instance>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(fleet_pk(name)))
-            .key("sk", s(inst_sk(id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk)?;
-        out.item.map(|item| decode_instance(&item)).transpose()
+        decode_meta(&item)
     }
 
     fn fleet_item(fleet: &Fleet, now: Timestamp) -> Result<HashMap<String, AttributeValue>> {
@@ -272,6 +254,15 @@ fn get_s_or_n(item: &HashMap<String, AttributeValue>, key: &str) -> Result<u64> 
         .ok_or_else(|| corrupt(key, "number missing"))
 }
 
+/// The fleet record (`META`), without its instances.
+fn decode_meta(item: &HashMap<String, AttributeValue>) -> Result<Fleet> {
+    let mut fleet: Fleet =
+        serde_json::from_str(get_s(item, "state")?).map_err(|e| corrupt("fleet", e))?;
+    fleet.version = get_s_or_n(item, "version")?;
+    fleet.complete = false;
+    Ok(fleet)
+}
+
 fn decode_instance(item: &HashMap<String, AttributeValue>) -> Result<Instance> {
     serde_json::from_str(get_s(item, "data")?).map_err(|e| corrupt("instance", e))
 }
@@ -326,12 +317,68 @@ impl StateStore for DynamoStore {
         self.load_partial(&name, std::slice::from_ref(id)).await
     }
 
+    /// The fleet record and the instances in one strongly consistent BatchGetItem per 100 keys:
+    /// an instance event reads two items in one request, whatever the fleet's size.
     async fn load_partial(&self, name: &FleetName, ids: &[InstanceId]) -> Result<Fleet> {
-        let mut fleet = self.get_meta(name).await?;
-        for id in ids {
-            if let Some(inst) = self.get_instance(name, id).await? {
-                fleet.instances.insert(id.clone(), inst);
+        let key = |sk: String| {
+            HashMap::from([
+                ("pk".to_string(), s(fleet_pk(name))),
+                ("sk".to_string(), s(sk)),
+            ])
+        };
+        let keys: Vec<_> = std::iter::once(key("META".into()))
+            .chain(ids.iter().map(|id| key(inst_sk(id))))
+            .collect();
+        let mut meta = None;
+        let mut instances = Vec::new();
+        for chunk in keys.chunks(BATCH_GET) {
+            let mut pending = chunk.to_vec();
+            for attempt in 0.. {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(pending))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| corrupt("request", e))?;
+                let mut out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                for item in out
+                    .responses
+                    .as_mut()
+                    .and_then(|r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    if get_s(&item, "sk")? == "META" {
+                        meta = Some(decode_meta(&item)?);
+                    } else {
+                        instances.push(decode_instance(&item)?);
+                    }
+                }
+                // Keys DynamoDB did not get to (throttling, size): asked again, with a pause.
+                pending = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if pending.is_empty() {
+                    break;
+                }
+                if attempt >= 10 {
+                    return Err(Error::Throttled {
+                        service: "dynamodb",
+                        message: format!("{} keys left unprocessed by BatchGetItem", pending.len()),
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
             }
+        }
+        let mut fleet = meta.ok_or_else(|| Error::NotFound(format!("unknown fleet {name}")))?;
+        for inst in instances {
+            fleet.instances.insert(inst.id.clone(), inst);
         }
         Ok(fleet)
     }
@@ -668,6 +715,8 @@ fn decode_event(item: &HashMap<String, AttributeValue>) -> Result<EventRecordIte
 
 /// BatchWriteItem takes at most 25 requests.
 const BATCH_WRITE: usize = 25;
+/// BatchGetItem takes at most 100 keys.
+const BATCH_GET: usize = 100;
 
 impl DynamoStore {
     /// Deletes every item of a fleet's partition but its record (instances, history), in batches.

@@ -7,11 +7,10 @@
 use crate::events::{Cause, Change};
 use crate::ids::{FleetName, ImageId, InstanceId};
 use crate::model::{
-    Fleet, Health, Instance, Lifecycle, PendingLaunch, Rollout, RolloutPolicy, RolloutStatus,
-    Timestamp, Wave,
+    Fleet, Health, Instance, Instances, Lifecycle, PendingLaunch, Rollout, RolloutPolicy,
+    RolloutStatus, Timestamp, Wave,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// One committed change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,7 +65,7 @@ pub fn replay_to_version(entries: &[HistoryEntry], version: u64) -> Option<Fleet
 
 fn replay_while(entries: &[HistoryEntry], keep: impl Fn(&HistoryEntry) -> bool) -> Option<Fleet> {
     let mut fleet: Option<Fleet> = None;
-    let mut instances = BTreeMap::new();
+    let mut instances = Instances::new();
     for entry in entries.iter().take_while(|e| keep(e)) {
         for inst in &entry.instances {
             instances.insert(inst.id.clone(), inst.clone());

@@ -7,6 +7,7 @@ use crate::quantity::{Quantity, Rounding};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The largest capacity a fleet may ask for. A guard against typos (`capacity: 40000` for 40),
 /// not a limit of the design.
@@ -664,6 +665,106 @@ pub struct Breaker {
     pub shared: Option<String>,
 }
 
+/// A fleet's instance records by id, shared copy-on-write. The planner is a pure function: each
+/// step starts from a copy of the fleet it was given. With thousands of instances, copying every
+/// record (and its strings) cost far more than the planning itself, so a copy shares them
+/// instead: cloning is O(1); the first change copies the map's index (ids and pointers) once,
+/// and only the records actually changed are copied.
+#[derive(Clone, Default)]
+pub struct Instances(Arc<BTreeMap<InstanceId, Arc<Instance>>>);
+
+impl Instances {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn contains_key(&self, id: &InstanceId) -> bool {
+        self.0.contains_key(id)
+    }
+    pub fn get(&self, id: &InstanceId) -> Option<&Instance> {
+        self.0.get(id).map(|i| &**i)
+    }
+    /// The record to change, copied first if another fleet value shares it.
+    pub fn get_mut(&mut self, id: &InstanceId) -> Option<&mut Instance> {
+        if !self.0.contains_key(id) {
+            return None;
+        }
+        Arc::make_mut(&mut self.0).get_mut(id).map(Arc::make_mut)
+    }
+    /// Adds or replaces a record, returning the one it replaced.
+    pub fn insert(&mut self, id: InstanceId, instance: Instance) -> Option<Instance> {
+        Arc::make_mut(&mut self.0)
+            .insert(id, Arc::new(instance))
+            .map(Arc::unwrap_or_clone)
+    }
+    pub fn remove(&mut self, id: &InstanceId) -> Option<Instance> {
+        if !self.0.contains_key(id) {
+            return None;
+        }
+        Arc::make_mut(&mut self.0)
+            .remove(id)
+            .map(Arc::unwrap_or_clone)
+    }
+    pub fn retain(&mut self, mut keep: impl FnMut(&InstanceId, &Instance) -> bool) {
+        Arc::make_mut(&mut self.0).retain(|id, i| keep(id, i));
+    }
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+    /// In id order, as every iterator here.
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &InstanceId> + ExactSizeIterator {
+        self.0.keys()
+    }
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &Instance> + ExactSizeIterator {
+        self.0.values().map(|i| &**i)
+    }
+    pub fn iter(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = (&InstanceId, &Instance)> + ExactSizeIterator {
+        self.0.iter().map(|(id, i)| (id, &**i))
+    }
+}
+
+impl PartialEq for Instances {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for Instances {}
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl std::ops::Index<&InstanceId> for Instances {
+    type Output = Instance;
+    fn index(&self, id: &InstanceId) -> &Instance {
+        &self.0[id]
+    }
+}
+
+impl FromIterator<(InstanceId, Instance)> for Instances {
+    fn from_iter<T: IntoIterator<Item = (InstanceId, Instance)>>(iter: T) -> Self {
+        Instances(Arc::new(
+            iter.into_iter().map(|(id, i)| (id, Arc::new(i))).collect(),
+        ))
+    }
+}
+
+impl Extend<(InstanceId, Instance)> for Instances {
+    fn extend<T: IntoIterator<Item = (InstanceId, Instance)>>(&mut self, iter: T) {
+        Arc::make_mut(&mut self.0).extend(iter.into_iter().map(|(id, i)| (id, Arc::new(i))));
+    }
+}
+
 /// Everything phoenix records about one fleet. `instances` may hold only part of the fleet (an
 /// instance-scoped event loads just its instance); `complete` says which.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -705,7 +806,7 @@ pub struct Fleet {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub budget_exhausted: bool,
     #[serde(skip)]
-    pub instances: BTreeMap<InstanceId, Instance>,
+    pub instances: Instances,
     #[serde(skip)]
     pub complete: bool,
 }
@@ -728,7 +829,7 @@ impl Fleet {
             failures: Vec::new(),
             disruptions: Vec::new(),
             budget_exhausted: false,
-            instances: BTreeMap::new(),
+            instances: Instances::new(),
             complete: true,
         }
     }

@@ -15,20 +15,24 @@ use crate::error::{Error, Result};
 use crate::events::{Change, ControlAction, Intent, ScaleTarget};
 use crate::ids::{ImageId, InstanceId};
 use crate::model::{
-    Breaker, Disposal, Fleet, FleetSpec, Health, Instance, Lifecycle, Observed, Pause,
+    Breaker, Disposal, Fleet, FleetSpec, Health, Instance, Instances, Lifecycle, Observed, Pause,
     PendingLaunch, Quarantine, RecentFailure, Rollout, RolloutStatus, Timestamp, Wave,
     MAX_CAPACITY,
 };
 use crate::quantity::Rounding;
 use chrono::Duration;
 use serde::Serialize;
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Most instances launched by one step. A step is committed in one DynamoDB transaction (at most
-/// 100 writes), and each launched instance becomes one item; larger waves take several steps.
-pub const MAX_LAUNCHES_PER_STEP: u32 = 30;
-/// Most instances terminated by one step, for the same reason (a tombstone is two writes).
-pub const MAX_TERMINATIONS_PER_STEP: usize = 30;
+/// 100 writes), and so are its outcomes: each instance launched and each terminated becomes one
+/// item write there, beside the fleet record, the history entry and the event record. 45 + 45
+/// stays within `MAX_TOUCHED_PER_STEP`; a wave (one step) is at most this large, so a 1000-instance
+/// rollout with a surge of 50 takes 23 waves where 20 would do.
+pub const MAX_LAUNCHES_PER_STEP: u32 = 45;
+/// Most instances terminated by one step, for the same reason.
+pub const MAX_TERMINATIONS_PER_STEP: usize = 45;
 /// Most instance items one step may touch in all.
 pub const MAX_TOUCHED_PER_STEP: usize = 90;
 /// How long the invocation that decided a launch or termination owns it. After that, any reconcile
@@ -773,7 +777,7 @@ impl Tx {
     /// deadline, sends the rollout back to the previous image and quarantines the new one.
     pub(crate) fn health_gate(&mut self) {
         let now = self.now;
-        let Some(r) = self.fleet.rollout.clone() else {
+        let Some(r) = self.fleet.rollout.as_ref() else {
             return;
         };
         if !matches!(r.status, RolloutStatus::InProgress | RolloutStatus::Paused) {
@@ -1241,31 +1245,32 @@ fn control(tx: &mut Tx, action: ControlAction) {
 pub fn reconcile(fleet: &Fleet, observed: &[Observed], now: Timestamp) -> Step {
     let mut tx = Tx::new(fleet, now);
     // The counters are derived: a full view is the moment to correct any drift.
-    tx.fleet.live = tx.fleet.live_instances().count() as u32;
-    tx.fleet.failed = tx.fleet.live_instances().filter(|i| i.is_failed()).count() as u32;
+    let (live, failed) = tx.fleet.live_instances().fold((0, 0), |(live, failed), i| {
+        (live + 1, failed + u32::from(i.is_failed()))
+    });
+    tx.fleet.live = live;
+    tx.fleet.failed = failed;
     observe(&mut tx, observed);
     tx.wake();
     tx.health_gate();
     tx.breaker();
-    // Failed instances first: they are the most urgent and cost no availability.
-    let failed: Vec<InstanceId> = tx
-        .fleet
-        .live_instances()
-        .filter(|i| i.is_failed() && i.disposal.is_none())
-        .map(|i| i.id.clone())
-        .collect();
+    // Failed instances first: they are the most urgent and cost no availability. Then instances
+    // owed a replacement by a notice (waiting for their window or for room). Both found in one
+    // pass: `retire` passes over any that a repair has just taken.
+    let (mut failed, mut retiring) = (Vec::new(), Vec::new());
+    for i in tx.fleet.live_instances().filter(|i| i.disposal.is_none()) {
+        if i.is_failed() {
+            failed.push(i.id.clone());
+        }
+        if i.retirement.is_some() {
+            retiring.push(i.id.clone());
+        }
+    }
     for id in failed {
         if tx.room_to_touch() {
             tx.repair(&id);
         }
     }
-    // Then instances owed a replacement by a notice (waiting for their window or for room).
-    let retiring: Vec<InstanceId> = tx
-        .fleet
-        .live_instances()
-        .filter(|i| i.retirement.is_some() && i.disposal.is_none())
-        .map(|i| i.id.clone())
-        .collect();
     for id in retiring {
         if tx.room_to_touch() {
             tx.retire(&id);
@@ -1281,7 +1286,6 @@ pub fn reconcile(fleet: &Fleet, observed: &[Observed], now: Timestamp) -> Step {
 
 fn observe(tx: &mut Tx, observed: &[Observed]) {
     let now = tx.now;
-    let by_id: BTreeMap<&InstanceId, &Observed> = observed.iter().map(|o| (&o.id, o)).collect();
 
     // Pending launches: adopt what EC2 has for them, or launch again once the lease ran out.
     for pending in tx.fleet.pending.clone() {
@@ -1325,13 +1329,15 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
         }
     }
 
-    // Recorded instances: follow EC2's view of them.
-    let recorded: Vec<Instance> = tx.fleet.live_instances().cloned().collect();
-    for inst in recorded {
+    // Recorded instances: follow EC2's view of them, as they were before this loop changed any
+    // (a snapshot: a clone of the shared records, not a copy of them).
+    let recorded = tx.fleet.instances.clone();
+    let (reports, known) = match_observed(&recorded, observed);
+    for (inst, report) in reports.into_iter().filter(|(i, _)| i.is_live()) {
         if !tx.room_to_touch() {
             break;
         }
-        match by_id.get(&inst.id) {
+        match report {
             Some(o) if o.state.is_gone() => {
                 if inst.disposal.is_some() {
                     tx.changes.push(Change::Terminated {
@@ -1440,9 +1446,12 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
 
     // Tagged with the fleet, but owned by no record and no pending decision: terminate.
     let pending_tokens: BTreeSet<&str> = fleet_tokens(&tx.fleet);
+    // (The loop above neither adds nor removes records: `known` still says which have one.)
     let orphans: Vec<InstanceId> = observed
         .iter()
-        .filter(|o| !o.state.is_gone() && !tx.fleet.instances.contains_key(&o.id))
+        .zip(known)
+        .filter(|(o, known)| !known && !o.state.is_gone())
+        .map(|(o, _)| o)
         .filter(|o| {
             o.token
                 .as_deref()
@@ -1458,6 +1467,61 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
         });
         tx.terminate_now.push(id);
     }
+}
+
+/// Pairs each recorded instance, in id order, with what EC2 reports about it (the later report
+/// if there are two), and says which reports belong to a record. A merge of both lists in id
+/// order: a map lookup per instance cost more than the rest of a pass over a large fleet.
+fn match_observed<'r, 'o>(
+    recorded: &'r Instances,
+    observed: &'o [Observed],
+) -> (Vec<(&'r Instance, Option<&'o Observed>)>, Vec<bool>) {
+    // Positions in `observed` by id (EC2 lists instances in no particular order); with equal
+    // ids, the later last.
+    let mut order: Vec<([u64; 3], usize)> = observed
+        .iter()
+        .enumerate()
+        .map(|(k, o)| (id_key(&o.id), k))
+        .collect();
+    order.sort_unstable();
+    let mut order = order.into_iter().peekable();
+    let mut known = vec![false; observed.len()];
+    let reports = recorded
+        .iter()
+        .map(|(id, inst)| {
+            let key = id_key(id);
+            let mut report = None;
+            while let Some(&(other, k)) = order.peek() {
+                match other.cmp(&key) {
+                    Ordering::Less => {}
+                    Ordering::Equal => {
+                        known[k] = true;
+                        report = Some(&observed[k]);
+                    }
+                    Ordering::Greater => break,
+                }
+                order.next();
+            }
+            (inst, report)
+        })
+        .collect();
+    (reports, known)
+}
+
+/// An instance id as numbers, to sort thousands without comparing strings: a valid id is at
+/// most 19 ASCII bytes (`i-` and 8 or 17 hex digits), so its first 24 bytes, zero-padded, tell
+/// it apart from any other and sort as its text does.
+fn id_key(id: &InstanceId) -> [u64; 3] {
+    let mut bytes = [0u8; 24];
+    let text = id.as_str().as_bytes();
+    let n = text.len().min(bytes.len());
+    bytes[..n].copy_from_slice(&text[..n]);
+    let word = |k: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[k * 8..k * 8 + 8]);
+        u64::from_be_bytes(w)
+    };
+    [word(0), word(1), word(2)]
 }
 
 fn fleet_tokens(fleet: &Fleet) -> BTreeSet<&str> {
@@ -1503,6 +1567,20 @@ fn new_image_cap(fleet: &Fleet, current_new: u32) -> Option<u32> {
     Some(cap)
 }
 
+/// Leaves in `items` only its first `k` in `order`, in that order: a selection, then a sort of
+/// `k` items rather than all of them.
+fn first_in_order<T>(items: &mut Vec<T>, k: usize, mut order: impl FnMut(&T, &T) -> Ordering) {
+    if k == 0 {
+        items.clear();
+        return;
+    }
+    if k < items.len() {
+        items.select_nth_unstable_by(k - 1, &mut order);
+        items.truncate(k);
+    }
+    items.sort_by(order);
+}
+
 fn checkpoint_count(capacity: u32, percent: u32) -> u32 {
     crate::quantity::Quantity::Percent(percent)
         .resolve(capacity, Rounding::Up)
@@ -1518,20 +1596,15 @@ fn roll_and_scale(tx: &mut Tx) {
     let target = tx.fleet.spec.image.clone();
 
     // Instances that stay (no termination decided), and those leaving only after a launch.
-    let keep: Vec<&Instance> = tx
-        .fleet
-        .live_instances()
-        .filter(|i| i.disposal.is_none())
-        .collect();
-    let leaving_later = tx
-        .fleet
-        .live_instances()
-        .filter(|i| {
-            i.disposal
-                .as_ref()
-                .is_some_and(|d| d.after_launch.is_some())
-        })
-        .count() as u32;
+    let mut keep: Vec<&Instance> = Vec::new();
+    let mut leaving_later = 0;
+    for i in tx.fleet.live_instances() {
+        match &i.disposal {
+            None => keep.push(i),
+            Some(d) if d.after_launch.is_some() => leaving_later += 1,
+            Some(_) => {}
+        }
+    }
     let pending = tx.fleet.pending_count();
     let total = keep.len() as u32 + pending;
 
@@ -1554,14 +1627,18 @@ fn roll_and_scale(tx: &mut Tx) {
     let order = |a: &&Instance, b: &&Instance| {
         (a.is_healthy(), a.launched_at, &a.id).cmp(&(b.is_healthy(), b.launched_at, &b.id))
     };
-    old.sort_by(order);
-    new.sort_by(order);
+    // At most `limit` go, taken from each list in this order (healthy ones last, and skipped
+    // only once no more may go): only the first `limit` of a list can be chosen, so only those
+    // are put in order. Sorting a whole large fleet cost more than the rest of the pass.
+    let room = MAX_TERMINATIONS_PER_STEP.saturating_sub(tx.terminations_this_step());
+    let limit = room.min(MAX_TOUCHED_PER_STEP.saturating_sub(tx.touched.len()));
 
-    let mut remove: Vec<(InstanceId, String)> = Vec::new();
+    let mut remove: Vec<(&Instance, String)> = Vec::new();
     if old.is_empty() {
         let excess = total.saturating_sub(capacity) as usize;
-        for i in new.iter().take(excess) {
-            remove.push((i.id.clone(), format!("scale in to {capacity}")));
+        first_in_order(&mut new, excess.min(limit), order);
+        for i in &new {
+            remove.push((i, format!("scale in to {capacity}")));
         }
     } else {
         let mut can_remove = total
@@ -1580,13 +1657,16 @@ fn roll_and_scale(tx: &mut Tx) {
             Some(RolloutStatus::InProgress) => format!("replaced by image {target}"),
             _ => format!("scale in to {capacity}"),
         };
-        for i in old.iter().take(can_remove) {
-            remove.push((i.id.clone(), reason.clone()));
+        first_in_order(&mut old, can_remove.min(limit), order);
+        for i in &old {
+            remove.push((i, reason.clone()));
         }
         // A scale-in during a rollout: drop new instances beyond capacity too.
         let new_total = new.len() as u32 + pending;
-        for i in new.iter().take(new_total.saturating_sub(capacity) as usize) {
-            remove.push((i.id.clone(), format!("scale in to {capacity}")));
+        let excess = new_total.saturating_sub(capacity) as usize;
+        first_in_order(&mut new, excess.min(limit), order);
+        for i in &new {
+            remove.push((i, format!("scale in to {capacity}")));
         }
     }
     // Pending launches count towards capacity above, but serve nothing yet: a scale-in must not
@@ -1597,8 +1677,8 @@ fn roll_and_scale(tx: &mut Tx) {
         .filter(|i| i.is_healthy())
         .count()
         .saturating_sub(budget.min_healthy as usize);
-    remove.retain(|(id, _)| {
-        if keep.iter().any(|i| &i.id == id && i.is_healthy()) {
+    remove.retain(|(i, _)| {
+        if i.is_healthy() {
             if spare == 0 {
                 return false;
             }
@@ -1606,18 +1686,18 @@ fn roll_and_scale(tx: &mut Tx) {
         }
         true
     });
-    let room = MAX_TERMINATIONS_PER_STEP.saturating_sub(tx.terminations_this_step());
-    remove.truncate(room.min(MAX_TOUCHED_PER_STEP.saturating_sub(tx.touched.len())));
+    remove.truncate(limit);
     let wanted = remove.len();
     if let Some(hourly) = tx.hourly_room() {
         remove.truncate(hourly);
     }
     let blocked_by_budget = remove.len() < wanted;
-    let removed_new = remove
-        .iter()
-        .filter(|(id, _)| new.iter().any(|i| &i.id == id))
-        .count() as u32;
+    let removed_new = remove.iter().filter(|(i, _)| i.image == target).count() as u32;
     let removed = remove.len() as u32;
+    let remove: Vec<(InstanceId, String)> = remove
+        .into_iter()
+        .map(|(i, reason)| (i.id.clone(), reason))
+        .collect();
     drop(new);
     drop(old);
     drop(keep);
@@ -1685,13 +1765,18 @@ fn roll_and_scale(tx: &mut Tx) {
 /// every instance runs its target image, healthy (Succeeded, or RolledBack when going back).
 fn track_rollout(tx: &mut Tx) {
     let now = tx.now;
-    let Some(rollout) = tx.fleet.rollout.clone().filter(|r| r.status.is_active()) else {
+    // Read in place rather than copied: a large rollout's waves list thousands of instances.
+    let Some(rollout) = tx.fleet.rollout.as_ref().filter(|r| r.status.is_active()) else {
         return;
     };
     let pending: BTreeSet<&str> = fleet_tokens(&tx.fleet);
     let mut changes = Vec::new();
-    let mut waves = rollout.waves.clone();
-    for wave in waves.iter_mut().filter(|w| w.healthy_at.is_none()) {
+    // Waves that just became healthy, by position.
+    let mut healthy_waves = Vec::new();
+    for (n, wave) in rollout.waves.iter().enumerate() {
+        if wave.healthy_at.is_some() {
+            continue;
+        }
         let launched_all = wave.tokens.iter().all(|t| !pending.contains(t.as_str()));
         let live: Vec<&Instance> = wave
             .launched
@@ -1700,13 +1785,17 @@ fn track_rollout(tx: &mut Tx) {
             .filter(|i| i.is_live())
             .collect();
         if launched_all && !live.is_empty() && live.iter().all(|i| i.is_healthy()) {
-            wave.healthy_at = Some(now);
+            healthy_waves.push(n);
             changes.push(Change::WaveHealthy {
                 rollout: rollout.id,
                 wave: wave.number,
             });
         }
     }
+    let first_wave_was_unhealthy = rollout
+        .waves
+        .first()
+        .is_some_and(|w| w.healthy_at.is_none());
     let target = tx.fleet.spec.image.clone();
     let capacity = tx.fleet.spec.capacity as usize;
     let live: Vec<&Instance> = tx.fleet.live_instances().collect();
@@ -1723,15 +1812,13 @@ fn track_rollout(tx: &mut Tx) {
             .iter()
             .all(|i| i.image == target && i.is_healthy() && i.disposal.is_none());
     let policy = tx.fleet.spec.policy.clone();
-    let canary_just_healthy = policy.canary.is_some()
-        && rollout
-            .waves
-            .first()
-            .is_some_and(|w| w.healthy_at.is_none())
-        && waves.first().is_some_and(|w| w.healthy_at.is_some());
+    let canary_just_healthy =
+        policy.canary.is_some() && first_wave_was_unhealthy && healthy_waves.first() == Some(&0);
     let mut pause = None;
     if let Some(r) = tx.fleet.rollout.as_mut() {
-        r.waves = waves;
+        for n in healthy_waves {
+            r.waves[n].healthy_at = Some(now);
+        }
         if done {
             r.status = if r.status == RolloutStatus::RollingBack {
                 RolloutStatus::RolledBack
@@ -1840,4 +1927,34 @@ pub fn record_outcomes(fleet: &Fleet, outcomes: &[Outcome], now: Timestamp) -> S
         track_rollout(&mut tx);
     }
     tx.finish()
+}
+
+/// After an instance event: the instances of the rollout's current wave, if the event made one
+/// of them healthy. The wave may now be complete; if those instances (read alone, not the whole
+/// fleet) are all healthy (`wave_healthy`), the controller reconciles the fleet at once so the
+/// next wave starts now, not at the next scheduled reconcile (up to a minute later, every wave).
+pub fn wave_to_recheck<'a>(fleet: &'a Fleet, changes: &[Change]) -> Option<&'a [InstanceId]> {
+    let wave = fleet
+        .rollout
+        .as_ref()
+        .filter(|r| r.status == RolloutStatus::InProgress)?
+        .waves
+        .last()
+        .filter(|w| w.healthy_at.is_none())?;
+    changes
+        .iter()
+        .any(|c| {
+            matches!(c, Change::HealthChanged { instance, health: Health::Healthy }
+                if wave.launched.contains(instance))
+        })
+        .then_some(wave.launched.as_slice())
+}
+
+/// Whether every live instance of `members` (a fleet loaded with one wave's instances) is healthy.
+pub fn wave_healthy(members: &Fleet) -> bool {
+    members
+        .instances
+        .values()
+        .filter(|i| i.is_live())
+        .all(|i| i.is_healthy())
 }

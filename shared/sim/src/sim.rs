@@ -201,10 +201,10 @@ fn quantity(rng: &mut Rng, choices: &[&str]) -> Quantity {
 
 impl Scenario {
     fn draw(rng: &mut Rng, ec2: &mut Ec2) -> Scenario {
-        // Now and then a large fleet, so that steps reach their limits (30 launches, 30
+        // Now and then a large fleet, so that steps reach their limits (45 launches, 45
         // terminations, 90 instances touched) and waves take several steps.
         let capacity = if rng.chance(40) {
-            rng.range(25, 45) as u32
+            rng.range(40, 70) as u32
         } else {
             *rng.pick(&[0, 1, 2, 3, 4, 4, 5, 6, 6, 8, 10])
         };
@@ -1068,11 +1068,18 @@ impl Sim {
                     Ok(committed) => {
                         self.committed(&step.changes);
                         self.note(format!("inv#{} commits v{}", inv.n, committed.version));
+                        // As the controller: after an instance event, reconcile the whole fleet
+                        // if a repair was deferred (the breaker needs the whole fleet) or the
+                        // event may have made the rollout's current wave healthy.
                         let follow_up = matches!(inv.kind, Kind::Instance { .. })
-                            && step
+                            && (step
                                 .changes
                                 .iter()
-                                .any(|c| matches!(c, Change::RepairDeferred { .. }));
+                                .any(|c| matches!(c, Change::RepairDeferred { .. }))
+                                || planner::wave_to_recheck(&committed, &step.changes)
+                                    .is_some_and(|wave| {
+                                        planner::wave_healthy(&self.store.load_partial(wave))
+                                    }));
                         inv.phase = Phase::Exec(Box::new(Exec {
                             involved: committed.instances.keys().cloned().collect(),
                             version: committed.version,
@@ -1201,10 +1208,8 @@ impl Sim {
 
     fn after_execute(&mut self, mut inv: Inv, clean: bool, follow_up: bool) -> Next {
         if follow_up {
-            // The controller reconciles the whole fleet after an instance event that deferred a
-            // repair (tripping the breaker needs the whole fleet).
             self.note(format!(
-                "inv#{} reconciles the fleet after a deferred repair",
+                "inv#{} reconciles the fleet after its instance event",
                 inv.n
             ));
             inv.kind = Kind::Fleet {

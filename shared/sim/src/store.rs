@@ -153,7 +153,7 @@ impl Store {
             }
         }
         let mut meta = next.clone();
-        meta.instances = BTreeMap::new();
+        meta.instances = Default::default();
         meta.complete = false;
         self.meta = meta;
         match event {
