@@ -20,7 +20,7 @@ LOW_PRIORITY := nice -n 19
 # the same way each time and the AWS SDK is compiled once per profile and target.
 BIN_ARGS := --workspace $(addprefix --bin ,$(FUNCTIONS))
 
-.PHONY: help venv binaries lambda-toolchain build bench-lambda deploy demo test test-rust check-template lint fmt up down clean
+.PHONY: help bench bench-planner venv binaries lambda-toolchain build bench-lambda deploy demo test test-rust check-template lint fmt up down clean
 
 help:
 	@echo "make demo          set everything up and play the demo on the local AWS emulator"
@@ -28,6 +28,8 @@ help:
 	@echo "make up            start the local stack (emulator, table, rules, dispatcher); make down stops it"
 	@echo "make lint          cargo fmt --check and clippy -D warnings"
 	@echo "make chaos         the reliability report: duplicates, concurrency, AWS faults, crashes, lost events"
+	@echo "make bench         the benchmark report (BENCHMARKS.md): planner, AWS calls, storm, Lambda size and init"
+	@echo "make bench-aws     AWS requests and DynamoDB capacity per operation, per-event work vs fleet size, an event storm"
 	@echo "make build         release zips of the four Lambda functions for arm64 (cargo-lambda; long cold build)"
 	@echo "make bench-lambda  zip size and init time of each function (builds release binaries first)"
 	@echo "make deploy        sam build + sam deploy --guided to your AWS account (see docs/deploy.md)"
@@ -126,3 +128,22 @@ sim: binaries
 .PHONY: chaos
 chaos: venv binaries
 	$(TARGET_DIR)/debug/chaos $(CHAOS_ARGS)
+
+# The AWS side of the benchmark report on the emulator (tests/src/bench.rs): requests and DynamoDB
+# capacity per operation (an SDK interceptor on the controller's clients), one health event's work
+# in a fleet of 10 and of 10 000, and a storm of 10 000 events at concurrency 50 with the chaos
+# checks; markdown tables, exit 1 if a guarantee broke. Not part of `make test`.
+# `BENCH_ARGS="--small"` or `"--only storm --events 2000"` narrows it.
+.PHONY: bench-aws
+bench-aws: venv binaries
+	$(TARGET_DIR)/debug/bench $(BENCH_ARGS)
+
+# The whole benchmark report (BENCHMARKS.md), each figure next to its limit: planner CPU time per
+# event and a 1000-instance rollout's waves (release build of phoenix-core's example; the core has
+# no AWS SDK, so this is quick), the AWS side on the emulator (bench-aws), and each function's zip
+# size and init time (bench-lambda: release builds, long when cold). Not part of `make test`.
+bench: bench-planner bench-aws bench-lambda
+
+bench-planner:
+	$(LOW_PRIORITY) cargo build --release --workspace --example bench_planner
+	$(TARGET_DIR)/release/examples/bench_planner

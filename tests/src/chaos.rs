@@ -272,6 +272,23 @@ pub struct World {
     started: Instant,
 }
 
+/// The SDK clients of the controller under test.
+pub struct ControllerClients {
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub ec2: aws_sdk_ec2::Client,
+    pub events: aws_sdk_eventbridge::Client,
+}
+
+impl ControllerClients {
+    pub fn new(sdk: &SdkConfig) -> Self {
+        ControllerClients {
+            dynamodb: aws_sdk_dynamodb::Client::new(sdk),
+            ec2: aws_sdk_ec2::Client::new(sdk),
+            events: aws_sdk_eventbridge::Client::new(sdk),
+        }
+    }
+}
+
 /// The SDK configuration of the controller under test: through the proxy, the production retry
 /// mode (standard, 4 attempts), and the production timeouts — or, where timeouts are injected,
 /// short ones so that each costs seconds, not half a minute.
@@ -308,6 +325,17 @@ impl World {
     /// `faults`: for scenarios that inject faults — short timeouts, and the proxy honours
     /// idempotency tokens as AWS does, since it loses answers after AWS acted.
     pub async fn start_with(seed: u64, images: usize, faults: bool) -> Result<World> {
+        Self::start_custom(seed, images, faults, ControllerClients::new).await
+    }
+
+    /// `start_with`, with the controller's clients built by `clients` from the SDK configuration
+    /// that goes through the proxy (to attach an interceptor, say).
+    pub async fn start_custom(
+        seed: u64,
+        images: usize,
+        faults: bool,
+        clients: impl FnOnce(&SdkConfig) -> ControllerClients,
+    ) -> Result<World> {
         let emulator = Emulator::start()?;
         let proxy = FaultProxy::start_with(&emulator.endpoint, seed, true, faults).await?;
         let direct = emulator_sdk_config(&emulator.endpoint).await;
@@ -319,10 +347,11 @@ impl World {
         let clock: Clock = Arc::new(move || {
             chrono::Utc::now() + chrono::Duration::seconds(offset.load(Ordering::SeqCst))
         });
+        let clients = clients(&sdk);
         let controller = Arc::new(Controller {
-            store: DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), "phoenix"),
-            compute: Ec2Compute::new(aws_sdk_ec2::Client::new(&sdk)),
-            bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&sdk), "default"),
+            store: DynamoStore::new(clients.dynamodb, "phoenix"),
+            compute: Ec2Compute::new(clients.ec2),
+            bus: EventBridgeBus::new(clients.events, "default"),
             clock,
             intake: Default::default(),
         });

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod bench;
 pub mod chaos;
 pub mod faults;
 pub mod runtime_api;

@@ -69,6 +69,45 @@ fn fleet(size: u32) -> (Fleet, Vec<Observed>) {
     (f, observed)
 }
 
+/// A fleet of `size` healthy instances on image 1 created two hours before `now`, surge 5 %
+/// (50 of 1 000), no instance unavailable: what a rollout starts from.
+fn rollout_fleet(size: u32, now: DateTime<Utc>) -> Fleet {
+    let yaml = format!(
+        "name: web\nimage: {}\ncapacity: {size}\ninstance_type: t3.micro\npolicy:\n  max_surge: \"5%\"\n  max_unavailable: 0\n",
+        ami(1)
+    );
+    let spec = FleetSpec::from_yaml(&yaml).expect("spec");
+    let mut f = Fleet::new(spec, now - Duration::hours(2));
+    f.version = 3;
+    for n in 0..size {
+        let id = InstanceId::parse(&format!("i-{:08x}", 0x1000 + n)).expect("id");
+        f.instances.insert(
+            id.clone(),
+            Instance {
+                id,
+                image: ami(1),
+                launched_at: now - Duration::minutes(90),
+                state: Lifecycle::Running,
+                health: Health::Healthy,
+                signals: Signals {
+                    ec2_ok: true,
+                    passed: false,
+                },
+                token: format!("web-seed-{n}"),
+                zone: None,
+                instance_type: None,
+                disposal: None,
+                terminated_at: None,
+                taints: Vec::new(),
+                retirement: None,
+            },
+        );
+        f.live += 1;
+    }
+    f.complete = true;
+    f
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
@@ -134,4 +173,16 @@ fn main() {
         println!("{size:<10} {rest:>16.3} {image:>18.3} {health:>22.4}");
     }
     println!("goal: image event at 10 000 instances <= 1 ms");
+
+    // The waves of a rollout of 1 000 instances with a surge of 50 (the fleet's 5 %), as the
+    // planner carries it out (its dry run, `phoenix plan`), against the floor ceil(N / surge).
+    let f = rollout_fleet(1_000, now);
+    let plan =
+        phoenix_core::dryrun::plan_rollout(&f, &ami(2), now, Duration::minutes(1)).expect("plan");
+    let waves = plan.passes.iter().filter_map(|p| p.wave).max().unwrap_or(0);
+    let floor = 1_000u32.div_ceil(50);
+    println!(
+        "rollout of 1 000 instances, surge 50: {waves} waves, floor ceil(1000/50) = {floor}, ratio {:.2}",
+        f64::from(waves) / f64::from(floor)
+    );
 }
