@@ -1,8 +1,8 @@
 //! Planner CPU time per event, for fleets of 100 to 100 000 instances.
 //!
-//! Run it in release (the command is in BENCHMARKS.md). It prints the median time of each kind of
-//! planning work; the goal is 1 ms for a fleet of 10 000. What EC2 reports comes in no particular
-//! order, as DescribeInstances returns it, so matching it to the records is part of the cost.
+//! `make bench-planner` runs it in release. It prints the median time of each kind of planning
+//! work; the goal is 1 ms for a fleet of 10 000. What EC2 reports comes in no particular order, as
+//! DescribeInstances returns it, so matching it to the records is part of the cost.
 
 use chrono::{DateTime, Duration, Utc};
 use phoenix_core::events::Intent;

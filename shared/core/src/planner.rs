@@ -796,16 +796,18 @@ impl Tx {
             // Instances of this rollout only: launched since it started (EC2 stamps launch times to
             // the second, hence the one-second allowance). An instance that already ran the
             // target image before (a rollout back to an older image) says nothing about it.
-            .filter(|i| {
-                i.image == r.to
-                    && i.is_live()
-                    && i.launched_at + Duration::seconds(1) >= r.started_at
-            })
+            // (Health first: the cheapest test, and the one that almost always fails.)
             .find_map(|i| match &i.health {
-                Health::Unhealthy { reason } => Some(format!(
-                    "{} on {} failed its health check: {reason}",
-                    i.id, r.to
-                )),
+                Health::Unhealthy { reason }
+                    if i.image == r.to
+                        && i.is_live()
+                        && i.launched_at + Duration::seconds(1) >= r.started_at =>
+                {
+                    Some(format!(
+                        "{} on {} failed its health check: {reason}",
+                        i.id, r.to
+                    ))
+                }
                 _ => None,
             });
         let deadline = self.fleet.spec.policy.progress_deadline;

@@ -63,17 +63,29 @@ async fn main() {
         sizes.storm_fleets,
         sizes.concurrency
     );
-    let sections = match run(&sizes, &only, &mut |line| eprintln!("  {line}")).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("bench: a section could not run: {e:#}");
-            std::process::exit(1);
+    // Each section is printed as soon as it is done: the storm is long.
+    let mut ok = true;
+    for key in ["requests", "scaling", "storm"] {
+        if !only.is_empty() && !only.iter().any(|o| o == key) {
+            continue;
         }
-    };
-    for s in &sections {
-        println!("{}", s.markdown());
+        let sections = match run(&sizes, &[key.to_string()], &mut |line| {
+            eprintln!("  {line}")
+        })
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("bench: the {key} section could not run: {e:#}");
+                std::process::exit(1);
+            }
+        };
+        for s in &sections {
+            println!("{}", s.markdown());
+            ok &= s.ok;
+        }
     }
-    if sections.iter().any(|s| !s.ok) {
+    if !ok {
         std::process::exit(1);
     }
 }
