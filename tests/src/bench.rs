@@ -727,8 +727,9 @@ impl Bench {
 
     /// A converged fleet of `capacity` instances, set up without the controller's per-step reads,
     /// which make setting up a large fleet on the emulator quadratic (every reconcile step reads
-    /// the whole fleet from DynamoDB and EC2; a step launches at most 30 instances; and every
-    /// emulated transaction copies the whole table). The same decisions in the same order: the
+    /// the whole fleet from DynamoDB and EC2; a step launches at most
+    /// `planner::MAX_LAUNCHES_PER_STEP` instances; and every emulated transaction copies the
+    /// whole table). The same decisions in the same order: the
     /// planner's steps, folded in memory as the store would commit them; every launch through
     /// the real EC2 adapter (same tags, same tokens; a fresh decision, as the controller launches
     /// one it has just committed), observed as EC2 then reports it (running, checks ok); then
@@ -1390,10 +1391,11 @@ pub async fn per_event_scaling(sizes: &Sizes, progress: &mut impl FnMut(&str)) -
          emulator. The fleets are set up from the planner's own steps with the real EC2 adapter, \
          their items bulk-written in the store's layout and read back through the store \
          (`Bench::seed_fleet`): through the controller's reconciles the setup is quadratic on the \
-         emulator (each step of at most 30 launches reads the whole fleet, and each emulated \
+         emulator (each step of at most {} launches reads the whole fleet, and each emulated \
          transaction copies the whole table) — hours for 10 000.\n\n",
         sizes.small_fleet,
         thousands(u64::from(sizes.large_fleet)),
+        planner::MAX_LAUNCHES_PER_STEP,
     );
     body.push_str(&table(
         &[
