@@ -463,3 +463,87 @@ async fn the_health_event_that_completes_a_wave_starts_the_next_wave_at_once() {
         .expect("wave 2 started");
     assert_eq!(started.cause.detail_type, "HealthCheckPassed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_of_50_replacing_50_is_recorded_in_two_transactions() {
+    // 100 instances, a surge of 50, health by event: the event that completes wave 1 terminates
+    // the 50 it replaces and launches wave 2 in one step. Its outcomes are 100 instance records,
+    // more than one DynamoDB transaction holds (100 writes with the fleet record and the history
+    // entry): they are recorded in two, and no wave is made smaller for it.
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let b = h.register_image("web-b").await;
+    h.apply(&FleetFile::new("web", &a, 100).surge("50"));
+    for _ in 0..10 {
+        h.drain().await;
+        h.dispatcher.tick().await.unwrap();
+        if phoenix_tests::converged(&h.fleet("web").await) {
+            break;
+        }
+    }
+    assert!(phoenix_tests::converged(&h.fleet("web").await));
+    h.apply(
+        &FleetFile::new("web", &a, 100)
+            .surge("50")
+            .policy("health_check: event"),
+    );
+
+    h.publish(&phoenix_core::events::Intent::ImageReady {
+        fleet: phoenix_core::FleetName::parse("web").unwrap(),
+        image: b.clone(),
+    })
+    .await;
+    h.drain().await;
+    h.dispatcher.tick().await.unwrap();
+    assert_eq!(on_image(&h, &b).await, 50);
+    report_healthy(&h).await;
+    // Wave 2 launched and the 50 that wave 1 replaced gone.
+    assert_eq!(on_image(&h, &b).await, 100);
+    assert_eq!(on_image(&h, &a).await, 50);
+    let f = h.fleet("web").await;
+    let rollout = f.rollout.as_ref().unwrap();
+    assert_eq!(rollout.waves.len(), 2);
+    assert!(rollout.waves.iter().all(|w| w.launched.len() == 50));
+
+    let mut history = h.history("web").await;
+    history.sort_by_key(|e| e.version);
+    let terminated = |e: &phoenix_aws::store::HistoryEntry| -> usize {
+        e.changes
+            .iter()
+            .map(|c| match c {
+                Change::Terminated { instances, .. } => instances.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    let launched = |e: &phoenix_aws::store::HistoryEntry| -> usize {
+        e.changes
+            .iter()
+            .map(|c| match c {
+                Change::Launched { instances, .. } => instances.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    let k = history
+        .iter()
+        .position(|e| terminated(e) == 50)
+        .expect("wave 1's 50 old instances terminated in one entry");
+    let (first, second) = (&history[k], &history[k + 1]);
+    assert_eq!(launched(first), 0);
+    assert_eq!(launched(second), 50, "{:#?}", second.changes);
+    assert_eq!(second.version, first.version + 1);
+    assert_eq!(first.cause, second.cause, "both outcomes of the one step");
+    assert!(first.instances.len() <= 92 && second.instances.len() <= 92);
+
+    for _ in 0..5 {
+        report_healthy(&h).await;
+        h.dispatcher.tick().await.unwrap();
+        if phoenix_tests::converged(&h.fleet("web").await) {
+            break;
+        }
+    }
+    let f = h.fleet("web").await;
+    assert!(phoenix_tests::converged(&f), "{:#?}", f.rollout);
+    assert_eq!(on_image(&h, &b).await, 100);
+}

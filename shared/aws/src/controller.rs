@@ -701,34 +701,57 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
             );
         }
         let involved: Vec<InstanceId> = fleet.instances.keys().cloned().collect();
+        // The event is completed with the last part: until then a crash leaves it in progress,
+        // and the next reconcile finishes what the other parts did not record.
         let completes = claimed
             .filter(|_| unsettled == 0)
             .map(EventRecord::Complete);
-        // Recording outcomes is what the deadline's reserve is kept for: retried until the
-        // deadline itself (an unrecorded launch is adopted by the next reconcile anyway).
+        let parts = planner::outcome_parts(&outcomes);
+        let last = parts.len() - 1;
+        for (k, part) in parts.into_iter().enumerate() {
+            let event = completes.filter(|_| k == last);
+            let (committed, recorded) = self
+                .record_part(fleet, &involved, &outcomes, part, cause, event, deadline)
+                .await?;
+            changes.extend(recorded);
+            fleet = committed;
+        }
+        Ok(report(&name, FleetOutcome::Changed, &fleet, changes).with_failures(failures))
+    }
+
+    /// Commits one part of a step's outcomes (`planner::outcome_parts`). Recording outcomes is
+    /// what the deadline's reserve is kept for: retried until the deadline itself (an unrecorded
+    /// launch is adopted by the next reconcile anyway). Returns the fleet as committed and the
+    /// changes recorded.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_part(
+        &self,
+        mut fleet: Fleet,
+        involved: &[InstanceId],
+        outcomes: &[Outcome],
+        part: std::ops::Range<usize>,
+        cause: &Cause,
+        event: Option<EventRecord<'_>>,
+        deadline: Deadline,
+    ) -> Result<(Fleet, Vec<Change>)> {
+        let name = fleet.spec.name.clone();
         for attempt in 0..conflict_attempts(deadline) {
             if deadline.remaining() == Some(Duration::ZERO) {
                 break;
             }
             let now = self.now();
-            let record = planner::record_outcomes(&fleet, &outcomes, now);
-            match self
-                .store
-                .commit(&fleet, &record, cause, completes, now)
-                .await
-            {
+            let record = planner::record_outcome_part(&fleet, outcomes, part.clone(), now);
+            match self.store.commit(&fleet, &record, cause, event, now).await {
                 Ok(committed) => {
                     self.announce(&committed, &record.changes).await;
-                    changes.extend(record.changes);
-                    return Ok(report(&name, FleetOutcome::Changed, &committed, changes)
-                        .with_failures(failures));
+                    return Ok((committed, record.changes));
                 }
                 Err(Error::Conflict(_)) => {
                     backoff(attempt).await;
                     fleet = if fleet.complete {
                         self.store.load_fleet(&name).await?
                     } else {
-                        self.store.load_partial(&name, &involved).await?
+                        self.store.load_partial(&name, involved).await?
                     };
                 }
                 Err(e) => return Err(e),

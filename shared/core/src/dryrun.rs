@@ -250,8 +250,9 @@ impl World {
             peak = peak.max(live);
             floor = floor.min(healthy);
         }
-        if !outcomes.is_empty() {
-            let record = planner::record_outcomes(&self.fleet, &outcomes, self.now);
+        // In parts, one transaction each, as the executor records them.
+        for part in planner::outcome_parts(&outcomes) {
+            let record = planner::record_outcome_part(&self.fleet, &outcomes, part, self.now);
             self.commit(record);
         }
         let rollout = self.fleet.rollout.as_ref();

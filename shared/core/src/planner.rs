@@ -26,15 +26,15 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Most instances launched by one step. A step is committed in one DynamoDB transaction (at most
-/// 100 writes), and so are its outcomes: each instance launched and each terminated becomes one
-/// item write there, beside the fleet record, the history entry and the event record. 45 + 45
-/// stays within `MAX_TOUCHED_PER_STEP`; a wave (one step) is at most this large, so a 1000-instance
-/// rollout with a surge of 50 takes 23 waves where 20 would do.
-pub const MAX_LAUNCHES_PER_STEP: u32 = 45;
+/// 100 writes): each instance whose record it changes is one item write there, beside the fleet
+/// record, the history entry, the event record and (for a new fleet) the fleet index. Launches
+/// are recorded in the fleet record when decided, and each instance they started becomes an item
+/// when their outcome is recorded, which may take several transactions (`outcome_parts`).
+pub const MAX_LAUNCHES_PER_STEP: u32 = 92;
 /// Most instances terminated by one step, for the same reason.
-pub const MAX_TERMINATIONS_PER_STEP: usize = 45;
-/// Most instance items one step may touch in all.
-pub const MAX_TOUCHED_PER_STEP: usize = 90;
+pub const MAX_TERMINATIONS_PER_STEP: usize = 92;
+/// Most instance items one step, or one part of its outcomes, may write.
+pub const MAX_TOUCHED_PER_STEP: usize = 92;
 /// How long the invocation that decided a launch or termination owns it. After that, any reconcile
 /// may finish it. Longer than a Lambda invocation can live (15 min) would stall recovery; shorter
 /// than one RunInstances round trip would cause needless retries.
@@ -1871,10 +1871,51 @@ fn track_rollout(tx: &mut Tx) {
     }
 }
 
-/// Folds what the executor got back from EC2 into the fleet.
+/// Folds what the executor got back from EC2 into the fleet, as one step.
 pub fn record_outcomes(fleet: &Fleet, outcomes: &[Outcome], now: Timestamp) -> Step {
+    record_outcome_part(fleet, outcomes, 0..outcomes.len(), now)
+}
+
+/// How many instance records recording `outcome` writes.
+fn outcome_writes(outcome: &Outcome) -> usize {
+    match outcome {
+        Outcome::Launched { instances, .. } => instances.len(),
+        Outcome::Terminated { instances, .. } => instances.len(),
+        Outcome::LaunchFailed { .. } | Outcome::TerminateFailed { .. } => 0,
+    }
+}
+
+/// Splits a step's outcomes, in order, into parts that each write at most
+/// `MAX_TOUCHED_PER_STEP` instance records, so that each part is one transaction: a wave that
+/// launches 50 instances and terminates the 50 they replace records its 100 outcomes in two.
+/// One outcome is never split (a step launches and terminates at most that many at a time).
+pub fn outcome_parts(outcomes: &[Outcome]) -> Vec<std::ops::Range<usize>> {
+    let mut parts = Vec::new();
+    let (mut start, mut writes) = (0, 0);
+    for (k, outcome) in outcomes.iter().enumerate() {
+        let w = outcome_writes(outcome);
+        if k > start && writes + w > MAX_TOUCHED_PER_STEP {
+            parts.push(start..k);
+            (start, writes) = (k, 0);
+        }
+        writes += w;
+    }
+    if start < outcomes.len() {
+        parts.push(start..outcomes.len());
+    }
+    parts
+}
+
+/// Folds `outcomes[part]` into the fleet. The whole of `outcomes` names the instances that
+/// replaced the ones terminated here when they were launched in another part.
+pub fn record_outcome_part(
+    fleet: &Fleet,
+    outcomes: &[Outcome],
+    part: std::ops::Range<usize>,
+    now: Timestamp,
+) -> Step {
     let mut tx = Tx::new(fleet, now);
-    for outcome in outcomes {
+    for outcome in &outcomes[part] {
         match outcome {
             Outcome::Launched {
                 token,

@@ -6,8 +6,13 @@
 use chrono::{DateTime, Duration, Utc};
 use phoenix_core::dryrun::plan_rollout;
 use phoenix_core::events::{Change, ControlAction, Intent};
-use phoenix_core::model::{Fleet, FleetSpec, Health, Instance, Lifecycle, Quarantine, Signals};
-use phoenix_core::planner::{apply_intent, reconcile, update_spec};
+use phoenix_core::model::{
+    Fleet, FleetSpec, Health, Instance, Lifecycle, Observed, Quarantine, Signals,
+};
+use phoenix_core::planner::{
+    apply_intent, outcome_parts, reconcile, record_outcome_part, record_outcomes, update_spec,
+    Command, Launched, Outcome, MAX_TOUCHED_PER_STEP,
+};
 use phoenix_core::{FleetName, ImageId, InstanceId};
 
 fn t0() -> DateTime<Utc> {
@@ -91,6 +96,146 @@ fn a_plan_with_canary_bake_and_checkpoint_shows_each_stage() {
     // The bake and the checkpoint's pause show in the timing.
     let last = plan.passes.last().unwrap();
     assert!(last.at_seconds >= 15 * 60, "{}", last.at_seconds);
+}
+
+#[test]
+fn a_rollout_takes_the_fewest_waves_its_surge_allows() {
+    // 1 000 instances, a surge of 50: ceil(1000 / 50) = 20 waves, although each wave after the
+    // first launches 50 and terminates the 50 before it, more than one transaction records.
+    let f = fleet(1000, "  max_surge: 50\n  max_unavailable: 0\n");
+    let plan = plan_rollout(&f, &ami(2), t0(), Duration::minutes(1)).unwrap();
+    assert_eq!(plan.waves(), 20);
+    assert_eq!(plan.passes.iter().map(|p| p.launch).sum::<u32>(), 1000);
+    assert_eq!(
+        plan.passes.iter().map(|p| p.terminate.len()).sum::<usize>(),
+        1000
+    );
+    assert!(
+        plan.passes
+            .iter()
+            .all(|p| p.peak <= 1050 && p.healthy_floor >= 1000),
+        "{plan:#?}"
+    );
+}
+
+/// What EC2 reports for every live instance of `f`: running, checks passed.
+fn all_running(f: &Fleet) -> Vec<Observed> {
+    f.live_instances()
+        .map(|i| Observed {
+            id: i.id.clone(),
+            image: Some(i.image.clone()),
+            state: Lifecycle::Running,
+            status_ok: true,
+            launched_at: Some(i.launched_at),
+            token: Some(i.token.clone()),
+            zone: i.zone.clone(),
+            instance_type: i.instance_type.clone(),
+        })
+        .collect()
+}
+
+/// What EC2 answers to `commands`, in the executor's order (terminations first, then launches):
+/// everything done, new instances numbered from `next_id`.
+fn carried_out(commands: &[Command], next_id: &mut u64, now: DateTime<Utc>) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for c in commands {
+        if let Command::Terminate { instances, .. } = c {
+            outcomes.push(Outcome::Terminated {
+                instances: instances.clone(),
+                request_ids: vec!["r-terminate".into()],
+            });
+        }
+    }
+    for c in commands {
+        if let Command::Launch { token, count, .. } = c {
+            let instances = (0..*count)
+                .map(|_| {
+                    *next_id += 1;
+                    Launched {
+                        id: InstanceId::parse(&format!("i-{:017x}", *next_id)).unwrap(),
+                        launched_at: Some(now),
+                        state: Lifecycle::Running,
+                        zone: Some("us-east-1a".into()),
+                        instance_type: Some("t3.micro".into()),
+                    }
+                })
+                .collect();
+            outcomes.push(Outcome::Launched {
+                token: token.clone(),
+                instances,
+                request_ids: vec!["r-launch".into()],
+            });
+        }
+    }
+    outcomes
+}
+
+#[test]
+fn a_wave_too_large_for_one_transaction_is_recorded_in_parts_with_the_same_result() {
+    // With health by event, the instances of a wave are marked healthy one event at a time, so
+    // the step after the last one terminates 50 and launches 50: 100 instance records.
+    let mut f = fleet(
+        200,
+        "  max_surge: 50\n  max_unavailable: 0\n  health_check: event\n",
+    );
+    let mut next_id = 0xa000;
+    let image = Intent::ImageReady {
+        fleet: FleetName::parse("web").unwrap(),
+        image: ami(2),
+    };
+    // Wave 1 launches 50; once they run, the next step terminates 50 and launches 50.
+    let first = apply_intent(&f, &image, t0(), t0()).unwrap();
+    let first = first.then(|g| reconcile(g, &all_running(&f), t0()));
+    f = first.fleet.clone();
+    let outcomes = carried_out(&first.commands, &mut next_id, t0());
+    f = record_outcomes(&f, &outcomes, t0()).fleet;
+    // Each later step: its outcomes recorded part by part give what recording them at once
+    // gives, and some step needs more than one part.
+    let mut split = 0;
+    for minute in 1..120 {
+        let now = t0() + Duration::minutes(minute);
+        let observed = all_running(&f);
+        f = reconcile(&f, &observed, now).fleet;
+        let new: Vec<InstanceId> = f
+            .live_instances()
+            .filter(|i| i.image == ami(2) && !i.is_healthy())
+            .map(|i| i.id.clone())
+            .collect();
+        for instance in new {
+            let passed = Intent::HealthCheckPassed { instance };
+            f = apply_intent(&f, &passed, now, now).unwrap().fleet;
+        }
+        let step = reconcile(&f, &observed, now);
+        f = step.fleet.clone();
+        let outcomes = carried_out(&step.commands, &mut next_id, now);
+        let parts = outcome_parts(&outcomes);
+        if parts.len() > 1 {
+            split += 1;
+        }
+        let mut in_parts = f.clone();
+        let mut changes = Vec::new();
+        for part in parts {
+            let step = record_outcome_part(&in_parts, &outcomes, part, now);
+            assert!(step.touched.len() <= MAX_TOUCHED_PER_STEP);
+            changes.extend(step.changes);
+            in_parts = step.fleet;
+        }
+        let at_once = record_outcomes(&f, &outcomes, now);
+        assert_eq!(in_parts.instances, at_once.fleet.instances);
+        assert_eq!(in_parts.rollout, at_once.fleet.rollout);
+        assert_eq!(in_parts.live, at_once.fleet.live);
+        assert_eq!(changes.len(), at_once.changes.len());
+        for c in &at_once.changes {
+            assert!(changes.contains(c), "{c:?} missing from {changes:#?}");
+        }
+        f = in_parts;
+    }
+    assert!(
+        split > 0,
+        "no step launched and terminated more than one part holds"
+    );
+    assert!(f.live_instances().all(|i| i.image == ami(2)));
+    assert_eq!(f.live, 200);
 }
 
 #[test]

@@ -201,10 +201,11 @@ fn quantity(rng: &mut Rng, choices: &[&str]) -> Quantity {
 
 impl Scenario {
     fn draw(rng: &mut Rng, ec2: &mut Ec2) -> Scenario {
-        // Now and then a large fleet, so that steps reach their limits (45 launches, 45
-        // terminations, 90 instances touched) and waves take several steps.
+        // Now and then a large fleet, so that steps reach their limits (92 launches, 92
+        // terminations, 92 instances touched), outcomes take several transactions and waves
+        // several steps.
         let capacity = if rng.chance(40) {
-            rng.range(40, 70) as u32
+            rng.range(60, 130) as u32
         } else {
             *rng.pick(&[0, 1, 2, 3, 4, 4, 5, 6, 6, 8, 10])
         };
@@ -236,7 +237,13 @@ impl Scenario {
         // Every field is drawn; the update keeps this compiling when the policy grows one.
         #[allow(clippy::needless_update)]
         let policy = RolloutPolicy {
-            max_surge: quantity(rng, &["0", "1", "1", "2", "25%", "50%"]),
+            // Large fleets surge more, so that a step launches and terminates more instances
+            // than one transaction can record.
+            max_surge: if capacity >= 60 {
+                quantity(rng, &["2", "25%", "50%", "50%", "100%"])
+            } else {
+                quantity(rng, &["0", "1", "1", "2", "25%", "50%"])
+            },
             max_unavailable: quantity(rng, &["0", "0", "0", "1", "25%"]),
             health_check,
             warmup: Seconds(*rng.pick(&[0, 0, 30])),
@@ -400,6 +407,8 @@ struct Exec {
     version: u64,
     involved: Vec<InstanceId>,
     record_attempts: usize,
+    /// Parts of `outcomes` recorded so far (`planner::outcome_parts`: one transaction each).
+    parts_recorded: usize,
     /// The event whose record this invocation claimed `INPROGRESS` (commands followed).
     claimed: Option<String>,
     /// Commands not started (the deadline was near) or whose outcome is unknown.
@@ -623,6 +632,22 @@ impl Sim {
             message,
             state: self.dump(),
         });
+    }
+
+    /// A commit is one DynamoDB transaction of at most 100 writes: the fleet record, each touched
+    /// instance, the history entry and the event record.
+    fn check_transaction_size(&mut self, step: &Step) {
+        let instances = step
+            .touched
+            .iter()
+            .filter(|id| step.fleet.instances.get(id).is_some())
+            .count();
+        if instances + 3 > 100 {
+            self.violate(
+                "transaction too large",
+                format!("a commit writes {instances} instance records and 3 more items"),
+            );
+        }
     }
 
     /// The fleet's records and EC2's instances, one line each, for a failure report.
@@ -1064,6 +1089,7 @@ impl Sim {
                     id,
                     until: in_progress.then_some(inv.deadline),
                 });
+                self.check_transaction_size(&step);
                 match self.store.commit(&loaded, &step, claim, now) {
                     Ok(committed) => {
                         self.committed(&step.changes);
@@ -1089,6 +1115,7 @@ impl Sim {
                             launched_ok: BTreeSet::new(),
                             outcomes: Vec::new(),
                             record_attempts: 0,
+                            parts_recorded: 0,
                             claimed: key.filter(|_| in_progress),
                             unsettled: 0,
                             clean: true,
@@ -1133,16 +1160,28 @@ impl Sim {
                 if now >= inv.deadline {
                     return Next::Failed(inv, "deadline reached recording outcomes".into());
                 }
-                let record = self.cfg.variant.record(&ex.fleet, &ex.outcomes, now);
+                // One part per turn, as the controller commits them: a crash may fall between.
+                let parts = planner::outcome_parts(&ex.outcomes);
+                let last = ex.parts_recorded + 1 == parts.len();
+                let part = parts[ex.parts_recorded].clone();
+                let record = self.cfg.variant.record(&ex.fleet, &ex.outcomes, part, now);
                 let complete = ex
                     .claimed
                     .as_deref()
-                    .filter(|_| ex.unsettled == 0)
+                    .filter(|_| ex.unsettled == 0 && last)
                     .map(EventOp::Complete);
+                self.check_transaction_size(&record);
                 match self.store.commit(&ex.fleet, &record, complete, now) {
                     Ok(c) => {
                         self.committed(&record.changes);
                         self.note(format!("inv#{} records outcomes at v{}", inv.n, c.version));
+                        if !last {
+                            ex.parts_recorded += 1;
+                            ex.record_attempts = 0;
+                            ex.fleet = c;
+                            inv.phase = Phase::Exec(ex);
+                            return Next::Continue(inv);
+                        }
                         let clean = ex.clean;
                         let follow_up = ex.follow_up;
                         self.after_execute(inv, clean, follow_up)

@@ -76,8 +76,15 @@ impl Variant {
         Ok(self.rewrite(self.intent(fleet, intent, event_time, now)?))
     }
 
-    pub fn record(self, fleet: &Fleet, outcomes: &[Outcome], now: Timestamp) -> Step {
-        self.rewrite(planner::record_outcomes(fleet, outcomes, now))
+    /// Records `outcomes[part]` (one of `planner::outcome_parts`).
+    pub fn record(
+        self,
+        fleet: &Fleet,
+        outcomes: &[Outcome],
+        part: std::ops::Range<usize>,
+        now: Timestamp,
+    ) -> Step {
+        self.rewrite(planner::record_outcome_part(fleet, outcomes, part, now))
     }
 
     fn intent(
