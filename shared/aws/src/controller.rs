@@ -9,7 +9,9 @@
 //! 3. *execute* — terminations already covered, then launches (EC2 ClientToken = decision token,
 //!    instances tagged at creation), then terminations that waited for a launch. Crash after any
 //!    call: the tags let the next reconcile adopt what was launched; terminating again is harmless.
-//! 4. *record outcomes* — instance ids and terminations are committed the same way as 2.
+//! 4. *record outcomes* — instance ids and terminations are committed the same way as 2, in as
+//!    many transactions as they need (`planner::outcome_parts`). Crash between two: the next
+//!    reconcile finishes what the later parts would have recorded, as after a crash before 4.
 //!
 //! The event's record (`EVENT#<id>`) rides in those transactions: claimed in 2 (`INPROGRESS`
 //! until the invocation's deadline, or `COMPLETED` when no command follows), completed in 4. A
