@@ -474,14 +474,7 @@ async fn a_wave_of_50_replacing_50_is_recorded_in_two_transactions() {
     let a = h.register_image("web-a").await;
     let b = h.register_image("web-b").await;
     h.apply(&FleetFile::new("web", &a, 100).surge("50"));
-    for _ in 0..10 {
-        h.drain().await;
-        h.dispatcher.tick().await.unwrap();
-        if phoenix_tests::converged(&h.fleet("web").await) {
-            break;
-        }
-    }
-    assert!(phoenix_tests::converged(&h.fleet("web").await));
+    h.settle("web").await;
     h.apply(
         &FleetFile::new("web", &a, 100)
             .surge("50")

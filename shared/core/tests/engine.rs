@@ -120,18 +120,7 @@ fn a_rollout_takes_the_fewest_waves_its_surge_allows() {
 
 /// What EC2 reports for every live instance of `f`: running, checks passed.
 fn all_running(f: &Fleet) -> Vec<Observed> {
-    f.live_instances()
-        .map(|i| Observed {
-            id: i.id.clone(),
-            image: Some(i.image.clone()),
-            state: Lifecycle::Running,
-            status_ok: true,
-            launched_at: Some(i.launched_at),
-            token: Some(i.token.clone()),
-            zone: i.zone.clone(),
-            instance_type: i.instance_type.clone(),
-        })
-        .collect()
+    f.live_instances().map(Observed::running_ok).collect()
 }
 
 /// What EC2 answers to `commands`, in the executor's order (terminations first, then launches):
