@@ -1,7 +1,8 @@
 //! The reliability mechanisms one at a time, on the emulator behind the fault proxy: the event
 //! record's status and expiry (a duplicate in flight returns without acting; a record whose
 //! invocation died expires and the retry finishes the work), the invocation's deadline, a launch
-//! whose answer was lost, and the proxy's faults as the SDK sees them.
+//! whose answer was lost, a fleet-wide event that keeps losing the race for its fleet, and the
+//! proxy's faults as the SDK sees them.
 
 #![allow(clippy::unwrap_used)]
 
@@ -372,4 +373,128 @@ async fn the_fault_proxy_fails_each_service_the_way_aws_does() {
     let stats = proxy.stats();
     assert_eq!(stats.faults, 16);
     assert_eq!(stats.by_service.len(), 4);
+}
+
+/// EC2 as the controller sees it, but while it answers each of the first `races` reads of a
+/// fleet another writer commits to that fleet: every plan made from those reads loses its race.
+struct Contended {
+    ec2: phoenix_aws::compute::Ec2Compute,
+    store: phoenix_aws::store::DynamoStore,
+    races: std::sync::atomic::AtomicUsize,
+    clock: phoenix_aws::controller::Clock,
+}
+
+impl phoenix_aws::compute::Compute for Contended {
+    async fn describe_fleet(
+        &self,
+        fleet: &FleetName,
+    ) -> phoenix_aws::Result<Vec<phoenix_core::model::Observed>> {
+        let seen = self.ec2.describe_fleet(fleet).await?;
+        let left = self.races.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.races
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            let f = self.store.load_fleet(fleet).await?;
+            let mut step = phoenix_core::planner::Step::unchanged(&f);
+            step.changes.push(Change::Ignored {
+                reason: "another writer".into(),
+            });
+            let cause = phoenix_core::events::Cause {
+                event_id: None,
+                source: "test".into(),
+                detail_type: "another writer".into(),
+                event_time: None,
+            };
+            self.store
+                .commit(&f, &step, &cause, None, (self.clock)())
+                .await?;
+        }
+        Ok(seen)
+    }
+    async fn launch(
+        &self,
+        spec: &phoenix_core::model::FleetSpec,
+        token: &str,
+        image: &phoenix_core::ImageId,
+        count: u32,
+        fresh: bool,
+    ) -> phoenix_aws::Result<phoenix_aws::compute::LaunchOutput> {
+        self.ec2.launch(spec, token, image, count, fresh).await
+    }
+    async fn terminate(
+        &self,
+        fleet: &FleetName,
+        ids: &[phoenix_core::InstanceId],
+    ) -> phoenix_aws::Result<phoenix_aws::compute::TerminateOutput> {
+        self.ec2.terminate(fleet, ids).await
+    }
+    async fn image_exists(&self, image: &phoenix_core::ImageId) -> phoenix_aws::Result<bool> {
+        self.ec2.image_exists(image).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_request_that_keeps_losing_races_is_recorded_alone_then_carried_out() {
+    let (w, _) = fleet_of_two().await;
+    let name = FleetName::parse("web").unwrap();
+    // Ten lost races: as many attempts as an invocation without a deadline makes. Planning with
+    // EC2's view each time, the request would fail them all (and be retried, then dead-lettered).
+    let controller = phoenix_aws::controller::Controller {
+        store: w.store.clone(),
+        compute: Contended {
+            ec2: phoenix_aws::compute::Ec2Compute::new(w.ec2.clone()),
+            store: w.store.clone(),
+            races: 10.into(),
+            clock: w.controller.clock.clone(),
+        },
+        bus: phoenix_aws::bus::EventBridgeBus::new(
+            aws_sdk_eventbridge::Client::new(&w.direct),
+            "default",
+        ),
+        clock: w.controller.clock.clone(),
+        intake: Default::default(),
+    };
+    let scale = w.event(
+        &Intent::Scale {
+            fleet: name.clone(),
+            target: ScaleTarget::Delta(2),
+        },
+        w.now(),
+    );
+    let report = controller.handle(&scale, None).await.unwrap();
+    let f = &report.fleets[0];
+    assert_eq!(f.outcome, FleetOutcome::Changed);
+    assert!(f.failures.is_empty(), "{:?}", f.failures);
+    assert_eq!(f.launched.len(), 2, "{report:#?}");
+    assert_eq!(controller.compute.races.into_inner(), 0);
+
+    // After three lost races the intent was committed on its own (no EC2 read to go stale),
+    // then the fleet reconciled: two entries of this event, the capacity first.
+    let mine: Vec<_> = w
+        .store
+        .history(&name, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.cause.event_id.as_deref() == Some(scale.id.as_str()))
+        .collect();
+    assert!(mine.len() >= 2, "{mine:#?}");
+    assert!(matches!(
+        mine[0].changes.as_slice(),
+        [Change::CapacityChanged { .. }]
+    ));
+    assert!(mine[1..]
+        .iter()
+        .flat_map(|e| &e.changes)
+        .any(|c| matches!(c, Change::Launched { .. })));
+    assert_eq!(
+        w.store
+            .event_record(&scale.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "COMPLETED"
+    );
+    assert_eq!(w.live_ids("web").await.unwrap().len(), 4);
 }
