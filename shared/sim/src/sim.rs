@@ -1066,6 +1066,8 @@ impl Sim {
             Phase::Plan { loaded, observed } => {
                 let time = inv.delivery.event.time;
                 let planned = match &inv.kind {
+                    // The intent alone (loaded without EC2's view after lost races): planned
+                    // as an instance event's is, from the fleet record only.
                     Kind::Fleet {
                         intent: Some(intent),
                         ..
@@ -1125,9 +1127,11 @@ impl Sim {
                     Ok(committed) => {
                         self.committed(&step.changes);
                         self.note(format!("inv#{} commits v{}", inv.n, committed.version));
-                        // As the controller: after an instance event, reconcile the whole fleet
-                        // if a repair was deferred (the breaker needs the whole fleet) or the
-                        // event may have made the rollout's current wave healthy.
+                        // As the controller: after an intent committed alone, reconcile the
+                        // fleet (where the controller reports a failure of that reconcile, a
+                        // failure here redelivers the event, which finds it completed); after an
+                        // instance event, if a repair was deferred (the breaker needs the whole
+                        // fleet) or the event may have made the rollout's current wave healthy.
                         let alone = matches!(
                             inv.kind,
                             Kind::Fleet {
