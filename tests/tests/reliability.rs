@@ -7,16 +7,20 @@
 #![allow(clippy::unwrap_used)]
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-use phoenix_aws::controller::{Deadline, DEADLINE_RESERVE};
-use phoenix_aws::store::StateStore;
+use phoenix_aws::bus::EventBridgeBus;
+use phoenix_aws::compute::{Compute, Ec2Compute, LaunchOutput, TerminateOutput};
+use phoenix_aws::controller::{Clock, Controller, Deadline, DEADLINE_RESERVE};
+use phoenix_aws::store::{DynamoStore, StateStore};
 use phoenix_aws::{Error, FleetOutcome};
-use phoenix_core::events::{Change, Envelope, Intent, ScaleTarget};
-use phoenix_core::model::TAG_TOKEN;
-use phoenix_core::planner::LEASE;
-use phoenix_core::FleetName;
+use phoenix_core::events::{Cause, Change, Envelope, Intent, ScaleTarget};
+use phoenix_core::images::ImageFacts;
+use phoenix_core::model::{FleetSpec, Observed, TAG_TOKEN};
+use phoenix_core::planner::{Step, LEASE};
+use phoenix_core::{FleetName, ImageId, InstanceId};
 use phoenix_tests::chaos::World;
 use phoenix_tests::faults::{FaultConfig, FaultKind, FaultProxy};
 use phoenix_tests::Emulator;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -378,28 +382,26 @@ async fn the_fault_proxy_fails_each_service_the_way_aws_does() {
 /// EC2 as the controller sees it, but while it answers each of the first `races` reads of a
 /// fleet another writer commits to that fleet: every plan made from those reads loses its race.
 struct Contended {
-    ec2: phoenix_aws::compute::Ec2Compute,
-    store: phoenix_aws::store::DynamoStore,
-    races: std::sync::atomic::AtomicUsize,
-    clock: phoenix_aws::controller::Clock,
+    ec2: Ec2Compute,
+    store: DynamoStore,
+    races: AtomicUsize,
+    clock: Clock,
 }
 
-impl phoenix_aws::compute::Compute for Contended {
-    async fn describe_fleet(
-        &self,
-        fleet: &FleetName,
-    ) -> phoenix_aws::Result<Vec<phoenix_core::model::Observed>> {
+impl Compute for Contended {
+    async fn describe_fleet(&self, fleet: &FleetName) -> phoenix_aws::Result<Vec<Observed>> {
         let seen = self.ec2.describe_fleet(fleet).await?;
-        let left = self.races.load(std::sync::atomic::Ordering::SeqCst);
-        if left > 0 {
-            self.races
-                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+        let race = self
+            .races
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if race {
             let f = self.store.load_fleet(fleet).await?;
-            let mut step = phoenix_core::planner::Step::unchanged(&f);
+            let mut step = Step::unchanged(&f);
             step.changes.push(Change::Ignored {
                 reason: "another writer".into(),
             });
-            let cause = phoenix_core::events::Cause {
+            let cause = Cause {
                 event_id: None,
                 source: "test".into(),
                 detail_type: "another writer".into(),
@@ -413,23 +415,26 @@ impl phoenix_aws::compute::Compute for Contended {
     }
     async fn launch(
         &self,
-        spec: &phoenix_core::model::FleetSpec,
+        spec: &FleetSpec,
         token: &str,
-        image: &phoenix_core::ImageId,
+        image: &ImageId,
         count: u32,
         fresh: bool,
-    ) -> phoenix_aws::Result<phoenix_aws::compute::LaunchOutput> {
+    ) -> phoenix_aws::Result<LaunchOutput> {
         self.ec2.launch(spec, token, image, count, fresh).await
     }
     async fn terminate(
         &self,
         fleet: &FleetName,
-        ids: &[phoenix_core::InstanceId],
-    ) -> phoenix_aws::Result<phoenix_aws::compute::TerminateOutput> {
+        ids: &[InstanceId],
+    ) -> phoenix_aws::Result<TerminateOutput> {
         self.ec2.terminate(fleet, ids).await
     }
-    async fn image_exists(&self, image: &phoenix_core::ImageId) -> phoenix_aws::Result<bool> {
+    async fn image_exists(&self, image: &ImageId) -> phoenix_aws::Result<bool> {
         self.ec2.image_exists(image).await
+    }
+    async fn describe_image(&self, image: &ImageId) -> phoenix_aws::Result<Option<ImageFacts>> {
+        self.ec2.describe_image(image).await
     }
 }
 
@@ -439,18 +444,15 @@ async fn a_scale_request_that_keeps_losing_races_is_recorded_alone_then_carried_
     let name = FleetName::parse("web").unwrap();
     // Ten lost races: as many attempts as an invocation without a deadline makes. Planning with
     // EC2's view each time, the request would fail them all (and be retried, then dead-lettered).
-    let controller = phoenix_aws::controller::Controller {
+    let controller = Controller {
         store: w.store.clone(),
         compute: Contended {
-            ec2: phoenix_aws::compute::Ec2Compute::new(w.ec2.clone()),
+            ec2: Ec2Compute::new(w.ec2.clone()),
             store: w.store.clone(),
             races: 10.into(),
             clock: w.controller.clock.clone(),
         },
-        bus: phoenix_aws::bus::EventBridgeBus::new(
-            aws_sdk_eventbridge::Client::new(&w.direct),
-            "default",
-        ),
+        bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&w.direct), "default"),
         clock: w.controller.clock.clone(),
         intake: Default::default(),
     };
