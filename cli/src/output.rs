@@ -341,6 +341,7 @@ impl Printer {
             "progress": Progress::of(fleet),
             "rollout": fleet.rollout,
             "pending_launches": fleet.pending,
+            "queued_intents": fleet.inbox,
             "instances": instances,
         })
     }
@@ -386,6 +387,23 @@ impl Printer {
         }
     }
 
+    /// Intents waiting in the fleet's inbox (their events kept losing the race for the fleet);
+    /// the next reconcile applies them.
+    fn queued_lines(fleet: &Fleet) {
+        for q in &fleet.inbox {
+            say!(
+                "  queued {} of {}{} (applied by the next reconcile)",
+                q.cause.detail_type,
+                ts(q.event_time),
+                q.cause
+                    .event_id
+                    .as_deref()
+                    .map(|id| format!(" event {id}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+
     pub fn status(&self, fleet: &Fleet) -> Result<()> {
         if self.json {
             return print_json(&Self::status_json(fleet));
@@ -397,6 +415,7 @@ impl Printer {
             fleet.spec.policy.max_surge,
             fleet.spec.policy.max_unavailable
         );
+        Self::queued_lines(fleet);
         Self::rollout_line(fleet);
         Self::instance_rows(fleet);
         Ok(())
@@ -428,6 +447,7 @@ impl Printer {
             let tags: Vec<String> = spec.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
             say!("  tags {}", tags.join(", "));
         }
+        Self::queued_lines(fleet);
         Self::rollout_line(fleet);
         for p in &fleet.pending {
             say!(

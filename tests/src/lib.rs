@@ -521,6 +521,7 @@ pub fn controller(
 pub fn converged(f: &Fleet) -> bool {
     let live: Vec<_> = f.live_instances().collect();
     f.pending.is_empty()
+        && f.inbox.is_empty()
         && f.rollout.as_ref().is_none_or(|r| !r.status.is_active())
         && live.len() == f.spec.capacity as usize
         && live

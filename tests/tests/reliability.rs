@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use phoenix_aws::bus::EventBridgeBus;
 use phoenix_aws::compute::{Compute, Ec2Compute, LaunchOutput, TerminateOutput};
 use phoenix_aws::controller::{Clock, Controller, Deadline, DEADLINE_RESERVE};
-use phoenix_aws::store::{DynamoStore, StateStore};
+use phoenix_aws::store::{DynamoStore, HistoryEntry, StateStore};
 use phoenix_aws::{Error, FleetOutcome};
 use phoenix_core::events::{Cause, Change, Envelope, Intent, ScaleTarget};
 use phoenix_core::images::ImageFacts;
@@ -438,31 +438,51 @@ impl Compute for Contended {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scale_request_that_keeps_losing_races_is_recorded_alone_then_carried_out() {
-    let (w, _) = fleet_of_two().await;
-    let name = FleetName::parse("web").unwrap();
-    // Ten lost races: as many attempts as an invocation without a deadline makes. Planning with
-    // EC2's view each time, the request would fail them all (and be retried, then dead-lettered).
-    let controller = Controller {
+/// A controller whose every EC2 read of a fleet, among the first `races`, loses its race.
+fn contended(w: &World, races: usize) -> Controller<DynamoStore, Contended, EventBridgeBus> {
+    Controller {
         store: w.store.clone(),
         compute: Contended {
             ec2: Ec2Compute::new(w.ec2.clone()),
             store: w.store.clone(),
-            races: 10.into(),
+            races: races.into(),
             clock: w.controller.clock.clone(),
         },
         bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&w.direct), "default"),
         clock: w.controller.clock.clone(),
         intake: Default::default(),
-    };
-    let scale = w.event(
+    }
+}
+
+/// This event's history entries, oldest first.
+async fn entries_of(w: &World, name: &FleetName, event: &Envelope) -> Vec<HistoryEntry> {
+    w.store
+        .history(name, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.cause.event_id.as_deref() == Some(event.id.as_str()))
+        .collect()
+}
+
+fn scale_by(w: &World, name: &FleetName, delta: i64) -> Envelope {
+    w.event(
         &Intent::Scale {
             fleet: name.clone(),
-            target: ScaleTarget::Delta(2),
+            target: ScaleTarget::Delta(delta),
         },
         w.now(),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_request_that_keeps_losing_races_is_queued_then_carried_out() {
+    let (w, _) = fleet_of_two().await;
+    let name = FleetName::parse("web").unwrap();
+    // Ten lost races: as many attempts as an invocation without a deadline makes. Planning with
+    // EC2's view each time, the request would fail them all (and be retried, then dead-lettered).
+    let controller = contended(&w, 10);
+    let scale = scale_by(&w, &name, 2);
     let report = controller.handle(&scale, None).await.unwrap();
     let f = &report.fleets[0];
     assert_eq!(f.outcome, FleetOutcome::Changed);
@@ -470,22 +490,15 @@ async fn a_scale_request_that_keeps_losing_races_is_recorded_alone_then_carried_
     assert_eq!(f.launched.len(), 2, "{report:#?}");
     assert_eq!(controller.compute.races.into_inner(), 0);
 
-    // After three lost races the intent was committed on its own (no EC2 read to go stale),
-    // then the fleet reconciled: two entries of this event, the capacity first.
-    let mine: Vec<_> = w
-        .store
-        .history(&name, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.cause.event_id.as_deref() == Some(scale.id.as_str()))
-        .collect();
-    assert!(mine.len() >= 2, "{mine:#?}");
+    // After three lost races the intent went to the fleet's inbox, and the reconcile that
+    // followed (losing the other seven races first) applied it: recorded with this event as
+    // the cause, the capacity first, and carried out.
+    let mine = entries_of(&w, &name, &scale).await;
     assert!(matches!(
-        mine[0].changes.as_slice(),
-        [Change::CapacityChanged { .. }]
+        mine[0].changes.first(),
+        Some(Change::CapacityChanged { from: 2, to: 4 })
     ));
-    assert!(mine[1..]
+    assert!(mine
         .iter()
         .flat_map(|e| &e.changes)
         .any(|c| matches!(c, Change::Launched { .. })));
@@ -498,5 +511,96 @@ async fn a_scale_request_that_keeps_losing_races_is_recorded_alone_then_carried_
             .status,
         "COMPLETED"
     );
+    assert!(w.fleet("web").await.unwrap().inbox.is_empty());
     assert_eq!(w.live_ids("web").await.unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_intent_waits_for_the_next_reconcile_and_is_applied_once() {
+    let (w, _) = fleet_of_two().await;
+    let name = FleetName::parse("web").unwrap();
+    // Every race lost for as long as the invocation tries: the intent is queued, and the
+    // reconcile after it gives up.
+    let controller = contended(&w, 100);
+    let scale = scale_by(&w, &name, 1);
+    let report = controller.handle(&scale, None).await.unwrap();
+    let f = &report.fleets[0];
+    assert_eq!(f.outcome, FleetOutcome::Queued, "{report:#?}");
+    assert_eq!(f.failures.len(), 1, "{:?}", f.failures);
+    let record = w.store.event_record(&scale.id).await.unwrap().unwrap();
+    assert_eq!(
+        (record.status.as_str(), record.version),
+        ("COMPLETED", None)
+    );
+    let fleet = w.fleet("web").await.unwrap();
+    assert_eq!(fleet.spec.capacity, 2, "not applied yet");
+    assert_eq!(fleet.inbox.len(), 1);
+    assert_eq!(
+        fleet.inbox[0].cause.event_id.as_deref(),
+        Some(scale.id.as_str())
+    );
+
+    // The schedule's reconcile applies it, with the event as the cause, and empties the inbox.
+    let fleet = w.settle("web", true, 10).await.unwrap();
+    assert_eq!(fleet.spec.capacity, 3);
+    assert!(fleet.inbox.is_empty());
+    assert_eq!(w.live_ids("web").await.unwrap().len(), 3);
+    let mine = entries_of(&w, &name, &scale).await;
+    assert!(matches!(
+        mine[0].changes.first(),
+        Some(Change::CapacityChanged { from: 2, to: 3 })
+    ));
+    assert!(mine
+        .iter()
+        .flat_map(|e| &e.changes)
+        .any(|c| matches!(c, Change::Launched { .. })));
+    // Its record, written without a version when queued, points at the entry it caused.
+    let record = w.store.event_record(&scale.id).await.unwrap().unwrap();
+    assert_eq!(record.version, Some(mine[0].version));
+    assert_eq!(record.status, "COMPLETED");
+
+    // A redelivery finds the event handled, and reconciling again changes nothing: applied once.
+    assert_eq!(
+        w.controller.handle(&scale, None).await.unwrap().fleets[0].outcome,
+        FleetOutcome::Duplicate
+    );
+    w.tick().await.unwrap();
+    assert_eq!(w.fleet("web").await.unwrap().spec.capacity, 3);
+    assert_eq!(w.live_ids("web").await.unwrap().len(), 3);
+    assert_eq!(entries_of(&w, &name, &scale).await.len(), mine.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_intent_that_no_longer_applies_is_recorded_as_ignored() {
+    let (w, _) = fleet_of_two().await;
+    let name = FleetName::parse("web").unwrap();
+    // Scale in by two, then by one, both queued (every race lost). Applied in event order, the
+    // second would take the capacity below zero when its turn comes.
+    let first = scale_by(&w, &name, -2);
+    w.advance(chrono::Duration::seconds(1));
+    let second = scale_by(&w, &name, -1);
+    for event in [&first, &second] {
+        let report = contended(&w, 100).handle(event, None).await.unwrap();
+        assert_eq!(report.fleets[0].outcome, FleetOutcome::Queued);
+    }
+    assert_eq!(w.fleet("web").await.unwrap().inbox.len(), 2);
+
+    let fleet = w.settle("web", true, 10).await.unwrap();
+    assert!(fleet.inbox.is_empty());
+    assert_eq!(fleet.spec.capacity, 0);
+    assert_eq!(w.live_ids("web").await.unwrap().len(), 0);
+    let applied = entries_of(&w, &name, &first).await;
+    assert!(
+        matches!(
+            applied[0].changes.first(),
+            Some(Change::CapacityChanged { from: 2, to: 0 })
+        ),
+        "{applied:#?}"
+    );
+    let ignored = entries_of(&w, &name, &second).await;
+    assert_eq!(ignored.len(), 1, "{ignored:#?}");
+    assert!(
+        matches!(ignored[0].changes.first(), Some(Change::Ignored { reason }) if reason.contains("outside")),
+        "{ignored:#?}"
+    );
 }

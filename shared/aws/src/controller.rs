@@ -5,7 +5,10 @@
 //! 2. *plan + commit* — the intent, the decisions (launches as pending, terminations as decided)
 //!    and the history entry are written in one conditional transaction. Lost race → re-read and
 //!    re-plan. Crash after: the next reconcile finds the pending launches and decided terminations
-//!    and finishes them once their lease runs out.
+//!    and finishes them once their lease runs out. A fleet-wide event that lost three races puts
+//!    its intent in the fleet's inbox instead (`QueuedIntent`), with its record completed, in one
+//!    write no race can fail. Crash after: every pass over the whole fleet applies queued intents
+//!    first, one commit each, which deletes the intent it applied.
 //! 3. *execute* — terminations already covered, then launches (EC2 ClientToken = decision token,
 //!    instances tagged at creation), then terminations that waited for a launch. Crash after any
 //!    call: the tags let the next reconcile adopt what was launched; terminating again is harmless.
@@ -27,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::intake::Intake;
 use crate::store::{DynamoStore, EventKey, EventRecord, StateStore};
 use phoenix_core::aws_events::AwsEvent;
-use phoenix_core::events::{Cause, Change, Envelope, Intent};
+use phoenix_core::events::{Cause, Change, Envelope, Intent, QueuedIntent};
 use phoenix_core::model::{Fleet, Timestamp};
 use phoenix_core::patterns::{route, Function};
 use phoenix_core::planner::{self, Command, Outcome, Step};
@@ -47,8 +50,9 @@ mod aws_events;
 /// row (dead-lettered), while retrying until the reserve lost none.
 const MAX_CONFLICTS: usize = 10;
 const MAX_CONFLICTS_WITHIN_DEADLINE: usize = 200;
-/// Lost races after which a fleet-wide event commits its intent alone (`reconcile_within`).
-const ALONE_AFTER_CONFLICTS: usize = 3;
+/// Lost races after which a fleet-wide event puts its intent in the fleet's inbox
+/// (`reconcile_within`).
+pub const QUEUE_AFTER_CONFLICTS: usize = 3;
 
 fn conflict_attempts(deadline: Deadline) -> usize {
     if deadline.remaining().is_some() {
@@ -188,6 +192,27 @@ impl FleetReport {
     }
 }
 
+/// What one pass over a fleet did (`reconcile_pass`).
+enum Pass {
+    /// What the pass was for is done (or was done before: a duplicate).
+    Done(FleetReport),
+    /// It applied an intent from the fleet's inbox; what it was for is still to do.
+    AppliedQueued(FleetReport),
+    /// Its own intent is in the inbox now; the fleet is still to reconcile.
+    QueuedOwn,
+}
+
+/// `next` added to what the call did so far.
+fn absorbed(so_far: Option<FleetReport>, next: FleetReport) -> FleetReport {
+    match so_far {
+        Some(mut r) => {
+            r.absorb(next);
+            r
+        }
+        None => next,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FleetOutcome {
@@ -201,6 +226,9 @@ pub enum FleetOutcome {
     Duplicate,
     /// Another invocation is handling this event right now: nothing was done.
     InFlight,
+    /// The event's intent is in the fleet's inbox (it kept losing the race for the fleet) and
+    /// the fleet could not be reconciled now (see `failures`): the next reconcile applies it.
+    Queued,
 }
 
 fn event_key(env: &Envelope) -> EventKey {
@@ -370,6 +398,9 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
         Box::pin(self.reconcile_within(name, intent, event_time, cause, key, Deadline::NONE)).await
     }
 
+    /// `reconcile_fleet` within `deadline`: passes over the fleet (`reconcile_pass`) until one
+    /// does what this call is for. A loop, not recursion: each pass holds several SDK calls'
+    /// state, and a long inbox recursed deep enough to overflow a worker thread's stack.
     async fn reconcile_within(
         &self,
         name: &FleetName,
@@ -379,85 +410,169 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
         key: Option<&EventKey>,
         deadline: Deadline,
     ) -> Result<FleetReport> {
-        let key = intent.and(key);
+        let (mut intent, mut key) = (intent, intent.and(key));
+        let mut done: Option<FleetReport> = None;
+        let mut queued_own = false;
+        loop {
+            let pass =
+                Box::pin(self.reconcile_pass(name, intent, event_time, cause, key, deadline)).await;
+            match pass {
+                Ok(Pass::Done(r)) => return Ok(absorbed(done, r)),
+                Ok(Pass::AppliedQueued(r)) => done = Some(absorbed(done, r)),
+                Ok(Pass::QueuedOwn) => {
+                    info!(fleet = %name, "intent queued after lost races");
+                    (intent, key, queued_own) = (None, None, true);
+                }
+                // Queued, the intent is safe: a reconcile that fails now is in the report, and
+                // the schedule's reconcile applies it.
+                Err(e) if queued_own => {
+                    warn!(fleet = %name, error = %e, "reconcile after queueing the intent failed");
+                    let mut r = done.unwrap_or_else(|| FleetReport {
+                        fleet: name.clone(),
+                        outcome: FleetOutcome::Queued,
+                        version: 0,
+                        changes: Vec::new(),
+                        launched: Vec::new(),
+                        terminated: Vec::new(),
+                        failures: Vec::new(),
+                    });
+                    r.failures.push(e.to_string());
+                    return Ok(r);
+                }
+                // Other events' queued intents were applied, this call's own work failed: an
+                // intent not yet recorded fails the call (the event is delivered again).
+                Err(e) => match done {
+                    Some(mut r) if intent.is_none() => {
+                        r.failures.push(e.to_string());
+                        return Ok(r);
+                    }
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// One pass over the fleet: the oldest queued intent if the inbox holds any (then the caller
+    /// passes again), else `intent` and a reconcile against EC2 — or, after lost races, `intent`
+    /// put in the inbox. Retries lost races itself.
+    async fn reconcile_pass(
+        &self,
+        name: &FleetName,
+        intent: Option<&Intent>,
+        event_time: Timestamp,
+        cause: &Cause,
+        key: Option<&EventKey>,
+        deadline: Deadline,
+    ) -> Result<Pass> {
+        let mut queue_own = false;
         for attempt in 0..conflict_attempts(deadline) {
-            deadline.check("plan a change")?;
             // On a busy fleet, short instance events keep winning the race against a plan that
             // also read EC2 (measured: 1.7 % of a storm's fleet-wide events dead-lettered). Past a
-            // few lost races the intent — what must not be lost — is committed alone, from the
-            // fleet record only, and the fleet reconciled after it as a separate step.
-            let alone = intent.is_some() && attempt >= ALONE_AFTER_CONFLICTS;
+            // few lost races the intent — what must not be lost — goes to the fleet's inbox, a
+            // write no race can fail, and the fleet is reconciled after it. So it does when the
+            // inbox holds intents already: it takes its turn after them, in event-time order,
+            // rather than spending its invocation's time applying theirs first. One write, so
+            // also within the deadline's reserve.
+            if let (Some(intent), Some(key)) = (intent, key) {
+                if queue_own || attempt >= QUEUE_AFTER_CONFLICTS {
+                    let queued = QueuedIntent {
+                        intent: intent.clone(),
+                        event_time,
+                        cause: cause.clone(),
+                    };
+                    return match self.store.enqueue(name, &queued, key, self.now()).await {
+                        Ok(()) => Ok(Pass::QueuedOwn),
+                        Err(
+                            seen
+                            @ (Error::Duplicate(_) | Error::InFlight(_) | Error::Unfinished(_)),
+                        ) => {
+                            let fleet = self.store.load_partial(name, &[]).await?;
+                            self.already_handled(name, &fleet, seen, event_time, cause, deadline)
+                                .await
+                                .map(Pass::Done)
+                        }
+                        Err(e) => Err(e),
+                    };
+                }
+            }
+            deadline.check("plan a change")?;
             let fleet = self.store.load_fleet(name).await?;
-            let observed = if alone {
-                Vec::new()
-            } else {
-                self.compute.describe_fleet(name).await?
+            if intent.is_some() && key.is_some() && !fleet.inbox.is_empty() {
+                queue_own = true;
+                continue;
+            }
+            // Queued intents go first, one per commit, each recorded with its own event as the
+            // cause; what this pass was for follows once they are applied.
+            let queued = fleet.inbox.first();
+            let (this_cause, this_key) = match queued {
+                Some(q) => (&q.cause, None),
+                None => (cause, key),
             };
+            let observed = self.compute.describe_fleet(name).await?;
             let now = self.now();
-            let step = match intent {
-                Some(i) => match planner::apply_intent(&fleet, i, event_time, now) {
+            let step = match (queued, intent) {
+                (Some(q), _) => planner::apply_queued(&fleet, q, now),
+                (None, Some(i)) => match planner::apply_intent(&fleet, i, event_time, now) {
                     Ok(step) => step,
                     Err(e) => {
                         // A redelivery may no longer apply (a delta below zero, say): it is a
                         // duplicate, not bad input.
                         if let Some(key) = key {
-                            match self.store.check_event(key, now).await {
-                                Ok(()) => {}
-                                Err(seen) => {
-                                    return self
-                                        .already_handled(
-                                            name, &fleet, seen, event_time, cause, deadline,
-                                        )
-                                        .await
-                                }
+                            if let Err(seen) = self.store.check_event(key, now).await {
+                                return self
+                                    .already_handled(
+                                        name, &fleet, seen, event_time, cause, deadline,
+                                    )
+                                    .await
+                                    .map(Pass::Done);
                             }
                         }
                         return Err(e.into());
                     }
                 },
-                None => Step::unchanged(&fleet),
+                (None, None) => Step::unchanged(&fleet),
             };
-            let step = if alone {
-                step
-            } else {
-                step.then(|f| planner::reconcile(f, &observed, now))
-            };
-            if step.is_noop() {
-                return Ok(report(name, FleetOutcome::Unchanged, &fleet, Vec::new()));
+            let step = step.then_reconcile(&observed, now);
+            // (A queued intent is always committed: its commit deletes it from the inbox.)
+            if step.is_noop() && queued.is_none() {
+                return Ok(Pass::Done(report(
+                    name,
+                    FleetOutcome::Unchanged,
+                    &fleet,
+                    Vec::new(),
+                )));
             }
             // Commands follow: the event stays in progress until they are recorded.
             let in_progress = !step.commands.is_empty();
-            let record = key.map(|key| EventRecord::Claim {
-                key,
-                in_progress_until: in_progress.then(|| deadline.in_progress_until(now)),
-            });
-            match self.store.commit(&fleet, &step, cause, record, now).await {
+            let record = match queued {
+                Some(q) => Some(EventRecord::Dequeue(q)),
+                None => key.map(|key| EventRecord::Claim {
+                    key,
+                    in_progress_until: in_progress.then(|| deadline.in_progress_until(now)),
+                }),
+            };
+            match self
+                .store
+                .commit(&fleet, &step, this_cause, record, now)
+                .await
+            {
                 Ok(committed) => {
                     self.announce(&committed, &step.changes).await;
-                    let claimed = key.filter(|_| in_progress);
-                    let mut done =
-                        Box::pin(self.execute(committed, step, cause, claimed, deadline)).await?;
-                    if alone {
-                        // Best effort: the intent is recorded, and the schedule reconciles too.
-                        match Box::pin(
-                            self.reconcile_within(name, None, event_time, cause, None, deadline),
-                        )
-                        .await
-                        {
-                            Ok(then) => done.absorb(then),
-                            Err(e) => {
-                                warn!(fleet = %name, error = %e, "reconcile after the intent failed");
-                                done.failures.push(e.to_string());
-                            }
-                        }
-                    }
-                    return Ok(done);
+                    let claimed = this_key.filter(|_| in_progress);
+                    let done =
+                        Box::pin(self.execute(committed, step, this_cause, claimed, deadline))
+                            .await?;
+                    return Ok(match queued {
+                        Some(_) => Pass::AppliedQueued(done),
+                        None => Pass::Done(done),
+                    });
                 }
                 Err(Error::Conflict(_)) => backoff(attempt).await,
                 Err(seen @ (Error::Duplicate(_) | Error::InFlight(_) | Error::Unfinished(_))) => {
                     return self
                         .already_handled(name, &fleet, seen, event_time, cause, deadline)
                         .await
+                        .map(Pass::Done)
                 }
                 Err(e) => return Err(e),
             }

@@ -5,7 +5,8 @@
 //! | fleet | `FLEET#<name>` | `META` | `version`, `state` (spec, rollout, pending launches, counters; JSON) |
 //! | instance | `FLEET#<name>` | `INST#<id>` | `instance_id` (GSI key), `data` (JSON), `gone` + `expires_at` once terminated |
 //! | history | `FLEET#<name>` | `HIST#<version, 12 digits>` | `at`, `entry` (cause + changes; JSON) |
-//! | handled event | `EVENT#<event id>` | `EVENT` | `hash`, `fleet`, `version`, `status` (`INPROGRESS`/`COMPLETED`), `in_progress_until` (ms), `completed_version`, `expires_at` |
+//! | queued intent | `FLEET#<name>` | `INBOX#<event time, ms>#<event id>` | `queued` (intent + cause; JSON) |
+//! | handled event | `EVENT#<event id>` | `EVENT` | `hash`, `fleet`, `version` (once applied), `status` (`INPROGRESS`/`COMPLETED`), `in_progress_until` (ms), `completed_version`, `expires_at` |
 //! | fleet index | `FLEETS` | `FLEET#<name>` | (lists fleets without a scan) |
 //!
 //! GSI `by-instance` (hash `instance_id`) finds an instance's fleet in one query, so a health
@@ -15,12 +16,12 @@
 
 use crate::error::{Error, Result};
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, DeleteRequest, KeysAndAttributes, Put,
+    AttributeValue, ConditionCheck, Delete, DeleteRequest, KeysAndAttributes, Put,
     ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::Duration;
-use phoenix_core::events::Cause;
+use phoenix_core::events::{Cause, QueuedIntent};
 pub use phoenix_core::history::HistoryEntry;
 use phoenix_core::model::{Fleet, Instance, Timestamp};
 use phoenix_core::planner::Step;
@@ -63,14 +64,10 @@ pub enum EventRecord<'a> {
     },
     /// A later commit of the same invocation (the outcomes): the record becomes `COMPLETED`.
     Complete(&'a EventKey),
-}
-
-impl<'a> EventRecord<'a> {
-    pub fn key(&self) -> &'a EventKey {
-        match *self {
-            EventRecord::Claim { key, .. } | EventRecord::Complete(key) => key,
-        }
-    }
+    /// The commit applying an intent from the fleet's inbox (`StateStore::enqueue`; its event's
+    /// record was completed then): the inbox item is deleted, conditional on its existence, so an
+    /// intent is applied once even by two reconciles racing (the loser sees a conflict).
+    Dequeue(&'a QueuedIntent),
 }
 
 pub const STATUS_IN_PROGRESS: &str = "INPROGRESS";
@@ -102,6 +99,17 @@ pub trait StateStore: Send + Sync {
         event: Option<EventRecord<'_>>,
         now: Timestamp,
     ) -> impl Future<Output = Result<Fleet>> + Send;
+    /// Puts a fleet-wide event's intent in the fleet's inbox and completes the event's record,
+    /// in one transaction that does not depend on the fleet's version, so it cannot lose a race
+    /// (see `QueuedIntent`). Fails as a claim does (`commit`) if the event has a record, and with
+    /// `Error::NotFound` if the fleet does not exist.
+    fn enqueue(
+        &self,
+        name: &FleetName,
+        queued: &QueuedIntent,
+        key: &EventKey,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// `Ok` if the event has no record; otherwise the error a claim would meet (`Duplicate`,
     /// `InFlight`, `Unfinished` or `Invalid`, as for `commit`). Read only where planning the
     /// event failed, to tell a redelivery from bad input.
@@ -147,6 +155,12 @@ fn n(v: impl ToString) -> AttributeValue {
 fn fleet_pk(name: &FleetName) -> String {
     format!("FLEET#{name}")
 }
+const INBOX: &str = "INBOX#";
+
+fn inbox_sk(queued: &QueuedIntent) -> String {
+    format!("{INBOX}{}", queued.key())
+}
+
 fn inst_sk(id: &InstanceId) -> String {
     format!("INST#{id}")
 }
@@ -274,17 +288,27 @@ impl StateStore for DynamoStore {
             .client
             .query()
             .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :inst)")
+            // `INBOX#` sorts just before `INST#` (and nothing else between): one query reads
+            // the queued intents and the instances.
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
             .filter_expression("attribute_not_exists(gone)")
             .expression_attribute_values(":pk", s(fleet_pk(name)))
-            .expression_attribute_values(":inst", s("INST#"))
+            .expression_attribute_values(":from", s(INBOX))
+            .expression_attribute_values(":to", s("INST$"))
             .consistent_read(true)
             .into_paginator()
             .items()
             .send();
         while let Some(item) = pages.next().await {
-            let inst = decode_instance(&item.map_err(sdk)?)?;
-            fleet.instances.insert(inst.id.clone(), inst);
+            let item = item.map_err(sdk)?;
+            if get_s(&item, "sk")?.starts_with(INBOX) {
+                let queued = serde_json::from_str(get_s(&item, "queued")?)
+                    .map_err(|e| corrupt("queued intent", e))?;
+                fleet.inbox.push(queued);
+            } else {
+                let inst = decode_instance(&item)?;
+                fleet.instances.insert(inst.id.clone(), inst);
+            }
         }
         // The live count is derived state; a full read is the moment to correct any drift.
         fleet.live = fleet.instances.values().filter(|i| i.is_live()).count() as u32;
@@ -426,9 +450,46 @@ impl StateStore for DynamoStore {
             Some(EventRecord::Claim {
                 key,
                 in_progress_until,
-            }) => items.push(self.claim_event(key, name, next.version, in_progress_until, now)?),
+            }) => items.push(self.claim_event(
+                key,
+                name,
+                Some(next.version),
+                in_progress_until,
+                now,
+            )?),
             Some(EventRecord::Complete(key)) => {
                 items.push(self.complete_event(key, name, next.version, now)?)
+            }
+            Some(EventRecord::Dequeue(queued)) => {
+                let delete = Delete::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(fleet_pk(name)))
+                    .key("sk", s(inbox_sk(queued)))
+                    .condition_expression("attribute_exists(pk)")
+                    .build()
+                    .map_err(|e| corrupt("delete", e))?;
+                items.push(TransactWriteItem::builder().delete(delete).build());
+                // The event's record now points at the entry it caused. No condition: a record
+                // past its TTL (queued for days) must not keep the intent from being applied; one
+                // written again here has no content hash, and matches any content.
+                if let Some(id) = &queued.cause.event_id {
+                    let update = Update::builder()
+                        .table_name(&self.table)
+                        .key("pk", s(format!("EVENT#{id}")))
+                        .key("sk", s("EVENT"))
+                        .update_expression(
+                            "SET #v = :v, #e = if_not_exists(#e, :e), #st = if_not_exists(#st, :c)",
+                        )
+                        .expression_attribute_names("#v", "version")
+                        .expression_attribute_names("#e", "expires_at")
+                        .expression_attribute_names("#st", "status")
+                        .expression_attribute_values(":v", n(next.version))
+                        .expression_attribute_values(":c", s(STATUS_COMPLETED))
+                        .expression_attribute_values(":e", n((now + EVENT_TTL).timestamp()))
+                        .build()
+                        .map_err(|e| corrupt("update", e))?;
+                    items.push(TransactWriteItem::builder().update(update).build());
+                }
             }
             None => {}
         }
@@ -489,13 +550,14 @@ impl StateStore for DynamoStore {
                         .get(i)
                         .is_some_and(|(c, _)| c == "ConditionalCheckFailed")
                 };
-                if let (Some(i), Some(ev)) = (claim_index, event) {
+                if let (Some(i), Some(EventRecord::Claim { key, .. })) = (claim_index, event) {
                     if failed(i) {
                         let old = reasons.get(i).and_then(|(_, item)| item.clone());
-                        return Err(self.already_recorded(ev.key(), old, now).await);
+                        return Err(self.already_recorded(key, old, now).await);
                     }
                 }
-                if failed(0) {
+                // The fleet's version moved, or the queued intent was applied by another.
+                if failed(0) || reasons.iter().any(|(c, _)| c == "ConditionalCheckFailed") {
                     return Err(if before.version == 0 {
                         Error::Invalid(phoenix_core::Error::invalid(
                             "fleet",
@@ -508,6 +570,70 @@ impl StateStore for DynamoStore {
                 Err(sdk(err))
             }
         }
+    }
+
+    async fn enqueue(
+        &self,
+        name: &FleetName,
+        queued: &QueuedIntent,
+        key: &EventKey,
+        now: Timestamp,
+    ) -> Result<()> {
+        let fleet_exists = ConditionCheck::builder()
+            .table_name(&self.table)
+            .key("pk", s(fleet_pk(name)))
+            .key("sk", s("META"))
+            .condition_expression("attribute_exists(pk)")
+            .build()
+            .map_err(|e| corrupt("condition", e))?;
+        let item = HashMap::from([
+            ("pk".into(), s(fleet_pk(name))),
+            ("sk".into(), s(inbox_sk(queued))),
+            (
+                "queued".into(),
+                s(serde_json::to_string(queued).map_err(|e| corrupt("queued intent", e))?),
+            ),
+        ]);
+        let items = vec![
+            TransactWriteItem::builder()
+                .condition_check(fleet_exists)
+                .build(),
+            self.put(item, None)?,
+            // Completed, without a version until the commit that applies it sets one.
+            self.claim_event(key, name, None, None, now)?,
+        ];
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        let Err(err) = result else {
+            tracing::info!(fleet = %name, event = %key.id, "intent queued");
+            return Ok(());
+        };
+        let reasons: Vec<_> = err
+            .as_service_error()
+            .and_then(|e| match e {
+                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(t) => {
+                    t.cancellation_reasons.clone()
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        let failed = |i: usize| {
+            reasons
+                .get(i)
+                .is_some_and(|r| r.code.as_deref() == Some("ConditionalCheckFailed"))
+        };
+        if failed(2) {
+            let old = reasons.get(2).and_then(|r| r.item.clone());
+            return Err(self.already_recorded(key, old, now).await);
+        }
+        if failed(0) {
+            return Err(Error::NotFound(format!("unknown fleet {name}")));
+        }
+        Err(sdk(err))
     }
 
     async fn check_event(&self, key: &EventKey, now: Timestamp) -> Result<()> {
@@ -669,9 +795,10 @@ fn decode_entry(item: &HashMap<String, AttributeValue>) -> Result<HistoryEntry> 
 /// A handled-event record (`EVENT#<id>`) as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecordItem {
+    /// Empty when unknown (a record that expired while its intent was queued, written again).
     pub hash: String,
     pub fleet: String,
-    /// The fleet version that applied the event's intent.
+    /// The fleet version that applied the event's intent (none while it waits in the inbox).
     pub version: Option<u64>,
     /// `INPROGRESS` or `COMPLETED` (records written before statuses existed read as completed).
     pub status: String,
@@ -701,7 +828,11 @@ fn decode_event(item: &HashMap<String, AttributeValue>) -> Result<EventRecordIte
         None
     };
     Ok(EventRecordItem {
-        hash: get_s(item, "hash")?.to_string(),
+        hash: item
+            .get("hash")
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default(),
         fleet: item
             .get("fleet")
             .and_then(|v| v.as_s().ok())
@@ -789,7 +920,7 @@ impl DynamoStore {
         &self,
         key: &EventKey,
         fleet: &FleetName,
-        version: u64,
+        version: Option<u64>,
         in_progress_until: Option<Timestamp>,
         now: Timestamp,
     ) -> Result<TransactWriteItem> {
@@ -798,9 +929,11 @@ impl DynamoStore {
             ("sk".into(), s("EVENT")),
             ("hash".into(), s(&key.hash)),
             ("fleet".into(), s(fleet.as_str())),
-            ("version".into(), n(version)),
             ("expires_at".into(), n((now + EVENT_TTL).timestamp())),
         ]);
+        if let Some(v) = version {
+            record.insert("version".into(), n(v));
+        }
         match in_progress_until {
             Some(until) => {
                 record.insert("status".into(), s(STATUS_IN_PROGRESS));
@@ -871,7 +1004,7 @@ impl DynamoStore {
             Ok(None) => return Error::Conflict(format!("event {}", key.id)),
             Err(e) => return e,
         };
-        if record.hash != key.hash {
+        if !record.hash.is_empty() && record.hash != key.hash {
             return Error::Invalid(phoenix_core::Error::Event(format!(
                 "event id {} was already used for different content",
                 key.id

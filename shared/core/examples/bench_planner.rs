@@ -148,7 +148,7 @@ fn main() {
                 now,
             )
             .expect("intent")
-            .then(|next| reconcile(next, &observed, now));
+            .then_reconcile(&observed, now);
             assert!(!s.commands.is_empty());
         });
         // An instance-scoped event loads the fleet record and one instance.

@@ -54,7 +54,7 @@ impl Envelope {
 }
 
 /// What an event asks of a fleet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Intent {
     /// Run this image from now on (replacing every instance on another image).
@@ -95,6 +95,38 @@ pub enum Intent {
     },
 }
 
+/// A fleet-wide event's intent kept outside the fleet record, in the fleet's inbox: where an
+/// event that kept losing the race for its fleet puts its intent, with a write that cannot
+/// conflict. The fleet's next reconcile applies it, with `cause` as the reason in the history,
+/// and removes it in the same commit. Applied in event-time order; the planner's own ordering
+/// (`image_set_at`, `capacity_set_at`) makes a late one harmless, as for a late delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedIntent {
+    pub intent: Intent,
+    pub event_time: Timestamp,
+    pub cause: Cause,
+}
+
+impl QueuedIntent {
+    pub fn new(env: &Envelope, intent: Intent) -> Self {
+        QueuedIntent {
+            intent,
+            event_time: env.time,
+            cause: Cause::from_envelope(env),
+        }
+    }
+
+    /// Orders the inbox by event time, then event id (as text: its store key sorts the same).
+    pub fn key(&self) -> String {
+        format!(
+            "{}#{}",
+            self.event_time
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            self.cause.event_id.as_deref().unwrap_or_default()
+        )
+    }
+}
+
 /// What an operator can ask of a rollout (`phoenix rollout pause|resume|abort|undo`), and of
 /// the breaker (`resume-repairs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +152,7 @@ impl ControlAction {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScaleTarget {
     Desired(u32),

@@ -809,6 +809,10 @@ pub struct Fleet {
     pub instances: Instances,
     #[serde(skip)]
     pub complete: bool,
+    /// Intents waiting to be applied (`QueuedIntent`), oldest first; loaded with the whole fleet
+    /// only.
+    #[serde(skip)]
+    pub inbox: Vec<crate::events::QueuedIntent>,
 }
 
 impl Fleet {
@@ -829,6 +833,7 @@ impl Fleet {
             failures: Vec::new(),
             disruptions: Vec::new(),
             budget_exhausted: false,
+            inbox: Vec::new(),
             instances: Instances::new(),
             complete: true,
         }

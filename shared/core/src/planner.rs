@@ -12,7 +12,7 @@
 //! ClientToken; a decided termination is issued again (terminating twice is harmless).
 
 use crate::error::{Error, Result};
-use crate::events::{Change, ControlAction, Intent, ScaleTarget};
+use crate::events::{Change, ControlAction, Intent, QueuedIntent, ScaleTarget};
 use crate::ids::{ImageId, InstanceId};
 use crate::model::{
     Breaker, Disposal, Fleet, FleetSpec, Health, Instance, Instances, Lifecycle, Observed, Pause,
@@ -27,7 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Most instances launched by one step. A step is committed in one DynamoDB transaction (at most
 /// 100 writes): each instance whose record it changes is one item write there, beside the fleet
-/// record, the history entry, the event record and (for a new fleet) the fleet index. Launches
+/// record, the history entry, the event record (or, applying a queued intent, its inbox item and
+/// its event record) and (for a new fleet) the fleet index. Launches
 /// are recorded in the fleet record when decided, and each instance they started becomes an item
 /// when their outcome is recorded, which may take several transactions (`outcome_parts`).
 pub const MAX_LAUNCHES_PER_STEP: u32 = 92;
@@ -121,11 +122,30 @@ impl Step {
     /// The step that continues this one with `f`, as one commit.
     pub fn then(self, f: impl FnOnce(&Fleet) -> Step) -> Step {
         let next = f(&self.fleet);
-        let mut changes = self.changes;
+        Step::followed_by(self.changes, self.commands, self.touched, next)
+    }
+
+    /// `then(|f| reconcile(f, observed, now))`, planning on this step's fleet in place rather
+    /// than on a copy (a copy of 10 000 instance records is a tenth of a millisecond).
+    pub fn then_reconcile(self, observed: &[Observed], now: Timestamp) -> Step {
+        let Step {
+            fleet,
+            changes,
+            commands,
+            touched,
+        } = self;
+        let next = reconcile_tx(Tx::owning(fleet, now), observed);
+        Step::followed_by(changes, commands, touched, next)
+    }
+
+    fn followed_by(
+        mut changes: Vec<Change>,
+        mut commands: Vec<Command>,
+        mut touched: BTreeSet<InstanceId>,
+        next: Step,
+    ) -> Step {
         changes.extend(next.changes);
-        let mut commands = self.commands;
         commands.extend(next.commands);
-        let mut touched = self.touched;
         touched.extend(next.touched);
         Step {
             fleet: next.fleet,
@@ -149,7 +169,10 @@ pub(crate) struct Tx {
 
 impl Tx {
     fn new(fleet: &Fleet, now: Timestamp) -> Self {
-        let fleet = fleet.clone();
+        Self::owning(fleet.clone(), now)
+    }
+
+    fn owning(fleet: Fleet, now: Timestamp) -> Self {
         Tx {
             fleet,
             changes: Vec::new(),
@@ -1027,6 +1050,17 @@ fn not_member(fleet: &Fleet, instance: &InstanceId) -> Error {
     )
 }
 
+/// Applies an intent from the fleet's inbox (`QueuedIntent`). One that no longer applies when
+/// its turn comes (a delta that would now take the capacity below zero, say) was accepted when
+/// it was queued, so it is recorded as ignored, with why, rather than refused.
+pub fn apply_queued(fleet: &Fleet, queued: &QueuedIntent, now: Timestamp) -> Step {
+    apply_intent(fleet, &queued.intent, queued.event_time, now).unwrap_or_else(|e| {
+        let mut tx = Tx::new(fleet, now);
+        tx.ignore(format!("queued {}: {e}", queued.cause.detail_type));
+        tx.finish()
+    })
+}
+
 /// Applies what an event asks. `event_time` orders events that EventBridge may deliver out of
 /// order; `fleet` holds at least the instance an instance-scoped event names.
 pub fn apply_intent(
@@ -1245,7 +1279,10 @@ fn control(tx: &mut Tx, action: ControlAction) {
 ///
 /// Idempotent: run on the state it produced (and an unchanged EC2) it decides nothing more.
 pub fn reconcile(fleet: &Fleet, observed: &[Observed], now: Timestamp) -> Step {
-    let mut tx = Tx::new(fleet, now);
+    reconcile_tx(Tx::new(fleet, now), observed)
+}
+
+fn reconcile_tx(mut tx: Tx, observed: &[Observed]) -> Step {
     // The counters are derived: a full view is the moment to correct any drift.
     let (live, failed) = tx.fleet.live_instances().fold((0, 0), |(live, failed), i| {
         (live + 1, failed + u32::from(i.is_failed()))

@@ -9,7 +9,7 @@
 //! `sim.assert_sound()`.
 
 use chrono::{Duration, TimeZone, Utc};
-use phoenix_core::events::{Change, Intent, ScaleTarget};
+use phoenix_core::events::{Cause, Change, Intent, QueuedIntent, ScaleTarget};
 use phoenix_core::model::{
     Fleet, FleetSpec, Health, Instance, Lifecycle, Observed, RolloutStatus, Timestamp,
 };
@@ -1132,6 +1132,48 @@ fn events_that_ask_for_nothing_new_are_ignored_and_image_events_commute() {
     assert!(ignored(&same_size), "{:?}", same_size.changes);
     let down = planner::apply_intent(fleet, &scale_by(-2), now, now).unwrap();
     assert_eq!(down.fleet.spec.capacity, 0);
+}
+
+/// An intent from the fleet's inbox is applied as the event would have been; one that no longer
+/// applies when its turn comes was accepted when queued, so it is recorded as ignored, with why.
+/// Stored as JSON, it reads back the same, and the inbox's order is its events' order.
+#[test]
+fn a_queued_intent_applies_as_its_event_would_or_is_recorded_as_ignored() {
+    let sim = Sim::settled(spec(A, 2));
+    let fleet = &sim.fleet;
+    let now = sim.now();
+    let queued = |intent: Intent, at: Timestamp, id: &str| QueuedIntent {
+        intent,
+        event_time: at,
+        cause: Cause {
+            event_id: Some(id.into()),
+            source: "phoenix".into(),
+            detail_type: "ScaleRequested".into(),
+            event_time: Some(at),
+        },
+    };
+
+    let down = queued(scale_by(-2), now, "e1");
+    let step = planner::apply_queued(fleet, &down, now);
+    let direct = planner::apply_intent(fleet, &scale_by(-2), now, now).unwrap();
+    assert_eq!(step, direct);
+
+    let too_far = queued(scale_by(-3), now, "e2");
+    let step = planner::apply_queued(fleet, &too_far, now);
+    assert_eq!(step.fleet.spec.capacity, 2);
+    assert!(step.commands.is_empty());
+    assert!(
+        matches!(step.changes.as_slice(), [Change::Ignored { reason }]
+            if reason.contains("queued ScaleRequested") && reason.contains("delta -3")),
+        "{:?}",
+        step.changes
+    );
+
+    let json = serde_json::to_string(&down).unwrap();
+    assert_eq!(serde_json::from_str::<QueuedIntent>(&json).unwrap(), down);
+    let later = queued(scale_to(5), now + Duration::milliseconds(1), "a0");
+    assert!(down.key() < later.key(), "{} {}", down.key(), later.key());
+    assert!(down.key() < queued(scale_to(5), now, "e10").key());
 }
 
 /// EventBridge does not order deliveries: whatever the order, the newest announcement wins, also

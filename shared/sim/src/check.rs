@@ -11,12 +11,12 @@
 //! - *believed failed*: its live record's health is `Unhealthy`.
 
 use crate::ec2::Ec2;
-use crate::store::Store;
+use crate::store::{Seen, Store};
 use chrono::Duration;
 use phoenix_core::events::Change;
 use phoenix_core::model::{Health, Timestamp};
 use phoenix_core::{ImageId, InstanceId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How long the fleet may be below `min_healthy` while the books show nothing wrong before that
 /// counts as a silent failure. The health checker reports a broken instance within a minute and
@@ -57,6 +57,10 @@ pub struct Checker {
     /// Every launch decision ever committed.
     pub decided: BTreeMap<String, Decision>,
     silent_since: Option<Timestamp>,
+    /// Intents queued (`Store::enqueue`) and not applied yet, by `QueuedIntent::key`.
+    queued: BTreeSet<String>,
+    /// Queued intents a commit applied.
+    applied: BTreeSet<String>,
 }
 
 /// What one look at the world found (for the trace and the end-of-run report).
@@ -113,6 +117,34 @@ impl Checker {
         for image in q.keys() {
             self.quarantined_at.entry(image.clone()).or_insert(version);
         }
+    }
+
+    /// An event's intent went to the fleet's inbox. It is new there: an event is queued at most
+    /// once (its record is completed by the same write, and a redelivery meets the record).
+    pub fn on_enqueue(&mut self, key: &str) -> Option<String> {
+        if self.applied.contains(key) || !self.queued.insert(key.to_string()) {
+            return Some(format!("intent {key} queued a second time"));
+        }
+        None
+    }
+
+    /// A commit applied a queued intent (and deleted its inbox item): it was queued, and not
+    /// applied before.
+    pub fn on_dequeue(&mut self, key: &str) -> Option<String> {
+        if !self.queued.remove(key) {
+            return Some(if self.applied.contains(key) {
+                format!("queued intent {key} applied a second time")
+            } else {
+                format!("intent {key} applied from the inbox but never queued")
+            });
+        }
+        self.applied.insert(key.to_string());
+        None
+    }
+
+    /// Queued intents not applied yet.
+    pub fn unapplied(&self) -> usize {
+        self.queued.len()
     }
 
     /// An alive instance leaves (terminated by phoenix or by the world). `excused`: it was broken
@@ -297,6 +329,36 @@ impl Checker {
                     .iter()
                     .any(|p| decided.get(&p.token).is_none_or(|d| d.version < s.version))
             });
+        }
+
+        // ---- Queued intents --------------------------------------------------------------------
+        // An event whose intent is in the inbox has been accepted: its record is completed (a
+        // redelivery does nothing) and the intent stays in the inbox until the one commit that
+        // applies it deletes it. So the inbox holds exactly the intents queued and not applied,
+        // each of an event recorded as completed. (Liveness: the fleet has not converged while its
+        // inbox holds any.)
+        let inbox: BTreeSet<String> = store.inbox().map(|q| q.key()).collect();
+        if inbox != self.queued {
+            out.push((
+                "inbox",
+                format!(
+                    "the inbox holds [{}], but the intents queued and not applied are [{}]",
+                    inbox.iter().cloned().collect::<Vec<_>>().join(" "),
+                    self.queued.iter().cloned().collect::<Vec<_>>().join(" ")
+                ),
+            ));
+        }
+        for q in store.inbox() {
+            let id = q.cause.event_id.as_deref().unwrap_or_default();
+            if store.check_event(id, now) != Some(Seen::Duplicate) {
+                out.push((
+                    "inbox",
+                    format!(
+                        "intent {} is queued but its event's record is not completed",
+                        q.key()
+                    ),
+                ));
+            }
         }
 
         // ---- One decision, at most its count kept -------------------------------------------

@@ -1,7 +1,7 @@
 //! `phoenix-sim`: runs the deterministic simulation over many seeds, or replays one.
 //!
 //! ```text
-//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--variant NAME] [--trace] [--quiet]
+//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--trace] [--quiet]
 //! ```
 
 use phoenix_sim::{run_seed, Config, Report, Stats, Variant};
@@ -9,12 +9,14 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--variant NAME] [--trace] [--quiet]
+usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--trace] [--quiet]
 
   --steps N        run seeds FIRST, FIRST+1, ... until N steps in all (default 100000)
   --seeds FIRST    first seed of the range (default 1)
   --seed N         run (replay) that one seed; its output is the same on every run
   --seed-steps K   chaos steps per seed before the world calms down (default 2000)
+  --fan-out F      up to F due events delivered at once (default 2): more invocations racing for
+                   the fleet, more intents queued after lost races
   --variant NAME   drive a deliberately broken planner: real (default), drop-after-launch,
                    replace-in-place, launch-quarantined, surge-blind, ignore-health-failures
   --trace          print every step of the trace
@@ -28,6 +30,7 @@ struct Args {
     first: u64,
     single: Option<u64>,
     seed_steps: u64,
+    fan_out: u64,
     variant: Variant,
     trace: bool,
     quiet: bool,
@@ -39,6 +42,7 @@ fn parse() -> Result<Args, String> {
         first: 1,
         single: None,
         seed_steps: Config::new(0).chaos_steps,
+        fan_out: Config::new(0).fan_out as u64,
         variant: Variant::Real,
         trace: false,
         quiet: false,
@@ -56,6 +60,7 @@ fn parse() -> Result<Args, String> {
             "--seeds" => a.first = num("--seeds")?,
             "--seed" => a.single = Some(num("--seed")?),
             "--seed-steps" => a.seed_steps = num("--seed-steps")?,
+            "--fan-out" => a.fan_out = num("--fan-out")?.max(1),
             "--variant" => {
                 let v = it.next().ok_or("--variant needs a value")?;
                 a.variant = Variant::parse(&v).ok_or(format!("unknown variant {v:?}"))?;
@@ -72,6 +77,7 @@ fn parse() -> Result<Args, String> {
 fn config(a: &Args, seed: u64) -> Config {
     let mut cfg = Config::new(seed);
     cfg.chaos_steps = a.seed_steps;
+    cfg.fan_out = a.fan_out as usize;
     cfg.variant = a.variant;
     cfg.trace = a.trace;
     cfg
@@ -81,6 +87,9 @@ fn replay_command(a: &Args, seed: u64) -> String {
     let mut cmd = format!("phoenix-sim --seed {seed}");
     if a.seed_steps != Config::new(0).chaos_steps {
         cmd.push_str(&format!(" --seed-steps {}", a.seed_steps));
+    }
+    if a.fan_out != Config::new(0).fan_out as u64 {
+        cmd.push_str(&format!(" --fan-out {}", a.fan_out));
     }
     if a.variant != Variant::Real {
         cmd.push_str(&format!(" --variant {}", a.variant.name()));
@@ -118,7 +127,8 @@ fn stats_line(s: &Stats) -> String {
          (completed {}, in flight {}, unfinished {}), commands left unsettled {}, \
          commits {}, launched {} (launch failures {}), terminated {}, faults {}, \
          rollouts {} (succeeded {}, rolled back {}, aborted {}, superseded {}), \
-         quarantined {} bad / {} good images (good ones: {} wave deadline, {} stopped instance, {} failed health check, {} spurious report), breaker trips {}",
+         quarantined {} bad / {} good images (good ones: {} wave deadline, {} stopped instance, {} failed health check, {} spurious report), breaker trips {}, \
+         intents queued {} (applied from the inbox {}, reconcile failures reported after one {})",
         s.events,
         s.events_lost,
         s.events_duplicated,
@@ -147,7 +157,10 @@ fn stats_line(s: &Stats) -> String {
         s.good_by_stop,
         s.good_by_fault,
         s.good_by_spurious,
-        s.breaker_trips
+        s.breaker_trips,
+        s.queued,
+        s.dequeued,
+        s.listed_failures
     )
 }
 

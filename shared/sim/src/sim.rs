@@ -3,6 +3,10 @@
 //! the controller's protocol (`phoenix_aws::controller`) as a state machine that may crash between
 //! any two of its steps. After every step the invariants (`check`) are checked.
 //!
+//! As in the controller, a fleet-wide event that keeps losing the race for its fleet puts its
+//! intent in the fleet's inbox (which completes the event) and then reconciles the fleet; every
+//! fleet-wide pass applies the queued intents first, one per commit, before its own work.
+//!
 //! A run has two phases. *Chaos*: events from the pipeline and the operator, the schedule and the
 //! health checker, with faults injected. *Calm*: faults stop, the world heals (new launches are
 //! healthy), the operator resumes what is paused and repairs the breaker halted, and the fleet
@@ -15,7 +19,9 @@ use crate::rng::Rng;
 use crate::store::{CommitError, EventOp, Seen, Store};
 use crate::variant::Variant;
 use chrono::{Duration, TimeZone, Utc};
-use phoenix_core::events::{Change, ControlAction, Intent, ScaleTarget};
+use phoenix_core::events::{
+    self as ev, Cause, Change, ControlAction, Intent, QueuedIntent, ScaleTarget,
+};
 use phoenix_core::model::{
     BreakerPolicy, Checkpoint, Fleet, FleetSpec, HealthSignal, Observed, RolloutPolicy,
     RolloutStatus, Seconds, Timestamp,
@@ -31,16 +37,18 @@ pub const TRACE_TAIL: usize = 60;
 /// Within a Lambda deadline the controller retries lost races up to this many times (the
 /// deadline bounds it first, in practice); then Lambda retries the event.
 const MAX_CONFLICTS: usize = 200;
-/// As the controller: a fleet-wide event that lost this many races commits its intent alone.
-const ALONE_AFTER_CONFLICTS: usize = 3;
+/// As the controller: a fleet-wide event that lost this many races puts its intent in the fleet's
+/// inbox, then reconciles the fleet.
+const QUEUE_AFTER_CONFLICTS: usize = 3;
 /// The functions' timeout (infra/template.yaml): Lambda stops the invocation then.
 const LAMBDA_TIMEOUT: Duration = Duration::seconds(60);
 /// The controller starts nothing new with less than this left before its deadline.
 const DEADLINE_RESERVE: Duration = Duration::seconds(10);
 /// Lambda retries an asynchronous invocation that failed twice.
 const LAMBDA_RETRIES: u8 = 2;
-/// How much faster than one at a time a backlog of due events is delivered. At 8 the many more
-/// racing invocations timed out ten times as often, which starved instance events instead.
+/// How much faster than one at a time a backlog of due events is delivered (the default of
+/// `Config::fan_out`). At 8 the many more racing invocations timed out ten times as often, which
+/// starved instance events instead.
 const DELIVERY_FAN_OUT: usize = 2;
 /// The scheduled reconcile's period.
 const SCHEDULE: Duration = Duration::seconds(60);
@@ -53,6 +61,9 @@ pub struct Config {
     /// Longest the calm phase may take (simulated time) before not converging is a violation.
     pub settle: Duration,
     pub variant: Variant,
+    /// Up to how many due events are delivered at once (`DELIVERY_FAN_OUT`); more means more
+    /// invocations racing for the fleet, and more intents queued after lost races.
+    pub fan_out: usize,
     /// Print every trace line as it happens.
     pub trace: bool,
 }
@@ -64,6 +75,7 @@ impl Config {
             chaos_steps: 2_000,
             settle: Duration::hours(3),
             variant: Variant::Real,
+            fan_out: DELIVERY_FAN_OUT,
             trace: false,
         }
     }
@@ -113,11 +125,20 @@ pub struct Stats {
     pub good_by_fault: u64,
     pub good_by_spurious: u64,
     pub breaker_trips: u64,
+    /// Intents put in the fleet's inbox after lost races, and applied from it.
+    pub queued: u64,
+    pub dequeued: u64,
+    /// Failures of the reconcile that follows a queued or applied intent, reported without failing
+    /// the invocation (its event is done).
+    pub listed_failures: u64,
 }
 
 impl Stats {
     pub fn add(&mut self, o: &Stats) {
-        let pairs: [(&mut u64, u64); 28] = [
+        let pairs: [(&mut u64, u64); 31] = [
+            (&mut self.queued, o.queued),
+            (&mut self.dequeued, o.dequeued),
+            (&mut self.listed_failures, o.listed_failures),
             (&mut self.in_flight, o.in_flight),
             (&mut self.unfinished, o.unfinished),
             (&mut self.unsettled, o.unsettled),
@@ -420,8 +441,20 @@ struct Exec {
     unsettled: usize,
     /// No terminate call failed and every command was carried out.
     clean: bool,
-    /// The instance event deferred a repair: the fleet is reconciled next (the controller does).
-    follow_up: bool,
+    /// What the invocation does once the outcomes are recorded.
+    then: After,
+}
+
+/// What an invocation does after a commit's commands are carried out and recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    Finish,
+    /// The instance event deferred a repair (the breaker needs the whole fleet) or may have made
+    /// the rollout's current wave healthy: the fleet is reconciled next (the controller does).
+    ReconcileFleet,
+    /// The commit applied a queued intent: the pass starts over (a fresh load, its lost races
+    /// forgotten) with its own work, which first applies any other queued intent.
+    StartOver,
 }
 
 #[derive(Debug, Clone)]
@@ -434,6 +467,8 @@ enum Phase {
     Commit {
         loaded: Box<Fleet>,
         step: Box<Step>,
+        /// The key of the queued intent the step applies (instead of the pass's own work).
+        queued: Option<String>,
     },
     Exec(Box<Exec>),
 }
@@ -462,6 +497,9 @@ struct Inv {
     deadline: Timestamp,
     /// For a full reconcile: instances its last load saw that the books did not record as live.
     seen_unowned: Vec<InstanceId>,
+    /// A failure from here on is reported, not a failure of the invocation: the event is done
+    /// (its intent queued, or applied before the pass that fails).
+    failure_listed: bool,
 }
 
 enum Next {
@@ -640,17 +678,24 @@ impl Sim {
     }
 
     /// A commit is one DynamoDB transaction of at most 100 writes: the fleet record, each touched
-    /// instance, the history entry and the event record.
-    fn check_transaction_size(&mut self, step: &Step) {
+    /// instance, the history entry and what `event` writes — the event's record (a claim or its
+    /// completion), or, applying a queued intent, the inbox item's deletion and its event's record
+    /// (updated to point at the commit's version).
+    fn check_transaction_size(&mut self, step: &Step, event: Option<&EventOp<'_>>) {
         let instances = step
             .touched
             .iter()
             .filter(|id| step.fleet.instances.get(id).is_some())
             .count();
-        if instances + 3 > 100 {
+        let more = 2 + match event {
+            None => 0,
+            Some(EventOp::Claim { .. } | EventOp::Complete(_)) => 1,
+            Some(EventOp::Dequeue(_)) => 2,
+        };
+        if instances + more > 100 {
             self.violate(
                 "transaction too large",
-                format!("a commit writes {instances} instance records and 3 more items"),
+                format!("a commit writes {instances} instance records and {more} more items"),
             );
         }
     }
@@ -659,7 +704,7 @@ impl Sim {
     fn dump(&self) -> Vec<String> {
         let meta = self.store.meta();
         let mut out = vec![format!(
-            "fleet v{}: image {} capacity {} min_healthy {} max_total {}; rollout {}; pending [{}]; breaker {}; quarantined [{}]; disruptions this hour {}{}",
+            "fleet v{}: image {} capacity {} min_healthy {} max_total {}; rollout {}; pending [{}]; breaker {}; quarantined [{}]; disruptions this hour {}{}; inbox [{}]",
             meta.version,
             meta.spec.image,
             meta.spec.capacity,
@@ -685,6 +730,11 @@ impl Sim {
             } else {
                 ""
             },
+            self.store
+                .inbox()
+                .map(|q| format!("{} {}", q.key(), describe_intent(&q.intent)))
+                .collect::<Vec<_>>()
+                .join(", "),
         )];
         let now = self.now;
         let mut ids: BTreeSet<&InstanceId> = self.ec2.vms.keys().collect();
@@ -740,14 +790,14 @@ impl Sim {
         self.steps += 1;
         self.line = format!("[{}] {}", self.steps, self.clock());
         let w = self.scenario.weather.clone();
-        // Events due for delivery (up to `DELIVERY_FAN_OUT`): Lambda runs more invocations at
+        // Events due for delivery (up to `Config::fan_out`): Lambda runs more invocations at
         // once when events queue up. Delivering one at a time, the world's health reports for a
         // fleet of a hundred (four per instance) outran delivery by over an hour (seed 101 with
         // the intent committed alone: a wave missed its deadline on reports still queued).
         let due = self
             .bus
             .keys()
-            .take(DELIVERY_FAN_OUT)
+            .take(self.cfg.fan_out.max(1))
             .filter(|(t, _)| *t <= self.now)
             .count() as u32;
         if self.chaos && self.rng.chance(w.operator) {
@@ -955,6 +1005,7 @@ impl Sim {
             started: self.now,
             deadline: self.now + LAMBDA_TIMEOUT,
             seen_unowned: Vec::new(),
+            failure_listed: false,
         });
     }
 
@@ -984,9 +1035,19 @@ impl Sim {
                 self.note(format!("inv#{} done in {took}s", inv.n));
             }
             // The scheduled reconcile reports a fleet's failure without failing the invocation
-            // (the next schedule tries again); other events fail and are delivered again.
+            // (the next schedule tries again), and so does the reconcile after an intent was
+            // queued, or after a queued intent was applied by a pass with no intent of its own
+            // (the event is done; the next reconcile applies what is left in the inbox); other
+            // events fail and are delivered again.
             Next::Failed(inv, why) if matches!(inv.delivery.event.what, What::Scheduled) => {
                 self.note(format!("inv#{} reports a failure ({why})", inv.n));
+            }
+            Next::Failed(inv, why) if inv.failure_listed => {
+                self.stats.listed_failures += 1;
+                self.note(format!(
+                    "inv#{} reports a failure ({why}); its event is done",
+                    inv.n
+                ));
             }
             Next::Failed(inv, why) => self.failed(inv, why),
             Next::Rejected(inv, why) => self.note(format!("inv#{} rejected: {why}", inv.n)),
@@ -1002,30 +1063,60 @@ impl Sim {
                 Next::Failed(inv, "deadline near: not starting to plan a change".into())
             }
             Phase::Load => match &inv.kind {
+                // As the controller (`queue_intent`): past a few lost races the intent goes to
+                // the fleet's inbox, a write no race can fail, which completes the event; then
+                // the fleet is reconciled (which applies it), a failure of that only reported.
                 Kind::Fleet {
-                    intent: Some(_), ..
-                } if inv.conflicts >= ALONE_AFTER_CONFLICTS => {
-                    let loaded = self.store.load_fleet();
-                    self.note(format!(
-                        "inv#{} loads v{} to commit its intent alone",
-                        inv.n, loaded.version
-                    ));
-                    inv.seen_unowned.clear();
-                    inv.phase = Phase::Plan {
-                        loaded: Box::new(loaded),
-                        observed: None,
+                    intent: Some(intent),
+                    key: Some(key),
+                } if inv.conflicts >= QUEUE_AFTER_CONFLICTS => {
+                    let queued = QueuedIntent {
+                        intent: intent.clone(),
+                        event_time: inv.delivery.event.time,
+                        cause: cause(&inv.delivery.event),
                     };
-                    Next::Continue(inv)
+                    let qkey = queued.key();
+                    match self.store.enqueue(queued, key, now) {
+                        Ok(()) => {
+                            self.stats.queued += 1;
+                            self.note(format!(
+                                "inv#{} queues its intent ({qkey}) after {} lost races",
+                                inv.n, inv.conflicts
+                            ));
+                            if let Some(problem) = self.checker.on_enqueue(&qkey) {
+                                self.violate("inbox", problem);
+                            }
+                            inv.kind = Kind::Fleet {
+                                intent: None,
+                                key: None,
+                            };
+                            inv.conflicts = 0;
+                            inv.failure_listed = true;
+                            Next::Continue(inv)
+                        }
+                        Err(seen) => {
+                            self.note(format!(
+                                "inv#{} cannot queue its intent after {} lost races",
+                                inv.n, inv.conflicts
+                            ));
+                            self.already_handled(inv, seen)
+                        }
+                    }
                 }
                 Kind::Fleet { .. } => {
                     let loaded = self.store.load_fleet();
                     match self.ec2.describe(now, &mut self.rng) {
                         Ok(observed) => {
                             self.note(format!(
-                                "inv#{} loads v{} ({} live) and sees {} instances",
+                                "inv#{} loads v{} ({} live{}) and sees {} instances",
                                 inv.n,
                                 loaded.version,
                                 loaded.instances.len(),
+                                if loaded.inbox.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(", {} queued", loaded.inbox.len())
+                                },
                                 observed.len()
                             ));
                             inv.seen_unowned = observed
@@ -1065,23 +1156,23 @@ impl Sim {
             },
             Phase::Plan { loaded, observed } => {
                 let time = inv.delivery.event.time;
-                let planned = match &inv.kind {
-                    // The intent alone (loaded without EC2's view after lost races): planned
-                    // as an instance event's is, from the fleet record only.
-                    Kind::Fleet {
-                        intent: Some(intent),
-                        ..
-                    } if observed.is_none() => {
-                        self.cfg.variant.plan_instance(&loaded, intent, time, now)
+                // A fleet-wide pass applies the first queued intent, if any, instead of its own
+                // work (which follows once the inbox is empty).
+                let queued = match &inv.kind {
+                    Kind::Fleet { .. } => loaded.inbox.first().cloned(),
+                    Kind::Instance { .. } => None,
+                };
+                let observed = observed.as_deref().unwrap_or_default();
+                let planned = match (&inv.kind, &queued) {
+                    (Kind::Fleet { .. }, Some(q)) => {
+                        Ok(self.cfg.variant.plan_queued(&loaded, q, observed, now))
                     }
-                    Kind::Fleet { intent, .. } => self.cfg.variant.plan_fleet(
-                        &loaded,
-                        intent.as_ref(),
-                        time,
-                        observed.as_deref().unwrap_or_default(),
-                        now,
-                    ),
-                    Kind::Instance { intent, .. } => {
+                    (Kind::Fleet { intent, .. }, None) => {
+                        self.cfg
+                            .variant
+                            .plan_fleet(&loaded, intent.as_ref(), time, observed, now)
+                    }
+                    (Kind::Instance { intent, .. }, _) => {
                         self.cfg.variant.plan_instance(&loaded, intent, time, now)
                     }
                 };
@@ -1101,54 +1192,100 @@ impl Sim {
                     }
                 };
                 if matches!(inv.kind, Kind::Fleet { .. }) && step.is_noop() {
+                    // As the controller: nothing committed, so a queued intent would stay in the
+                    // inbox and the pass's own intent be dropped with its event unclaimed. The
+                    // planner records every intent it applies (if only as ignored), so this
+                    // cannot happen.
+                    if let Some(q) = &queued {
+                        self.violate(
+                            "inbox",
+                            format!(
+                                "applying queued intent {} planned nothing: it stays queued{}",
+                                q.key(),
+                                if matches!(
+                                    inv.kind,
+                                    Kind::Fleet {
+                                        intent: Some(_),
+                                        ..
+                                    }
+                                ) {
+                                    ", and the event's own intent is dropped"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        );
+                    }
                     self.note(format!("inv#{} plans nothing", inv.n));
                     return self.finish(inv, true);
                 }
-                self.note(format!("inv#{} plans: {}", inv.n, summarize(&step)));
+                match &queued {
+                    Some(q) => self.note(format!(
+                        "inv#{} plans queued {} ({}): {}",
+                        inv.n,
+                        describe_intent(&q.intent),
+                        q.key(),
+                        summarize(&step)
+                    )),
+                    None => self.note(format!("inv#{} plans: {}", inv.n, summarize(&step))),
+                }
                 inv.phase = Phase::Commit {
                     loaded,
                     step: Box::new(step),
+                    queued: queued.map(|q| q.key()),
                 };
                 Next::Continue(inv)
             }
-            Phase::Commit { loaded, step } => {
+            Phase::Commit {
+                loaded,
+                step,
+                queued,
+            } => {
+                // Applying a queued intent claims nothing: the pass's own event waits.
                 let key = match &inv.kind {
+                    _ if queued.is_some() => None,
                     Kind::Fleet { intent, key } => intent.as_ref().and(key.clone()),
                     Kind::Instance { key, .. } => Some(key.clone()),
                 };
                 // Commands follow: the event stays in progress until they are recorded.
                 let in_progress = !step.commands.is_empty();
-                let claim = key.as_deref().map(|id| EventOp::Claim {
-                    id,
-                    until: in_progress.then_some(inv.deadline),
-                });
-                self.check_transaction_size(&step);
-                match self.store.commit(&loaded, &step, claim, now) {
+                let op = match &queued {
+                    Some(q) => Some(EventOp::Dequeue(q)),
+                    None => key.as_deref().map(|id| EventOp::Claim {
+                        id,
+                        until: in_progress.then_some(inv.deadline),
+                    }),
+                };
+                self.check_transaction_size(&step, op.as_ref());
+                match self.store.commit(&loaded, &step, op, now) {
                     Ok(committed) => {
                         self.committed(&step.changes);
                         self.note(format!("inv#{} commits v{}", inv.n, committed.version));
-                        // As the controller: after an intent committed alone, reconcile the
-                        // fleet (where the controller reports a failure of that reconcile, a
-                        // failure here redelivers the event, which finds it completed); after an
-                        // instance event, if a repair was deferred (the breaker needs the whole
-                        // fleet) or the event may have made the rollout's current wave healthy.
-                        let alone = matches!(
-                            inv.kind,
-                            Kind::Fleet {
-                                intent: Some(_),
-                                ..
+                        if let Some(q) = &queued {
+                            self.stats.dequeued += 1;
+                            if let Some(problem) = self.checker.on_dequeue(q) {
+                                self.violate("inbox", problem);
                             }
-                        ) && inv.conflicts >= ALONE_AFTER_CONFLICTS;
-                        let follow_up = alone
-                            || matches!(inv.kind, Kind::Instance { .. })
-                                && (step
-                                    .changes
-                                    .iter()
-                                    .any(|c| matches!(c, Change::RepairDeferred { .. }))
-                                    || planner::wave_to_recheck(&committed, &step.changes)
-                                        .is_some_and(|wave| {
-                                            planner::wave_healthy(&self.store.load_partial(wave))
-                                        }));
+                        }
+                        // As the controller: after a queued intent, the pass starts over with
+                        // its own work; after an instance event, the fleet is reconciled if a
+                        // repair was deferred (the breaker needs the whole fleet) or the event
+                        // may have made the rollout's current wave healthy.
+                        let then = if queued.is_some() {
+                            After::StartOver
+                        } else if matches!(inv.kind, Kind::Instance { .. })
+                            && (step
+                                .changes
+                                .iter()
+                                .any(|c| matches!(c, Change::RepairDeferred { .. }))
+                                || planner::wave_to_recheck(&committed, &step.changes).is_some_and(
+                                    |wave| planner::wave_healthy(&self.store.load_partial(wave)),
+                                ))
+                        {
+                            After::ReconcileFleet
+                        } else {
+                            After::Finish
+                        };
                         inv.phase = Phase::Exec(Box::new(Exec {
                             involved: committed.instances.keys().cloned().collect(),
                             version: committed.version,
@@ -1162,7 +1299,7 @@ impl Sim {
                             claimed: key.filter(|_| in_progress),
                             unsettled: 0,
                             clean: true,
-                            follow_up,
+                            then,
                         }));
                         Next::Continue(inv)
                     }
@@ -1195,9 +1332,8 @@ impl Sim {
                     return Next::Continue(inv);
                 }
                 if ex.outcomes.is_empty() {
-                    let clean = ex.clean;
-                    let follow_up = ex.follow_up;
-                    return self.after_execute(inv, clean, follow_up);
+                    let (clean, then) = (ex.clean, ex.then);
+                    return self.after_execute(inv, clean, then);
                 }
                 // Recording is what the deadline's reserve is kept for: retried until the deadline.
                 if now >= inv.deadline {
@@ -1213,7 +1349,7 @@ impl Sim {
                     .as_deref()
                     .filter(|_| ex.unsettled == 0 && last)
                     .map(EventOp::Complete);
-                self.check_transaction_size(&record);
+                self.check_transaction_size(&record, complete.as_ref());
                 match self.store.commit(&ex.fleet, &record, complete, now) {
                     Ok(c) => {
                         self.committed(&record.changes);
@@ -1225,9 +1361,8 @@ impl Sim {
                             inv.phase = Phase::Exec(ex);
                             return Next::Continue(inv);
                         }
-                        let clean = ex.clean;
-                        let follow_up = ex.follow_up;
-                        self.after_execute(inv, clean, follow_up)
+                        let (clean, then) = (ex.clean, ex.then);
+                        self.after_execute(inv, clean, then)
                     }
                     Err(_) => {
                         self.stats.conflicts += 1;
@@ -1288,30 +1423,64 @@ impl Sim {
         }
     }
 
-    fn after_execute(&mut self, mut inv: Inv, clean: bool, follow_up: bool) -> Next {
-        if follow_up {
-            self.note(format!(
-                "inv#{} reconciles the fleet after its instance event",
-                inv.n
-            ));
-            inv.kind = Kind::Fleet {
-                intent: None,
-                key: None,
-            };
-            inv.conflicts = 0;
-            inv.phase = Phase::Load;
-            return Next::Continue(inv);
+    fn after_execute(&mut self, mut inv: Inv, clean: bool, then: After) -> Next {
+        match then {
+            After::Finish => self.finish(inv, clean),
+            After::ReconcileFleet => {
+                self.note(format!(
+                    "inv#{} reconciles the fleet after its instance event",
+                    inv.n
+                ));
+                inv.kind = Kind::Fleet {
+                    intent: None,
+                    key: None,
+                };
+                inv.conflicts = 0;
+                inv.phase = Phase::Load;
+                Next::Continue(inv)
+            }
+            After::StartOver => {
+                // The applied intent's pass was a full reconcile too.
+                self.check_leaks(&inv, clean);
+                // As the controller: a failure of what follows fails the invocation if the pass
+                // has an intent of its own (not applied yet: the event is delivered again), and
+                // is only reported if not.
+                let own = matches!(
+                    inv.kind,
+                    Kind::Fleet {
+                        intent: Some(_),
+                        ..
+                    }
+                );
+                inv.failure_listed |= !own;
+                self.note(format!(
+                    "inv#{} starts over for {}",
+                    inv.n,
+                    if own {
+                        "its own intent"
+                    } else {
+                        "the rest of the inbox"
+                    }
+                ));
+                inv.conflicts = 0;
+                inv.phase = Phase::Load;
+                Next::Continue(inv)
+            }
         }
-        self.finish(inv, clean)
     }
 
     fn finish(&mut self, inv: Inv, clean: bool) -> Next {
+        self.check_leaks(&inv, clean);
+        Next::Done(inv)
+    }
+
+    /// After a full reconcile that ran cleanly: what it saw unowned is recorded or gone.
+    fn check_leaks(&mut self, inv: &Inv, clean: bool) {
         if clean && matches!(inv.kind, Kind::Fleet { .. }) {
             if let Some(problem) = Checker::check_leaks(&self.store, &self.ec2, &inv.seen_unowned) {
                 self.violate("leak", problem);
             }
         }
-        Next::Done(inv)
     }
 
     fn committed(&mut self, changes: &[Change]) {
@@ -1707,6 +1876,10 @@ impl Sim {
         if meta.breaker.is_some() {
             return Some("breaker tripped".into());
         }
+        let queued = self.store.inbox().count();
+        if queued > 0 {
+            return Some(format!("{queued} intents queued, not applied"));
+        }
         let live: Vec<_> = self.store.live().collect();
         if live.len() != meta.spec.capacity as usize {
             return Some(format!(
@@ -1749,8 +1922,15 @@ impl Sim {
         None
     }
 
-    /// Converged: one more reconcile must find nothing to do.
+    /// Converged: every queued intent applied, and one more reconcile must find nothing to do.
     fn final_checks(&mut self) {
+        let unapplied = self.checker.unapplied();
+        if unapplied > 0 {
+            self.violate(
+                "liveness",
+                format!("{unapplied} queued intents never applied"),
+            );
+        }
         let fleet = self.store.load_fleet();
         let observed = self
             .ec2
@@ -1840,6 +2020,34 @@ fn describe_intent(i: &Intent) -> String {
         // Kinds newer than this simulator.
         #[allow(unreachable_patterns)]
         other => format!("{other:?}"),
+    }
+}
+
+/// The cause a commit records for an event (`Cause::from_envelope`).
+fn cause(event: &Event) -> Cause {
+    let (source, detail_type) = match &event.what {
+        What::Scheduled => (ev::SCHEDULE_SOURCE, ev::SCHEDULED_EVENT),
+        What::Intent(i) => (
+            ev::SOURCE,
+            match i {
+                Intent::ImageReady { .. } => ev::IMAGE_READY,
+                Intent::HealthCheckFailed { .. } => ev::HEALTH_CHECK_FAILED,
+                Intent::HealthCheckPassed { .. } => ev::HEALTH_CHECK_PASSED,
+                Intent::Scale { .. } => ev::SCALE_REQUESTED,
+                Intent::Reconcile { .. } => ev::RECONCILE_REQUESTED,
+                Intent::RolloutControl { .. } | Intent::ClearQuarantine { .. } => {
+                    ev::ROLLOUT_CONTROL
+                }
+                // Kinds the simulator does not send.
+                _ => ev::INSTANCE_NOTICE,
+            },
+        ),
+    };
+    Cause {
+        event_id: Some(event.id.clone()),
+        source: source.into(),
+        detail_type: detail_type.into(),
+        event_time: Some(event.time),
     }
 }
 

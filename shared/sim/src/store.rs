@@ -1,10 +1,15 @@
 //! A simulated state store with the semantics of `phoenix_aws::store::DynamoStore`: one fleet
-//! record guarded by its version, one record per instance (terminated ones kept as tombstones), and
-//! the handled-event records. A commit is atomic and conditional on the version read. The commit
-//! applying an event's intent claims its record — `INPROGRESS` until the invocation's deadline
-//! when commands follow, else `COMPLETED` — and is refused if the record exists (writing nothing);
-//! the commit recording the outcomes completes it.
+//! record guarded by its version, one record per instance (terminated ones kept as tombstones), the
+//! fleet's inbox of queued intents, and the handled-event records. A commit is atomic and
+//! conditional on the version read. The commit applying an event's intent claims its record —
+//! `INPROGRESS` until the invocation's deadline when commands follow, else `COMPLETED` — and is
+//! refused if the record exists (writing nothing); the commit recording the outcomes completes it.
+//! `enqueue` puts a fleet-wide event's intent in the inbox and completes its record in one write
+//! that does not depend on the version (it fails only as a claim would); the commit applying a
+//! queued intent deletes its item, conditional on the item's existence (else a conflict), so a
+//! queued intent is applied once however many reconciles race for it.
 
+use phoenix_core::events::QueuedIntent;
 use phoenix_core::model::{Fleet, Timestamp};
 use phoenix_core::planner::Step;
 use phoenix_core::InstanceId;
@@ -23,7 +28,8 @@ pub enum Seen {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitError {
-    /// The fleet's version moved since it was read.
+    /// The fleet's version moved since it was read, or the queued intent a commit applies is
+    /// no longer in the inbox (another commit applied it).
     Conflict,
     /// The event has a record already.
     Seen(Seen),
@@ -39,6 +45,9 @@ pub enum EventOp<'a> {
     },
     /// Recording the outcomes of a claimed event.
     Complete(&'a str),
+    /// Applying a queued intent: its inbox item (by `QueuedIntent::key`) is deleted, conditional
+    /// on its existence. The event's record was completed when it was queued.
+    Dequeue(&'a str),
 }
 
 pub struct Store {
@@ -47,6 +56,8 @@ pub struct Store {
     instances: BTreeMap<InstanceId, phoenix_core::model::Instance>,
     /// Event id -> in progress until (`None`: completed).
     events: BTreeMap<String, Option<Timestamp>>,
+    /// The fleet's inbox: queued intents by `QueuedIntent::key` (event time, then event id).
+    inbox: BTreeMap<String, QueuedIntent>,
 }
 
 impl Store {
@@ -55,10 +66,12 @@ impl Store {
         let mut meta = step.fleet.clone();
         meta.version = 1;
         meta.instances.clear();
+        meta.inbox.clear();
         Store {
             meta,
             instances: BTreeMap::new(),
             events: BTreeMap::new(),
+            inbox: BTreeMap::new(),
         }
     }
 
@@ -84,10 +97,16 @@ impl Store {
         self.instances.get(id).is_some_and(|i| i.is_live())
     }
 
-    /// `load_fleet`: the record and every live instance (tombstones are filtered out by the
-    /// query); the live counter is derived again.
+    /// The queued intents, in the order a reconcile applies them.
+    pub fn inbox(&self) -> impl Iterator<Item = &QueuedIntent> {
+        self.inbox.values()
+    }
+
+    /// `load_fleet`: the record, every live instance (tombstones are filtered out by the query)
+    /// and the inbox, oldest first; the live counter is derived again.
     pub fn load_fleet(&self) -> Fleet {
         let mut fleet = self.meta.clone();
+        fleet.inbox = self.inbox.values().cloned().collect();
         fleet.instances = self
             .instances
             .iter()
@@ -99,7 +118,8 @@ impl Store {
         fleet
     }
 
-    /// `load_partial`: the record and the named instances that exist (tombstones included).
+    /// `load_partial`: the record and the named instances that exist (tombstones included); not
+    /// the inbox.
     pub fn load_partial(&self, ids: &[InstanceId]) -> Fleet {
         let mut fleet = self.meta.clone();
         fleet.complete = false;
@@ -145,6 +165,11 @@ impl Store {
         if before.version != self.meta.version {
             return Err(CommitError::Conflict);
         }
+        if let Some(EventOp::Dequeue(key)) = event {
+            if !self.inbox.contains_key(key) {
+                return Err(CommitError::Conflict);
+            }
+        }
         let mut next = step.fleet.clone();
         next.version = before.version + 1;
         for id in &step.touched {
@@ -154,6 +179,8 @@ impl Store {
         }
         let mut meta = next.clone();
         meta.instances = Default::default();
+        // Not part of the record: the inbox's items are their own.
+        meta.inbox = Vec::new();
         meta.complete = false;
         self.meta = meta;
         match event {
@@ -163,9 +190,29 @@ impl Store {
             Some(EventOp::Complete(id)) => {
                 self.events.insert(id.to_string(), None);
             }
+            Some(EventOp::Dequeue(key)) => {
+                self.inbox.remove(key);
+            }
             None => {}
         }
         next.complete = step.fleet.complete;
         Ok(next)
+    }
+
+    /// `enqueue`: puts `queued` in the inbox and completes the event's record, in one write that
+    /// leaves the fleet's version alone (it cannot lose a race). Refused, writing nothing, if the
+    /// event has a record (as a claim is).
+    pub fn enqueue(
+        &mut self,
+        queued: QueuedIntent,
+        event_id: &str,
+        now: Timestamp,
+    ) -> Result<(), Seen> {
+        if let Some(seen) = self.check_event(event_id, now) {
+            return Err(seen);
+        }
+        self.inbox.insert(queued.key(), queued);
+        self.events.insert(event_id.to_string(), None);
+        Ok(())
     }
 }

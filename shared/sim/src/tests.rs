@@ -6,7 +6,7 @@ use crate::rng::Rng;
 use crate::store::{CommitError, EventOp, Seen, Store};
 use crate::{run_seed, Config, Report, Variant};
 use chrono::{TimeZone, Utc};
-use phoenix_core::events::Change;
+use phoenix_core::events::{Cause, Change, Intent, QueuedIntent, ScaleTarget};
 use phoenix_core::model::{FleetSpec, Lifecycle, Timestamp};
 use phoenix_core::planner::{self, Step};
 use phoenix_core::ImageId;
@@ -97,6 +97,97 @@ fn the_store_refuses_stale_versions_and_claimed_event_ids_by_their_status() {
     assert!(!partial.complete);
     assert!(partial.instances.is_empty());
     assert_eq!(partial.pending, fresh.pending);
+}
+
+fn queued(id: &str, secs: i64, desired: u32) -> QueuedIntent {
+    let mut cause = Cause::internal("ScaleRequested");
+    cause.event_id = Some(id.into());
+    QueuedIntent {
+        intent: Intent::Scale {
+            fleet: spec().name,
+            target: ScaleTarget::Desired(desired),
+        },
+        event_time: t0() + chrono::Duration::seconds(secs),
+        cause,
+    }
+}
+
+#[test]
+fn the_inbox_is_written_without_a_version_and_each_intent_taken_from_it_once() {
+    let created = planner::create_fleet(spec(), t0()).unwrap_or_else(|e| panic!("{e}"));
+    let mut store = Store::create(&created);
+    let now = t0();
+    let loaded = store.load_fleet();
+    // Queueing completes the event and leaves the version alone; a redelivery meets the record.
+    store
+        .enqueue(queued("ev-9", 20, 3), "ev-9", now)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    store
+        .enqueue(queued("ev-8", 10, 4), "ev-8", now)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        store.enqueue(queued("ev-9", 20, 3), "ev-9", now),
+        Err(Seen::Duplicate)
+    );
+    assert_eq!(store.check_event("ev-8", now), Some(Seen::Duplicate));
+    assert_eq!(store.version(), 1);
+    // A whole load holds the inbox, oldest event first; a partial load does not.
+    let fleet = store.load_fleet();
+    let ids: Vec<_> = fleet
+        .inbox
+        .iter()
+        .map(|q| q.cause.event_id.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(ids, ["ev-8", "ev-9"]);
+    assert!(store.load_partial(&[]).inbox.is_empty());
+    // Applying one deletes it; a second commit applying it (even at the new version) conflicts.
+    let first = fleet.inbox[0].clone();
+    let step = planner::apply_queued(&fleet, &first, now);
+    let key = first.key();
+    let committed = store
+        .commit(&fleet, &step, Some(EventOp::Dequeue(&key)), now)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(committed.version, 2);
+    assert_eq!(store.meta().spec.capacity, 4);
+    assert!(
+        store.meta().inbox.is_empty(),
+        "the record does not hold the inbox"
+    );
+    let fresh = store.load_fleet();
+    assert_eq!(fresh.inbox.len(), 1);
+    assert_eq!(
+        store
+            .commit(
+                &fresh,
+                &Step::unchanged(&fresh),
+                Some(EventOp::Dequeue(&key)),
+                now
+            )
+            .err(),
+        Some(CommitError::Conflict)
+    );
+    // The version read still guards a commit that applies a queued intent.
+    let second = fresh.inbox[0].key();
+    assert_eq!(
+        store
+            .commit(&loaded, &step, Some(EventOp::Dequeue(&second)), now)
+            .err(),
+        Some(CommitError::Conflict)
+    );
+    assert_eq!(store.version(), 2);
+}
+
+#[test]
+fn intents_are_queued_after_lost_races_and_all_applied() {
+    let mut stats = crate::Stats::default();
+    for seed in 1..=40 {
+        let r = run(seed, 2000, Variant::Real);
+        assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
+        // Converged: nothing is left in the inbox.
+        assert_eq!(r.stats.queued, r.stats.dequeued, "seed {seed}");
+        stats.add(&r.stats);
+    }
+    assert!(stats.queued > 0, "no intent was queued in 40 seeds");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! wrapper that rewrites the real planner's steps). The broken ones exist to prove that the
 //! invariants can fail: each breaks one promise, and the simulator must catch it.
 
-use phoenix_core::events::{Change, Intent};
+use phoenix_core::events::{Change, Intent, QueuedIntent};
 use phoenix_core::model::{Disposal, Fleet, Observed, RolloutStatus, Timestamp};
 use phoenix_core::planner::{self, Command, Outcome, Step};
 
@@ -63,6 +63,21 @@ impl Variant {
         }
         .then(|f| planner::reconcile(f, observed, now));
         Ok(self.rewrite(step))
+    }
+
+    /// What the controller plans for a fleet-wide pass that finds an intent in the fleet's inbox:
+    /// that intent (never refused: one that no longer applies is recorded as ignored), then a
+    /// reconcile. The pass's own intent waits for the next pass.
+    pub fn plan_queued(
+        self,
+        fleet: &Fleet,
+        queued: &QueuedIntent,
+        observed: &[Observed],
+        now: Timestamp,
+    ) -> Step {
+        let step = planner::apply_queued(fleet, queued, now)
+            .then(|f| planner::reconcile(f, observed, now));
+        self.rewrite(step)
     }
 
     /// What the controller plans for an instance-scoped event.
