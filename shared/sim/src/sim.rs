@@ -1058,12 +1058,20 @@ impl Sim {
         let now = self.now;
         let phase = std::mem::replace(&mut inv.phase, Phase::Load);
         let short = inv.deadline - now < DEADLINE_RESERVE;
+        // As the controller: queueing the intent is one write, made even within the reserve.
+        let queue_due = matches!(
+            inv.kind,
+            Kind::Fleet {
+                intent: Some(_),
+                key: Some(_)
+            }
+        ) && inv.conflicts >= QUEUE_AFTER_CONFLICTS;
         match phase {
-            Phase::Load if short => {
+            Phase::Load if short && !queue_due => {
                 Next::Failed(inv, "deadline near: not starting to plan a change".into())
             }
             Phase::Load => match &inv.kind {
-                // As the controller (`queue_intent`): past a few lost races the intent goes to
+                // As the controller (`reconcile_pass`): past a few lost races the intent goes to
                 // the fleet's inbox, a write no race can fail, which completes the event; then
                 // the fleet is reconciled (which applies it), a failure of that only reported.
                 Kind::Fleet {
@@ -1191,31 +1199,9 @@ impl Sim {
                         return Next::Rejected(inv, e.to_string());
                     }
                 };
-                if matches!(inv.kind, Kind::Fleet { .. }) && step.is_noop() {
-                    // As the controller: nothing committed, so a queued intent would stay in the
-                    // inbox and the pass's own intent be dropped with its event unclaimed. The
-                    // planner records every intent it applies (if only as ignored), so this
-                    // cannot happen.
-                    if let Some(q) = &queued {
-                        self.violate(
-                            "inbox",
-                            format!(
-                                "applying queued intent {} planned nothing: it stays queued{}",
-                                q.key(),
-                                if matches!(
-                                    inv.kind,
-                                    Kind::Fleet {
-                                        intent: Some(_),
-                                        ..
-                                    }
-                                ) {
-                                    ", and the event's own intent is dropped"
-                                } else {
-                                    ""
-                                }
-                            ),
-                        );
-                    }
+                // As the controller: a queued intent is committed even if it changed nothing, so
+                // that its commit deletes it from the inbox.
+                if matches!(inv.kind, Kind::Fleet { .. }) && step.is_noop() && queued.is_none() {
                     self.note(format!("inv#{} plans nothing", inv.n));
                     return self.finish(inv, true);
                 }
