@@ -479,9 +479,9 @@ fn scale_by(w: &World, name: &FleetName, delta: i64) -> Envelope {
 async fn a_scale_request_that_keeps_losing_races_is_queued_then_carried_out() {
     let (w, _) = fleet_of_two().await;
     let name = FleetName::parse("web").unwrap();
-    // Ten lost races: as many attempts as an invocation without a deadline makes. Planning with
-    // EC2's view each time, the request would fail them all (and be retried, then dead-lettered).
-    let controller = contended(&w, 10);
+    // Five lost races: three before the intent is queued, two of the three attempts the
+    // reconcile after it makes.
+    let controller = contended(&w, 5);
     let scale = scale_by(&w, &name, 2);
     let report = controller.handle(&scale, None).await.unwrap();
     let f = &report.fleets[0];
@@ -491,8 +491,8 @@ async fn a_scale_request_that_keeps_losing_races_is_queued_then_carried_out() {
     assert_eq!(controller.compute.races.into_inner(), 0);
 
     // After three lost races the intent went to the fleet's inbox, and the reconcile that
-    // followed (losing the other seven races first) applied it: recorded with this event as
-    // the cause, the capacity first, and carried out.
+    // followed (losing the other two races first) applied it: recorded with this event as the
+    // cause, the capacity first, and carried out.
     let mine = entries_of(&w, &name, &scale).await;
     assert!(matches!(
         mine[0].changes.first(),

@@ -500,6 +500,8 @@ struct Inv {
     /// A failure from here on is reported, not a failure of the invocation: the event is done
     /// (its intent queued, or applied before the pass that fails).
     failure_listed: bool,
+    /// Its own intent is queued: the reconcile that follows makes few attempts.
+    queued_own: bool,
 }
 
 enum Next {
@@ -1006,6 +1008,7 @@ impl Sim {
             deadline: self.now + LAMBDA_TIMEOUT,
             seen_unowned: Vec::new(),
             failure_listed: false,
+            queued_own: false,
         });
     }
 
@@ -1100,6 +1103,7 @@ impl Sim {
                             };
                             inv.conflicts = 0;
                             inv.failure_listed = true;
+                            inv.queued_own = true;
                             Next::Continue(inv)
                         }
                         Err(seen) => {
@@ -1296,6 +1300,10 @@ impl Sim {
                         self.note(format!("inv#{} conflict ({})", inv.n, inv.conflicts));
                         if inv.conflicts >= MAX_CONFLICTS {
                             return Next::Failed(inv, "too many conflicts".into());
+                        }
+                        // As the controller: once its intent is queued, only a few attempts.
+                        if inv.queued_own && inv.conflicts >= QUEUE_AFTER_CONFLICTS {
+                            return Next::Failed(inv, "lost races after queueing".into());
                         }
                         Next::Continue(inv)
                     }
