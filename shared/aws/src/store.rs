@@ -528,28 +528,11 @@ impl StateStore for DynamoStore {
                 Ok(next)
             }
             Err(err) => {
-                let reasons: Vec<(String, Option<HashMap<String, AttributeValue>>)> = err
-                    .as_service_error()
-                    .and_then(|e| match e {
-                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(t) => {
-                            t.cancellation_reasons.as_ref()
-                        }
-                        _ => None,
-                    })
-                    .map(|rs| {
-                        rs.iter()
-                            .map(|r| (r.code.clone().unwrap_or_default(), r.item.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let reasons = cancellation_reasons(&err);
                 if reasons.is_empty() {
                     return Err(sdk(err));
                 }
-                let failed = |i: usize| {
-                    reasons
-                        .get(i)
-                        .is_some_and(|(c, _)| c == "ConditionalCheckFailed")
-                };
+                let failed = |i: usize| reasons.get(i).is_some_and(|(c, _)| c == CONDITION_FAILED);
                 if let (Some(i), Some(EventRecord::Claim { key, .. })) = (claim_index, event) {
                     if failed(i) {
                         let old = reasons.get(i).and_then(|(_, item)| item.clone());
@@ -557,7 +540,7 @@ impl StateStore for DynamoStore {
                     }
                 }
                 // The fleet's version moved, or the queued intent was applied by another.
-                if failed(0) || reasons.iter().any(|(c, _)| c == "ConditionalCheckFailed") {
+                if failed(0) || reasons.iter().any(|(c, _)| c == CONDITION_FAILED) {
                     return Err(if before.version == 0 {
                         Error::Invalid(phoenix_core::Error::invalid(
                             "fleet",
@@ -612,22 +595,10 @@ impl StateStore for DynamoStore {
             tracing::info!(fleet = %name, event = %key.id, "intent queued");
             return Ok(());
         };
-        let reasons: Vec<_> = err
-            .as_service_error()
-            .and_then(|e| match e {
-                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(t) => {
-                    t.cancellation_reasons.clone()
-                }
-                _ => None,
-            })
-            .unwrap_or_default();
-        let failed = |i: usize| {
-            reasons
-                .get(i)
-                .is_some_and(|r| r.code.as_deref() == Some("ConditionalCheckFailed"))
-        };
+        let reasons = cancellation_reasons(&err);
+        let failed = |i: usize| reasons.get(i).is_some_and(|(c, _)| c == CONDITION_FAILED);
         if failed(2) {
-            let old = reasons.get(2).and_then(|r| r.item.clone());
+            let old = reasons.get(2).and_then(|(_, item)| item.clone());
             return Err(self.already_recorded(key, old, now).await);
         }
         if failed(0) {
@@ -785,6 +756,27 @@ impl StateStore for DynamoStore {
             });
         }
         Ok(2 + self.purge_fleet_items(name).await?)
+    }
+}
+
+const CONDITION_FAILED: &str = "ConditionalCheckFailed";
+
+/// Why each item of a cancelled transaction failed (code, and the old item when asked for), in
+/// the order of the items; empty if the transaction was not cancelled.
+fn cancellation_reasons<R>(
+    err: &aws_smithy_runtime_api::client::result::SdkError<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+        R,
+    >,
+) -> Vec<(String, Option<HashMap<String, AttributeValue>>)> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match err.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(t)) => t
+            .cancellation_reasons()
+            .iter()
+            .map(|r| (r.code.clone().unwrap_or_default(), r.item.clone()))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -1387,7 +1387,7 @@ impl Sim {
     /// A delivery of an event that has a record already: completed, or in the hands of a live
     /// invocation — nothing to do; applied by one whose time ran out — reconcile the fleet to
     /// finish its work, without the intent.
-    fn already_handled(&mut self, mut inv: Inv, seen: Seen) -> Next {
+    fn already_handled(&mut self, inv: Inv, seen: Seen) -> Next {
         match seen {
             Seen::Duplicate => self.stats.duplicates += 1,
             Seen::InFlight => self.stats.in_flight += 1,
@@ -1406,13 +1406,7 @@ impl Sim {
                     "inv#{} event applied but unfinished: reconciles without it",
                     inv.n
                 ));
-                inv.kind = Kind::Fleet {
-                    intent: None,
-                    key: None,
-                };
-                inv.conflicts = 0;
-                inv.phase = Phase::Load;
-                Next::Continue(inv)
+                reconcile_next(inv)
             }
         }
     }
@@ -1425,13 +1419,7 @@ impl Sim {
                     "inv#{} reconciles the fleet after its instance event",
                     inv.n
                 ));
-                inv.kind = Kind::Fleet {
-                    intent: None,
-                    key: None,
-                };
-                inv.conflicts = 0;
-                inv.phase = Phase::Load;
-                Next::Continue(inv)
+                reconcile_next(inv)
             }
             After::StartOver => {
                 // The applied intent's pass was a full reconcile too.
@@ -1957,6 +1945,17 @@ impl Sim {
         }
         self.flush_line();
     }
+}
+
+/// The invocation goes on as a reconcile of its fleet without an intent, with fresh attempts.
+fn reconcile_next(mut inv: Inv) -> Next {
+    inv.kind = Kind::Fleet {
+        intent: None,
+        key: None,
+    };
+    inv.conflicts = 0;
+    inv.phase = Phase::Load;
+    Next::Continue(inv)
 }
 
 /// The executor's order: terminations already covered, launches, then the terminations that
