@@ -618,3 +618,62 @@ async fn each_handled_event_prints_an_embedded_metric_line_per_fleet() {
         .count();
     assert_eq!(metric_lines, 1, "one line per fleet per event");
 }
+
+/// An intent waiting in the fleet's inbox (its event kept losing the race for the fleet) is what
+/// an operator sees in `status`, text and JSON, until a pass over the fleet applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_a_queued_intent_until_the_fleet_applies_it() {
+    use phoenix_aws::store::{EventKey, StateStore};
+    use phoenix_core::events::{Cause, QueuedIntent, ScaleTarget};
+
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    h.apply(&FleetFile::new("web", &a, 2));
+    h.settle("web").await;
+
+    let name = FleetName::parse("web").unwrap();
+    let at = chrono::Utc::now();
+    let queued = QueuedIntent {
+        intent: Intent::Scale {
+            fleet: name.clone(),
+            target: ScaleTarget::Desired(3),
+        },
+        event_time: at,
+        cause: Cause {
+            event_id: Some("ev-queued-1".into()),
+            source: "phoenix".into(),
+            detail_type: "ScaleRequested".into(),
+            event_time: Some(at),
+        },
+    };
+    let key = EventKey {
+        id: "ev-queued-1".into(),
+        hash: "0".into(),
+    };
+    h.store().enqueue(&name, &queued, &key, at).await.unwrap();
+
+    let text = h.phoenix_ok(&["status", "web"]);
+    assert!(
+        text.contains("queued ScaleRequested of") && text.contains("event ev-queued-1"),
+        "{text}"
+    );
+    let status = json(&h.phoenix_ok(&["status", "web", "-o", "json"]));
+    assert_eq!(
+        status["queued_intents"][0]["intent"]["kind"], "scale",
+        "{status:#}"
+    );
+    assert_eq!(
+        status["queued_intents"][0]["cause"]["event_id"],
+        "ev-queued-1"
+    );
+
+    let fleet = h.settle("web").await;
+    assert_eq!(fleet.spec.capacity, 3);
+    let status = json(&h.phoenix_ok(&["status", "web", "-o", "json"]));
+    assert_eq!(
+        status["queued_intents"],
+        serde_json::json!([]),
+        "{status:#}"
+    );
+    assert!(!h.phoenix_ok(&["status", "web"]).contains("queued"));
+}
