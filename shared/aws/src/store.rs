@@ -539,8 +539,9 @@ impl StateStore for DynamoStore {
                         return Err(self.already_recorded(key, old, now).await);
                     }
                 }
-                // The fleet's version moved, or the queued intent was applied by another.
-                if failed(0) || reasons.iter().any(|(c, _)| c == CONDITION_FAILED) {
+                // The fleet's version moved (its record is the first item), or the queued intent
+                // was applied by another.
+                if reasons.iter().any(|(c, _)| c == CONDITION_FAILED) {
                     return Err(if before.version == 0 {
                         Error::Invalid(phoenix_core::Error::invalid(
                             "fleet",
