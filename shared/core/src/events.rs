@@ -108,14 +108,6 @@ pub struct QueuedIntent {
 }
 
 impl QueuedIntent {
-    pub fn new(env: &Envelope, intent: Intent) -> Self {
-        QueuedIntent {
-            intent,
-            event_time: env.time,
-            cause: Cause::from_envelope(env),
-        }
-    }
-
     /// Orders the inbox by event time, then event id (as text: its store key sorts the same).
     pub fn key(&self) -> String {
         format!(
