@@ -3,7 +3,6 @@
 use crate::output::Printer;
 use crate::Exit;
 use anyhow::Result;
-use phoenix_aws::store::StateStore;
 use phoenix_aws::{AwsController, Error};
 use phoenix_core::events::{Cause, Intent, ScaleTarget};
 use phoenix_core::{FleetName, InstanceId};

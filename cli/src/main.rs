@@ -16,14 +16,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use phoenix_aws::bus::{Bus, OutgoingEvent};
 use phoenix_aws::config::{load_sdk_config, Settings};
-use phoenix_aws::local::{self, Dispatcher};
-use phoenix_aws::store::StateStore;
 use phoenix_aws::{telemetry, AwsController};
 use phoenix_core::events::{ControlAction, Intent, ScaleTarget};
 use phoenix_core::history;
 use phoenix_core::model::Timestamp;
 use phoenix_core::timeline::{self, Timeline, Window};
 use phoenix_core::{FleetName, ImageId, InstanceId};
+use phoenix_local::{self as local, Dispatcher};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -277,7 +276,7 @@ async fn run(cli: Cli) -> Result<()> {
     let out = output::Printer {
         json: cli.output == Format::Json,
     };
-    let controller = AwsController::from_env().await;
+    let controller = phoenix_aws::from_env().await;
     match cli.command {
         Top::Fleet(cmd) => fleet_cmd(cmd, &controller, &out).await,
         Top::Publish(cmd) => {

@@ -3,14 +3,14 @@
 use crate::fleet::Deleted;
 use crate::rollout::status_word;
 use anyhow::Result;
-use phoenix_aws::local::Delivery;
-use phoenix_aws::store::HistoryEntry;
 use phoenix_aws::FleetReport;
 use phoenix_core::events::{Cause, Intent};
+use phoenix_core::history::HistoryEntry;
 use phoenix_core::history::{describe, BudgetUse, Explanation, Link, LinkKind, Snapshot};
 use phoenix_core::model::{Fleet, Health, RolloutPolicy, RolloutStatus, Timestamp};
 use phoenix_core::timeline::{MarkerKind, Timeline};
 use phoenix_core::ImageId;
+use phoenix_local::Delivery;
 use serde::Serialize;
 use serde_json::json;
 use std::path::PathBuf;

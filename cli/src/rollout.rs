@@ -6,7 +6,6 @@ use crate::output::{Printer, Progress};
 use crate::Exit;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use phoenix_aws::store::StateStore;
 use phoenix_aws::AwsController;
 use phoenix_core::model::{Fleet, Rollout, RolloutStatus, Timestamp};
 use phoenix_core::FleetName;

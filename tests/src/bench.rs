@@ -29,11 +29,12 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
-use phoenix_aws::compute::{Compute, Ec2Compute};
+use phoenix_aws::ec2::Ec2Client;
 use phoenix_core::events::{Envelope, Intent, ScaleTarget};
 use phoenix_core::model::{Fleet, FleetSpec, Lifecycle, Observed};
 use phoenix_core::planner::{self, Command, Outcome, LEASE};
 use phoenix_core::{FleetName, ImageId, InstanceId};
+use phoenix_protocol::compute::Compute;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -741,7 +742,7 @@ impl Bench {
         let started = Instant::now();
         let spec = FleetSpec::from_yaml(&fleet_yaml(name, image, capacity, 1, ""))?;
         let now = self.world.now();
-        let compute = Ec2Compute::new(self.world.ec2.clone());
+        let compute = Compute::new(Ec2Client::new(self.world.ec2.clone()));
         let mut fleet = committed(
             &Fleet::new(spec.clone(), now),
             planner::create_fleet(spec, now)?.fleet,
@@ -891,12 +892,12 @@ impl Bench {
             while !requests.is_empty() {
                 let out = client
                     .batch_write_item()
-                    .request_items(self.world.store.table(), requests)
+                    .request_items(self.world.store.table().name(), requests)
                     .send()
                     .await?;
                 requests = out
                     .unprocessed_items
-                    .and_then(|mut m| m.remove(self.world.store.table()))
+                    .and_then(|mut m| m.remove(self.world.store.table().name()))
                     .unwrap_or_default();
             }
         }
@@ -1287,7 +1288,7 @@ async fn fleet_read_units(b: &Bench, name: &str) -> Result<f64> {
     let pk = AttributeValue::S(format!("FLEET#{name}"));
     let meta = client
         .get_item()
-        .table_name(b.world.store.table())
+        .table_name(b.world.store.table().name())
         .key("pk", pk.clone())
         .key("sk", AttributeValue::S("META".into()))
         .send()
@@ -1297,7 +1298,7 @@ async fn fleet_read_units(b: &Bench, name: &str) -> Result<f64> {
     let mut instances = 0;
     let mut pages = client
         .query()
-        .table_name(b.world.store.table())
+        .table_name(b.world.store.table().name())
         .key_condition_expression("pk = :pk AND begins_with(sk, :inst)")
         .filter_expression("attribute_not_exists(gone)")
         .expression_attribute_values(":pk", pk)

@@ -33,11 +33,11 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use phoenix_aws::bus::EventBridgeBus;
-use phoenix_aws::compute::Ec2Compute;
 use phoenix_aws::config::emulator_sdk_config;
-use phoenix_aws::controller::{Clock, Deadline};
-use phoenix_aws::store::{DynamoStore, StateStore};
-use phoenix_aws::{Controller, FleetOutcome};
+use phoenix_aws::ec2::Ec2Client;
+use phoenix_aws::table::DynamoTable;
+use phoenix_aws::time::SystemTime;
+use phoenix_aws::{AwsController, Controller, Deadline, DynamoStore, FleetOutcome};
 use phoenix_core::events::{
     Change, Envelope, Intent, ScaleTarget, SCHEDULED_EVENT, SCHEDULE_SOURCE, SOURCE,
 };
@@ -45,12 +45,13 @@ use phoenix_core::model::{Fleet, FleetSpec, Health, Timestamp, TAG_FLEET, TAG_TO
 use phoenix_core::patterns::route;
 use phoenix_core::planner::LEASE;
 use phoenix_core::{FleetName, ImageId, InstanceId};
+use phoenix_protocol::ports::Time;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub type ChaosController = Controller<DynamoStore, Ec2Compute, EventBridgeBus>;
+pub type ChaosController = AwsController;
 
 /// Lambda's asynchronous invocation: the first attempt and two retries.
 const LAMBDA_ATTEMPTS: usize = 3;
@@ -339,26 +340,23 @@ impl World {
         let emulator = Emulator::start()?;
         let proxy = FaultProxy::start_with(&emulator.endpoint, seed, true, faults).await?;
         let direct = emulator_sdk_config(&emulator.endpoint).await;
-        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&direct), "phoenix");
-        store.create_table().await?;
+        let store = phoenix_aws::dynamo_store(aws_sdk_dynamodb::Client::new(&direct), "phoenix");
+        store.table().create_table().await?;
         let sdk = chaos_sdk_config(&proxy.endpoint, faults).await;
         let offset_secs = Arc::new(AtomicI64::new(0));
         let offset = offset_secs.clone();
-        let clock: Clock = Arc::new(move || {
-            chrono::Utc::now() + chrono::Duration::seconds(offset.load(Ordering::SeqCst))
-        });
         let clients = clients(&sdk);
-        let controller = Arc::new(Controller {
-            store: DynamoStore::new(clients.dynamodb, "phoenix"),
-            compute: Ec2Compute::new(clients.ec2),
-            bus: EventBridgeBus::new(clients.events, "default"),
-            clock,
-            intake: Default::default(),
-        });
+        let controller = Arc::new(Controller::new(
+            DynamoTable::new(clients.dynamodb, "phoenix"),
+            Ec2Client::new(clients.ec2),
+            EventBridgeBus::new(clients.events, "default"),
+            SystemTime::skewed(offset),
+            Default::default(),
+        ));
         let ec2 = aws_sdk_ec2::Client::new(&direct);
         let mut imgs = Vec::new();
         for i in 0..images {
-            imgs.push(phoenix_aws::local::register_image(&direct, &format!("chaos-{i}")).await?);
+            imgs.push(phoenix_local::register_image(&direct, &format!("chaos-{i}")).await?);
         }
         let mut world = World {
             _emulator: emulator,
@@ -428,7 +426,7 @@ impl World {
     }
 
     pub fn now(&self) -> Timestamp {
-        (self.controller.clock)()
+        self.controller.time.now()
     }
 
     /// Time passes (between invocations): leases and in-progress claims run out.
@@ -499,7 +497,7 @@ impl World {
             self.count_delivery(env);
             match self
                 .controller
-                .handle_within(env, function, lambda_deadline())
+                .handle_within(env, function, lambda_deadline(self.now()))
                 .await
             {
                 Ok(report) => {
@@ -538,7 +536,7 @@ impl World {
             .handle_within(
                 env,
                 route(&env.source, &env.detail_type),
-                deadline.unwrap_or_else(lambda_deadline),
+                deadline.unwrap_or_else(|| lambda_deadline(self.now())),
             )
             .await;
         if let Ok(report) = &r {
@@ -557,7 +555,7 @@ impl World {
         let outcome = tokio::select! {
             biased;
             _ = crashed => None,
-            r = self.controller.handle_within(env, function, lambda_deadline()) => Some(r),
+            r = self.controller.handle_within(env, function, lambda_deadline(self.now())) => Some(r),
         };
         self.proxy.disarm();
         match outcome {
@@ -580,7 +578,7 @@ impl World {
             .handle_within(
                 &env,
                 route(&env.source, &env.detail_type),
-                lambda_deadline(),
+                lambda_deadline(self.now()),
             )
             .await
             .map(|_| ())
@@ -599,7 +597,7 @@ impl World {
             .handle_within(
                 &env,
                 route(&env.source, &env.detail_type),
-                lambda_deadline(),
+                lambda_deadline(self.now()),
             )
             .await
             .map(|_| ())
@@ -898,8 +896,8 @@ impl World {
 
 /// Every invocation runs as a Lambda invocation does: with the functions' timeout (60 s,
 /// infra/template.yaml) as its deadline.
-fn lambda_deadline() -> Deadline {
-    Deadline::after(Duration::from_secs(60))
+fn lambda_deadline(now: Timestamp) -> Deadline {
+    Deadline::at(now + chrono::Duration::seconds(60))
 }
 
 fn error_kind(e: &phoenix_aws::Error) -> &'static str {

@@ -10,20 +10,17 @@ pub mod runtime_api;
 
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
-use phoenix_aws::bus::EventBridgeBus;
-use phoenix_aws::compute::Ec2Compute;
 use phoenix_aws::config::{emulator_sdk_config, Settings};
-use phoenix_aws::controller::system_clock;
-use phoenix_aws::local::{self, Delivery, Dispatcher};
-use phoenix_aws::store::{DynamoStore, HistoryEntry, StateStore};
-use phoenix_aws::Controller;
+use phoenix_aws::{Aws, AwsController, DynamoStore};
+use phoenix_core::history::HistoryEntry;
 use phoenix_core::model::Fleet;
 use phoenix_core::{FleetName, ImageId};
+use phoenix_local::{self as local, Delivery, Dispatcher};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-pub type LocalDispatcher = Dispatcher<DynamoStore, Ec2Compute, EventBridgeBus>;
+pub type LocalDispatcher = Dispatcher<Aws>;
 
 /// The repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
@@ -102,7 +99,7 @@ pub struct Harness {
     pub dispatcher: LocalDispatcher,
     pub ec2: aws_sdk_ec2::Client,
     /// The Image Builder builds the controller knows (the emulator has no Image Builder).
-    pub builds: phoenix_aws::intake::StaticImageResolver,
+    pub builds: phoenix_protocol::ports::StaticImageResolver,
 }
 
 /// An EC2 instance as the tests see it.
@@ -130,7 +127,7 @@ impl Harness {
         };
         local::provision(&sdk, &settings).await?;
         let mut controller = controller(&sdk, &settings);
-        let builds = phoenix_aws::intake::StaticImageResolver::default();
+        let builds = phoenix_protocol::ports::StaticImageResolver::default();
         controller.intake.images = std::sync::Arc::new(builds.clone());
         let dispatcher = Dispatcher::connect(&sdk, controller).await?;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
@@ -504,17 +501,8 @@ fn aws_sdk_sqs_client(sdk: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(sdk)
 }
 
-pub fn controller(
-    sdk: &aws_config::SdkConfig,
-    settings: &Settings,
-) -> Controller<DynamoStore, Ec2Compute, EventBridgeBus> {
-    Controller {
-        store: DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &settings.table),
-        compute: Ec2Compute::new(aws_sdk_ec2::Client::new(sdk)),
-        bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), &settings.bus),
-        clock: system_clock(),
-        intake: Default::default(),
-    }
+pub fn controller(sdk: &aws_config::SdkConfig, settings: &Settings) -> AwsController {
+    phoenix_aws::controller(sdk, settings, Default::default())
 }
 
 /// Converged: every instance on the fleet's image, healthy, at capacity, nothing in flight.

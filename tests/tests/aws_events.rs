@@ -9,13 +9,13 @@
 
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use chrono::{Duration, Utc};
-use phoenix_aws::local::Delivery;
 use phoenix_aws::FleetOutcome;
 use phoenix_core::events::Change;
 use phoenix_core::images::ImageBuild;
 use phoenix_core::model::Health;
 use phoenix_core::patterns::Function;
 use phoenix_core::{FleetName, ImageId, InstanceId};
+use phoenix_local::Delivery;
 use phoenix_tests::{Ec2Instance, FleetFile, Harness};
 use serde_json::{json, Value};
 
@@ -143,7 +143,6 @@ fn ids(instances: &[Ec2Instance]) -> Vec<String> {
 
 async fn record(h: &Harness, id: &str) -> phoenix_core::model::Instance {
     let id = InstanceId::parse(id).unwrap();
-    use phoenix_aws::store::StateStore;
     let fleet = h.store().load_for_instance(&id).await.unwrap();
     fleet.instances[&id].clone()
 }
@@ -336,7 +335,7 @@ async fn the_admission_gate_refuses_untagged_images_and_says_so() {
     );
     assert_eq!(h.fleet("web").await.spec.image, a, "refused");
     assert_eq!(h.settle("other").await.spec.image, untagged, "no gate");
-    let rejected = |history: &[phoenix_aws::store::HistoryEntry]| -> Vec<String> {
+    let rejected = |history: &[phoenix_core::history::HistoryEntry]| -> Vec<String> {
         history
             .iter()
             .flat_map(|e| &e.changes)
@@ -918,9 +917,7 @@ async fn the_rules_for_aws_events_are_on_the_default_bus_whatever_bus_phoenix_us
         table: "phoenix".into(),
         bus: "phoenix-bus".into(),
     };
-    phoenix_aws::local::provision(&sdk, &settings)
-        .await
-        .unwrap();
+    phoenix_local::provision(&sdk, &settings).await.unwrap();
     let events = aws_sdk_eventbridge::Client::new(&sdk);
     let names = |bus: &'static str| {
         let events = events.clone();

@@ -623,7 +623,7 @@ async fn each_handled_event_prints_an_embedded_metric_line_per_fleet() {
 /// an operator sees in `status`, text and JSON, until a pass over the fleet applies it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_lists_a_queued_intent_until_the_fleet_applies_it() {
-    use phoenix_aws::store::{EventKey, StateStore};
+    use phoenix_aws::store::EventKey;
     use phoenix_core::events::{Cause, QueuedIntent, ScaleTarget};
 
     let h = Harness::start().await.unwrap();

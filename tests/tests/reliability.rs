@@ -8,18 +8,24 @@
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use phoenix_aws::bus::EventBridgeBus;
-use phoenix_aws::compute::{Compute, Ec2Compute, LaunchOutput, TerminateOutput};
-use phoenix_aws::controller::{Clock, Controller, Deadline, DEADLINE_RESERVE};
-use phoenix_aws::store::{DynamoStore, HistoryEntry, StateStore};
-use phoenix_aws::{Error, FleetOutcome};
+use phoenix_aws::ec2::Ec2Client;
+use phoenix_aws::table::DynamoTable;
+use phoenix_aws::time::SystemTime;
+use phoenix_aws::{
+    Controller, Deadline, DynamoStore, Error, FleetOutcome, Ports, DEADLINE_RESERVE,
+};
 use phoenix_core::events::{Cause, Change, Envelope, Intent, ScaleTarget};
+use phoenix_core::history::HistoryEntry;
 use phoenix_core::images::ImageFacts;
-use phoenix_core::model::{FleetSpec, Observed, TAG_TOKEN};
+use phoenix_core::model::{TAG_FLEET, TAG_TOKEN};
 use phoenix_core::planner::{Step, LEASE};
-use phoenix_core::{FleetName, ImageId, InstanceId};
+use phoenix_core::FleetName;
+use phoenix_protocol::ports::ec2::{Ec2, Ec2Instance, Instances, Ran, RunInstances};
+use phoenix_protocol::ports::Time;
 use phoenix_tests::chaos::World;
 use phoenix_tests::faults::{FaultConfig, FaultKind, FaultProxy};
 use phoenix_tests::Emulator;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,7 +194,7 @@ async fn near_its_deadline_an_invocation_starts_nothing_new_and_the_next_reconci
     // Too little time from the start: nothing is done, and the event is retried.
     let env = health_failed(&w, &victim);
     let err = w
-        .invoke(&env, Some(Deadline::after(DEADLINE_RESERVE / 2)))
+        .invoke(&env, Some(Deadline::at(w.now() + DEADLINE_RESERVE / 2)))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Deadline(_)), "{err}");
@@ -205,8 +211,8 @@ async fn near_its_deadline_an_invocation_starts_nothing_new_and_the_next_reconci
     let report = w
         .invoke(
             &env,
-            Some(Deadline::after(
-                DEADLINE_RESERVE + Duration::from_millis(2500),
+            Some(Deadline::at(
+                w.now() + DEADLINE_RESERVE + Duration::from_millis(2500),
             )),
         )
         .await
@@ -327,7 +333,7 @@ async fn the_fault_proxy_fails_each_service_the_way_aws_does() {
                 (
                     "ec2",
                     e.code().unwrap_or_default().to_string(),
-                    Error::from_sdk("ec2", e),
+                    phoenix_aws::error::sdk_error("ec2", e),
                 )
             },
             {
@@ -335,7 +341,7 @@ async fn the_fault_proxy_fails_each_service_the_way_aws_does() {
                 (
                     "dynamodb",
                     e.code().unwrap_or_default().to_string(),
-                    Error::from_sdk("dynamodb", e),
+                    phoenix_aws::error::sdk_error("dynamodb", e),
                 )
             },
             {
@@ -343,7 +349,7 @@ async fn the_fault_proxy_fails_each_service_the_way_aws_does() {
                 (
                     "events",
                     e.code().unwrap_or_default().to_string(),
-                    Error::from_sdk("eventbridge", e),
+                    phoenix_aws::error::sdk_error("eventbridge", e),
                 )
             },
             {
@@ -351,7 +357,7 @@ async fn the_fault_proxy_fails_each_service_the_way_aws_does() {
                 (
                     "sqs",
                     e.code().unwrap_or_default().to_string(),
-                    Error::from_sdk("sqs", e),
+                    phoenix_aws::error::sdk_error("sqs", e),
                 )
             },
         ];
@@ -382,21 +388,25 @@ async fn the_fault_proxy_fails_each_service_the_way_aws_does() {
 /// EC2 as the controller sees it, but while it answers each of the first `races` reads of a
 /// fleet another writer commits to that fleet: every plan made from those reads loses its race.
 struct Contended {
-    ec2: Ec2Compute,
+    ec2: Ec2Client,
     store: DynamoStore,
     races: AtomicUsize,
-    clock: Clock,
+    time: SystemTime,
 }
 
-impl Compute for Contended {
-    async fn describe_fleet(&self, fleet: &FleetName) -> phoenix_aws::Result<Vec<Observed>> {
-        let seen = self.ec2.describe_fleet(fleet).await?;
-        let race = self
-            .races
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
+impl Ec2 for Contended {
+    async fn describe_instances(&self, which: &Instances) -> phoenix_aws::Result<Vec<Ec2Instance>> {
+        let seen = self.ec2.describe_instances(which).await?;
+        let Instances::Tagged { key, value } = which else {
+            return Ok(seen);
+        };
+        let race = key == TAG_FLEET
+            && self
+                .races
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
         if race {
-            let f = self.store.load_fleet(fleet).await?;
+            let f = self.store.load_fleet(&FleetName::parse(value)?).await?;
             let mut step = Step::unchanged(&f);
             step.changes.push(Change::Ignored {
                 reason: "another writer".into(),
@@ -408,50 +418,50 @@ impl Compute for Contended {
                 event_time: None,
             };
             self.store
-                .commit(&f, &step, &cause, None, (self.clock)())
+                .commit(&f, &step, &cause, None, self.time.now())
                 .await?;
         }
         Ok(seen)
     }
-    async fn launch(
-        &self,
-        spec: &FleetSpec,
-        token: &str,
-        image: &ImageId,
-        count: u32,
-        fresh: bool,
-    ) -> phoenix_aws::Result<LaunchOutput> {
-        self.ec2.launch(spec, token, image, count, fresh).await
+    async fn status_ok(&self, ids: &[String]) -> phoenix_aws::Result<BTreeSet<String>> {
+        self.ec2.status_ok(ids).await
     }
-    async fn terminate(
-        &self,
-        fleet: &FleetName,
-        ids: &[InstanceId],
-    ) -> phoenix_aws::Result<TerminateOutput> {
-        self.ec2.terminate(fleet, ids).await
+    async fn run_instances(&self, request: &RunInstances) -> phoenix_aws::Result<Ran> {
+        self.ec2.run_instances(request).await
     }
-    async fn image_exists(&self, image: &ImageId) -> phoenix_aws::Result<bool> {
-        self.ec2.image_exists(image).await
+    async fn terminate_instances(&self, ids: &[String]) -> phoenix_aws::Result<Option<String>> {
+        self.ec2.terminate_instances(ids).await
     }
-    async fn describe_image(&self, image: &ImageId) -> phoenix_aws::Result<Option<ImageFacts>> {
+    async fn describe_image(&self, image: &str) -> phoenix_aws::Result<Option<ImageFacts>> {
         self.ec2.describe_image(image).await
     }
 }
 
+/// The adapters of `contended`: AWS's, with the contended EC2.
+struct ContendedPorts;
+
+impl Ports for ContendedPorts {
+    type Table = DynamoTable;
+    type Ec2 = Contended;
+    type Bus = EventBridgeBus;
+    type Time = SystemTime;
+}
+
 /// A controller whose every EC2 read of a fleet, among the first `races`, loses its race.
-fn contended(w: &World, races: usize) -> Controller<DynamoStore, Contended, EventBridgeBus> {
-    Controller {
-        store: w.store.clone(),
-        compute: Contended {
-            ec2: Ec2Compute::new(w.ec2.clone()),
+fn contended(w: &World, races: usize) -> Controller<ContendedPorts> {
+    let time = w.controller.time.clone();
+    Controller::new(
+        DynamoTable::new(aws_sdk_dynamodb::Client::new(&w.direct), "phoenix"),
+        Contended {
+            ec2: Ec2Client::new(w.ec2.clone()),
             store: w.store.clone(),
             races: races.into(),
-            clock: w.controller.clock.clone(),
+            time: time.clone(),
         },
-        bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&w.direct), "default"),
-        clock: w.controller.clock.clone(),
-        intake: Default::default(),
-    }
+        EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&w.direct), "default"),
+        time,
+        Default::default(),
+    )
 }
 
 /// This event's history entries, oldest first.
@@ -488,7 +498,7 @@ async fn a_scale_request_that_keeps_losing_races_is_queued_then_carried_out() {
     assert_eq!(f.outcome, FleetOutcome::Changed);
     assert!(f.failures.is_empty(), "{:?}", f.failures);
     assert_eq!(f.launched.len(), 2, "{report:#?}");
-    assert_eq!(controller.compute.races.into_inner(), 0);
+    assert_eq!(controller.compute.ec2().races.load(Ordering::SeqCst), 0);
 
     // After three lost races the intent went to the fleet's inbox, and the reconcile that
     // followed (losing the other two races first) applied it: recorded with this event as the

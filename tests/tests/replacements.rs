@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-fn count(history: &[phoenix_aws::store::HistoryEntry], pred: impl Fn(&Change) -> bool) -> usize {
+fn count(history: &[phoenix_core::history::HistoryEntry], pred: impl Fn(&Change) -> bool) -> usize {
     history
         .iter()
         .flat_map(|e| &e.changes)
@@ -19,7 +19,7 @@ fn count(history: &[phoenix_aws::store::HistoryEntry], pred: impl Fn(&Change) ->
         .count()
 }
 
-fn launched_ids(history: &[phoenix_aws::store::HistoryEntry]) -> Vec<String> {
+fn launched_ids(history: &[phoenix_core::history::HistoryEntry]) -> Vec<String> {
     history
         .iter()
         .flat_map(|e| &e.changes)

@@ -6,7 +6,7 @@ use phoenix_core::model::RolloutStatus;
 use phoenix_tests::{FleetFile, Harness};
 use std::time::Duration;
 
-fn changes(history: &[phoenix_aws::store::HistoryEntry]) -> Vec<Change> {
+fn changes(history: &[phoenix_core::history::HistoryEntry]) -> Vec<Change> {
     history
         .iter()
         .flat_map(|e| e.changes.iter().cloned())
@@ -500,7 +500,7 @@ async fn a_wave_of_50_replacing_50_is_recorded_in_two_transactions() {
 
     let mut history = h.history("web").await;
     history.sort_by_key(|e| e.version);
-    let terminated = |e: &phoenix_aws::store::HistoryEntry| -> usize {
+    let terminated = |e: &phoenix_core::history::HistoryEntry| -> usize {
         e.changes
             .iter()
             .map(|c| match c {
@@ -509,7 +509,7 @@ async fn a_wave_of_50_replacing_50_is_recorded_in_two_transactions() {
             })
             .sum()
     };
-    let launched = |e: &phoenix_aws::store::HistoryEntry| -> usize {
+    let launched = |e: &phoenix_core::history::HistoryEntry| -> usize {
         e.changes
             .iter()
             .map(|c| match c {

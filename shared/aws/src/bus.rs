@@ -1,30 +1,14 @@
-//! EventBridge: publishing phoenix events.
+//! The bus port on EventBridge: publishing phoenix events, resending only the entries PutEvents
+//! reports as failed.
 
-use crate::error::{Error, Result};
+use crate::error::{sdk_error, Error, Result};
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use aws_sdk_eventbridge::Client;
 use phoenix_core::events::SOURCE;
-use serde_json::Value;
-use std::future::Future;
+pub use phoenix_protocol::ports::bus::{Bus, OutgoingEvent, MAX_PUT_EVENTS};
 
-/// PutEvents takes at most 10 entries per call.
-const PUT_EVENTS_BATCH: usize = 10;
 /// Attempts for entries that PutEvents reports as failed (the others succeeded; resend only these).
 const ENTRY_ATTEMPTS: usize = 3;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutgoingEvent {
-    pub detail_type: String,
-    pub detail: Value,
-    pub resources: Vec<String>,
-}
-
-/// The event bus port.
-pub trait Bus: Send + Sync {
-    /// Publishes events with source `phoenix`; returns their EventBridge ids, in order.
-    fn publish(&self, events: &[OutgoingEvent])
-        -> impl Future<Output = Result<Vec<String>>> + Send;
-}
 
 #[derive(Clone, Debug)]
 pub struct EventBridgeBus {
@@ -44,7 +28,7 @@ impl EventBridgeBus {
 impl Bus for EventBridgeBus {
     async fn publish(&self, events: &[OutgoingEvent]) -> Result<Vec<String>> {
         let mut ids = vec![String::new(); events.len()];
-        for (chunk_no, chunk) in events.chunks(PUT_EVENTS_BATCH).enumerate() {
+        for (chunk_no, chunk) in events.chunks(MAX_PUT_EVENTS).enumerate() {
             let mut todo: Vec<usize> = (0..chunk.len()).collect();
             let mut last_error = String::new();
             for _ in 0..ENTRY_ATTEMPTS {
@@ -70,12 +54,12 @@ impl Bus for EventBridgeBus {
                     .set_entries(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| Error::from_sdk("eventbridge", e))?;
+                    .map_err(|e| sdk_error("eventbridge", e))?;
                 let results = out.entries.unwrap_or_default();
                 let mut failed = Vec::new();
                 for (pos, &i) in todo.iter().enumerate() {
                     match results.get(pos).and_then(|r| r.event_id.clone()) {
-                        Some(id) => ids[chunk_no * PUT_EVENTS_BATCH + i] = id,
+                        Some(id) => ids[chunk_no * MAX_PUT_EVENTS + i] = id,
                         None => {
                             last_error = results
                                 .get(pos)

@@ -1,111 +1,47 @@
-//! Errors of the adapters, classified so the edge can decide: retry (the invocation fails and
-//! EventBridge/Lambda deliver again) or reject (the event is bad; retrying cannot help).
+//! AWS's errors classified at the edge, into the protocol's classes: retry (the invocation fails
+//! and EventBridge/Lambda deliver again) or reject (the event is bad; retrying cannot help).
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use std::fmt::Debug;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The input is wrong (bad event, bad fleet file, unknown id). Not retryable.
-    #[error(transparent)]
-    Invalid(#[from] phoenix_core::Error),
-    /// A fleet, instance or image that does not exist. Not retryable.
-    #[error("{0}")]
-    NotFound(String),
-    /// The event was handled before (same id, same content); its intent is not applied again.
-    #[error("event {0} was already handled")]
-    Duplicate(String),
-    /// Another invocation applied this event's intent and is still carrying it out (its record is
-    /// `INPROGRESS` and its time has not run out): nothing to do here.
-    #[error("event {0} is being handled by another invocation")]
-    InFlight(String),
-    /// An earlier invocation applied this event's intent but its time ran out before it recorded
-    /// the outcome (it died or was cut short): the intent is not applied again, the fleet is
-    /// reconciled to finish the work.
-    #[error("event {0} was applied by an invocation that did not finish")]
-    Unfinished(String),
-    /// The invocation's remaining time is too short to start more work; the event is delivered
-    /// again (retryable) or, if its intent is already committed, the next reconcile finishes.
-    #[error("{0}")]
-    Deadline(String),
-    /// Someone else changed the fleet since it was read; re-read and re-plan.
-    #[error("fleet {0} changed concurrently")]
-    Conflict(String),
-    /// AWS asked us to slow down. Retryable.
-    #[error("throttled by {service}: {message}")]
-    Throttled {
-        service: &'static str,
-        message: String,
-    },
-    /// EC2 has no capacity for the request right now. Retryable later.
-    #[error("no capacity: {0}")]
-    Capacity(String),
-    /// A request AWS refused for good (permissions, invalid parameters). Not retryable.
-    #[error("{service} refused the request: {message}")]
-    Permanent {
-        service: &'static str,
-        message: String,
-    },
-    /// Network errors, timeouts, 5xx. Retryable.
-    #[error("{service} failed: {message}")]
-    Transient {
-        service: &'static str,
-        message: String,
-    },
-}
+pub use phoenix_protocol::error::{Error, Result};
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl Error {
-    /// Whether delivering the same event again could succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Conflict(_)
-                | Error::Deadline(_)
-                | Error::Throttled { .. }
-                | Error::Capacity(_)
-                | Error::Transient { .. }
-        )
-    }
-
-    /// Classifies an SDK error by its AWS error code.
-    pub fn from_sdk<E, R>(
-        service: &'static str,
-        err: aws_smithy_runtime_api::client::result::SdkError<E, R>,
-    ) -> Self
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: Debug,
-    {
-        use aws_smithy_runtime_api::client::result::SdkError;
-        let code = err.code().unwrap_or_default().to_string();
-        let message = match &err {
-            SdkError::ServiceError(e) => {
-                let m = e.err().message().unwrap_or_default();
-                if code.is_empty() {
-                    m.to_string()
-                } else {
-                    format!("{code}: {m}")
-                }
+/// Classifies an SDK error by its AWS error code.
+pub fn sdk_error<E, R>(
+    service: &'static str,
+    err: aws_smithy_runtime_api::client::result::SdkError<E, R>,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: Debug,
+{
+    use aws_smithy_runtime_api::client::result::SdkError;
+    let code = err.code().unwrap_or_default().to_string();
+    let message = match &err {
+        SdkError::ServiceError(e) => {
+            let m = e.err().message().unwrap_or_default();
+            if code.is_empty() {
+                m.to_string()
+            } else {
+                format!("{code}: {m}")
             }
-            other => format!(
-                "{}",
-                aws_smithy_types::error::display::DisplayErrorContext(other)
-            ),
-        };
-        // The request id lets AWS support find the call; kept with the error wherever it goes
-        // (history, report, logs).
-        let message = match aws_sdk_ec2::operation::RequestId::request_id(err.meta()) {
-            Some(id) => format!("{message} (request id {id})"),
-            None => message,
-        };
-        let retryable_transport = matches!(
-            err,
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
-        );
-        classify(service, &code, message, retryable_transport)
-    }
+        }
+        other => format!(
+            "{}",
+            aws_smithy_types::error::display::DisplayErrorContext(other)
+        ),
+    };
+    // The request id lets AWS support find the call; kept with the error wherever it goes
+    // (history, report, logs).
+    let message = match aws_sdk_ec2::operation::RequestId::request_id(err.meta()) {
+        Some(id) => format!("{message} (request id {id})"),
+        None => message,
+    };
+    let retryable_transport = matches!(
+        err,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
+    );
+    classify(service, &code, message, retryable_transport)
 }
 
 fn classify(service: &'static str, code: &str, message: String, transport: bool) -> Error {

@@ -1,15 +1,12 @@
 //! The edge between the Lambda runtime and the controller: the EventBridge envelope in, a report
 //! or a classified error out.
 
-use crate::bus::Bus;
-use crate::compute::Compute;
-use crate::controller::{Controller, Deadline, Report};
 use crate::error::Error;
-use crate::store::StateStore;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use phoenix_core::events::Envelope;
 use phoenix_core::patterns::Function;
+use phoenix_protocol::{Controller, Deadline, Ports, Report};
 use serde_json::Value;
 use tracing::{error, info, Instrument};
 
@@ -52,8 +49,8 @@ pub fn diagnostic(e: &Error) -> Diagnostic {
 }
 
 /// One invocation of `function`: parse, handle, log with the event id as correlation id.
-pub async fn handle<S: StateStore, C: Compute, B: Bus>(
-    controller: &Controller<S, C, B>,
+pub async fn handle<P: Ports>(
+    controller: &Controller<P>,
     function: Function,
     event: LambdaEvent<Value>,
 ) -> Result<Report, Diagnostic> {

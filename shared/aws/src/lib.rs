@@ -1,18 +1,69 @@
-//! phoenix's adapters and controller: DynamoDB state (`store`), EC2 (`compute`), EventBridge
-//! (`bus`) behind small traits, the `controller` that runs plan → commit → execute → record, the
-//! Lambda edge (`lambda`), and the local stack on the AWS emulator (`local`).
+//! phoenix on AWS: the adapters behind the protocol's ports — DynamoDB (`table`), EC2 (`ec2`),
+//! EventBridge (`bus`), Image Builder (`images`), the real clock (`time`) — with AWS's errors
+//! classified at the edge (`error`), and the Lambda edge (`lambda`, `metrics`, `telemetry`).
+//! What phoenix does with them is `phoenix_protocol`'s.
 
 pub mod bus;
-pub mod compute;
 pub mod config;
-pub mod controller;
+pub mod ec2;
 pub mod error;
-pub mod intake;
+pub mod images;
 pub mod lambda;
-pub mod local;
 pub mod metrics;
-pub mod store;
+pub mod table;
 pub mod telemetry;
+pub mod time;
 
-pub use controller::{AwsController, Controller, FleetOutcome, FleetReport, Report};
 pub use error::{Error, Result};
+pub use phoenix_protocol::{
+    controller, store, Controller, Deadline, FleetOutcome, FleetReport, Intake, Ports, Report,
+    DEADLINE_RESERVE,
+};
+
+use bus::EventBridgeBus;
+use config::{load_sdk_config, Settings};
+use ec2::Ec2Client;
+use table::DynamoTable;
+use time::SystemTime;
+
+/// The production adapters.
+pub struct Aws;
+
+impl Ports for Aws {
+    type Table = DynamoTable;
+    type Ec2 = Ec2Client;
+    type Bus = EventBridgeBus;
+    type Time = SystemTime;
+}
+
+/// The production controller.
+pub type AwsController = Controller<Aws>;
+/// phoenix's state in DynamoDB.
+pub type DynamoStore = store::Store<DynamoTable>;
+
+/// The store on this DynamoDB table.
+pub fn dynamo_store(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> DynamoStore {
+    DynamoStore::new(DynamoTable::new(client, table))
+}
+
+/// The production controller on these clients' configuration, with `Settings`'s table and bus.
+pub fn controller(
+    sdk: &aws_config::SdkConfig,
+    settings: &Settings,
+    intake: Intake,
+) -> AwsController {
+    Controller::new(
+        DynamoTable::new(aws_sdk_dynamodb::Client::new(sdk), &settings.table),
+        Ec2Client::new(aws_sdk_ec2::Client::new(sdk)),
+        EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), &settings.bus),
+        SystemTime::new(),
+        intake,
+    )
+}
+
+/// Builds the SDK clients once (cold start), from the standard AWS environment and `Settings`.
+pub async fn from_env() -> AwsController {
+    let sdk = load_sdk_config().await;
+    let intake = images::intake_from_env(&sdk);
+    controller(&sdk, &Settings::from_env(), intake)
+}

@@ -9,14 +9,11 @@
 //!   Health's is keyed by account and `communicationId`, which AWS reuses when it sends the same
 //!   communication again.
 
-use super::{
-    backoff, report, Controller, Deadline, FleetOutcome, FleetReport, Report, MAX_CONFLICTS,
-};
-use crate::bus::Bus;
-use crate::compute::Compute;
+use super::{fnv, Controller, FleetOutcome, FleetReport, Report, MAX_CONFLICTS};
 use crate::error::{Error, Result};
-use crate::intake::BoxFuture;
-use crate::store::{EventKey, EventRecord, StateStore};
+use crate::ports::images::BoxFuture;
+use crate::ports::{Deadline, Ports};
+use crate::store::{EventKey, EventRecord};
 use phoenix_core::aws_events::{self, AwsEvent};
 use phoenix_core::events::{Cause, Envelope, Intent};
 use phoenix_core::images::{self, ImageBuild, ImageFacts};
@@ -35,12 +32,9 @@ fn key_for(env: &Envelope, fleet: &FleetName) -> EventKey {
     } else {
         identity.clone()
     };
-    let hash = content.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
     EventKey {
         id: format!("{identity}#{fleet}"),
-        hash: format!("{hash:016x}"),
+        hash: fnv(&content),
     }
 }
 
@@ -68,7 +62,7 @@ enum Job {
     },
 }
 
-impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
+impl<P: Ports> Controller<P> {
     /// Handles an event from an AWS service. Boxed here, in a plain function, so that the
     /// caller's frame holds a pointer rather than this future (debug builds keep every awaited
     /// future's temporary on the stack, and the fleet paths are deep).
@@ -99,12 +93,12 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
                 .into());
             }
         }
-        deadline.check("handle the event")?;
+        self.check_time(deadline, "handle the event")?;
         let cause = Cause::from_envelope(env);
         let jobs = self.jobs(env, event).await?;
         let mut fleets = Vec::new();
         for job in jobs {
-            deadline.check("act on another fleet")?;
+            self.check_time(deadline, "act on another fleet")?;
             let report = match job {
                 Job::Fleet { name, intent, key } => {
                     self.reconcile_within(
@@ -336,16 +330,15 @@ impl<S: StateStore, C: Compute, B: Bus> Controller<S, C, B> {
             {
                 Ok(committed) => {
                     self.announce(&committed, &step.changes).await;
-                    return Ok(report(
-                        name,
+                    return Ok(FleetReport::of(
                         FleetOutcome::Changed,
                         &committed,
                         step.changes,
                     ));
                 }
-                Err(Error::Conflict(_)) => backoff(attempt).await,
-                Err(Error::Duplicate(_) | Error::InFlight(_) | Error::Unfinished(_)) => {
-                    return Ok(report(name, FleetOutcome::Duplicate, &fleet, Vec::new()))
+                Err(Error::Conflict(_)) => self.backoff(attempt).await,
+                Err(seen) if seen.is_seen_before() => {
+                    return Ok(FleetReport::of(FleetOutcome::Duplicate, &fleet, Vec::new()))
                 }
                 Err(e) => return Err(e),
             }

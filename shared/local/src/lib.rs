@@ -4,18 +4,17 @@
 //! function routing. The scheduled reconcile is a tick that delivers the same `Scheduled Event`
 //! envelope an EventBridge schedule does.
 
-use crate::bus::Bus;
-use crate::compute::Compute;
-use crate::config::Settings;
-use crate::controller::{Controller, Report};
-use crate::error::{Error, Result};
-use crate::lambda::envelope_from_json;
-use crate::store::{DynamoStore, StateStore};
 use aws_config::SdkConfig;
 use aws_sdk_eventbridge::types::Target;
 use aws_sdk_sqs::types::QueueAttributeName;
+use phoenix_aws::config::Settings;
+use phoenix_aws::error::{sdk_error, Error, Result};
+use phoenix_aws::lambda::envelope_from_json;
+use phoenix_aws::table::DynamoTable;
 use phoenix_core::events::{Envelope, SCHEDULED_EVENT, SCHEDULE_SOURCE};
 use phoenix_core::patterns::{rules, Function, RuleBus};
+use phoenix_protocol::ports::Time;
+use phoenix_protocol::{Controller, Ports, Report};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -31,7 +30,7 @@ where
     E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
 {
-    Error::from_sdk("sqs", e)
+    sdk_error("sqs", e)
 }
 
 fn events_err<E, R>(e: aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Error
@@ -39,14 +38,14 @@ where
     E: aws_sdk_eventbridge::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
 {
-    Error::from_sdk("eventbridge", e)
+    sdk_error("eventbridge", e)
 }
 
 /// Creates the table, the bus (unless it is the default bus), one queue per function plus the DLQ,
 /// and every rule of `patterns::rules()` targeting its function's queue — phoenix's own rules on
 /// its bus, the rules for AWS's events (`aws.*`) on the default bus. Safe to run twice.
 pub async fn provision(sdk: &SdkConfig, settings: &Settings) -> Result<()> {
-    DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &settings.table)
+    DynamoTable::new(aws_sdk_dynamodb::Client::new(sdk), &settings.table)
         .create_table()
         .await?;
     let events = aws_sdk_eventbridge::Client::new(sdk);
@@ -137,15 +136,15 @@ pub struct Delivery {
 }
 
 /// Delivers queued events to the handlers, as EventBridge → Lambda does in AWS.
-pub struct Dispatcher<S, C, B> {
+pub struct Dispatcher<P: Ports> {
     sqs: aws_sdk_sqs::Client,
     queues: Vec<(Function, String)>,
     dlq: String,
-    pub controller: Controller<S, C, B>,
+    pub controller: Controller<P>,
 }
 
-impl<S: StateStore, C: Compute, B: Bus> Dispatcher<S, C, B> {
-    pub async fn connect(sdk: &SdkConfig, controller: Controller<S, C, B>) -> Result<Self> {
+impl<P: Ports> Dispatcher<P> {
+    pub async fn connect(sdk: &SdkConfig, controller: Controller<P>) -> Result<Self> {
         let sqs = aws_sdk_sqs::Client::new(sdk);
         let url = |name: String| {
             let sqs = sqs.clone();
@@ -282,7 +281,7 @@ impl<S: StateStore, C: Compute, B: Bus> Dispatcher<S, C, B> {
 
     /// The scheduled reconcile, with the envelope an EventBridge schedule sends.
     pub async fn tick(&self) -> Result<Report> {
-        let now = (self.controller.clock)();
+        let now = self.controller.time.now();
         let env = Envelope::new(
             &uuid::Uuid::new_v4().to_string(),
             SCHEDULE_SOURCE,
@@ -328,7 +327,7 @@ pub async fn register_image(sdk: &SdkConfig, name: &str) -> Result<phoenix_core:
         .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
         .send()
         .await
-        .map_err(|e| Error::from_sdk("ec2", e))?;
+        .map_err(|e| sdk_error("ec2", e))?;
     let id = out.image_id.ok_or_else(|| Error::Permanent {
         service: "ec2",
         message: "RegisterImage returned no id".into(),

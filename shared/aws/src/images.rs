@@ -1,0 +1,65 @@
+//! The Image Builder port on `GetImage`, and the controller's intake from the environment.
+
+use crate::error::{sdk_error, Error, Result};
+use phoenix_core::aws_events::SourcePolicy;
+use phoenix_core::images::ImageBuild;
+use phoenix_core::ImageId;
+use phoenix_protocol::ports::images::{BoxFuture, ImageResolver};
+use phoenix_protocol::Intake;
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct ImageBuilderResolver {
+    client: aws_sdk_imagebuilder::Client,
+}
+
+impl ImageBuilderResolver {
+    pub fn new(client: aws_sdk_imagebuilder::Client) -> Self {
+        ImageBuilderResolver { client }
+    }
+}
+
+impl ImageResolver for ImageBuilderResolver {
+    fn resolve<'a>(&'a self, arn: &'a str) -> BoxFuture<'a, Result<ImageBuild>> {
+        Box::pin(async move {
+            let out = self
+                .client
+                .get_image()
+                .image_build_version_arn(arn)
+                .send()
+                .await
+                .map_err(|e| sdk_error("imagebuilder", e))?;
+            let image = out
+                .image
+                .ok_or_else(|| Error::NotFound(format!("Image Builder knows no image {arn}")))?;
+            let amis = image
+                .output_resources
+                .and_then(|r| r.amis)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|a| Some((a.region?, ImageId::parse(a.image.as_deref()?).ok()?)))
+                .collect();
+            Ok(ImageBuild {
+                arn: arn.to_string(),
+                amis,
+                pipeline: image.source_pipeline_arn,
+                recipe: image.image_recipe.and_then(|r| r.arn),
+            })
+        })
+    }
+}
+
+/// `PHOENIX_ALLOWED_ACCOUNTS` and `PHOENIX_ALLOWED_SOURCES` (comma-separated; empty: any account,
+/// every known source) and the Image Builder client.
+pub fn intake_from_env(sdk: &aws_config::SdkConfig) -> Intake {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    Intake {
+        policy: SourcePolicy::from_lists(
+            &var("PHOENIX_ALLOWED_ACCOUNTS"),
+            &var("PHOENIX_ALLOWED_SOURCES"),
+        ),
+        images: Arc::new(ImageBuilderResolver::new(
+            aws_sdk_imagebuilder::Client::new(sdk),
+        )),
+    }
+}

@@ -1,0 +1,229 @@
+//! What phoenix asks of EC2, over the `Ec2` port: observe the fleet by its tag, launch a decision
+//! (tags on create, the decision's token as ClientToken, and first a lookup by the token tag when
+//! the decision is carried out again), terminate only what carries the fleet's tag, re-validated
+//! just before the call.
+
+use crate::error::{Error, Result};
+use crate::ports::ec2::{
+    Ec2, Ec2Instance, Instances, RunInstances, MAX_FILTER_VALUES, MAX_STATUS_IDS, MAX_TERMINATE_IDS,
+};
+use phoenix_core::images::ImageFacts;
+use phoenix_core::model::{FleetSpec, Lifecycle, Observed, TAG_FLEET, TAG_IMAGE, TAG_TOKEN};
+use phoenix_core::planner::Launched;
+use phoenix_core::{FleetName, ImageId, InstanceId};
+use std::collections::{BTreeMap, BTreeSet};
+use tracing::info;
+
+/// What a launch produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaunchOutput {
+    pub instances: Vec<Launched>,
+    /// The RunInstances call's request id; none when an earlier attempt's instances were found by
+    /// their token tag instead.
+    pub request_id: Option<String>,
+}
+
+/// What a termination did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TerminateOutput {
+    /// The ids that are now gone (including those that already were).
+    pub gone: Vec<InstanceId>,
+    /// One request id per TerminateInstances call.
+    pub request_ids: Vec<String>,
+}
+
+/// phoenix's use of EC2.
+#[derive(Debug, Clone)]
+pub struct Compute<E> {
+    ec2: E,
+}
+
+/// The subnet a launch decision goes to: spread over the fleet's subnets by its token, so every
+/// attempt of one decision goes to the same one. (`h * 31 + byte`, modulo the count.)
+pub fn subnet_index(token: &str, subnets: usize) -> usize {
+    token
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+        % subnets.max(1)
+}
+
+fn launched(instances: Vec<Ec2Instance>) -> Result<Vec<Launched>> {
+    let mut out = instances
+        .into_iter()
+        .map(|i| {
+            Ok(Launched {
+                id: InstanceId::parse(&i.id)?,
+                launched_at: i.launched_at,
+                state: i.state,
+                zone: i.zone,
+                instance_type: i.instance_type,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+impl<E: Ec2> Compute<E> {
+    pub fn new(ec2: E) -> Self {
+        Compute { ec2 }
+    }
+
+    pub fn ec2(&self) -> &E {
+        &self.ec2
+    }
+
+    /// Every instance tagged with the fleet, in any state but terminated, with its status checks.
+    pub async fn describe_fleet(&self, fleet: &FleetName) -> Result<Vec<Observed>> {
+        let instances = self
+            .ec2
+            .describe_instances(&Instances::Tagged {
+                key: TAG_FLEET.into(),
+                value: fleet.to_string(),
+            })
+            .await?;
+        let running: Vec<String> = instances
+            .iter()
+            .filter(|i| i.state == Lifecycle::Running)
+            .map(|i| i.id.clone())
+            .collect();
+        let mut ok = BTreeSet::new();
+        for chunk in running.chunks(MAX_STATUS_IDS) {
+            ok.extend(self.ec2.status_ok(chunk).await?);
+        }
+        Ok(instances
+            .into_iter()
+            .filter_map(|i| {
+                Some(Observed {
+                    id: InstanceId::parse(&i.id).ok()?,
+                    image: i.image.as_deref().and_then(|s| ImageId::parse(s).ok()),
+                    state: i.state,
+                    status_ok: ok.contains(&i.id),
+                    launched_at: i.launched_at,
+                    token: i.tags.get(TAG_TOKEN).cloned(),
+                    zone: i.zone,
+                    instance_type: i.instance_type,
+                })
+            })
+            .collect())
+    }
+
+    /// Launches `count` instances for one decision, all or nothing. Idempotent per token: the
+    /// token is EC2's ClientToken, and for a decision carried out again (`fresh` false: an earlier
+    /// invocation may have launched it and died) instances already carrying the token are
+    /// returned instead of launching again — which also holds where ClientToken is not honoured
+    /// (the local emulator). A fresh decision, committed by this invocation a moment ago, cannot
+    /// have been launched before, so it skips that lookup.
+    pub async fn launch(
+        &self,
+        spec: &FleetSpec,
+        token: &str,
+        image: &ImageId,
+        count: u32,
+        fresh: bool,
+    ) -> Result<LaunchOutput> {
+        if !fresh {
+            let existing = self
+                .ec2
+                .describe_instances(&Instances::Tagged {
+                    key: TAG_TOKEN.into(),
+                    value: token.into(),
+                })
+                .await?;
+            if !existing.is_empty() {
+                info!(%token, found = existing.len(), "instances of this launch decision exist already");
+                return Ok(LaunchOutput {
+                    instances: launched(existing)?,
+                    request_id: None,
+                });
+            }
+        }
+        let mut tags: BTreeMap<String, String> = spec
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        tags.extend([
+            (TAG_FLEET.to_string(), spec.name.to_string()),
+            (TAG_IMAGE.to_string(), image.to_string()),
+            (TAG_TOKEN.to_string(), token.to_string()),
+            ("Name".to_string(), format!("{}-{}", spec.name, image)),
+        ]);
+        let request = RunInstances {
+            image: image.to_string(),
+            count,
+            client_token: token.to_string(),
+            instance_type: spec.instance_type.clone(),
+            subnet: (!spec.subnets.is_empty())
+                .then(|| spec.subnets[subnet_index(token, spec.subnets.len())].clone()),
+            security_groups: spec.security_groups.clone(),
+            key_name: spec.key_name.clone(),
+            instance_profile: spec.instance_profile.clone(),
+            launch_template: spec.launch_template.clone(),
+            tags,
+        };
+        let ran = self.ec2.run_instances(&request).await?;
+        info!(%token, %image, count, aws_request_id = ran.request_id.as_deref().unwrap_or("-"), "RunInstances");
+        Ok(LaunchOutput {
+            instances: launched(ran.instances)?,
+            request_id: ran.request_id,
+        })
+    }
+
+    /// Terminates those of `ids` that carry the fleet's tag; ids without the tag are never
+    /// touched, and are not among those reported gone.
+    pub async fn terminate(
+        &self,
+        fleet: &FleetName,
+        ids: &[InstanceId],
+    ) -> Result<TerminateOutput> {
+        if ids.is_empty() {
+            return Ok(TerminateOutput::default());
+        }
+        // Re-validated just before the destructive act, by id (so the cost follows the ids, not
+        // the fleet): only instances EC2 shows alive with this fleet's tag are terminated; alive
+        // without it, they are not ours and are left alone; not alive, they are gone already.
+        let mut alive = Vec::new();
+        let mut foreign = BTreeSet::new();
+        for chunk in ids.chunks(MAX_FILTER_VALUES) {
+            let which = Instances::Ids(chunk.iter().map(ToString::to_string).collect());
+            for i in self.ec2.describe_instances(&which).await? {
+                if i.tags.get(TAG_FLEET).map(String::as_str) == Some(fleet.as_str()) {
+                    alive.push(i.id);
+                } else {
+                    foreign.insert(i.id);
+                }
+            }
+        }
+        let mut request_ids = Vec::new();
+        for chunk in alive.chunks(MAX_TERMINATE_IDS) {
+            match self.ec2.terminate_instances(chunk).await {
+                Ok(id) => {
+                    info!(
+                        count = chunk.len(),
+                        aws_request_id = id.as_deref().unwrap_or("-"),
+                        "TerminateInstances"
+                    );
+                    request_ids.extend(id);
+                }
+                // "Already gone" is success for a delete.
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(TerminateOutput {
+            gone: ids
+                .iter()
+                .filter(|id| !foreign.contains(id.as_str()))
+                .cloned()
+                .collect(),
+            request_ids,
+        })
+    }
+
+    /// What EC2 reports about an AMI (name, owner, tags), or `None` if this account cannot see
+    /// it. Image selectors and admission gates judge these facts.
+    pub async fn describe_image(&self, image: &ImageId) -> Result<Option<ImageFacts>> {
+        self.ec2.describe_image(image.as_str()).await
+    }
+}

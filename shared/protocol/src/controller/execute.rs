@@ -1,0 +1,243 @@
+//! Carrying out a committed step (the executor) and recording what came of it. Only here does the
+//! protocol act on EC2; the planner only returns commands.
+
+use super::{Controller, FleetOutcome, FleetReport};
+use crate::error::{Error, Result};
+use crate::ports::bus::{Bus, OutgoingEvent};
+use crate::ports::{Deadline, Ports};
+use crate::store::{EventKey, EventRecord};
+use phoenix_core::events::{Cause, Change};
+use phoenix_core::model::Fleet;
+use phoenix_core::planner::{self, Command, Outcome, Step};
+use phoenix_core::InstanceId;
+use std::collections::BTreeSet;
+use tracing::warn;
+
+/// The executor's order: terminations already covered by healthy replacements, then launches,
+/// then the terminations that wait for a launch (carried out only if it succeeded).
+pub fn executor_order(commands: &[Command]) -> Vec<&Command> {
+    let (first, rest): (Vec<&Command>, Vec<&Command>) = commands.iter().partition(|c| {
+        matches!(
+            c,
+            Command::Terminate {
+                after_launch: None,
+                ..
+            }
+        )
+    });
+    let (launches, after): (Vec<&Command>, Vec<&Command>) = rest
+        .into_iter()
+        .partition(|c| matches!(c, Command::Launch { .. }));
+    first.into_iter().chain(launches).chain(after).collect()
+}
+
+impl<P: Ports> Controller<P> {
+    /// Publishes the transitions users route to chat or paging (`RolloutStarted`, `WaveHealthy`,
+    /// `RolloutRollingBack`, `ReplacementHalted`, ...). After the commit, best effort: the history
+    /// is the record; a lost notification is logged, never retried into a second decision.
+    pub(super) async fn announce(&self, fleet: &Fleet, changes: &[Change]) {
+        let events: Vec<OutgoingEvent> = phoenix_core::events::published(&fleet.spec.name, changes)
+            .into_iter()
+            .map(|(detail_type, detail)| OutgoingEvent {
+                detail_type: detail_type.into(),
+                detail,
+                resources: Vec::new(),
+            })
+            .collect();
+        if events.is_empty() {
+            return;
+        }
+        if let Err(e) = self.bus.publish(&events).await {
+            warn!(fleet = %fleet.spec.name, error = %e, "could not publish {} events", events.len());
+        }
+    }
+
+    /// Carries out a committed step's commands and records what came of them. `claimed`: the
+    /// event whose record this invocation holds `INPROGRESS`, marked `COMPLETED` with the outcomes
+    /// once every command has a known outcome.
+    pub(super) async fn execute(
+        &self,
+        mut fleet: Fleet,
+        step: Step,
+        cause: &Cause,
+        claimed: Option<&EventKey>,
+        deadline: Deadline,
+    ) -> Result<FleetReport> {
+        let name = fleet.spec.name.clone();
+        let mut outcomes = Vec::new();
+        let mut failures = Vec::new();
+        // Commands not started (time short) or whose outcome is unknown: their decisions stay as
+        // committed, and the next reconcile finishes them once their lease runs out.
+        let mut unsettled = 0usize;
+        let mut deferred = false;
+        let mut launched_ok = BTreeSet::new();
+        // Decisions this invocation committed just now (not ones carried out again).
+        let fresh: BTreeSet<&String> = step
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::LaunchDecided { token, .. } => Some(token),
+                _ => None,
+            })
+            .collect();
+        for cmd in executor_order(&step.commands) {
+            if deadline.is_short(self.now()) {
+                if !deferred {
+                    deferred = true;
+                    failures.push(
+                        "deferred: the invocation's time is short; the next reconcile carries \
+                         out the rest"
+                            .to_string(),
+                    );
+                }
+                unsettled += 1;
+                continue;
+            }
+            match cmd {
+                Command::Launch {
+                    token,
+                    image,
+                    count,
+                } => match self
+                    .compute
+                    .launch(&fleet.spec, token, image, *count, fresh.contains(token))
+                    .await
+                {
+                    Ok(out) if !out.instances.is_empty() => {
+                        launched_ok.insert(token.clone());
+                        outcomes.push(Outcome::Launched {
+                            token: token.clone(),
+                            instances: out.instances,
+                            request_ids: out.request_id.into_iter().collect(),
+                        });
+                    }
+                    Ok(_) => outcomes.push(Outcome::LaunchFailed {
+                        token: token.clone(),
+                        error: "EC2 launched nothing".into(),
+                    }),
+                    // A timeout, a lost connection or a 5xx may hide a launch that happened: the
+                    // decision stays pending (not failed), so the next reconcile adopts what
+                    // carries its token, or launches again with the same ClientToken once the
+                    // lease runs out. Recording it as failed would drop the decision and reap the
+                    // instance as an orphan.
+                    Err(e @ Error::Transient { .. }) => {
+                        warn!(fleet = %name, %token, error = %e, "launch outcome unknown");
+                        failures.push(format!("launch {token} (outcome unknown): {e}"));
+                        unsettled += 1;
+                    }
+                    Err(e) => {
+                        warn!(fleet = %name, %token, error = %e, "launch failed");
+                        failures.push(format!("launch {token}: {e}"));
+                        outcomes.push(Outcome::LaunchFailed {
+                            token: token.clone(),
+                            error: e.to_string(),
+                        });
+                    }
+                },
+                Command::Terminate {
+                    instances,
+                    after_launch,
+                } => {
+                    if after_launch
+                        .as_ref()
+                        .is_some_and(|t| !launched_ok.contains(t))
+                    {
+                        continue; // its replacement did not launch: keep it for now
+                    }
+                    match self.compute.terminate(&name, instances).await {
+                        Ok(out) => {
+                            let gone = out.gone;
+                            let kept: Vec<InstanceId> = instances
+                                .iter()
+                                .filter(|i| !gone.contains(i))
+                                .cloned()
+                                .collect();
+                            if !kept.is_empty() {
+                                outcomes.push(Outcome::TerminateFailed {
+                                    instances: kept,
+                                    error: "not tagged with this fleet in EC2; left alone".into(),
+                                });
+                            }
+                            outcomes.push(Outcome::Terminated {
+                                instances: gone,
+                                request_ids: out.request_ids,
+                            });
+                        }
+                        Err(e) => {
+                            warn!(fleet = %name, error = %e, "terminate failed");
+                            failures.push(format!("terminate: {e}"));
+                            outcomes.push(Outcome::TerminateFailed {
+                                instances: instances.clone(),
+                                error: e.to_string(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let mut changes = step.changes;
+        if outcomes.is_empty() {
+            return Ok(
+                FleetReport::of(FleetOutcome::Changed, &fleet, changes).with_failures(failures)
+            );
+        }
+        let involved: Vec<InstanceId> = fleet.instances.keys().cloned().collect();
+        // The event is completed with the last part: until then a crash leaves it in progress,
+        // and the next reconcile finishes what the other parts did not record.
+        let completes = claimed
+            .filter(|_| unsettled == 0)
+            .map(EventRecord::Complete);
+        let parts = planner::outcome_parts(&outcomes);
+        let last = parts.len() - 1;
+        for (k, part) in parts.into_iter().enumerate() {
+            let event = completes.filter(|_| k == last);
+            let (committed, recorded) = self
+                .record_part(fleet, &involved, &outcomes, part, cause, event, deadline)
+                .await?;
+            changes.extend(recorded);
+            fleet = committed;
+        }
+        Ok(FleetReport::of(FleetOutcome::Changed, &fleet, changes).with_failures(failures))
+    }
+
+    /// Commits one part of a step's outcomes (`planner::outcome_parts`). Recording outcomes is
+    /// what the deadline's reserve is kept for: retried until the deadline itself (an unrecorded
+    /// launch is adopted by the next reconcile anyway). Returns the fleet as committed and the
+    /// changes recorded.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_part(
+        &self,
+        mut fleet: Fleet,
+        involved: &[InstanceId],
+        outcomes: &[Outcome],
+        part: std::ops::Range<usize>,
+        cause: &Cause,
+        event: Option<EventRecord<'_>>,
+        deadline: Deadline,
+    ) -> Result<(Fleet, Vec<Change>)> {
+        let name = fleet.spec.name.clone();
+        for attempt in 0..Self::conflict_attempts(deadline) {
+            let now = self.now();
+            if deadline.is_past(now) {
+                break;
+            }
+            let record = planner::record_outcome_part(&fleet, outcomes, part.clone(), now);
+            match self.store.commit(&fleet, &record, cause, event, now).await {
+                Ok(committed) => {
+                    self.announce(&committed, &record.changes).await;
+                    return Ok((committed, record.changes));
+                }
+                Err(Error::Conflict(_)) => {
+                    self.backoff(attempt).await;
+                    fleet = if fleet.complete {
+                        self.store.load_fleet(&name).await?
+                    } else {
+                        self.store.load_partial(&name, involved).await?
+                    };
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(name.to_string()))
+    }
+}

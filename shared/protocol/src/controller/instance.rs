@@ -1,0 +1,94 @@
+//! Events about one instance: read only that instance and its fleet's record, so the work does
+//! not grow with the fleet.
+
+use super::{Controller, FleetReport};
+use crate::error::{Error, Result};
+use crate::ports::{Deadline, Ports};
+use crate::store::{EventKey, EventRecord};
+use phoenix_core::events::{Cause, Change, Intent};
+use phoenix_core::model::{Fleet, Timestamp};
+use phoenix_core::planner;
+use phoenix_core::InstanceId;
+
+impl<P: Ports> Controller<P> {
+    /// Applies an instance's intent (a health report) to its fleet's record and that instance.
+    pub(super) async fn instance_event(
+        &self,
+        id: &InstanceId,
+        intent: &Intent,
+        event_time: Timestamp,
+        cause: &Cause,
+        key: &EventKey,
+        deadline: Deadline,
+    ) -> Result<FleetReport> {
+        for attempt in 0..Self::conflict_attempts(deadline) {
+            self.check_time(deadline, "plan a change")?;
+            let fleet = self.store.load_for_instance(id).await?;
+            let now = self.now();
+            let step = match planner::apply_intent(&fleet, intent, event_time, now) {
+                Ok(step) => step,
+                Err(e) => {
+                    if let Err(seen) = self.store.check_event(key, now).await {
+                        let name = fleet.spec.name.clone();
+                        return self
+                            .already_handled(&name, &fleet, seen, event_time, cause, deadline)
+                            .await;
+                    }
+                    return Err(e.into());
+                }
+            };
+            let in_progress = !step.commands.is_empty();
+            let record = EventRecord::Claim {
+                key,
+                in_progress_until: in_progress.then(|| self.in_progress_until(deadline, now)),
+            };
+            match self
+                .store
+                .commit(&fleet, &step, cause, Some(record), now)
+                .await
+            {
+                Ok(committed) => {
+                    self.announce(&committed, &step.changes).await;
+                    let needs_fleet = step
+                        .changes
+                        .iter()
+                        .any(|c| matches!(c, Change::RepairDeferred { .. }))
+                        || self.completes_wave(&committed, &step.changes).await?;
+                    let name = committed.spec.name.clone();
+                    let claimed = in_progress.then_some(key);
+                    let mut done =
+                        Box::pin(self.execute(committed, step, cause, claimed, deadline)).await?;
+                    if needs_fleet {
+                        // The breaker decides on the whole fleet (and names what the failures
+                        // share), and a wave made healthy lets the next one start: reconcile the
+                        // fleet now rather than at the next schedule.
+                        let full = self
+                            .reconcile_within(&name, None, event_time, cause, None, deadline)
+                            .await?;
+                        done.absorb(full);
+                    }
+                    return Ok(done);
+                }
+                Err(seen) if seen.is_seen_before() => {
+                    let name = fleet.spec.name.clone();
+                    return self
+                        .already_handled(&name, &fleet, seen, event_time, cause, deadline)
+                        .await;
+                }
+                Err(Error::Conflict(_)) => self.backoff(attempt).await,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(id.to_string()))
+    }
+
+    /// Whether an instance event may have made the rollout's current wave healthy (see
+    /// `planner::wave_to_recheck`): then the fleet is reconciled at once.
+    async fn completes_wave(&self, fleet: &Fleet, changes: &[Change]) -> Result<bool> {
+        let Some(wave) = planner::wave_to_recheck(fleet, changes) else {
+            return Ok(false);
+        };
+        let members = self.store.load_partial(&fleet.spec.name, wave).await?;
+        Ok(planner::wave_healthy(&members))
+    }
+}

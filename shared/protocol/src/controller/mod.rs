@@ -1,0 +1,352 @@
+//! The controller: one event in, the fleet reconciled, every decision recorded.
+//!
+//! Each step documents what holds if the invocation dies right after it:
+//! 1. *parse* — nothing written; a bad event is rejected with its reason.
+//! 2. *plan + commit* (`pass`, `instance`) — the intent, the decisions (launches as pending,
+//!    terminations as decided) and the history entry are written in one conditional transaction.
+//!    Lost race → re-read and re-plan. Crash after: the next reconcile finds the pending launches
+//!    and decided terminations and finishes them once their lease runs out. A fleet-wide event
+//!    that lost three races puts its intent in the fleet's inbox instead (`QueuedIntent`), with
+//!    its record completed, in one write no race can fail. Crash after: every pass over the whole
+//!    fleet applies queued intents first, one commit each, which deletes the intent it applied.
+//! 3. *execute* (`execute`) — terminations already covered, then launches (EC2 ClientToken =
+//!    decision token, instances tagged at creation), then terminations that waited for a launch.
+//!    Crash after any call: the tags let the next reconcile adopt what was launched; terminating
+//!    again is harmless.
+//! 4. *record outcomes* (`execute`) — instance ids and terminations are committed the same way as
+//!    2, in as many transactions as they need (`planner::outcome_parts`). Crash between two: the
+//!    next reconcile finishes what the later parts would have recorded, as after a crash before 4.
+//!
+//! The event's record (`EVENT#<id>`) rides in those transactions: claimed in 2 (`INPROGRESS`
+//! until the invocation's deadline, or `COMPLETED` when no command follows), completed in 4. A
+//! delivery that finds it `COMPLETED` or `INPROGRESS` returns without acting; one that finds it
+//! `INPROGRESS` past its owner's deadline reconciles the fleet (the intent is never applied twice).
+//! Near its deadline an invocation starts no new command: what it committed but did not carry out
+//! is finished by the next reconcile once its lease runs out, exactly as after a crash.
+//!
+//! Time comes from the `Time` port only: the same code runs in Lambda and in the simulator.
+
+mod aws_events;
+mod execute;
+mod instance;
+mod pass;
+pub mod report;
+
+pub use report::{FleetOutcome, FleetReport, Report};
+
+use crate::compute::Compute;
+use crate::error::{Error, Result};
+use crate::ports::images::{ImageResolver, StaticImageResolver};
+use crate::ports::{Deadline, Ports, Time};
+use crate::store::{EventKey, Store};
+use phoenix_core::aws_events::{AwsEvent, SourcePolicy};
+use phoenix_core::events::{Cause, Envelope, Intent};
+use phoenix_core::model::{FleetSpec, Timestamp};
+use phoenix_core::patterns::{route, Function};
+use phoenix_core::planner;
+use phoenix_core::FleetName;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::warn;
+
+/// How often a commit may lose the race for one fleet before the invocation gives up (and is
+/// retried by Lambda). Each loss means another writer made progress, so this is not a livelock.
+/// Without a deadline (CLI, local dispatcher) this bounds the retries; with one, the deadline
+/// does (up to `MAX_CONFLICTS_WITHIN_DEADLINE`): under 50 concurrent invocations on one fleet,
+/// ten attempts left events failing three invocations in a row (dead-lettered), while retrying
+/// until the reserve lost none (BENCHMARKS.md).
+pub const MAX_CONFLICTS: usize = 10;
+pub const MAX_CONFLICTS_WITHIN_DEADLINE: usize = 200;
+/// Lost races after which a fleet-wide event puts its intent in the fleet's inbox.
+pub const QUEUE_AFTER_CONFLICTS: usize = 3;
+
+/// When an event's record stays `INPROGRESS` with no deadline known (CLI, local dispatcher): the
+/// lease a write-ahead decision gets, for the same reason — longer than an invocation lives.
+const IN_PROGRESS_WITHOUT_DEADLINE: chrono::Duration = planner::LEASE;
+
+/// What the controller needs to take in events beyond its ports: which accounts and sources it
+/// accepts events from, and how it learns what an Image Builder build produced.
+#[derive(Clone)]
+pub struct Intake {
+    pub policy: SourcePolicy,
+    pub images: Arc<dyn ImageResolver>,
+}
+
+impl Default for Intake {
+    /// Any account, every known source, no Image Builder (builds must be registered).
+    fn default() -> Self {
+        Intake {
+            policy: SourcePolicy::default(),
+            images: Arc::new(StaticImageResolver::default()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct Controller<P: Ports> {
+    pub store: Store<P::Table>,
+    pub compute: Compute<P::Ec2>,
+    pub bus: P::Bus,
+    pub time: P::Time,
+    /// Accounts and sources events are accepted from; Image Builder.
+    pub intake: Intake,
+}
+
+/// The record key of an event: its id, and a hash of its content so a different payload reusing
+/// the id is caught. FNV-1a: stable across processes and versions, unlike std's hasher.
+pub fn event_key(env: &Envelope) -> EventKey {
+    let content = format!("{}\n{}\n{}", env.source, env.detail_type, env.detail);
+    EventKey {
+        id: env.id.clone(),
+        hash: fnv(&content),
+    }
+}
+
+fn fnv(content: &str) -> String {
+    let hash = content.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+impl<P: Ports> Controller<P> {
+    pub fn new(store: P::Table, ec2: P::Ec2, bus: P::Bus, time: P::Time, intake: Intake) -> Self {
+        Controller {
+            store: Store::new(store),
+            compute: Compute::new(ec2),
+            bus,
+            time,
+            intake,
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.time.now()
+    }
+
+    /// With less than the reserve left, no new work starts.
+    fn check_time(&self, deadline: Deadline, what: &str) -> Result<()> {
+        let now = self.now();
+        if deadline.is_short(now) {
+            return Err(Error::Deadline(format!(
+                "{}ms left before the invocation's deadline: not starting to {what}",
+                deadline.remaining(now).unwrap_or_default().as_millis()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Until when an event claimed now stays in progress: the deadline, or a lease without one.
+    fn in_progress_until(&self, deadline: Deadline, now: Timestamp) -> Timestamp {
+        deadline
+            .instant()
+            .unwrap_or(now + IN_PROGRESS_WITHOUT_DEADLINE)
+    }
+
+    /// How many times to try a commit that keeps losing its race.
+    fn conflict_attempts(deadline: Deadline) -> usize {
+        if deadline.instant().is_some() {
+            MAX_CONFLICTS_WITHIN_DEADLINE
+        } else {
+            MAX_CONFLICTS
+        }
+    }
+
+    /// The pause after the `attempt`th lost race: exponential (10 ms doubling, capped at 1 s)
+    /// with "equal jitter" — between half and all of it, so racing writers spread out and each
+    /// loser still waits longer than the last time.
+    async fn backoff(&self, attempt: usize) {
+        let cap = (10u64 << attempt.min(7)).min(1000);
+        let ms = cap / 2 + self.time.jitter(cap / 2 + 1);
+        self.time.sleep(Duration::from_millis(ms)).await;
+    }
+
+    /// Handles one phoenix event. `function` (when given) is the function receiving it, which
+    /// refuses event kinds routed elsewhere.
+    pub async fn handle(&self, env: &Envelope, function: Option<Function>) -> Result<Report> {
+        self.handle_within(env, function, Deadline::NONE).await
+    }
+
+    /// `handle` for an invocation that must be done by `deadline` (`lambda::handle` passes the
+    /// Lambda context's). With less than `DEADLINE_RESERVE` left it starts nothing new: before
+    /// the event's intent is committed that fails the invocation (retryable: delivered again);
+    /// after, the rest is left to the next reconcile and the report lists what was deferred.
+    ///
+    /// The per-fleet work is boxed (`Box::pin`): its futures hold several calls' state, and
+    /// nested unboxed they overflowed a 2 MiB worker-thread stack in debug builds.
+    pub async fn handle_within(
+        &self,
+        env: &Envelope,
+        function: Option<Function>,
+        deadline: Deadline,
+    ) -> Result<Report> {
+        // Only allowed accounts and sources; AWS's own events have their own path.
+        self.intake.policy.check(env)?;
+        if let Some(event) = AwsEvent::from_envelope(env) {
+            return self.handle_aws(env, event?, function, deadline).await;
+        }
+        let intent = Intent::from_envelope(env)?;
+        if let Some(f) = function {
+            if route(&env.source, &env.detail_type) != Some(f) {
+                return Err(phoenix_core::Error::Event(format!(
+                    "the {} function does not handle {}",
+                    f.name(),
+                    env.detail_type
+                ))
+                .into());
+            }
+        }
+        let cause = Cause::from_envelope(env);
+        let key = event_key(env);
+        self.check_time(deadline, "handle the event")?;
+        let fleet_pass = |name| {
+            Box::pin(self.reconcile_within(
+                name,
+                Some(&intent),
+                env.time,
+                &cause,
+                Some(&key),
+                deadline,
+            ))
+        };
+        let fleets = match &intent {
+            Intent::ImageReady { fleet, image } => {
+                let Some(facts) = self.compute.describe_image(image).await? else {
+                    return Err(Error::NotFound(format!(
+                        "image {image} does not exist or is not available to this account"
+                    )));
+                };
+                // The fleet's admission gate first: a refused image is recorded, not rolled out.
+                match self.refusal(fleet, image, &facts).await? {
+                    Some(reason) => vec![
+                        self.reject_image(fleet.clone(), image.clone(), reason, &cause, &key)
+                            .await?,
+                    ],
+                    None => vec![fleet_pass(fleet).await?],
+                }
+            }
+            Intent::Notice { .. } => {
+                return Err(phoenix_core::Error::Event(
+                    "notices come from AWS's events, not phoenix's".into(),
+                )
+                .into())
+            }
+            Intent::Scale { fleet, .. }
+            | Intent::RolloutControl { fleet, .. }
+            | Intent::ClearQuarantine { fleet, .. } => vec![fleet_pass(fleet).await?],
+            Intent::HealthCheckFailed { instance, .. } | Intent::HealthCheckPassed { instance } => {
+                vec![
+                    Box::pin(
+                        self.instance_event(instance, &intent, env.time, &cause, &key, deadline),
+                    )
+                    .await?,
+                ]
+            }
+            Intent::Reconcile { fleet: Some(name) } => vec![
+                Box::pin(self.reconcile_within(name, None, env.time, &cause, None, deadline))
+                    .await?,
+            ],
+            // Every fleet: one that fails must not stop the others. Its failure is in the report
+            // and the log; the next schedule tries again — as it does the fleets not started
+            // because the invocation's time ran short.
+            Intent::Reconcile { fleet: None } => {
+                let mut reports = Vec::new();
+                for name in self.store.list_fleets().await? {
+                    let result =
+                        match self.check_time(deadline, "reconcile another fleet") {
+                            Ok(()) => {
+                                Box::pin(self.reconcile_within(
+                                    &name, None, env.time, &cause, None, deadline,
+                                ))
+                                .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                    match result {
+                        Ok(r) => reports.push(r),
+                        Err(e) => {
+                            warn!(fleet = %name, error = %e, "reconcile failed");
+                            reports.push(
+                                FleetReport::empty(&name, FleetOutcome::Unchanged)
+                                    .with_failures(vec![e.to_string()]),
+                            );
+                        }
+                    }
+                }
+                reports
+            }
+        };
+        Ok(Report {
+            event_id: env.id.clone(),
+            detail_type: env.detail_type.clone(),
+            fleets,
+        })
+    }
+
+    /// Applies `intent` (if any) to the whole fleet and reconciles it with what EC2 reports.
+    pub async fn reconcile_fleet(
+        &self,
+        name: &FleetName,
+        intent: Option<&Intent>,
+        event_time: Timestamp,
+        cause: &Cause,
+        key: Option<&EventKey>,
+    ) -> Result<FleetReport> {
+        Box::pin(self.reconcile_within(name, intent, event_time, cause, key, Deadline::NONE)).await
+    }
+
+    /// Creates or updates a fleet from its spec (`phoenix fleet apply`). The image must exist. The
+    /// fleet is then reconciled by the reconcile function, on the `ReconcileRequested` event the
+    /// caller publishes.
+    pub async fn apply_fleet(&self, spec: FleetSpec) -> Result<FleetReport> {
+        spec.validate()?;
+        let Some(facts) = self.compute.describe_image(&spec.image).await? else {
+            return Err(Error::NotFound(format!(
+                "image {} does not exist or is not available to this account",
+                spec.image
+            )));
+        };
+        // The file's own image passes the gate it declares, like any other.
+        if let Some(Err(reason)) = spec
+            .admission
+            .as_ref()
+            .map(|a| a.admits(&spec.image, &facts))
+        {
+            return Err(phoenix_core::Error::invalid("image", reason).into());
+        }
+        let cause = Cause::internal("FleetApplied");
+        for attempt in 0..MAX_CONFLICTS {
+            let now = self.now();
+            let (before, step) = match self.store.load_fleet(&spec.name).await {
+                Ok(fleet) => {
+                    let step = planner::update_spec(&fleet, spec.clone(), now)?;
+                    (fleet, step)
+                }
+                Err(Error::NotFound(_)) => {
+                    let step = planner::create_fleet(spec.clone(), now)?;
+                    (step.fleet.clone(), step)
+                }
+                Err(e) => return Err(e),
+            };
+            match self.store.commit(&before, &step, &cause, None, now).await {
+                Ok(committed) => {
+                    return Ok(FleetReport::of(
+                        FleetOutcome::Changed,
+                        &committed,
+                        step.changes,
+                    ))
+                }
+                Err(Error::Conflict(_)) => self.backoff(attempt).await,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(spec.name.to_string()))
+    }
+}

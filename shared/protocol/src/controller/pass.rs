@@ -1,0 +1,250 @@
+//! Passes over a whole fleet: its inbox first, then the event's intent (if any) and a reconcile
+//! against what EC2 reports; after lost races, the intent goes to the inbox instead.
+
+use super::{Controller, FleetOutcome, FleetReport, QUEUE_AFTER_CONFLICTS};
+use crate::error::{Error, Result};
+use crate::ports::{Deadline, Ports};
+use crate::store::{EventKey, EventRecord};
+use phoenix_core::events::{Cause, Intent, QueuedIntent};
+use phoenix_core::model::{Fleet, Timestamp};
+use phoenix_core::planner::{self, Step};
+use phoenix_core::FleetName;
+use tracing::{info, warn};
+
+/// What one pass over a fleet did (`reconcile_pass`).
+enum Pass {
+    /// What the pass was for is done (or was done before: a duplicate).
+    Done(FleetReport),
+    /// It applied an intent from the fleet's inbox; what it was for is still to do.
+    AppliedQueued(FleetReport),
+    /// Its own intent is in the inbox now; the fleet is still to reconcile.
+    QueuedOwn,
+}
+
+impl<P: Ports> Controller<P> {
+    /// `reconcile_fleet` within `deadline`: passes over the fleet (`reconcile_pass`) until one
+    /// does what this call is for. A loop, not recursion: each pass holds several calls' state,
+    /// and a long inbox recursed deep enough to overflow a worker thread's stack.
+    pub(super) async fn reconcile_within(
+        &self,
+        name: &FleetName,
+        intent: Option<&Intent>,
+        event_time: Timestamp,
+        cause: &Cause,
+        key: Option<&EventKey>,
+        deadline: Deadline,
+    ) -> Result<FleetReport> {
+        let (mut intent, mut key) = (intent, intent.and(key));
+        let mut done: Option<FleetReport> = None;
+        let mut queued_own = false;
+        loop {
+            // Once its intent is queued, the invocation tries the contended fleet only briefly:
+            // the intent is safe, and any later pass over the fleet (the schedule's, each minute)
+            // applies it; retrying until the deadline held a worker for up to a minute.
+            let attempts = if queued_own {
+                QUEUE_AFTER_CONFLICTS
+            } else {
+                Self::conflict_attempts(deadline)
+            };
+            let pass = Box::pin(
+                self.reconcile_pass(name, intent, event_time, cause, key, attempts, deadline),
+            )
+            .await;
+            match pass {
+                Ok(Pass::Done(r)) => return Ok(FleetReport::absorbed(done, r)),
+                Ok(Pass::AppliedQueued(r)) => done = Some(FleetReport::absorbed(done, r)),
+                Ok(Pass::QueuedOwn) => {
+                    info!(fleet = %name, "intent queued after lost races");
+                    (intent, key, queued_own) = (None, None, true);
+                }
+                // Queued, the intent is safe: a reconcile that fails now is in the report, and
+                // the schedule's reconcile applies it.
+                Err(e) if queued_own => {
+                    warn!(fleet = %name, error = %e, "reconcile after queueing the intent failed");
+                    let mut r =
+                        done.unwrap_or_else(|| FleetReport::empty(name, FleetOutcome::Queued));
+                    r.failures.push(e.to_string());
+                    return Ok(r);
+                }
+                // Other events' queued intents were applied, this call's own work failed: an
+                // intent not yet recorded fails the call (the event is delivered again).
+                Err(e) => match done {
+                    Some(mut r) if intent.is_none() => {
+                        r.failures.push(e.to_string());
+                        return Ok(r);
+                    }
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// One pass over the fleet: the oldest queued intent if the inbox holds any (then the caller
+    /// passes again), else `intent` and a reconcile against EC2 — or, after lost races, `intent`
+    /// put in the inbox. Retries lost races itself, up to `attempts` in all.
+    #[allow(clippy::too_many_arguments)]
+    async fn reconcile_pass(
+        &self,
+        name: &FleetName,
+        intent: Option<&Intent>,
+        event_time: Timestamp,
+        cause: &Cause,
+        key: Option<&EventKey>,
+        attempts: usize,
+        deadline: Deadline,
+    ) -> Result<Pass> {
+        for attempt in 0..attempts {
+            // On a busy fleet, short instance events keep winning the race against a plan that
+            // also read EC2. Past a few lost races the intent — what must not be lost — goes to
+            // the fleet's inbox, a write no race can fail, and the fleet is reconciled after it.
+            // One write, so made even within the deadline's reserve. (Not whenever the inbox
+            // holds intents: then every fleet-wide event would drain it, all racing for its first
+            // item, and intents would wait longer.)
+            if let (Some(intent), Some(key)) = (intent, key) {
+                if attempt >= QUEUE_AFTER_CONFLICTS {
+                    return self
+                        .queue(name, intent, event_time, cause, key, deadline)
+                        .await;
+                }
+            }
+            self.check_time(deadline, "plan a change")?;
+            let fleet = self.store.load_fleet(name).await?;
+            // Queued intents go first, one per commit, each recorded with its own event as the
+            // cause; what this pass was for follows once they are applied.
+            let queued = fleet.inbox.first();
+            let (this_cause, this_key) = match queued {
+                Some(q) => (&q.cause, None),
+                None => (cause, key),
+            };
+            let observed = self.compute.describe_fleet(name).await?;
+            let now = self.now();
+            let step = match (queued, intent) {
+                (Some(q), _) => planner::apply_queued(&fleet, q, now),
+                (None, Some(i)) => match planner::apply_intent(&fleet, i, event_time, now) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        // A redelivery may no longer apply (a delta below zero, say): it is a
+                        // duplicate, not bad input.
+                        if let Some(key) = key {
+                            if let Err(seen) = self.store.check_event(key, now).await {
+                                return self
+                                    .already_handled(
+                                        name, &fleet, seen, event_time, cause, deadline,
+                                    )
+                                    .await
+                                    .map(Pass::Done);
+                            }
+                        }
+                        return Err(e.into());
+                    }
+                },
+                (None, None) => Step::unchanged(&fleet),
+            };
+            let step = step.then_reconcile(&observed, now);
+            // (A queued intent is always committed: its commit deletes it from the inbox.)
+            if step.is_noop() && queued.is_none() {
+                return Ok(Pass::Done(FleetReport::of(
+                    FleetOutcome::Unchanged,
+                    &fleet,
+                    Vec::new(),
+                )));
+            }
+            // Commands follow: the event stays in progress until they are recorded.
+            let in_progress = !step.commands.is_empty();
+            let record = match queued {
+                Some(q) => Some(EventRecord::Dequeue(q)),
+                None => key.map(|key| EventRecord::Claim {
+                    key,
+                    in_progress_until: in_progress.then(|| self.in_progress_until(deadline, now)),
+                }),
+            };
+            match self
+                .store
+                .commit(&fleet, &step, this_cause, record, now)
+                .await
+            {
+                Ok(committed) => {
+                    self.announce(&committed, &step.changes).await;
+                    let claimed = this_key.filter(|_| in_progress);
+                    let done =
+                        Box::pin(self.execute(committed, step, this_cause, claimed, deadline))
+                            .await?;
+                    return Ok(match queued {
+                        Some(_) => Pass::AppliedQueued(done),
+                        None => Pass::Done(done),
+                    });
+                }
+                Err(Error::Conflict(_)) => self.backoff(attempt).await,
+                Err(seen) if seen.is_seen_before() => {
+                    return self
+                        .already_handled(name, &fleet, seen, event_time, cause, deadline)
+                        .await
+                        .map(Pass::Done)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(name.to_string()))
+    }
+
+    /// Puts the intent in the fleet's inbox, which completes its event's record.
+    async fn queue(
+        &self,
+        name: &FleetName,
+        intent: &Intent,
+        event_time: Timestamp,
+        cause: &Cause,
+        key: &EventKey,
+        deadline: Deadline,
+    ) -> Result<Pass> {
+        let queued = QueuedIntent {
+            intent: intent.clone(),
+            event_time,
+            cause: cause.clone(),
+        };
+        match self.store.enqueue(name, &queued, key, self.now()).await {
+            Ok(()) => Ok(Pass::QueuedOwn),
+            Err(seen) if seen.is_seen_before() => {
+                let fleet = self.store.load_partial(name, &[]).await?;
+                self.already_handled(name, &fleet, seen, event_time, cause, deadline)
+                    .await
+                    .map(Pass::Done)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A delivery of an event that has a record already (`seen`, from the store): completed or in
+    /// the hands of a live invocation — return without acting; applied by an invocation whose
+    /// time ran out — reconcile the fleet to finish its work, without applying the intent again.
+    pub(super) async fn already_handled(
+        &self,
+        name: &FleetName,
+        fleet: &Fleet,
+        seen: Error,
+        event_time: Timestamp,
+        cause: &Cause,
+        deadline: Deadline,
+    ) -> Result<FleetReport> {
+        match seen {
+            Error::Duplicate(_) => {
+                info!(fleet = %name, "duplicate event; handled before");
+                Ok(FleetReport::of(FleetOutcome::Duplicate, fleet, Vec::new()))
+            }
+            Error::InFlight(_) => {
+                info!(fleet = %name, "duplicate event; being handled by another invocation");
+                Ok(FleetReport::of(FleetOutcome::InFlight, fleet, Vec::new()))
+            }
+            Error::Unfinished(_) => {
+                info!(fleet = %name, "duplicate of an unfinished event; reconciling without it");
+                let mut r = Box::pin(Box::pin(
+                    self.reconcile_within(name, None, event_time, cause, None, deadline),
+                ))
+                .await?;
+                r.outcome = FleetOutcome::Duplicate;
+                Ok(r)
+            }
+            other => Err(other),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! phoenix's protocol: the controller that carries an event from its intent to EC2 and back to the
+//! record — plan, commit, execute, record — with its retries, inbox, deadlines and notices.
+//!
+//! Floors, each using only those below it:
+//! - `ports` — what the protocol needs from the world, each as small as its use: the state table
+//!   (DynamoDB's terms), EC2, the event bus, Image Builder, and time (clock, sleep, jitter).
+//! - `store` — phoenix's state in the table: the items, the conditional transaction of each
+//!   change, the event records that make delivery at-least-once safe.
+//! - `compute` — phoenix's use of EC2: observe by tag, launch with tags and token, terminate only
+//!   what is re-validated as the fleet's.
+//! - `controller` — the protocol itself, over the three.
+//!
+//! No AWS SDK and no wall clock: `phoenix_aws` plugs in the AWS adapters and real time, the
+//! simulator in-memory ones and simulated time, and both run this same code.
+
+pub mod compute;
+pub mod controller;
+pub mod error;
+pub mod ports;
+pub mod store;
+
+pub use controller::{Controller, FleetOutcome, FleetReport, Intake, Report};
+pub use error::{Error, Result};
+pub use ports::{Deadline, Ports, DEADLINE_RESERVE};

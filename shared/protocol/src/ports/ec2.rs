@@ -1,0 +1,90 @@
+//! The EC2 port: the part of the EC2 API phoenix uses, in EC2's own terms. `phoenix_aws` sends it
+//! through the SDK; the simulator answers it from an in-memory EC2 with lag, faults and throttling.
+//! What phoenix asks of EC2 and why — tags on create, the token lookup before a launch is made
+//! again, re-validation before a termination — is `crate::compute`'s, written once for both.
+
+use crate::error::Result;
+use phoenix_core::images::ImageFacts;
+use phoenix_core::model::{Lifecycle, Timestamp};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+
+/// An instance as `DescribeInstances` or `RunInstances` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ec2Instance {
+    pub id: String,
+    pub image: Option<String>,
+    pub state: Lifecycle,
+    pub launched_at: Option<Timestamp>,
+    pub zone: Option<String>,
+    pub instance_type: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Which instances `DescribeInstances` lists; never terminated ones (they linger for an hour).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Instances {
+    /// Carrying the tag `key` = `value`.
+    Tagged { key: String, value: String },
+    /// These ids (at most `MAX_FILTER_VALUES`) that exist.
+    Ids(Vec<String>),
+}
+
+/// Values per `DescribeInstances` filter (AWS allows 200).
+pub const MAX_FILTER_VALUES: usize = 200;
+/// Ids per `DescribeInstanceStatus` call.
+pub const MAX_STATUS_IDS: usize = 100;
+/// Ids per `TerminateInstances` call: AWS accepts 1000; Karpenter uses batches of 500, and so do
+/// we.
+pub const MAX_TERMINATE_IDS: usize = 500;
+
+/// A `RunInstances` request: `count` instances, all or nothing (`MinCount = MaxCount`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunInstances {
+    pub image: String,
+    pub count: u32,
+    /// EC2's idempotency token.
+    pub client_token: String,
+    pub instance_type: Option<String>,
+    pub subnet: Option<String>,
+    pub security_groups: Vec<String>,
+    pub key_name: Option<String>,
+    /// A name or an ARN.
+    pub instance_profile: Option<String>,
+    pub launch_template: Option<phoenix_core::model::LaunchTemplateRef>,
+    /// Applied at creation to the instances and their volumes.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// What `RunInstances` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    pub instances: Vec<Ec2Instance>,
+    pub request_id: Option<String>,
+}
+
+/// The EC2 port.
+pub trait Ec2: Send + Sync {
+    /// `DescribeInstances`, every page.
+    fn describe_instances(
+        &self,
+        which: &Instances,
+    ) -> impl Future<Output = Result<Vec<Ec2Instance>>> + Send;
+    /// `DescribeInstanceStatus` of up to `MAX_STATUS_IDS` ids: those whose two status checks
+    /// (system and instance) are both `ok`.
+    fn status_ok(&self, ids: &[String]) -> impl Future<Output = Result<BTreeSet<String>>> + Send;
+    /// `RunInstances`.
+    fn run_instances(&self, request: &RunInstances) -> impl Future<Output = Result<Ran>> + Send;
+    /// `TerminateInstances` of up to `MAX_TERMINATE_IDS` ids; its request id. Ids that do not
+    /// exist fail the call with `Error::NotFound`.
+    fn terminate_instances(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// `DescribeImages` of one AMI: what EC2 reports about it (name, owner, tags), or `None` if
+    /// this account cannot see it.
+    fn describe_image(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = Result<Option<ImageFacts>>> + Send;
+}
