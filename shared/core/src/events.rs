@@ -3,7 +3,9 @@
 
 use crate::error::{Error, Result};
 use crate::ids::{FleetName, ImageId, InstanceId};
-use crate::model::{validate_capacity, Health, Timestamp};
+use crate::lifecycle::{Health, Lifecycle};
+use crate::quantity::{validate_capacity, MAX_CAPACITY};
+use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -284,7 +286,7 @@ impl Intent {
                     (None, Some(0)) => {
                         return Err(Error::Event(format!("{dt}: delta must not be 0")))
                     }
-                    (None, Some(n)) if n.unsigned_abs() > u64::from(crate::model::MAX_CAPACITY) => {
+                    (None, Some(n)) if n.unsigned_abs() > u64::from(MAX_CAPACITY) => {
                         return Err(Error::Event(format!(
                             "{dt}: invalid capacity: delta {n} is larger than the maximum capacity"
                         )))
@@ -486,7 +488,7 @@ pub enum Change {
     },
     StateChanged {
         instance: InstanceId,
-        state: crate::model::Lifecycle,
+        state: Lifecycle,
     },
     /// EC2 no longer has an instance phoenix did not decide to terminate.
     Vanished {

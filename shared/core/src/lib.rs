@@ -12,11 +12,13 @@ pub mod events;
 pub mod history;
 pub mod ids;
 pub mod images;
+pub mod lifecycle;
 pub mod model;
 pub mod notice;
 pub mod patterns;
 pub mod planner;
 pub mod quantity;
+pub mod time;
 pub mod timeline;
 pub mod wire;
 

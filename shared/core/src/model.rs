@@ -4,22 +4,19 @@
 use crate::error::{Error, Result};
 use crate::ids::{FleetName, ImageId, InstanceId};
 use crate::quantity::{Quantity, Rounding};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The largest capacity a fleet may ask for. A guard against typos (`capacity: 40000` for 40),
-/// not a limit of the design.
-pub const MAX_CAPACITY: u32 = 10_000;
+pub use crate::lifecycle::{Health, Lifecycle};
+pub use crate::quantity::{validate_capacity, MAX_CAPACITY};
+pub use crate::time::{Seconds, Timestamp};
 
 /// Tag keys phoenix puts on every instance it launches, at launch (tag-on-create), so that an
 /// instance is attributable to its fleet and decision from the moment it exists.
 pub const TAG_FLEET: &str = "phoenix:fleet";
 pub const TAG_IMAGE: &str = "phoenix:image";
 pub const TAG_TOKEN: &str = "phoenix:launch";
-
-pub type Timestamp = DateTime<Utc>;
 
 /// Which signal makes a freshly launched instance count as healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -145,95 +142,6 @@ impl Default for BreakerPolicy {
     }
 }
 
-/// A duration in whole seconds, written `90`, `"90s"`, `"5m"`, `"2h"` or `"1h30m"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Seconds(pub u64);
-
-impl Seconds {
-    pub fn is_zero(&self) -> bool {
-        self.0 == 0
-    }
-    pub fn duration(self) -> chrono::Duration {
-        chrono::Duration::seconds(i64::try_from(self.0).unwrap_or(i64::MAX / 1000))
-    }
-    pub fn parse(text: &str) -> Result<Self> {
-        let t = text.trim();
-        if let Ok(n) = t.parse::<u64>() {
-            return Ok(Seconds(n));
-        }
-        let mut total: u64 = 0;
-        let mut digits = String::new();
-        for c in t.chars() {
-            if c.is_ascii_digit() {
-                digits.push(c);
-                continue;
-            }
-            let unit = match c {
-                's' => 1,
-                'm' => 60,
-                'h' => 3600,
-                'd' => 86_400,
-                _ => {
-                    return Err(Error::invalid(
-                        "duration",
-                        format!("{text:?} is not a duration like \"90s\", \"5m\" or \"1h30m\""),
-                    ))
-                }
-            };
-            let n: u64 = digits.parse().map_err(|_| {
-                Error::invalid(
-                    "duration",
-                    format!("{text:?} is not a duration like \"5m\""),
-                )
-            })?;
-            total = total.saturating_add(n.saturating_mul(unit));
-            digits.clear();
-        }
-        if !digits.is_empty() || t.is_empty() {
-            return Err(Error::invalid(
-                "duration",
-                format!("{text:?} is not a duration like \"90s\", \"5m\" or \"1h30m\""),
-            ));
-        }
-        Ok(Seconds(total))
-    }
-}
-
-impl std::fmt::Display for Seconds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (h, m, s) = (self.0 / 3600, self.0 % 3600 / 60, self.0 % 60);
-        match (h, m, s) {
-            (0, 0, s) => write!(f, "{s}s"),
-            (0, m, 0) => write!(f, "{m}m"),
-            (0, m, s) => write!(f, "{m}m{s}s"),
-            (h, 0, 0) => write!(f, "{h}h"),
-            (h, m, 0) => write!(f, "{h}h{m}m"),
-            (h, m, s) => write!(f, "{h}h{m}m{s}s"),
-        }
-    }
-}
-
-impl Serialize for Seconds {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Seconds {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => Ok(Seconds(n)),
-            Raw::Text(t) => Seconds::parse(&t).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
 fn default_surge() -> Quantity {
     Quantity::Count(1)
 }
@@ -344,19 +252,6 @@ fn capacity_from_any<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Res
     validate_capacity(v).map_err(serde::de::Error::custom)
 }
 
-pub fn validate_capacity(v: i64) -> Result<u32> {
-    if v < 0 {
-        return Err(Error::invalid("capacity", format!("{v} is negative")));
-    }
-    if v > i64::from(MAX_CAPACITY) {
-        return Err(Error::invalid(
-            "capacity",
-            format!("{v} is more than the maximum of {MAX_CAPACITY}"),
-        ));
-    }
-    Ok(v as u32)
-}
-
 impl FleetSpec {
     /// Checks what serde cannot: cross-field rules and reserved tag keys.
     pub fn validate(&self) -> Result<()> {
@@ -449,58 +344,6 @@ impl FleetSpec {
         spec.validate()?;
         Ok(spec)
     }
-}
-
-/// EC2's lifecycle states, as observed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Lifecycle {
-    Pending,
-    Running,
-    Stopping,
-    Stopped,
-    ShuttingDown,
-    Terminated,
-}
-
-impl Lifecycle {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pending" => Lifecycle::Pending,
-            "running" => Lifecycle::Running,
-            "stopping" => Lifecycle::Stopping,
-            "stopped" => Lifecycle::Stopped,
-            "shutting-down" => Lifecycle::ShuttingDown,
-            "terminated" => Lifecycle::Terminated,
-            _ => return None,
-        })
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lifecycle::Pending => "pending",
-            Lifecycle::Running => "running",
-            Lifecycle::Stopping => "stopping",
-            Lifecycle::Stopped => "stopped",
-            Lifecycle::ShuttingDown => "shutting-down",
-            Lifecycle::Terminated => "terminated",
-        }
-    }
-    /// Gone or going: EC2 will not bring it back.
-    pub fn is_gone(self) -> bool {
-        matches!(self, Lifecycle::ShuttingDown | Lifecycle::Terminated)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum Health {
-    /// Launched, not yet proven healthy.
-    Unknown,
-    Healthy,
-    /// Failed a health check. Sticky: an instance that failed is replaced, never trusted again.
-    Unhealthy {
-        reason: String,
-    },
 }
 
 /// phoenix has decided to terminate this instance.
