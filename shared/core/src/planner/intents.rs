@@ -8,6 +8,7 @@
 //! an instance that is not the fleet's is an error, and one about an instance already replaced is
 //! recorded as ignored.
 
+use super::notices;
 use super::rollout::control;
 use super::step::Step;
 use super::tx::Tx;
@@ -251,7 +252,7 @@ pub fn apply_intent(
         }
         Intent::Notice { instances, notice } => {
             for id in instances {
-                crate::notice::apply(&mut tx, id, notice);
+                notices::apply(&mut tx, id, notice);
             }
         }
         Intent::Reconcile { .. } => {}

@@ -20,11 +20,13 @@
 //!   turning healthy, checkpoints — and an operator's commands to it;
 //! - `scale`: rolling replacement and scaling under the disruption budget;
 //! - `repair`: replacing failed instances and retiring doomed ones; the mass-failure breaker;
+//! - `notices`: what AWS says about an instance, turned into a repair or a retirement;
 //! - `outcomes`: folding what EC2 answered into the fleet;
 //! - `reconcile`: one pass over the whole fleet against what EC2 reports;
 //! - `intents`: a new fleet, a fleet file applied, an event's intent.
 
 mod intents;
+mod notices;
 mod outcomes;
 mod reconcile;
 mod repair;
@@ -39,5 +41,3 @@ pub use reconcile::{reconcile, OBSERVE_GRACE};
 pub use rollout::{wave_healthy, wave_to_recheck};
 pub use step::{Command, Launched, Outcome, Step};
 pub use tx::{LEASE, MAX_LAUNCHES_PER_STEP, MAX_TERMINATIONS_PER_STEP, MAX_TOUCHED_PER_STEP};
-
-pub(crate) use tx::Tx;

@@ -47,7 +47,7 @@ impl Tx {
     /// Replaces a failed instance: launch first when the surge limit leaves room, otherwise
     /// terminate first (a failed instance serves nothing, so removing it costs no availability).
     /// Not while the breaker is tripped, nor beyond the hourly budget.
-    pub(crate) fn repair(&mut self, id: &InstanceId) {
+    pub(super) fn repair(&mut self, id: &InstanceId) {
         let Some(inst) = self.fleet.instances.get(id) else {
             return;
         };
@@ -101,7 +101,7 @@ impl Tx {
     /// and within the hourly budget. Neither counted nor held back by the breaker. An urgent one
     /// (it goes soon whatever phoenix does) ignores the hourly budget and, without room,
     /// terminates first so that its replacement launches in the same pass.
-    pub(crate) fn retire(&mut self, id: &InstanceId) {
+    pub(super) fn retire(&mut self, id: &InstanceId) {
         let now = self.now;
         let Some(inst) = self.fleet.instances.get(id) else {
             return;

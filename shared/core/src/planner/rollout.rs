@@ -201,7 +201,7 @@ impl Tx {
 
     /// The health gate of a rollout: a new-image instance that failed, or a wave that missed its
     /// deadline, sends the rollout back to the previous image and quarantines the new one.
-    pub(crate) fn health_gate(&mut self) {
+    pub(super) fn health_gate(&mut self) {
         let now = self.now;
         let Some(r) = self.fleet.rollout.as_ref() else {
             return;

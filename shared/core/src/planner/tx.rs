@@ -41,15 +41,15 @@ pub const MAX_TOUCHED_PER_STEP: usize = 92;
 /// than one RunInstances round trip would cause needless retries.
 pub const LEASE: Duration = Duration::minutes(2);
 
-/// A step being built. Crate-visible for `notice`, which plans through the same machinery.
-pub(crate) struct Tx {
-    pub(crate) fleet: Fleet,
-    pub(crate) changes: Vec<Change>,
+/// A step being built.
+pub(super) struct Tx {
+    pub(super) fleet: Fleet,
+    pub(super) changes: Vec<Change>,
     pub(super) touched: BTreeSet<InstanceId>,
     pub(super) launches: Vec<Command>,
     pub(super) terminate_now: Vec<InstanceId>,
     pub(super) terminate_after: BTreeMap<String, Vec<InstanceId>>,
-    pub(crate) now: Timestamp,
+    pub(super) now: Timestamp,
 }
 
 impl Tx {
@@ -92,7 +92,7 @@ impl Tx {
         }
     }
 
-    pub(crate) fn instance_mut(&mut self, id: &InstanceId) -> Option<&mut Instance> {
+    pub(super) fn instance_mut(&mut self, id: &InstanceId) -> Option<&mut Instance> {
         let inst = self.fleet.instances.get_mut(id)?;
         self.touched.insert(id.clone());
         Some(inst)
@@ -223,7 +223,7 @@ impl Tx {
     }
 
     /// Marks an instance as gone (a tombstone is kept so late events about it are recognised).
-    pub(crate) fn bury(&mut self, id: &InstanceId) {
+    pub(super) fn bury(&mut self, id: &InstanceId) {
         let now = self.now;
         let Some(inst) = self.instance_mut(id) else {
             return;
@@ -239,7 +239,7 @@ impl Tx {
         }
     }
 
-    pub(crate) fn set_health(&mut self, id: &InstanceId, health: Health) {
+    pub(super) fn set_health(&mut self, id: &InstanceId, health: Health) {
         let Some(inst) = self.instance_mut(id) else {
             return;
         };
@@ -286,7 +286,7 @@ impl Tx {
         }
     }
 
-    pub(crate) fn ignore(&mut self, reason: impl Into<String>) {
+    pub(super) fn ignore(&mut self, reason: impl Into<String>) {
         self.changes.push(Change::Ignored {
             reason: reason.into(),
         });
