@@ -4,12 +4,13 @@
 //!
 //! Data with the rules that keep it well-formed, nothing more: the model decides nothing (that is
 //! the planner's work) and reads nothing (that is the adapters'). Its files build on each other:
-//! `instance` needs nothing of the others, `spec` needs an instance's health signals, `fleet`
-//! holds a spec and instances. The values it shares with events and notices (`Timestamp`,
-//! `Seconds`, `Lifecycle`, `Health`, a capacity's bounds) live on the floor below and are
-//! re-exported here, where users of the model look for them.
+//! `instance` and `images` need nothing of the others, `spec` needs an instance's health signals
+//! and the image rules, `fleet` holds a spec and instances. The values it shares with events and
+//! notices (`Timestamp`, `Seconds`, `Lifecycle`, `Health`, a capacity's bounds) live on the floor
+//! below and are re-exported here, where users of the model look for them.
 
 mod fleet;
+pub(crate) mod images;
 mod instance;
 mod spec;
 

@@ -7,6 +7,7 @@
 //! between 1 and 99 %, no reserved tag keys. Events change only its image and its capacity, each
 //! checked on its own. Omitted policy fields take the defaults written next to them.
 
+use super::images::{Admission, ImageSelector};
 use super::instance::Signals;
 use crate::error::{Error, Result};
 use crate::ids::{FleetName, ImageId};
@@ -219,10 +220,10 @@ pub struct FleetSpec {
     pub policy: RolloutPolicy,
     /// Follow new images AWS announces (AMI available, Image Builder build finished) that match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_selector: Option<crate::images::ImageSelector>,
+    pub image_selector: Option<ImageSelector>,
     /// Which images the fleet accepts at all, whoever announces them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admission: Option<crate::images::Admission>,
+    pub admission: Option<Admission>,
     /// When planned replacements (scheduled maintenance) may happen, UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<crate::notice::MaintenanceWindow>,
