@@ -12,6 +12,7 @@
 
 use super::instance::{Instance, Instances};
 use super::spec::{Budget, FleetSpec};
+use crate::events::QueuedIntent;
 use crate::ids::{ImageId, InstanceId};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -177,7 +178,7 @@ pub struct Fleet {
     /// Intents waiting to be applied (`QueuedIntent`), oldest first; loaded with the whole fleet
     /// only.
     #[serde(skip)]
-    pub inbox: Vec<crate::events::QueuedIntent>,
+    pub inbox: Vec<QueuedIntent>,
 }
 
 impl Fleet {

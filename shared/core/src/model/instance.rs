@@ -8,6 +8,7 @@
 
 use crate::ids::{ImageId, InstanceId};
 use crate::lifecycle::{Health, Lifecycle};
+use crate::notice::{Retirement, Taint};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -61,10 +62,10 @@ pub struct Instance {
     pub terminated_at: Option<Timestamp>,
     /// In-place changes made to it outside phoenix (CloudTrail), newest last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub taints: Vec<crate::notice::Taint>,
+    pub taints: Vec<Taint>,
     /// A replacement owed to it though it has not failed (Spot interruption, maintenance, taint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retirement: Option<crate::notice::Retirement>,
+    pub retirement: Option<Retirement>,
 }
 
 impl Instance {

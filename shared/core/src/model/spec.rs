@@ -11,6 +11,7 @@ use super::images::{Admission, ImageSelector};
 use super::instance::Signals;
 use crate::error::{Error, Result};
 use crate::ids::{FleetName, ImageId};
+use crate::notice::{MaintenanceWindow, TaintMode};
 use crate::quantity::{validate_capacity, Quantity, Rounding};
 use crate::time::Seconds;
 use serde::{Deserialize, Serialize};
@@ -226,10 +227,10 @@ pub struct FleetSpec {
     pub admission: Option<Admission>,
     /// When planned replacements (scheduled maintenance) may happen, UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub maintenance_window: Option<crate::notice::MaintenanceWindow>,
+    pub maintenance_window: Option<MaintenanceWindow>,
     /// What an in-place change to an instance (CloudTrail) does: off, record or replace (default).
     #[serde(default, skip_serializing_if = "crate::notice::TaintMode::is_default")]
-    pub taint: crate::notice::TaintMode,
+    pub taint: TaintMode,
 }
 
 /// Capacities arrive as JSON numbers from users; read them wide so `-1` and `1e9` get our own
