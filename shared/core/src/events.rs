@@ -154,7 +154,7 @@ pub enum ScaleTarget {
 }
 
 // Wire shapes of the details. Unknown fields are tolerated (newer publishers may add some).
-// Their JSON Schemas (`schemas/`) are generated from these types by `crate::wire`'s tests.
+// Their JSON Schemas (`schemas/`) are generated from these types by the tests of `wire`.
 
 /// `ImageReady`: run this image from now on.
 #[derive(Deserialize)]

@@ -4,8 +4,8 @@
 //!
 //! What holds: both rules judge only those reported facts, never an event's word for them; a
 //! selector names a name pattern, tags or a pipeline (owners alone would follow every image of an
-//! account), and the account ids of both are 12 digits (`validate`). The path the adapters use
-//! for all of this is `crate::images`, which re-exports it.
+//! account), and the account ids of both are 12 digits (`validate`). The adapters reach all of
+//! this through the `images` module, which re-exports it beside what they do with it.
 
 use crate::error::{Error, Result};
 use crate::ids::ImageId;
