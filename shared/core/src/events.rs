@@ -1,5 +1,11 @@
 //! phoenix's own events (source `phoenix`), what each means for a fleet (`Intent`), and the
 //! records phoenix keeps of what it decided (`Change`).
+//!
+//! What holds: an `Intent` is built only from a detail that parses whole (`from_envelope`,
+//! `from_detail`). An event from another source (except the schedule's tick), of an unknown
+//! detail-type, with a missing or mistyped field or a capacity out of bounds is rejected with the
+//! reason, never half read. A notice (`Intent::Notice`) comes from AWS's own events
+//! (`aws_events`), never from phoenix's bus.
 
 use crate::error::{Error, Result};
 use crate::ids::{FleetName, ImageId, InstanceId};

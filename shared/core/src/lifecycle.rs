@@ -1,6 +1,9 @@
 //! Where an instance stands: EC2's lifecycle state as observed (`Lifecycle`), and phoenix's
 //! verdict on its health (`Health`). Both are plain values, named by the history's changes and
 //! by notices as much as by the fleet's records, so they sit below all of them.
+//!
+//! What holds: an instance EC2 reports gone (`Lifecycle::is_gone`: shutting down or terminated)
+//! does not come back.
 
 use serde::{Deserialize, Serialize};
 

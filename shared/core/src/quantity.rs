@@ -1,6 +1,9 @@
 //! A count or a percentage of the fleet's capacity, as in `max_surge: 2` or `max_surge: "25%"`,
 //! and the bounds of a capacity itself (`validate_capacity`): 0 to `MAX_CAPACITY`, whether it
 //! comes from a fleet file or from a `ScaleRequested` event.
+//!
+//! What holds: a percentage resolves against the capacity rounding the safe way for its use
+//! (`Rounding`): up for a surge, down for what may be unavailable.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
