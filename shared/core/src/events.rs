@@ -1,9 +1,17 @@
 //! phoenix's own events (source `phoenix`), what each means for a fleet (`Intent`), and the
 //! records phoenix keeps of what it decided (`Change`).
+//!
+//! What holds: an `Intent` is built only from a detail that parses whole (`from_envelope`,
+//! `from_detail`). An event from another source (except the schedule's tick), of an unknown
+//! detail-type, with a missing or mistyped field or a capacity out of bounds is rejected with the
+//! reason, never half read. A notice (`Intent::Notice`) comes from AWS's own events
+//! (`aws_events`), never from phoenix's bus.
 
 use crate::error::{Error, Result};
 use crate::ids::{FleetName, ImageId, InstanceId};
-use crate::model::{validate_capacity, Health, Timestamp};
+use crate::lifecycle::{Health, Lifecycle};
+use crate::quantity::{validate_capacity, MAX_CAPACITY};
+use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -152,7 +160,7 @@ pub enum ScaleTarget {
 }
 
 // Wire shapes of the details. Unknown fields are tolerated (newer publishers may add some).
-// Their JSON Schemas (`schemas/`) are generated from these types by `crate::wire`'s tests.
+// Their JSON Schemas (`schemas/`) are generated from these types by the tests of `wire`.
 
 /// `ImageReady`: run this image from now on.
 #[derive(Deserialize)]
@@ -284,7 +292,7 @@ impl Intent {
                     (None, Some(0)) => {
                         return Err(Error::Event(format!("{dt}: delta must not be 0")))
                     }
-                    (None, Some(n)) if n.unsigned_abs() > u64::from(crate::model::MAX_CAPACITY) => {
+                    (None, Some(n)) if n.unsigned_abs() > u64::from(MAX_CAPACITY) => {
                         return Err(Error::Event(format!(
                             "{dt}: invalid capacity: delta {n} is larger than the maximum capacity"
                         )))
@@ -486,7 +494,7 @@ pub enum Change {
     },
     StateChanged {
         instance: InstanceId,
-        state: crate::model::Lifecycle,
+        state: Lifecycle,
     },
     /// EC2 no longer has an instance phoenix did not decide to terminate.
     Vanished {

@@ -1,8 +1,32 @@
-//! A count or a percentage of the fleet's capacity, as in `max_surge: 2` or `max_surge: "25%"`.
+//! A count or a percentage of the fleet's capacity, as in `max_surge: 2` or `max_surge: "25%"`,
+//! and the bounds of a capacity itself (`validate_capacity`): 0 to `MAX_CAPACITY`, whether it
+//! comes from a fleet file or from a `ScaleRequested` event.
+//!
+//! What holds: a percentage resolves against the capacity rounding the safe way for its use
+//! (`Rounding`): up for a surge, down for what may be unavailable.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
+
+/// The largest capacity a fleet may ask for. A guard against typos (`capacity: 40000` for 40),
+/// not a limit of the design.
+pub const MAX_CAPACITY: u32 = 10_000;
+
+/// A capacity as asked for, read wide (an `i64`) so that `-1` and `1e9` get their own message
+/// rather than a parser's "expected u32".
+pub fn validate_capacity(v: i64) -> Result<u32> {
+    if v < 0 {
+        return Err(Error::invalid("capacity", format!("{v} is negative")));
+    }
+    if v > i64::from(MAX_CAPACITY) {
+        return Err(Error::invalid(
+            "capacity",
+            format!("{v} is more than the maximum of {MAX_CAPACITY}"),
+        ));
+    }
+    Ok(v as u32)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quantity {

@@ -1,0 +1,60 @@
+//! Where an instance stands: EC2's lifecycle state as observed (`Lifecycle`), and phoenix's
+//! verdict on its health (`Health`). Both are plain values, named by the history's changes and
+//! by notices as much as by the fleet's records, so they sit below all of them.
+//!
+//! What holds: an instance EC2 reports gone (`Lifecycle::is_gone`: shutting down or terminated)
+//! does not come back.
+
+use serde::{Deserialize, Serialize};
+
+/// EC2's lifecycle states, as observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Lifecycle {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    ShuttingDown,
+    Terminated,
+}
+
+impl Lifecycle {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Lifecycle::Pending,
+            "running" => Lifecycle::Running,
+            "stopping" => Lifecycle::Stopping,
+            "stopped" => Lifecycle::Stopped,
+            "shutting-down" => Lifecycle::ShuttingDown,
+            "terminated" => Lifecycle::Terminated,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Pending => "pending",
+            Lifecycle::Running => "running",
+            Lifecycle::Stopping => "stopping",
+            Lifecycle::Stopped => "stopped",
+            Lifecycle::ShuttingDown => "shutting-down",
+            Lifecycle::Terminated => "terminated",
+        }
+    }
+    /// Gone or going: EC2 will not bring it back.
+    pub fn is_gone(self) -> bool {
+        matches!(self, Lifecycle::ShuttingDown | Lifecycle::Terminated)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Health {
+    /// Launched, not yet proven healthy.
+    Unknown,
+    Healthy,
+    /// Failed a health check. Sticky: an instance that failed is replaced, never trusted again.
+    Unhealthy {
+        reason: String,
+    },
+}

@@ -1,0 +1,235 @@
+//! Everything phoenix records about one fleet (`Fleet`): its spec, its rollout and waves, the
+//! launches it decided and has not yet seen (`PendingLaunch`), quarantined images, the breaker
+//! and the hourly budget's memory, and its instances.
+//!
+//! What holds: `version` rises by one with every committed change, and every write is
+//! conditional on the version read; an event older than `image_set_at` (or `capacity_set_at`)
+//! changes neither, so a late delivery cannot undo a newer change; `live` and `failed` count the
+//! live and the failed instances (counters, so that work on one instance needs no other record;
+//! set again from the records by every reconcile of the whole fleet); a launch is in `pending`
+//! from the moment it is decided until its instances are recorded or it is given up
+//! (write-ahead).
+
+use super::instance::{Instance, Instances};
+use super::spec::{Budget, FleetSpec};
+use crate::events::QueuedIntent;
+use crate::ids::{ImageId, InstanceId};
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A launch phoenix decided and has not yet seen the instances of. Recorded before RunInstances is
+/// called (write-ahead), so a crash between the call and the record is recovered by finding the
+/// instances by their `phoenix:launch` tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingLaunch {
+    pub token: String,
+    pub image: ImageId,
+    pub count: u32,
+    pub reason: String,
+    pub decided_at: Timestamp,
+    /// Until then, the invocation that decided it owns the call; after, any reconcile may finish it.
+    pub lease_until: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutStatus {
+    InProgress,
+    /// Stopped at a checkpoint or by an operator; `rollout resume` (or the checkpoint's timer)
+    /// continues it.
+    Paused,
+    /// The new image failed its health gate: instances on it are being replaced by the previous image.
+    RollingBack,
+    Succeeded,
+    /// Every instance is back on the previous image; the new one is quarantined.
+    RolledBack,
+    /// Stopped for good by an operator; the fleet stays as it is, mixed if need be.
+    Aborted,
+    /// A newer image arrived before this rollout finished; the newer rollout continues from here.
+    Superseded,
+}
+
+impl RolloutStatus {
+    /// Still moving instances (or about to).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            RolloutStatus::InProgress | RolloutStatus::Paused | RolloutStatus::RollingBack
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wave {
+    pub number: u32,
+    pub started_at: Timestamp,
+    /// Launch tokens of this wave.
+    pub tokens: Vec<String>,
+    pub launched: Vec<InstanceId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub terminated: Vec<InstanceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ImageId>,
+    pub to: ImageId,
+    pub status: RolloutStatus,
+    pub started_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    pub waves: Vec<Wave>,
+    /// Why it is paused, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Pause>,
+    /// Checkpoints (in %) already passed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints_passed: Vec<u32>,
+    /// Why it rolled back or was aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Why a rollout waits, and until when (none: until `phoenix rollout resume`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    /// Status to return to on resume.
+    pub resume_to: RolloutStatus,
+}
+
+/// An image refused for a fleet after it failed a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    pub reason: String,
+    pub at: Timestamp,
+    pub rollout: u64,
+}
+
+/// A failure the breaker counts: "unhealthy at once" includes instances already replaced in the
+/// last few minutes, or replacing them one by one would hide a mass failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentFailure {
+    pub at: Timestamp,
+    pub instance: Instance,
+}
+
+/// The mass-failure breaker, while tripped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Breaker {
+    pub tripped_at: Timestamp,
+    pub unhealthy: u32,
+    /// The attribute most unhealthy instances share, if one stands out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<String>,
+}
+
+/// Everything phoenix records about one fleet. `instances` may hold only part of the fleet (an
+/// instance-scoped event loads just its instance); `complete` says which.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fleet {
+    pub spec: FleetSpec,
+    /// Bumped by every committed change; every write is conditional on the version it read.
+    pub version: u64,
+    pub created_at: Timestamp,
+    /// Event times of the last image and capacity changes, so a late, older event cannot undo a
+    /// newer one (EventBridge does not order deliveries).
+    pub image_set_at: Timestamp,
+    pub capacity_set_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingLaunch>,
+    /// Live instances (kept as a count so instance-scoped work can respect the surge limit without
+    /// reading every instance).
+    pub live: u32,
+    /// Live instances that failed a health check (a count, for the breaker, for the same reason).
+    #[serde(default)]
+    pub failed: u32,
+    /// Images refused for this fleet, with why.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quarantined: BTreeMap<ImageId, Quarantine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<Breaker>,
+    /// Instances that failed in the breaker's window (replaced or not), as they were then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<RecentFailure>,
+    /// An operator resumed repairs while the breaker was tripped; it stays off until fewer
+    /// instances are unhealthy than its threshold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub breaker_overridden: bool,
+    /// When instances were taken away in the last hour (for `max_replacements_per_hour`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disruptions: Vec<Timestamp>,
+    /// Whether the hourly budget was exhausted at the last pass (recorded once, not every pass).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub budget_exhausted: bool,
+    #[serde(skip)]
+    pub instances: Instances,
+    #[serde(skip)]
+    pub complete: bool,
+    /// Intents waiting to be applied (`QueuedIntent`), oldest first; loaded with the whole fleet
+    /// only.
+    #[serde(skip)]
+    pub inbox: Vec<QueuedIntent>,
+}
+
+impl Fleet {
+    pub fn new(spec: FleetSpec, now: Timestamp) -> Self {
+        Fleet {
+            spec,
+            version: 0,
+            created_at: now,
+            image_set_at: now,
+            capacity_set_at: now,
+            rollout: None,
+            pending: Vec::new(),
+            live: 0,
+            failed: 0,
+            quarantined: BTreeMap::new(),
+            breaker: None,
+            breaker_overridden: false,
+            failures: Vec::new(),
+            disruptions: Vec::new(),
+            budget_exhausted: false,
+            inbox: Vec::new(),
+            instances: Instances::new(),
+            complete: true,
+        }
+    }
+
+    /// Tells this fleet apart from an earlier one of the same name: its creation time in base 36
+    /// (seconds; 6 characters until 2038, 7 after).
+    pub fn incarnation(&self) -> String {
+        let mut n = self.created_at.timestamp().max(0) as u64;
+        let mut out = Vec::new();
+        loop {
+            out.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+            n /= 36;
+            if n == 0 {
+                break;
+            }
+        }
+        out.reverse();
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    pub fn live_instances(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.values().filter(|i| i.is_live())
+    }
+
+    pub fn pending_count(&self) -> u32 {
+        self.pending.iter().map(|p| p.count).sum()
+    }
+
+    pub fn budget(&self) -> Budget {
+        self.spec.policy.budget(self.spec.capacity)
+    }
+}

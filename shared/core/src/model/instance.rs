@@ -1,0 +1,212 @@
+//! One instance as phoenix records it (`Instance`), a fleet's records together (`Instances`,
+//! shared copy-on-write between copies of a fleet), and what EC2 says about one (`Observed`).
+//!
+//! What holds: `terminated_at` is set once, and the record then stays as a tombstone so that late
+//! events about the instance are recognised; while `disposal` is set (phoenix decided to
+//! terminate it), the instance is neither repaired nor retired again. A copy of `Instances` shares
+//! every record with the original until one of them changes it.
+
+use crate::ids::{ImageId, InstanceId};
+use crate::lifecycle::{Health, Lifecycle};
+use crate::notice::{Retirement, Taint};
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Tag keys phoenix puts on every instance it launches, at launch (tag-on-create), so that an
+/// instance is attributable to its fleet and decision from the moment it exists.
+pub const TAG_FLEET: &str = "phoenix:fleet";
+pub const TAG_IMAGE: &str = "phoenix:image";
+pub const TAG_TOKEN: &str = "phoenix:launch";
+
+/// The health signals an instance has given so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Signals {
+    /// EC2 reported it running with both status checks `ok`.
+    #[serde(default)]
+    pub ec2_ok: bool,
+    /// A `HealthCheckPassed` event named it.
+    #[serde(default)]
+    pub passed: bool,
+}
+
+/// phoenix has decided to terminate this instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disposal {
+    pub reason: String,
+    pub decided_at: Timestamp,
+    /// Terminate only once this launch (its replacement) has succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_launch: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub image: ImageId,
+    pub launched_at: Timestamp,
+    pub state: Lifecycle,
+    pub health: Health,
+    #[serde(default)]
+    pub signals: Signals,
+    /// The launch decision that created it (its EC2 ClientToken and `phoenix:launch` tag).
+    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposal: Option<Disposal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated_at: Option<Timestamp>,
+    /// In-place changes made to it outside phoenix (CloudTrail), newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+    /// A replacement owed to it though it has not failed (Spot interruption, maintenance, taint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retirement: Option<Retirement>,
+}
+
+impl Instance {
+    pub fn is_live(&self) -> bool {
+        self.terminated_at.is_none()
+    }
+    pub fn is_healthy(&self) -> bool {
+        self.health == Health::Healthy && self.state == Lifecycle::Running
+    }
+    pub fn is_failed(&self) -> bool {
+        matches!(self.health, Health::Unhealthy { .. })
+    }
+}
+
+/// A fleet's instance records by id, shared copy-on-write. The planner is a pure function: each
+/// step starts from a copy of the fleet it was given. With thousands of instances, copying every
+/// record (and its strings) would cost more than the planning itself, so a copy shares them
+/// instead: cloning is O(1); the first change copies the map's index (ids and pointers) once,
+/// and only the records actually changed are copied.
+#[derive(Clone, Default)]
+pub struct Instances(Arc<BTreeMap<InstanceId, Arc<Instance>>>);
+
+impl Instances {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn contains_key(&self, id: &InstanceId) -> bool {
+        self.0.contains_key(id)
+    }
+    pub fn get(&self, id: &InstanceId) -> Option<&Instance> {
+        self.0.get(id).map(|i| &**i)
+    }
+    /// The record to change, copied first if another fleet value shares it.
+    pub fn get_mut(&mut self, id: &InstanceId) -> Option<&mut Instance> {
+        if !self.0.contains_key(id) {
+            return None;
+        }
+        Arc::make_mut(&mut self.0).get_mut(id).map(Arc::make_mut)
+    }
+    /// Adds or replaces a record, returning the one it replaced.
+    pub fn insert(&mut self, id: InstanceId, instance: Instance) -> Option<Instance> {
+        Arc::make_mut(&mut self.0)
+            .insert(id, Arc::new(instance))
+            .map(Arc::unwrap_or_clone)
+    }
+    pub fn remove(&mut self, id: &InstanceId) -> Option<Instance> {
+        if !self.0.contains_key(id) {
+            return None;
+        }
+        Arc::make_mut(&mut self.0)
+            .remove(id)
+            .map(Arc::unwrap_or_clone)
+    }
+    pub fn retain(&mut self, mut keep: impl FnMut(&InstanceId, &Instance) -> bool) {
+        Arc::make_mut(&mut self.0).retain(|id, i| keep(id, i));
+    }
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+    /// In id order, as every iterator here.
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &InstanceId> + ExactSizeIterator {
+        self.0.keys()
+    }
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &Instance> + ExactSizeIterator {
+        self.0.values().map(|i| &**i)
+    }
+    pub fn iter(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = (&InstanceId, &Instance)> + ExactSizeIterator {
+        self.0.iter().map(|(id, i)| (id, &**i))
+    }
+}
+
+impl PartialEq for Instances {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for Instances {}
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl std::ops::Index<&InstanceId> for Instances {
+    type Output = Instance;
+    fn index(&self, id: &InstanceId) -> &Instance {
+        &self.0[id]
+    }
+}
+
+impl FromIterator<(InstanceId, Instance)> for Instances {
+    fn from_iter<T: IntoIterator<Item = (InstanceId, Instance)>>(iter: T) -> Self {
+        Instances(Arc::new(
+            iter.into_iter().map(|(id, i)| (id, Arc::new(i))).collect(),
+        ))
+    }
+}
+
+impl Extend<(InstanceId, Instance)> for Instances {
+    fn extend<T: IntoIterator<Item = (InstanceId, Instance)>>(&mut self, iter: T) {
+        Arc::make_mut(&mut self.0).extend(iter.into_iter().map(|(id, i)| (id, Arc::new(i))));
+    }
+}
+
+/// What EC2 says about one instance tagged with the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub id: InstanceId,
+    pub image: Option<ImageId>,
+    pub state: Lifecycle,
+    /// Both EC2 status checks (system and instance) report `ok`.
+    pub status_ok: bool,
+    pub launched_at: Option<Timestamp>,
+    /// The `phoenix:launch` tag.
+    pub token: Option<String>,
+    pub zone: Option<String>,
+    pub instance_type: Option<String>,
+}
+
+impl Observed {
+    /// How EC2 shows a recorded instance when all is well: running, both status checks ok.
+    pub fn running_ok(i: &Instance) -> Self {
+        Observed {
+            id: i.id.clone(),
+            image: Some(i.image.clone()),
+            state: Lifecycle::Running,
+            status_ok: true,
+            launched_at: Some(i.launched_at),
+            token: Some(i.token.clone()),
+            zone: i.zone.clone(),
+            instance_type: i.instance_type.clone(),
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The fleet model: what a fleet should be (`FleetSpec`, in `spec`), what phoenix knows it is
+//! (`Fleet`, `Rollout`, in `fleet`; `Instance`, in `instance`), and what it has decided but not
+//! yet seen happen (`PendingLaunch`).
+//!
+//! Data with the rules that keep it well-formed, nothing more: the model decides nothing (that is
+//! the planner's work) and reads nothing (that is the adapters'). Its files build on each other:
+//! `instance` and `images` need nothing of the others, `spec` needs an instance's health signals
+//! and the image rules, `fleet` holds a spec and instances. The values it shares with events and
+//! notices (`Timestamp`, `Seconds`, `Lifecycle`, `Health`, a capacity's bounds) live on the floor
+//! below and are re-exported here, where users of the model look for them.
+
+mod fleet;
+pub(crate) mod images;
+mod instance;
+mod spec;
+
+pub use crate::lifecycle::{Health, Lifecycle};
+pub use crate::quantity::{validate_capacity, MAX_CAPACITY};
+pub use crate::time::{Seconds, Timestamp};
+pub use fleet::{
+    Breaker, Fleet, Pause, PendingLaunch, Quarantine, RecentFailure, Rollout, RolloutStatus, Wave,
+};
+pub use instance::{
+    Disposal, Instance, Instances, Observed, Signals, TAG_FLEET, TAG_IMAGE, TAG_TOKEN,
+};
+pub use spec::{
+    BreakerPolicy, Budget, Checkpoint, FleetSpec, HealthSignal, LaunchTemplateRef, RolloutPolicy,
+};

@@ -1,0 +1,335 @@
+//! What a fleet should be: its spec (`FleetSpec`), as a fleet file writes it, and the rollout
+//! policy inside it (`RolloutPolicy`: surge, unavailability, health signal, canary, checkpoints,
+//! breaker, hourly budget), resolved against a capacity into a `Budget`.
+//!
+//! What holds: a spec that enters through `from_yaml`, `create_fleet` or `update_spec` has passed
+//! `validate`: capacity within bounds, an instance type or a launch template, checkpoints rising
+//! between 1 and 99 %, no reserved tag keys. Events change only its image and its capacity, each
+//! checked on its own. Omitted policy fields take the defaults written next to them.
+
+use super::images::{Admission, ImageSelector};
+use super::instance::Signals;
+use crate::error::{Error, Result};
+use crate::ids::{FleetName, ImageId};
+use crate::notice::{MaintenanceWindow, TaintMode};
+use crate::quantity::{validate_capacity, Quantity, Rounding};
+use crate::time::Seconds;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Which signal makes a freshly launched instance count as healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthSignal {
+    /// EC2 reports the instance running with both status checks `ok`.
+    #[default]
+    Ec2,
+    /// A `HealthCheckPassed` event names the instance (an application-level check).
+    Event,
+    /// Both of the above.
+    Both,
+}
+
+impl HealthSignal {
+    /// Whether the signals an instance has received satisfy this policy.
+    pub fn satisfied_by(self, signals: Signals) -> bool {
+        match self {
+            HealthSignal::Ec2 => signals.ec2_ok,
+            HealthSignal::Event => signals.passed,
+            HealthSignal::Both => signals.ec2_ok && signals.passed,
+        }
+    }
+}
+
+/// How replacements proceed. Percentages are of the fleet's capacity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutPolicy {
+    /// How many instances above capacity may exist while replacing (rounded up). Default 1.
+    #[serde(default = "default_surge")]
+    pub max_surge: Quantity,
+    /// How many instances below capacity may be unavailable while replacing (rounded down). Default 0.
+    #[serde(default = "default_unavailable")]
+    pub max_unavailable: Quantity,
+    /// What makes a new instance count as healthy. Default `ec2`.
+    #[serde(default)]
+    pub health_check: HealthSignal,
+    /// Grace after launch before an instance can count as healthy. Default 0s.
+    #[serde(default, skip_serializing_if = "Seconds::is_zero")]
+    pub warmup: Seconds,
+    /// Size of the first wave of a rollout (count or % of capacity). Default: none (the first
+    /// wave is as large as `max_surge` allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Quantity>,
+    /// How long the canary must stay healthy before the rest follows. Default 0s.
+    #[serde(default, skip_serializing_if = "Seconds::is_zero")]
+    pub bake: Seconds,
+    /// Pause points, in % of capacity replaced, each with a pause (a duration, or until
+    /// `phoenix rollout resume` when none is given). Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<Checkpoint>,
+    /// A wave must be healthy within this time or the rollout rolls back. Default 10m.
+    #[serde(default = "default_deadline")]
+    pub progress_deadline: Seconds,
+    /// Roll back automatically when the new image fails its health gate. Default true.
+    #[serde(default = "default_true")]
+    pub auto_rollback: bool,
+    /// Most instances taken away per hour, for every reason together (rollout waves, repairs,
+    /// scale-in). Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replacements_per_hour: Option<u32>,
+    /// Mass-failure breaker.
+    #[serde(default)]
+    pub breaker: BreakerPolicy,
+}
+
+fn default_deadline() -> Seconds {
+    Seconds(600)
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A pause point of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// % of capacity on the new image, healthy, at which to pause (1-99).
+    pub percent: u32,
+    /// How long to pause; none: until `phoenix rollout resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Seconds>,
+}
+
+/// When to stop replacing unhealthy instances because the cause is probably shared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerPolicy {
+    /// Trip when more than this % of capacity is unhealthy at once (and at least 2). Default 20.
+    #[serde(default = "default_breaker")]
+    pub unhealthy_percent: u32,
+    /// Failures this recent count as "at once", even if already replaced. Default 10m.
+    #[serde(default = "default_breaker_window")]
+    pub window: Seconds,
+}
+
+fn default_breaker_window() -> Seconds {
+    Seconds(600)
+}
+
+fn default_breaker() -> u32 {
+    20
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            unhealthy_percent: default_breaker(),
+            window: default_breaker_window(),
+        }
+    }
+}
+
+fn default_surge() -> Quantity {
+    Quantity::Count(1)
+}
+fn default_unavailable() -> Quantity {
+    Quantity::Count(0)
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        RolloutPolicy {
+            max_surge: default_surge(),
+            max_unavailable: default_unavailable(),
+            health_check: HealthSignal::Ec2,
+            warmup: Seconds(0),
+            canary: None,
+            bake: Seconds(0),
+            checkpoints: Vec::new(),
+            progress_deadline: default_deadline(),
+            auto_rollback: true,
+            max_replacements_per_hour: None,
+            breaker: BreakerPolicy::default(),
+        }
+    }
+}
+
+/// The disruption budget resolved against a capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Budget {
+    /// Most instances that may exist at once (capacity + surge).
+    pub max_total: u32,
+    /// Fewest healthy instances that must remain (capacity - unavailable).
+    pub min_healthy: u32,
+}
+
+impl RolloutPolicy {
+    pub fn budget(&self, capacity: u32) -> Budget {
+        let mut surge = self.max_surge.resolve(capacity, Rounding::Up);
+        let unavailable = self
+            .max_unavailable
+            .resolve(capacity, Rounding::Down)
+            .min(capacity);
+        // Both zero would forbid every replacement; like Kubernetes, allow one surge instead.
+        if surge == 0 && unavailable == 0 {
+            surge = 1;
+        }
+        Budget {
+            max_total: capacity.saturating_add(surge),
+            min_healthy: capacity - unavailable,
+        }
+    }
+}
+
+/// A launch template to launch from instead of (or in addition to) the fleet's own fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchTemplateRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// What a fleet should be. Written by `phoenix fleet apply`; changed by events (image, capacity).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSpec {
+    pub name: FleetName,
+    /// The approved image every instance should run.
+    pub image: ImageId,
+    #[serde(deserialize_with = "capacity_from_any")]
+    pub capacity: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_template: Option<LaunchTemplateRef>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub policy: RolloutPolicy,
+    /// Follow new images AWS announces (AMI available, Image Builder build finished) that match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_selector: Option<ImageSelector>,
+    /// Which images the fleet accepts at all, whoever announces them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<Admission>,
+    /// When planned replacements (scheduled maintenance) may happen, UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<MaintenanceWindow>,
+    /// What an in-place change to an instance (CloudTrail) does: off, record or replace (default).
+    #[serde(default, skip_serializing_if = "crate::notice::TaintMode::is_default")]
+    pub taint: TaintMode,
+}
+
+/// Capacities arrive as JSON numbers from users; read them wide so `-1` and `1e9` get our own
+/// message instead of serde's "expected u32".
+fn capacity_from_any<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
+    let v = i64::deserialize(d)?;
+    validate_capacity(v).map_err(serde::de::Error::custom)
+}
+
+impl FleetSpec {
+    /// Checks what serde cannot: cross-field rules and reserved tag keys.
+    pub fn validate(&self) -> Result<()> {
+        validate_capacity(i64::from(self.capacity))?;
+        if self.instance_type.is_none() && self.launch_template.is_none() {
+            return Err(Error::invalid(
+                "instance_type",
+                "required unless a launch_template is given",
+            ));
+        }
+        if let Some(t) = &self.instance_type {
+            let ok = t.split_once('.').is_some_and(|(family, size)| {
+                !family.is_empty()
+                    && !size.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            });
+            if !ok {
+                return Err(Error::invalid(
+                    "instance_type",
+                    format!("{t:?} is not an EC2 instance type like \"t3.micro\""),
+                ));
+            }
+        }
+        if let Some(lt) = &self.launch_template {
+            if lt.id.is_some() == lt.name.is_some() {
+                return Err(Error::invalid(
+                    "launch_template",
+                    "give exactly one of id or name",
+                ));
+            }
+        }
+        let p = &self.policy;
+        let mut last = 0;
+        for c in &p.checkpoints {
+            if c.percent == 0 || c.percent >= 100 || c.percent <= last {
+                return Err(Error::invalid(
+                    "policy.checkpoints",
+                    format!(
+                        "{}% must be between 1 and 99 and larger than the one before",
+                        c.percent
+                    ),
+                ));
+            }
+            last = c.percent;
+        }
+        if p.breaker.unhealthy_percent == 0 || p.breaker.unhealthy_percent > 100 {
+            return Err(Error::invalid(
+                "policy.breaker.unhealthy_percent",
+                "must be between 1 and 100",
+            ));
+        }
+        if p.progress_deadline.is_zero() {
+            return Err(Error::invalid(
+                "policy.progress_deadline",
+                "must be more than 0s",
+            ));
+        }
+        if p.max_replacements_per_hour == Some(0) {
+            return Err(Error::invalid(
+                "policy.max_replacements_per_hour",
+                "0 would forbid every replacement; leave it out for no limit",
+            ));
+        }
+        if let Some(s) = &self.image_selector {
+            s.validate()?;
+        }
+        if let Some(a) = &self.admission {
+            a.validate()?;
+        }
+        if let Some(w) = &self.maintenance_window {
+            w.validate()?;
+        }
+        for key in self.tags.keys() {
+            let lower = key.to_ascii_lowercase();
+            if lower.starts_with("phoenix:") || lower.starts_with("aws:") {
+                return Err(Error::invalid(
+                    "tags",
+                    format!("{key:?} uses a reserved prefix (phoenix: or aws:)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a fleet file (YAML, of which JSON is a subset). Errors name the line and the field.
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        let spec: FleetSpec =
+            serde_yaml::from_str(text).map_err(|e| Error::FleetFile(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+}

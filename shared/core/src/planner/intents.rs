@@ -1,0 +1,261 @@
+//! What operators and events ask of a fleet: a new fleet (`create_fleet`), a fleet file applied
+//! over one (`update_spec`), an event's intent (`apply_intent`), or an intent that waited in the
+//! fleet's inbox (`apply_queued`).
+//!
+//! What holds: EventBridge does not order deliveries, so an image event, or a scale event naming
+//! a capacity, older than the last change of that field changes nothing (compared by whole
+//! seconds); an image quarantined for the fleet is refused, with how to clear it; an event about
+//! an instance that is not the fleet's is an error, and one about an instance already replaced is
+//! recorded as ignored.
+
+use super::notices;
+use super::rollout::control;
+use super::step::Step;
+use super::tx::Tx;
+use crate::error::{Error, Result};
+use crate::events::{Change, Intent, QueuedIntent, ScaleTarget};
+use crate::ids::{ImageId, InstanceId};
+use crate::model::{Fleet, FleetSpec, Health, Timestamp, MAX_CAPACITY};
+use std::collections::BTreeSet;
+
+/// A new fleet, as `phoenix fleet apply` creates it. Instances come with the first reconcile.
+pub fn create_fleet(spec: FleetSpec, now: Timestamp) -> Result<Step> {
+    spec.validate()?;
+    let changes = vec![Change::FleetCreated {
+        image: spec.image.clone(),
+        capacity: spec.capacity,
+    }];
+    Ok(Step {
+        fleet: Fleet::new(spec, now),
+        changes,
+        commands: Vec::new(),
+        touched: BTreeSet::new(),
+    })
+}
+
+/// The reason an image may not be launched for this fleet, if it is quarantined.
+fn refusal(fleet: &Fleet, image: &ImageId) -> Option<String> {
+    fleet.quarantined.get(image).map(|q| {
+        format!(
+            "{image} is quarantined for fleet {} since rollout {} failed ({}); clear it with `phoenix image clear-quarantine {} {image}`",
+            fleet.spec.name, q.rollout, q.reason, fleet.spec.name
+        )
+    })
+}
+
+/// A fleet file applied over an existing fleet: a new image starts a rollout, a new capacity
+/// scales, other fields apply to later launches.
+pub fn update_spec(fleet: &Fleet, spec: FleetSpec, now: Timestamp) -> Result<Step> {
+    spec.validate()?;
+    if spec.name != fleet.spec.name {
+        return Err(Error::invalid(
+            "name",
+            format!("{} is not fleet {}", spec.name, fleet.spec.name),
+        ));
+    }
+    if spec.image != fleet.spec.image {
+        if let Some(reason) = refusal(fleet, &spec.image) {
+            return Err(Error::invalid("image", reason));
+        }
+    }
+    let mut tx = Tx::new(fleet, now);
+    let old = fleet.spec.clone();
+    if spec.image != old.image {
+        tx.changes.push(Change::ImageChanged {
+            from: old.image.clone(),
+            to: spec.image.clone(),
+        });
+        tx.fleet.image_set_at = now;
+        tx.start_rollout(old.image.clone(), spec.image.clone());
+    }
+    if spec.capacity != old.capacity {
+        tx.changes.push(Change::CapacityChanged {
+            from: old.capacity,
+            to: spec.capacity,
+        });
+        tx.fleet.capacity_set_at = now;
+    }
+    let mut fields = Vec::new();
+    let json_old = serde_json::to_value(&old).unwrap_or_default();
+    let json_new = serde_json::to_value(&spec).unwrap_or_default();
+    if let (Some(a), Some(b)) = (json_old.as_object(), json_new.as_object()) {
+        for key in a.keys().chain(b.keys()).collect::<BTreeSet<_>>() {
+            if key != "image" && key != "capacity" && a.get(key) != b.get(key) {
+                fields.push(key.clone());
+            }
+        }
+    }
+    if !fields.is_empty() {
+        tx.changes.push(Change::FleetUpdated { fields });
+    }
+    if tx.changes.is_empty() {
+        tx.ignore("fleet file is unchanged");
+    }
+    tx.fleet.spec = spec;
+    Ok(tx.finish())
+}
+
+/// Whether an event is older than a change already applied. EventBridge stamps events to the
+/// second, so the comparison is by whole seconds: within one second, the later delivery wins.
+fn older(event_time: Timestamp, applied_at: Timestamp) -> bool {
+    event_time.timestamp() < applied_at.timestamp()
+}
+
+fn not_member(fleet: &Fleet, instance: &InstanceId) -> Error {
+    Error::invalid(
+        "instance",
+        format!("{instance} is not an instance of fleet {}", fleet.spec.name),
+    )
+}
+
+/// Applies an intent from the fleet's inbox (`QueuedIntent`). One that no longer applies when
+/// its turn comes (a delta that would now take the capacity below zero, say) was accepted when
+/// it was queued, so it is recorded as ignored, with why, rather than refused.
+pub fn apply_queued(fleet: &Fleet, queued: &QueuedIntent, now: Timestamp) -> Step {
+    apply_intent(fleet, &queued.intent, queued.event_time, now).unwrap_or_else(|e| {
+        let mut tx = Tx::new(fleet, now);
+        tx.ignore(format!("queued {}: {e}", queued.cause.detail_type));
+        tx.finish()
+    })
+}
+
+/// Applies what an event asks. `event_time` orders events that EventBridge may deliver out of
+/// order; `fleet` holds at least the instance an instance-scoped event names.
+pub fn apply_intent(
+    fleet: &Fleet,
+    intent: &Intent,
+    event_time: Timestamp,
+    now: Timestamp,
+) -> Result<Step> {
+    let mut tx = Tx::new(fleet, now);
+    match intent {
+        Intent::ImageReady { image, .. } => {
+            if *image == fleet.spec.image {
+                tx.ignore(format!("{image} is already the fleet's image"));
+                // A newer announcement of the current image still outdates older announcements
+                // of other images that may yet be delivered.
+                tx.fleet.image_set_at = tx.fleet.image_set_at.max(event_time);
+            } else if older(event_time, fleet.image_set_at) {
+                tx.ignore(format!(
+                    "event of {event_time} is older than the image change of {}",
+                    fleet.image_set_at
+                ));
+            } else if let Some(reason) = refusal(fleet, image) {
+                tx.changes.push(Change::ImageRefused {
+                    image: image.clone(),
+                    reason,
+                });
+            } else {
+                let from = fleet.spec.image.clone();
+                tx.changes.push(Change::ImageChanged {
+                    from: from.clone(),
+                    to: image.clone(),
+                });
+                tx.fleet.spec.image = image.clone();
+                tx.fleet.image_set_at = event_time;
+                tx.start_rollout(from, image.clone());
+            }
+        }
+        Intent::Scale { target, .. } => {
+            let current = fleet.spec.capacity;
+            let desired = match *target {
+                ScaleTarget::Desired(n) => {
+                    if older(event_time, fleet.capacity_set_at) {
+                        tx.ignore(format!(
+                            "event of {event_time} is older than the capacity change of {}",
+                            fleet.capacity_set_at
+                        ));
+                        return Ok(tx.finish());
+                    }
+                    n
+                }
+                ScaleTarget::Delta(d) => {
+                    let n = i64::from(current) + d;
+                    if n < 0 || n > i64::from(MAX_CAPACITY) {
+                        return Err(Error::invalid(
+                            "capacity",
+                            format!("delta {d} on capacity {current} gives {n}, outside 0..={MAX_CAPACITY}"),
+                        ));
+                    }
+                    n as u32
+                }
+            };
+            if desired == current {
+                tx.ignore(format!("capacity is already {current}"));
+                // As for images: a newer request for the current capacity outdates older ones.
+                tx.fleet.capacity_set_at = tx.fleet.capacity_set_at.max(event_time);
+            } else {
+                tx.changes.push(Change::CapacityChanged {
+                    from: current,
+                    to: desired,
+                });
+                tx.fleet.spec.capacity = desired;
+                tx.fleet.capacity_set_at = tx.fleet.capacity_set_at.max(event_time);
+            }
+        }
+        Intent::HealthCheckFailed { instance, reason } => match fleet.instances.get(instance) {
+            None => return Err(not_member(fleet, instance)),
+            Some(i) if !i.is_live() => tx.ignore(format!("{instance} was already replaced")),
+            Some(i) if i.disposal.is_some() => {
+                tx.ignore(format!("{instance} is already being replaced"))
+            }
+            Some(i) if i.is_failed() => tx.ignore(format!("{instance} already failed")),
+            Some(_) => {
+                tx.set_health(
+                    instance,
+                    Health::Unhealthy {
+                        reason: reason.clone(),
+                    },
+                );
+                // A new-image instance failing sends the rollout back first, so that its
+                // replacement comes from the previous image.
+                tx.health_gate();
+                tx.repair(instance);
+            }
+        },
+        Intent::HealthCheckPassed { instance } => match fleet.instances.get(instance) {
+            None => return Err(not_member(fleet, instance)),
+            Some(i) if !i.is_live() => tx.ignore(format!("{instance} was already replaced")),
+            // While the breaker holds repairs back, the failures were probably one shared cause (a
+            // zone outage, a dependency): an instance that passes again has recovered.
+            Some(i) if i.is_failed() && fleet.breaker.is_some() && i.disposal.is_none() => {
+                tx.set_health(instance, Health::Healthy);
+            }
+            Some(i) if i.is_failed() => tx.ignore(format!(
+                "{instance} failed earlier; a failed instance is never trusted again"
+            )),
+            Some(i) if i.signals.passed => tx.ignore(format!("{instance} already passed")),
+            Some(_) => {
+                if let Some(i) = tx.instance_mut(instance) {
+                    i.signals.passed = true;
+                }
+                tx.promote(instance);
+                if tx.changes.is_empty() {
+                    // Recorded even when the instance is not healthy yet (warmup, or EC2's
+                    // checks still to come): the signal must not be lost.
+                    tx.ignore(format!("{instance} passed; counted healthy once the policy's other conditions hold"));
+                }
+            }
+        },
+        Intent::RolloutControl { action, .. } => control(&mut tx, *action),
+        Intent::ClearQuarantine { image, .. } => {
+            if tx.fleet.quarantined.remove(image).is_some() {
+                tx.changes.push(Change::ImageReleased {
+                    image: image.clone(),
+                });
+            } else {
+                tx.ignore(format!(
+                    "{image} is not quarantined for fleet {}",
+                    fleet.spec.name
+                ));
+            }
+        }
+        Intent::Notice { instances, notice } => {
+            for id in instances {
+                notices::apply(&mut tx, id, notice);
+            }
+        }
+        Intent::Reconcile { .. } => {}
+    }
+    Ok(tx.finish())
+}

@@ -1,0 +1,43 @@
+//! The planner: pure functions from (fleet, event or observation, now) to a `Step` — the fleet as
+//! it will be once the step is committed, the history entries that explain it, and the commands
+//! the executor must carry out. Nothing here performs I/O or reads a clock.
+//!
+//! The protocol around it (in `phoenix-aws`) is write-ahead:
+//! 1. load the fleet, plan a step, commit it conditionally on the version read (conflict → redo);
+//! 2. execute the step's commands (launches are recorded as `PendingLaunch` *before* the call);
+//! 3. plan `record_outcomes` from what EC2 answered and commit that the same way.
+//!
+//! A crash between any two of these leaves a state the next `reconcile` finishes: a pending launch
+//! whose lease ran out is found by its `phoenix:launch` tag or launched again with the same EC2
+//! ClientToken; a decided termination is issued again (terminating twice is harmless).
+//!
+//! The planner stands on the data floor below it (`model`, `events`, `notice`) and nothing above
+//! it is imported here. Its files, from the bottom up (each uses only files listed before it):
+//! - `step`: what the planner hands out (`Step`, `Command`) and gets back (`Outcome`, `Launched`);
+//! - `tx`: a step being built (`Tx`), the only way the files below change a fleet, and the limits
+//!   of one step;
+//! - `rollout`: a rollout's life — start, pause, resume, abort, roll back, the health gate, waves
+//!   turning healthy, checkpoints — and an operator's commands to it;
+//! - `scale`: rolling replacement and scaling under the disruption budget;
+//! - `repair`: replacing failed instances and retiring doomed ones; the mass-failure breaker;
+//! - `notices`: what AWS says about an instance, turned into a repair or a retirement;
+//! - `outcomes`: folding what EC2 answered into the fleet;
+//! - `reconcile`: one pass over the whole fleet against what EC2 reports;
+//! - `intents`: a new fleet, a fleet file applied, an event's intent.
+
+mod intents;
+mod notices;
+mod outcomes;
+mod reconcile;
+mod repair;
+mod rollout;
+mod scale;
+mod step;
+mod tx;
+
+pub use intents::{apply_intent, apply_queued, create_fleet, update_spec};
+pub use outcomes::{outcome_parts, record_outcome_part, record_outcomes};
+pub use reconcile::{reconcile, OBSERVE_GRACE};
+pub use rollout::{wave_healthy, wave_to_recheck};
+pub use step::{Command, Launched, Outcome, Step};
+pub use tx::{LEASE, MAX_LAUNCHES_PER_STEP, MAX_TERMINATIONS_PER_STEP, MAX_TOUCHED_PER_STEP};

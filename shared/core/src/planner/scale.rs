@@ -1,0 +1,243 @@
+//! Rolling replacement and scaling, in the manner of a Kubernetes Deployment: which instances go
+//! and how many new ones come, in one pass.
+//!
+//! What holds: never more than the budget's `max_total` instances at once, never fewer healthy
+//! than its `min_healthy`; instances on another image go only as healthy new ones cover them, and
+//! no further than the rollout's current stage (canary, checkpoint) allows; a paused or aborted
+//! rollout freezes how far the new image replaces the old, not the fleet's size; nothing is
+//! launched from a quarantined image.
+
+use super::rollout::checkpoint_count;
+use super::tx::{Tx, MAX_LAUNCHES_PER_STEP, MAX_TERMINATIONS_PER_STEP, MAX_TOUCHED_PER_STEP};
+use crate::events::Change;
+use crate::ids::InstanceId;
+use crate::model::{Fleet, Instance, RolloutStatus, Wave};
+use crate::quantity::Rounding;
+use std::cmp::Ordering;
+
+/// How many instances on the target image the rollout allows now (`None`: up to capacity): the
+/// canary until it is healthy and baked, then each checkpoint in turn; frozen while paused; and
+/// after an abort, no more than there are.
+fn new_image_cap(fleet: &Fleet, current_new: u32) -> Option<u32> {
+    let r = fleet.rollout.as_ref()?;
+    let capacity = fleet.spec.capacity;
+    let policy = &fleet.spec.policy;
+    match r.status {
+        RolloutStatus::Paused | RolloutStatus::Aborted => return Some(current_new),
+        RolloutStatus::InProgress => {}
+        _ => return None,
+    }
+    let mut cap = capacity;
+    if let Some(canary) = policy.canary {
+        let size = canary
+            .resolve(capacity, Rounding::Up)
+            .clamp(1, capacity.max(1));
+        // Instances already on the image (left by a rollout it superseded) may fill the canary's
+        // share before any wave starts: then they are the canary, or it would never be done.
+        let healthy_on_target = fleet
+            .live_instances()
+            .filter(|i| i.image == r.to && i.is_healthy() && i.disposal.is_none())
+            .count() as u32;
+        let canary_done = r.waves.first().is_some_and(|w| w.healthy_at.is_some())
+            || (r.waves.is_empty() && healthy_on_target >= size);
+        if !canary_done {
+            cap = cap.min(size);
+        }
+    }
+    if let Some(next) = policy
+        .checkpoints
+        .iter()
+        .find(|c| !r.checkpoints_passed.contains(&c.percent))
+    {
+        cap = cap.min(checkpoint_count(capacity, next.percent));
+    }
+    Some(cap)
+}
+
+/// Leaves in `items` only its first `k` in `order`, in that order: a selection, then a sort of
+/// `k` items rather than all of them.
+fn first_in_order<T>(items: &mut Vec<T>, k: usize, mut order: impl FnMut(&T, &T) -> Ordering) {
+    if k == 0 {
+        items.clear();
+        return;
+    }
+    if k < items.len() {
+        items.select_nth_unstable_by(k - 1, &mut order);
+        items.truncate(k);
+    }
+    items.sort_by(order);
+}
+
+/// Rolling replacement and scaling, in the manner of a Kubernetes Deployment: never more than
+/// `max_total` instances at once, never fewer healthy than `min_healthy`, old images go only as
+/// healthy new ones cover them — and no further than the rollout's current stage allows.
+pub(super) fn roll_and_scale(tx: &mut Tx) {
+    let capacity = tx.fleet.spec.capacity;
+    let budget = tx.fleet.budget();
+    let target = tx.fleet.spec.image.clone();
+
+    // Instances that stay (no termination decided), and those leaving only after a launch.
+    let mut keep: Vec<&Instance> = Vec::new();
+    let mut leaving_later = 0;
+    for i in tx.fleet.live_instances() {
+        match &i.disposal {
+            None => keep.push(i),
+            Some(d) if d.after_launch.is_some() => leaving_later += 1,
+            Some(_) => {}
+        }
+    }
+    let pending = tx.fleet.pending_count();
+    let total = keep.len() as u32 + pending;
+
+    let (mut new, mut old): (Vec<&Instance>, Vec<&Instance>) =
+        keep.iter().partition(|i| i.image == target);
+    let healthy_new = new.iter().filter(|i| i.is_healthy()).count() as u32;
+    let unready_new = new.len() as u32 - healthy_new + pending;
+    let cap = new_image_cap(&tx.fleet, healthy_new + unready_new);
+    // A paused or aborted rollout freezes how far the new image replaces the old, not the fleet's
+    // size: instances that vanished and a scale-out are still made up (from the fleet's image, as
+    // repairs are).
+    let cap = match tx.fleet.rollout.as_ref().map(|r| r.status) {
+        Some(RolloutStatus::Paused | RolloutStatus::Aborted) => {
+            cap.map(|c| c + capacity.saturating_sub(total))
+        }
+        _ => cap,
+    };
+
+    // Who goes first: not yet healthy, then older images, then the oldest.
+    let order = |a: &&Instance, b: &&Instance| {
+        (a.is_healthy(), a.launched_at, &a.id).cmp(&(b.is_healthy(), b.launched_at, &b.id))
+    };
+    // At most `limit` go, taken from each list in this order (healthy ones last, and skipped
+    // only once no more may go): only the first `limit` of a list can be chosen, so only those
+    // are put in order. Sorting a whole large fleet would cost more than the rest of the pass.
+    let room = MAX_TERMINATIONS_PER_STEP.saturating_sub(tx.terminations_this_step());
+    let limit = room.min(MAX_TOUCHED_PER_STEP.saturating_sub(tx.touched.len()));
+
+    let mut remove: Vec<(&Instance, String)> = Vec::new();
+    if old.is_empty() {
+        let excess = total.saturating_sub(capacity) as usize;
+        first_in_order(&mut new, excess.min(limit), order);
+        for i in &new {
+            remove.push((i, format!("scale in to {capacity}")));
+        }
+    } else {
+        let mut can_remove = total
+            .saturating_sub(budget.min_healthy)
+            .saturating_sub(unready_new) as usize;
+        if let Some(cap) = cap {
+            // The stage's share of old instances stays until the stage moves on; a scale-in
+            // still removes the excess.
+            let must_stay = capacity.saturating_sub(cap.max(healthy_new + unready_new)) as usize;
+            let stage_room = old.len().saturating_sub(must_stay);
+            let excess = total.saturating_sub(capacity) as usize;
+            can_remove = can_remove.min(stage_room.max(excess.min(old.len())));
+        }
+        let reason = match tx.fleet.rollout.as_ref().map(|r| r.status) {
+            Some(RolloutStatus::RollingBack) => format!("rolled back to image {target}"),
+            Some(RolloutStatus::InProgress) => format!("replaced by image {target}"),
+            _ => format!("scale in to {capacity}"),
+        };
+        first_in_order(&mut old, can_remove.min(limit), order);
+        for i in &old {
+            remove.push((i, reason.clone()));
+        }
+        // A scale-in during a rollout: drop new instances beyond capacity too.
+        let new_total = new.len() as u32 + pending;
+        let excess = new_total.saturating_sub(capacity) as usize;
+        first_in_order(&mut new, excess.min(limit), order);
+        for i in &new {
+            remove.push((i, format!("scale in to {capacity}")));
+        }
+    }
+    // Pending launches count towards capacity above, but serve nothing yet: a scale-in must not
+    // trade healthy instances for them below `min_healthy`. The surplus goes once they are up
+    // (unready ones first).
+    let mut spare = keep
+        .iter()
+        .filter(|i| i.is_healthy())
+        .count()
+        .saturating_sub(budget.min_healthy as usize);
+    remove.retain(|(i, _)| {
+        if i.is_healthy() {
+            if spare == 0 {
+                return false;
+            }
+            spare -= 1;
+        }
+        true
+    });
+    remove.truncate(limit);
+    let wanted = remove.len();
+    if let Some(hourly) = tx.hourly_room() {
+        remove.truncate(hourly);
+    }
+    let blocked_by_budget = remove.len() < wanted;
+    let removed_new = remove.iter().filter(|(i, _)| i.image == target).count() as u32;
+    let removed = remove.len() as u32;
+    let remove: Vec<(InstanceId, String)> = remove
+        .into_iter()
+        .map(|(i, reason)| (i.id.clone(), reason))
+        .collect();
+    drop(new);
+    drop(old);
+    drop(keep);
+    if blocked_by_budget {
+        tx.note_budget(true);
+    }
+
+    for (id, reason) in &remove {
+        tx.decide_terminate(id, reason.clone(), None);
+        if let Some(wave) = tx.active_rollout().and_then(|r| r.waves.last_mut()) {
+            wave.terminated.push(id.clone());
+        }
+    }
+
+    // Launch new-image instances up to capacity (or the stage's cap), within the surge limit.
+    let new_count = (healthy_new + unready_new).saturating_sub(removed_new);
+    let peak = total - removed + leaving_later;
+    let launch = budget
+        .max_total
+        .saturating_sub(peak)
+        .min(
+            capacity
+                .min(cap.unwrap_or(capacity))
+                .saturating_sub(new_count),
+        )
+        .min(MAX_LAUNCHES_PER_STEP.saturating_sub(tx.launches_this_step()));
+    // Never from a quarantined image (the fleet stays on one when a health gate fails with
+    // automatic rollback off, until the operator undoes the rollout or clears the quarantine).
+    if launch == 0 || !tx.room_to_touch() || tx.fleet.quarantined.contains_key(&target) {
+        return;
+    }
+    let reason = match tx.active_rollout() {
+        Some(r) if r.status == RolloutStatus::RollingBack => {
+            format!("roll back rollout {} to {target}", r.id)
+        }
+        Some(r) => format!("rollout {} to {}", r.id, r.to),
+        None => format!("bring fleet to {capacity} instances"),
+    };
+    let token = tx.decide_launch(target, launch, reason);
+    let now = tx.now;
+    let mut wave_started = None;
+    if let Some(r) = tx
+        .active_rollout()
+        .filter(|r| r.status == RolloutStatus::InProgress)
+    {
+        let number = r.waves.len() as u32 + 1;
+        r.waves.push(Wave {
+            number,
+            started_at: now,
+            tokens: vec![token],
+            launched: Vec::new(),
+            terminated: Vec::new(),
+            healthy_at: None,
+        });
+        wave_started = Some(Change::WaveStarted {
+            rollout: r.id,
+            wave: number,
+            launches: launch,
+        });
+    }
+    tx.changes.extend(wave_started);
+}

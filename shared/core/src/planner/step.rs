@@ -1,0 +1,115 @@
+//! What the planner hands out and what it gets back. A `Step` is the fleet as it will be once the
+//! step is committed, the history entries (`Change`s) that explain it, the `Command`s the executor
+//! must carry out, and the instance records it changed. The executor reports what came of each
+//! command as an `Outcome`, which `record_outcomes` folds back into the fleet.
+//!
+//! What holds: a step's commands are carried out only once the step is committed, in the order
+//! `Command` gives; a step without changes is neither committed nor carried out.
+
+use crate::events::Change;
+use crate::ids::{ImageId, InstanceId};
+use crate::model::{Fleet, Lifecycle, Timestamp};
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+/// What the executor must do. Order of execution: `Terminate` without `after_launch` first (they
+/// were already covered by healthy replacements), then every `Launch`, then the `Terminate`s that
+/// wait for a launch, and only if that launch succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    Launch {
+        token: String,
+        image: ImageId,
+        count: u32,
+    },
+    Terminate {
+        instances: Vec<InstanceId>,
+        after_launch: Option<String>,
+    },
+}
+
+/// What came of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Launched {
+        token: String,
+        instances: Vec<Launched>,
+        /// The AWS request ids of the calls that acted, recorded with the change.
+        request_ids: Vec<String>,
+    },
+    LaunchFailed {
+        token: String,
+        error: String,
+    },
+    Terminated {
+        instances: Vec<InstanceId>,
+        request_ids: Vec<String>,
+    },
+    TerminateFailed {
+        instances: Vec<InstanceId>,
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launched {
+    pub id: InstanceId,
+    pub launched_at: Option<Timestamp>,
+    pub state: Lifecycle,
+    pub zone: Option<String>,
+    pub instance_type: Option<String>,
+}
+
+/// The result of planning: the next fleet state, why, and what to do. (`then_reconcile`, which
+/// continues a step with a reconcile pass, is next to that pass, in `reconcile`.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub fleet: Fleet,
+    pub changes: Vec<Change>,
+    pub commands: Vec<Command>,
+    /// Instances whose records this step changed (the store writes exactly these).
+    pub touched: BTreeSet<InstanceId>,
+}
+
+impl Step {
+    /// A step that changes nothing, to build on with `then`.
+    pub fn unchanged(fleet: &Fleet) -> Step {
+        Step {
+            fleet: fleet.clone(),
+            changes: Vec::new(),
+            commands: Vec::new(),
+            touched: BTreeSet::new(),
+        }
+    }
+
+    /// Nothing changed: no need to write anything.
+    pub fn is_noop(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// The step that continues this one with `f`, as one commit.
+    pub fn then(self, f: impl FnOnce(&Fleet) -> Step) -> Step {
+        let next = f(&self.fleet);
+        Step::followed_by(self.changes, self.commands, self.touched, next)
+    }
+
+    /// One step: the changes, commands and touched records of the first, then those of `next`,
+    /// on `next`'s fleet.
+    pub(super) fn followed_by(
+        mut changes: Vec<Change>,
+        mut commands: Vec<Command>,
+        mut touched: BTreeSet<InstanceId>,
+        next: Step,
+    ) -> Step {
+        changes.extend(next.changes);
+        commands.extend(next.commands);
+        touched.extend(next.touched);
+        Step {
+            fleet: next.fleet,
+            changes,
+            commands,
+            touched,
+        }
+    }
+}

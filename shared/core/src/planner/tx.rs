@@ -1,0 +1,338 @@
+//! A step being built (`Tx`), and the limits one step keeps.
+//!
+//! Every file of the planner changes the fleet through a `Tx`: it starts from a copy of the fleet
+//! it is given (instance records are shared until changed), records each change next to its
+//! reason, and collects the commands. What holds, whichever file plans:
+//! - a launch is recorded in the fleet as pending (`PendingLaunch`, with a lease of `LEASE`) in
+//!   the step that decides it, before any command runs (write-ahead);
+//! - a termination of a member of the fleet is recorded on the instance (`Disposal`) in the step
+//!   that decides it, and counts against the hourly disruption budget;
+//! - every instance record changed is in `touched`: the store writes exactly those.
+//!
+//! A step is committed as one DynamoDB transaction, so the passes that may change many records
+//! stop at `MAX_TOUCHED_PER_STEP` instance records, `MAX_LAUNCHES_PER_STEP` launches and
+//! `MAX_TERMINATIONS_PER_STEP` terminations; what is left waits for the next pass.
+
+use super::step::{Command, Step};
+use crate::events::Change;
+use crate::ids::{ImageId, InstanceId};
+use crate::model::{
+    Disposal, Fleet, Health, Instance, Lifecycle, PendingLaunch, RecentFailure, Timestamp,
+};
+use chrono::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most instances launched by one step. A step is committed in one DynamoDB transaction (at most
+/// 100 writes): each instance whose record it changes is one item write there, beside the fleet
+/// record, the history entry, the event record (or, applying a queued intent, its inbox item and
+/// its event record) and (for a new fleet) the fleet index. Launches
+/// are recorded in the fleet record when decided, and each instance they started becomes an item
+/// when their outcome is recorded, which may take several transactions (`outcome_parts`).
+pub const MAX_LAUNCHES_PER_STEP: u32 = 92;
+
+/// Most instances terminated by one step, for the same reason.
+pub const MAX_TERMINATIONS_PER_STEP: usize = 92;
+
+/// Most instance items one step, or one part of its outcomes, may write.
+pub const MAX_TOUCHED_PER_STEP: usize = 92;
+
+/// How long the invocation that decided a launch or termination owns it. After that, any reconcile
+/// may finish it. Longer than a Lambda invocation can live (15 min) would stall recovery; shorter
+/// than one RunInstances round trip would cause needless retries.
+pub const LEASE: Duration = Duration::minutes(2);
+
+/// A step being built.
+pub(super) struct Tx {
+    pub(super) fleet: Fleet,
+    pub(super) changes: Vec<Change>,
+    pub(super) touched: BTreeSet<InstanceId>,
+    pub(super) launches: Vec<Command>,
+    pub(super) terminate_now: Vec<InstanceId>,
+    pub(super) terminate_after: BTreeMap<String, Vec<InstanceId>>,
+    pub(super) now: Timestamp,
+}
+
+impl Tx {
+    pub(super) fn new(fleet: &Fleet, now: Timestamp) -> Self {
+        Self::owning(fleet.clone(), now)
+    }
+
+    pub(super) fn owning(fleet: Fleet, now: Timestamp) -> Self {
+        Tx {
+            fleet,
+            changes: Vec::new(),
+            touched: BTreeSet::new(),
+            launches: Vec::new(),
+            terminate_now: Vec::new(),
+            terminate_after: BTreeMap::new(),
+            now,
+        }
+    }
+
+    pub(super) fn finish(self) -> Step {
+        let mut commands = Vec::new();
+        if !self.terminate_now.is_empty() {
+            commands.push(Command::Terminate {
+                instances: self.terminate_now,
+                after_launch: None,
+            });
+        }
+        commands.extend(self.launches);
+        for (token, instances) in self.terminate_after {
+            commands.push(Command::Terminate {
+                instances,
+                after_launch: Some(token),
+            });
+        }
+        Step {
+            fleet: self.fleet,
+            changes: self.changes,
+            commands,
+            touched: self.touched,
+        }
+    }
+
+    pub(super) fn instance_mut(&mut self, id: &InstanceId) -> Option<&mut Instance> {
+        let inst = self.fleet.instances.get_mut(id)?;
+        self.touched.insert(id.clone());
+        Some(inst)
+    }
+
+    pub(super) fn room_to_touch(&self) -> bool {
+        self.touched.len() < MAX_TOUCHED_PER_STEP
+    }
+
+    pub(super) fn launches_this_step(&self) -> u32 {
+        self.launches
+            .iter()
+            .map(|c| {
+                if let Command::Launch { count, .. } = c {
+                    *count
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
+    pub(super) fn terminations_this_step(&self) -> usize {
+        self.terminate_now.len() + self.terminate_after.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// How many more instances may be taken away this hour (`None`: no limit).
+    pub(super) fn hourly_room(&self) -> Option<usize> {
+        let limit = self.fleet.spec.policy.max_replacements_per_hour?;
+        let recent = self
+            .fleet
+            .disruptions
+            .iter()
+            .filter(|t| **t + Duration::hours(1) > self.now)
+            .count();
+        Some((limit as usize).saturating_sub(recent))
+    }
+
+    /// Records, once, that the hourly budget stopped something; and that it refilled.
+    pub(super) fn note_budget(&mut self, blocked: bool) {
+        if blocked && !self.fleet.budget_exhausted {
+            let limit = self
+                .fleet
+                .spec
+                .policy
+                .max_replacements_per_hour
+                .unwrap_or_default();
+            self.changes.push(Change::BudgetExhausted { limit });
+        }
+        self.fleet.budget_exhausted = blocked;
+    }
+
+    /// Records a launch as pending (write-ahead) and returns its token:
+    /// `<fleet>-<incarnation>-<version>-<n>`, unique per decision — also across a fleet deleted and
+    /// created again under the same name, whose versions restart — and at most 58 characters
+    /// (EC2 allows 64).
+    pub(super) fn decide_launch(&mut self, image: ImageId, count: u32, reason: String) -> String {
+        let version = self.fleet.version + 1;
+        let prefix = format!(
+            "{}-{}-{}-",
+            self.fleet.spec.name,
+            self.fleet.incarnation(),
+            version
+        );
+        let n = self
+            .fleet
+            .pending
+            .iter()
+            .filter(|p| p.token.starts_with(&prefix))
+            .count();
+        let token = format!("{prefix}{n}");
+        self.fleet.pending.push(PendingLaunch {
+            token: token.clone(),
+            image: image.clone(),
+            count,
+            reason: reason.clone(),
+            decided_at: self.now,
+            lease_until: self.now + LEASE,
+        });
+        self.changes.push(Change::LaunchDecided {
+            token: token.clone(),
+            image: image.clone(),
+            count,
+            reason,
+        });
+        self.launches.push(Command::Launch {
+            token: token.clone(),
+            image,
+            count,
+        });
+        token
+    }
+
+    /// Decides to terminate a member of the fleet. Counts against the hourly budget.
+    pub(super) fn decide_terminate(
+        &mut self,
+        id: &InstanceId,
+        reason: String,
+        after_launch: Option<String>,
+    ) {
+        let now = self.now;
+        let Some(inst) = self.instance_mut(id) else {
+            return;
+        };
+        inst.disposal = Some(Disposal {
+            reason: reason.clone(),
+            decided_at: now,
+            after_launch: after_launch.clone(),
+        });
+        // Entries older than the hour no longer count; they are dropped with the next change
+        // (not on their own: a step that only forgets is not worth a write).
+        self.fleet
+            .disruptions
+            .retain(|t| *t + Duration::hours(1) > now);
+        self.fleet.disruptions.push(now);
+        self.changes.push(Change::TerminationDecided {
+            instance: id.clone(),
+            reason,
+        });
+        match after_launch {
+            Some(token) => self
+                .terminate_after
+                .entry(token)
+                .or_default()
+                .push(id.clone()),
+            None => self.terminate_now.push(id.clone()),
+        }
+    }
+
+    /// Marks an instance as gone (a tombstone is kept so late events about it are recognised).
+    pub(super) fn bury(&mut self, id: &InstanceId) {
+        let now = self.now;
+        let Some(inst) = self.instance_mut(id) else {
+            return;
+        };
+        if inst.terminated_at.is_none() {
+            let failed = inst.is_failed();
+            inst.terminated_at = Some(now);
+            inst.state = Lifecycle::Terminated;
+            self.fleet.live = self.fleet.live.saturating_sub(1);
+            if failed {
+                self.fleet.failed = self.fleet.failed.saturating_sub(1);
+            }
+        }
+    }
+
+    pub(super) fn set_health(&mut self, id: &InstanceId, health: Health) {
+        let Some(inst) = self.instance_mut(id) else {
+            return;
+        };
+        if inst.health == health {
+            return;
+        }
+        let was_failed = inst.is_failed();
+        inst.health = health.clone();
+        let is_failed = inst.is_failed();
+        if is_failed && !was_failed {
+            let snapshot = inst.clone();
+            self.fleet.failed += 1;
+            // Enough to decide the breaker (it trips past its threshold): the list stays small.
+            let window = self.fleet.spec.policy.breaker.window.duration();
+            let now = self.now;
+            self.fleet.failures.retain(|f| f.at + window > now);
+            if self.fleet.failures.len() <= self.fleet.spec.capacity as usize {
+                self.fleet.failures.push(RecentFailure {
+                    at: self.now,
+                    instance: snapshot,
+                });
+            }
+        } else if was_failed && !is_failed {
+            self.fleet.failed = self.fleet.failed.saturating_sub(1);
+        }
+        self.changes.push(Change::HealthChanged {
+            instance: id.clone(),
+            health,
+        });
+    }
+
+    /// Counts an instance healthy once its signals satisfy the policy and its warmup is over.
+    pub(super) fn promote(&mut self, id: &InstanceId) {
+        let policy = &self.fleet.spec.policy;
+        let Some(inst) = self.fleet.instances.get(id) else {
+            return;
+        };
+        let ready = inst.health == Health::Unknown
+            && inst.state == Lifecycle::Running
+            && policy.health_check.satisfied_by(inst.signals)
+            && inst.launched_at + policy.warmup.duration() <= self.now;
+        if ready {
+            self.set_health(id, Health::Healthy);
+        }
+    }
+
+    pub(super) fn ignore(&mut self, reason: impl Into<String>) {
+        self.changes.push(Change::Ignored {
+            reason: reason.into(),
+        });
+    }
+
+    /// Retires a pending launch that will not be made (EC2 refused it, or its image was
+    /// quarantined): the instances waiting for it as their replacement stay; the next pass plans
+    /// again.
+    pub(super) fn drop_pending(&mut self, token: &str, error: String) {
+        let Some(pos) = self.fleet.pending.iter().position(|p| p.token == token) else {
+            return;
+        };
+        self.fleet.pending.remove(pos);
+        self.changes.push(Change::LaunchFailed {
+            token: token.to_string(),
+            error,
+        });
+        let waiting: Vec<InstanceId> = self
+            .fleet
+            .live_instances()
+            .filter(|i| i.disposal.as_ref().and_then(|d| d.after_launch.as_deref()) == Some(token))
+            .map(|i| i.id.clone())
+            .collect();
+        for id in waiting {
+            if let Some(i) = self.instance_mut(&id) {
+                i.disposal = None;
+            }
+        }
+    }
+
+    /// The image new instances come from: the fleet's, unless it is quarantined (a health gate
+    /// that failed with automatic rollback off leaves the fleet on it while the rollout waits for
+    /// the operator), then the one that rollout came from, if that one is not.
+    pub(super) fn launchable_image(&self) -> Option<ImageId> {
+        let ok = |i: &ImageId| !self.fleet.quarantined.contains_key(i);
+        Some(self.fleet.spec.image.clone()).filter(ok).or_else(|| {
+            self.fleet
+                .rollout
+                .as_ref()
+                .filter(|r| r.status.is_active())
+                .and_then(|r| r.from.clone())
+                .filter(ok)
+        })
+    }
+}
+
+pub(super) fn fleet_tokens(fleet: &Fleet) -> BTreeSet<&str> {
+    fleet.pending.iter().map(|p| p.token.as_str()).collect()
+}
