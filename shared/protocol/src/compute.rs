@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::ports::ec2::{
     Ec2, Ec2Instance, Instances, RunInstances, MAX_FILTER_VALUES, MAX_STATUS_IDS, MAX_TERMINATE_IDS,
 };
+use crate::variant::Variant;
 use phoenix_core::images::ImageFacts;
 use phoenix_core::model::{FleetSpec, Lifecycle, Observed, TAG_FLEET, TAG_IMAGE, TAG_TOKEN};
 use phoenix_core::planner::Launched;
@@ -36,6 +37,7 @@ pub struct TerminateOutput {
 #[derive(Debug, Clone)]
 pub struct Compute<E> {
     ec2: E,
+    variant: Variant,
 }
 
 /// The subnet a launch decision goes to: spread over the fleet's subnets by its token, so every
@@ -66,7 +68,16 @@ fn launched(instances: Vec<Ec2Instance>) -> Result<Vec<Launched>> {
 
 impl<E: Ec2> Compute<E> {
     pub fn new(ec2: E) -> Self {
-        Compute { ec2 }
+        Compute {
+            ec2,
+            variant: Variant::Real,
+        }
+    }
+
+    /// EC2's use with one of the simulator's deliberate bugs.
+    pub fn with_variant(mut self, variant: Variant) -> Self {
+        self.variant = variant;
+        self
     }
 
     pub fn ec2(&self) -> &E {
@@ -122,7 +133,7 @@ impl<E: Ec2> Compute<E> {
         count: u32,
         fresh: bool,
     ) -> Result<LaunchOutput> {
-        if !fresh {
+        if !fresh && self.variant != Variant::RelaunchBlind {
             let existing = self
                 .ec2
                 .describe_instances(&Instances::Tagged {
@@ -185,7 +196,15 @@ impl<E: Ec2> Compute<E> {
         // without it, they are not ours and are left alone; not alive, they are gone already.
         let mut alive = Vec::new();
         let mut foreign = BTreeSet::new();
-        for chunk in ids.chunks(MAX_FILTER_VALUES) {
+        if self.variant == Variant::TerminateUnchecked {
+            alive = ids.iter().map(ToString::to_string).collect();
+        }
+        let checked = if self.variant == Variant::TerminateUnchecked {
+            &[][..]
+        } else {
+            ids
+        };
+        for chunk in checked.chunks(MAX_FILTER_VALUES) {
             let which = Instances::Ids(chunk.iter().map(ToString::to_string).collect());
             for i in self.ec2.describe_instances(&which).await? {
                 if i.tags.get(TAG_FLEET).map(String::as_str) == Some(fleet.as_str()) {

@@ -8,7 +8,9 @@
 //!   change, the event records that make delivery at-least-once safe.
 //! - `compute` — phoenix's use of EC2: observe by tag, launch with tags and token, terminate only
 //!   what is re-validated as the fleet's.
-//! - `controller` — the protocol itself, over the three.
+//! - `controller` — the protocol itself, over the three, calling the core's planner through
+//!   `planner` (a seam the simulator uses to drive broken planners, as `variant` are broken
+//!   protocols).
 //!
 //! No AWS SDK and no wall clock: `phoenix_aws` plugs in the AWS adapters and real time, the
 //! simulator in-memory ones and simulated time, and both run this same code.
@@ -16,8 +18,10 @@
 pub mod compute;
 pub mod controller;
 pub mod error;
+pub mod planner;
 pub mod ports;
 pub mod store;
+pub mod variant;
 
 pub use controller::{Controller, FleetOutcome, FleetReport, Intake, Report};
 pub use error::{Error, Result};

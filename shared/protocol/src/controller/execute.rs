@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::ports::bus::{Bus, OutgoingEvent};
 use crate::ports::{Deadline, Ports};
 use crate::store::{EventKey, EventRecord};
+use crate::variant::Variant;
 use phoenix_core::events::{Cause, Change};
 use phoenix_core::model::Fleet;
 use phoenix_core::planner::{self, Command, Outcome, Step};
@@ -31,6 +32,17 @@ pub fn executor_order(commands: &[Command]) -> Vec<&Command> {
     first.into_iter().chain(launches).chain(after).collect()
 }
 
+/// What carrying out a step's commands came to.
+#[derive(Debug, Default)]
+pub(super) struct Ran {
+    pub outcomes: Vec<Outcome>,
+    /// AWS calls that failed; the next reconcile retries them.
+    pub failures: Vec<String>,
+    /// Commands not started (time short) or whose outcome is unknown: their decisions stay as
+    /// committed, and the next reconcile finishes them once their lease runs out.
+    pub unsettled: usize,
+}
+
 impl<P: Ports> Controller<P> {
     /// Publishes the transitions users route to chat or paging (`RolloutStarted`, `WaveHealthy`,
     /// `RolloutRollingBack`, `ReplacementHalted`, ...). After the commit, best effort: the history
@@ -52,9 +64,10 @@ impl<P: Ports> Controller<P> {
         }
     }
 
-    /// Carries out a committed step's commands and records what came of them. `claimed`: the
-    /// event whose record this invocation holds `INPROGRESS`, marked `COMPLETED` with the outcomes
-    /// once every command has a known outcome.
+    /// Carries out a committed step's commands (unless `ran` already did: the deliberate bug of
+    /// acting before deciding) and records what came of them. `claimed`: the event whose record
+    /// this invocation holds `INPROGRESS`, marked `COMPLETED` with the outcomes once every
+    /// command has a known outcome.
     pub(super) async fn execute(
         &self,
         mut fleet: Fleet,
@@ -62,119 +75,17 @@ impl<P: Ports> Controller<P> {
         cause: &Cause,
         claimed: Option<&EventKey>,
         deadline: Deadline,
+        ran: Option<Ran>,
     ) -> Result<FleetReport> {
-        let name = fleet.spec.name.clone();
-        let mut outcomes = Vec::new();
-        let mut failures = Vec::new();
-        // Commands not started (time short) or whose outcome is unknown: their decisions stay as
-        // committed, and the next reconcile finishes them once their lease runs out.
-        let mut unsettled = 0usize;
-        let mut deferred = false;
-        let mut launched_ok = BTreeSet::new();
-        // Decisions this invocation committed just now (not ones carried out again).
-        let fresh: BTreeSet<&String> = step
-            .changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::LaunchDecided { token, .. } => Some(token),
-                _ => None,
-            })
-            .collect();
-        for cmd in executor_order(&step.commands) {
-            if deadline.is_short(self.now()) {
-                if !deferred {
-                    deferred = true;
-                    failures.push(
-                        "deferred: the invocation's time is short; the next reconcile carries \
-                         out the rest"
-                            .to_string(),
-                    );
-                }
-                unsettled += 1;
-                continue;
-            }
-            match cmd {
-                Command::Launch {
-                    token,
-                    image,
-                    count,
-                } => match self
-                    .compute
-                    .launch(&fleet.spec, token, image, *count, fresh.contains(token))
-                    .await
-                {
-                    Ok(out) if !out.instances.is_empty() => {
-                        launched_ok.insert(token.clone());
-                        outcomes.push(Outcome::Launched {
-                            token: token.clone(),
-                            instances: out.instances,
-                            request_ids: out.request_id.into_iter().collect(),
-                        });
-                    }
-                    Ok(_) => outcomes.push(Outcome::LaunchFailed {
-                        token: token.clone(),
-                        error: "EC2 launched nothing".into(),
-                    }),
-                    // A timeout, a lost connection or a 5xx may hide a launch that happened: the
-                    // decision stays pending (not failed), so the next reconcile adopts what
-                    // carries its token, or launches again with the same ClientToken once the
-                    // lease runs out. Recording it as failed would drop the decision and reap the
-                    // instance as an orphan.
-                    Err(e @ Error::Transient { .. }) => {
-                        warn!(fleet = %name, %token, error = %e, "launch outcome unknown");
-                        failures.push(format!("launch {token} (outcome unknown): {e}"));
-                        unsettled += 1;
-                    }
-                    Err(e) => {
-                        warn!(fleet = %name, %token, error = %e, "launch failed");
-                        failures.push(format!("launch {token}: {e}"));
-                        outcomes.push(Outcome::LaunchFailed {
-                            token: token.clone(),
-                            error: e.to_string(),
-                        });
-                    }
-                },
-                Command::Terminate {
-                    instances,
-                    after_launch,
-                } => {
-                    if after_launch
-                        .as_ref()
-                        .is_some_and(|t| !launched_ok.contains(t))
-                    {
-                        continue; // its replacement did not launch: keep it for now
-                    }
-                    match self.compute.terminate(&name, instances).await {
-                        Ok(out) => {
-                            let gone = out.gone;
-                            let kept: Vec<InstanceId> = instances
-                                .iter()
-                                .filter(|i| !gone.contains(i))
-                                .cloned()
-                                .collect();
-                            if !kept.is_empty() {
-                                outcomes.push(Outcome::TerminateFailed {
-                                    instances: kept,
-                                    error: "not tagged with this fleet in EC2; left alone".into(),
-                                });
-                            }
-                            outcomes.push(Outcome::Terminated {
-                                instances: gone,
-                                request_ids: out.request_ids,
-                            });
-                        }
-                        Err(e) => {
-                            warn!(fleet = %name, error = %e, "terminate failed");
-                            failures.push(format!("terminate: {e}"));
-                            outcomes.push(Outcome::TerminateFailed {
-                                instances: instances.clone(),
-                                error: e.to_string(),
-                            });
-                        }
-                    }
-                }
-            }
-        }
+        let ran = match ran {
+            Some(ran) => ran,
+            None => self.run(&fleet, &step, deadline).await,
+        };
+        let Ran {
+            outcomes,
+            failures,
+            unsettled,
+        } = ran;
         let mut changes = step.changes;
         if outcomes.is_empty() {
             return Ok(
@@ -200,6 +111,136 @@ impl<P: Ports> Controller<P> {
         Ok(FleetReport::of(FleetOutcome::Changed, &fleet, changes).with_failures(failures))
     }
 
+    /// Nothing, as the protocol is: commands are carried out only once their decision is
+    /// committed (write-ahead). The deliberate bug `Variant::ActBeforeDeciding` carries them out
+    /// here, before the commit.
+    pub(super) async fn act_before_deciding(
+        &self,
+        fleet: &Fleet,
+        step: &Step,
+        deadline: Deadline,
+    ) -> Option<Ran> {
+        if self.variant != Variant::ActBeforeDeciding {
+            return None;
+        }
+        Some(self.run(fleet, step, deadline).await)
+    }
+
+    /// Carries out a step's commands, in the executor's order, starting none with less than the
+    /// deadline's reserve left.
+    pub(super) async fn run(&self, fleet: &Fleet, step: &Step, deadline: Deadline) -> Ran {
+        let name = &fleet.spec.name;
+        let mut ran = Ran::default();
+        let mut deferred = false;
+        let mut launched_ok = BTreeSet::new();
+        // Decisions this invocation committed just now (not ones carried out again).
+        let fresh: BTreeSet<&String> = step
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::LaunchDecided { token, .. } => Some(token),
+                _ => None,
+            })
+            .collect();
+        for cmd in executor_order(&step.commands) {
+            if self.time_short(deadline) {
+                if !deferred {
+                    deferred = true;
+                    ran.failures.push(
+                        "deferred: the invocation's time is short; the next reconcile carries \
+                         out the rest"
+                            .to_string(),
+                    );
+                }
+                ran.unsettled += 1;
+                continue;
+            }
+            match cmd {
+                Command::Launch {
+                    token,
+                    image,
+                    count,
+                } => match self
+                    .compute
+                    .launch(&fleet.spec, token, image, *count, fresh.contains(token))
+                    .await
+                {
+                    Ok(out) if !out.instances.is_empty() => {
+                        launched_ok.insert(token.clone());
+                        ran.outcomes.push(Outcome::Launched {
+                            token: token.clone(),
+                            instances: out.instances,
+                            request_ids: out.request_id.into_iter().collect(),
+                        });
+                    }
+                    Ok(_) => ran.outcomes.push(Outcome::LaunchFailed {
+                        token: token.clone(),
+                        error: "EC2 launched nothing".into(),
+                    }),
+                    // A timeout, a lost connection or a 5xx may hide a launch that happened: the
+                    // decision stays pending (not failed), so the next reconcile adopts what
+                    // carries its token, or launches again with the same ClientToken once the
+                    // lease runs out. Recording it as failed would drop the decision and reap the
+                    // instance as an orphan.
+                    Err(e @ Error::Transient { .. }) => {
+                        warn!(fleet = %name, %token, error = %e, "launch outcome unknown");
+                        ran.failures
+                            .push(format!("launch {token} (outcome unknown): {e}"));
+                        ran.unsettled += 1;
+                    }
+                    Err(e) => {
+                        warn!(fleet = %name, %token, error = %e, "launch failed");
+                        ran.failures.push(format!("launch {token}: {e}"));
+                        ran.outcomes.push(Outcome::LaunchFailed {
+                            token: token.clone(),
+                            error: e.to_string(),
+                        });
+                    }
+                },
+                Command::Terminate {
+                    instances,
+                    after_launch,
+                } => {
+                    if after_launch
+                        .as_ref()
+                        .is_some_and(|t| !launched_ok.contains(t))
+                    {
+                        continue; // its replacement did not launch: keep it for now
+                    }
+                    match self.compute.terminate(name, instances).await {
+                        Ok(out) => {
+                            let gone = out.gone;
+                            let kept: Vec<InstanceId> = instances
+                                .iter()
+                                .filter(|i| !gone.contains(i))
+                                .cloned()
+                                .collect();
+                            if !kept.is_empty() {
+                                ran.outcomes.push(Outcome::TerminateFailed {
+                                    instances: kept,
+                                    error: "not tagged with this fleet in EC2; left alone".into(),
+                                });
+                            }
+                            ran.outcomes.push(Outcome::Terminated {
+                                instances: gone,
+                                request_ids: out.request_ids,
+                            });
+                        }
+                        Err(e) => {
+                            warn!(fleet = %name, error = %e, "terminate failed");
+                            ran.failures.push(format!("terminate: {e}"));
+                            ran.outcomes.push(Outcome::TerminateFailed {
+                                instances: instances.clone(),
+                                error: e.to_string(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        ran
+    }
+
     /// Commits one part of a step's outcomes (`planner::outcome_parts`). Recording outcomes is
     /// what the deadline's reserve is kept for: retried until the deadline itself (an unrecorded
     /// launch is adopted by the next reconcile anyway). Returns the fleet as committed and the
@@ -221,7 +262,9 @@ impl<P: Ports> Controller<P> {
             if deadline.is_past(now) {
                 break;
             }
-            let record = planner::record_outcome_part(&fleet, outcomes, part.clone(), now);
+            let record = self
+                .planner
+                .record_outcome_part(&fleet, outcomes, part.clone(), now);
             match self.store.commit(&fleet, &record, cause, event, now).await {
                 Ok(committed) => {
                     self.announce(&committed, &record.changes).await;

@@ -25,7 +25,7 @@ impl<P: Ports> Controller<P> {
             self.check_time(deadline, "plan a change")?;
             let fleet = self.store.load_for_instance(id).await?;
             let now = self.now();
-            let step = match planner::apply_intent(&fleet, intent, event_time, now) {
+            let step = match self.planner.apply_intent(&fleet, intent, event_time, now) {
                 Ok(step) => step,
                 Err(e) => {
                     if let Err(seen) = self.store.check_event(key, now).await {
@@ -42,6 +42,7 @@ impl<P: Ports> Controller<P> {
                 key,
                 in_progress_until: in_progress.then(|| self.in_progress_until(deadline, now)),
             };
+            let ran = self.act_before_deciding(&fleet, &step, deadline).await;
             match self
                 .store
                 .commit(&fleet, &step, cause, Some(record), now)
@@ -57,7 +58,8 @@ impl<P: Ports> Controller<P> {
                     let name = committed.spec.name.clone();
                     let claimed = in_progress.then_some(key);
                     let mut done =
-                        Box::pin(self.execute(committed, step, cause, claimed, deadline)).await?;
+                        Box::pin(self.execute(committed, step, cause, claimed, deadline, ran))
+                            .await?;
                     if needs_fleet {
                         // The breaker decides on the whole fleet (and names what the failures
                         // share), and a wave made healthy lets the next one start: reconcile the

@@ -36,9 +36,11 @@ pub use report::{FleetOutcome, FleetReport, Report};
 
 use crate::compute::Compute;
 use crate::error::{Error, Result};
+use crate::planner::{CorePlanner, Planner};
 use crate::ports::images::{ImageResolver, StaticImageResolver};
 use crate::ports::{Deadline, Ports, Time};
 use crate::store::{EventKey, Store};
+use crate::variant::Variant;
 use phoenix_core::aws_events::{AwsEvent, SourcePolicy};
 use phoenix_core::events::{Cause, Envelope, Intent};
 use phoenix_core::model::{FleetSpec, Timestamp};
@@ -97,6 +99,8 @@ pub struct Controller<P: Ports> {
     pub time: P::Time,
     /// Accounts and sources events are accepted from; Image Builder.
     pub intake: Intake,
+    planner: Arc<dyn Planner>,
+    variant: Variant,
 }
 
 /// The record key of an event: its id, and a hash of its content so a different payload reusing
@@ -124,7 +128,29 @@ impl<P: Ports> Controller<P> {
             bus,
             time,
             intake,
+            planner: Arc::new(CorePlanner),
+            variant: Variant::Real,
         }
+    }
+
+    /// The controller planning with `planner` instead of the core's (the simulator's broken
+    /// planners).
+    pub fn with_planner(mut self, planner: Arc<dyn Planner>) -> Self {
+        self.planner = planner;
+        self
+    }
+
+    /// The controller with one of the simulator's deliberate bugs (`Variant`).
+    pub fn with_variant(mut self, variant: Variant) -> Self {
+        self.variant = variant;
+        self.store = self.store.with_variant(variant);
+        self.compute = self.compute.with_variant(variant);
+        self
+    }
+
+    /// Less than the reserve left at `now`: start nothing new.
+    fn time_short(&self, deadline: Deadline) -> bool {
+        self.variant != Variant::IgnoreDeadlineReserve && deadline.is_short(self.now())
     }
 
     fn now(&self) -> Timestamp {
@@ -133,11 +159,13 @@ impl<P: Ports> Controller<P> {
 
     /// With less than the reserve left, no new work starts.
     fn check_time(&self, deadline: Deadline, what: &str) -> Result<()> {
-        let now = self.now();
-        if deadline.is_short(now) {
+        if self.time_short(deadline) {
             return Err(Error::Deadline(format!(
                 "{}ms left before the invocation's deadline: not starting to {what}",
-                deadline.remaining(now).unwrap_or_default().as_millis()
+                deadline
+                    .remaining(self.now())
+                    .unwrap_or_default()
+                    .as_millis()
             )));
         }
         Ok(())

@@ -7,7 +7,7 @@ use crate::ports::{Deadline, Ports};
 use crate::store::{EventKey, EventRecord};
 use phoenix_core::events::{Cause, Intent, QueuedIntent};
 use phoenix_core::model::{Fleet, Timestamp};
-use phoenix_core::planner::{self, Step};
+use phoenix_core::planner::Step;
 use phoenix_core::FleetName;
 use tracing::{info, warn};
 
@@ -119,8 +119,8 @@ impl<P: Ports> Controller<P> {
             let observed = self.compute.describe_fleet(name).await?;
             let now = self.now();
             let step = match (queued, intent) {
-                (Some(q), _) => planner::apply_queued(&fleet, q, now),
-                (None, Some(i)) => match planner::apply_intent(&fleet, i, event_time, now) {
+                (Some(q), _) => self.planner.apply_queued(&fleet, q, now),
+                (None, Some(i)) => match self.planner.apply_intent(&fleet, i, event_time, now) {
                     Ok(step) => step,
                     Err(e) => {
                         // A redelivery may no longer apply (a delta below zero, say): it is a
@@ -140,7 +140,7 @@ impl<P: Ports> Controller<P> {
                 },
                 (None, None) => Step::unchanged(&fleet),
             };
-            let step = step.then_reconcile(&observed, now);
+            let step = self.planner.reconcile(step, &observed, now);
             // (A queued intent is always committed: its commit deletes it from the inbox.)
             if step.is_noop() && queued.is_none() {
                 return Ok(Pass::Done(FleetReport::of(
@@ -158,6 +158,7 @@ impl<P: Ports> Controller<P> {
                     in_progress_until: in_progress.then(|| self.in_progress_until(deadline, now)),
                 }),
             };
+            let ran = self.act_before_deciding(&fleet, &step, deadline).await;
             match self
                 .store
                 .commit(&fleet, &step, this_cause, record, now)
@@ -167,7 +168,7 @@ impl<P: Ports> Controller<P> {
                     self.announce(&committed, &step.changes).await;
                     let claimed = this_key.filter(|_| in_progress);
                     let done =
-                        Box::pin(self.execute(committed, step, this_cause, claimed, deadline))
+                        Box::pin(self.execute(committed, step, this_cause, claimed, deadline, ran))
                             .await?;
                     return Ok(match queued {
                         Some(_) => Pass::AppliedQueued(done),

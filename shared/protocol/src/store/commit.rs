@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::ports::table::{
     Cancellation, Condition, Item, Table, Transacted, Write, MAX_TRANSACTION_ITEMS,
 };
+use crate::variant::Variant;
 use phoenix_core::events::{Cause, QueuedIntent};
 use phoenix_core::history::HistoryEntry;
 use phoenix_core::model::{Fleet, Timestamp};
@@ -104,10 +105,12 @@ impl<T: Table> Store<T> {
                 None
             }
             Some(EventRecord::Dequeue(queued)) => {
-                writes.push(Write::Delete {
-                    key: inbox_key(name, queued),
-                    condition: Some(Condition::Exists("pk")),
-                });
+                if self.variant != Variant::KeepQueued {
+                    writes.push(Write::Delete {
+                        key: inbox_key(name, queued),
+                        condition: Some(Condition::Exists("pk")),
+                    });
+                }
                 // The event's record now points at the entry it caused. No condition: a record
                 // past its TTL (queued for days) must not keep the intent from being applied; one
                 // written again here has no content hash, and matches any content.
@@ -240,6 +243,9 @@ impl<T: Table> Store<T> {
         }
         match record.in_progress_until {
             None => Error::Duplicate(key.id.clone()),
+            Some(_) if self.variant == Variant::LapsedAsCompleted => {
+                Error::Duplicate(key.id.clone())
+            }
             Some(until) if until > now => Error::InFlight(key.id.clone()),
             Some(_) => Error::Unfinished(key.id.clone()),
         }

@@ -32,6 +32,7 @@ pub const STATUS_IN_PROGRESS: &str = "INPROGRESS";
 pub const STATUS_COMPLETED: &str = "COMPLETED";
 
 pub const META: &str = "META";
+pub const EVENT_PREFIX: &str = "EVENT#";
 pub const INBOX: &str = "INBOX#";
 pub const INST: &str = "INST#";
 pub const HIST: &str = "HIST#";
@@ -68,7 +69,7 @@ pub fn history_key(name: &FleetName, version: u64) -> Key {
 }
 
 pub fn event_key(id: &str) -> Key {
-    Key::new(format!("EVENT#{id}"), "EVENT")
+    Key::new(format!("{EVENT_PREFIX}{id}"), "EVENT")
 }
 
 pub fn index_key(name: &FleetName) -> Key {

@@ -14,6 +14,7 @@ pub use items::{EventRecordItem, INSTANCE_INDEX, STATUS_COMPLETED, STATUS_IN_PRO
 
 use crate::error::{Error, Result};
 use crate::ports::table::{Condition, Key, Query, SortKeys, Table, MAX_BATCH_GET};
+use crate::variant::Variant;
 use items::*;
 use phoenix_core::history::HistoryEntry;
 use phoenix_core::model::{Fleet, Timestamp};
@@ -23,11 +24,21 @@ use phoenix_core::{FleetName, InstanceId};
 #[derive(Debug, Clone)]
 pub struct Store<T> {
     table: T,
+    variant: Variant,
 }
 
 impl<T: Table> Store<T> {
     pub fn new(table: T) -> Self {
-        Store { table }
+        Store {
+            table,
+            variant: Variant::Real,
+        }
+    }
+
+    /// The store with one of the simulator's deliberate bugs.
+    pub fn with_variant(mut self, variant: Variant) -> Self {
+        self.variant = variant;
+        self
     }
 
     pub fn table(&self) -> &T {
