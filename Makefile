@@ -113,10 +113,10 @@ down:
 clean: down
 	rm -rf .local
 
-# Deterministic simulation (shared/sim): the real planner driven through the controller's protocol
-# against a simulated EC2 and store, with faults, lost, duplicated and late events and crashing
-# handlers; a million steps over many seeds (debug build, ~20 s). A failing seed prints the
-# command that replays it exactly: `phoenix-sim --seed N`.
+# Deterministic simulation (shared/sim): the controller the functions run, over in-memory ports with
+# the services' semantics and simulated time, with faults, lost, duplicated and late events and
+# crashing handlers; a million steps over many seeds (debug build, ~20 s). A failing seed prints
+# the command that replays it exactly: `phoenix-sim --seed N`.
 .PHONY: sim
 sim: binaries
 	$(TARGET_DIR)/debug/phoenix-sim --steps 1000000

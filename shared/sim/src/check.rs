@@ -3,15 +3,16 @@
 //! the specification.
 //!
 //! Words used below:
-//! - *the books*: what the store holds (the fleet record and the instance records);
-//! - *alive*: an instance EC2 has and that is not shutting down or terminated (stopped ones are
-//!   alive); every simulated instance carries the fleet's tag;
+//! - *the books*: what the table holds (the fleet record and the instance records), decoded;
+//! - *alive*: an instance of the fleet that EC2 has and that is not shutting down or terminated
+//!   (stopped ones are alive); one an operator took out of the fleet (untagged) is no longer the
+//!   fleet's and does not count;
 //! - *world-healthy*: running, past its boot and status-check delays, and nothing wrong with it
 //!   (no fault: not impaired, application not failing, not a bad image, zone up, not stopped);
 //! - *believed failed*: its live record's health is `Unhealthy`.
 
+use crate::books::{Books, Seen};
 use crate::ec2::Ec2;
-use crate::store::{Seen, Store};
 use chrono::Duration;
 use phoenix_core::events::Change;
 use phoenix_core::model::{Health, Timestamp};
@@ -32,11 +33,13 @@ enum Unit {
     Lost(InstanceId),
 }
 
-/// One launch decision: how many instances it asked for and the version that committed it.
+/// One launch decision: how many instances it asked for, the version that committed it, and the
+/// version that last committed carrying it out (the decision's, or a retry's).
 #[derive(Debug, Clone, Copy)]
 pub struct Decision {
     pub count: u32,
     pub version: u64,
+    pub carried_out_at: u64,
 }
 
 /// A decrease of `max_total` and the version that committed it.
@@ -57,7 +60,7 @@ pub struct Checker {
     /// Every launch decision ever committed.
     pub decided: BTreeMap<String, Decision>,
     silent_since: Option<Timestamp>,
-    /// Intents queued (`Store::enqueue`) and not applied yet, by `QueuedIntent::key`.
+    /// Intents queued (`Books::enqueue`) and not applied yet, by `QueuedIntent::key`.
     queued: BTreeSet<String>,
     /// Queued intents a commit applied.
     applied: BTreeSet<String>,
@@ -74,8 +77,8 @@ pub struct Census {
 }
 
 impl Checker {
-    pub fn new(store: &Store) -> Self {
-        let budget = store.meta().budget();
+    pub fn new(books: &Books) -> Self {
+        let budget = books.meta().budget();
         Checker {
             // The fleet starts empty: bringing it up is the first "capacity increase".
             lost: vec![Unit::Scale; budget.min_healthy as usize],
@@ -86,20 +89,29 @@ impl Checker {
     }
 
     /// After every successful commit, with the changes it recorded.
-    pub fn on_commit(&mut self, store: &Store, changes: &[Change]) {
-        let version = store.version();
+    pub fn on_commit(&mut self, books: &Books, changes: &[Change]) {
+        let version = books.version();
         for c in changes {
-            if let Change::LaunchDecided { token, count, .. } = c {
-                self.decided.insert(
-                    token.clone(),
-                    Decision {
-                        count: *count,
-                        version,
-                    },
-                );
+            match c {
+                Change::LaunchDecided { token, count, .. } => {
+                    self.decided.insert(
+                        token.clone(),
+                        Decision {
+                            count: *count,
+                            version,
+                            carried_out_at: version,
+                        },
+                    );
+                }
+                Change::LaunchRetried { token } => {
+                    if let Some(d) = self.decided.get_mut(token) {
+                        d.carried_out_at = version;
+                    }
+                }
+                _ => {}
             }
         }
-        let budget = store.meta().budget();
+        let budget = books.meta().budget();
         if budget.min_healthy > self.prev_min_healthy {
             let more = budget.min_healthy - self.prev_min_healthy;
             self.lost.extend((0..more).map(|_| Unit::Scale));
@@ -112,7 +124,7 @@ impl Checker {
             });
         }
         self.prev_max_total = budget.max_total;
-        let q = &store.meta().quarantined;
+        let q = &books.meta().quarantined;
         self.quarantined_at.retain(|image, _| q.contains_key(image));
         for image in q.keys() {
             self.quarantined_at.entry(image.clone()).or_insert(version);
@@ -142,6 +154,16 @@ impl Checker {
         None
     }
 
+    /// The key of event `id`'s queued intent (`QueuedIntent::key`: event time, then its id).
+    pub fn queued_key_of(&self, id: &str) -> Option<String> {
+        let suffix = format!("#{id}");
+        self.queued
+            .iter()
+            .chain(&self.applied)
+            .find(|k| k.ends_with(&suffix))
+            .cloned()
+    }
+
     /// Queued intents not applied yet.
     pub fn unapplied(&self) -> usize {
         self.queued.len()
@@ -158,11 +180,11 @@ impl Checker {
 
     /// Whether an alive instance is, right now, excused from counting as healthy: something
     /// outside phoenix is wrong with it, or phoenix believes it failed because it was reported.
-    pub fn excused(ec2: &Ec2, store: &Store, id: &InstanceId) -> bool {
+    pub fn excused(ec2: &Ec2, books: &Books, id: &InstanceId) -> bool {
         let Some(vm) = ec2.vms.get(id) else {
             return false;
         };
-        let believed_failed = store
+        let believed_failed = books
             .instance(id)
             .is_some_and(|i| i.is_live() && i.is_failed());
         ec2.fault(vm) || (believed_failed && vm.reported)
@@ -171,12 +193,12 @@ impl Checker {
     /// The checks on the state of the world and the books, after every step.
     pub fn check_world(
         &mut self,
-        store: &Store,
+        books: &Books,
         ec2: &Ec2,
         now: Timestamp,
     ) -> (Census, Vec<(&'static str, String)>) {
         let mut out = Vec::new();
-        let meta = store.meta();
+        let meta = books.meta();
         let budget = meta.budget();
 
         // ---- Availability --------------------------------------------------------------------
@@ -204,7 +226,7 @@ impl Checker {
         let mut excused = 0u32;
         let mut whole = 0u32;
         for vm in ec2.alive() {
-            let record = store.instance(&vm.id).filter(|i| i.is_live());
+            let record = books.instance(&vm.id).filter(|i| i.is_live());
             let believed_failed = record.is_some_and(|i| i.is_failed());
             let counted = record.is_some_and(|i| i.health == Health::Healthy);
             if ec2.world_healthy(vm, now) && counted {
@@ -229,7 +251,7 @@ impl Checker {
         }
         if whole >= budget.min_healthy {
             self.lost
-                .retain(|u| matches!(u, Unit::Lost(id) if store.is_live(id)));
+                .retain(|u| matches!(u, Unit::Lost(id) if books.is_live(id)));
         }
 
         // ---- Reported, never silent ------------------------------------------------------------
@@ -240,8 +262,8 @@ impl Checker {
             && meta.pending.is_empty()
             && !meta.budget_exhausted
             && meta.rollout.as_ref().is_none_or(|r| !r.status.is_active())
-            && store.live().count() == meta.spec.capacity as usize
-            && store.live().all(|i| i.is_healthy() && i.disposal.is_none());
+            && books.live().count() == meta.spec.capacity as usize
+            && books.live().all(|i| i.is_healthy() && i.disposal.is_none());
         if healthy < budget.min_healthy && quiet {
             let since = *self.silent_since.get_or_insert(now);
             if now - since > SILENCE {
@@ -285,7 +307,7 @@ impl Checker {
         let mut used: BTreeMap<&str, u32> = BTreeMap::new();
         let mut counted = 0u32;
         for vm in ec2.alive().filter(|vm| vm.counts_for_surge()) {
-            match store.instance(&vm.id).filter(|i| i.is_live()) {
+            match books.instance(&vm.id).filter(|i| i.is_live()) {
                 Some(rec) => {
                     if rec
                         .disposal
@@ -337,7 +359,7 @@ impl Checker {
         // applies it deletes it. So the inbox holds exactly the intents queued and not applied,
         // each of an event recorded as completed. (Liveness: the fleet has not converged while its
         // inbox holds any.)
-        let inbox: BTreeSet<String> = store.inbox().map(|q| q.key()).collect();
+        let inbox: BTreeSet<String> = books.inbox().map(|q| q.key()).collect();
         if inbox != self.queued {
             out.push((
                 "inbox",
@@ -348,9 +370,9 @@ impl Checker {
                 ),
             ));
         }
-        for q in store.inbox() {
+        for q in books.inbox() {
             let id = q.cause.event_id.as_deref().unwrap_or_default();
-            if store.check_event(id, now) != Some(Seen::Duplicate) {
+            if books.seen(id, now) != Some(Seen::Duplicate) {
                 out.push((
                     "inbox",
                     format!(
@@ -363,7 +385,7 @@ impl Checker {
 
         // ---- One decision, at most its count kept -------------------------------------------
         let mut per_token: BTreeMap<&str, u32> = BTreeMap::new();
-        for i in store.live() {
+        for i in books.live() {
             *per_token.entry(i.token.as_str()).or_default() += 1;
         }
         for (token, n) in per_token {
@@ -403,8 +425,8 @@ impl Checker {
 
     /// Before an instance is terminated: if its record says it waits for a replacement's launch,
     /// that launch must have created its instances already.
-    pub fn check_terminate(store: &Store, ec2: &Ec2, id: &InstanceId) -> Option<String> {
-        let rec = store.instance(id)?;
+    pub fn check_terminate(books: &Books, ec2: &Ec2, id: &InstanceId) -> Option<String> {
+        let rec = books.instance(id)?;
         let token = rec.disposal.as_ref()?.after_launch.as_ref()?;
         (!ec2.tokens_created.contains(token)).then(|| {
             format!("{id} terminated before its replacement (launch {token}) was launched")
@@ -414,10 +436,10 @@ impl Checker {
     /// After a full reconcile that ran cleanly (committed or found nothing to do, no terminate
     /// call failed): every instance it saw that the books it loaded did not record as live must now
     /// be recorded or on its way out (adopted, or terminated as an orphan or extra).
-    pub fn check_leaks(store: &Store, ec2: &Ec2, seen_unowned: &[InstanceId]) -> Option<String> {
+    pub fn check_leaks(books: &Books, ec2: &Ec2, seen_unowned: &[InstanceId]) -> Option<String> {
         let leaked: Vec<String> = seen_unowned
             .iter()
-            .filter(|id| ec2.vms.get(*id).is_some_and(|vm| vm.alive()) && !store.is_live(id))
+            .filter(|id| ec2.vms.get(*id).is_some_and(|vm| vm.alive()) && !books.is_live(id))
             .map(|id| format!("{id} ({})", ec2.vms[id].token))
             .collect();
         (!leaked.is_empty()).then(|| {

@@ -1,20 +1,25 @@
-//! A simulated EC2 that behaves the way phoenix's adapter (`phoenix_aws::compute`) sees the real
-//! one: instances tagged with the fleet and their decision token, RunInstances with a ClientToken
-//! and MinCount = MaxCount, DescribeInstances that lists everything but terminated instances and
-//! is eventually consistent for new ones, DescribeInstanceStatus, TerminateInstances re-validated
-//! by tag. Plus the faults: boot and status-check delays, bad images, zone outages, single
-//! failures, instances vanishing or stopping, capacity shortages, throttling and lost responses.
+//! A simulated EC2 answering the protocol's EC2 port as the real API does: instances tagged with
+//! the fleet and their decision token, RunInstances with a ClientToken (honoured, or ignored as the
+//! emulator does) and MinCount = MaxCount, DescribeInstances that lists everything but terminated
+//! instances and is eventually consistent for new ones, DescribeInstanceStatus, TerminateInstances
+//! that fails whole for an unknown id or one the fleet's IAM policy does not cover. Plus the
+//! faults: boot and status-check delays, bad images, zone outages, single failures, instances
+//! vanishing or stopping, capacity shortages, throttling and lost responses.
 
 use crate::rng::Rng;
 use chrono::Duration;
-use phoenix_core::model::{Lifecycle, Observed, Timestamp};
-use phoenix_core::planner::Launched;
+use phoenix_core::images::ImageFacts;
+use phoenix_core::model::{Lifecycle, Observed, Timestamp, TAG_FLEET, TAG_TOKEN};
 use phoenix_core::{ImageId, InstanceId};
+use phoenix_protocol::error::{Error, Result};
+use phoenix_protocol::ports::ec2::{Ec2Instance, Instances, Ran, RunInstances, MAX_STATUS_IDS};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
 pub const SUBNETS: [&str; 3] = ["subnet-0000000a", "subnet-0000000b", "subnet-0000000c"];
 pub const INSTANCE_TYPE: &str = "t3.micro";
+/// The simulated fleet's name.
+pub const FLEET: &str = "web";
 
 /// How an image is broken, if it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +42,8 @@ impl Badness {
     }
 }
 
-/// One simulated instance. Every instance carries the fleet tag (the sim runs one fleet).
+/// One simulated instance. It carries the fleet's tag (the simulator runs one fleet) unless an
+/// operator took it out of the fleet by removing the tag.
 #[derive(Debug, Clone)]
 pub struct Vm {
     pub id: InstanceId,
@@ -45,6 +51,8 @@ pub struct Vm {
     pub token: String,
     pub zone: usize,
     pub launched_at: Timestamp,
+    /// It carries the `phoenix:fleet` tag.
+    pub tagged: bool,
     /// DescribeInstances shows it from then (eventual consistency).
     pub visible_from: Timestamp,
     pub state: Lifecycle,
@@ -77,24 +85,6 @@ impl Vm {
     }
 }
 
-/// What went wrong with an API call, classified as `phoenix_aws::error` does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError(pub String);
-
-impl ApiError {
-    /// A timeout, a lost connection, a 5xx: the call may have happened (`Error::Transient`).
-    pub fn is_transient(&self) -> bool {
-        self.0.starts_with("RequestTimeout")
-    }
-}
-
-/// The result of RunInstances as the adapter returns it, plus what the simulator needs to know
-/// for its checks: whether instances were actually created by this call.
-pub struct LaunchResult {
-    pub result: Result<Vec<Launched>, ApiError>,
-    pub created: Vec<InstanceId>,
-}
-
 pub struct Ec2 {
     pub vms: BTreeMap<InstanceId, Vm>,
     next_id: u64,
@@ -102,6 +92,8 @@ pub struct Ec2 {
     client_tokens: BTreeMap<String, Vec<InstanceId>>,
     /// Every token any instance was ever created for (kept after the instances are gone).
     pub tokens_created: BTreeSet<String>,
+    /// The AMIs this account can see.
+    pub images: BTreeSet<ImageId>,
     // --- the world's condition -------------------------------------------------------------
     /// Bad images: launched instances of these are born broken.
     pub bad_images: BTreeMap<ImageId, Badness>,
@@ -119,6 +111,13 @@ pub struct Ec2 {
     pub max_lag: u64,
 }
 
+fn throttled(call: &str) -> Error {
+    Error::Throttled {
+        service: "ec2",
+        message: format!("RequestLimitExceeded ({call})"),
+    }
+}
+
 impl Ec2 {
     pub fn new() -> Self {
         Ec2 {
@@ -126,6 +125,7 @@ impl Ec2 {
             next_id: 0x1000_0000,
             client_tokens: BTreeMap::new(),
             tokens_created: BTreeSet::new(),
+            images: BTreeSet::new(),
             bad_images: BTreeMap::new(),
             zones_down: BTreeMap::new(),
             shortage: BTreeMap::new(),
@@ -165,139 +165,217 @@ impl Ec2 {
         vm.state == Lifecycle::Running && now >= vm.ready_at && !self.fault(vm)
     }
 
-    fn throttled(&self, now: Timestamp, rng: &mut Rng) -> bool {
+    pub fn throttles(&self, now: Timestamp, rng: &mut Rng) -> bool {
         self.throttle
             .is_some_and(|(until, p)| now < until && rng.chance(p))
     }
 
-    fn visible(vm: &Vm, now: Timestamp) -> bool {
+    /// What DescribeInstances lists: not terminated, and past its listing lag.
+    pub fn visible(vm: &Vm, now: Timestamp) -> bool {
         vm.visible_from <= now && vm.state != Lifecycle::Terminated
     }
 
-    fn observed(&self, vm: &Vm, now: Timestamp) -> Observed {
-        Observed {
-            id: vm.id.clone(),
-            image: Some(vm.image.clone()),
+    fn described(&self, vm: &Vm) -> Ec2Instance {
+        let mut tags = BTreeMap::from([(TAG_TOKEN.to_string(), vm.token.clone())]);
+        if vm.tagged {
+            tags.insert(TAG_FLEET.to_string(), FLEET.to_string());
+        }
+        Ec2Instance {
+            id: vm.id.to_string(),
+            image: Some(vm.image.to_string()),
             state: vm.state,
-            status_ok: self.status_ok(vm, now),
             launched_at: Some(vm.launched_at),
-            token: Some(vm.token.clone()),
             zone: Some(ZONES[vm.zone].to_string()),
             instance_type: Some(INSTANCE_TYPE.to_string()),
+            tags,
         }
     }
 
-    fn launched(vm: &Vm) -> Launched {
-        Launched {
-            id: vm.id.clone(),
-            launched_at: Some(vm.launched_at),
-            state: vm.state,
-            zone: Some(ZONES[vm.zone].to_string()),
-            instance_type: Some(INSTANCE_TYPE.to_string()),
-        }
-    }
+    // --- the API -------------------------------------------------------------------------------
 
-    // --- the API, as phoenix's adapter uses it ------------------------------------------------
-
-    /// DescribeInstances (fleet tag, every state but terminated) + DescribeInstanceStatus.
-    pub fn describe(&self, now: Timestamp, rng: &mut Rng) -> Result<Vec<Observed>, ApiError> {
-        if self.throttled(now, rng) {
-            return Err(ApiError("RequestLimitExceeded (DescribeInstances)".into()));
+    /// DescribeInstances: every instance the filter selects that is listed yet (new ones appear
+    /// after a lag) and not terminated.
+    pub fn describe_instances(
+        &self,
+        which: &Instances,
+        now: Timestamp,
+        rng: &mut Rng,
+    ) -> Result<Vec<Ec2Instance>> {
+        if self.throttles(now, rng) {
+            return Err(throttled("DescribeInstances"));
         }
+        let selected = |vm: &Vm| match which {
+            Instances::Tagged { key, value } if key == TAG_FLEET => vm.tagged && value == FLEET,
+            Instances::Tagged { key, value } if key == TAG_TOKEN => vm.token == *value,
+            Instances::Tagged { .. } => false,
+            Instances::Ids(ids) => ids.iter().any(|id| id == vm.id.as_str()),
+        };
         Ok(self
             .vms
             .values()
-            .filter(|vm| Self::visible(vm, now))
-            .map(|vm| self.observed(vm, now))
+            .filter(|vm| Self::visible(vm, now) && selected(vm))
+            .map(|vm| self.described(vm))
             .collect())
     }
 
-    /// `Compute::launch`: instances already carrying the token are returned; otherwise
-    /// RunInstances with the token as ClientToken, all or nothing, into the subnet the token picks.
-    pub fn launch(
-        &mut self,
-        token: &str,
-        image: &ImageId,
-        count: u32,
+    /// DescribeInstanceStatus: the ids whose two status checks are ok.
+    pub fn instance_status_ok(
+        &self,
+        ids: &[String],
         now: Timestamp,
         rng: &mut Rng,
-    ) -> LaunchResult {
-        let fail = |e: &str| LaunchResult {
-            result: Err(ApiError(e.into())),
-            created: Vec::new(),
+    ) -> Result<BTreeSet<String>> {
+        if self.throttles(now, rng) {
+            return Err(throttled("DescribeInstanceStatus"));
+        }
+        if ids.len() > MAX_STATUS_IDS {
+            return Err(Error::Permanent {
+                service: "ec2",
+                message: format!("DescribeInstanceStatus of {} ids", ids.len()),
+            });
+        }
+        Ok(ids
+            .iter()
+            .filter(|id| {
+                self.vms
+                    .values()
+                    .any(|vm| vm.id.as_str() == id.as_str() && self.status_ok(vm, now))
+            })
+            .cloned()
+            .collect())
+    }
+
+    /// RunInstances, all or nothing, into the request's subnet; a repeated ClientToken answers
+    /// the first call's instances where the endpoint honours it. A lost response is retried by
+    /// the SDK: against an endpoint that ignores the token, that launches again. Returns the
+    /// answer and, for the simulator's checks, the instances this call created.
+    pub fn run_instances(
+        &mut self,
+        r: &RunInstances,
+        now: Timestamp,
+        rng: &mut Rng,
+    ) -> (Result<Ran>, Vec<InstanceId>) {
+        if self.throttles(now, rng) {
+            return (Err(throttled("RunInstances")), Vec::new());
+        }
+        let Some(image) = ImageId::parse(&r.image)
+            .ok()
+            .filter(|i| self.images.contains(i))
+        else {
+            let e = Error::NotFound(format!("InvalidAMIID.NotFound: {}", r.image));
+            return (Err(e), Vec::new());
         };
-        if self.throttled(now, rng) {
-            return fail("RequestLimitExceeded (DescribeInstances)");
-        }
-        let mut existing: Vec<&Vm> = self
-            .vms
-            .values()
-            .filter(|vm| vm.token == token && Self::visible(vm, now))
-            .collect();
-        if !existing.is_empty() {
-            existing.sort_by(|a, b| a.id.cmp(&b.id));
-            return LaunchResult {
-                result: Ok(existing.into_iter().map(Self::launched).collect()),
-                created: Vec::new(),
-            };
-        }
-        if self.throttled(now, rng) {
-            return fail("RequestLimitExceeded (RunInstances)");
-        }
-        let zone = subnet_index(token, SUBNETS.len());
+        let zone = r
+            .subnet
+            .as_deref()
+            .and_then(|s| SUBNETS.iter().position(|x| *x == s))
+            .unwrap_or(0);
         let short = |z: usize| self.shortage.get(&z).is_some_and(|u| now < *u);
         if short(zone) || short(usize::MAX) {
-            return fail("InsufficientInstanceCapacity");
+            return (
+                Err(Error::Capacity("InsufficientInstanceCapacity".into())),
+                Vec::new(),
+            );
         }
+        let answer = |ec2: &Ec2, ids: &[InstanceId]| Ran {
+            instances: ids
+                .iter()
+                .filter_map(|id| ec2.vms.get(id))
+                .map(|vm| ec2.described(vm))
+                .collect(),
+            request_id: None,
+        };
         if self.honour_client_token {
-            if let Some(ids) = self.client_tokens.get(token) {
-                let mut out: Vec<Launched> = ids
-                    .iter()
-                    .filter_map(|id| self.vms.get(id))
-                    .map(Self::launched)
-                    .collect();
-                out.sort_by(|a, b| a.id.cmp(&b.id));
-                return LaunchResult {
-                    result: Ok(out),
-                    created: Vec::new(),
-                };
+            if let Some(ids) = self.client_tokens.get(&r.client_token).cloned() {
+                return (Ok(answer(self, &ids)), Vec::new());
             }
         }
-        let mut created = self.create(token, image, count, zone, now, rng);
+        let mut created = self.create(&r.client_token, &image, r.count, zone, now, rng);
         if rng.chance(self.lost_response) {
             // The response is lost; the SDK retries the same request. EC2 answers a repeated
             // ClientToken with the first result; an endpoint that ignores it launches again.
             if rng.chance(300) {
                 // The retries time out too: the caller cannot know the launch happened.
-                return LaunchResult {
-                    result: Err(ApiError(
-                        "RequestTimeout (RunInstances, after retries)".into(),
-                    )),
-                    created,
+                let e = Error::Transient {
+                    service: "ec2",
+                    message: "RequestTimeout (RunInstances, after retries)".into(),
                 };
+                return (Err(e), created);
             }
             if !self.honour_client_token {
-                let again = self.create(token, image, count, zone, now, rng);
-                created.extend(again.iter().cloned());
-                let out = again
-                    .iter()
-                    .map(|id| Self::launched(&self.vms[id]))
-                    .collect();
-                return LaunchResult {
-                    result: Ok(out),
-                    created,
-                };
+                let again = self.create(&r.client_token, &image, r.count, zone, now, rng);
+                let out = answer(self, &again);
+                created.extend(again);
+                return (Ok(out), created);
             }
         }
-        let mut out: Vec<Launched> = created
-            .iter()
-            .map(|id| Self::launched(&self.vms[id]))
-            .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        LaunchResult {
-            result: Ok(out),
-            created,
+        (Ok(answer(self, &created)), created)
+    }
+
+    /// TerminateInstances: one id that does not exist fails the whole call
+    /// (`InvalidInstanceID.NotFound`), and so does one without the fleet's tag — the functions'
+    /// IAM policy allows terminating only instances that carry it (`UnauthorizedOperation`).
+    /// Returns the ids this call moved to shutting-down.
+    pub fn terminate_instances(
+        &mut self,
+        ids: &[String],
+        now: Timestamp,
+        rng: &mut Rng,
+    ) -> Result<Vec<InstanceId>> {
+        if self.throttles(now, rng) {
+            return Err(throttled("TerminateInstances"));
         }
+        let mut found = Vec::new();
+        for id in ids {
+            match self.vms.values().find(|vm| vm.id.as_str() == id.as_str()) {
+                None => return Err(Error::NotFound(format!("InvalidInstanceID.NotFound: {id}"))),
+                Some(vm) if !vm.tagged => {
+                    return Err(Error::Permanent {
+                        service: "ec2",
+                        message: format!("UnauthorizedOperation: {id} is not tagged {TAG_FLEET}"),
+                    })
+                }
+                Some(vm) => found.push(vm.id.clone()),
+            }
+        }
+        let mut terminated = Vec::new();
+        for id in found {
+            if let Some(vm) = self.vms.get_mut(&id) {
+                if vm.alive() {
+                    vm.state = Lifecycle::ShuttingDown;
+                    vm.transition_at = Some(now + Duration::seconds(rng.range(5, 40) as i64));
+                    terminated.push(id);
+                }
+            }
+        }
+        Ok(terminated)
+    }
+
+    /// DescribeImages of one AMI.
+    pub fn describe_image(&self, image: &str) -> Option<ImageFacts> {
+        self.images
+            .iter()
+            .any(|i| i.as_str() == image)
+            .then(ImageFacts::default)
+    }
+
+    /// Everything DescribeInstances would list of the fleet, with status checks, as the
+    /// protocol's `Compute::describe_fleet` reports it (for the simulator's final check).
+    pub fn observed(&self, now: Timestamp) -> Vec<Observed> {
+        self.vms
+            .values()
+            .filter(|vm| Self::visible(vm, now) && vm.tagged)
+            .map(|vm| Observed {
+                id: vm.id.clone(),
+                image: Some(vm.image.clone()),
+                state: vm.state,
+                status_ok: self.status_ok(vm, now),
+                launched_at: Some(vm.launched_at),
+                token: Some(vm.token.clone()),
+                zone: Some(ZONES[vm.zone].to_string()),
+                instance_type: Some(INSTANCE_TYPE.to_string()),
+            })
+            .collect()
     }
 
     fn create(
@@ -330,6 +408,7 @@ impl Ec2 {
                     token: token.to_string(),
                     zone,
                     launched_at: now,
+                    tagged: true,
                     visible_from: now + Duration::seconds(lag),
                     state: Lifecycle::Pending,
                     running_at,
@@ -352,43 +431,6 @@ impl Ec2 {
             .or_insert_with(|| ids.clone());
         self.tokens_created.insert(token.to_string());
         ids
-    }
-
-    /// `Compute::terminate`: only instances DescribeInstances shows with the fleet tag are
-    /// terminated; ids it does not show count as gone already (which, for an instance too new to
-    /// be listed, is not true: the next reconcile finds it as an orphan). Returns the ids reported
-    /// gone and, separately, those this call actually terminated.
-    pub fn terminate(
-        &mut self,
-        ids: &[InstanceId],
-        now: Timestamp,
-        rng: &mut Rng,
-    ) -> Result<(Vec<InstanceId>, Vec<InstanceId>), ApiError> {
-        if ids.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        if self.throttled(now, rng) {
-            return Err(ApiError("RequestLimitExceeded (DescribeInstances)".into()));
-        }
-        let alive: Vec<InstanceId> = ids
-            .iter()
-            .filter(|id| self.vms.get(*id).is_some_and(|vm| Self::visible(vm, now)))
-            .cloned()
-            .collect();
-        if !alive.is_empty() && self.throttled(now, rng) {
-            return Err(ApiError("RequestLimitExceeded (TerminateInstances)".into()));
-        }
-        let mut terminated = Vec::new();
-        for id in &alive {
-            if let Some(vm) = self.vms.get_mut(id) {
-                if vm.alive() {
-                    vm.state = Lifecycle::ShuttingDown;
-                    vm.transition_at = Some(now + Duration::seconds(rng.range(5, 40) as i64));
-                    terminated.push(id.clone());
-                }
-            }
-        }
-        Ok((ids.to_vec(), terminated))
     }
 
     // --- what happens by itself ----------------------------------------------------------------
@@ -435,8 +477,9 @@ impl Ec2 {
         }
     }
 
+    /// The fleet's instances that exist and are not on their way out.
     pub fn alive(&self) -> impl Iterator<Item = &Vm> {
-        self.vms.values().filter(|vm| vm.alive())
+        self.vms.values().filter(|vm| vm.alive() && vm.tagged)
     }
 }
 
@@ -444,12 +487,4 @@ impl Default for Ec2 {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// The subnet a launch decision goes to: the same hash of the token as `phoenix_aws::compute`.
-pub fn subnet_index(token: &str, subnets: usize) -> usize {
-    token
-        .bytes()
-        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
-        % subnets
 }

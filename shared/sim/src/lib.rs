@@ -1,19 +1,30 @@
 //! Deterministic simulation testing of phoenix, in the manner of FoundationDB's simulator and
-//! TigerBeetle's VOPR: a seeded simulator of a fleet drives the real planner
-//! (`phoenix_core::planner`) through the same protocol as the controller — load, plan, commit if
-//! the version is unchanged, execute in order, record what EC2 answered — against a simulated EC2
-//! and store, with faults, lost and duplicated events, interleaved and crashing invocations. After
-//! every step it checks the invariants in `check`; a failing seed replays exactly.
+//! TigerBeetle's VOPR: the controller phoenix ships (`phoenix_protocol::Controller`, the same code
+//! the Lambda functions run) over in-memory ports with the semantics of the real services, under
+//! simulated time, with faults, lost and duplicated events, interleaved and crashing invocations.
+//! After every step it checks the invariants; a failing seed replays exactly.
+//!
+//! From the bottom up: `rng` (the one source of randomness), `table` and `ec2` (the simulated
+//! services), `books` (the table as the checks read it), `check` (the invariants on the state),
+//! `world` (the services, the clock and the checks on each call, shared by the ports), `ports`
+//! (the protocol's ports on the world), `executor` (invocations as tasks), `scenario` (what a seed
+//! draws), `variant` (broken planners and protocols), `sim` (the driver).
 
+pub mod books;
 pub mod check;
 pub mod ec2;
+pub mod executor;
+pub mod ports;
 pub mod rng;
+pub mod scenario;
 pub mod sim;
-pub mod store;
+pub mod table;
 pub mod variant;
+pub mod world;
 
-pub use sim::{Config, Report, Stats, Violation};
+pub use sim::{Config, Report};
 pub use variant::Variant;
+pub use world::{Stats, Violation};
 
 /// Runs one seed to its end or its first violation.
 pub fn run_seed(cfg: Config) -> Report {

@@ -17,8 +17,11 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
   --seed-steps K   chaos steps per seed before the world calms down (default 2000)
   --fan-out F      up to F due events delivered at once (default 2): more invocations racing for
                    the fleet, more intents queued after lost races
-  --variant NAME   drive a deliberately broken planner: real (default), drop-after-launch,
-                   replace-in-place, launch-quarantined, surge-blind, ignore-health-failures
+  --variant NAME   drive a deliberately broken planner or protocol: real (default);
+                   planners: drop-after-launch, replace-in-place, launch-quarantined,
+                   surge-blind, ignore-health-failures; protocols: relaunch-blind,
+                   act-before-deciding, lapsed-as-completed, keep-queued,
+                   ignore-deadline-reserve, terminate-unchecked
   --trace          print every step of the trace
   --quiet          print only the summary (and failures)
 
@@ -128,7 +131,8 @@ fn stats_line(s: &Stats) -> String {
          commits {}, launched {} (launch failures {}), terminated {}, faults {}, \
          rollouts {} (succeeded {}, rolled back {}, aborted {}, superseded {}), \
          quarantined {} bad / {} good images (good ones: {} wave deadline, {} stopped instance, {} failed health check, {} spurious report), breaker trips {}, \
-         intents queued {} (applied from the inbox {}, reconcile failures reported after one {})",
+         intents queued {} (applied from the inbox {}, reconcile failures reported after one {}), \
+         service faults {} (DynamoDB, EventBridge), events published {}",
         s.events,
         s.events_lost,
         s.events_duplicated,
@@ -160,7 +164,9 @@ fn stats_line(s: &Stats) -> String {
         s.breaker_trips,
         s.queued,
         s.dequeued,
-        s.listed_failures
+        s.listed_failures,
+        s.service_faults,
+        s.published
     )
 }
 
@@ -230,7 +236,7 @@ fn main() -> ExitCode {
         if a.variant == Variant::Real {
             String::new()
         } else {
-            format!(", planner variant {}", a.variant.name())
+            format!(", variant {}", a.variant.name())
         }
     );
     if !a.quiet {

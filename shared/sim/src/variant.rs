@@ -1,15 +1,17 @@
-//! The planner the simulator drives: the real one, or a deliberately broken variant of it (a
-//! wrapper that rewrites the real planner's steps). The broken ones exist to prove that the
-//! invariants can fail: each breaks one promise, and the simulator must catch it.
+//! The broken protocols the simulator drives to prove its invariants can fail: planners that
+//! break one promise each (a wrapper rewriting the real planner's steps, here), and the
+//! protocol's own deliberate bugs (`phoenix_protocol::variant`, switched on in the controller).
+//! Each must be caught, on the check it breaks.
 
-use phoenix_core::events::{Change, Intent, QueuedIntent};
+use phoenix_core::events::{Change, Intent};
 use phoenix_core::model::{Disposal, Fleet, Observed, RolloutStatus, Timestamp};
-use phoenix_core::planner::{self, Command, Outcome, Step};
+use phoenix_core::planner::{Command, Outcome, Step};
+use phoenix_protocol::planner::{CorePlanner, Planner};
+use phoenix_protocol::variant::Variant as ProtocolVariant;
 
+/// A planner that breaks one promise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Variant {
-    /// `phoenix_core::planner` as it is.
-    Real,
+pub enum PlannerBug {
     /// Terminations that should wait for their replacement's launch are issued at once.
     DropAfterLaunch,
     /// Every launch of a rollout wave also terminates as many healthy old instances at once
@@ -23,93 +25,82 @@ pub enum Variant {
     IgnoreHealthFailures,
 }
 
+/// What the simulator drives: the real protocol, a broken planner, or a broken protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Real,
+    Planner(PlannerBug),
+    Protocol(ProtocolVariant),
+}
+
 impl Variant {
-    pub const ALL: [Variant; 6] = [
-        Variant::Real,
-        Variant::DropAfterLaunch,
-        Variant::ReplaceInPlace,
-        Variant::LaunchQuarantined,
-        Variant::SurgeBlind,
-        Variant::IgnoreHealthFailures,
+    pub const PLANNER: [PlannerBug; 5] = [
+        PlannerBug::DropAfterLaunch,
+        PlannerBug::ReplaceInPlace,
+        PlannerBug::LaunchQuarantined,
+        PlannerBug::SurgeBlind,
+        PlannerBug::IgnoreHealthFailures,
     ];
+
+    /// Every variant: the real one, the planner's, the protocol's.
+    pub fn all() -> Vec<Variant> {
+        let mut all = vec![Variant::Real];
+        all.extend(Self::PLANNER.map(Variant::Planner));
+        all.extend(
+            ProtocolVariant::ALL
+                .into_iter()
+                .filter(|v| *v != ProtocolVariant::Real)
+                .map(Variant::Protocol),
+        );
+        all
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Variant::Real => "real",
-            Variant::DropAfterLaunch => "drop-after-launch",
-            Variant::ReplaceInPlace => "replace-in-place",
-            Variant::LaunchQuarantined => "launch-quarantined",
-            Variant::SurgeBlind => "surge-blind",
-            Variant::IgnoreHealthFailures => "ignore-health-failures",
+            Variant::Planner(PlannerBug::DropAfterLaunch) => "drop-after-launch",
+            Variant::Planner(PlannerBug::ReplaceInPlace) => "replace-in-place",
+            Variant::Planner(PlannerBug::LaunchQuarantined) => "launch-quarantined",
+            Variant::Planner(PlannerBug::SurgeBlind) => "surge-blind",
+            Variant::Planner(PlannerBug::IgnoreHealthFailures) => "ignore-health-failures",
+            Variant::Protocol(v) => v.name(),
         }
     }
 
     pub fn parse(s: &str) -> Option<Variant> {
-        Variant::ALL.into_iter().find(|v| v.name() == s)
+        Self::all().into_iter().find(|v| v.name() == s)
     }
 
-    /// What the controller plans for a fleet-wide event: the intent (if any), then a reconcile.
-    pub fn plan_fleet(
-        self,
-        fleet: &Fleet,
-        intent: Option<&Intent>,
-        event_time: Timestamp,
-        observed: &[Observed],
-        now: Timestamp,
-    ) -> phoenix_core::Result<Step> {
-        let step = match intent {
-            Some(i) => self.intent(fleet, i, event_time, now)?,
-            None => Step::unchanged(fleet),
+    /// The planner the controller plans with.
+    pub fn planner(self) -> std::sync::Arc<dyn Planner> {
+        match self {
+            Variant::Planner(bug) => std::sync::Arc::new(Broken(bug)),
+            _ => std::sync::Arc::new(CorePlanner),
         }
-        .then(|f| planner::reconcile(f, observed, now));
-        Ok(self.rewrite(step))
     }
 
-    /// What the controller plans for a fleet-wide pass that finds an intent in the fleet's inbox:
-    /// that intent (never refused: one that no longer applies is recorded as ignored), then a
-    /// reconcile. The pass's own intent waits for the next pass.
-    pub fn plan_queued(
-        self,
-        fleet: &Fleet,
-        queued: &QueuedIntent,
-        observed: &[Observed],
-        now: Timestamp,
-    ) -> Step {
-        let step = planner::apply_queued(fleet, queued, now)
-            .then(|f| planner::reconcile(f, observed, now));
-        self.rewrite(step)
+    /// The protocol's deliberate bug, if this is one.
+    pub fn protocol(self) -> ProtocolVariant {
+        match self {
+            Variant::Protocol(v) => v,
+            _ => ProtocolVariant::Real,
+        }
     }
+}
 
-    /// What the controller plans for an instance-scoped event.
-    pub fn plan_instance(
-        self,
+/// The real planner with one bug: its steps rewritten where they are final — after the reconcile
+/// of a whole fleet, after an intent on a record and one instance, after recording outcomes.
+struct Broken(PlannerBug);
+
+impl Planner for Broken {
+    fn apply_intent(
+        &self,
         fleet: &Fleet,
         intent: &Intent,
         event_time: Timestamp,
         now: Timestamp,
     ) -> phoenix_core::Result<Step> {
-        Ok(self.rewrite(self.intent(fleet, intent, event_time, now)?))
-    }
-
-    /// Records `outcomes[part]` (one of `planner::outcome_parts`).
-    pub fn record(
-        self,
-        fleet: &Fleet,
-        outcomes: &[Outcome],
-        part: std::ops::Range<usize>,
-        now: Timestamp,
-    ) -> Step {
-        self.rewrite(planner::record_outcome_part(fleet, outcomes, part, now))
-    }
-
-    fn intent(
-        self,
-        fleet: &Fleet,
-        intent: &Intent,
-        event_time: Timestamp,
-        now: Timestamp,
-    ) -> phoenix_core::Result<Step> {
-        if self == Variant::IgnoreHealthFailures {
+        if self.0 == PlannerBug::IgnoreHealthFailures {
             if let Intent::HealthCheckFailed { instance, .. } = intent {
                 let mut step = Step::unchanged(fleet);
                 step.changes.push(Change::Ignored {
@@ -118,21 +109,42 @@ impl Variant {
                 return Ok(step);
             }
         }
-        planner::apply_intent(fleet, intent, event_time, now)
+        let step = CorePlanner.apply_intent(fleet, intent, event_time, now)?;
+        Ok(if fleet.complete {
+            step
+        } else {
+            self.rewrite(step)
+        })
     }
 
-    fn rewrite(self, mut step: Step) -> Step {
-        match self {
-            Variant::Real | Variant::IgnoreHealthFailures => {}
-            Variant::DropAfterLaunch => {
+    fn reconcile(&self, step: Step, observed: &[Observed], now: Timestamp) -> Step {
+        self.rewrite(CorePlanner.reconcile(step, observed, now))
+    }
+
+    fn record_outcome_part(
+        &self,
+        fleet: &Fleet,
+        outcomes: &[Outcome],
+        part: std::ops::Range<usize>,
+        now: Timestamp,
+    ) -> Step {
+        self.rewrite(CorePlanner.record_outcome_part(fleet, outcomes, part, now))
+    }
+}
+
+impl Broken {
+    fn rewrite(&self, mut step: Step) -> Step {
+        match self.0 {
+            PlannerBug::IgnoreHealthFailures => {}
+            PlannerBug::DropAfterLaunch => {
                 for c in &mut step.commands {
                     if let Command::Terminate { after_launch, .. } = c {
                         *after_launch = None;
                     }
                 }
             }
-            Variant::ReplaceInPlace => replace_in_place(&mut step),
-            Variant::LaunchQuarantined => {
+            PlannerBug::ReplaceInPlace => replace_in_place(&mut step),
+            PlannerBug::LaunchQuarantined => {
                 if let Some(bad) = step.fleet.quarantined.keys().next().cloned() {
                     for c in &mut step.commands {
                         if let Command::Launch { token, image, .. } = c {
@@ -146,7 +158,7 @@ impl Variant {
                     }
                 }
             }
-            Variant::SurgeBlind => {
+            PlannerBug::SurgeBlind => {
                 let fresh: Vec<String> = step
                     .changes
                     .iter()

@@ -1,0 +1,177 @@
+//! The protocol's ports on the simulated world. Each call does its work on the world at once and
+//! then yields, once: the scheduler decides which invocation goes on next, so invocations
+//! interleave at every call, and an invocation dropped at a yield (a crash, Lambda's timeout) has
+//! made exactly the calls before it — the last one included, its answer unseen.
+
+use crate::world::Shared;
+use phoenix_core::images::ImageFacts;
+use phoenix_core::model::Timestamp;
+use phoenix_protocol::error::Result;
+use phoenix_protocol::ports::bus::{Bus, OutgoingEvent};
+use phoenix_protocol::ports::ec2::{Ec2, Ec2Instance, Instances, Ran, RunInstances};
+use phoenix_protocol::ports::table::{Item, Key, Query, Table, Transacted, Write};
+use phoenix_protocol::ports::{Ports, Time};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Pending once, then ready: the point where the scheduler may switch invocations.
+struct Yield(bool);
+
+impl Future for Yield {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+fn yield_now() -> Yield {
+    Yield(false)
+}
+
+/// Ready once the simulated clock has reached `until`; until then its waker waits in the world's
+/// timers, woken by the tick that gets there.
+struct SleepUntil {
+    world: Shared,
+    until: Timestamp,
+}
+
+impl Future for SleepUntil {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut w = self.world.lock();
+        if w.now >= self.until {
+            return Poll::Ready(());
+        }
+        w.timers.push((self.until, cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+/// The simulated ports.
+pub struct Sim;
+
+impl Ports for Sim {
+    type Table = SimTable;
+    type Ec2 = SimEc2;
+    type Bus = SimBus;
+    type Time = SimTime;
+}
+
+pub struct SimTable(pub Shared);
+pub struct SimEc2(pub Shared);
+pub struct SimBus(pub Shared);
+pub struct SimTime(pub Shared);
+
+impl Table for SimTable {
+    async fn get(&self, key: &Key) -> Result<Option<Item>> {
+        let out = self.0.lock().table_get(key);
+        yield_now().await;
+        out
+    }
+
+    async fn batch_get(&self, keys: &[Key]) -> Result<Vec<Item>> {
+        let out = self.0.lock().table_batch_get(keys);
+        yield_now().await;
+        out
+    }
+
+    async fn query(&self, query: &Query) -> Result<Vec<Item>> {
+        let out = self.0.lock().table_query(query);
+        yield_now().await;
+        out
+    }
+
+    async fn query_index(
+        &self,
+        _index: &str,
+        attribute: &str,
+        value: &str,
+        limit: usize,
+    ) -> Result<Vec<Item>> {
+        let out = self.0.lock().table_query_index(attribute, value, limit);
+        yield_now().await;
+        out
+    }
+
+    async fn transact(&self, writes: Vec<Write>) -> Result<Transacted> {
+        let out = self.0.lock().table_transact(writes);
+        yield_now().await;
+        out
+    }
+
+    async fn delete_all(&self, keys: &[Key]) -> Result<()> {
+        let out = self.0.lock().table_delete_all(keys);
+        yield_now().await;
+        out
+    }
+}
+
+impl Ec2 for SimEc2 {
+    async fn describe_instances(&self, which: &Instances) -> Result<Vec<Ec2Instance>> {
+        let out = self.0.lock().ec2_describe(which);
+        yield_now().await;
+        out
+    }
+
+    async fn status_ok(&self, ids: &[String]) -> Result<BTreeSet<String>> {
+        let out = self.0.lock().ec2_status(ids);
+        yield_now().await;
+        out
+    }
+
+    async fn run_instances(&self, request: &RunInstances) -> Result<Ran> {
+        let out = self.0.lock().ec2_run(request);
+        yield_now().await;
+        out
+    }
+
+    async fn terminate_instances(&self, ids: &[String]) -> Result<Option<String>> {
+        let out = self.0.lock().ec2_terminate(ids);
+        yield_now().await;
+        out
+    }
+
+    async fn describe_image(&self, image: &str) -> Result<Option<ImageFacts>> {
+        let out = Ok(self.0.lock().ec2.describe_image(image));
+        yield_now().await;
+        out
+    }
+}
+
+impl Bus for SimBus {
+    async fn publish(&self, events: &[OutgoingEvent]) -> Result<Vec<String>> {
+        let out = self.0.lock().publish(events.len());
+        yield_now().await;
+        out
+    }
+}
+
+impl Time for SimTime {
+    fn now(&self) -> Timestamp {
+        self.0.lock().now
+    }
+
+    async fn sleep(&self, d: Duration) {
+        let until = {
+            let w = self.0.lock();
+            w.now + chrono::Duration::from_std(d).unwrap_or_default()
+        };
+        SleepUntil {
+            world: self.0.clone(),
+            until,
+        }
+        .await;
+    }
+
+    fn jitter(&self, n: u64) -> u64 {
+        self.0.lock().rng.below(n.max(1))
+    }
+}

@@ -1,0 +1,154 @@
+//! The calm phase: the world heals, and the fleet must converge within its time.
+
+use super::Sim;
+use chrono::Duration;
+use phoenix_core::model::RolloutStatus;
+use phoenix_core::planner::Step;
+use phoenix_core::InstanceId;
+use std::collections::BTreeSet;
+
+impl Sim {
+    /// The calm phase begins: no more faults, lost or late events or crashes; zones come back,
+    /// capacity returns, throttling stops, and images launch healthy from now on. Instances that
+    /// are broken stay broken (and are reported, and replaced).
+    pub(super) fn calm_down(&mut self) {
+        {
+            let mut w = self.world.lock();
+            w.chaos = false;
+            w.ec2.zones_down.clear();
+            w.ec2.shortage.clear();
+            w.ec2.throttle = None;
+            w.ec2.lost_response = 0;
+            w.ec2.bad_images.clear();
+            w.line = format!(
+                "[{}] {} calm: faults stop, the world heals",
+                w.steps,
+                w.clock()
+            );
+            self.next_operator_check = w.now;
+        }
+        self.flush_line();
+    }
+
+    /// How long the calm phase may take: `Config::settle`, plus what the fleet's own pace needs
+    /// to replace every instance twice over (a rollback, then a rollout or repairs): waves of
+    /// `max_surge` instances of up to five minutes each (boot, status checks, a reconcile, the
+    /// health report), or the hourly disruption budget, whichever is slower.
+    pub(super) fn settle_time(&self) -> Duration {
+        let w = self.world.lock();
+        let meta = w.books.meta();
+        let instances = meta.spec.capacity.max(w.books.live().count() as u32);
+        let budget = meta.budget();
+        let per_wave = budget.max_total.saturating_sub(meta.spec.capacity).max(1);
+        let by_waves = Duration::minutes(i64::from(2 * instances.div_ceil(per_wave)) * 5);
+        let by_budget = meta
+            .spec
+            .policy
+            .max_replacements_per_hour
+            .map_or(Duration::zero(), |limit| {
+                Duration::hours(i64::from((2 * instances).div_ceil(limit.max(1))))
+            });
+        self.cfg.settle + by_waves.max(by_budget)
+    }
+
+    /// `None` once the fleet has converged, else why not.
+    pub(super) fn converged(&self) -> Option<String> {
+        let w = self.world.lock();
+        let meta = w.books.meta();
+        let now = w.now;
+        if let Some(r) = meta.rollout.as_ref().filter(|r| r.status.is_active()) {
+            return Some(format!("rollout {} to {} still {:?}", r.id, r.to, r.status));
+        }
+        if !meta.pending.is_empty() {
+            return Some(format!("{} launches pending", meta.pending.len()));
+        }
+        if meta.breaker.is_some() {
+            return Some("breaker tripped".into());
+        }
+        let queued = w.books.inbox().count();
+        if queued > 0 {
+            return Some(format!("{queued} intents queued, not applied"));
+        }
+        let live: Vec<_> = w.books.live().collect();
+        if live.len() != meta.spec.capacity as usize {
+            return Some(format!(
+                "{} live records for capacity {}",
+                live.len(),
+                meta.spec.capacity
+            ));
+        }
+        // An aborted rollout leaves the fleet as it was, mixed if need be.
+        let mixed_ok = meta
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.status == RolloutStatus::Aborted);
+        if let Some(i) = live.iter().find(|i| {
+            !i.is_healthy() || i.disposal.is_some() || (i.image != meta.spec.image && !mixed_ok)
+        }) {
+            return Some(format!(
+                "{} on {} {:?} {:?} leaving={} (fleet image {})",
+                i.id,
+                i.image,
+                i.state,
+                i.health,
+                i.disposal.is_some(),
+                meta.spec.image
+            ));
+        }
+        let alive: BTreeSet<&InstanceId> = w.ec2.alive().map(|vm| &vm.id).collect();
+        let recorded: BTreeSet<&InstanceId> = live.iter().map(|i| &i.id).collect();
+        if alive != recorded {
+            return Some(format!(
+                "EC2 has {} alive, the books {} live ({} unrecorded)",
+                alive.len(),
+                recorded.len(),
+                alive.difference(&recorded).count()
+            ));
+        }
+        if let Some(vm) = w.ec2.alive().find(|vm| !w.ec2.world_healthy(vm, now)) {
+            return Some(format!("{} is not healthy in EC2", vm.id));
+        }
+        None
+    }
+
+    /// Converged: every queued intent applied, and one more reconcile must find nothing to do.
+    pub(super) fn final_checks(&mut self) {
+        let mut w = self.world.lock();
+        let unapplied = w.checker.unapplied();
+        if unapplied > 0 {
+            w.violate(
+                "liveness",
+                format!("{unapplied} queued intents never applied"),
+            );
+        }
+        let fleet = w.books.load_fleet();
+        let now = w.now + Duration::seconds(30);
+        let observed = w.ec2.observed(now);
+        let step = self
+            .planner
+            .reconcile(Step::unchanged(&fleet), &observed, now);
+        if step.is_noop() && step.commands.is_empty() {
+            let census = w.last_census;
+            w.line = format!(
+                "[{}] {} converged: {} healthy, min {}, {} counted for surge, max {}",
+                w.steps,
+                w.clock(),
+                census.healthy,
+                census.min_healthy,
+                census.surge_counted,
+                census.max_total
+            );
+        } else {
+            w.violate(
+                "liveness",
+                format!(
+                    "converged but not at rest: {} changes, {} commands",
+                    step.changes.len(),
+                    step.commands.len()
+                ),
+            );
+        }
+        drop(w);
+        self.flush_line();
+    }
+}

@@ -1,0 +1,289 @@
+//! What happens to the fleet from outside phoenix: the health checker's reports, the operator and
+//! the pipeline, and the faults of the world — each an event on the bus or a change to EC2.
+
+use super::{describe_intent, Sim, What};
+use crate::ec2::{FLEET, ZONES};
+use chrono::Duration;
+use phoenix_core::events::{ControlAction, Intent, ScaleTarget};
+use phoenix_core::model::{HealthSignal, Lifecycle, RolloutStatus};
+use phoenix_core::InstanceId;
+
+impl Sim {
+    /// A load balancer's health check turned into events: a broken instance is reported failed
+    /// within a minute of when it would have been ready, then every one to two minutes while it
+    /// stays broken; a healthy one is reported passed (for fleets that count those) a few times.
+    pub(super) fn health_checker(&mut self) {
+        let mut emit = Vec::new();
+        {
+            let mut w = self.world.lock();
+            let w = &mut *w;
+            let now = w.now;
+            let wants_passed = w.books.meta().spec.policy.health_check != HealthSignal::Ec2;
+            let ids: Vec<InstanceId> = w.ec2.alive().map(|vm| vm.id.clone()).collect();
+            for id in ids {
+                let (fault, healthy) = {
+                    let vm = &w.ec2.vms[&id];
+                    (
+                        w.ec2.fault(vm) && now >= vm.ready_at,
+                        w.ec2.world_healthy(vm, now),
+                    )
+                };
+                let detect = w.rng.range(10, 60) as i64;
+                let again = w.rng.range(90, 180) as i64;
+                let Some(vm) = w.ec2.vms.get_mut(&id) else {
+                    continue;
+                };
+                if fault {
+                    match vm.next_fail_report {
+                        None => vm.next_fail_report = Some(now + Duration::seconds(detect)),
+                        Some(t) if now >= t => {
+                            vm.reported = true;
+                            vm.next_fail_report = Some(now + Duration::seconds(again));
+                            emit.push(Intent::HealthCheckFailed {
+                                instance: id.clone(),
+                                reason: "target failed its health check".into(),
+                            });
+                        }
+                        Some(_) => {}
+                    }
+                } else {
+                    vm.next_fail_report = None;
+                }
+                if wants_passed
+                    && healthy
+                    && vm.passes_left > 0
+                    && vm.next_pass_report.is_some_and(|t| now >= t)
+                {
+                    vm.passes_left -= 1;
+                    vm.next_pass_report = Some(now + Duration::seconds(again));
+                    emit.push(Intent::HealthCheckPassed { instance: id });
+                }
+            }
+        }
+        for intent in emit {
+            self.emit(What::Intent(intent));
+        }
+    }
+
+    // --- the operator and the pipeline ----------------------------------------------------------
+
+    pub(super) fn operator(&mut self) {
+        let intent = {
+            let mut w = self.world.lock();
+            let fleet = w.books.meta().spec.name.clone();
+            let pick = w.rng.weighted(&[30, 12, 8, 8, 12, 3, 5, 6, 3, 5]);
+            match pick {
+                0 => {
+                    let image = w.rng.pick(&self.scenario.images).clone();
+                    Intent::ImageReady { fleet, image }
+                }
+                1 => Intent::Scale {
+                    fleet,
+                    target: ScaleTarget::Desired(
+                        w.rng.range(0, u64::from(self.scenario.max_capacity)) as u32,
+                    ),
+                },
+                2 => {
+                    let d = *w.rng.pick(&[-3i64, -2, -1, 1, 2, 3]);
+                    Intent::Scale {
+                        fleet,
+                        target: ScaleTarget::Delta(d),
+                    }
+                }
+                3..=7 => Intent::RolloutControl {
+                    fleet,
+                    action: [
+                        ControlAction::Pause,
+                        ControlAction::Resume,
+                        ControlAction::Abort,
+                        ControlAction::Undo,
+                        ControlAction::ResumeRepairs,
+                    ][pick - 3],
+                },
+                // Clearing a quarantine, when there is one; else another resume.
+                8 => match w.books.meta().quarantined.keys().next().cloned() {
+                    Some(image) => Intent::ClearQuarantine { fleet, image },
+                    None => Intent::RolloutControl {
+                        fleet,
+                        action: ControlAction::Resume,
+                    },
+                },
+                _ => Intent::Reconcile { fleet: Some(fleet) },
+            }
+        };
+        self.note(format!("operator: {}", describe_intent(&intent)));
+        self.emit(What::Intent(intent));
+    }
+
+    /// In the calm phase, once a minute: what an operator does to let the fleet finish — resume a
+    /// paused rollout (undo it if its image failed the health gate), resume halted repairs, clear
+    /// the quarantine of the fleet's own image when nothing else can be launched.
+    pub(super) fn operator_tidies_up(&mut self) {
+        let mut intents = Vec::new();
+        {
+            let w = self.world.lock();
+            let meta = w.books.meta();
+            let fleet = meta.spec.name.clone();
+            if let Some(r) = meta
+                .rollout
+                .as_ref()
+                .filter(|r| r.status == RolloutStatus::Paused)
+            {
+                let action = if meta.quarantined.contains_key(&r.to) {
+                    ControlAction::Undo
+                } else {
+                    ControlAction::Resume
+                };
+                intents.push(Intent::RolloutControl {
+                    fleet: fleet.clone(),
+                    action,
+                });
+            }
+            if meta.breaker.is_some() {
+                intents.push(Intent::RolloutControl {
+                    fleet: fleet.clone(),
+                    action: ControlAction::ResumeRepairs,
+                });
+            }
+            // The fleet is short and its own image is quarantined (every image it had failed a
+            // health gate, perhaps for faults of the world): nothing can be launched until
+            // someone clears it.
+            let stuck = meta.quarantined.contains_key(&meta.spec.image)
+                && meta.rollout.as_ref().is_none_or(|r| !r.status.is_active())
+                && w.books.live().count() < meta.spec.capacity as usize;
+            if stuck {
+                intents.push(Intent::ClearQuarantine {
+                    fleet,
+                    image: meta.spec.image.clone(),
+                });
+            }
+        }
+        for intent in intents {
+            self.note(format!("operator: {}", describe_intent(&intent)));
+            self.emit(What::Intent(intent));
+        }
+    }
+
+    // --- faults --------------------------------------------------------------------------------
+
+    pub(super) fn fault(&mut self) {
+        let mut emit = None;
+        {
+            let mut w = self.world.lock();
+            let w = &mut *w;
+            w.stats.faults += 1;
+            let now = w.now;
+            let alive: Vec<InstanceId> = w.ec2.alive().map(|vm| vm.id.clone()).collect();
+            let running: Vec<InstanceId> = w
+                .ec2
+                .alive()
+                .filter(|vm| vm.state == Lifecycle::Running)
+                .map(|vm| vm.id.clone())
+                .collect();
+            match w.rng.weighted(&[15, 10, 15, 10, 15, 5, 8, 8, 10]) {
+                0 if !alive.is_empty() => {
+                    let id = w.rng.pick(&alive).clone();
+                    w.note(format!("fault: {id} vanishes"));
+                    w.checker.on_gone(&id, true);
+                    w.ec2.vanish(&id, now);
+                }
+                1 if !running.is_empty() => {
+                    let id = w.rng.pick(&running).clone();
+                    w.note(format!("fault: {id} is stopped"));
+                    w.ec2.stop(&id, now, &mut w.rng);
+                }
+                2 if !alive.is_empty() => {
+                    let id = w.rng.pick(&alive).clone();
+                    w.note(format!("fault: {id} impaired (status checks fail)"));
+                    if let Some(vm) = w.ec2.vms.get_mut(&id) {
+                        vm.impaired = true;
+                    }
+                }
+                3 if !alive.is_empty() => {
+                    let id = w.rng.pick(&alive).clone();
+                    w.note(format!("fault: {id}'s application fails"));
+                    if let Some(vm) = w.ec2.vms.get_mut(&id) {
+                        vm.app_failed = true;
+                    }
+                }
+                4 => {
+                    let healthy: Vec<InstanceId> = w
+                        .ec2
+                        .alive()
+                        .filter(|vm| w.ec2.world_healthy(vm, now))
+                        .map(|vm| vm.id.clone())
+                        .collect();
+                    if !healthy.is_empty() {
+                        let id = w.rng.pick(&healthy).clone();
+                        w.note(format!("fault: spurious health-check failure of {id}"));
+                        if let Some(vm) = w.ec2.vms.get_mut(&id) {
+                            vm.reported = true;
+                        }
+                        emit = Some(Intent::HealthCheckFailed {
+                            instance: id,
+                            reason: "flaky health check".into(),
+                        });
+                    }
+                }
+                5 => {
+                    let zone = w.rng.below(ZONES.len() as u64) as usize;
+                    let minutes = w.rng.range(2, 15) as i64;
+                    w.note(format!(
+                        "fault: zone {} down for {minutes} min",
+                        ZONES[zone]
+                    ));
+                    w.ec2
+                        .zones_down
+                        .insert(zone, now + Duration::minutes(minutes));
+                }
+                6 => {
+                    let zone = if w.rng.chance(300) {
+                        usize::MAX
+                    } else {
+                        w.rng.below(ZONES.len() as u64) as usize
+                    };
+                    let minutes = w.rng.range(1, 10) as i64;
+                    w.note(format!(
+                        "fault: no capacity in {} for {minutes} min",
+                        ZONES.get(zone).copied().unwrap_or("any zone")
+                    ));
+                    w.ec2
+                        .shortage
+                        .insert(zone, now + Duration::minutes(minutes));
+                }
+                7 => {
+                    let secs = w.rng.range(30, 180) as i64;
+                    let p = w.rng.range(300, 700) as u32;
+                    w.note(format!(
+                        "fault: EC2 throttles {}% of calls for {secs}s",
+                        p / 10
+                    ));
+                    w.ec2.throttle = Some((now + Duration::seconds(secs), p));
+                }
+                // An operator takes an instance out of the fleet (for forensics, say) by
+                // removing its tag — preferably one phoenix has decided to terminate, the case
+                // re-validation before terminating is there for. It is no longer the fleet's.
+                8 if !alive.is_empty() => {
+                    let leaving: Vec<InstanceId> = alive
+                        .iter()
+                        .filter(|id| w.books.instance(id).is_some_and(|i| i.disposal.is_some()))
+                        .cloned()
+                        .collect();
+                    let pool = if leaving.is_empty() { &alive } else { &leaving };
+                    let id = w.rng.pick(pool).clone();
+                    w.note(format!(
+                        "fault: an operator removes {id}'s {FLEET} fleet tag"
+                    ));
+                    w.checker.on_gone(&id, true);
+                    if let Some(vm) = w.ec2.vms.get_mut(&id) {
+                        vm.tagged = false;
+                    }
+                }
+                _ => w.note("fault: none applicable"),
+            }
+        }
+        if let Some(intent) = emit {
+            self.emit(What::Intent(intent));
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The EC2 port's calls, served from the simulated EC2, with the checks of the protocol's
+//! traffic that each call allows: write-ahead, the token lookup before a launch is made again,
+//! the deadline's reserve, re-validation before terminating.
+
+use super::World;
+use crate::check::Checker;
+use chrono::Duration;
+use phoenix_core::model::{TAG_FLEET, TAG_TOKEN};
+use phoenix_core::{ImageId, InstanceId};
+use phoenix_protocol::error::{Error, Result};
+use phoenix_protocol::ports::ec2::{Ec2Instance, Instances, Ran, RunInstances};
+use phoenix_protocol::ports::DEADLINE_RESERVE;
+use std::collections::{BTreeMap, BTreeSet};
+
+impl World {
+    /// The first call of a command (a launch or a termination) must leave the deadline's reserve.
+    fn check_reserve(&mut self, what: &str) {
+        let Some(inv) = self.current.and_then(|n| self.invocations.get(&n)) else {
+            return;
+        };
+        let left = inv.deadline - self.now;
+        if left < Duration::from_std(DEADLINE_RESERVE).unwrap_or_default() {
+            let who = self.who();
+            self.violate(
+                "deadline",
+                format!(
+                    "{who} starts {what} with {}s left before its deadline (the reserve is {}s)",
+                    left.num_seconds(),
+                    DEADLINE_RESERVE.as_secs()
+                ),
+            );
+        }
+    }
+
+    pub fn ec2_describe(&mut self, which: &Instances) -> Result<Vec<Ec2Instance>> {
+        match which {
+            Instances::Tagged { key, value } if key == TAG_TOKEN => {
+                self.check_reserve(&format!("to carry out launch {value} again"));
+                if let Some(inv) = self.invocation() {
+                    inv.looked_up.insert(value.clone());
+                }
+            }
+            Instances::Ids(ids) => {
+                self.check_reserve("a termination");
+                let tagged: BTreeMap<String, bool> = ids
+                    .iter()
+                    .map(|id| {
+                        let tagged = self
+                            .ec2
+                            .vms
+                            .values()
+                            .any(|vm| vm.id.as_str() == id && vm.tagged);
+                        (id.clone(), tagged)
+                    })
+                    .collect();
+                if let Some(inv) = self.invocation() {
+                    inv.validated = tagged;
+                }
+            }
+            Instances::Tagged { .. } => {}
+        }
+        let out = self.ec2.describe_instances(which, self.now, &mut self.rng);
+        let who = self.who();
+        match (&out, which) {
+            (Err(e), _) => self.note(format!("{who} DescribeInstances fails: {e}")),
+            (Ok(seen), Instances::Tagged { key, .. }) if key == TAG_FLEET => {
+                self.note(format!("{who} sees {} instances", seen.len()));
+                if let Some(inv) = self.invocation() {
+                    inv.observed_after |= inv.met_unfinished;
+                    inv.pass_refused = false;
+                    inv.seen_unowned = seen
+                        .iter()
+                        .filter(|i| !i.state.is_gone())
+                        .filter_map(|i| InstanceId::parse(&i.id).ok())
+                        .filter(|id| !inv.loaded_live.contains(id))
+                        .collect();
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    pub fn ec2_status(&mut self, ids: &[String]) -> Result<BTreeSet<String>> {
+        self.ec2.instance_status_ok(ids, self.now, &mut self.rng)
+    }
+
+    pub fn ec2_run(&mut self, r: &RunInstances) -> Result<Ran> {
+        let token = r.client_token.clone();
+        let who = self.who();
+        // Write-ahead: a launch is made only for a decision committed before it.
+        let Some(decision) = self.checker.decided.get(&token).copied() else {
+            self.violate(
+                "write-ahead",
+                format!("{who} launches {token}, which no committed decision asked for"),
+            );
+            return Err(Error::Permanent {
+                service: "ec2",
+                message: "launch without a decision".into(),
+            });
+        };
+        // A decision carried out again is first looked for by its token; only one this
+        // invocation committed itself a moment ago can skip that.
+        let (looked_up, fresh) = self
+            .invocation()
+            .map(|inv| (inv.looked_up.remove(&token), inv.decided.contains(&token)))
+            .unwrap_or_default();
+        if !looked_up && !fresh {
+            self.violate(
+                "relaunch",
+                format!(
+                    "{who} launches {token} again without looking for the instances it may \
+                     have launched already"
+                ),
+            );
+        }
+        if !looked_up {
+            self.check_reserve(&format!("launch {token}"));
+        }
+        let image = ImageId::parse(&r.image).ok();
+        let (out, created) = self.ec2.run_instances(r, self.now, &mut self.rng);
+        if !created.is_empty() {
+            self.stats.instances_launched += created.len() as u64;
+            if let Some(problem) =
+                image.and_then(|i| self.checker.check_launch(&i, decision.carried_out_at))
+            {
+                self.violate("quarantine", format!("{token}: {problem}"));
+            }
+        }
+        match &out {
+            Ok(ran) => {
+                let ids: Vec<&str> = ran.instances.iter().map(|i| i.id.as_str()).collect();
+                self.note(format!(
+                    "{who} RunInstances {token} x{}: {}",
+                    r.count,
+                    ids.join(" ")
+                ));
+            }
+            Err(e) => {
+                self.stats.launch_failures += 1;
+                self.note(format!("{who} RunInstances {token} fails: {e}"));
+            }
+        }
+        out
+    }
+
+    pub fn ec2_terminate(&mut self, ids: &[String]) -> Result<Option<String>> {
+        let who = self.who();
+        // What the invocation's re-validation saw of each id: carrying the fleet's tag, not, or
+        // not looked at.
+        let seen: Vec<Option<bool>> = match self.invocation() {
+            Some(inv) => ids
+                .iter()
+                .map(|id| inv.validated.get(id).copied())
+                .collect(),
+            None => vec![None; ids.len()],
+        };
+        if seen.iter().any(Option::is_none) {
+            self.check_reserve("a termination");
+        }
+        let ids_parsed: Vec<InstanceId> = ids
+            .iter()
+            .filter_map(|i| InstanceId::parse(i).ok())
+            .collect();
+        for (id, seen) in ids_parsed.iter().zip(&seen) {
+            let Some((alive, tagged)) = self.ec2.vms.get(id).map(|vm| (vm.alive(), vm.tagged))
+            else {
+                continue;
+            };
+            // Terminating what the re-validation saw without the fleet's tag, or did not look
+            // at, is phoenix's mistake; a tag removed between the two calls is a race IAM
+            // settles (the call fails, as below).
+            if alive && !tagged && *seen != Some(true) {
+                self.violate(
+                    "foreign",
+                    format!("{who} terminates {id}, which no longer carries the fleet's tag"),
+                );
+            }
+            if alive && tagged {
+                if let Some(problem) = Checker::check_terminate(&self.books, &self.ec2, id) {
+                    self.violate("ordering", problem);
+                }
+            }
+        }
+        let excused: Vec<bool> = ids_parsed
+            .iter()
+            .map(|id| Checker::excused(&self.ec2, &self.books, id))
+            .collect();
+        match self.ec2.terminate_instances(ids, self.now, &mut self.rng) {
+            Ok(terminated) => {
+                self.stats.terminations += terminated.len() as u64;
+                for (id, excused) in ids_parsed.iter().zip(excused) {
+                    if terminated.contains(id) {
+                        self.checker.on_gone(id, excused);
+                    }
+                }
+                let gone: Vec<&str> = terminated.iter().map(InstanceId::as_str).collect();
+                self.note(format!("{who} terminates {}", gone.join(" ")));
+                Ok(None)
+            }
+            Err(e) => {
+                self.note(format!("{who} TerminateInstances fails: {e}"));
+                if let Some(inv) = self.invocation() {
+                    inv.terminate_failed = true;
+                }
+                Err(e)
+            }
+        }
+    }
+}

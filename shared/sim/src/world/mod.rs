@@ -1,0 +1,310 @@
+//! The simulated world the controller's ports talk to: the clock, the table, EC2, the bus's
+//! published events, and what the simulator checks as each call takes effect. One `World` behind
+//! one lock, shared by the ports (`ports`) and the simulator's driver (`sim`); everything runs on
+//! one thread, in an order fixed by the seed.
+//!
+//! Each port call is attributed to the invocation that made it (`current`), so the checks can
+//! judge the protocol by its traffic: no launch without a committed decision, no launch of a
+//! decision carried out again without first looking for its instances, no command started inside
+//! the deadline's reserve, no instance terminated that is not the fleet's, no delivery of an
+//! unfinished event acknowledged without a pass over the fleet.
+
+mod ec2_calls;
+mod stats;
+mod table_calls;
+
+pub use stats::{Stats, Violation};
+
+use crate::books::Books;
+use crate::check::{Census, Checker};
+use crate::ec2::Ec2;
+use crate::rng::Rng;
+use crate::table::TableState;
+use chrono::Duration;
+use phoenix_core::model::Timestamp;
+use phoenix_core::InstanceId;
+use phoenix_protocol::error::{Error, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+
+/// The world, shared by the ports and the driver.
+#[derive(Clone)]
+pub struct Shared(Arc<Mutex<World>>);
+
+impl Shared {
+    pub fn new(world: World) -> Self {
+        Shared(Arc::new(Mutex::new(world)))
+    }
+
+    /// The world, locked. Never held across an await: everything runs on one thread, and a port
+    /// call does its work inside one lock.
+    pub fn lock(&self) -> MutexGuard<'_, World> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Rates (per mille) of the faults of AWS's services other than EC2's, for the chaos phase.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServiceFaults {
+    /// A DynamoDB call throttled after the SDK's retries.
+    pub throttle: u32,
+    /// A transaction cancelled because another transaction was on one of its items.
+    pub conflict: u32,
+    /// A transaction applied whose answer never arrives (the caller sees a timeout).
+    pub lost: u32,
+    /// A PutEvents call failing.
+    pub publish: u32,
+}
+
+/// What the simulator knows of one invocation, from its traffic.
+#[derive(Debug, Default, Clone)]
+pub struct Invocation {
+    pub n: u64,
+    pub deadline: Timestamp,
+    /// Launch tokens this invocation looked up by tag (the protocol does before carrying a
+    /// decision out again).
+    looked_up: BTreeSet<String>,
+    /// Instance ids this invocation just re-validated by id (before terminating), with whether
+    /// they carried the fleet's tag then.
+    validated: BTreeMap<String, bool>,
+    /// Launch decisions this invocation committed itself.
+    decided: BTreeSet<String>,
+    /// It met its event applied but unfinished (in progress past its owner's deadline) ...
+    pub met_unfinished: bool,
+    /// ... and since then loaded the whole fleet, and observed it in EC2.
+    loaded_after: bool,
+    observed_after: bool,
+    /// Its last whole-fleet pass: the live instances it loaded, the fleet's instances EC2 showed
+    /// it that those did not include.
+    loaded_live: BTreeSet<InstanceId>,
+    pub seen_unowned: Vec<InstanceId>,
+    /// Its last commit after that observation was refused: the pass did not go through.
+    pub pass_refused: bool,
+    /// A TerminateInstances call of it failed.
+    pub terminate_failed: bool,
+}
+
+impl Invocation {
+    pub fn new(n: u64, deadline: Timestamp) -> Self {
+        Invocation {
+            n,
+            deadline,
+            ..Invocation::default()
+        }
+    }
+
+    /// The protocol's promise for an unfinished event kept: a pass over the whole fleet followed.
+    pub fn finished_unfinished(&self) -> bool {
+        !self.met_unfinished || (self.loaded_after && self.observed_after)
+    }
+}
+
+pub struct World {
+    pub t0: Timestamp,
+    pub now: Timestamp,
+    pub rng: Rng,
+    pub table: TableState,
+    pub ec2: Ec2,
+    pub books: Books,
+    pub checker: Checker,
+    pub stats: Stats,
+    /// The chaos phase: faults of the services are injected.
+    pub chaos: bool,
+    pub service_faults: ServiceFaults,
+    /// Invocations in flight, by number.
+    pub invocations: BTreeMap<u64, Invocation>,
+    /// The invocation whose port call is being served.
+    pub current: Option<u64>,
+    /// Sleeping invocations: when to wake them.
+    pub timers: Vec<(Timestamp, Waker)>,
+    /// The current step's trace line.
+    pub line: String,
+    pub steps: u64,
+    pub violation: Option<Violation>,
+    pub last_census: Census,
+}
+
+impl World {
+    /// A world at `t0` with these services, before the fleet exists (`books` hold its spec),
+    /// calm: no fault is injected until `chaos` is set.
+    pub fn new(
+        t0: Timestamp,
+        rng: Rng,
+        ec2: Ec2,
+        books: Books,
+        service_faults: ServiceFaults,
+    ) -> Self {
+        World {
+            t0,
+            now: t0,
+            rng,
+            table: TableState::default(),
+            ec2,
+            books,
+            checker: Checker::default(),
+            stats: Stats::default(),
+            chaos: false,
+            service_faults,
+            invocations: BTreeMap::new(),
+            current: None,
+            timers: Vec::new(),
+            line: String::new(),
+            steps: 0,
+            violation: None,
+            last_census: Census::default(),
+        }
+    }
+
+    pub fn clock(&self) -> String {
+        let s = (self.now - self.t0).num_seconds();
+        format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    }
+
+    pub fn note(&mut self, text: impl AsRef<str>) {
+        if !self.line.is_empty() {
+            self.line.push_str("; ");
+        }
+        self.line.push_str(text.as_ref());
+    }
+
+    /// `inv#N` for the invocation being served.
+    pub(crate) fn who(&self) -> String {
+        self.current
+            .map(|n| format!("inv#{n}"))
+            .unwrap_or_else(|| "the simulator".into())
+    }
+
+    pub(crate) fn invocation(&mut self) -> Option<&mut Invocation> {
+        let n = self.current?;
+        self.invocations.get_mut(&n)
+    }
+
+    pub fn violate(&mut self, kind: &'static str, message: String) {
+        if self.violation.is_some() {
+            return;
+        }
+        self.note(format!("VIOLATION {kind}: {message}"));
+        self.violation = Some(Violation {
+            step: self.steps,
+            at: self.clock(),
+            kind,
+            message,
+            state: self.dump(),
+        });
+    }
+
+    pub(crate) fn chaos_fault(&mut self, per_mille: u32) -> bool {
+        if self.chaos && self.rng.chance(per_mille) {
+            self.stats.service_faults += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    // --- the bus -------------------------------------------------------------------------------
+
+    pub fn publish(&mut self, count: usize) -> Result<Vec<String>> {
+        if self.chaos_fault(self.service_faults.publish) {
+            return Err(Error::Transient {
+                service: "eventbridge",
+                message: "InternalException".into(),
+            });
+        }
+        self.stats.published += count as u64;
+        Ok((0..count).map(|n| format!("published-{n}")).collect())
+    }
+
+    // --- the checks after each step ---------------------------------------------------------
+
+    pub fn check_world(&mut self) {
+        let (census, problems) = self.checker.check_world(&self.books, &self.ec2, self.now);
+        self.last_census = census;
+        for (kind, message) in problems {
+            self.violate(kind, message);
+        }
+    }
+
+    /// The fleet's records and EC2's instances, one line each, for a failure report.
+    pub fn dump(&self) -> Vec<String> {
+        let meta = self.books.meta();
+        let mut out = vec![format!(
+            "fleet v{}: image {} capacity {} min_healthy {} max_total {}; rollout {}; pending [{}]; breaker {}; quarantined [{}]; disruptions this hour {}{}; inbox [{}]",
+            meta.version,
+            meta.spec.image,
+            meta.spec.capacity,
+            meta.budget().min_healthy,
+            meta.budget().max_total,
+            meta.rollout
+                .as_ref()
+                .map(|r| format!("{} {}->{} {:?}", r.id, r.from.as_ref().map(ToString::to_string).unwrap_or_default(), r.to, r.status))
+                .unwrap_or_else(|| "none".into()),
+            meta.pending
+                .iter()
+                .map(|p| format!("{} x{} {} lease {}", p.token, p.count, p.image, (p.lease_until - self.t0).num_seconds()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            meta.breaker.is_some(),
+            meta.quarantined.keys().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+            meta.disruptions
+                .iter()
+                .filter(|t| **t + Duration::hours(1) > self.now)
+                .count(),
+            if meta.budget_exhausted {
+                " (budget exhausted)"
+            } else {
+                ""
+            },
+            self.books
+                .inbox()
+                .map(|q| q.key())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )];
+        let now = self.now;
+        let mut ids: BTreeSet<&InstanceId> = self.ec2.vms.keys().collect();
+        ids.extend(self.books.live().map(|i| &i.id));
+        for id in ids {
+            let mut world = String::new();
+            match self.ec2.vms.get(id) {
+                Some(vm) => {
+                    let _ = write!(world, "ec2 {} {} {:?}", vm.image, vm.token, vm.state);
+                    for (flag, text) in [
+                        (self.ec2.world_healthy(vm, now), " healthy"),
+                        (self.ec2.status_ok(vm, now), " status-ok"),
+                        (self.ec2.fault(vm), " FAULT"),
+                        (vm.reported, " reported"),
+                        (!vm.tagged, " UNTAGGED"),
+                    ] {
+                        if flag {
+                            world.push_str(text);
+                        }
+                    }
+                }
+                None => world.push_str("ec2 -"),
+            }
+            let books = match self.books.instance(id) {
+                Some(i) => format!(
+                    "books {} {:?} {}{}{}",
+                    i.image,
+                    i.state,
+                    match &i.health {
+                        phoenix_core::model::Health::Healthy => "healthy",
+                        phoenix_core::model::Health::Unknown => "unknown",
+                        phoenix_core::model::Health::Unhealthy { .. } => "FAILED",
+                    },
+                    match &i.disposal {
+                        Some(d) => format!(" leaving(after {:?})", d.after_launch),
+                        None => String::new(),
+                    },
+                    if i.is_live() { "" } else { " buried" },
+                ),
+                None => "books -".into(),
+            };
+            out.push(format!("{id}: {world} | {books}"));
+        }
+        out
+    }
+}

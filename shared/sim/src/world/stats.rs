@@ -1,0 +1,94 @@
+//! What a run counts, and the violation that ends it.
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub events: u64,
+    pub events_lost: u64,
+    pub events_duplicated: u64,
+    pub invocations: u64,
+    pub crashes: u64,
+    pub timeouts: u64,
+    /// Commits that lost their race (a failed condition or a conflicting transaction).
+    pub conflicts: u64,
+    pub duplicates: u64,
+    pub in_flight: u64,
+    pub unfinished: u64,
+    /// Reports that named commands left for later (time short, outcome unknown).
+    pub unsettled: u64,
+    pub commits: u64,
+    pub instances_launched: u64,
+    pub launch_failures: u64,
+    pub terminations: u64,
+    pub faults: u64,
+    pub service_faults: u64,
+    pub published: u64,
+    pub rollouts: u64,
+    pub succeeded: u64,
+    pub rolled_back: u64,
+    pub aborted: u64,
+    pub superseded: u64,
+    pub quarantined_bad: u64,
+    pub quarantined_good: u64,
+    pub good_by_deadline: u64,
+    pub good_by_stop: u64,
+    pub good_by_fault: u64,
+    pub good_by_spurious: u64,
+    pub breaker_trips: u64,
+    pub queued: u64,
+    pub dequeued: u64,
+    /// Reconcile failures reported after the event's own intent was queued or applied.
+    pub listed_failures: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, o: &Stats) {
+        let pairs: [(&mut u64, u64); 33] = [
+            (&mut self.events, o.events),
+            (&mut self.events_lost, o.events_lost),
+            (&mut self.events_duplicated, o.events_duplicated),
+            (&mut self.invocations, o.invocations),
+            (&mut self.crashes, o.crashes),
+            (&mut self.timeouts, o.timeouts),
+            (&mut self.conflicts, o.conflicts),
+            (&mut self.duplicates, o.duplicates),
+            (&mut self.in_flight, o.in_flight),
+            (&mut self.unfinished, o.unfinished),
+            (&mut self.unsettled, o.unsettled),
+            (&mut self.commits, o.commits),
+            (&mut self.instances_launched, o.instances_launched),
+            (&mut self.launch_failures, o.launch_failures),
+            (&mut self.terminations, o.terminations),
+            (&mut self.faults, o.faults),
+            (&mut self.service_faults, o.service_faults),
+            (&mut self.published, o.published),
+            (&mut self.rollouts, o.rollouts),
+            (&mut self.succeeded, o.succeeded),
+            (&mut self.rolled_back, o.rolled_back),
+            (&mut self.aborted, o.aborted),
+            (&mut self.superseded, o.superseded),
+            (&mut self.quarantined_bad, o.quarantined_bad),
+            (&mut self.quarantined_good, o.quarantined_good),
+            (&mut self.good_by_deadline, o.good_by_deadline),
+            (&mut self.good_by_stop, o.good_by_stop),
+            (&mut self.good_by_fault, o.good_by_fault),
+            (&mut self.good_by_spurious, o.good_by_spurious),
+            (&mut self.breaker_trips, o.breaker_trips),
+            (&mut self.queued, o.queued),
+            (&mut self.dequeued, o.dequeued),
+            (&mut self.listed_failures, o.listed_failures),
+        ];
+        for (a, b) in pairs {
+            *a += b;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub step: u64,
+    pub at: String,
+    pub kind: &'static str,
+    pub message: String,
+    /// The fleet's records and EC2's instances at that moment.
+    pub state: Vec<String>,
+}

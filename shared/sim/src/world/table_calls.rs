@@ -1,0 +1,331 @@
+//! The table port's calls, served from the simulated table, with the faults of DynamoDB in the
+//! chaos phase and the books, the trace and the checks kept up with each commit.
+
+use super::World;
+use crate::books::Seen;
+use crate::ec2::FLEET;
+use crate::table::TableState;
+use phoenix_core::events::Change;
+use phoenix_core::InstanceId;
+use phoenix_protocol::error::{Error, Result};
+use phoenix_protocol::ports::table::{Cancellation, Item, Key, Query, SortKeys, Transacted, Write};
+use phoenix_protocol::store::items::{decode_event, INBOX, INST_END};
+use std::collections::BTreeSet;
+
+fn summarize(changes: &[Change]) -> String {
+    let ids = |v: &[InstanceId]| {
+        v.iter()
+            .map(InstanceId::as_str)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = String::new();
+    for c in changes {
+        let s = match c {
+            Change::LaunchDecided {
+                token,
+                count,
+                image,
+                ..
+            } => format!("decide {token} x{count} {image}"),
+            Change::LaunchRetried { token } => format!("retry {token}"),
+            Change::Launched {
+                token, instances, ..
+            } => format!("adopt {token}: {}", ids(instances)),
+            Change::LaunchFailed { token, .. } => format!("{token} failed"),
+            Change::TerminationDecided { instance, reason } => format!("end {instance} ({reason})"),
+            Change::Terminated { instances, .. } if instances.is_empty() => continue,
+            Change::Terminated { instances, .. } => format!("gone {}", ids(instances)),
+            Change::HealthChanged { instance, health } => format!(
+                "{instance} {}",
+                match health {
+                    phoenix_core::model::Health::Healthy => "healthy",
+                    phoenix_core::model::Health::Unknown => "unknown",
+                    phoenix_core::model::Health::Unhealthy { .. } => "failed",
+                }
+            ),
+            Change::StateChanged { .. } => continue,
+            Change::Ignored { reason } => format!("ignored: {reason}"),
+            other => phoenix_core::history::describe(other),
+        };
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(&s);
+    }
+    if out.is_empty() {
+        out.push_str("nothing");
+    }
+    out
+}
+
+/// The changes a history entry recorded, without decoding the state it carries.
+#[derive(serde::Deserialize)]
+struct EntryChanges {
+    version: u64,
+    changes: Vec<Change>,
+}
+
+impl World {
+    /// DynamoDB throttling that outlasted the SDK's retries.
+    fn dynamo_throttled(&mut self, call: &str) -> Result<()> {
+        if self.chaos_fault(self.service_faults.throttle) {
+            let who = self.who();
+            self.note(format!("{who} {call} throttled"));
+            return Err(Error::Throttled {
+                service: "dynamodb",
+                message: format!("ThrottlingException ({call})"),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn table_get(&mut self, key: &Key) -> Result<Option<Item>> {
+        self.dynamo_throttled("GetItem")?;
+        let item = self.table.get(key).cloned();
+        // Reading an event record that is in progress past its owner's deadline: the event was
+        // applied and not finished.
+        if let Some(i) = &item {
+            if key.pk.starts_with("EVENT#")
+                && Seen::of(&decode_event(i), self.now) == Seen::Unfinished
+            {
+                self.met_unfinished();
+            }
+        }
+        Ok(item)
+    }
+
+    pub fn table_batch_get(&mut self, keys: &[Key]) -> Result<Vec<Item>> {
+        self.dynamo_throttled("BatchGetItem")?;
+        self.table
+            .batch_get(keys)
+            .map_err(|e| self.invalid("BatchGetItem", e.0))
+    }
+
+    pub fn table_query(&mut self, q: &Query) -> Result<Vec<Item>> {
+        self.dynamo_throttled("Query")?;
+        let items = self.table.query(q);
+        // A whole-fleet load: the inbox and the live instances.
+        if q.pk == format!("FLEET#{FLEET}")
+            && q.sort == SortKeys::Between(INBOX.into(), INST_END.into())
+        {
+            let live: BTreeSet<InstanceId> = items
+                .iter()
+                .filter_map(|i| i.get("instance_id").and_then(|v| v.as_s()))
+                .filter_map(|id| InstanceId::parse(id).ok())
+                .collect();
+            let who = self.who();
+            let version = self.books.version();
+            self.note(format!("{who} loads v{version} ({} live)", live.len()));
+            if let Some(inv) = self.invocation() {
+                inv.loaded_live = live;
+                inv.loaded_after |= inv.met_unfinished;
+            }
+        }
+        Ok(items)
+    }
+
+    pub fn table_query_index(
+        &mut self,
+        attribute: &str,
+        value: &str,
+        limit: usize,
+    ) -> Result<Vec<Item>> {
+        self.dynamo_throttled("Query")?;
+        Ok(self.table.query_index(
+            phoenix_protocol::store::INSTANCE_INDEX,
+            attribute,
+            value,
+            limit,
+        ))
+    }
+
+    pub fn table_delete_all(&mut self, keys: &[Key]) -> Result<()> {
+        self.dynamo_throttled("BatchWriteItem")?;
+        self.table.delete_all(keys);
+        for k in keys {
+            self.books.apply(&self.table, k);
+        }
+        Ok(())
+    }
+
+    fn invalid(&mut self, call: &str, why: String) -> Error {
+        self.violate(
+            "transaction",
+            format!("{call} that DynamoDB refuses: {why}"),
+        );
+        Error::Permanent {
+            service: "dynamodb",
+            message: format!("ValidationException: {why}"),
+        }
+    }
+
+    pub fn table_transact(&mut self, writes: Vec<Write>) -> Result<Transacted> {
+        if let Err(e) = TableState::validate(&writes) {
+            return Err(self.invalid("TransactWriteItems", e.0));
+        }
+        self.dynamo_throttled("TransactWriteItems")?;
+        let who = self.who();
+        if self.chaos_fault(self.service_faults.conflict) {
+            self.stats.conflicts += 1;
+            self.note(format!("{who} transaction conflict"));
+            let mut reasons = vec![Cancellation::None; writes.len()];
+            reasons[0] = Cancellation::TransactionConflict;
+            if let Some(inv) = self.invocation() {
+                inv.pass_refused = true;
+            }
+            return Ok(Transacted::Cancelled(reasons));
+        }
+        let claims: Vec<bool> = writes
+            .iter()
+            .map(|w| {
+                matches!(
+                    w,
+                    Write::Put {
+                        return_old: true,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        let history = writes.iter().find_map(|w| match w {
+            Write::Put { item, .. } => Key::of(item)
+                .filter(|k| k.sk.starts_with("HIST#"))
+                .and_then(|_| item.get("entry").and_then(|v| v.as_s()).map(str::to_string)),
+            _ => None,
+        });
+        let enqueued: Vec<String> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Put { item, .. } => {
+                    Key::of(item).and_then(|k| k.sk.strip_prefix(INBOX).map(str::to_string))
+                }
+                _ => None,
+            })
+            .collect();
+        // Applying a queued intent: its event's record gets the version (`EventRecord::Dequeue`).
+        let applied_queued: Vec<String> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Update { key, set, .. } if set.iter().any(|(a, _)| *a == "version") => {
+                    key.pk.strip_prefix("EVENT#").map(str::to_string)
+                }
+                _ => None,
+            })
+            .collect();
+        let (out, applied) = self.table.transact(writes);
+        let Some(applied) = applied else {
+            self.stats.conflicts += 1;
+            if let Transacted::Cancelled(reasons) = &out {
+                for (reason, claim) in reasons.iter().zip(&claims) {
+                    if let (Cancellation::ConditionFailed(Some(old)), true) = (reason, claim) {
+                        if Seen::of(&decode_event(old), self.now) == Seen::Unfinished {
+                            self.met_unfinished();
+                        }
+                    }
+                }
+            }
+            self.note(format!("{who} commit refused"));
+            if let Some(inv) = self.invocation() {
+                inv.pass_refused = true;
+            }
+            return Ok(out);
+        };
+        for k in &applied.written {
+            self.books.apply(&self.table, k);
+        }
+        if let Some(inv) = self.invocation() {
+            inv.pass_refused = false;
+        }
+        for key in &enqueued {
+            self.stats.queued += 1;
+            self.note(format!("{who} queues {key}"));
+            if let Some(problem) = self.checker.on_enqueue(key) {
+                self.violate("inbox", problem);
+            }
+        }
+        if let Some(entry) = history {
+            match serde_json::from_str::<EntryChanges>(&entry) {
+                Ok(e) => self.committed(&e.changes, e.version, &applied_queued),
+                Err(e) => self.violate("history", format!("unreadable history entry: {e}")),
+            }
+        }
+        if self.chaos_fault(self.service_faults.lost) {
+            self.note(format!(
+                "{who} loses the answer of a transaction that was applied"
+            ));
+            return Err(Error::Transient {
+                service: "dynamodb",
+                message: "RequestTimeout (TransactWriteItems, after retries)".into(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn met_unfinished(&mut self) {
+        let who = self.who();
+        self.note(format!("{who} meets its event applied but unfinished"));
+        if let Some(inv) = self.invocation() {
+            if !inv.met_unfinished {
+                inv.met_unfinished = true;
+                inv.loaded_after = false;
+                inv.observed_after = false;
+            }
+        }
+    }
+
+    /// A commit went through, recording `changes` at `version`.
+    fn committed(&mut self, changes: &[Change], version: u64, applied_queued: &[String]) {
+        self.stats.commits += 1;
+        let who = self.who();
+        self.note(format!("{who} commits v{version}: {}", summarize(changes)));
+        let decided: Vec<String> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::LaunchDecided { token, .. } => Some(token.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(inv) = self.invocation() {
+            inv.decided.extend(decided);
+        }
+        for event in applied_queued {
+            self.stats.dequeued += 1;
+            let key = self
+                .checker
+                .queued_key_of(event)
+                .unwrap_or_else(|| event.clone());
+            if let Some(problem) = self.checker.on_dequeue(&key) {
+                self.violate("inbox", problem);
+            }
+        }
+        self.checker.on_commit(&self.books, changes);
+        for c in changes {
+            match c {
+                Change::RolloutStarted { .. } => self.stats.rollouts += 1,
+                Change::RolloutSucceeded { .. } => self.stats.succeeded += 1,
+                Change::RolloutRolledBack { .. } => self.stats.rolled_back += 1,
+                Change::RolloutAborted { .. } => self.stats.aborted += 1,
+                Change::RolloutSuperseded { .. } => self.stats.superseded += 1,
+                Change::ReplacementHalted { .. } => self.stats.breaker_trips += 1,
+                Change::ImageQuarantined { image, reason } => {
+                    if self.ec2.bad_images.contains_key(image) {
+                        self.stats.quarantined_bad += 1;
+                    } else {
+                        self.stats.quarantined_good += 1;
+                        if reason.contains("progress deadline") {
+                            self.stats.good_by_deadline += 1;
+                        } else if reason.contains("outside phoenix") {
+                            self.stats.good_by_stop += 1;
+                        } else if reason.contains("flaky") {
+                            self.stats.good_by_spurious += 1;
+                        } else {
+                            self.stats.good_by_fault += 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
