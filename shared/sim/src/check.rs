@@ -439,7 +439,9 @@ impl Checker {
     pub fn check_leaks(books: &Books, ec2: &Ec2, seen_unowned: &[InstanceId]) -> Option<String> {
         let leaked: Vec<String> = seen_unowned
             .iter()
-            .filter(|id| ec2.vms.get(*id).is_some_and(|vm| vm.alive()) && !books.is_live(id))
+            .filter(|id| {
+                ec2.vms.get(*id).is_some_and(|vm| vm.alive() && vm.tagged) && !books.is_live(id)
+            })
             .map(|id| format!("{id} ({})", ec2.vms[id].token))
             .collect();
         (!leaked.is_empty()).then(|| {

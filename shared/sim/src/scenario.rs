@@ -156,6 +156,7 @@ impl Scenario {
                     conflict: 5,
                     lost: 2,
                     publish: 5,
+                    ec2_5xx: 3,
                 },
             },
             _ => Weather {
@@ -171,6 +172,7 @@ impl Scenario {
                     conflict: 15,
                     lost: 6,
                     publish: 20,
+                    ec2_5xx: 10,
                 },
             },
         };

@@ -353,12 +353,19 @@ impl Sim {
                     0 => Action::Advance(*w.rng.pick(&runnable)),
                     1 => Action::Deliver,
                     _ => {
-                        let dt = if w.chaos {
+                        let dt = Duration::seconds(if w.chaos {
                             w.rng.range(1, 6)
                         } else {
                             w.rng.range(2, 10)
+                        } as i64);
+                        // A sleeper (a backoff of milliseconds) wakes when its time comes, not
+                        // at the next whole tick.
+                        let next_timer = w.timers.iter().map(|(t, _)| *t - w.now).min();
+                        let dt = match next_timer {
+                            Some(d) if d < dt => d.max(Duration::milliseconds(1)),
+                            _ => dt,
                         };
-                        Action::Tick(Duration::seconds(dt as i64))
+                        Action::Tick(dt)
                     }
                 }
             }
@@ -390,7 +397,11 @@ impl Sim {
             let mut w = self.world.lock();
             w.now += dt;
             let now = w.now;
-            w.note(format!("tick {}s", dt.num_seconds()));
+            if dt < Duration::seconds(1) {
+                w.note(format!("tick {}ms", dt.num_milliseconds()));
+            } else {
+                w.note(format!("tick {}s", dt.num_seconds()));
+            }
             w.ec2.advance(now);
             // Sleepers whose time has come wake up.
             w.timers.retain(|(t, waker)| {

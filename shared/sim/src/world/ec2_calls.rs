@@ -12,6 +12,13 @@ use phoenix_protocol::ports::ec2::{Ec2Instance, Instances, Ran, RunInstances};
 use phoenix_protocol::ports::DEADLINE_RESERVE;
 use std::collections::{BTreeMap, BTreeSet};
 
+fn internal_error(call: &str) -> Error {
+    Error::Transient {
+        service: "ec2",
+        message: format!("InternalError ({call})"),
+    }
+}
+
 impl World {
     /// The first call of a command (a launch or a termination) must leave the deadline's reserve.
     fn check_reserve(&mut self, what: &str) {
@@ -59,7 +66,11 @@ impl World {
             }
             Instances::Tagged { .. } => {}
         }
-        let out = self.ec2.describe_instances(which, self.now, &mut self.rng);
+        let out = if self.chaos_fault(self.service_faults.ec2_5xx) {
+            Err(internal_error("DescribeInstances"))
+        } else {
+            self.ec2.describe_instances(which, self.now, &mut self.rng)
+        };
         let who = self.who();
         match (&out, which) {
             (Err(e), _) => self.note(format!("{who} DescribeInstances fails: {e}")),
@@ -82,6 +93,9 @@ impl World {
     }
 
     pub fn ec2_status(&mut self, ids: &[String]) -> Result<BTreeSet<String>> {
+        if self.chaos_fault(self.service_faults.ec2_5xx) {
+            return Err(internal_error("DescribeInstanceStatus"));
+        }
         self.ec2.instance_status_ok(ids, self.now, &mut self.rng)
     }
 
@@ -186,25 +200,38 @@ impl World {
             .iter()
             .map(|id| Checker::excused(&self.ec2, &self.books, id))
             .collect();
-        match self.ec2.terminate_instances(ids, self.now, &mut self.rng) {
-            Ok(terminated) => {
-                self.stats.terminations += terminated.len() as u64;
-                for (id, excused) in ids_parsed.iter().zip(excused) {
-                    if terminated.contains(id) {
-                        self.checker.on_gone(id, excused);
-                    }
-                }
-                let gone: Vec<&str> = terminated.iter().map(InstanceId::as_str).collect();
-                self.note(format!("{who} terminates {}", gone.join(" ")));
-                Ok(None)
-            }
+        // A 5xx: EC2 may or may not have acted; the caller cannot tell.
+        let unanswered = self.chaos_fault(self.service_faults.ec2_5xx);
+        let out = if unanswered && self.rng.chance(500) {
+            Err(internal_error("TerminateInstances"))
+        } else {
+            self.ec2.terminate_instances(ids, self.now, &mut self.rng)
+        };
+        let terminated = match out {
+            Ok(terminated) => terminated,
             Err(e) => {
                 self.note(format!("{who} TerminateInstances fails: {e}"));
                 if let Some(inv) = self.invocation() {
                     inv.terminate_failed = true;
                 }
-                Err(e)
+                return Err(e);
+            }
+        };
+        self.stats.terminations += terminated.len() as u64;
+        for (id, excused) in ids_parsed.iter().zip(excused) {
+            if terminated.contains(id) {
+                self.checker.on_gone(id, excused);
             }
         }
+        let gone: Vec<&str> = terminated.iter().map(InstanceId::as_str).collect();
+        self.note(format!("{who} terminates {}", gone.join(" ")));
+        if unanswered {
+            self.note(format!("{who} loses TerminateInstances' answer"));
+            if let Some(inv) = self.invocation() {
+                inv.terminate_failed = true;
+            }
+            return Err(internal_error("TerminateInstances"));
+        }
+        Ok(None)
     }
 }

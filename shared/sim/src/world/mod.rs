@@ -56,6 +56,9 @@ pub struct ServiceFaults {
     pub lost: u32,
     /// A PutEvents call failing.
     pub publish: u32,
+    /// An EC2 call answered with a 5xx after the SDK's retries (a TerminateInstances one may have
+    /// been carried out).
+    pub ec2_5xx: u32,
 }
 
 /// What the simulator knows of one invocation, from its traffic.
