@@ -8,31 +8,10 @@ use phoenix_core::model::{Fleet, Instance, Timestamp};
 use phoenix_core::InstanceId;
 use phoenix_protocol::ports::table::Key;
 use phoenix_protocol::store::items::{
-    decode_event, decode_instance, decode_meta, decode_queued, EventRecordItem, EVENT_PREFIX,
-    INBOX, INST, META,
+    decode_event, decode_instance, decode_meta, decode_queued, EventRecordItem, Standing,
+    EVENT_PREFIX, INBOX, INST, META,
 };
 use std::collections::BTreeMap;
-
-/// What a claim of an event would meet: its record, by its status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
-    /// `COMPLETED`: handled before.
-    Duplicate,
-    /// `INPROGRESS` and its owner's time has not run out.
-    InFlight,
-    /// `INPROGRESS` but its owner's time ran out: applied, not finished.
-    Unfinished,
-}
-
-impl Seen {
-    pub fn of(record: &EventRecordItem, now: Timestamp) -> Seen {
-        match record.in_progress_until {
-            None => Seen::Duplicate,
-            Some(t) if t > now => Seen::InFlight,
-            Some(_) => Seen::Unfinished,
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Books {
@@ -111,9 +90,9 @@ impl Books {
         self.inbox.values()
     }
 
-    /// What a claim of this event would meet at `now`, if it has a record.
-    pub fn seen(&self, id: &str, now: Timestamp) -> Option<Seen> {
-        self.events.get(id).map(|r| Seen::of(r, now))
+    /// Where an event stands at `now`, if it has a record.
+    pub fn standing(&self, id: &str, now: Timestamp) -> Option<Standing> {
+        self.events.get(id).map(|r| r.standing(now))
     }
 
     /// The fleet as `Store::load_fleet` reads it: the record, every live instance, the inbox.

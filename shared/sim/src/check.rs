@@ -11,12 +11,13 @@
 //!   (no fault: not impaired, application not failing, not a bad image, zone up, not stopped);
 //! - *believed failed*: its live record's health is `Unhealthy`.
 
-use crate::books::{Books, Seen};
+use crate::books::Books;
 use crate::ec2::Ec2;
 use chrono::Duration;
 use phoenix_core::events::Change;
 use phoenix_core::model::{Health, Timestamp};
 use phoenix_core::{ImageId, InstanceId};
+use phoenix_protocol::store::Standing;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// How long the fleet may be below `min_healthy` while the books show nothing wrong before that
@@ -372,7 +373,7 @@ impl Checker {
         }
         for q in books.inbox() {
             let id = q.cause.event_id.as_deref().unwrap_or_default();
-            if books.seen(id, now) != Some(Seen::Duplicate) {
+            if books.standing(id, now) != Some(Standing::Completed) {
                 out.push((
                     "inbox",
                     format!(

@@ -241,13 +241,13 @@ impl<T: Table> Store<T> {
                 key.id
             )));
         }
-        match record.in_progress_until {
-            None => Error::Duplicate(key.id.clone()),
-            Some(_) if self.variant == Variant::LapsedAsCompleted => {
+        match record.standing(now) {
+            Standing::Completed => Error::Duplicate(key.id.clone()),
+            Standing::InProgress => Error::InFlight(key.id.clone()),
+            Standing::Unfinished if self.variant == Variant::LapsedAsCompleted => {
                 Error::Duplicate(key.id.clone())
             }
-            Some(until) if until > now => Error::InFlight(key.id.clone()),
-            Some(_) => Error::Unfinished(key.id.clone()),
+            Standing::Unfinished => Error::Unfinished(key.id.clone()),
         }
     }
 }

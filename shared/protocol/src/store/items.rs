@@ -192,6 +192,27 @@ pub struct EventRecordItem {
     pub in_progress_until: Option<Timestamp>,
 }
 
+/// Where an event stands, by its record, at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// `COMPLETED`: handled.
+    Completed,
+    /// `INPROGRESS`, and its owner's time has not run out: in the hands of a live invocation.
+    InProgress,
+    /// `INPROGRESS` past its owner's deadline: its intent was applied, its work not finished.
+    Unfinished,
+}
+
+impl EventRecordItem {
+    pub fn standing(&self, now: Timestamp) -> Standing {
+        match self.in_progress_until {
+            None => Standing::Completed,
+            Some(until) if until > now => Standing::InProgress,
+            Some(_) => Standing::Unfinished,
+        }
+    }
+}
+
 pub fn decode_event(item: &Item) -> EventRecordItem {
     let text = |k: &str| {
         item.get(k)

@@ -10,7 +10,7 @@ mod commit;
 pub mod items;
 
 pub use commit::{EventKey, EventRecord};
-pub use items::{EventRecordItem, INSTANCE_INDEX, STATUS_COMPLETED, STATUS_IN_PROGRESS};
+pub use items::{EventRecordItem, Standing, INSTANCE_INDEX, STATUS_COMPLETED, STATUS_IN_PROGRESS};
 
 use crate::error::{Error, Result};
 use crate::ports::table::{Condition, Key, Query, SortKeys, Table, MAX_BATCH_GET};

@@ -2,14 +2,13 @@
 //! chaos phase and the books, the trace and the checks kept up with each commit.
 
 use super::World;
-use crate::books::Seen;
 use crate::ec2::FLEET;
 use crate::table::TableState;
 use phoenix_core::events::Change;
 use phoenix_core::InstanceId;
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::table::{Cancellation, Item, Key, Query, SortKeys, Transacted, Write};
-use phoenix_protocol::store::items::{decode_event, INBOX, INST_END};
+use phoenix_protocol::store::items::{decode_event, Standing, INBOX, INST_END};
 use std::collections::BTreeSet;
 
 fn summarize(changes: &[Change]) -> String {
@@ -87,7 +86,7 @@ impl World {
         // applied and not finished.
         if let Some(i) = &item {
             if key.pk.starts_with("EVENT#")
-                && Seen::of(&decode_event(i), self.now) == Seen::Unfinished
+                && decode_event(i).standing(self.now) == Standing::Unfinished
             {
                 self.met_unfinished();
             }
@@ -219,7 +218,7 @@ impl World {
             if let Transacted::Cancelled(reasons) = &out {
                 for (reason, claim) in reasons.iter().zip(&claims) {
                     if let (Cancellation::ConditionFailed(Some(old)), true) = (reason, claim) {
-                        if Seen::of(&decode_event(old), self.now) == Seen::Unfinished {
+                        if decode_event(old).standing(self.now) == Standing::Unfinished {
                             self.met_unfinished();
                         }
                     }
