@@ -37,7 +37,7 @@ fn health_word(h: &Health) -> String {
     match h {
         Health::Unknown => "unknown".into(),
         Health::Healthy => "healthy".into(),
-        Health::Unhealthy { reason } => format!("unhealthy ({reason})"),
+        Health::Unhealthy { reason, .. } => format!("unhealthy ({reason})"),
     }
 }
 
@@ -340,10 +340,66 @@ impl Printer {
             "budget": BudgetUse::of(fleet),
             "progress": Progress::of(fleet),
             "rollout": fleet.rollout,
+            "repairs": Self::repairs_json(fleet),
             "pending_launches": fleet.pending,
             "queued_intents": fleet.inbox,
             "instances": instances,
         })
+    }
+
+    /// Whether repairs are halted by the breaker, why, and how to resume them.
+    fn repairs_json(fleet: &Fleet) -> serde_json::Value {
+        match &fleet.breaker {
+            Some(b) => json!({
+                "halted": true,
+                "since": b.tripped_at,
+                "unhealthy": b.unhealthy,
+                "reason": b.reason,
+                "shared_attribute": b.shared,
+                "resume": format!("phoenix resume-repairs {}", fleet.spec.name),
+            }),
+            None => json!({"halted": false}),
+        }
+    }
+
+    /// Repairs halted, and a stalled rollout: what is wrong and what the operator can do.
+    fn attention_lines(fleet: &Fleet) {
+        let name = &fleet.spec.name;
+        if let Some(b) = &fleet.breaker {
+            let shared = b
+                .shared
+                .as_ref()
+                .map(|s| format!("; they share {s}"))
+                .unwrap_or_default();
+            say!(
+                "  repairs halted since {}: {}{shared}",
+                ts(b.tripped_at),
+                if b.reason.is_empty() {
+                    format!("{} instances unhealthy at once", b.unhealthy)
+                } else {
+                    b.reason.clone()
+                }
+            );
+            say!(
+                "    they resume by themselves once fewer are unhealthy; to resume now: phoenix resume-repairs {name}"
+            );
+        }
+        if let Some((r, s)) = fleet
+            .rollout
+            .as_ref()
+            .and_then(|r| r.stalled.as_ref().map(|s| (r, s)))
+        {
+            say!(
+                "  rollout {} stalled since {}: {}",
+                r.id,
+                ts(s.since),
+                s.reason
+            );
+            for w in &s.waiting_on {
+                say!("    waiting on {w}");
+            }
+            say!("    {}", stall_choices(name));
+        }
     }
 
     fn instance_rows(fleet: &Fleet) {
@@ -417,6 +473,7 @@ impl Printer {
         );
         Self::queued_lines(fleet);
         Self::rollout_line(fleet);
+        Self::attention_lines(fleet);
         Self::instance_rows(fleet);
         Ok(())
     }
@@ -449,6 +506,7 @@ impl Printer {
         }
         Self::queued_lines(fleet);
         Self::rollout_line(fleet);
+        Self::attention_lines(fleet);
         for p in &fleet.pending {
             say!(
                 "  launching {} on {} ({}) [{}]",
@@ -746,4 +804,14 @@ impl Printer {
         }
         Ok(())
     }
+}
+
+/// What an operator can do about a stalled rollout. phoenix does not guess: it waits.
+pub fn stall_choices(fleet: &phoenix_core::FleetName) -> String {
+    format!(
+        "choices: fix the cause and `phoenix rollout resume {fleet}` (another progress deadline), \
+         `phoenix rollout abort {fleet}` (stay as it is), `phoenix rollout undo {fleet}` (go back), \
+         or report an instance it waits on: `phoenix publish health-passed --instance ID` or \
+         `phoenix publish health-failed --instance ID`"
+    )
 }

@@ -1,6 +1,6 @@
 //! `rollout wait` and `rollout watch`: follow a fleet until it has converged or its rollout has
 //! ended, and say how it ended in the exit code (0 converged or succeeded, 2 rolled back or
-//! aborted, 1 timeout or error).
+//! aborted, 3 stalled, 1 timeout or error).
 
 use crate::output::{Printer, Progress};
 use crate::Exit;
@@ -13,6 +13,9 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 pub const EXIT_FAILED_ROLLOUT: i32 = 2;
+/// The rollout stalled: it waits past its progress deadline on something that is not the
+/// image's fault (see `phoenix status`), for the operator to decide.
+pub const EXIT_STALLED: i32 = 3;
 
 fn timeout_exit(message: String) -> anyhow::Error {
     Exit { code: 1, message }.into()
@@ -58,9 +61,24 @@ pub fn status_word(s: RolloutStatus) -> String {
         .unwrap_or_default()
 }
 
-/// Exit 2 when the rollout concerned ended rolled back or aborted, saying which and why.
+/// Exit 2 when the rollout concerned ended rolled back or aborted, saying which and why; exit 3
+/// when it stalled, saying on what and what the operator can do.
 fn failed(fleet: &Fleet, since: Option<Timestamp>) -> Option<Exit> {
     let r = concerned(fleet, since)?;
+    if let Some(s) = r.stalled.as_ref().filter(|_| r.status.is_active()) {
+        return Some(Exit {
+            code: EXIT_STALLED,
+            message: format!(
+                "rollout {} of fleet {} to {} stalled: {}; waiting on {}; {}",
+                r.id,
+                fleet.spec.name,
+                r.to,
+                s.reason,
+                s.waiting_on.join(", "),
+                crate::output::stall_choices(&fleet.spec.name)
+            ),
+        });
+    }
     if !matches!(r.status, RolloutStatus::RolledBack | RolloutStatus::Aborted) {
         return None;
     }
@@ -88,7 +106,8 @@ fn failed(fleet: &Fleet, since: Option<Timestamp>) -> Option<Exit> {
     })
 }
 
-/// `rollout wait`: until converged (0), the rollout rolled back or aborted (2), or timeout (1).
+/// `rollout wait`: until converged (0), the rollout rolled back or aborted (2), stalled (3), or
+/// timeout (1).
 pub async fn wait(
     controller: &AwsController,
     name: &FleetName,

@@ -780,6 +780,7 @@ impl Bench {
                     image: Some(image.clone()),
                     state: Lifecycle::Running,
                     status_ok: true,
+                    system_impaired: false,
                     launched_at: l.launched_at,
                     token: Some(token.clone()),
                     zone: l.zone.clone(),

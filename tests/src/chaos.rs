@@ -819,7 +819,8 @@ impl World {
             .clone();
         for id in &intents {
             match self.store.event_record(id).await? {
-                Some(r) if r.fleet == name => {
+                // An event that changed nothing has a record, and no entry, by design.
+                Some(r) if r.fleet == name && r.unchanged.is_none() => {
                     let cause = r
                         .version
                         .and_then(|v| by_version.get(&v).copied().flatten());

@@ -415,7 +415,7 @@ async fn an_alarm_on_an_instance_replaces_it() {
     assert_eq!(h.fleet_instances("web").await.len(), 2);
     let rec = record(&h, &victim).await;
     match &rec.health {
-        Health::Unhealthy { reason } => {
+        Health::Unhealthy { reason, .. } => {
             assert!(
                 reason.starts_with("alarm web-status-check-failed: Threshold Crossed"),
                 "{reason}"
@@ -456,7 +456,7 @@ async fn instances_stopped_or_terminated_outside_phoenix_are_replaced() {
     );
     let rec = record(&h, &stopped).await;
     assert!(
-        matches!(&rec.health, Health::Unhealthy { reason } if reason.contains("stopped outside phoenix")),
+        matches!(&rec.health, Health::Unhealthy { reason, .. } if reason.contains("stopped outside phoenix")),
         "{rec:?}"
     );
     // ... and terminates another.

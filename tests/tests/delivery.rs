@@ -390,3 +390,51 @@ async fn bad_input_through_the_cli_is_refused_before_anything_is_sent() {
     );
     assert!(h.drain().await.is_empty(), "nothing was published");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_changes_nothing_writes_nothing_but_its_record() {
+    let (h, _a, _b) = fleet_of_four().await;
+    let f = h.fleet("web").await;
+    let healthy = f.live_instances().next().unwrap().id.clone();
+    // A chatty checker reports an instance phoenix already counts healthy: nothing changes, so
+    // no history entry and no new version (which would make concurrent events lose their race),
+    // only the event's record, so that a redelivery is known as one.
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let passed = |id: &str| {
+        envelope(id, "HealthCheckPassed", json!({"instance": healthy}), &now).to_string()
+    };
+    // The first report is recorded (the instance has passed, as well as EC2's checks).
+    h.enqueue(Function::Health, &passed("ev-passed-1")).await;
+    h.drain().await;
+    let f = h.fleet("web").await;
+    let before = h.history("web").await.len();
+    // The next one, delivered twice, changes nothing.
+    for _ in 0..2 {
+        h.enqueue(Function::Health, &passed("ev-passed-2")).await;
+    }
+    let handled = h.drain().await;
+    let outcomes: Vec<_> = handled
+        .iter()
+        .map(|d| d.report.as_ref().unwrap().fleets[0].outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            phoenix_aws::FleetOutcome::Unchanged,
+            phoenix_aws::FleetOutcome::Duplicate
+        ]
+    );
+    assert_eq!(h.fleet("web").await.version, f.version);
+    assert_eq!(h.history("web").await.len(), before);
+    let record = h
+        .store()
+        .event_record("ev-passed-2")
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(record.status, "COMPLETED");
+    // A report that does change the fleet is still committed.
+    h.phoenix_ok(&["publish", "health-failed", "--instance", healthy.as_str()]);
+    h.drain().await;
+    assert!(h.fleet("web").await.version > f.version);
+}

@@ -677,3 +677,136 @@ async fn status_lists_a_queued_intent_until_the_fleet_applies_it() {
     );
     assert!(!h.phoenix_ok(&["status", "web"]).contains("queued"));
 }
+
+/// Sends `HealthCheckPassed` for every live instance of the fleet not yet healthy, except
+/// `silent` (whose reports are lost), then delivers.
+async fn pass_all_but(h: &Harness, fleet: &str, silent: &BTreeSet<String>) {
+    use phoenix_core::model::Health;
+    let f = h.fleet(fleet).await;
+    for i in f.live_instances().filter(|i| i.health == Health::Unknown) {
+        if !silent.contains(i.id.as_str()) {
+            h.publish(&Intent::HealthCheckPassed {
+                instance: i.id.clone(),
+            })
+            .await;
+        }
+    }
+    h.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_rollback_is_shown_by_status_and_rollout_wait_exits_3() {
+    use phoenix_core::model::RolloutStatus;
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let b = h.register_image("web-b").await;
+    // Instances count healthy only once reported passed; a wave has 5 s to get there.
+    h.apply(
+        &FleetFile::new("web", &a, 2)
+            .surge("1")
+            .policy("health_check: event")
+            .policy("progress_deadline: 5s"),
+    );
+    let none = BTreeSet::new();
+    for _ in 0..20 {
+        h.drain().await;
+        h.dispatcher.tick().await.unwrap();
+        pass_all_but(&h, "web", &none).await;
+        if phoenix_tests::converged(&h.fleet("web").await) {
+            break;
+        }
+    }
+    assert!(phoenix_tests::converged(&h.fleet("web").await));
+
+    // A rollout to b: its first instance passes, the wave moves on and replaces an instance on a.
+    h.phoenix_ok(&[
+        "publish",
+        "image-ready",
+        "--fleet",
+        "web",
+        "--image",
+        b.as_str(),
+    ]);
+    for _ in 0..10 {
+        h.drain().await;
+        pass_all_but(&h, "web", &none).await;
+        h.dispatcher.tick().await.unwrap();
+        let on_b = h
+            .fleet_instances("web")
+            .await
+            .into_iter()
+            .filter(|i| i.image == b.as_str())
+            .count();
+        if on_b == 2 {
+            break;
+        }
+    }
+    // The second instance on b fails: the rollout goes back to a, launching instances of a whose
+    // health reports are all lost.
+    let failing = h
+        .fleet("web")
+        .await
+        .live_instances()
+        .find(|i| i.image == b && !i.is_healthy())
+        .map(|i| i.id.clone())
+        .expect("a second instance on b");
+    h.phoenix_ok(&[
+        "publish",
+        "health-failed",
+        "--instance",
+        failing.as_str(),
+        "--reason",
+        "500",
+    ]);
+    h.drain().await;
+    h.dispatcher.tick().await.unwrap();
+    h.drain().await;
+    let f = h.fleet("web").await;
+    assert_eq!(
+        f.rollout.as_ref().unwrap().status,
+        RolloutStatus::RollingBack
+    );
+    let silent: BTreeSet<String> = f
+        .live_instances()
+        .filter(|i| i.image == a && !i.is_healthy())
+        .map(|i| i.id.to_string())
+        .collect();
+    assert!(!silent.is_empty(), "the rollback launched from a: {f:#?}");
+
+    // Past the deadline the rollback stalls: nothing is guessed, the operator is told.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    h.dispatcher.tick().await.unwrap();
+    let text = h.phoenix_ok(&["status", "web"]);
+    assert!(text.contains("stalled since"), "{text}");
+    assert!(text.contains("no passed health report"), "{text}");
+    assert!(text.contains("phoenix rollout resume web"), "{text}");
+    let status = json(&h.phoenix_ok(&["status", "web", "-o", "json"]));
+    let waiting = status["rollout"]["stalled"]["waiting_on"]
+        .as_array()
+        .unwrap();
+    assert!(
+        silent.iter().all(|id| waiting
+            .iter()
+            .any(|w| w.as_str().unwrap().contains(id.as_str()))),
+        "{status:#}"
+    );
+    let o = h.phoenix(&["rollout", "wait", "web", "--timeout", "10"]);
+    assert_eq!(o.status.code(), Some(3), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("stalled"), "{}", stderr(&o));
+    let history = h.history("web").await;
+    assert!(history.iter().any(|e| e
+        .changes
+        .iter()
+        .any(|c| matches!(c, phoenix_core::events::Change::RolloutStalled { .. }))));
+
+    // The reports finally arrive: the rollback moves on and ends; `wait` says it rolled back.
+    pass_all_but(&h, "web", &none).await;
+    for _ in 0..10 {
+        h.dispatcher.tick().await.unwrap();
+        h.drain().await;
+        pass_all_but(&h, "web", &none).await;
+    }
+    let o = h.phoenix(&["rollout", "wait", "web", "--timeout", "10"]);
+    assert_eq!(o.status.code(), Some(2), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("rolled back"), "{}", stderr(&o));
+}

@@ -20,12 +20,13 @@ use phoenix_core::images::ImageFacts;
 use phoenix_core::model::{TAG_FLEET, TAG_TOKEN};
 use phoenix_core::planner::{Step, LEASE};
 use phoenix_core::FleetName;
-use phoenix_protocol::ports::ec2::{Ec2, Ec2Instance, Instances, Ran, RunInstances};
+use phoenix_protocol::ports::ec2::{
+    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances,
+};
 use phoenix_protocol::ports::Time;
 use phoenix_tests::chaos::World;
 use phoenix_tests::faults::{FaultConfig, FaultKind, FaultProxy};
 use phoenix_tests::Emulator;
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -423,8 +424,8 @@ impl Ec2 for Contended {
         }
         Ok(seen)
     }
-    async fn status_ok(&self, ids: &[String]) -> phoenix_aws::Result<BTreeSet<String>> {
-        self.ec2.status_ok(ids).await
+    async fn instance_status(&self, ids: &[String]) -> phoenix_aws::Result<Vec<InstanceStatus>> {
+        self.ec2.instance_status(ids).await
     }
     async fn run_instances(&self, request: &RunInstances) -> phoenix_aws::Result<Ran> {
         self.ec2.run_instances(request).await

@@ -200,7 +200,7 @@ async fn a_failed_health_check_replaces_that_instance_only() {
     assert_eq!(
         count(
             &history,
-            |c| matches!(c, Change::HealthChanged { health: Health::Unhealthy { reason }, .. } if reason == "http 503 on /health")
+            |c| matches!(c, Change::HealthChanged { health: Health::Unhealthy { reason, .. }, .. } if reason == "http 503 on /health")
         ),
         1
     );

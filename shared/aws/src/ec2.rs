@@ -11,8 +11,9 @@ use aws_sdk_ec2::Client;
 use chrono::DateTime;
 use phoenix_core::images::ImageFacts;
 use phoenix_core::model::Lifecycle;
-use phoenix_protocol::ports::ec2::{Ec2, Ec2Instance, Instances, Ran, RunInstances};
-use std::collections::BTreeSet;
+use phoenix_protocol::ports::ec2::{
+    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances,
+};
 
 #[derive(Clone, Debug)]
 pub struct Ec2Client {
@@ -117,7 +118,7 @@ impl Ec2 for Ec2Client {
         Ok(out)
     }
 
-    async fn status_ok(&self, ids: &[String]) -> Result<BTreeSet<String>> {
+    async fn instance_status(&self, ids: &[String]) -> Result<Vec<InstanceStatus>> {
         let out = self
             .client
             .describe_instance_status()
@@ -125,16 +126,19 @@ impl Ec2 for Ec2Client {
             .send()
             .await
             .map_err(sdk)?;
-        let good = |s: Option<&SummaryStatus>| s == Some(&SummaryStatus::Ok);
         Ok(out
             .instance_statuses
             .unwrap_or_default()
             .into_iter()
-            .filter(|st| {
-                good(st.system_status.as_ref().and_then(|s| s.status.as_ref()))
-                    && good(st.instance_status.as_ref().and_then(|s| s.status.as_ref()))
+            .filter_map(|st| {
+                let system = st.system_status.as_ref().and_then(|s| s.status.as_ref());
+                let instance = st.instance_status.as_ref().and_then(|s| s.status.as_ref());
+                Some(InstanceStatus {
+                    id: st.instance_id?,
+                    ok: system == Some(&SummaryStatus::Ok) && instance == Some(&SummaryStatus::Ok),
+                    system_impaired: system == Some(&SummaryStatus::Impaired),
+                })
             })
-            .filter_map(|st| st.instance_id)
             .collect())
     }
 

@@ -34,6 +34,7 @@ fn fleet(size: u32) -> (Fleet, Vec<Observed>) {
             signals: Signals {
                 ec2_ok: true,
                 passed: false,
+                host_impaired: false,
             },
             token: format!("web-x-1-{}", n / 50),
             zone: Some("us-east-1a".into()),
@@ -42,12 +43,14 @@ fn fleet(size: u32) -> (Fleet, Vec<Observed>) {
             terminated_at: None,
             taints: Vec::new(),
             retirement: None,
+            replacement_for: None,
         };
         observed.push(Observed {
             id: id.clone(),
             image: Some(ami(1)),
             state: Lifecycle::Running,
             status_ok: true,
+            system_impaired: false,
             launched_at: Some(t0),
             token: Some(inst.token.clone()),
             zone: inst.zone.clone(),
@@ -92,6 +95,7 @@ fn rollout_fleet(size: u32, now: DateTime<Utc>) -> Fleet {
                 signals: Signals {
                     ec2_ok: true,
                     passed: false,
+                    host_impaired: false,
                 },
                 token: format!("web-seed-{n}"),
                 zone: None,
@@ -100,6 +104,7 @@ fn rollout_fleet(size: u32, now: DateTime<Utc>) -> Fleet {
                 terminated_at: None,
                 taints: Vec::new(),
                 retirement: None,
+                replacement_for: None,
             },
         );
         f.live += 1;

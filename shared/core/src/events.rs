@@ -528,6 +528,17 @@ pub enum Change {
     RolloutRolledBack {
         rollout: u64,
     },
+    /// The rollout has not moved on within its progress deadline, for a reason that is not the
+    /// image's: it waits (nothing is rolled back or quarantined for it) and says on what.
+    RolloutStalled {
+        rollout: u64,
+        reason: String,
+        waiting_on: Vec<String>,
+    },
+    /// A stalled rollout moves on again.
+    RolloutProgressing {
+        rollout: u64,
+    },
     RolloutAborted {
         rollout: u64,
         reason: String,
@@ -544,11 +555,14 @@ pub enum Change {
         image: ImageId,
         reason: String,
     },
-    /// More than the breaker's share of the fleet is unhealthy: repairs stop.
+    /// More than the breaker's share of the fleet is unhealthy at once: repairs stop.
     ReplacementHalted {
         unhealthy: u32,
         capacity: u32,
         shared: Option<String>,
+        /// The figures: which instances, over what window, against what threshold.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
     },
     ReplacementResumed {
         reason: String,
@@ -625,6 +639,14 @@ pub fn published(fleet: &FleetName, changes: &[Change]) -> Vec<(&'static str, Va
             Change::RolloutRolledBack { rollout } => {
                 ("RolloutRolledBack", json!({"rollout": rollout}))
             }
+            Change::RolloutStalled {
+                rollout,
+                reason,
+                waiting_on,
+            } => (
+                "RolloutStalled",
+                json!({"rollout": rollout, "reason": reason, "waiting_on": waiting_on}),
+            ),
             Change::InstanceReplaced {
                 instance,
                 by,
@@ -637,9 +659,10 @@ pub fn published(fleet: &FleetName, changes: &[Change]) -> Vec<(&'static str, Va
                 unhealthy,
                 capacity,
                 shared,
+                reason,
             } => (
                 "ReplacementHalted",
-                json!({"unhealthy": unhealthy, "capacity": capacity, "shared_attribute": shared}),
+                json!({"unhealthy": unhealthy, "capacity": capacity, "shared_attribute": shared, "reason": reason}),
             ),
             Change::ImageQuarantined { image, reason } => (
                 "ImageQuarantined",

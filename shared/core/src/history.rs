@@ -122,7 +122,7 @@ fn health_word(h: &Health) -> String {
     match h {
         Health::Unknown => "unknown".into(),
         Health::Healthy => "healthy".into(),
-        Health::Unhealthy { reason } => format!("unhealthy ({reason})"),
+        Health::Unhealthy { reason, .. } => format!("unhealthy ({reason})"),
     }
 }
 
@@ -298,7 +298,7 @@ impl InstanceView {
         let (health, health_reason) = match &i.health {
             Health::Unknown => ("unknown", None),
             Health::Healthy => ("healthy", None),
-            Health::Unhealthy { reason } => ("unhealthy", Some(reason.clone())),
+            Health::Unhealthy { reason, .. } => ("unhealthy", Some(reason.clone())),
         };
         InstanceView {
             id: i.id.clone(),

@@ -53,8 +53,49 @@ pub enum Health {
     /// Launched, not yet proven healthy.
     Unknown,
     Healthy,
-    /// Failed a health check. Sticky: an instance that failed is replaced, never trusted again.
+    /// Failed a health check. Sticky: an instance that failed is replaced; it is trusted again
+    /// only if it passes while the breaker holds repairs back (the failure was then probably a
+    /// shared cause that went away).
     Unhealthy {
         reason: String,
+        /// What the failure points at: the image (the application or the system on it) or the
+        /// instance alone (its host, or AWS stopping it).
+        #[serde(default, skip_serializing_if = "Suspect::is_image")]
+        suspect: Suspect,
     },
+}
+
+impl Health {
+    /// A failure that may be the image's fault (what a rollout's health gate counts).
+    pub fn failed(reason: impl Into<String>) -> Health {
+        Health::Unhealthy {
+            reason: reason.into(),
+            suspect: Suspect::Image,
+        }
+    }
+
+    /// A failure of the instance alone: its host, or AWS stopping it. Repaired like any failure,
+    /// never held against the image.
+    pub fn broken(reason: impl Into<String>) -> Health {
+        Health::Unhealthy {
+            reason: reason.into(),
+            suspect: Suspect::Instance,
+        }
+    }
+}
+
+/// What a failure points at. An application's failed health check, an alarm, the instance status
+/// check may each be the image's fault; a stop by AWS, a failed host, a lost instance are not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Suspect {
+    #[default]
+    Image,
+    Instance,
+}
+
+impl Suspect {
+    pub fn is_image(&self) -> bool {
+        *self == Suspect::Image
+    }
 }

@@ -74,6 +74,20 @@ pub struct RolloutRollingBack {
     pub reason: String,
 }
 
+/// `RolloutStalled`: the rollout has not moved on within its progress deadline, for a reason
+/// that is not the image's; it waits, naming what it waits on. Nothing is rolled back or
+/// quarantined: the operator resumes (after fixing the cause), aborts or undoes it, or reports
+/// the instances it waits on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStalled {
+    pub fleet: String,
+    pub rollout: u64,
+    pub reason: String,
+    pub waiting_on: Vec<String>,
+}
+
 /// `RolloutRolledBack`: every instance is back on the previous image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
@@ -104,6 +118,8 @@ pub struct ReplacementHalted {
     pub capacity: u32,
     /// What the unhealthy instances share, if something stands out.
     pub shared_attribute: Option<String>,
+    /// The figures behind it: which instances, over what window, against what threshold.
+    pub reason: String,
 }
 
 /// `ImageQuarantined`: an image failed a rollout and is refused for the fleet.
@@ -155,6 +171,7 @@ mod tests {
             ("RolloutSucceeded", false, s::<RolloutSucceeded>()),
             ("RolloutRollingBack", false, s::<RolloutRollingBack>()),
             ("RolloutRolledBack", false, s::<RolloutRolledBack>()),
+            ("RolloutStalled", false, s::<RolloutStalled>()),
             ("InstanceReplaced", false, s::<InstanceReplaced>()),
             ("ReplacementHalted", false, s::<ReplacementHalted>()),
             ("ImageQuarantined", false, s::<ImageQuarantined>()),
@@ -240,6 +257,11 @@ mod tests {
                 reason: "wave 1 failed".into(),
             },
             Change::RolloutRolledBack { rollout: 1 },
+            Change::RolloutStalled {
+                rollout: 1,
+                reason: "wave 2 has not been healthy".into(),
+                waiting_on: vec!["i-00000001 (no passed health report)".into()],
+            },
             Change::InstanceReplaced {
                 instance: i(1),
                 by: vec![i(2)],
@@ -249,6 +271,7 @@ mod tests {
                 unhealthy: 3,
                 capacity: 8,
                 shared: Some("zone us-east-1a".into()),
+                reason: "3 of 8 instances unhealthy at once".into(),
             },
             Change::ImageQuarantined {
                 image: a(2),
@@ -272,6 +295,7 @@ mod tests {
                 "RolloutSucceeded" => exact::<RolloutSucceeded>(detail),
                 "RolloutRollingBack" => exact::<RolloutRollingBack>(detail),
                 "RolloutRolledBack" => exact::<RolloutRolledBack>(detail),
+                "RolloutStalled" => exact::<RolloutStalled>(detail),
                 "InstanceReplaced" => exact::<InstanceReplaced>(detail),
                 "ReplacementHalted" => exact::<ReplacementHalted>(detail),
                 "ImageQuarantined" => exact::<ImageQuarantined>(detail),

@@ -49,6 +49,7 @@ fn fleet(capacity: u32, policy: &str) -> Fleet {
                 signals: Signals {
                     ec2_ok: true,
                     passed: false,
+                    host_impaired: false,
                 },
                 token: format!("web-seed-{n}"),
                 zone: Some(zone.into()),
@@ -57,6 +58,7 @@ fn fleet(capacity: u32, policy: &str) -> Fleet {
                 terminated_at: None,
                 taints: Vec::new(),
                 retirement: None,
+                replacement_for: None,
             },
         );
         f.live += 1;
@@ -322,9 +324,7 @@ fn one_failure_is_repaired_but_many_at_once_trip_the_breaker_naming_the_zone() {
         many.instances
             .get_mut(&InstanceId::parse(&format!("i-{:08x}", 0x1000 + n)).unwrap())
             .unwrap()
-            .health = Health::Unhealthy {
-            reason: "down".into(),
-        };
+            .health = Health::failed("down");
     }
     let observed: Vec<_> = many
         .live_instances()

@@ -196,6 +196,7 @@ impl Ec2 {
                 image: Some(vm.image.clone()),
                 state: vm.state,
                 status_ok: vm.status_ok,
+                system_impaired: false,
                 launched_at: Some(vm.launched_at),
                 token: vm.token.clone(),
                 zone: None,

@@ -56,6 +56,7 @@ fn observed(f: &Fleet) -> Vec<Observed> {
             image: Some(i.image.clone()),
             state: Lifecycle::Running,
             status_ok: true,
+            system_impaired: false,
             launched_at: Some(i.launched_at),
             token: Some(i.token.clone()),
             zone: None,

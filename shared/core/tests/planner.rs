@@ -319,6 +319,7 @@ impl Ec2 {
                 image: Some(vm.image.clone()),
                 state: vm.state,
                 status_ok: vm.status_ok,
+                system_impaired: false,
                 launched_at: Some(vm.launched_at),
                 token: vm.token.clone(),
                 zone: None,
@@ -429,6 +430,7 @@ impl Sim {
                     terminated_at: None,
                     taints: Vec::new(),
                     retirement: None,
+                    replacement_for: None,
                 },
             );
             sim.fleet.live += 1;

@@ -98,9 +98,11 @@ impl<E: Ec2> Compute<E> {
             .filter(|i| i.state == Lifecycle::Running)
             .map(|i| i.id.clone())
             .collect();
-        let mut ok = BTreeSet::new();
+        let mut status = BTreeMap::new();
         for chunk in running.chunks(MAX_STATUS_IDS) {
-            ok.extend(self.ec2.status_ok(chunk).await?);
+            for s in self.ec2.instance_status(chunk).await? {
+                status.insert(s.id.clone(), s);
+            }
         }
         Ok(instances
             .into_iter()
@@ -109,7 +111,8 @@ impl<E: Ec2> Compute<E> {
                     id: InstanceId::parse(&i.id).ok()?,
                     image: i.image.as_deref().and_then(|s| ImageId::parse(s).ok()),
                     state: i.state,
-                    status_ok: ok.contains(&i.id),
+                    status_ok: status.get(&i.id).is_some_and(|s| s.ok),
+                    system_impaired: status.get(&i.id).is_some_and(|s| s.system_impaired),
                     launched_at: i.launched_at,
                     token: i.tags.get(TAG_TOKEN).cloned(),
                     zone: i.zone,
@@ -117,6 +120,36 @@ impl<E: Ec2> Compute<E> {
                 })
             })
             .collect())
+    }
+
+    /// What EC2 says of one instance now (state, status checks), if it lists it.
+    pub async fn describe_instance(&self, id: &InstanceId) -> Result<Option<Observed>> {
+        let found = self
+            .ec2
+            .describe_instances(&Instances::Ids(vec![id.to_string()]))
+            .await?;
+        let Some(i) = found.into_iter().next() else {
+            return Ok(None);
+        };
+        let status = if i.state == Lifecycle::Running {
+            self.ec2
+                .instance_status(std::slice::from_ref(&i.id))
+                .await?
+        } else {
+            Vec::new()
+        };
+        let s = status.first();
+        Ok(Some(Observed {
+            id: id.clone(),
+            image: i.image.as_deref().and_then(|s| ImageId::parse(s).ok()),
+            state: i.state,
+            status_ok: s.is_some_and(|s| s.ok),
+            system_impaired: s.is_some_and(|s| s.system_impaired),
+            launched_at: i.launched_at,
+            token: i.tags.get(TAG_TOKEN).cloned(),
+            zone: i.zone,
+            instance_type: i.instance_type,
+        }))
     }
 
     /// Launches `count` instances for one decision, all or nothing. Idempotent per token: the

@@ -8,6 +8,11 @@ use phoenix_core::planner::{self, Outcome, Step};
 /// The planning the controller asks for, one method per moment of the protocol. Pure functions
 /// of their arguments; the defaults are the core's planner.
 pub trait Planner: Send + Sync {
+    /// What EC2 says of one instance now, folded into its record.
+    fn observe_instance(&self, fleet: &Fleet, observed: &Observed, now: Timestamp) -> Step {
+        planner::observe_instance(fleet, observed, now)
+    }
+
     /// An event's intent applied to the fleet (whole, or a record and one instance).
     fn apply_intent(
         &self,

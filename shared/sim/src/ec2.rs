@@ -12,7 +12,9 @@ use phoenix_core::images::ImageFacts;
 use phoenix_core::model::{Lifecycle, Observed, Timestamp, TAG_FLEET, TAG_TOKEN};
 use phoenix_core::{ImageId, InstanceId};
 use phoenix_protocol::error::{Error, Result};
-use phoenix_protocol::ports::ec2::{Ec2Instance, Instances, Ran, RunInstances, MAX_STATUS_IDS};
+use phoenix_protocol::ports::ec2::{
+    Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, MAX_STATUS_IDS,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
@@ -218,13 +220,18 @@ impl Ec2 {
             .collect())
     }
 
-    /// DescribeInstanceStatus: the ids whose two status checks are ok.
-    pub fn instance_status_ok(
+    /// The system status check fails: the host (an impaired host, its zone down), not the image.
+    pub fn system_impaired(&self, vm: &Vm) -> bool {
+        vm.state == Lifecycle::Running && (vm.impaired || self.zone_down(vm))
+    }
+
+    /// DescribeInstanceStatus: the status checks of the ids EC2 reports on (running ones).
+    pub fn instance_status(
         &self,
         ids: &[String],
         now: Timestamp,
         rng: &mut Rng,
-    ) -> Result<BTreeSet<String>> {
+    ) -> Result<Vec<InstanceStatus>> {
         if self.throttles(now, rng) {
             return Err(throttled("DescribeInstanceStatus"));
         }
@@ -236,12 +243,13 @@ impl Ec2 {
         }
         Ok(ids
             .iter()
-            .filter(|id| {
-                self.vms
-                    .values()
-                    .any(|vm| vm.id.as_str() == id.as_str() && self.status_ok(vm, now))
+            .filter_map(|id| self.vms.values().find(|vm| vm.id.as_str() == id.as_str()))
+            .filter(|vm| vm.state == Lifecycle::Running)
+            .map(|vm| InstanceStatus {
+                id: vm.id.to_string(),
+                ok: self.status_ok(vm, now),
+                system_impaired: self.system_impaired(vm),
             })
-            .cloned()
             .collect())
     }
 
@@ -370,6 +378,7 @@ impl Ec2 {
                 image: Some(vm.image.clone()),
                 state: vm.state,
                 status_ok: self.status_ok(vm, now),
+                system_impaired: self.system_impaired(vm),
                 launched_at: Some(vm.launched_at),
                 token: Some(vm.token.clone()),
                 zone: Some(ZONES[vm.zone].to_string()),

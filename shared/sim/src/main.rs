@@ -1,7 +1,7 @@
 //! `phoenix-sim`: runs the deterministic simulation over many seeds, or replays one.
 //!
 //! ```text
-//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--trace] [--quiet]
+//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--trace] [--quiet]
 //! ```
 
 use phoenix_sim::{run_seed, Config, Report, Stats, Variant};
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--trace] [--quiet]
+usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--trace] [--quiet]
 
   --steps N        run seeds FIRST, FIRST+1, ... until N steps in all (default 100000)
   --seeds FIRST    first seed of the range (default 1)
@@ -22,6 +22,8 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    surge-blind, ignore-health-failures; protocols: relaunch-blind,
                    act-before-deciding, lapsed-as-completed, keep-queued,
                    ignore-deadline-reserve, terminate-unchecked
+  --chatty         the health checker reports every healthy instance passed every 30 s
+                   (fleets of up to ten)
   --trace          print every step of the trace
   --quiet          print only the summary (and failures)
 
@@ -36,6 +38,7 @@ struct Args {
     fan_out: u64,
     variant: Variant,
     trace: bool,
+    chatty: bool,
     quiet: bool,
 }
 
@@ -48,6 +51,7 @@ fn parse() -> Result<Args, String> {
         fan_out: Config::new(0).fan_out as u64,
         variant: Variant::Real,
         trace: false,
+        chatty: false,
         quiet: false,
     };
     let mut it = std::env::args().skip(1);
@@ -69,6 +73,7 @@ fn parse() -> Result<Args, String> {
                 a.variant = Variant::parse(&v).ok_or(format!("unknown variant {v:?}"))?;
             }
             "--trace" => a.trace = true,
+            "--chatty" => a.chatty = true,
             "--quiet" => a.quiet = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -83,6 +88,7 @@ fn config(a: &Args, seed: u64) -> Config {
     cfg.fan_out = a.fan_out as usize;
     cfg.variant = a.variant;
     cfg.trace = a.trace;
+    cfg.chatty = a.chatty;
     cfg
 }
 
@@ -96,6 +102,9 @@ fn replay_command(a: &Args, seed: u64) -> String {
     }
     if a.variant != Variant::Real {
         cmd.push_str(&format!(" --variant {}", a.variant.name()));
+    }
+    if a.chatty {
+        cmd.push_str(" --chatty");
     }
     cmd
 }
@@ -130,7 +139,7 @@ fn stats_line(s: &Stats) -> String {
          (completed {}, in flight {}, unfinished {}), commands left unsettled {}, \
          commits {}, launched {} (launch failures {}), terminated {}, faults {}, \
          rollouts {} (succeeded {}, rolled back {}, aborted {}, superseded {}), \
-         quarantined {} bad / {} good images (good ones: {} wave deadline, {} stopped instance, {} failed health check, {} spurious report), breaker trips {}, \
+         quarantined {} bad / {} good images (good ones: {} wave deadline, {} stopped instance, {} host or zone failure, {} one instance's application failing, {} spurious report), breaker trips {}, stalled rollouts {}, \
          intents queued {} (applied from the inbox {}, reconcile failures reported after one {}), \
          service faults {} (DynamoDB, EventBridge), events published {}",
         s.events,
@@ -159,9 +168,11 @@ fn stats_line(s: &Stats) -> String {
         s.quarantined_good,
         s.good_by_deadline,
         s.good_by_stop,
-        s.good_by_fault,
+        s.good_by_host,
+        s.good_by_app,
         s.good_by_spurious,
         s.breaker_trips,
+        s.stalls,
         s.queued,
         s.dequeued,
         s.listed_failures,

@@ -8,10 +8,11 @@ use phoenix_core::images::ImageFacts;
 use phoenix_core::model::Timestamp;
 use phoenix_protocol::error::Result;
 use phoenix_protocol::ports::bus::{Bus, OutgoingEvent};
-use phoenix_protocol::ports::ec2::{Ec2, Ec2Instance, Instances, Ran, RunInstances};
+use phoenix_protocol::ports::ec2::{
+    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances,
+};
 use phoenix_protocol::ports::table::{Item, Key, Query, Table, Transacted, Write};
 use phoenix_protocol::ports::{Ports, Time};
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -121,7 +122,7 @@ impl Ec2 for SimEc2 {
         out
     }
 
-    async fn status_ok(&self, ids: &[String]) -> Result<BTreeSet<String>> {
+    async fn instance_status(&self, ids: &[String]) -> Result<Vec<InstanceStatus>> {
         let out = self.0.lock().ec2_status(ids);
         yield_now().await;
         out

@@ -103,6 +103,7 @@ impl Scenario {
             bake: Seconds(*rng.pick(&[0, 60, 300])),
             checkpoints,
             progress_deadline: Seconds(*rng.pick(&[600, 600, 900])),
+            rollback_after: quantity(rng, &["1", "1", "1", "2", "25%"]),
             auto_rollback: rng.chance(850),
             max_replacements_per_hour: if rng.chance(200) {
                 Some(rng.range(8, 30) as u32)
@@ -196,7 +197,7 @@ impl Scenario {
             .collect();
         format!(
             "{} weather; capacity {} surge {:?} unavailable {:?} health {:?} warmup {} canary {:?} bake {} \
-             checkpoints {:?} deadline {} auto_rollback {} hourly {:?} breaker {}%; \
+             checkpoints {:?} deadline {} rollback after {:?} auto_rollback {} hourly {:?} breaker {}%; \
              client token {}; lag {}s; bad images [{}]",
             self.weather.name,
             self.spec.capacity,
@@ -208,6 +209,7 @@ impl Scenario {
             p.bake,
             p.checkpoints.iter().map(|c| (c.percent, c.pause.map(|s| s.0))).collect::<Vec<_>>(),
             p.progress_deadline,
+            p.rollback_after,
             p.auto_rollback,
             p.max_replacements_per_hour,
             p.breaker.unhealthy_percent,

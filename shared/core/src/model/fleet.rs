@@ -30,6 +30,9 @@ pub struct PendingLaunch {
     pub decided_at: Timestamp,
     /// Until then, the invocation that decided it owns the call; after, any reconcile may finish it.
     pub lease_until: Timestamp,
+    /// The failed instance this launch replaces, for a repair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement_for: Option<InstanceId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +96,32 @@ pub struct Rollout {
     /// Why it rolled back or was aborted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The last time it moved on: it started, a wave started or became healthy, it rolled back,
+    /// an operator resumed it. `None`: when it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progressed_at: Option<Timestamp>,
+    /// It has not moved on for longer than the progress deadline, for a reason that is not the
+    /// image's fault: it waits, and says on what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled: Option<Stall>,
+}
+
+impl Rollout {
+    /// When it last moved on.
+    pub fn progressed(&self) -> Timestamp {
+        self.progressed_at.unwrap_or(self.started_at)
+    }
+}
+
+/// A rollout that waits longer than its progress deadline on something phoenix will not judge
+/// (a health report that does not come, capacity EC2 does not have, a host that failed): nothing
+/// is rolled back or quarantined for it; the operator is told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stall {
+    pub since: Timestamp,
+    pub reason: String,
+    /// What it waits on: instances (with why) and launches not made.
+    pub waiting_on: Vec<String>,
 }
 
 /// Why a rollout waits, and until when (none: until `phoenix rollout resume`).
@@ -113,8 +142,8 @@ pub struct Quarantine {
     pub rollout: u64,
 }
 
-/// A failure the breaker counts: "unhealthy at once" includes instances already replaced in the
-/// last few minutes, or replacing them one by one would hide a mass failure.
+/// A failure in the breaker's window, as the instance was then: a replacement that failed again
+/// within the window is churn, the sign that repairing does not help.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecentFailure {
     pub at: Timestamp,
@@ -129,6 +158,9 @@ pub struct Breaker {
     /// The attribute most unhealthy instances share, if one stands out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared: Option<String>,
+    /// Why it tripped: which instances, over what window, against what threshold.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// Everything phoenix records about one fleet. `instances` may hold only part of the fleet (an

@@ -29,6 +29,10 @@ pub struct Signals {
     /// A `HealthCheckPassed` event named it.
     #[serde(default)]
     pub passed: bool,
+    /// EC2's system status check reported its host impaired at the last look: whatever keeps it
+    /// from becoming healthy is not the image's fault.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_impaired: bool,
 }
 
 /// phoenix has decided to terminate this instance.
@@ -66,6 +70,10 @@ pub struct Instance {
     /// A replacement owed to it though it has not failed (Spot interruption, maintenance, taint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retirement: Option<Retirement>,
+    /// The failed instance it was launched to replace, if it was (the breaker counts a
+    /// replacement that fails again as a sign that repairing does not help).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement_for: Option<InstanceId>,
 }
 
 impl Instance {
@@ -188,6 +196,8 @@ pub struct Observed {
     pub state: Lifecycle,
     /// Both EC2 status checks (system and instance) report `ok`.
     pub status_ok: bool,
+    /// The system status check reports `impaired`: a problem of the host, not of the image.
+    pub system_impaired: bool,
     pub launched_at: Option<Timestamp>,
     /// The `phoenix:launch` tag.
     pub token: Option<String>,
@@ -203,6 +213,7 @@ impl Observed {
             image: Some(i.image.clone()),
             state: Lifecycle::Running,
             status_ok: true,
+            system_impaired: false,
             launched_at: Some(i.launched_at),
             token: Some(i.token.clone()),
             zone: i.zone.clone(),

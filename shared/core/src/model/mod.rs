@@ -14,11 +14,12 @@ pub(crate) mod images;
 mod instance;
 mod spec;
 
-pub use crate::lifecycle::{Health, Lifecycle};
+pub use crate::lifecycle::{Health, Lifecycle, Suspect};
 pub use crate::quantity::{validate_capacity, MAX_CAPACITY};
 pub use crate::time::{Seconds, Timestamp};
 pub use fleet::{
-    Breaker, Fleet, Pause, PendingLaunch, Quarantine, RecentFailure, Rollout, RolloutStatus, Wave,
+    Breaker, Fleet, Pause, PendingLaunch, Quarantine, RecentFailure, Rollout, RolloutStatus, Stall,
+    Wave,
 };
 pub use instance::{
     Disposal, Instance, Instances, Observed, Signals, TAG_FLEET, TAG_IMAGE, TAG_TOKEN,

@@ -68,9 +68,15 @@ pub struct RolloutPolicy {
     /// `phoenix rollout resume` when none is given). Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checkpoints: Vec<Checkpoint>,
-    /// A wave must be healthy within this time or the rollout rolls back. Default 10m.
+    /// A wave must be healthy within this time, or the rollout rolls back when the image is to
+    /// blame and stalls (waits, and says on what) when it is not. Default 10m.
     #[serde(default = "default_deadline")]
     pub progress_deadline: Seconds,
+    /// How many of a rollout's new instances must fail in a way that may be the image's fault
+    /// (count, or % of the current wave, rounded up) before the health gate sends it back.
+    /// Failures of an instance alone (its host, a stop by AWS) never count. Default 1.
+    #[serde(default = "default_rollback_after", skip_serializing_if = "is_one")]
+    pub rollback_after: Quantity,
     /// Roll back automatically when the new image fails its health gate. Default true.
     #[serde(default = "default_true")]
     pub auto_rollback: bool,
@@ -85,6 +91,12 @@ pub struct RolloutPolicy {
 
 fn default_deadline() -> Seconds {
     Seconds(600)
+}
+fn default_rollback_after() -> Quantity {
+    Quantity::Count(1)
+}
+fn is_one(q: &Quantity) -> bool {
+    *q == Quantity::Count(1)
 }
 fn default_true() -> bool {
     true
@@ -148,6 +160,7 @@ impl Default for RolloutPolicy {
             bake: Seconds(0),
             checkpoints: Vec::new(),
             progress_deadline: default_deadline(),
+            rollback_after: default_rollback_after(),
             auto_rollback: true,
             max_replacements_per_hour: None,
             breaker: BreakerPolicy::default(),

@@ -15,7 +15,7 @@ use super::tx::Tx;
 use crate::error::{Error, Result};
 use crate::events::{Change, Intent, QueuedIntent, ScaleTarget};
 use crate::ids::{ImageId, InstanceId};
-use crate::model::{Fleet, FleetSpec, Health, Timestamp, MAX_CAPACITY};
+use crate::model::{Fleet, FleetSpec, Health, Lifecycle, Timestamp, MAX_CAPACITY};
 use std::collections::BTreeSet;
 
 /// A new fleet, as `phoenix fleet apply` creates it. Instances come with the first reconcile.
@@ -200,13 +200,17 @@ pub fn apply_intent(
                 tx.ignore(format!("{instance} is already being replaced"))
             }
             Some(i) if i.is_failed() => tx.ignore(format!("{instance} already failed")),
-            Some(_) => {
-                tx.set_health(
-                    instance,
-                    Health::Unhealthy {
-                        reason: reason.clone(),
-                    },
-                );
+            Some(i) => {
+                // EC2 reported its host impaired at the last look: the failure is the host's,
+                // not the image's.
+                let health = if i.signals.host_impaired {
+                    Health::broken(format!("{reason} (EC2 reports its host impaired)"))
+                } else if matches!(i.state, Lifecycle::Stopping | Lifecycle::Stopped) {
+                    Health::broken(format!("{reason} (the instance is {})", i.state.as_str()))
+                } else {
+                    Health::failed(reason.clone())
+                };
+                tx.set_health(instance, health);
                 // A new-image instance failing sends the rollout back first, so that its
                 // replacement comes from the previous image.
                 tx.health_gate();
@@ -224,7 +228,14 @@ pub fn apply_intent(
             Some(i) if i.is_failed() => tx.ignore(format!(
                 "{instance} failed earlier; a failed instance is never trusted again"
             )),
-            Some(i) if i.signals.passed => tx.ignore(format!("{instance} already passed")),
+            // Passed before, but not healthy yet (its warmup was not over, EC2's checks were
+            // still to come): counted healthy now if the rest holds.
+            Some(i) if i.signals.passed => {
+                tx.promote(instance);
+                if tx.changes.is_empty() {
+                    tx.ignore(format!("{instance} already passed"));
+                }
+            }
             Some(_) => {
                 if let Some(i) = tx.instance_mut(instance) {
                     i.signals.passed = true;

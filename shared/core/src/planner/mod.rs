@@ -37,7 +37,7 @@ mod tx;
 
 pub use intents::{apply_intent, apply_queued, create_fleet, update_spec};
 pub use outcomes::{outcome_parts, record_outcome_part, record_outcomes};
-pub use reconcile::{reconcile, OBSERVE_GRACE};
+pub use reconcile::{observe_instance, reconcile, OBSERVE_GRACE};
 pub use rollout::{wave_healthy, wave_to_recheck};
 pub use step::{Command, Launched, Outcome, Step};
 pub use tx::{LEASE, MAX_LAUNCHES_PER_STEP, MAX_TERMINATIONS_PER_STEP, MAX_TOUCHED_PER_STEP};

@@ -59,9 +59,7 @@ pub(super) fn apply(tx: &mut Tx, id: &InstanceId, notice: &Notice) {
         Notice::State { state } => {
             tx.set_health(
                 id,
-                Health::Unhealthy {
-                    reason: format!("instance {} outside phoenix", state.as_str()),
-                },
+                Health::broken(format!("instance {} outside phoenix", state.as_str())),
             );
             tx.health_gate();
             tx.repair(id);

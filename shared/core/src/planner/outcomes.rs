@@ -41,6 +41,7 @@ impl Tx {
                     terminated_at: None,
                     taints: Vec::new(),
                     retirement: None,
+                    replacement_for: pending.replacement_for.clone(),
                 },
             );
             self.touched.insert(l.id.clone());

@@ -46,6 +46,31 @@ pub fn reconcile(fleet: &Fleet, observed: &[Observed], now: Timestamp) -> Step {
     reconcile_tx(Tx::new(fleet, now), observed)
 }
 
+/// What EC2 says of one instance now, folded into its record (its state, whether its host is
+/// impaired): read before judging a failure report, so that a failure of the instance alone
+/// (AWS stopped it, its host failed) is not taken for the image's.
+pub fn observe_instance(fleet: &Fleet, observed: &Observed, now: Timestamp) -> Step {
+    let mut tx = Tx::new(fleet, now);
+    if let Some(inst) = fleet.instances.get(&observed.id).filter(|i| i.is_live()) {
+        let host_impaired = observed.state == Lifecycle::Running && observed.system_impaired;
+        if observed.state != inst.state && !observed.state.is_gone() {
+            if let Some(i) = tx.instance_mut(&observed.id) {
+                i.state = observed.state;
+            }
+            tx.changes.push(Change::StateChanged {
+                instance: observed.id.clone(),
+                state: observed.state,
+            });
+        }
+        if host_impaired != inst.signals.host_impaired {
+            if let Some(i) = tx.instance_mut(&observed.id) {
+                i.signals.host_impaired = host_impaired;
+            }
+        }
+    }
+    tx.finish()
+}
+
 fn reconcile_tx(mut tx: Tx, observed: &[Observed]) -> Step {
     // The counters are derived: a full view is the moment to correct any drift.
     let (live, failed) = tx.fleet.live_instances().fold((0, 0), |(live, failed), i| {
@@ -177,11 +202,17 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                 if stopped && !inst.is_failed() && inst.disposal.is_none() {
                     tx.set_health(
                         &inst.id,
-                        Health::Unhealthy {
-                            reason: format!("instance is {} outside phoenix", o.state.as_str()),
-                        },
+                        Health::broken(format!("instance is {} outside phoenix", o.state.as_str())),
                     );
                 } else if inst.health == Health::Unknown {
+                    // What keeps it from becoming healthy may be its host: remembered, so that a
+                    // late wave is not blamed on the image for it.
+                    let host_impaired = o.state == Lifecycle::Running && o.system_impaired;
+                    if host_impaired != inst.signals.host_impaired {
+                        if let Some(i) = tx.instance_mut(&inst.id) {
+                            i.signals.host_impaired = host_impaired;
+                        }
+                    }
                     let ec2_ok = o.state == Lifecycle::Running && o.status_ok;
                     if ec2_ok && !inst.signals.ec2_ok {
                         if let Some(i) = tx.instance_mut(&inst.id) {

@@ -1,7 +1,9 @@
 //! Replacing one instance at a time — a failed one (`repair`), or one that must go without having
 //! failed (`retire`, owed by a notice), both launch-first while the surge limit leaves room — and
-//! the mass-failure breaker, which stops repairs when so many instances fail at once that the
-//! cause is probably shared.
+//! the mass-failure breaker, which stops repairs when repairing does not help: too many instances
+//! unhealthy at the same time, counting replacements that fail again (Karpenter halts node repair
+//! when more than 20 % of a pool is unhealthy at once). Two unrelated failures minutes apart are
+//! both repaired; failures of an image since quarantined never count.
 //!
 //! What holds: while the breaker is tripped nothing is repaired, but retirements go on (they are
 //! not failures); repairs and planned retirements stay within the hourly budget, urgent
@@ -15,33 +17,99 @@ use crate::ids::InstanceId;
 use crate::model::{Breaker, Health, Instance};
 use std::collections::BTreeMap;
 
+/// What the breaker counts: instances unhealthy now (failed, not yet replaced) and replacements
+/// that failed again within the window (churn: the sign that new instances fail the same way).
+/// Failures of an image since quarantined are left out: their cause is known and handled.
+struct AtOnce {
+    /// Failed now (with only part of the fleet loaded: the fleet's count of failed instances).
+    failed_now: Vec<InstanceId>,
+    failed_now_count: u32,
+    /// Replacements that failed again within the window, not failed now.
+    churn: Vec<Instance>,
+}
+
+impl AtOnce {
+    fn count(&self) -> u32 {
+        self.failed_now_count + self.churn.len() as u32
+    }
+}
+
+fn ids(v: &[InstanceId]) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.iter()
+        .map(InstanceId::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl Tx {
-    /// Instances unhealthy "at once": failed and still here, or failed within the breaker's window.
-    /// With only part of the fleet loaded, the live count is the recorded counter.
-    fn unhealthy_at_once(&self) -> (Vec<Instance>, u32) {
+    fn unhealthy_at_once(&self) -> AtOnce {
         let window = self.fleet.spec.policy.breaker.window.duration();
-        let mut by_id: BTreeMap<InstanceId, Instance> = self
+        let blameless = |i: &Instance| self.fleet.quarantined.contains_key(&i.image);
+        let failed_now: Vec<InstanceId> = self
+            .fleet
+            .live_instances()
+            .filter(|i| i.is_failed() && !blameless(i))
+            .map(|i| i.id.clone())
+            .collect();
+        let mut seen: BTreeMap<&InstanceId, ()> = failed_now.iter().map(|id| (id, ())).collect();
+        let mut churn = Vec::new();
+        for f in self
             .fleet
             .failures
             .iter()
             .filter(|f| f.at + window > self.now)
-            .map(|f| (f.instance.id.clone(), f.instance.clone()))
-            .collect();
-        for i in self.fleet.live_instances().filter(|i| i.is_failed()) {
-            by_id.insert(i.id.clone(), i.clone());
+        {
+            let i = &f.instance;
+            if i.replacement_for.is_some() && !blameless(i) && seen.insert(&i.id, ()).is_none() {
+                churn.push(i.clone());
+            }
         }
-        let count = (by_id.len() as u32).max(self.fleet.failed);
-        (by_id.into_values().collect(), count)
+        let failed_now_count = if self.fleet.complete {
+            failed_now.len() as u32
+        } else {
+            (failed_now.len() as u32).max(self.fleet.failed)
+        };
+        AtOnce {
+            failed_now,
+            failed_now_count,
+            churn,
+        }
     }
 
-    /// Whether so many instances are unhealthy at once that the cause is probably shared: more
-    /// than the breaker's share of capacity, and never for a single instance (one failure in a
-    /// fleet of 4 is 25 %, but says nothing about the others).
-    fn breaker_threshold_exceeded(&self, failed: u32) -> bool {
+    /// More than the breaker's share of capacity, and never for a single instance (one failure
+    /// in a fleet of 4 is 25 %, but says nothing about the others).
+    fn breaker_threshold_exceeded(&self, at_once: &AtOnce) -> bool {
         let capacity = u64::from(self.fleet.spec.capacity.max(1));
+        let failed = at_once.count();
         failed >= 2
             && u64::from(failed) * 100
                 > u64::from(self.fleet.spec.policy.breaker.unhealthy_percent) * capacity
+    }
+
+    /// The figures behind the breaker's decision, for the history and `status`.
+    fn breaker_figures(&self, at_once: &AtOnce) -> String {
+        let policy = &self.fleet.spec.policy.breaker;
+        let capacity = self.fleet.spec.capacity;
+        let failed_now = if self.fleet.complete {
+            format!("failed now: {}", ids(&at_once.failed_now))
+        } else {
+            format!(
+                "failed now: {} by the fleet's count",
+                at_once.failed_now_count
+            )
+        };
+        let churn: Vec<InstanceId> = at_once.churn.iter().map(|i| i.id.clone()).collect();
+        format!(
+            "{} of {capacity} instances unhealthy at once ({failed_now}; replacements failed \
+             again within {}: {}), more than {}% of capacity",
+            at_once.count(),
+            policy.window,
+            ids(&churn),
+            policy.unhealthy_percent,
+        )
     }
 
     /// Replaces a failed instance: launch first when the surge limit leaves room, otherwise
@@ -55,23 +123,21 @@ impl Tx {
             return;
         }
         let reason = match &inst.health {
-            Health::Unhealthy { reason } => format!("replace failed instance: {reason}"),
+            Health::Unhealthy { reason, .. } => format!("replace failed instance: {reason}"),
             _ => "replace failed instance".into(),
         };
+        let at_once = self.unhealthy_at_once();
         let halted = self.fleet.breaker.is_some()
-            || (!self.fleet.breaker_overridden
-                && self.breaker_threshold_exceeded(self.unhealthy_at_once().1));
+            || (!self.fleet.breaker_overridden && self.breaker_threshold_exceeded(&at_once));
         if halted {
             if self.fleet.breaker.is_none() && !self.fleet.complete {
-                // Tripping needs the whole fleet (to name what the failures share): the next
-                // reconcile does it. Until then, nothing is replaced.
+                // Tripping needs the whole fleet (to count exactly, and name what the failures
+                // share): a reconcile follows at once. Until then, nothing is replaced.
                 self.changes.push(Change::RepairDeferred {
                     instance: id.clone(),
                     reason: format!(
-                        "{} of {} instances unhealthy: more than {}%",
-                        self.fleet.failed,
-                        self.fleet.spec.capacity,
-                        self.fleet.spec.policy.breaker.unhealthy_percent
+                        "up to {}; the whole fleet decides",
+                        self.breaker_figures(&at_once)
                     ),
                 });
             }
@@ -90,9 +156,17 @@ impl Tx {
                 && self.fleet.spec.capacity > 0
         }) {
             let token = self.decide_launch(image, 1, format!("replacement for {id}"));
+            self.mark_replacement(&token, id);
             self.decide_terminate(id, reason, Some(token));
         } else {
             self.decide_terminate(id, reason, None);
+        }
+    }
+
+    /// Records that launch `token` replaces the failed instance `id`.
+    fn mark_replacement(&mut self, token: &str, id: &InstanceId) {
+        if let Some(p) = self.fleet.pending.iter_mut().find(|p| p.token == token) {
+            p.replacement_for = Some(id.clone());
         }
     }
 
@@ -138,8 +212,9 @@ impl Tx {
     /// The mass-failure breaker, on the whole fleet: trips when more than its share of capacity is
     /// unhealthy, naming what the unhealthy instances share; resets once the fleet recovers.
     pub(super) fn breaker(&mut self) {
-        let (unhealthy, count) = self.unhealthy_at_once();
-        let exceeded = self.breaker_threshold_exceeded(count);
+        let at_once = self.unhealthy_at_once();
+        let count = at_once.count();
+        let exceeded = self.breaker_threshold_exceeded(&at_once);
         if !exceeded {
             // An operator's override lasts until the fleet is below the threshold again.
             self.fleet.breaker_overridden = false;
@@ -147,24 +222,30 @@ impl Tx {
         let tripped = exceeded && !self.fleet.breaker_overridden;
         let is_tripped = self.fleet.breaker.is_some();
         if tripped && !is_tripped {
+            let mut unhealthy: Vec<&Instance> = at_once
+                .failed_now
+                .iter()
+                .filter_map(|id| self.fleet.instances.get(id))
+                .collect();
+            unhealthy.extend(at_once.churn.iter());
             let mut all: Vec<&Instance> = self.fleet.live_instances().collect();
-            all.extend(
-                unhealthy
-                    .iter()
-                    .filter(|u| !self.fleet.instances.get(&u.id).is_some_and(|i| i.is_live())),
-            );
-            let unhealthy: Vec<&Instance> = unhealthy.iter().collect();
+            all.extend(at_once.churn.iter());
+            // Naming what the failures share helps the operator; it is never the reason to halt
+            // (in a fleet of one image, type and zone every pair of failures shares them all).
             let shared = shared_attribute(&unhealthy, &all);
             let capacity = self.fleet.spec.capacity;
+            let reason = self.breaker_figures(&at_once);
             self.fleet.breaker = Some(Breaker {
                 tripped_at: self.now,
                 unhealthy: count,
                 shared: shared.clone(),
+                reason: reason.clone(),
             });
             self.changes.push(Change::ReplacementHalted {
                 unhealthy: count,
                 capacity,
                 shared,
+                reason,
             });
         } else if !tripped && is_tripped {
             self.fleet.breaker = None;

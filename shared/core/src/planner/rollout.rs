@@ -4,9 +4,12 @@
 //! commands to a rollout (`control`), and the controller's early look at a wave that may have
 //! just turned healthy (`wave_to_recheck`).
 //!
-//! What holds: a fleet has at most one rollout in motion (a newer image supersedes it); a new-image
-//! instance that fails, or a wave late past its progress deadline, rolls the rollout back and
-//! quarantines the image, and the launches of it this step would have made are given up; a
+//! What holds: a fleet has at most one rollout in motion (a newer image supersedes it); enough
+//! new-image instances failing in a way that may be the image's fault (`rollback_after`), or a
+//! wave late past its progress deadline for such a reason, rolls the rollout back and quarantines
+//! the image, and the launches of it this step would have made are given up; a failure of an
+//! instance alone (its host, AWS stopping it) or a launch EC2 could not make never does — a wave
+//! late for those stalls the rollout, which says what it waits on and is never guessed about; a
 //! rollout held by a failed gate with automatic rollback off waits for the operator, not for a
 //! timer.
 
@@ -14,7 +17,10 @@ use super::step::Command;
 use super::tx::{fleet_tokens, Tx};
 use crate::events::{Change, ControlAction};
 use crate::ids::{ImageId, InstanceId};
-use crate::model::{Fleet, Health, Instance, Pause, Quarantine, Rollout, RolloutStatus, Timestamp};
+use crate::lifecycle::{Lifecycle, Suspect};
+use crate::model::{
+    Fleet, Health, Instance, Pause, Quarantine, Rollout, RolloutStatus, Stall, Timestamp, Wave,
+};
 use crate::quantity::{Quantity, Rounding};
 use chrono::Duration;
 use std::collections::BTreeSet;
@@ -53,6 +59,8 @@ impl Tx {
             pause: None,
             checkpoints_passed: Vec::new(),
             reason: None,
+            progressed_at: None,
+            stalled: None,
         });
     }
 
@@ -123,6 +131,7 @@ impl Tx {
                 reason,
             });
         }
+        self.progressed();
     }
 
     /// Drops the launches of `image` this step would make (retries of pending launches).
@@ -196,38 +205,63 @@ impl Tx {
                 rollout: id,
                 reason,
             });
+            self.progressed();
         }
     }
 
-    /// The health gate of a rollout: a new-image instance that failed, or a wave that missed its
-    /// deadline, sends the rollout back to the previous image and quarantines the new one.
+    /// The health gate of a rollout: enough of its new instances failing in a way that may be the
+    /// image's fault (`rollback_after`), or a wave that missed its progress deadline for a reason
+    /// that may be the image's, sends the rollout back to the previous image and quarantines the
+    /// new one. A deadline missed for anything else — a launch EC2 could not make, a host or zone
+    /// that failed, an instance AWS stopped — stalls the rollout instead: it waits, and says on
+    /// what. So does a rollback that stops moving on.
     pub(super) fn health_gate(&mut self) {
         let now = self.now;
         let Some(r) = self.fleet.rollout.as_ref() else {
             return;
         };
-        if !matches!(r.status, RolloutStatus::InProgress | RolloutStatus::Paused) {
+        if !matches!(
+            r.status,
+            RolloutStatus::InProgress | RolloutStatus::Paused | RolloutStatus::RollingBack
+        ) {
             return;
         }
-        if r.pause
-            .as_ref()
-            .is_some_and(|p| p.resume_to == RolloutStatus::RollingBack)
-        {
+        let rolling_back = r.status == RolloutStatus::RollingBack
+            || r.pause
+                .as_ref()
+                .is_some_and(|p| p.resume_to == RolloutStatus::RollingBack);
+        let deadline = self.fleet.spec.policy.progress_deadline;
+        if rolling_back {
+            // Nothing to go back from; a rollback that does not move on is surfaced.
+            if r.status == RolloutStatus::RollingBack && r.progressed() + deadline.duration() <= now
+            {
+                let waiting = self.waiting_on(None);
+                self.stall(
+                    format!(
+                        "the rollback has not moved on within its progress deadline of {deadline}"
+                    ),
+                    waiting,
+                );
+            }
             return;
         }
-        let failed = self
+        // Instances of this rollout only: launched since it started (EC2 stamps launch times to
+        // the second, hence the one-second allowance). An instance that already ran the target
+        // image before (a rollout back to an older image) says nothing about it. Only failures
+        // that may be the image's count; an instance that broke alone is repaired and the
+        // rollout goes on. (Health first: the cheapest test, and the one that almost always
+        // fails.)
+        let failed: Vec<String> = self
             .fleet
             .instances
             .values()
-            // Instances of this rollout only: launched since it started (EC2 stamps launch times to
-            // the second, hence the one-second allowance). An instance that already ran the
-            // target image before (a rollout back to an older image) says nothing about it.
-            // (Health first: the cheapest test, and the one that almost always fails.)
-            .find_map(|i| match &i.health {
-                Health::Unhealthy { reason }
-                    if i.image == r.to
-                        && i.is_live()
-                        && i.launched_at + Duration::seconds(1) >= r.started_at =>
+            .filter_map(|i| match &i.health {
+                Health::Unhealthy {
+                    reason,
+                    suspect: Suspect::Image,
+                } if i.image == r.to
+                    && i.is_live()
+                    && i.launched_at + Duration::seconds(1) >= r.started_at =>
                 {
                     Some(format!(
                         "{} on {} failed its health check: {reason}",
@@ -235,25 +269,157 @@ impl Tx {
                     ))
                 }
                 _ => None,
-            });
-        let deadline = self.fleet.spec.policy.progress_deadline;
-        let late = r
+            })
+            .collect();
+        let wave_size = r.waves.last().map_or(1, |w| w.launched.len().max(1)) as u32;
+        let needed = self
+            .fleet
+            .spec
+            .policy
+            .rollback_after
+            .resolve(wave_size, Rounding::Up)
+            .max(1) as usize;
+        if failed.len() >= needed {
+            let reason = if failed.len() == 1 {
+                failed[0].clone()
+            } else {
+                format!(
+                    "{} of the rollout's instances failed (rollback after {}): {}",
+                    failed.len(),
+                    needed,
+                    failed.join("; ")
+                )
+            };
+            self.roll_back(reason, true);
+            return;
+        }
+        if r.status != RolloutStatus::InProgress || r.progressed() + deadline.duration() > now {
+            return;
+        }
+        // No wave became healthy within the deadline. What it waits on: the waves that still
+        // count, and the launches EC2 refused since it last moved on.
+        let pending = fleet_tokens(&self.fleet);
+        let since = r.progressed();
+        let late: Vec<Wave> = r
             .waves
             .iter()
-            .find(|w| {
+            .filter(|w| {
                 w.healthy_at.is_none()
-                    && w.started_at + deadline.duration() <= now
-                    && r.status == RolloutStatus::InProgress
+                    && (wave_alive(&self.fleet, &pending, w) || w.started_at >= since)
             })
-            .map(|w| {
-                format!(
-                    "wave {} was not healthy within its progress deadline of {deadline}",
-                    w.number
-                )
-            });
-        if let Some(reason) = failed.or(late) {
-            self.roll_back(reason, true);
+            .cloned()
+            .collect();
+        if late.is_empty() {
+            return;
         }
+        let waiting: Vec<Waiting> = late.iter().flat_map(|w| self.waiting_on(Some(w))).collect();
+        let numbers: Vec<String> = late.iter().map(|w| w.number.to_string()).collect();
+        if waiting.iter().any(|w| w.image_may_be_at_fault) {
+            let reason = format!(
+                "wave {} was not healthy within its progress deadline of {deadline}",
+                numbers.join(", ")
+            );
+            self.roll_back(reason, true);
+        } else {
+            let reason = format!(
+                "no wave has been healthy within the progress deadline of {deadline} (waves {}), \
+                 for reasons that are not the image's",
+                numbers.join(", ")
+            );
+            self.stall(reason, waiting);
+        }
+    }
+
+    /// What a late wave (or, with none, a rollback) waits on: its launches not made, and its
+    /// instances not healthy yet, each with why and whether the image may be at fault.
+    fn waiting_on(&self, wave: Option<&Wave>) -> Vec<Waiting> {
+        let target = &self.fleet.spec.image;
+        let pending: BTreeSet<&str> = fleet_tokens(&self.fleet);
+        let mut out = Vec::new();
+        let (tokens, members): (Vec<String>, Vec<InstanceId>) = match wave {
+            Some(w) => (w.tokens.clone(), w.launched.clone()),
+            None => (
+                self.fleet
+                    .pending
+                    .iter()
+                    .filter(|p| p.image == *target)
+                    .map(|p| p.token.clone())
+                    .collect(),
+                self.fleet
+                    .live_instances()
+                    .filter(|i| i.image == *target && !i.is_healthy())
+                    .map(|i| i.id.clone())
+                    .collect(),
+            ),
+        };
+        let launched_tokens: BTreeSet<&str> = members
+            .iter()
+            .filter_map(|id| self.fleet.instances.get(id))
+            .map(|i| i.token.as_str())
+            .collect();
+        for token in &tokens {
+            if pending.contains(token.as_str()) {
+                out.push(Waiting::not_image(format!("launch {token} not made yet")));
+            } else if !launched_tokens.contains(token.as_str()) {
+                out.push(Waiting::not_image(format!(
+                    "launch {token} failed (EC2 could not make it)"
+                )));
+            }
+        }
+        for i in members
+            .iter()
+            .filter_map(|id| self.fleet.instances.get(id))
+            .filter(|i| i.is_live() && !i.is_healthy())
+        {
+            let (why, image) = match (&i.health, i.state) {
+                (
+                    Health::Unhealthy {
+                        reason,
+                        suspect: Suspect::Instance,
+                    },
+                    _,
+                ) => (format!("failed alone: {reason}"), false),
+                (Health::Unhealthy { reason, .. }, _) => (format!("failed: {reason}"), true),
+                (_, Lifecycle::Pending) => ("still pending in EC2".to_string(), false),
+                (_, Lifecycle::Running) if i.signals.host_impaired => (
+                    "EC2's system status check reports its host impaired".to_string(),
+                    false,
+                ),
+                (_, Lifecycle::Running) if !i.signals.ec2_ok => {
+                    ("EC2's status checks not passed".to_string(), true)
+                }
+                (_, Lifecycle::Running) => ("no passed health report".to_string(), true),
+                (_, state) => (format!("{} in EC2", state.as_str()), false),
+            };
+            out.push(Waiting {
+                what: format!("{} ({why})", i.id),
+                image_may_be_at_fault: image,
+            });
+        }
+        out
+    }
+
+    /// Marks the rollout stalled (once, until it moves on again), naming what it waits on.
+    fn stall(&mut self, reason: String, waiting: Vec<Waiting>) {
+        let now = self.now;
+        let Some(r) = self.active_rollout() else {
+            return;
+        };
+        if r.stalled.is_some() {
+            return;
+        }
+        let waiting_on: Vec<String> = waiting.into_iter().map(|w| w.what).collect();
+        r.stalled = Some(Stall {
+            since: now,
+            reason: reason.clone(),
+            waiting_on: waiting_on.clone(),
+        });
+        let rollout = r.id;
+        self.changes.push(Change::RolloutStalled {
+            rollout,
+            reason,
+            waiting_on,
+        });
     }
 
     /// Resumes a rollout whose timed pause (bake, checkpoint) is over.
@@ -294,6 +460,22 @@ pub(super) fn control(tx: &mut Tx, action: ControlAction) {
                 }
                 None => tx.resume("resumed by operator".into()),
             }
+        }
+        // A stalled rollout waits on something phoenix will not judge; resuming it gives it
+        // another progress deadline.
+        (ControlAction::Resume, Some(RolloutStatus::InProgress | RolloutStatus::RollingBack))
+            if tx
+                .fleet
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.stalled.is_some()) =>
+        {
+            let id = tx.fleet.rollout.as_ref().map_or(0, |r| r.id);
+            tx.changes.push(Change::RolloutResumed {
+                rollout: id,
+                reason: "resumed by operator after a stall".into(),
+            });
+            tx.progressed();
         }
         (ControlAction::Abort, Some(s)) if s.is_active() => tx.abort("aborted by operator".into()),
         (ControlAction::Undo, Some(RolloutStatus::InProgress | RolloutStatus::Paused)) => {
@@ -374,10 +556,9 @@ pub(super) fn track_rollout(tx: &mut Tx) {
             });
         }
     }
-    let first_wave_was_unhealthy = rollout
-        .waves
-        .first()
-        .is_some_and(|w| w.healthy_at.is_none());
+    let canary = first_launching_wave(&tx.fleet, rollout)
+        .filter(|w| w.healthy_at.is_none())
+        .map(|w| w.number);
     let target = tx.fleet.spec.image.clone();
     let capacity = tx.fleet.spec.capacity as usize;
     let live: Vec<&Instance> = tx.fleet.live_instances().collect();
@@ -394,9 +575,14 @@ pub(super) fn track_rollout(tx: &mut Tx) {
             .iter()
             .all(|i| i.image == target && i.is_healthy() && i.disposal.is_none());
     let policy = tx.fleet.spec.policy.clone();
-    let canary_just_healthy =
-        policy.canary.is_some() && first_wave_was_unhealthy && healthy_waves.first() == Some(&0);
+    let canary_just_healthy = policy.canary.is_some()
+        && canary.is_some_and(|c| {
+            healthy_waves
+                .iter()
+                .any(|n| rollout.waves.get(*n).is_some_and(|w| w.number == c))
+        });
     let mut pause = None;
+    let moved_on = !healthy_waves.is_empty();
     if let Some(r) = tx.fleet.rollout.as_mut() {
         for n in healthy_waves {
             r.waves[n].healthy_at = Some(now);
@@ -446,9 +632,47 @@ pub(super) fn track_rollout(tx: &mut Tx) {
         }
     }
     tx.changes.extend(changes);
+    if moved_on {
+        tx.progressed();
+    }
     if let Some((reason, until)) = pause {
         tx.pause(reason, until);
     }
+}
+
+/// One thing a stalled rollout waits on.
+struct Waiting {
+    what: String,
+    /// The image may be what it waits for (a failure, a health report that does not come):
+    /// then a missed deadline rolls back; otherwise it stalls.
+    image_may_be_at_fault: bool,
+}
+
+impl Waiting {
+    fn not_image(what: String) -> Self {
+        Waiting {
+            what,
+            image_may_be_at_fault: false,
+        }
+    }
+}
+
+/// Whether a wave still counts: it waits for a launch, or has live instances. A wave whose
+/// launches EC2 refused, or whose instances are all gone (replaced, vanished), has nothing left
+/// to become healthy: later waves carry on.
+pub(super) fn wave_alive(fleet: &Fleet, pending: &BTreeSet<&str>, w: &Wave) -> bool {
+    w.tokens.iter().any(|t| pending.contains(t.as_str()))
+        || w.launched
+            .iter()
+            .any(|id| fleet.instances.get(id).is_some_and(|i| i.is_live()))
+}
+
+/// The first wave of a rollout that still counts (`wave_alive`), or became healthy.
+pub(super) fn first_launching_wave<'a>(fleet: &Fleet, r: &'a Rollout) -> Option<&'a Wave> {
+    let pending = fleet_tokens(fleet);
+    r.waves
+        .iter()
+        .find(|w| w.healthy_at.is_some() || wave_alive(fleet, &pending, w))
 }
 
 pub(super) fn checkpoint_count(capacity: u32, percent: u32) -> u32 {

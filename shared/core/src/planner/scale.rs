@@ -7,7 +7,7 @@
 //! rollout freezes how far the new image replaces the old, not the fleet's size; nothing is
 //! launched from a quarantined image.
 
-use super::rollout::checkpoint_count;
+use super::rollout::{checkpoint_count, first_launching_wave};
 use super::tx::{Tx, MAX_LAUNCHES_PER_STEP, MAX_TERMINATIONS_PER_STEP, MAX_TOUCHED_PER_STEP};
 use crate::events::Change;
 use crate::ids::InstanceId;
@@ -38,8 +38,11 @@ fn new_image_cap(fleet: &Fleet, current_new: u32) -> Option<u32> {
             .live_instances()
             .filter(|i| i.image == r.to && i.is_healthy() && i.disposal.is_none())
             .count() as u32;
-        let canary_done = r.waves.first().is_some_and(|w| w.healthy_at.is_some())
-            || (r.waves.is_empty() && healthy_on_target >= size);
+        // The canary is the first wave that launched anything (a wave whose launches EC2
+        // refused launched nothing: the next one tries again).
+        let canary = first_launching_wave(fleet, r);
+        let canary_done = canary.is_some_and(|w| w.healthy_at.is_some())
+            || (canary.is_none() && healthy_on_target >= size);
         if !canary_done {
             cap = cap.min(size);
         }

@@ -88,6 +88,35 @@ impl Step {
         self.changes.is_empty()
     }
 
+    /// Why the step changes nothing, when all it records is `Ignored` (an instance already
+    /// healthy reported healthy again, a delivery the fleet is past): no command, no record
+    /// touched, the fleet as `before`. Such a step writes nothing but what deduplication needs.
+    pub fn ignored_only(&self, before: &Fleet) -> Option<String> {
+        if self.changes.is_empty() || !self.commands.is_empty() || !self.touched.is_empty() {
+            return None;
+        }
+        let reasons = self
+            .changes
+            .iter()
+            .map(|c| match c {
+                Change::Ignored { reason } => Some(reason.as_str()),
+                _ => None,
+            })
+            .collect::<Option<Vec<&str>>>()?;
+        (self.fleet == *before).then(|| reasons.join("; "))
+    }
+
+    /// `then`, for a continuation that may refuse (an intent that does not apply).
+    pub fn then_result<E>(self, f: impl FnOnce(&Fleet) -> Result<Step, E>) -> Result<Step, E> {
+        let next = f(&self.fleet)?;
+        Ok(Step::followed_by(
+            self.changes,
+            self.commands,
+            self.touched,
+            next,
+        ))
+    }
+
     /// The step that continues this one with `f`, as one commit.
     pub fn then(self, f: impl FnOnce(&Fleet) -> Step) -> Step {
         let next = f(&self.fleet);

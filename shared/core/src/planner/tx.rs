@@ -171,6 +171,7 @@ impl Tx {
             reason: reason.clone(),
             decided_at: self.now,
             lease_until: self.now + LEASE,
+            replacement_for: None,
         });
         self.changes.push(Change::LaunchDecided {
             token: token.clone(),
@@ -249,6 +250,7 @@ impl Tx {
         let was_failed = inst.is_failed();
         inst.health = health.clone();
         let is_failed = inst.is_failed();
+        let image = inst.image.clone();
         if is_failed && !was_failed {
             let snapshot = inst.clone();
             self.fleet.failed += 1;
@@ -265,10 +267,16 @@ impl Tx {
         } else if was_failed && !is_failed {
             self.fleet.failed = self.fleet.failed.saturating_sub(1);
         }
+        // A new instance of the rollout's target serving is progress (Kubernetes counts newly
+        // available pods the same way): the rollout's deadline starts again.
+        let on_target = image == self.fleet.spec.image;
         self.changes.push(Change::HealthChanged {
             instance: id.clone(),
-            health,
+            health: health.clone(),
         });
+        if health == Health::Healthy && on_target {
+            self.progressed();
+        }
     }
 
     /// Counts an instance healthy once its signals satisfy the policy and its warmup is over.
@@ -283,6 +291,20 @@ impl Tx {
             && inst.launched_at + policy.warmup.duration() <= self.now;
         if ready {
             self.set_health(id, Health::Healthy);
+        }
+    }
+
+    /// The rollout moved on (an instance of its target became healthy, a wave did, it rolled
+    /// back, it was resumed): its progress deadline starts again, and a stall is over.
+    pub(super) fn progressed(&mut self) {
+        let now = self.now;
+        let Some(r) = self.fleet.rollout.as_mut().filter(|r| r.status.is_active()) else {
+            return;
+        };
+        r.progressed_at = Some(now);
+        if r.stalled.take().is_some() {
+            let rollout = r.id;
+            self.changes.push(Change::RolloutProgressing { rollout });
         }
     }
 

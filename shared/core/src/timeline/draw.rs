@@ -597,9 +597,7 @@ mod tests {
             &fleet,
             vec![Change::HealthChanged {
                 instance: InstanceId::parse("i-00000001").unwrap(),
-                health: Health::Unhealthy {
-                    reason: "503".into(),
-                },
+                health: Health::failed("503"),
             }],
             vec![
                 inst("i-00000001", "ami-0000000a", 5, Some(40)),

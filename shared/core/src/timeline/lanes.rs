@@ -158,7 +158,7 @@ impl Timeline {
                     }
                     Change::HealthChanged {
                         instance,
-                        health: Health::Unhealthy { reason },
+                        health: Health::Unhealthy { reason, .. },
                     } => markers.push(Marker {
                         kind: MarkerKind::HealthFailed,
                         at: entry.at,

@@ -1,13 +1,13 @@
 //! Events about one instance: read only that instance and its fleet's record, so the work does
 //! not grow with the fleet.
 
-use super::{Controller, FleetReport};
+use super::{Controller, FleetOutcome, FleetReport};
 use crate::error::{Error, Result};
 use crate::ports::{Deadline, Ports};
 use crate::store::{EventKey, EventRecord};
 use phoenix_core::events::{Cause, Change, Intent};
 use phoenix_core::model::{Fleet, Timestamp};
-use phoenix_core::planner;
+use phoenix_core::planner::{self, Step};
 use phoenix_core::InstanceId;
 
 impl<P: Ports> Controller<P> {
@@ -24,8 +24,21 @@ impl<P: Ports> Controller<P> {
         for attempt in 0..Self::conflict_attempts(deadline) {
             self.check_time(deadline, "plan a change")?;
             let fleet = self.store.load_for_instance(id).await?;
+            // A failure report about a rollout's new instance may send the rollout back: first
+            // a look at what EC2 says of it, so that a failure of the instance alone (stopped,
+            // its host impaired) is not taken for the image's.
+            let seen = match self.judges_image(&fleet, id, intent) {
+                true => self.compute.describe_instance(id).await?,
+                false => None,
+            };
             let now = self.now();
-            let step = match self.planner.apply_intent(&fleet, intent, event_time, now) {
+            let observed = match &seen {
+                Some(o) => self.planner.observe_instance(&fleet, o, now),
+                None => Step::unchanged(&fleet),
+            };
+            let planned =
+                observed.then_result(|f| self.planner.apply_intent(f, intent, event_time, now));
+            let step = match planned {
                 Ok(step) => step,
                 Err(e) => {
                     if let Err(seen) = self.store.check_event(key, now).await {
@@ -37,6 +50,22 @@ impl<P: Ports> Controller<P> {
                     return Err(e.into());
                 }
             };
+            // Nothing changes but why: only the event's record is written.
+            if let Some(why) = step.ignored_only(&fleet) {
+                let name = fleet.spec.name.clone();
+                return match self.store.record_unchanged(&name, key, &why, now).await {
+                    Ok(()) => Ok(FleetReport::of(
+                        FleetOutcome::Unchanged,
+                        &fleet,
+                        step.changes,
+                    )),
+                    Err(seen) if seen.is_seen_before() => {
+                        self.already_handled(&name, &fleet, seen, event_time, cause, deadline)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+            }
             let in_progress = !step.commands.is_empty();
             let record = EventRecord::Claim {
                 key,
@@ -82,6 +111,19 @@ impl<P: Ports> Controller<P> {
             }
         }
         Err(Error::Conflict(id.to_string()))
+    }
+
+    /// Whether a report is a failure of an instance of the rollout in progress, on its new image:
+    /// the health gate will judge the image by it.
+    fn judges_image(&self, fleet: &Fleet, id: &InstanceId, intent: &Intent) -> bool {
+        let Some(r) = fleet.rollout.as_ref().filter(|r| r.status.is_active()) else {
+            return false;
+        };
+        matches!(intent, Intent::HealthCheckFailed { .. })
+            && fleet
+                .instances
+                .get(id)
+                .is_some_and(|i| i.image == r.to && i.is_live())
     }
 
     /// Whether an instance event may have made the rollout's current wave healthy (see

@@ -149,6 +149,28 @@ impl<P: Ports> Controller<P> {
                     Vec::new(),
                 )));
             }
+            // Nothing changes but why: only the event's record is written.
+            if let (None, Some(why)) = (queued, step.ignored_only(&fleet)) {
+                return match key {
+                    Some(key) => match self.store.record_unchanged(name, key, &why, now).await {
+                        Ok(()) => Ok(Pass::Done(FleetReport::of(
+                            FleetOutcome::Unchanged,
+                            &fleet,
+                            step.changes,
+                        ))),
+                        Err(seen) if seen.is_seen_before() => self
+                            .already_handled(name, &fleet, seen, event_time, cause, deadline)
+                            .await
+                            .map(Pass::Done),
+                        Err(e) => Err(e),
+                    },
+                    None => Ok(Pass::Done(FleetReport::of(
+                        FleetOutcome::Unchanged,
+                        &fleet,
+                        step.changes,
+                    ))),
+                };
+            }
             // Commands follow: the event stays in progress until they are recorded.
             let in_progress = !step.commands.is_empty();
             let record = match queued {

@@ -6,7 +6,7 @@
 use crate::error::Result;
 use phoenix_core::images::ImageFacts;
 use phoenix_core::model::{Lifecycle, Timestamp};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 
 /// An instance as `DescribeInstances` or `RunInstances` reports it.
@@ -19,6 +19,17 @@ pub struct Ec2Instance {
     pub zone: Option<String>,
     pub instance_type: Option<String>,
     pub tags: BTreeMap<String, String>,
+}
+
+/// An instance's two EC2 status checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceStatus {
+    pub id: String,
+    /// Both the system and the instance check report `ok`.
+    pub ok: bool,
+    /// The system check reports `impaired`: the host (hardware, network, power) is at fault, not
+    /// what runs on it.
+    pub system_impaired: bool,
 }
 
 /// Which instances `DescribeInstances` lists; never terminated ones (they linger for an hour).
@@ -70,9 +81,12 @@ pub trait Ec2: Send + Sync {
         &self,
         which: &Instances,
     ) -> impl Future<Output = Result<Vec<Ec2Instance>>> + Send;
-    /// `DescribeInstanceStatus` of up to `MAX_STATUS_IDS` ids: those whose two status checks
-    /// (system and instance) are both `ok`.
-    fn status_ok(&self, ids: &[String]) -> impl Future<Output = Result<BTreeSet<String>>> + Send;
+    /// `DescribeInstanceStatus` of up to `MAX_STATUS_IDS` ids: the status checks of those EC2
+    /// reports on.
+    fn instance_status(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<InstanceStatus>>> + Send;
     /// `RunInstances`.
     fn run_instances(&self, request: &RunInstances) -> impl Future<Output = Result<Ran>> + Send;
     /// `TerminateInstances` of up to `MAX_TERMINATE_IDS` ids; its request id. Ids that do not

@@ -174,6 +174,33 @@ impl<T: Table> Store<T> {
         }
     }
 
+    /// Records an event that changes nothing — its intent was applied before, or no longer
+    /// applies (an instance already healthy reported healthy again) — with nothing but its
+    /// record, `COMPLETED`, and why it changed nothing: no history entry, no new fleet version,
+    /// so events that do change the fleet do not lose their race to it. Fails as a claim does
+    /// (`commit`) if the event has a record.
+    pub async fn record_unchanged(
+        &self,
+        fleet: &FleetName,
+        key: &EventKey,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut write = claim(key, fleet, None, None, now);
+        if let Write::Put { item, .. } = &mut write {
+            item.insert("unchanged".into(), s(why));
+        }
+        match self.table.transact(vec![write]).await? {
+            Transacted::Committed { .. } => Ok(()),
+            Transacted::Cancelled(reasons) => match reasons.first() {
+                Some(Cancellation::ConditionFailed(old)) => {
+                    Err(self.already_recorded(key, old.clone(), now).await)
+                }
+                _ => Err(cancelled(fleet.as_str(), &reasons)),
+            },
+        }
+    }
+
     /// Puts a fleet-wide event's intent in the fleet's inbox and completes the event's record,
     /// in one transaction that does not depend on the fleet's version, so it cannot lose a race
     /// (see `QueuedIntent`). Fails as a claim does (`commit`) if the event has a record, and with

@@ -190,6 +190,8 @@ pub struct EventRecordItem {
     pub status: String,
     /// Set while `INPROGRESS`: when the owning invocation's time runs out.
     pub in_progress_until: Option<Timestamp>,
+    /// The event changed nothing, and why (`Store::record_unchanged`): it has no history entry.
+    pub unchanged: Option<String>,
 }
 
 /// Where an event stands, by its record, at a moment.
@@ -237,5 +239,9 @@ pub fn decode_event(item: &Item) -> EventRecordItem {
         version: get_n(item, "version").and_then(|v| u64::try_from(v).ok()),
         status,
         in_progress_until,
+        unchanged: item
+            .get("unchanged")
+            .and_then(Value::as_s)
+            .map(str::to_string),
     }
 }

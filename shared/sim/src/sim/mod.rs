@@ -61,6 +61,9 @@ pub struct Config {
     pub fan_out: usize,
     /// Print every trace line as it happens.
     pub trace: bool,
+    /// The health checker reports every healthy instance of a fleet of up to ten passed every
+    /// 30 s.
+    pub chatty: bool,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ impl Config {
             variant: Variant::Real,
             fan_out: DELIVERY_FAN_OUT,
             trace: false,
+            chatty: false,
         }
     }
 }

@@ -18,7 +18,11 @@ impl Sim {
             let mut w = self.world.lock();
             let w = &mut *w;
             let now = w.now;
-            let wants_passed = w.books.meta().spec.policy.health_check != HealthSignal::Ec2;
+            // The chatty checker reports every instance of a fleet of up to ten: beyond, its
+            // reports alone outgrow what the simulated Lambda concurrency (`fan_out`) delivers.
+            let chatty = self.cfg.chatty && w.books.meta().spec.capacity <= 10;
+            let wants_passed =
+                chatty || w.books.meta().spec.policy.health_check != HealthSignal::Ec2;
             let ids: Vec<InstanceId> = w.ec2.alive().map(|vm| vm.id.clone()).collect();
             for id in ids {
                 let (fault, healthy) = {
@@ -51,11 +55,14 @@ impl Sim {
                 }
                 if wants_passed
                     && healthy
-                    && vm.passes_left > 0
+                    && (vm.passes_left > 0 || chatty)
                     && vm.next_pass_report.is_some_and(|t| now >= t)
                 {
-                    vm.passes_left -= 1;
-                    vm.next_pass_report = Some(now + Duration::seconds(again));
+                    vm.passes_left = vm.passes_left.saturating_sub(1);
+                    // A chatty checker reports every healthy instance every 30 s, new or not, as a
+                    // load balancer's checks turned into events would.
+                    let next = if chatty { 30 } else { again };
+                    vm.next_pass_report = Some(now + Duration::seconds(next));
                     emit.push(Intent::HealthCheckPassed { instance: id });
                 }
             }
@@ -120,6 +127,7 @@ impl Sim {
     /// the quarantine of the fleet's own image when nothing else can be launched.
     pub(super) fn operator_tidies_up(&mut self) {
         let mut intents = Vec::new();
+        let mut reported = Vec::new();
         {
             let w = self.world.lock();
             let meta = w.books.meta();
@@ -139,6 +147,33 @@ impl Sim {
                     action,
                 });
             }
+            // A stalled rollout waits on something phoenix does not judge: the operator looks at
+            // the instances it waits on, reports those that serve as passed and those that are
+            // broken as failed (leaving any still booting), and resumes it.
+            if meta.rollout.as_ref().is_some_and(|r| r.stalled.is_some()) {
+                for i in w.books.live().filter(|i| {
+                    i.image == meta.spec.image && i.health == phoenix_core::model::Health::Unknown
+                }) {
+                    let Some(vm) = w.ec2.vms.get(&i.id) else {
+                        continue;
+                    };
+                    if w.ec2.world_healthy(vm, w.now) {
+                        intents.push(Intent::HealthCheckPassed {
+                            instance: i.id.clone(),
+                        });
+                    } else if w.ec2.fault(vm) {
+                        reported.push(i.id.clone());
+                        intents.push(Intent::HealthCheckFailed {
+                            instance: i.id.clone(),
+                            reason: "reported by the operator".into(),
+                        });
+                    }
+                }
+                intents.push(Intent::RolloutControl {
+                    fleet: fleet.clone(),
+                    action: ControlAction::Resume,
+                });
+            }
             if meta.breaker.is_some() {
                 intents.push(Intent::RolloutControl {
                     fleet: fleet.clone(),
@@ -156,6 +191,14 @@ impl Sim {
                     fleet,
                     image: meta.spec.image.clone(),
                 });
+            }
+        }
+        {
+            let mut w = self.world.lock();
+            for id in &reported {
+                if let Some(vm) = w.ec2.vms.get_mut(id) {
+                    vm.reported = true;
+                }
             }
         }
         for intent in intents {

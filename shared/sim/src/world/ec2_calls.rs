@@ -8,9 +8,9 @@ use chrono::Duration;
 use phoenix_core::model::{TAG_FLEET, TAG_TOKEN};
 use phoenix_core::{ImageId, InstanceId};
 use phoenix_protocol::error::{Error, Result};
-use phoenix_protocol::ports::ec2::{Ec2Instance, Instances, Ran, RunInstances};
+use phoenix_protocol::ports::ec2::{Ec2Instance, InstanceStatus, Instances, Ran, RunInstances};
 use phoenix_protocol::ports::DEADLINE_RESERVE;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 fn internal_error(call: &str) -> Error {
     Error::Transient {
@@ -22,10 +22,19 @@ fn internal_error(call: &str) -> Error {
 impl World {
     /// The first call of a command (a launch or a termination) must leave the deadline's reserve.
     fn check_reserve(&mut self, what: &str) {
-        let Some(inv) = self.current.and_then(|n| self.invocations.get(&n)) else {
+        let Some(left) = self.time_left() else {
             return;
         };
-        let left = inv.deadline - self.now;
+        self.check_reserve_left(what, left);
+    }
+
+    /// Time left before the current invocation's deadline.
+    fn time_left(&self) -> Option<Duration> {
+        let inv = self.current.and_then(|n| self.invocations.get(&n))?;
+        Some(inv.deadline - self.now)
+    }
+
+    fn check_reserve_left(&mut self, what: &str, left: Duration) {
         if left < Duration::from_std(DEADLINE_RESERVE).unwrap_or_default() {
             let who = self.who();
             self.violate(
@@ -47,8 +56,10 @@ impl World {
                     inv.looked_up.insert(value.clone());
                 }
             }
+            // A look by id re-validates a termination (checked when the termination follows),
+            // or reads one instance before judging a failure report.
             Instances::Ids(ids) => {
-                self.check_reserve("a termination");
+                let left = self.time_left();
                 let tagged: BTreeMap<String, bool> = ids
                     .iter()
                     .map(|id| {
@@ -62,6 +73,7 @@ impl World {
                     .collect();
                 if let Some(inv) = self.invocation() {
                     inv.validated = tagged;
+                    inv.validated_left = left;
                 }
             }
             Instances::Tagged { .. } => {}
@@ -92,11 +104,11 @@ impl World {
         out
     }
 
-    pub fn ec2_status(&mut self, ids: &[String]) -> Result<BTreeSet<String>> {
+    pub fn ec2_status(&mut self, ids: &[String]) -> Result<Vec<InstanceStatus>> {
         if self.chaos_fault(self.service_faults.ec2_5xx) {
             return Err(internal_error("DescribeInstanceStatus"));
         }
-        self.ec2.instance_status_ok(ids, self.now, &mut self.rng)
+        self.ec2.instance_status(ids, self.now, &mut self.rng)
     }
 
     pub fn ec2_run(&mut self, r: &RunInstances) -> Result<Ran> {
@@ -169,8 +181,12 @@ impl World {
                 .collect(),
             None => vec![None; ids.len()],
         };
-        if seen.iter().any(Option::is_none) {
-            self.check_reserve("a termination");
+        let validated_left = self.invocation().and_then(|inv| inv.validated_left);
+        match validated_left {
+            Some(left) if seen.iter().all(Option::is_some) => {
+                self.check_reserve_left("a termination", left)
+            }
+            _ => self.check_reserve("a termination"),
         }
         let ids_parsed: Vec<InstanceId> = ids
             .iter()

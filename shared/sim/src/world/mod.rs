@@ -72,6 +72,8 @@ pub struct Invocation {
     /// Instance ids this invocation just re-validated by id (before terminating), with whether
     /// they carried the fleet's tag then.
     validated: BTreeMap<String, bool>,
+    /// Time left before the deadline when it re-validated them.
+    validated_left: Option<Duration>,
     /// Launch decisions this invocation committed itself.
     decided: BTreeSet<String>,
     /// It met its event applied but unfinished (in progress past its owner's deadline) ...

@@ -31,9 +31,12 @@ pub struct Stats {
     pub quarantined_good: u64,
     pub good_by_deadline: u64,
     pub good_by_stop: u64,
-    pub good_by_fault: u64,
+    pub good_by_host: u64,
+    pub good_by_app: u64,
     pub good_by_spurious: u64,
     pub breaker_trips: u64,
+    /// Rollouts that stalled (waited past their deadline on something not the image's fault).
+    pub stalls: u64,
     pub queued: u64,
     pub dequeued: u64,
     /// Reconcile failures reported after the event's own intent was queued or applied.
@@ -42,7 +45,7 @@ pub struct Stats {
 
 impl Stats {
     pub fn add(&mut self, o: &Stats) {
-        let pairs: [(&mut u64, u64); 33] = [
+        let pairs: [(&mut u64, u64); 35] = [
             (&mut self.events, o.events),
             (&mut self.events_lost, o.events_lost),
             (&mut self.events_duplicated, o.events_duplicated),
@@ -70,9 +73,11 @@ impl Stats {
             (&mut self.quarantined_good, o.quarantined_good),
             (&mut self.good_by_deadline, o.good_by_deadline),
             (&mut self.good_by_stop, o.good_by_stop),
-            (&mut self.good_by_fault, o.good_by_fault),
+            (&mut self.good_by_host, o.good_by_host),
+            (&mut self.good_by_app, o.good_by_app),
             (&mut self.good_by_spurious, o.good_by_spurious),
             (&mut self.breaker_trips, o.breaker_trips),
+            (&mut self.stalls, o.stalls),
             (&mut self.queued, o.queued),
             (&mut self.dequeued, o.dequeued),
             (&mut self.listed_failures, o.listed_failures),

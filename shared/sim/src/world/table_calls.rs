@@ -5,6 +5,7 @@ use super::World;
 use crate::ec2::FLEET;
 use crate::table::TableState;
 use phoenix_core::events::Change;
+use phoenix_core::model::Lifecycle;
 use phoenix_core::InstanceId;
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::table::{Cancellation, Item, Key, Query, SortKeys, Transacted, Write};
@@ -307,19 +308,31 @@ impl World {
                 Change::RolloutAborted { .. } => self.stats.aborted += 1,
                 Change::RolloutSuperseded { .. } => self.stats.superseded += 1,
                 Change::ReplacementHalted { .. } => self.stats.breaker_trips += 1,
+                Change::RolloutStalled { .. } => self.stats.stalls += 1,
                 Change::ImageQuarantined { image, reason } => {
                     if self.ec2.bad_images.contains_key(image) {
                         self.stats.quarantined_bad += 1;
                     } else {
                         self.stats.quarantined_good += 1;
+                        // What was wrong, in the world, with the instance the reason names.
+                        let vm = reason
+                            .split(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+                            .find_map(|w| InstanceId::parse(w).ok())
+                            .and_then(|id| self.ec2.vms.get(&id));
                         if reason.contains("progress deadline") {
                             self.stats.good_by_deadline += 1;
-                        } else if reason.contains("outside phoenix") {
+                        } else if reason.contains("outside phoenix")
+                            || vm.is_some_and(|vm| {
+                                matches!(vm.state, Lifecycle::Stopping | Lifecycle::Stopped)
+                            })
+                        {
                             self.stats.good_by_stop += 1;
-                        } else if reason.contains("flaky") {
-                            self.stats.good_by_spurious += 1;
+                        } else if vm.is_some_and(|vm| vm.impaired || self.ec2.zone_down(vm)) {
+                            self.stats.good_by_host += 1;
+                        } else if vm.is_some_and(|vm| vm.app_failed) {
+                            self.stats.good_by_app += 1;
                         } else {
-                            self.stats.good_by_fault += 1;
+                            self.stats.good_by_spurious += 1;
                         }
                     }
                 }
