@@ -132,6 +132,39 @@ fn a_spot_interruption_is_replaced_launch_first() {
 }
 
 #[test]
+fn a_retirement_never_launches_a_quarantined_image() {
+    // A failed gate with automatic rollback off leaves the fleet on image 2, quarantined, until
+    // the operator decides: a Spot interruption meanwhile is replaced from image 1.
+    let mut f = fleet(4, "");
+    f.spec.image = ami(2);
+    f.quarantined.insert(
+        ami(2),
+        serde_json::from_value(serde_json::json!({
+            "reason": "canary failed", "at": t0(), "rollout": 1
+        }))
+        .unwrap(),
+    );
+    f.rollout = Some(
+        serde_json::from_value(serde_json::json!({
+            "id": 1, "from": ami(1), "to": ami(2), "status": "paused",
+            "started_at": t0() - Duration::minutes(5), "waves": [],
+            "pause": {"reason": "health gate failed", "resume_to": "in_progress"}
+        }))
+        .unwrap(),
+    );
+    let step = notice(&f, 2, spot(t0()), t0());
+    let images: Vec<&ImageId> = step
+        .commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Launch { image, .. } => Some(image),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(images, [&ami(1)], "{:?}", step.commands);
+}
+
+#[test]
 fn without_surge_room_a_spot_instance_goes_first_and_its_replacement_follows() {
     // No surge, one unavailable: the warned instance goes now, its replacement in the same pass.
     let f = fleet(4, "policy:\n  max_surge: 0\n  max_unavailable: 1\n");

@@ -194,15 +194,15 @@ impl Tx {
         let budget = self.fleet.budget();
         let peak = self.fleet.live + self.fleet.pending_count();
         let reason = format!("retire: {}", r.reason);
-        if peak < budget.max_total
-            && self.launches_this_step() < MAX_LAUNCHES_PER_STEP
-            && self.fleet.spec.capacity > 0
-        {
-            let token = self.decide_launch(
-                self.fleet.spec.image.clone(),
-                1,
-                format!("replacement for {id}"),
-            );
+        // Never from a quarantined image (the fleet stays on one while a failed gate with
+        // automatic rollback off waits for the operator): the previous image, as repairs do.
+        let image = self.launchable_image();
+        if let Some(image) = image.filter(|_| {
+            peak < budget.max_total
+                && self.launches_this_step() < MAX_LAUNCHES_PER_STEP
+                && self.fleet.spec.capacity > 0
+        }) {
+            let token = self.decide_launch(image, 1, format!("replacement for {id}"));
             self.decide_terminate(id, reason, Some(token));
         } else if urgent {
             self.decide_terminate(id, reason, None);
