@@ -112,6 +112,22 @@ fn reconcile_tx(mut tx: Tx, observed: &[Observed]) -> Step {
     tx.finish()
 }
 
+/// A recorded instance EC2 shows gone (or no longer lists): terminated as decided, or vanished.
+fn gone(tx: &mut Tx, inst: &Instance, state: &str) {
+    if inst.disposal.is_some() {
+        tx.changes.push(Change::Terminated {
+            instances: vec![inst.id.clone()],
+            request_ids: Vec::new(),
+        });
+    } else {
+        tx.changes.push(Change::Vanished {
+            instance: inst.id.clone(),
+            state: state.into(),
+        });
+    }
+    tx.bury(&inst.id);
+}
+
 fn observe(tx: &mut Tx, observed: &[Observed]) {
     let now = tx.now;
 
@@ -166,20 +182,7 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
             break;
         }
         match report {
-            Some(o) if o.state.is_gone() => {
-                if inst.disposal.is_some() {
-                    tx.changes.push(Change::Terminated {
-                        instances: vec![inst.id.clone()],
-                        request_ids: Vec::new(),
-                    });
-                } else {
-                    tx.changes.push(Change::Vanished {
-                        instance: inst.id.clone(),
-                        state: o.state.as_str().into(),
-                    });
-                }
-                tx.bury(&inst.id);
-            }
+            Some(o) if o.state.is_gone() => gone(tx, inst, o.state.as_str()),
             Some(o) => {
                 if o.state != inst.state {
                     if let Some(i) = tx.instance_mut(&inst.id) {
@@ -260,20 +263,7 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                     }
                 }
             }
-            None if inst.launched_at + OBSERVE_GRACE <= now => {
-                if inst.disposal.is_some() {
-                    tx.changes.push(Change::Terminated {
-                        instances: vec![inst.id.clone()],
-                        request_ids: Vec::new(),
-                    });
-                } else {
-                    tx.changes.push(Change::Vanished {
-                        instance: inst.id.clone(),
-                        state: "missing".into(),
-                    });
-                }
-                tx.bury(&inst.id);
-            }
+            None if inst.launched_at + OBSERVE_GRACE <= now => gone(tx, inst, "missing"),
             None => {}
         }
     }

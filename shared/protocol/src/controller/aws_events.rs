@@ -9,7 +9,7 @@
 //!   Health's is keyed by account and `communicationId`, which AWS reuses when it sends the same
 //!   communication again.
 
-use super::{fnv, Controller, FleetOutcome, FleetReport, Report, MAX_CONFLICTS};
+use super::{fnv, refuse_misrouted, Controller, FleetOutcome, FleetReport, Report, MAX_CONFLICTS};
 use crate::error::{Error, Result};
 use crate::ports::images::BoxFuture;
 use crate::ports::{Deadline, Ports};
@@ -17,7 +17,7 @@ use crate::store::{EventKey, EventRecord};
 use phoenix_core::aws_events::{self, AwsEvent};
 use phoenix_core::events::{Cause, Envelope, Intent};
 use phoenix_core::images::{self, ImageBuild, ImageFacts};
-use phoenix_core::patterns::{route, Function};
+use phoenix_core::patterns::Function;
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use std::collections::BTreeMap;
 use tracing::{debug, warn};
@@ -83,16 +83,7 @@ impl<P: Ports> Controller<P> {
         function: Option<Function>,
         deadline: Deadline,
     ) -> Result<Report> {
-        if let Some(f) = function {
-            if route(&env.source, &env.detail_type) != Some(f) {
-                return Err(phoenix_core::Error::Event(format!(
-                    "the {} function does not handle {}",
-                    f.name(),
-                    env.detail_type
-                ))
-                .into());
-            }
-        }
+        refuse_misrouted(env, function)?;
         self.check_time(deadline, "handle the event")?;
         let cause = Cause::from_envelope(env);
         let jobs = self.jobs(env, event).await?;

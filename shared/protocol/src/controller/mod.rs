@@ -113,6 +113,21 @@ pub fn event_key(env: &Envelope) -> EventKey {
     }
 }
 
+/// An event sent to a function that does not handle its kind is refused (a misconfigured rule).
+fn refuse_misrouted(env: &Envelope, function: Option<Function>) -> Result<()> {
+    match function {
+        Some(f) if route(&env.source, &env.detail_type) != Some(f) => {
+            Err(phoenix_core::Error::Event(format!(
+                "the {} function does not handle {}",
+                f.name(),
+                env.detail_type
+            ))
+            .into())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn fnv(content: &str) -> String {
     let hash = content.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -221,16 +236,7 @@ impl<P: Ports> Controller<P> {
             return self.handle_aws(env, event?, function, deadline).await;
         }
         let intent = Intent::from_envelope(env)?;
-        if let Some(f) = function {
-            if route(&env.source, &env.detail_type) != Some(f) {
-                return Err(phoenix_core::Error::Event(format!(
-                    "the {} function does not handle {}",
-                    f.name(),
-                    env.detail_type
-                ))
-                .into());
-            }
-        }
+        refuse_misrouted(env, function)?;
         let cause = Cause::from_envelope(env);
         let key = event_key(env);
         self.check_time(deadline, "handle the event")?;
