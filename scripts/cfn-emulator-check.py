@@ -119,6 +119,48 @@ def sample_detail(pattern) -> dict:
     return out
 
 
+def resolve(value, template: dict, account: str):
+    """`value` with the intrinsics a policy statement may hold resolved as CloudFormation resolves
+    them for a stack created with the parameters' defaults: `Ref` (parameters and the pseudo
+    parameters), `Fn::If` on the template's conditions, `Fn::Join`, `Fn::Equals`, `Fn::Not`."""
+    params = template.get("Parameters", {})
+    conditions = template.get("Conditions", {})
+    pseudo = {"AWS::AccountId": account, "AWS::Region": REGION, "AWS::Partition": "aws", "AWS::StackName": STACK}
+
+    def ref(name: str):
+        if name in pseudo:
+            return pseudo[name]
+        param = params[name]
+        default = str(param.get("Default", ""))
+        return default.split(",") if param.get("Type") == "CommaDelimitedList" else default
+
+    def r(v):
+        if isinstance(v, list):
+            return [r(x) for x in v]
+        if not isinstance(v, dict):
+            return v
+        if len(v) == 1:
+            ((key, arg),) = v.items()
+            if key == "Ref":
+                return ref(arg)
+            if key == "Condition":
+                return r(conditions[arg])
+            if key == "Fn::If":
+                name, yes, no = arg
+                return r(yes if r(conditions[name]) else no)
+            if key == "Fn::Join":
+                sep, items = arg
+                return sep.join(r(items))
+            if key == "Fn::Equals":
+                a, b = r(arg)
+                return a == b
+            if key == "Fn::Not":
+                return not r(arg[0])
+        return {k: r(x) for k, x in v.items()}
+
+    return r(value)
+
+
 def policy_document(doc) -> dict:
     """A policy document as returned by IAM: decoded already, JSON text, or (the emulator, for
     inline role policies created by CloudFormation) a Python literal."""
@@ -452,9 +494,12 @@ class Checker:
                 [s.get("Sid") for s in expected],
                 f"{logical} statement ids",
             )
+            account = self.em.client("sts").get_caller_identity()["Account"]
             for got, want in zip(statements, expected):
                 for key in ("Effect", "Action", "Condition"):
-                    self.equal(got.get(key), want.get(key), f"{logical} {want.get('Sid')} {key}")
+                    # A condition may name parameters (the accounts whose images may be launched).
+                    wanted = resolve(want.get(key), self.t, account)
+                    self.equal(got.get(key), wanted, f"{logical} {want.get('Sid')} {key}")
                 resources = got.get("Resource")
                 resources = resources if isinstance(resources, list) else [resources]
                 # Intrinsics are resolved by now: no unresolved reference may be left behind.

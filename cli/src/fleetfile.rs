@@ -1,5 +1,5 @@
-//! Reading fleet files: errors name the file, the field and, where the parser could not say,
-//! the line the field is on.
+//! Reading fleet files: errors name the file, and (from `FleetSpec::from_yaml`) the field and the
+//! line it is on.
 
 use anyhow::{anyhow, Result};
 use phoenix_core::model::FleetSpec;
@@ -8,100 +8,5 @@ use std::path::Path;
 pub fn read(path: &Path) -> Result<FleetSpec> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
-    FleetSpec::from_yaml(&text).map_err(|e| {
-        anyhow!(
-            "{}: {}",
-            path.display(),
-            with_location(&text, &e.to_string())
-        )
-    })
-}
-
-/// Adds ` at line L column C` (of the field's value) to a message naming an `invalid FIELD`
-/// without a position: the YAML parser locates syntax and type errors, not the checks made on a
-/// value once read (`capacity: -3`, `image: ubuntu`).
-pub fn with_location(text: &str, message: &str) -> String {
-    if let Some((_, at)) = message.rsplit_once(" at line ") {
-        return name_the_key(text, message, at);
-    }
-    let Some(field) = message
-        .split("invalid ")
-        .skip(1)
-        .filter_map(|rest| rest.split_once(':').map(|(f, _)| f.trim()))
-        .find(|f| !f.is_empty() && !f.contains(' '))
-    else {
-        return message.to_string();
-    };
-    // The name of a fleet is its `name` field.
-    let (key, top_level) = match field.rsplit_once('.') {
-        Some((_, last)) => (last, false),
-        None if field == "fleet" => ("name", true),
-        None => (field, true),
-    };
-    let found = text.lines().enumerate().find_map(|(n, line)| {
-        let indent = line.len() - line.trim_start().len();
-        let rest = line.trim_start().strip_prefix(key)?.strip_prefix(':')?;
-        if top_level && indent > 0 {
-            return None;
-        }
-        let value_col = indent + key.len() + 1 + (rest.len() - rest.trim_start().len()) + 1;
-        Some((n + 1, value_col))
-    });
-    match found {
-        Some((line, column)) => format!("{message} at line {line} column {column}"),
-        None => message.to_string(),
-    }
-}
-
-/// A message the parser located on a line (`... at line 6 column 3`) but that does not name the
-/// key written there (`invalid quantity: "lots"` for `max_surge: lots`): adds it.
-fn name_the_key(text: &str, message: &str, at: &str) -> String {
-    let line_no: Option<usize> = at.split_whitespace().next().and_then(|n| n.parse().ok());
-    let key = line_no
-        .and_then(|n| text.lines().nth(n.checked_sub(1)?))
-        .and_then(|line| line.trim_start().split_once(':'))
-        .map(|(k, _)| k.trim().trim_start_matches("- "))
-        .filter(|k| !k.is_empty() && !k.contains(' '));
-    match key {
-        Some(k) if !message.contains(k) => format!("{message} (field `{k}`)"),
-        _ => message.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checks_on_values_are_located_at_their_field() {
-        let text = "name: web\nimage: ami-12345678\ncapacity: -3\ninstance_type: t3.micro\n";
-        assert_eq!(
-            with_location(text, "invalid fleet file: invalid capacity: -3 is negative"),
-            "invalid fleet file: invalid capacity: -3 is negative at line 3 column 11"
-        );
-        assert!(
-            with_location("name: Web_1\n", "invalid fleet: \"Web_1\" is bad")
-                .ends_with("at line 1 column 7")
-        );
-        let nested = "name: web\npolicy:\n  breaker:\n    unhealthy_percent: 0\n";
-        assert!(with_location(
-            nested,
-            "invalid policy.breaker.unhealthy_percent: must be between 1 and 100"
-        )
-        .ends_with("at line 4 column 24"));
-        // Located by the parser: the key on that line is named if the message does not.
-        let located = "unknown field `capacty` at line 3 column 1";
-        assert_eq!(with_location("a: 1\nb: 2\ncapacty: 3\n", located), located);
-        let surge = "name: web\npolicy:\n  max_surge: lots\n";
-        assert_eq!(
-            with_location(
-                surge,
-                "policy: invalid quantity: \"lots\" at line 3 column 3"
-            ),
-            "policy: invalid quantity: \"lots\" at line 3 column 3 (field `max_surge`)"
-        );
-        // Nothing to locate: unchanged.
-        let absent = "invalid launch_template: give exactly one of id or name";
-        assert_eq!(with_location(text, absent), absent);
-    }
+    FleetSpec::from_yaml(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
 }

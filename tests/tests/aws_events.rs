@@ -10,8 +10,8 @@
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use chrono::{Duration, Utc};
 use phoenix_aws::FleetOutcome;
-use phoenix_core::events::Change;
-use phoenix_core::images::ImageBuild;
+use phoenix_core::events::{Change, Intent};
+use phoenix_core::images::{AllowedImageAccounts, ImageBuild};
 use phoenix_core::model::Health;
 use phoenix_core::patterns::Function;
 use phoenix_core::{FleetName, ImageId, InstanceId};
@@ -394,6 +394,143 @@ async fn the_admission_gate_refuses_untagged_images_and_says_so() {
     let out = h.phoenix(&["fleet", "apply", path.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("lacks the required tags"));
+    assert!(h.dead_letters().await.is_empty());
+}
+
+/// The `phoenix` CLI with `PHOENIX_ALLOWED_IMAGE_ACCOUNTS` set, as the template sets it for the
+/// functions.
+fn phoenix_allowing(h: &Harness, accounts: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(phoenix_tests::workspace_bin("phoenix"));
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("AWS_PROFILE")
+        .env("PHOENIX_ALLOWED_IMAGE_ACCOUNTS", accounts);
+    for (k, v) in h.env() {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_of_accounts_not_allowed_are_refused_recorded_and_never_launched() {
+    // The emulator owns every image it registers, in its own account 123456789012: allowing only
+    // another account refuses them all, allowing 123456789012 admits them.
+    let mut h = Harness::start().await.unwrap();
+    let inbox = h.subscribe().await;
+    let a = image_named(&h, "web-a", &[]).await;
+    apply(
+        &h,
+        &FleetFile::new("web", &a, 2),
+        "image_selector: {name_pattern: \"web-*\"}\n",
+    );
+    h.settle("web").await;
+    let launched = ids(&h.instances().await);
+    h.dispatcher.controller.intake.image_accounts = AllowedImageAccounts::from_list("111122223333");
+    let web = FleetName::parse("web").unwrap();
+
+    // phoenix's own ImageReady, the AMI's event and an Image Builder build of it: each refused,
+    // recorded, published; none an error (the event was handled: its answer is no).
+    let b = image_named(&h, "web-b", &[]).await;
+    h.publish(&Intent::ImageReady {
+        fleet: web.clone(),
+        image: b.clone(),
+    })
+    .await;
+    let d = h.drain().await;
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert!(d[0].error.is_none(), "{d:#?}");
+    let d = deliver(&h, &about_image(AMI, &b), "image").await;
+    assert_eq!(outcomes(&d), [("web".to_string(), FleetOutcome::Changed)]);
+    h.builds.add(ImageBuild {
+        arn: BUILD_ARN.into(),
+        amis: vec![("us-east-1".into(), b.clone())],
+        pipeline: Some(PIPELINE.into()),
+        recipe: None,
+    });
+    let d = deliver(&h, &serde_json::from_str(BUILD).unwrap(), "image").await;
+    assert_eq!(outcomes(&d), [("web".to_string(), FleetOutcome::Changed)]);
+    let f = h.settle("web").await;
+    assert_eq!(f.spec.image, a, "refused");
+    assert_eq!(ids(&h.instances().await), launched, "nothing launched");
+    let reasons: Vec<String> = h
+        .history("web")
+        .await
+        .iter()
+        .flat_map(|e| &e.changes)
+        .filter_map(|c| match c {
+            Change::ImageRejected { image, reason } if *image == b => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    for reason in &reasons {
+        assert!(
+            reason.contains("owned by account 123456789012")
+                && reason.contains("PHOENIX_ALLOWED_IMAGE_ACCOUNTS: 111122223333"),
+            "{reason}"
+        );
+    }
+    let published: Vec<Value> = h
+        .notifications(&inbox)
+        .await
+        .into_iter()
+        .filter(|(dt, _)| dt == "ImageRejected")
+        .map(|(_, detail)| detail)
+        .collect();
+    assert_eq!(published.len(), 3, "{published:?}");
+    assert!(published
+        .iter()
+        .all(|p| p["image"] == b.as_str() && p["fleet"] == "web"));
+
+    // A fleet file naming it, through the CLI (which reads the variable as the functions do):
+    // refused with the owner and the allowed accounts, nothing written.
+    let dir = std::env::temp_dir().join(format!("phoenix-owner-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, fleet: FleetFile| {
+        let path = dir.join(name);
+        std::fs::write(&path, fleet.yaml()).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let moved = file("web.yaml", FleetFile::new("web", &b, 2));
+    let fresh = file("api.yaml", FleetFile::new("api", &a, 1));
+    let version = h.fleet("web").await.version;
+    for path in [&moved, &fresh] {
+        let out = phoenix_allowing(&h, "111122223333", &["fleet", "apply", path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{path}: {err}");
+        assert!(
+            err.contains("owned by account 123456789012")
+                && err.contains("PHOENIX_ALLOWED_IMAGE_ACCOUNTS: 111122223333"),
+            "{err}"
+        );
+    }
+    assert_eq!(h.fleet("web").await.version, version);
+    assert_eq!(
+        h.store().list_fleets_now().await,
+        std::slice::from_ref(&web)
+    );
+    assert!(h.drain().await.is_empty(), "nothing published");
+
+    // Allowing the emulator's account admits the same image, by event and by file.
+    h.dispatcher.controller.intake.image_accounts = AllowedImageAccounts::from_list("123456789012");
+    h.publish(&Intent::ImageReady {
+        fleet: web.clone(),
+        image: b.clone(),
+    })
+    .await;
+    assert_eq!(h.settle("web").await.spec.image, b);
+    assert!(h
+        .fleet_instances("web")
+        .await
+        .iter()
+        .all(|i| i.image == b.as_str()));
+    let out = phoenix_allowing(&h, "123456789012", &["fleet", "apply", &fresh]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(h.settle("api").await.spec.image, a);
     assert!(h.dead_letters().await.is_empty());
 }
 

@@ -325,18 +325,7 @@ async fn plan_shows_exactly_what_the_rollout_then_does() {
     .unwrap();
     assert!(plan["refused"].is_null(), "{plan}");
     let passes = plan["passes"].as_array().unwrap();
-    let planned: Vec<(u32, Vec<String>)> = passes
-        .iter()
-        .map(|p| {
-            let ids = p["terminate"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i.as_str().unwrap().to_string())
-                .collect();
-            (p["launch"].as_u64().unwrap() as u32, ids)
-        })
-        .collect();
+    let planned = planned(&plan);
     assert!(
         passes
             .iter()
@@ -358,11 +347,35 @@ async fn plan_shows_exactly_what_the_rollout_then_does() {
         b.as_str(),
     ]);
     h.settle("web").await;
-    let originals: Vec<String> = fleet.live_instances().map(|i| i.id.to_string()).collect();
-    let history = h.history("web").await;
-    let done: Vec<(u32, Vec<String>)> = history
+    assert_eq!(planned, done(&h, &fleet).await, "plan vs rollout");
+}
+
+/// What each pass of a plan (`phoenix plan -o json`) launches, and which instances it terminates.
+fn planned(plan: &serde_json::Value) -> Vec<(u32, Vec<String>)> {
+    plan["passes"]
+        .as_array()
+        .expect("passes")
         .iter()
-        .filter(|e| e.version > fleet.version)
+        .map(|p| {
+            let ids = p["terminate"]
+                .as_array()
+                .expect("terminate")
+                .iter()
+                .map(|i| i.as_str().expect("an instance id").to_string())
+                .collect();
+            (p["launch"].as_u64().expect("launch") as u32, ids)
+        })
+        .collect()
+}
+
+/// The same of each decision recorded since `before`: what it launched, which of `before`'s
+/// instances it terminated.
+async fn done(h: &Harness, before: &phoenix_core::model::Fleet) -> Vec<(u32, Vec<String>)> {
+    let originals: Vec<String> = before.live_instances().map(|i| i.id.to_string()).collect();
+    let history = h.history("web").await;
+    history
+        .iter()
+        .filter(|e| e.version > before.version)
         .filter_map(|e| {
             let launch: u32 = e
                 .changes
@@ -389,8 +402,7 @@ async fn plan_shows_exactly_what_the_rollout_then_does() {
                 .collect();
             (launch > 0 || !terminate.is_empty()).then_some((launch, terminate))
         })
-        .collect();
-    assert_eq!(planned, done, "plan vs rollout");
+        .collect()
 }
 
 /// Publishes `HealthCheckPassed` for every live instance of the fleet not yet healthy, as an
@@ -408,6 +420,61 @@ async fn report_healthy(h: &Harness) {
         .await;
     }
     h.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_assumes_the_health_events_a_fleet_waits_for_arrive() {
+    // health_check: event, 6 instances, a surge of 1: six waves of one, not the first alone.
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let b = h.register_image("web-b").await;
+    h.apply(
+        &FleetFile::new("web", &a, 6)
+            .surge("1")
+            .policy("health_check: event"),
+    );
+    for _ in 0..10 {
+        h.drain().await;
+        h.dispatcher.tick().await.unwrap();
+        report_healthy(&h).await;
+        if phoenix_tests::converged(&h.fleet("web").await) {
+            break;
+        }
+    }
+    assert!(phoenix_tests::converged(&h.fleet("web").await));
+    let version = h.fleet("web").await.version;
+    let text = h.phoenix_ok(&["plan", "web", "--image", b.as_str()]);
+    assert!(text.contains("6 waves;"), "{text}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&h.phoenix_ok(&["plan", "web", "--image", b.as_str(), "-o", "json"]))
+            .unwrap();
+    let passes = plan["passes"].as_array().unwrap();
+    let waves: Vec<u64> = passes.iter().filter_map(|p| p["wave"].as_u64()).collect();
+    assert_eq!(waves, [1, 2, 3, 4, 5, 6], "{plan}");
+    assert!(
+        passes.iter().all(|p| p["launch"].as_u64().unwrap() <= 1),
+        "{plan}"
+    );
+    let before = h.fleet("web").await;
+    assert_eq!(before.version, version, "planning changed nothing");
+
+    // The rollout, with the health checker reporting, then does what the plan said.
+    h.publish(&phoenix_core::events::Intent::ImageReady {
+        fleet: phoenix_core::FleetName::parse("web").unwrap(),
+        image: b.clone(),
+    })
+    .await;
+    for _ in 0..20 {
+        h.drain().await;
+        h.dispatcher.tick().await.unwrap();
+        report_healthy(&h).await;
+        let f = h.fleet("web").await;
+        if f.spec.image == b && phoenix_tests::converged(&f) {
+            break;
+        }
+    }
+    assert_eq!(on_image(&h, &b).await, 6);
+    assert_eq!(planned(&plan), done(&h, &before).await, "plan vs rollout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -334,6 +334,10 @@ const IAM_RULES: &[(&str, IamRule)] = &[
         "RunInstances creates only fleet-tagged instances",
         run_instances_only_tagged,
     ),
+    (
+        "RunInstances uses only images of the allowed accounts",
+        run_instances_only_allowed_images,
+    ),
     ("CreateTags only at launch", create_tags_only_at_launch),
     (
         "TerminateInstances only on fleet-tagged instances",
@@ -417,6 +421,34 @@ fn run_instances_only_tagged(statement: &Value) -> Option<String> {
     (!bad.is_empty()).then(|| format!("{bad:?} (tag condition present: {tagged})"))
 }
 
+/// The owners whose images RunInstances may use: `AllowedImageAccounts`, or this account alone
+/// when it is empty — the list the functions get as `PHOENIX_ALLOWED_IMAGE_ACCOUNTS`.
+fn allowed_image_owners() -> Value {
+    json!({"Fn::If": [
+        "OwnImagesOnly",
+        [reference("AWS::AccountId")],
+        reference("AllowedImageAccounts"),
+    ]})
+}
+
+/// A statement letting RunInstances use images (`image/*`, or every resource) must hold them to
+/// the allowed owners with `StringEquals` on `ec2:Owner`, the key EC2 sets on an image resource
+/// to its owning account's id (or to the alias `amazon` / `aws-marketplace` of the images listed
+/// under one, which no account id matches).
+fn run_instances_only_allowed_images(statement: &Value) -> Option<String> {
+    if !grants(statement, "ec2:RunInstances") {
+        return None;
+    }
+    let images: Vec<String> = statement_resources(statement)
+        .into_iter()
+        .map(arn_text)
+        .filter(|arn| arn == "*" || ec2_resource_type(arn) == "image")
+        .collect();
+    let owners = condition(statement, "StringEquals", "ec2:Owner");
+    (!images.is_empty() && *owners != allowed_image_owners())
+        .then(|| format!("{images:?} with ec2:Owner {owners}"))
+}
+
 fn create_tags_only_at_launch(statement: &Value) -> Option<String> {
     let at_launch = is_exactly(
         condition(statement, "StringEquals", "ec2:CreateAction"),
@@ -492,6 +524,46 @@ fn iam_resources_are_identical_in_both_templates() {
     let iam_sam = resources_of_type(&sam, "AWS::IAM::");
     assert!(!iam_sam.is_empty());
     assert_eq!(iam_sam, resources_of_type(&plain, "AWS::IAM::"));
+}
+
+#[test]
+fn the_allowed_image_accounts_reach_the_functions_and_the_policy_alike() {
+    // One parameter and one condition in both templates; the functions get the same owners the
+    // policy allows (this account's id when the parameter is empty).
+    let own_images_only = json!({"Fn::Equals": [
+        {"Fn::Join": ["", reference("AllowedImageAccounts")]},
+        "",
+    ]});
+    for (label, template, _) in templates() {
+        let parameter = &template["Parameters"]["AllowedImageAccounts"];
+        assert_eq!(parameter["Type"], "CommaDelimitedList", "{label}");
+        assert_eq!(parameter["Default"], "", "{label}");
+        assert_eq!(parameter["AllowedPattern"], "^([0-9]{12})?$", "{label}");
+        assert_eq!(
+            template["Conditions"]["OwnImagesOnly"], own_images_only,
+            "{label}"
+        );
+        let image_statements: Vec<&Value> =
+            statements(properties(&template, "PhoenixControllerPolicy"))
+                .into_iter()
+                .filter(|s| grants(s, "ec2:RunInstances") && uses_images(s))
+                .collect();
+        assert_eq!(image_statements.len(), 1, "{label}: {image_statements:?}");
+        assert_eq!(
+            *condition(image_statements[0], "StringEquals", "ec2:Owner"),
+            allowed_image_owners(),
+            "{label}"
+        );
+    }
+    let sam = sam();
+    assert_eq!(
+        sam["Globals"]["Function"]["Environment"]["Variables"]["PHOENIX_ALLOWED_IMAGE_ACCOUNTS"],
+        json!({"Fn::If": [
+            "OwnImagesOnly",
+            reference("AWS::AccountId"),
+            {"Fn::Join": [",", reference("AllowedImageAccounts")]},
+        ]})
+    );
 }
 
 /// Allowed actions of the shared controller policy.
@@ -590,6 +662,13 @@ fn has_no_condition(statement: &Value) -> bool {
     statement["Condition"].is_null()
 }
 
+/// A statement letting RunInstances use images.
+fn uses_images(statement: &Value) -> bool {
+    statement_resources(statement)
+        .into_iter()
+        .any(|r| ec2_resource_type(&arn_text(r)) == "image")
+}
+
 fn remove_condition(statement: &mut Value) {
     statement
         .as_object_mut()
@@ -624,6 +703,39 @@ const LOOSENINGS: &[(&str, &str, Loosening)] = &[
     ("launch anything", "Resource \"*\"", |t| {
         controller_statement(t, "ec2:RunInstances", has_no_condition)["Resource"] = json!("*")
     }),
+    (
+        "launch images of any account",
+        "images of the allowed accounts",
+        |t| remove_condition(controller_statement(t, "ec2:RunInstances", uses_images)),
+    ),
+    (
+        "launch images among the referenced resources",
+        "images of the allowed accounts",
+        |t| {
+            let arn = sub("arn:${AWS::Partition}:ec2:${AWS::Region}::image/*");
+            let statement = controller_statement(t, "ec2:RunInstances", has_no_condition);
+            statement["Resource"]
+                .as_array_mut()
+                .expect("resources")
+                .push(arn);
+        },
+    ),
+    (
+        "launch images of any owner by pattern",
+        "images of the allowed accounts",
+        |t| {
+            controller_statement(t, "ec2:RunInstances", uses_images)["Condition"] =
+                json!({"StringLike": {"ec2:Owner": "*"}})
+        },
+    ),
+    (
+        "launch images of another list of owners",
+        "images of the allowed accounts",
+        |t| {
+            controller_statement(t, "ec2:RunInstances", uses_images)["Condition"]["StringEquals"]
+                ["ec2:Owner"] = json!(["amazon", reference("AWS::AccountId")])
+        },
+    ),
     ("tag after launch", "CreateTags only", |t| {
         remove_condition(controller_statement(t, "ec2:CreateTags", any))
     }),

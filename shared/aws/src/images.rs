@@ -2,11 +2,12 @@
 
 use crate::error::{sdk_error, Error, Result};
 use phoenix_core::aws_events::SourcePolicy;
-use phoenix_core::images::ImageBuild;
+use phoenix_core::images::{AllowedImageAccounts, ImageBuild};
 use phoenix_core::ImageId;
 use phoenix_protocol::ports::images::{BoxFuture, ImageResolver};
 use phoenix_protocol::Intake;
 use std::sync::Arc;
+use tracing::warn;
 
 #[derive(Clone, Debug)]
 pub struct ImageBuilderResolver {
@@ -50,14 +51,24 @@ impl ImageResolver for ImageBuilderResolver {
 }
 
 /// `PHOENIX_ALLOWED_ACCOUNTS` and `PHOENIX_ALLOWED_SOURCES` (comma-separated; empty: any account,
-/// every known source) and the Image Builder client.
+/// every known source), `PHOENIX_ALLOWED_IMAGE_ACCOUNTS` (comma-separated account ids whose images
+/// may be launched; empty: any) and the Image Builder client.
 pub fn intake_from_env(sdk: &aws_config::SdkConfig) -> Intake {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let image_accounts = AllowedImageAccounts::from_list(&var("PHOENIX_ALLOWED_IMAGE_ACCOUNTS"));
+    let odd = image_accounts.not_accounts();
+    if !odd.is_empty() {
+        warn!(
+            entries = ?odd,
+            "PHOENIX_ALLOWED_IMAGE_ACCOUNTS: not account ids, so no image's owner matches them"
+        );
+    }
     Intake {
         policy: SourcePolicy::from_lists(
             &var("PHOENIX_ALLOWED_ACCOUNTS"),
             &var("PHOENIX_ALLOWED_SOURCES"),
         ),
+        image_accounts,
         images: Arc::new(ImageBuilderResolver::new(
             aws_sdk_imagebuilder::Client::new(sdk),
         )),

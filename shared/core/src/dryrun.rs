@@ -1,12 +1,16 @@
 //! `phoenix plan F --image X`: the rollout a new image would cause, worked out by running the real
-//! planner against an idealised EC2 (every launch succeeds, every new instance is healthy by the
-//! next pass) without touching anything. The real rollout makes the same decisions as long as
-//! EC2 behaves that way; it differs where the world does (a slow boot, a failure).
+//! planner against an idealised world (every launch succeeds, every new instance is running with
+//! its status checks passed by the next pass, and the `HealthCheckPassed` a fleet with
+//! `health_check: event` or `both` waits for arrives once it runs) without touching anything.
+//! The real rollout makes the same decisions as long as the world behaves that way; it differs
+//! where the world does (a slow boot, a failure, a health report that never comes).
 
 use crate::error::Result;
 use crate::events::{Change, ControlAction, Intent};
 use crate::ids::{ImageId, InstanceId};
-use crate::model::{Budget, Fleet, Lifecycle, Observed, RolloutStatus, Timestamp};
+use crate::model::{
+    Budget, Fleet, Health, HealthSignal, Lifecycle, Observed, RolloutStatus, Timestamp,
+};
 use crate::planner::{self, Command, Launched, Outcome, Step};
 use chrono::Duration;
 use serde::Serialize;
@@ -127,6 +131,7 @@ pub fn plan_rollout(
         }
         let step = planner::reconcile(&world.fleet, &world.observe(), world.now);
         world.run(step, &mut plan);
+        world.report_healthy(&mut plan)?;
     }
     Ok(plan)
 }
@@ -146,6 +151,43 @@ impl World {
             .live_instances()
             .map(Observed::running_ok)
             .collect()
+    }
+
+    /// The application's health checker: a `HealthCheckPassed` for every instance the last pass
+    /// saw running that still waits for one, when the fleet's health check listens for them. As
+    /// the controller does, the event that makes a wave healthy reconciles the fleet at once, so
+    /// the next wave starts in the same pass.
+    fn report_healthy(&mut self, plan: &mut RolloutPlan) -> Result<()> {
+        if self.fleet.spec.policy.health_check == HealthSignal::Ec2 {
+            return Ok(());
+        }
+        let waiting: Vec<InstanceId> = self
+            .fleet
+            .live_instances()
+            .filter(|i| {
+                i.state == Lifecycle::Running
+                    && i.health == Health::Unknown
+                    && !i.signals.passed
+                    && i.disposal.is_none()
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        for instance in waiting {
+            let passed = Intent::HealthCheckPassed { instance };
+            let step = planner::apply_intent(&self.fleet, &passed, self.now, self.now)?;
+            let changes = step.changes.clone();
+            self.run(step, plan);
+            let wave_healthy = planner::wave_to_recheck(&self.fleet, &changes).is_some_and(|ids| {
+                ids.iter()
+                    .filter_map(|id| self.fleet.instances.get(id))
+                    .all(|i| !i.is_live() || i.is_healthy())
+            });
+            if wave_healthy {
+                let step = planner::reconcile(&self.fleet, &self.observe(), self.now);
+                self.run(step, plan);
+            }
+        }
+        Ok(())
     }
 
     fn commit(&mut self, step: Step) {
@@ -279,4 +321,79 @@ impl World {
 /// Ids for the instances the plan launches; they never reach AWS.
 fn fake_id(n: u64) -> InstanceId {
     InstanceId::parse(&format!("i-{n:017x}")).expect("i- and 17 hex digits form an instance id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FleetSpec, Instance, Signals};
+
+    fn t0() -> Timestamp {
+        chrono::DateTime::from_timestamp(1_900_000_000, 0).unwrap()
+    }
+
+    /// A fleet of `capacity` healthy instances on image 1, with the policy lines given.
+    fn fleet(capacity: u32, policy: &str) -> Fleet {
+        let yaml = format!(
+            "name: web\nimage: ami-00000001\ncapacity: {capacity}\ninstance_type: t3.micro\npolicy:\n{policy}"
+        );
+        let spec = FleetSpec::from_yaml(&yaml).unwrap();
+        let mut f = Fleet::new(spec, t0() - Duration::hours(2));
+        for n in 0..capacity {
+            let id = InstanceId::parse(&format!("i-{:08x}", 0x1000 + n)).unwrap();
+            let instance = Instance {
+                id: id.clone(),
+                image: f.spec.image.clone(),
+                launched_at: t0() - Duration::hours(1),
+                state: Lifecycle::Running,
+                health: Health::Healthy,
+                signals: Signals {
+                    ec2_ok: true,
+                    passed: true,
+                },
+                token: format!("web-seed-{n}"),
+                zone: None,
+                instance_type: None,
+                disposal: None,
+                terminated_at: None,
+                taints: Vec::new(),
+                retirement: None,
+            };
+            f.instances.insert(id, instance);
+            f.live += 1;
+        }
+        f.complete = true;
+        f
+    }
+
+    #[test]
+    fn a_plan_assumes_the_health_events_the_fleet_waits_for_arrive() {
+        let image = ImageId::parse("ami-00000002").unwrap();
+        for signal in ["ec2", "event", "both"] {
+            let f = fleet(
+                6,
+                &format!("  max_surge: 1\n  max_unavailable: 0\n  health_check: {signal}\n"),
+            );
+            let plan = plan_rollout(&f, &image, t0(), Duration::minutes(1)).unwrap();
+            assert!(plan.refused.is_none(), "{signal}: {plan:#?}");
+            // A wave a minute, whichever signal makes its instances healthy.
+            let starts: Vec<i64> = plan
+                .passes
+                .iter()
+                .filter(|p| p.wave.is_some())
+                .map(|p| p.at_seconds)
+                .collect();
+            assert_eq!(starts, [0, 60, 120, 180, 240, 300], "{signal}: {plan:#?}");
+            assert_eq!(plan.waves(), 6, "{signal}: {plan:#?}");
+            let launched: u32 = plan.passes.iter().map(|p| p.launch).sum();
+            let terminated: usize = plan.passes.iter().map(|p| p.terminate.len()).sum();
+            assert_eq!((launched, terminated), (6, 6), "{signal}: {plan:#?}");
+            assert!(
+                plan.passes
+                    .iter()
+                    .all(|p| p.peak <= 7 && p.healthy_floor >= 6),
+                "{signal}: {plan:#?}"
+            );
+        }
+    }
 }

@@ -479,3 +479,67 @@ fn the_planner_variants_rewrite_only_what_they_say() {
     assert_eq!(count(&blind), 3);
     assert_eq!(blind.fleet.pending_count(), 3);
 }
+
+#[test]
+fn the_controller_launches_no_image_of_an_account_not_allowed() {
+    use crate::ports::{Sim, SimBus, SimEc2, SimTime};
+    use phoenix_core::events::Envelope;
+    use phoenix_core::images::AllowedImageAccounts;
+    use phoenix_protocol::{Controller, Intake};
+
+    let (store, world, fleet) = store();
+    {
+        let mut w = world.lock();
+        w.ec2.images.insert(fleet.spec.image.clone());
+        w.ec2.images.insert(ami(0xb));
+    }
+    let controller = Controller::<Sim>::new(
+        SimTable(world.clone()),
+        SimEc2(world.clone()),
+        SimBus(world.clone()),
+        SimTime(world.clone()),
+        Intake {
+            image_accounts: AllowedImageAccounts::from_list("111122223333"),
+            ..Intake::default()
+        },
+    );
+    // The simulator's EC2 reports no owner for its images: none is an allowed account's.
+    let mut file = spec();
+    file.image = ami(0xb);
+    let refused = block(controller.apply_fleet(file)).map(|_| ());
+    let why = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(why.contains("does not report which account owns"), "{why}");
+    assert!(why.contains("111122223333"), "{why}");
+    let version = block(store.load_fleet(&fleet.spec.name))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .version;
+    assert_eq!(version, fleet.version, "nothing written");
+
+    // An `ImageReady` for it: refused and recorded, nothing launched.
+    let env = Envelope {
+        id: "ready-1".into(),
+        source: "phoenix".into(),
+        detail_type: "ImageReady".into(),
+        time: t0(),
+        account: None,
+        region: None,
+        resources: Vec::new(),
+        detail: serde_json::json!({"fleet": FLEET, "image": ami(0xb).as_str()}),
+    };
+    block(controller.handle(&env, None)).unwrap_or_else(|e| panic!("{e}"));
+    let after = block(store.load_fleet(&fleet.spec.name)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(after.spec.image, fleet.spec.image);
+    let history = block(store.history(&fleet.spec.name, 10)).unwrap_or_else(|e| panic!("{e}"));
+    let rejected: Vec<&String> = history
+        .iter()
+        .flat_map(|e| &e.changes)
+        .filter_map(|c| match c {
+            Change::ImageRejected { image, reason } if *image == ami(0xb) => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected.len(), 1, "{history:?}");
+    assert!(rejected[0].contains("PHOENIX_ALLOWED_IMAGE_ACCOUNTS"));
+    assert!(world.lock().ec2.vms.is_empty(), "nothing launched");
+    assert_eq!(world.lock().stats.published, 1, "ImageRejected published");
+}

@@ -4,14 +4,16 @@
 //!
 //! Data with the rules that keep it well-formed, nothing more: the model decides nothing (that is
 //! the planner's work) and reads nothing (that is the adapters'). Its files build on each other:
-//! `instance` and `images` need nothing of the others, `spec` needs an instance's health signals
-//! and the image rules, `fleet` holds a spec and instances. The values it shares with events and
-//! notices (`Timestamp`, `Seconds`, `Lifecycle`, `Health`, a capacity's bounds) live on the floor
-//! below and are re-exported here, where users of the model look for them.
+//! `instance`, `images` and `position` need nothing of the others, `spec` needs an instance's
+//! health signals, the image rules and where in a fleet file an error is, `fleet` holds a spec
+//! and instances. The values it shares with events and notices (`Timestamp`, `Seconds`,
+//! `Lifecycle`, `Health`, a capacity's bounds) live on the floor below and are re-exported here,
+//! where users of the model look for them.
 
 mod fleet;
 pub(crate) mod images;
 mod instance;
+mod position;
 mod spec;
 
 pub use crate::lifecycle::{Health, Lifecycle, Suspect};

@@ -9,6 +9,7 @@
 
 use super::images::{Admission, ImageSelector};
 use super::instance::Signals;
+use super::position::locate;
 use crate::error::{Error, Result};
 use crate::ids::{FleetName, ImageId};
 use crate::notice::{MaintenanceWindow, TaintMode};
@@ -338,11 +339,68 @@ impl FleetSpec {
         Ok(())
     }
 
-    /// Reads a fleet file (YAML, of which JSON is a subset). Errors name the line and the field.
+    /// Reads a fleet file (YAML, of which JSON is a subset). Errors name the line and the field
+    /// (`invalid capacity: -3 is negative at line 3 column 11`).
     pub fn from_yaml(text: &str) -> Result<Self> {
-        let spec: FleetSpec =
-            serde_yaml::from_str(text).map_err(|e| Error::FleetFile(e.to_string()))?;
-        spec.validate()?;
-        Ok(spec)
+        serde_yaml::from_str::<FleetSpec>(text)
+            .map_err(|e| Error::FleetFile(e.to_string()))
+            .and_then(|spec| spec.validate().map(|()| spec))
+            .map_err(|e| locate(text, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "name: web\nimage: ami-12345678\ncapacity: 3\ninstance_type: t3.micro\n";
+
+    fn error(text: &str) -> Error {
+        FleetSpec::from_yaml(text).unwrap_err()
+    }
+
+    #[test]
+    fn fleet_file_errors_name_the_line_and_the_field() {
+        // Checks on a value once read: located at the field's value.
+        let negative = error(&FILE.replace("capacity: 3", "capacity: -3"));
+        assert_eq!(
+            negative.to_string(),
+            "invalid fleet file: invalid capacity: -3 is negative at line 3 column 11"
+        );
+        let bad_type = error(&FILE.replace("t3.micro", "t3micro"));
+        assert_eq!(
+            bad_type,
+            Error::invalid(
+                "instance_type",
+                "\"t3micro\" is not an EC2 instance type like \"t3.micro\" at line 4 column 16"
+            ),
+            "the kind of error and its field are kept"
+        );
+        let nested = error(&format!(
+            "{FILE}policy:\n  breaker:\n    unhealthy_percent: 0\n"
+        ));
+        assert!(
+            nested.to_string().ends_with("at line 7 column 24"),
+            "{nested}"
+        );
+        // Located by the parser: the key written on that line is named when the message does not.
+        let typo = error(&FILE.replace("capacity:", "capacty:"));
+        assert!(
+            typo.to_string().contains("unknown field `capacty`")
+                && typo.to_string().ends_with("at line 3 column 1"),
+            "{typo}"
+        );
+        let lots = error(&format!("{FILE}policy:\n  max_surge: lots\n"));
+        assert!(
+            lots.to_string()
+                .ends_with("at line 6 column 3 (field `max_surge`)"),
+            "{lots}"
+        );
+        // Nothing to locate: as it was.
+        let missing = error(&FILE.replace("capacity: 3\n", ""));
+        assert_eq!(
+            missing.to_string(),
+            "invalid fleet file: missing field `capacity`"
+        );
     }
 }

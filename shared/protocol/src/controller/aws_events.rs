@@ -2,7 +2,7 @@
 //! concerns, and the same plan → commit → execute path as phoenix's events for each of them.
 //!
 //! - An event about an image goes to every fleet whose `image_selector` matches what EC2
-//!   reports about the AMI, through the fleet's admission gate.
+//!   reports about the AMI, through the accounts allowed and the fleet's admission gate.
 //! - An event about instances goes to the fleet of each instance (found by the instance index);
 //!   instances no fleet manages are ignored (logged at debug level: success, not an error).
 //! - An event may concern several fleets, so its record is kept per fleet (`<id>#<fleet>`); AWS
@@ -53,7 +53,7 @@ enum Job {
         intent: Intent,
         key: EventKey,
     },
-    /// Record that the fleet's admission gate refused the image.
+    /// Record that the image was refused: its owner is not allowed, or the fleet's gate refused it.
     Reject {
         name: FleetName,
         image: ImageId,
@@ -244,7 +244,7 @@ impl<P: Ports> Controller<P> {
             }
             let key = key_for(env, &name);
             let refused = (fleet.spec.image != *image)
-                .then(|| images::refusal(&fleet, image, facts))
+                .then(|| images::refusal(&fleet, &self.intake.image_accounts, image, facts))
                 .flatten();
             jobs.push(match refused {
                 Some(reason) => Job::Reject {
@@ -269,7 +269,8 @@ impl<P: Ports> Controller<P> {
         Ok(())
     }
 
-    /// Why the fleet's admission gate refuses the image, if it does (not for the image it runs).
+    /// Why the image may not be launched for the fleet — its owner is not an allowed account, or
+    /// the fleet's admission gate refuses it — if it may not (not for the image it runs).
     pub(super) fn refusal<'a>(
         &'a self,
         name: &'a FleetName,
@@ -279,7 +280,7 @@ impl<P: Ports> Controller<P> {
         Box::pin(async move {
             let fleet = self.store.load_partial(name, &[]).await?;
             Ok((fleet.spec.image != *image)
-                .then(|| images::refusal(&fleet, image, facts))
+                .then(|| images::refusal(&fleet, &self.intake.image_accounts, image, facts))
                 .flatten())
         })
     }
@@ -305,7 +306,7 @@ impl<P: Ports> Controller<P> {
         key: &EventKey,
     ) -> Result<FleetReport> {
         let (name, image) = (&name, &image);
-        warn!(fleet = %name, %image, %reason, "image refused by the fleet's admission gate");
+        warn!(fleet = %name, %image, %reason, "image refused");
         for attempt in 0..MAX_CONFLICTS {
             let fleet = self.store.load_partial(name, &[]).await?;
             let step = images::rejected(&fleet, image, reason.clone());

@@ -43,6 +43,7 @@ use crate::store::{EventKey, Store};
 use crate::variant::Variant;
 use phoenix_core::aws_events::{AwsEvent, SourcePolicy};
 use phoenix_core::events::{Cause, Envelope, Intent};
+use phoenix_core::images::{self, AllowedImageAccounts};
 use phoenix_core::model::{FleetSpec, Timestamp};
 use phoenix_core::patterns::{route, Function};
 use phoenix_core::planner;
@@ -66,19 +67,25 @@ pub const QUEUE_AFTER_CONFLICTS: usize = 3;
 /// lease a write-ahead decision gets, for the same reason — longer than an invocation lives.
 const IN_PROGRESS_WITHOUT_DEADLINE: chrono::Duration = planner::LEASE;
 
-/// What the controller needs to take in events beyond its ports: which accounts and sources it
-/// accepts events from, and how it learns what an Image Builder build produced.
+/// What the controller needs to take in events and images beyond its ports: which accounts and
+/// sources it accepts events from, which accounts' images it may launch, and how it learns what
+/// an Image Builder build produced.
 #[derive(Clone)]
 pub struct Intake {
     pub policy: SourcePolicy,
+    /// Every image phoenix would launch — a fleet file's, `ImageReady`'s, an AMI or Image Builder
+    /// event's — must be owned by one of these accounts (empty: any).
+    pub image_accounts: AllowedImageAccounts,
     pub images: Arc<dyn ImageResolver>,
 }
 
 impl Default for Intake {
-    /// Any account, every known source, no Image Builder (builds must be registered).
+    /// Any account, every known source, images of any account, no Image Builder (builds must be
+    /// registered).
     fn default() -> Self {
         Intake {
             policy: SourcePolicy::default(),
+            image_accounts: AllowedImageAccounts::default(),
             images: Arc::new(StaticImageResolver::default()),
         }
     }
@@ -88,6 +95,7 @@ impl std::fmt::Debug for Intake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Intake")
             .field("policy", &self.policy)
+            .field("image_accounts", &self.image_accounts)
             .finish_non_exhaustive()
     }
 }
@@ -257,7 +265,8 @@ impl<P: Ports> Controller<P> {
                         "image {image} does not exist or is not available to this account"
                     )));
                 };
-                // The fleet's admission gate first: a refused image is recorded, not rolled out.
+                // The accounts allowed and the fleet's admission gate first: a refused image is
+                // recorded, not rolled out.
                 match self.refusal(fleet, image, &facts).await? {
                     Some(reason) => vec![
                         self.reject_image(fleet.clone(), image.clone(), reason, &cause, &key)
@@ -347,11 +356,9 @@ impl<P: Ports> Controller<P> {
                 spec.image
             )));
         };
-        // The file's own image passes the gate it declares, like any other.
-        if let Some(Err(reason)) = spec
-            .admission
-            .as_ref()
-            .map(|a| a.admits(&spec.image, &facts))
+        // The file's own image passes the accounts allowed and the gate it declares, like any
+        // other.
+        if let Err(reason) = images::judge(&spec, &self.intake.image_accounts, &spec.image, &facts)
         {
             return Err(phoenix_core::Error::invalid("image", reason).into());
         }
