@@ -350,6 +350,7 @@ mod tests {
                 signals: Signals {
                     ec2_ok: true,
                     passed: true,
+                    host_impaired: false,
                 },
                 token: format!("web-seed-{n}"),
                 zone: None,
@@ -358,6 +359,7 @@ mod tests {
                 terminated_at: None,
                 taints: Vec::new(),
                 retirement: None,
+                replacement_for: None,
             };
             f.instances.insert(id, instance);
             f.live += 1;
