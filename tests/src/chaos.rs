@@ -268,6 +268,11 @@ pub struct World {
     intents: Mutex<BTreeSet<String>>,
     /// Instances the harness itself terminated (outside phoenix).
     pub external: Mutex<BTreeSet<String>>,
+    /// The queue a rule for source `phoenix` on the emulator's bus sends every event to: what a
+    /// subscriber of phoenix's notifications receives.
+    pub notes: String,
+    /// What was received on it so far: (detail-type, detail), in order.
+    received: Mutex<Vec<(String, serde_json::Value)>>,
     pub unmanaged: Vec<String>,
     pub images: Vec<ImageId>,
     started: Instant,
@@ -342,6 +347,12 @@ impl World {
         let direct = emulator_sdk_config(&emulator.endpoint).await;
         let store = phoenix_aws::dynamo_store(aws_sdk_dynamodb::Client::new(&direct), "phoenix");
         store.table().create_table().await?;
+        let notes = crate::subscribe(
+            &direct,
+            "phoenix-notifications",
+            &serde_json::json!({"source": [SOURCE]}),
+        )
+        .await?;
         let sdk = chaos_sdk_config(&proxy.endpoint, faults).await;
         let offset_secs = Arc::new(AtomicI64::new(0));
         let offset = offset_secs.clone();
@@ -377,6 +388,8 @@ impl World {
             applied: Mutex::new(BTreeSet::new()),
             intents: Mutex::new(BTreeSet::new()),
             external: Mutex::new(BTreeSet::new()),
+            notes,
+            received: Mutex::new(Vec::new()),
             unmanaged: Vec::new(),
             images: imgs,
             started: Instant::now(),
@@ -602,6 +615,15 @@ impl World {
             .await
             .map(|_| ())
             .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// Every notification that reached the bus so far, as a subscriber received it: (detail-type,
+    /// detail), in the order received, repeats included.
+    pub async fn notifications(&self) -> Result<Vec<(String, serde_json::Value)>> {
+        let new = crate::receive_all(&self.direct, &self.notes).await?;
+        let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        received.extend(new);
+        Ok(received.clone())
     }
 
     pub async fn fleet(&self, name: &str) -> Result<Fleet> {

@@ -107,6 +107,12 @@ impl Table for SimTable {
         out
     }
 
+    async fn delete(&self, key: &Key) -> Result<()> {
+        let out = self.0.lock().table_delete(key);
+        yield_now().await;
+        out
+    }
+
     async fn delete_all(&self, keys: &[Key]) -> Result<()> {
         let out = self.0.lock().table_delete_all(keys);
         yield_now().await;

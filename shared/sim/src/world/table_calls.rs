@@ -8,7 +8,7 @@ use phoenix_core::events::Change;
 use phoenix_core::InstanceId;
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::table::{Cancellation, Item, Key, Query, SortKeys, Transacted, Write};
-use phoenix_protocol::store::items::{decode_event, Standing, INBOX, INST_END};
+use phoenix_protocol::store::items::{decode_event, Standing, INBOX, MAIL_END};
 use std::collections::BTreeSet;
 
 fn summarize(changes: &[Change]) -> String {
@@ -104,9 +104,9 @@ impl World {
     pub fn table_query(&mut self, q: &Query) -> Result<Vec<Item>> {
         self.dynamo_throttled("Query")?;
         let items = self.table.query(q);
-        // A whole-fleet load: the inbox and the live instances.
+        // A whole-fleet load: the inbox, the live instances and the outbox.
         if q.pk == format!("FLEET#{FLEET}")
-            && q.sort == SortKeys::Between(INBOX.into(), INST_END.into())
+            && q.sort == SortKeys::Between(INBOX.into(), MAIL_END.into())
         {
             let live: BTreeSet<InstanceId> = items
                 .iter()
@@ -137,6 +137,13 @@ impl World {
             value,
             limit,
         ))
+    }
+
+    pub fn table_delete(&mut self, key: &Key) -> Result<()> {
+        self.dynamo_throttled("DeleteItem")?;
+        self.table.delete_all(std::slice::from_ref(key));
+        self.books.apply(&self.table, key);
+        Ok(())
     }
 
     pub fn table_delete_all(&mut self, keys: &[Key]) -> Result<()> {
