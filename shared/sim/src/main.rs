@@ -21,7 +21,8 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    planners: drop-after-launch, replace-in-place, launch-quarantined,
                    surge-blind, ignore-health-failures; protocols: relaunch-blind,
                    act-before-deciding, lapsed-as-completed, keep-queued,
-                   ignore-deadline-reserve, terminate-unchecked
+                   ignore-deadline-reserve, terminate-unchecked, remove-before-publish,
+                   publish-only-after-commit
   --trace          print every step of the trace
   --quiet          print only the summary (and failures)
 
@@ -132,7 +133,8 @@ fn stats_line(s: &Stats) -> String {
          rollouts {} (succeeded {}, rolled back {}, aborted {}, superseded {}), \
          quarantined {} bad / {} good images (good ones: {} wave deadline, {} stopped instance, {} failed health check, {} spurious report), breaker trips {}, \
          intents queued {} (applied from the inbox {}, reconcile failures reported after one {}), \
-         service faults {} (DynamoDB, EventBridge), events published {}",
+         service faults {} (DynamoDB, EventBridge), events published {} \
+         (notifications committed {}, published again {})",
         s.events,
         s.events_lost,
         s.events_duplicated,
@@ -166,7 +168,9 @@ fn stats_line(s: &Stats) -> String {
         s.dequeued,
         s.listed_failures,
         s.service_faults,
-        s.published
+        s.published,
+        s.notifications,
+        s.notifications_repeated
     )
 }
 

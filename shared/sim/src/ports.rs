@@ -154,7 +154,7 @@ impl Ec2 for SimEc2 {
 
 impl Bus for SimBus {
     async fn publish(&self, events: &[OutgoingEvent]) -> Result<Vec<String>> {
-        let out = self.0.lock().publish(events.len());
+        let out = self.0.lock().publish(events);
         yield_now().await;
         out
     }

@@ -567,9 +567,27 @@ fn terminating_without_revalidation_is_caught() {
 }
 
 #[test]
+fn removing_notifications_before_publishing_them_is_caught() {
+    caught(
+        Variant::Protocol(ProtocolVariant::RemoveBeforePublish),
+        "notification",
+        30,
+    );
+}
+
+#[test]
+fn notifications_published_only_after_their_commit_are_caught() {
+    caught(
+        Variant::Protocol(ProtocolVariant::PublishOnlyAfterCommit),
+        "notification",
+        30,
+    );
+}
+
+#[test]
 fn every_variant_has_its_test() {
     // The list above names each variant once; a variant added without a test fails here.
-    assert_eq!(Variant::all().len(), 1 + 5 + 6);
+    assert_eq!(Variant::all().len(), 1 + 5 + 8);
 }
 
 #[test]

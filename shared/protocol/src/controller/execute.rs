@@ -57,6 +57,9 @@ impl<P: Ports> Controller<P> {
     /// invocation that committed it has had its time to (`Mail::due`). A pass over the whole
     /// fleet calls it with the outbox its load read.
     pub(super) async fn send_left(&self, name: &FleetName, outbox: Vec<Mail>) {
+        if self.variant == Variant::PublishOnlyAfterCommit {
+            return;
+        }
         let now = self.now();
         let due: Vec<Mail> = outbox.into_iter().filter(|m| m.due(now)).collect();
         if !due.is_empty() {
@@ -79,6 +82,13 @@ impl<P: Ports> Controller<P> {
             })
             .collect();
         let versions: Vec<u64> = mail.iter().map(|m| m.version).collect();
+        let remove_first = self.variant == Variant::RemoveBeforePublish;
+        if remove_first {
+            if let Err(e) = self.store.remove_mail(name, &versions).await {
+                warn!(fleet = %name, error = %e, "could not remove notifications from the outbox");
+                return;
+            }
+        }
         if let Err(e) = self.bus.publish(&events).await {
             warn!(
                 fleet = %name,
@@ -88,14 +98,16 @@ impl<P: Ports> Controller<P> {
             );
             return;
         }
-        if let Err(e) = self.store.remove_mail(name, &versions).await {
-            warn!(
-                fleet = %name,
-                error = %e,
-                "published {} notifications but could not remove them from the outbox; the next \
-                 pass publishes them again",
-                events.len()
-            );
+        if !remove_first {
+            if let Err(e) = self.store.remove_mail(name, &versions).await {
+                warn!(
+                    fleet = %name,
+                    error = %e,
+                    "published {} notifications but could not remove them from the outbox; the \
+                     next pass publishes them again",
+                    events.len()
+                );
+            }
         }
     }
 

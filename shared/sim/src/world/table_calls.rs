@@ -8,7 +8,7 @@ use phoenix_core::events::Change;
 use phoenix_core::InstanceId;
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::table::{Cancellation, Item, Key, Query, SortKeys, Transacted, Write};
-use phoenix_protocol::store::items::{decode_event, Standing, INBOX, MAIL_END};
+use phoenix_protocol::store::items::{decode_event, decode_mail, Standing, INBOX, MAIL, MAIL_END};
 use std::collections::BTreeSet;
 
 fn summarize(changes: &[Change]) -> String {
@@ -200,6 +200,18 @@ impl World {
                 .and_then(|_| item.get("entry").and_then(|v| v.as_s()).map(str::to_string)),
             _ => None,
         });
+        // The notifications the commit writes to the fleet's outbox.
+        let mail: Vec<Item> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Put { item, .. }
+                    if Key::of(item).is_some_and(|k| k.sk.starts_with(MAIL)) =>
+                {
+                    Some(item.clone())
+                }
+                _ => None,
+            })
+            .collect();
         let enqueued: Vec<String> = writes
             .iter()
             .filter_map(|w| match w {
@@ -239,6 +251,15 @@ impl World {
         };
         for k in &applied.written {
             self.books.apply(&self.table, k);
+        }
+        for item in &mail {
+            match decode_mail(item) {
+                Ok(m) => {
+                    self.stats.notifications += m.notifications.len() as u64;
+                    self.checker.on_mail(&m.notifications);
+                }
+                Err(e) => self.violate("notification", format!("unreadable outbox item: {e}")),
+            }
         }
         if let Some(inv) = self.invocation() {
             inv.pass_refused = false;
