@@ -410,6 +410,7 @@ fn item_kind(item: &Value) -> &'static str {
         Some("META") => "fleet record",
         Some("INST") => "instance",
         Some("HIST") => "history",
+        Some("MAIL") => "outbox",
         Some("EVENT") => "event record",
         _ => "other",
     }

@@ -22,8 +22,9 @@
 //! | leaked instances | live instances carrying the fleet's tag that the fleet's record does not hold as live, after convergence |
 //! | wrongly terminated | instances stopped or terminated that phoenix must not touch (unmanaged ones), plus instances of the fleet terminated with no `TerminationDecided` in its history (instances the harness itself terminated excepted) |
 //! | lost history entries | fleet versions missing from the `HIST#` sequence 1..=version, plus launch tokens seen on EC2 instances with no `LaunchDecided` in the history, plus events whose record (`EVENT#`) points at a version whose entry has another cause, plus events a handler acknowledged as applied that have no record |
+//! | lost notifications | notifications the history says a commit published (`events::notifications` of each entry) whose `notification_id` never reached the bus: a rule for source `phoenix` on the emulator's EventBridge sends every event to an SQS queue, read at the end of the scenario (which ends, but for the crash scenario, with a scheduled reconcile after the outbox's grace) |
 //!
-//! A scenario passes when the last four are zero, no event was dead-lettered, and the fleet
+//! A scenario passes when the last five are zero, no event was dead-lettered, and the fleet
 //! converged on what the events asked for (capacity, image, all healthy, nothing in flight).
 
 use crate::faults::{FaultConfig, FaultProxy, SplitMix64};
@@ -39,13 +40,14 @@ use phoenix_aws::table::DynamoTable;
 use phoenix_aws::time::SystemTime;
 use phoenix_aws::{AwsController, Controller, Deadline, DynamoStore, FleetOutcome};
 use phoenix_core::events::{
-    Change, Envelope, Intent, ScaleTarget, SCHEDULED_EVENT, SCHEDULE_SOURCE, SOURCE,
+    self, Change, Envelope, Intent, ScaleTarget, SCHEDULED_EVENT, SCHEDULE_SOURCE, SOURCE,
 };
 use phoenix_core::model::{Fleet, FleetSpec, Health, Timestamp, TAG_FLEET, TAG_TOKEN};
 use phoenix_core::patterns::route;
 use phoenix_core::planner::LEASE;
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use phoenix_protocol::ports::Time;
+use phoenix_protocol::store::OUTBOX_GRACE;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -110,6 +112,7 @@ pub struct Row {
     pub leaked: u64,
     pub wrongly_terminated: u64,
     pub lost_history: u64,
+    pub lost_notifications: u64,
     pub dead_lettered: u64,
     /// Requests the controller sent to AWS (through the proxy), faulted or not.
     pub aws_calls: u64,
@@ -129,6 +132,7 @@ impl Row {
             && self.leaked == 0
             && self.wrongly_terminated == 0
             && self.lost_history == 0
+            && self.lost_notifications == 0
             && self.dead_lettered == 0
             && self.converged
             && self.final_instances == self.expected_instances
@@ -141,6 +145,7 @@ impl Row {
         self.leaked += m.leaked;
         self.wrongly_terminated += m.wrongly_terminated;
         self.lost_history += m.lost_history;
+        self.lost_notifications += m.lost_notifications;
         self.converged &= m.converged;
         self.notes.extend(m.notes);
     }
@@ -160,6 +165,7 @@ pub fn table(rows: &[Row]) -> String {
         "leaked instances",
         "wrongly terminated",
         "lost history entries",
+        "lost notifications",
     ];
     let mut lines = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     for r in rows {
@@ -175,6 +181,7 @@ pub fn table(rows: &[Row]) -> String {
             r.leaked.to_string(),
             r.wrongly_terminated.to_string(),
             r.lost_history.to_string(),
+            r.lost_notifications.to_string(),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
@@ -268,6 +275,11 @@ pub struct World {
     intents: Mutex<BTreeSet<String>>,
     /// Instances the harness itself terminated (outside phoenix).
     pub external: Mutex<BTreeSet<String>>,
+    /// The queue a rule for source `phoenix` on the emulator's bus sends every event to: what a
+    /// subscriber of phoenix's notifications receives.
+    pub notes: String,
+    /// What was received on it so far: (detail-type, detail), in order.
+    received: Mutex<Vec<(String, serde_json::Value)>>,
     pub unmanaged: Vec<String>,
     pub images: Vec<ImageId>,
     started: Instant,
@@ -342,6 +354,12 @@ impl World {
         let direct = emulator_sdk_config(&emulator.endpoint).await;
         let store = phoenix_aws::dynamo_store(aws_sdk_dynamodb::Client::new(&direct), "phoenix");
         store.table().create_table().await?;
+        let notes = crate::subscribe(
+            &direct,
+            "phoenix-notifications",
+            &serde_json::json!({"source": [SOURCE]}),
+        )
+        .await?;
         let sdk = chaos_sdk_config(&proxy.endpoint, faults).await;
         let offset_secs = Arc::new(AtomicI64::new(0));
         let offset = offset_secs.clone();
@@ -377,6 +395,8 @@ impl World {
             applied: Mutex::new(BTreeSet::new()),
             intents: Mutex::new(BTreeSet::new()),
             external: Mutex::new(BTreeSet::new()),
+            notes,
+            received: Mutex::new(Vec::new()),
             unmanaged: Vec::new(),
             images: imgs,
             started: Instant::now(),
@@ -604,6 +624,53 @@ impl World {
             .map_err(|e| anyhow!("{e}"))
     }
 
+    /// Every notification that reached the bus so far, as a subscriber received it: (detail-type,
+    /// detail), in the order received, repeats included.
+    pub async fn notifications(&self) -> Result<Vec<(String, serde_json::Value)>> {
+        let new = crate::receive_all(&self.direct, &self.notes).await?;
+        let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        received.extend(new);
+        Ok(received.clone())
+    }
+
+    /// The notifications `history` says the fleet's commits published that have not reached the
+    /// bus (so far): `detail-type id (version v)` each.
+    pub async fn unpublished(
+        &self,
+        fleet: &Fleet,
+        history: &[phoenix_core::history::HistoryEntry],
+    ) -> Result<Vec<String>> {
+        let received: BTreeSet<String> = self
+            .notifications()
+            .await?
+            .iter()
+            .filter_map(|(_, detail)| detail["notification_id"].as_str().map(str::to_string))
+            .collect();
+        let incarnation = fleet.incarnation();
+        let mut lost = Vec::new();
+        for e in history {
+            for n in events::notifications(&fleet.spec.name, &incarnation, e.version, &e.changes) {
+                if !received.contains(&n.id) {
+                    lost.push(format!(
+                        "{} {} (version {})",
+                        n.detail_type, n.id, e.version
+                    ));
+                }
+            }
+        }
+        Ok(lost)
+    }
+
+    /// The end of a scenario: time passes beyond the outbox's grace and the schedule reconciles
+    /// every fleet once more, so what a failed PutEvents (or a crash) left in an outbox is
+    /// published, as in AWS within a minute or two.
+    pub async fn last_schedule(&self) {
+        self.advance(OUTBOX_GRACE + chrono::Duration::seconds(1));
+        if let Err(e) = self.tick().await {
+            eprintln!("the last scheduled reconcile failed: {e}");
+        }
+    }
+
     pub async fn fleet(&self, name: &str) -> Result<Fleet> {
         Ok(self.store.load_fleet(&FleetName::parse(name)?).await?)
     }
@@ -802,6 +869,13 @@ impl World {
         }
         m.lost_history += missing + (history.len() - versions.len()) as u64;
 
+        // Notifications: each one the history says its commit published reached the bus.
+        for lost in self.unpublished(&fleet, &history).await? {
+            m.lost_notifications += 1;
+            m.notes
+                .push(format!("{name}: {lost} never reached the bus"));
+        }
+
         // Events: a record points at the entry it caused; an applied event has a record.
         let by_version: BTreeMap<u64, Option<&str>> = history
             .iter()
@@ -886,6 +960,18 @@ impl World {
             row.notes
                 .push(format!("unmanaged instance {id} was touched"));
         }
+        let mut copies: BTreeMap<String, u64> = BTreeMap::new();
+        for (_, detail) in self.notifications().await? {
+            if let Some(id) = detail["notification_id"].as_str() {
+                *copies.entry(id.to_string()).or_default() += 1;
+            }
+        }
+        row.details.push(format!(
+            "notifications: {} reached the bus, {} of them more than once ({} copies in all)",
+            copies.len(),
+            copies.values().filter(|n| **n > 1).count(),
+            copies.values().sum::<u64>()
+        ));
         if row.dead_lettered > 0 {
             row.notes
                 .push(format!("{} events dead-lettered", row.dead_lettered));
@@ -929,6 +1015,7 @@ pub struct Measure {
     pub leaked: u64,
     pub wrongly_terminated: u64,
     pub lost_history: u64,
+    pub lost_notifications: u64,
     pub converged: bool,
     pub notes: Vec<String>,
 }
@@ -1053,6 +1140,7 @@ pub fn duplicates_three_times(sizes: Sizes) -> ScenarioFuture {
             }
         }
         w.settle("web", true, 60).await.ok();
+        w.last_schedule().await;
         let m = w.measure("web", cap + 1, &c).await?;
         w.row("every event delivered 3x, random order", vec![m])
             .await
@@ -1118,6 +1206,7 @@ pub fn concurrent_invocations(sizes: Sizes) -> ScenarioFuture {
             t.await?;
         }
         w.settle("web", true, 80).await.ok();
+        w.last_schedule().await;
         let expected = u32::try_from(i64::from(cap) + net)?;
         let m = w.measure("web", expected, &newest.1).await?;
         let label = format!("{} concurrent invocations on one fleet", sizes.concurrent);
@@ -1162,6 +1251,7 @@ pub fn aws_faults(sizes: Sizes) -> ScenarioFuture {
         }
         let stats = w.proxy.stats();
         w.proxy.clear_faults();
+        w.last_schedule().await;
         let mut m = w.measure("web", cap * 3, &b).await?;
         m.notes.extend(notes);
         let label = format!(
@@ -1191,8 +1281,8 @@ pub fn aws_faults(sizes: Sizes) -> ScenarioFuture {
 
 /// A replacement (a failed health check) crashed right after each of its AWS calls in turn, each
 /// on a fresh fleet, followed by one reconcile once the leases ran out; then Lambda's retry of the
-/// event. After the one reconcile, a fleet whose event was committed must be finished, and one
-/// whose event was not must be untouched.
+/// event. After the one reconcile, a fleet whose event was committed must be finished, with its
+/// notification published, and one whose event was not must be untouched.
 pub fn crash_after_each_call(sizes: Sizes) -> ScenarioFuture {
     Box::pin(async move {
         let w = World::start(sizes.seed, 1).await?;
@@ -1246,6 +1336,13 @@ pub fn crash_after_each_call(sizes: Sizes) -> ScenarioFuture {
                     "call {n}: the event was committed but one reconcile did not finish the replacement (victim alive: {victim_alive}, {} pending, {} live)",
                     after.pending.len(),
                     after.live_instances().count()
+                ));
+            }
+            // What the replacement published (`InstanceReplaced`) reached the bus by then too.
+            let history = w.store.history(&after.spec.name, 1000).await?;
+            for lost in w.unpublished(&after, &history).await? {
+                unfinished.push(format!(
+                    "call {n}: {lost} was not published after one reconcile"
                 ));
             }
             if !committed && after.version != before {
@@ -1352,6 +1449,7 @@ pub fn lost_events(sizes: Sizes) -> ScenarioFuture {
             }
         }
         w.settle("web", true, 60).await.ok();
+        w.last_schedule().await;
         let m = w.measure("web", cap, &images[image]).await?;
         let label = format!(
             "{} of {n} events lost, scheduled reconcile only",

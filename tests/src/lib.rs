@@ -407,27 +407,6 @@ impl Harness {
     /// Routes the events phoenix publishes about its fleets (RolloutStarted, ReplacementHalted, ...)
     /// to a queue, as a user routes them to chat or paging. Returns the queue to read.
     pub async fn subscribe(&self) -> String {
-        use aws_sdk_eventbridge::types::Target;
-        let sqs = aws_sdk_sqs_client(&self.sdk);
-        let url = sqs
-            .create_queue()
-            .queue_name("notifications")
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        let arn = sqs
-            .get_queue_attributes()
-            .queue_url(&url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes
-            .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-            .clone();
-        let events = aws_sdk_eventbridge::Client::new(&self.sdk);
         let kinds = [
             "RolloutStarted",
             "WaveStarted",
@@ -436,64 +415,101 @@ impl Harness {
             "RolloutSucceeded",
             "RolloutRollingBack",
             "RolloutRolledBack",
+            "RolloutStalled",
             "InstanceReplaced",
             "ReplacementHalted",
             "ImageQuarantined",
             "ImageRejected",
         ];
         let pattern = serde_json::json!({"source": ["phoenix"], "detail-type": kinds});
-        events
-            .put_rule()
-            .name("notifications")
-            .event_pattern(pattern.to_string())
-            .send()
+        subscribe(&self.sdk, "notifications", &pattern)
             .await
-            .unwrap();
-        events
-            .put_targets()
-            .rule("notifications")
-            .targets(Target::builder().id("q").arn(arn).build().unwrap())
-            .send()
-            .await
-            .unwrap();
-        url
+            .unwrap()
     }
 
     /// The events received on a subscription queue so far: (detail-type, detail).
     pub async fn notifications(&self, url: &str) -> Vec<(String, serde_json::Value)> {
-        let sqs = aws_sdk_sqs_client(&self.sdk);
-        let mut out = Vec::new();
-        loop {
-            let got = sqs
-                .receive_message()
-                .queue_url(url)
-                .max_number_of_messages(10)
-                .send()
-                .await
-                .unwrap();
-            let msgs = got.messages.unwrap_or_default();
-            if msgs.is_empty() {
-                return out;
-            }
-            for m in msgs {
-                let v: serde_json::Value =
-                    serde_json::from_str(m.body.as_deref().unwrap_or("{}")).unwrap();
-                out.push((
-                    v["detail-type"].as_str().unwrap_or_default().to_string(),
-                    v["detail"].clone(),
-                ));
-                sqs.delete_message()
-                    .queue_url(url)
-                    .receipt_handle(m.receipt_handle.unwrap())
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        }
+        receive_all(&self.sdk, url).await.unwrap()
     }
 
     pub fn filter(name: &str, value: &str) -> Filter {
         Filter::builder().name(name).values(value).build()
+    }
+}
+
+/// A rule on the default bus whose events matching `pattern` go to a new queue `name`, as a user
+/// routes phoenix's notifications to chat or paging. Returns the queue's URL.
+pub async fn subscribe(
+    sdk: &aws_config::SdkConfig,
+    name: &str,
+    pattern: &serde_json::Value,
+) -> Result<String> {
+    use aws_sdk_eventbridge::types::Target;
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let sqs = aws_sdk_sqs_client(sdk);
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await?
+        .queue_url
+        .context("a queue without a URL")?;
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .context("a queue without an ARN")?;
+    let events = aws_sdk_eventbridge::Client::new(sdk);
+    events
+        .put_rule()
+        .name(name)
+        .event_pattern(pattern.to_string())
+        .send()
+        .await?;
+    events
+        .put_targets()
+        .rule(name)
+        .targets(Target::builder().id("q").arn(arn).build()?)
+        .send()
+        .await?;
+    Ok(url)
+}
+
+/// Every event waiting on a subscription queue (`subscribe`), received and deleted:
+/// (detail-type, detail).
+pub async fn receive_all(
+    sdk: &aws_config::SdkConfig,
+    url: &str,
+) -> Result<Vec<(String, serde_json::Value)>> {
+    let sqs = aws_sdk_sqs_client(sdk);
+    let mut out = Vec::new();
+    loop {
+        let got = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .send()
+            .await?;
+        let msgs = got.messages.unwrap_or_default();
+        if msgs.is_empty() {
+            return Ok(out);
+        }
+        for m in msgs {
+            let v: serde_json::Value = serde_json::from_str(m.body.as_deref().unwrap_or("{}"))?;
+            out.push((
+                v["detail-type"].as_str().unwrap_or_default().to_string(),
+                v["detail"].clone(),
+            ));
+            sqs.delete_message()
+                .queue_url(url)
+                .set_receipt_handle(m.receipt_handle)
+                .send()
+                .await?;
+        }
     }
 }
 

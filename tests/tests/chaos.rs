@@ -1,6 +1,6 @@
 //! The reliability report at small sizes (`make chaos` runs the full ones): every scenario must
-//! end with no duplicate launch, no leaked or wrongly terminated instance, no lost history entry,
-//! no dead-lettered event, and the fleet converged on what the events asked for.
+//! end with no duplicate launch, no leaked or wrongly terminated instance, no lost history entry
+//! or notification, no dead-lettered event, and the fleet converged on what the events asked for.
 
 #![allow(clippy::unwrap_used)]
 
@@ -89,5 +89,52 @@ async fn the_measures_count_each_violation_made_by_hand() {
     assert_eq!(
         w.unmanaged_touched().await.unwrap(),
         vec![w.unmanaged[0].clone()]
+    );
+}
+
+/// A notification a commit recorded that never reached the bus is counted lost; one that did
+/// is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_that_never_reached_the_bus_is_counted_lost() {
+    use phoenix_core::events::Intent;
+    use phoenix_tests::chaos::World;
+
+    let w = World::start(6, 1).await.unwrap();
+    let a = w.images[0].clone();
+    w.create_fleet("web", &a, 2, 1).await.unwrap();
+    let replace = |victim: String| {
+        w.event(
+            &Intent::HealthCheckFailed {
+                instance: victim.parse().unwrap(),
+                reason: "by hand".into(),
+            },
+            w.now(),
+        )
+    };
+    // A replacement publishes `InstanceReplaced`, and it arrives.
+    let victim = w.live_ids("web").await.unwrap()[0].clone();
+    assert!(w.deliver(&replace(victim)).await);
+    let m = w.measure("web", 2, &a).await.unwrap();
+    assert_eq!(m.lost_notifications, 0, "{:?}", m.notes);
+    assert_eq!(w.notifications().await.unwrap().len(), 1);
+
+    // Another, past the breaker's window, whose notification someone else takes off the queue
+    // before the harness reads it.
+    w.advance(chrono::Duration::minutes(11));
+    let victim = w.live_ids("web").await.unwrap()[0].clone();
+    assert!(w.deliver(&replace(victim)).await);
+    let taken = phoenix_tests::receive_all(&w.direct, &w.notes)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let m = w.measure("web", 2, &a).await.unwrap();
+    assert_eq!(m.lost_notifications, 1, "{:?}", m.notes);
+    assert_eq!(taken[0].0, "InstanceReplaced");
+    assert!(
+        m.notes
+            .iter()
+            .any(|n| n.contains("InstanceReplaced") && n.contains("never reached the bus")),
+        "{:?}",
+        m.notes
     );
 }

@@ -1,8 +1,9 @@
 //! The reliability mechanisms one at a time, on the emulator behind the fault proxy: the event
 //! record's status and expiry (a duplicate in flight returns without acting; a record whose
 //! invocation died expires and the retry finishes the work), the invocation's deadline, a launch
-//! whose answer was lost, a fleet-wide event that keeps losing the race for its fleet, and the
-//! proxy's faults as the SDK sees them.
+//! whose answer was lost, a fleet-wide event that keeps losing the race for its fleet, the
+//! outbox of notifications (a crash between the commit and PutEvents, or after PutEvents; a
+//! PutEvents that fails), and the proxy's faults as the SDK sees them.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,7 +15,7 @@ use phoenix_aws::time::SystemTime;
 use phoenix_aws::{
     Controller, Deadline, DynamoStore, Error, FleetOutcome, Ports, DEADLINE_RESERVE,
 };
-use phoenix_core::events::{Cause, Change, Envelope, Intent, ScaleTarget};
+use phoenix_core::events::{self, Cause, Change, Envelope, Intent, ScaleTarget};
 use phoenix_core::history::HistoryEntry;
 use phoenix_core::images::ImageFacts;
 use phoenix_core::model::{TAG_FLEET, TAG_TOKEN};
@@ -614,4 +615,107 @@ async fn a_queued_intent_that_no_longer_applies_is_recorded_as_ignored() {
         matches!(ignored[0].changes.first(), Some(Change::Ignored { reason }) if reason.contains("outside")),
         "{ignored:#?}"
     );
+}
+
+/// The notification a replacement's outcome commit records (`InstanceReplaced`), as the history
+/// says it is published: detail-type and detail, `notification_id` included.
+async fn replaced_notification(w: &World) -> (String, serde_json::Value) {
+    let name = FleetName::parse("web").unwrap();
+    let history = w.store.history(&name, 1000).await.unwrap();
+    let entry = history
+        .iter()
+        .rev()
+        .find(|e| {
+            e.changes
+                .iter()
+                .any(|c| matches!(c, Change::InstanceReplaced { .. }))
+        })
+        .expect("the replacement was committed");
+    let incarnation = w.fleet("web").await.unwrap().incarnation();
+    let mut notes = events::notifications(&name, &incarnation, entry.version, &entry.changes);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let note = notes.remove(0);
+    (note.detail_type, note.detail)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_committed_before_a_crash_is_published_by_the_next_reconcile_with_its_id() {
+    let (w, victim) = fleet_of_two().await;
+    let env = health_failed(&w, &victim);
+    // Calls 1-6 read the instance and its fleet, commit the decision, launch, re-validate and
+    // terminate; call 7 commits the outcomes, `InstanceReplaced` among them. The invocation dies
+    // right after it, before PutEvents.
+    w.proxy.reset_calls();
+    assert!(w.deliver_crashing(&env, 7).await);
+    let calls = w.proxy.call_log();
+    assert_eq!(calls.len(), 7, "{calls:?}");
+    assert_eq!(calls[6], "dynamodb:TransactWriteItems", "{calls:?}");
+    let expected = replaced_notification(&w).await;
+    assert_eq!(expected.1["instance"], victim.as_str());
+    assert!(w.notifications().await.unwrap().is_empty(), "not published");
+
+    // The next scheduled reconcile publishes what the crash left, with the id of its commit.
+    w.advance(LEASE);
+    w.tick().await.unwrap();
+    assert_eq!(w.notifications().await.unwrap(), vec![expected.clone()]);
+    // Once: it is not left for the next one.
+    w.advance(LEASE);
+    w.tick().await.unwrap();
+    assert_eq!(w.notifications().await.unwrap(), vec![expected]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_publishing_publishes_again_with_the_same_id() {
+    let (w, victim) = fleet_of_two().await;
+    let env = health_failed(&w, &victim);
+    // Call 8 is the PutEvents of `InstanceReplaced`; the invocation dies right after it, before
+    // it could tell the notification was sent.
+    w.proxy.reset_calls();
+    w.deliver_crashing(&env, 8).await;
+    let calls = w.proxy.call_log();
+    assert_eq!(
+        calls.get(7).map(String::as_str),
+        Some("events:PutEvents"),
+        "{calls:?}"
+    );
+    let expected = replaced_notification(&w).await;
+    assert_eq!(w.notifications().await.unwrap(), vec![expected.clone()]);
+
+    // At least once: the next reconcile publishes it again, and a consumer recognises the copy
+    // by its id.
+    w.advance(LEASE);
+    w.tick().await.unwrap();
+    let got = w.notifications().await.unwrap();
+    assert_eq!(got, vec![expected.clone(), expected.clone()]);
+    w.advance(LEASE);
+    w.tick().await.unwrap();
+    assert_eq!(
+        w.notifications().await.unwrap().len(),
+        2,
+        "published, then no more"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_whose_publish_failed_waits_for_the_next_pass() {
+    let (w, victim) = fleet_of_two().await;
+    // Every PutEvents is throttled, through the SDK's retries.
+    let mut throttled = FaultConfig::default();
+    throttled.rates.insert("events", 1.0);
+    throttled.only = vec!["PutEvents".into()];
+    throttled.kinds = vec![FaultKind::Throttle];
+    w.proxy.set_faults(throttled);
+    let report = w.invoke(&health_failed(&w, &victim), None).await.unwrap();
+    w.proxy.clear_faults();
+    assert_eq!(report.fleets[0].terminated.len(), 1, "{report:#?}");
+    let expected = replaced_notification(&w).await;
+    assert!(w.notifications().await.unwrap().is_empty());
+
+    // A pass right away leaves it to the invocation that committed it (which may still be
+    // publishing); one after the grace publishes it.
+    w.tick().await.unwrap();
+    assert!(w.notifications().await.unwrap().is_empty());
+    w.advance(LEASE);
+    w.tick().await.unwrap();
+    assert_eq!(w.notifications().await.unwrap(), vec![expected]);
 }

@@ -323,6 +323,17 @@ impl Table for DynamoTable {
         Ok(out.item.as_ref().map(from_attributes))
     }
 
+    async fn delete(&self, key: &Key) -> Result<()> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attributes(key)))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
+
     async fn batch_get(&self, keys: &[Key]) -> Result<Vec<Item>> {
         let mut items = Vec::new();
         let mut pending: Vec<Attributes> = keys.iter().map(key_attributes).collect();

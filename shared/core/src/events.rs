@@ -679,6 +679,42 @@ pub fn published(fleet: &FleetName, changes: &[Change]) -> Vec<(&'static str, Va
     out
 }
 
+/// A notification as phoenix publishes it (and keeps it, in the fleet's outbox, until it is
+/// published): a detail-type and detail of `published`, the detail carrying `notification_id`.
+/// phoenix publishes at least once — a crash after PutEvents publishes again — and every copy
+/// carries the same id, so a consumer can drop a repeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// `<fleet>-<incarnation>-<version>-<n>`: the `n`th notification of the commit that made the
+    /// fleet's `version` (the incarnation tells a fleet from an earlier one of the same name).
+    pub id: String,
+    pub detail_type: String,
+    pub detail: Value,
+}
+
+/// The notifications of the commit that made `version` of the fleet with `incarnation`
+/// (`Fleet::incarnation`): `published`, each with its id.
+pub fn notifications(
+    fleet: &FleetName,
+    incarnation: &str,
+    version: u64,
+    changes: &[Change],
+) -> Vec<Notification> {
+    published(fleet, changes)
+        .into_iter()
+        .enumerate()
+        .map(|(n, (detail_type, mut detail))| {
+            let id = format!("{fleet}-{incarnation}-{version}-{n}");
+            detail["notification_id"] = Value::String(id.clone());
+            Notification {
+                id,
+                detail_type: detail_type.into(),
+                detail,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

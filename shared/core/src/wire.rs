@@ -1,6 +1,7 @@
 //! The details of the events phoenix publishes, as types: what subscribers (chat, paging) may
-//! rely on. `events::published` writes them; a test here checks that every detail it writes is
-//! exactly one of these types, and that `schemas/` holds the JSON Schema generated from them and
+//! rely on. `events::notifications` writes them (each detail with its `notification_id`, the
+//! same in every copy published); a test here checks that every detail it writes is exactly one
+//! of these types, and that `schemas/` holds the JSON Schema generated from them and
 //! from the details phoenix accepts (`events`), with an example payload of each under
 //! `tests/fixtures/phoenix/` that the schema admits.
 //!
@@ -16,6 +17,9 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct RolloutStarted {
     pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
     pub rollout: u64,
     /// The image it moves from (none for a fleet without one).
     pub from: Option<String>,
@@ -28,6 +32,9 @@ pub struct RolloutStarted {
 #[serde(deny_unknown_fields)]
 pub struct WaveStarted {
     pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
     pub rollout: u64,
     pub wave: u32,
     pub launches: u32,
@@ -39,6 +46,9 @@ pub struct WaveStarted {
 #[serde(deny_unknown_fields)]
 pub struct WaveHealthy {
     pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
     pub rollout: u64,
     pub wave: u32,
 }
@@ -49,6 +59,9 @@ pub struct WaveHealthy {
 #[serde(deny_unknown_fields)]
 pub struct CheckpointReached {
     pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
     pub rollout: u64,
     pub percent: u32,
     /// When it resumes by itself; none: on `phoenix rollout resume`.
@@ -61,6 +74,9 @@ pub struct CheckpointReached {
 #[serde(deny_unknown_fields)]
 pub struct RolloutSucceeded {
     pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
     pub rollout: u64,
 }
 
@@ -70,6 +86,9 @@ pub struct RolloutSucceeded {
 #[serde(deny_unknown_fields)]
 pub struct RolloutRollingBack {
     pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
     pub rollout: u64,
     pub reason: String,
 }
@@ -83,6 +102,9 @@ pub struct RolloutRollingBack {
 #[serde(deny_unknown_fields)]
 pub struct RolloutStalled {
     pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
     pub rollout: u64,
     pub reason: String,
     pub waiting_on: Vec<String>,
@@ -94,6 +116,9 @@ pub struct RolloutStalled {
 #[serde(deny_unknown_fields)]
 pub struct RolloutRolledBack {
     pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
     pub rollout: u64,
 }
 
@@ -103,6 +128,9 @@ pub struct RolloutRolledBack {
 #[serde(deny_unknown_fields)]
 pub struct InstanceReplaced {
     pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
     pub instance: String,
     pub by: Vec<String>,
     pub reason: String,
@@ -114,6 +142,9 @@ pub struct InstanceReplaced {
 #[serde(deny_unknown_fields)]
 pub struct ReplacementHalted {
     pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
     pub unhealthy: u32,
     pub capacity: u32,
     /// What the unhealthy instances share, if something stands out.
@@ -128,6 +159,9 @@ pub struct ReplacementHalted {
 #[serde(deny_unknown_fields)]
 pub struct ImageQuarantined {
     pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
     pub image: String,
     pub reason: String,
 }
@@ -138,6 +172,9 @@ pub struct ImageQuarantined {
 #[serde(deny_unknown_fields)]
 pub struct ImageRejected {
     pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
     pub image: String,
     pub reason: String,
 }
@@ -282,12 +319,15 @@ mod tests {
                 reason: "untagged".into(),
             },
         ];
-        let out = events::published(&FleetName::parse("web").unwrap(), &changes);
+        let out = events::notifications(&FleetName::parse("web").unwrap(), "sx1abc", 7, &changes);
         assert_eq!(out.len(), changes.len());
         let mut kinds: Vec<&str> = Vec::new();
-        for (dt, detail) in &out {
+        for (n, note) in out.iter().enumerate() {
+            let (dt, detail) = (note.detail_type.as_str(), &note.detail);
+            assert_eq!(note.id, format!("web-sx1abc-7-{n}"));
+            assert_eq!(detail["notification_id"], note.id.as_str());
             kinds.push(dt);
-            match *dt {
+            match dt {
                 "RolloutStarted" => exact::<RolloutStarted>(detail),
                 "WaveStarted" => exact::<WaveStarted>(detail),
                 "WaveHealthy" => exact::<WaveHealthy>(detail),

@@ -25,10 +25,17 @@ pub enum Variant {
     /// `compute`: instances are terminated without re-validating that EC2 still shows them with
     /// the fleet's tag.
     TerminateUnchecked,
+    /// `controller`: a commit's outbox item is removed before its notifications are published,
+    /// so a crash or a failed PutEvents between the two loses them.
+    RemoveBeforePublish,
+    /// `controller`: notifications are published right after their commit only, never from the
+    /// outbox: what a crash or a failed PutEvents leaves there is never published (the protocol
+    /// before the outbox).
+    PublishOnlyAfterCommit,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 7] = [
+    pub const ALL: [Variant; 9] = [
         Variant::Real,
         Variant::RelaunchBlind,
         Variant::ActBeforeDeciding,
@@ -36,6 +43,8 @@ impl Variant {
         Variant::KeepQueued,
         Variant::IgnoreDeadlineReserve,
         Variant::TerminateUnchecked,
+        Variant::RemoveBeforePublish,
+        Variant::PublishOnlyAfterCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +56,8 @@ impl Variant {
             Variant::KeepQueued => "keep-queued",
             Variant::IgnoreDeadlineReserve => "ignore-deadline-reserve",
             Variant::TerminateUnchecked => "terminate-unchecked",
+            Variant::RemoveBeforePublish => "remove-before-publish",
+            Variant::PublishOnlyAfterCommit => "publish-only-after-commit",
         }
     }
 

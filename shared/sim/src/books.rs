@@ -8,9 +8,10 @@ use phoenix_core::model::{Fleet, Instance, Timestamp};
 use phoenix_core::InstanceId;
 use phoenix_protocol::ports::table::Key;
 use phoenix_protocol::store::items::{
-    decode_event, decode_instance, decode_meta, decode_queued, EventRecordItem, Standing,
-    EVENT_PREFIX, INBOX, INST, META,
+    decode_event, decode_instance, decode_mail, decode_meta, decode_queued, EventRecordItem,
+    Standing, EVENT_PREFIX, INBOX, INST, MAIL, META,
 };
+use phoenix_protocol::store::Mail;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct Books {
     inbox: BTreeMap<String, QueuedIntent>,
     /// Event records by event id.
     events: BTreeMap<String, EventRecordItem>,
+    /// The outbox: notifications committed and not yet removed, by the version that wrote them.
+    outbox: BTreeMap<u64, Mail>,
 }
 
 impl Books {
@@ -32,6 +35,7 @@ impl Books {
             instances: BTreeMap::new(),
             inbox: BTreeMap::new(),
             events: BTreeMap::new(),
+            outbox: BTreeMap::new(),
         }
     }
 
@@ -60,6 +64,13 @@ impl Books {
                 Some(q) => self.inbox.insert(k.to_string(), q),
                 None => self.inbox.remove(k),
             };
+        } else if let Some(v) = key.sk.strip_prefix(MAIL) {
+            if let Ok(version) = v.parse() {
+                match item.and_then(|i| decode_mail(i).ok()) {
+                    Some(m) => self.outbox.insert(version, m),
+                    None => self.outbox.remove(&version),
+                };
+            }
         }
     }
 
@@ -88,6 +99,11 @@ impl Books {
     /// The queued intents, in the order a reconcile applies them.
     pub fn inbox(&self) -> impl Iterator<Item = &QueuedIntent> {
         self.inbox.values()
+    }
+
+    /// The outbox: notifications committed and not yet removed, oldest commit first.
+    pub fn outbox(&self) -> impl Iterator<Item = &Mail> {
+        self.outbox.values()
     }
 
     /// Where an event stands at `now`, if it has a record.

@@ -14,7 +14,7 @@
 use crate::books::Books;
 use crate::ec2::Ec2;
 use chrono::Duration;
-use phoenix_core::events::Change;
+use phoenix_core::events::{Change, Notification};
 use phoenix_core::model::{Health, Timestamp};
 use phoenix_core::{ImageId, InstanceId};
 use phoenix_protocol::store::Standing;
@@ -65,6 +65,10 @@ pub struct Checker {
     queued: BTreeSet<String>,
     /// Queued intents a commit applied.
     applied: BTreeSet<String>,
+    /// Notifications committed in an outbox, by id, with their detail-type.
+    notes_committed: BTreeMap<String, String>,
+    /// Notifications that reached the bus, by id.
+    notes_published: BTreeSet<String>,
 }
 
 /// What one look at the world found (for the trace and the end-of-run report).
@@ -168,6 +172,31 @@ impl Checker {
     /// Queued intents not applied yet.
     pub fn unapplied(&self) -> usize {
         self.queued.len()
+    }
+
+    /// A commit wrote these notifications to the fleet's outbox.
+    pub fn on_mail(&mut self, notifications: &[Notification]) {
+        for n in notifications {
+            self.notes_committed
+                .insert(n.id.clone(), n.detail_type.clone());
+        }
+    }
+
+    /// A PutEvents call succeeded with notifications of these ids. Returns how many of them
+    /// had reached the bus before (at least once: repeats are allowed).
+    pub fn on_published<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) -> u64 {
+        ids.into_iter()
+            .filter(|id| !self.notes_published.insert(id.to_string()))
+            .count() as u64
+    }
+
+    /// Notifications committed in an outbox that never reached the bus: `detail-type id` each.
+    pub fn unpublished(&self) -> Vec<String> {
+        self.notes_committed
+            .iter()
+            .filter(|(id, _)| !self.notes_published.contains(*id))
+            .map(|(id, dt)| format!("{dt} {id}"))
+            .collect()
     }
 
     /// An alive instance leaves (terminated by phoenix or by the world). `excused`: it was broken

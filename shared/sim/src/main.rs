@@ -21,7 +21,8 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    planners: drop-after-launch, replace-in-place, launch-quarantined,
                    surge-blind, ignore-health-failures; protocols: relaunch-blind,
                    act-before-deciding, lapsed-as-completed, keep-queued,
-                   ignore-deadline-reserve, terminate-unchecked
+                   ignore-deadline-reserve, terminate-unchecked, remove-before-publish,
+                   publish-only-after-commit
   --chatty         the health checker reports every healthy instance passed every 30 s
                    (fleets of up to ten)
   --trace          print every step of the trace
@@ -141,7 +142,8 @@ fn stats_line(s: &Stats) -> String {
          rollouts {} (succeeded {}, rolled back {}, aborted {}, superseded {}), \
          quarantined {} bad / {} good images (good ones: {} wave deadline, {} stopped instance, {} host or zone failure, {} one instance's application failing, {} spurious report), breaker trips {}, stalled rollouts {}, \
          intents queued {} (applied from the inbox {}, reconcile failures reported after one {}), \
-         service faults {} (DynamoDB, EventBridge), events published {}",
+         service faults {} (DynamoDB, EventBridge), events published {} \
+         (notifications committed {}, published again {})",
         s.events,
         s.events_lost,
         s.events_duplicated,
@@ -177,7 +179,9 @@ fn stats_line(s: &Stats) -> String {
         s.dequeued,
         s.listed_failures,
         s.service_faults,
-        s.published
+        s.published,
+        s.notifications,
+        s.notifications_repeated
     )
 }
 

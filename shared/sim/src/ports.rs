@@ -108,6 +108,12 @@ impl Table for SimTable {
         out
     }
 
+    async fn delete(&self, key: &Key) -> Result<()> {
+        let out = self.0.lock().table_delete(key);
+        yield_now().await;
+        out
+    }
+
     async fn delete_all(&self, keys: &[Key]) -> Result<()> {
         let out = self.0.lock().table_delete_all(keys);
         yield_now().await;
@@ -149,7 +155,7 @@ impl Ec2 for SimEc2 {
 
 impl Bus for SimBus {
     async fn publish(&self, events: &[OutgoingEvent]) -> Result<Vec<String>> {
-        let out = self.0.lock().publish(events.len());
+        let out = self.0.lock().publish(events);
         yield_now().await;
         out
     }

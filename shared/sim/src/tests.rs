@@ -17,7 +17,7 @@ use phoenix_core::planner::{self, Step};
 use phoenix_core::ImageId;
 use phoenix_protocol::planner::{CorePlanner, Planner};
 use phoenix_protocol::ports::ec2::{Instances, RunInstances};
-use phoenix_protocol::store::{EventKey, EventRecord, Store};
+use phoenix_protocol::store::{EventKey, EventRecord, Store, OUTBOX_GRACE};
 use phoenix_protocol::variant::Variant as ProtocolVariant;
 use phoenix_protocol::Error;
 
@@ -226,6 +226,124 @@ fn the_inbox_is_written_without_a_version_and_each_intent_taken_from_it_once() {
     ));
     assert!(matches!(stale, Err(Error::Conflict(_))), "{stale:?}");
     assert_eq!(world.lock().books.version(), 2);
+}
+
+/// A step that publishes one notification (`ImageRejected`) and changes nothing else.
+fn rejecting(fleet: &Fleet) -> Step {
+    let mut step = Step::unchanged(fleet);
+    step.changes.push(Change::ImageRejected {
+        image: ami(7),
+        reason: "untagged".into(),
+    });
+    step
+}
+
+#[test]
+fn a_commit_writes_its_notifications_with_the_change_and_a_whole_load_reads_them() {
+    let (store, world, loaded) = store();
+    let now = t0();
+    let name = spec().name;
+    let cause = Cause::internal("test");
+    // Nothing to publish: nothing in the outbox.
+    let (_, outbox) = block(store.load_fleet_and_outbox(&name)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(outbox.is_empty(), "FleetCreated is not published");
+
+    let committed = block(store.commit(&loaded, &rejecting(&loaded), &cause, None, now))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // In the same transaction as the change: the outbox item of its version, each notification
+    // with the id of that commit.
+    let (fleet, outbox) =
+        block(store.load_fleet_and_outbox(&name)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fleet.version, committed.version);
+    assert_eq!(outbox.len(), 1);
+    let mail = &outbox[0];
+    assert_eq!((mail.version, mail.at), (committed.version, now));
+    assert_eq!(mail.notifications.len(), 1);
+    let note = &mail.notifications[0];
+    let id = format!("{name}-{}-{}-0", committed.incarnation(), committed.version);
+    assert_eq!(note.id, id);
+    assert_eq!(note.detail_type, "ImageRejected");
+    assert_eq!(note.detail["notification_id"], id.as_str());
+    assert_eq!(note.detail["fleet"], name.as_str());
+    assert_eq!(world.lock().books.outbox().count(), 1);
+    // The history entry of that version holds the change the notification comes from.
+    let history = block(store.history(&name, 10)).unwrap_or_else(|e| panic!("{e}"));
+    let entry = history.last().unwrap_or_else(|| panic!("no history"));
+    assert_eq!(entry.version, committed.version);
+    assert_eq!(
+        phoenix_core::events::notifications(
+            &name,
+            &committed.incarnation(),
+            entry.version,
+            &entry.changes
+        ),
+        mail.notifications
+    );
+    // A commit that loses its race writes no notification either.
+    let stale = block(store.commit(&loaded, &rejecting(&loaded), &cause, None, now));
+    assert!(matches!(stale, Err(Error::Conflict(_))), "{stale:?}");
+    assert_eq!(world.lock().books.outbox().count(), 1);
+    // Not due until the invocation that committed it has had its time to publish it.
+    assert!(!mail.due(now + OUTBOX_GRACE - Duration::seconds(1)));
+    assert!(mail.due(now + OUTBOX_GRACE));
+    // Published, it is removed; removing it again is no error.
+    block(store.remove_mail(&name, &[mail.version])).unwrap_or_else(|e| panic!("{e}"));
+    block(store.remove_mail(&name, &[mail.version])).unwrap_or_else(|e| panic!("{e}"));
+    let (_, outbox) = block(store.load_fleet_and_outbox(&name)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(outbox.is_empty());
+    assert_eq!(world.lock().books.outbox().count(), 0);
+}
+
+#[test]
+fn the_largest_commit_with_its_notifications_is_one_transaction() {
+    let (store, world, _) = store();
+    let now = t0();
+    let name = spec().name;
+    block(store.enqueue(&name, &queued("ev-7", 10, 3), &key("ev-7"), now))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let fleet = block(store.load_fleet(&name)).unwrap_or_else(|e| panic!("{e}"));
+    let q = fleet.inbox[0].clone();
+    // The most a step writes: every instance record it may touch, applying a queued intent (its
+    // inbox item and its event's record), and a notification for each instance.
+    let mut step = planner::apply_queued(&fleet, &q, now);
+    for n in 0..planner::MAX_TOUCHED_PER_STEP {
+        let id = phoenix_core::InstanceId::parse(&format!("i-{n:08x}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        step.fleet.instances.insert(
+            id.clone(),
+            phoenix_core::model::Instance {
+                id: id.clone(),
+                image: ami(10),
+                launched_at: now,
+                state: Lifecycle::Running,
+                health: phoenix_core::model::Health::Unknown,
+                signals: Default::default(),
+                token: "web-x-2-0".into(),
+                zone: None,
+                instance_type: None,
+                disposal: None,
+                terminated_at: None,
+                taints: Vec::new(),
+                retirement: None,
+                replacement_for: None,
+            },
+        );
+        step.touched.insert(id.clone());
+        step.changes.push(Change::InstanceReplaced {
+            instance: id,
+            by: Vec::new(),
+            reason: "test".into(),
+        });
+    }
+    let committed =
+        block(store.commit(&fleet, &step, &q.cause, Some(EventRecord::Dequeue(&q)), now))
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(committed.version, 2);
+    let w = world.lock();
+    assert!(w.violation.is_none(), "{:?}", w.violation);
+    let mail: Vec<_> = w.books.outbox().collect();
+    assert_eq!(mail.len(), 1, "one outbox item per commit");
+    assert_eq!(mail[0].notifications.len(), planner::MAX_TOUCHED_PER_STEP);
 }
 
 #[test]
@@ -450,9 +568,27 @@ fn terminating_without_revalidation_is_caught() {
 }
 
 #[test]
+fn removing_notifications_before_publishing_them_is_caught() {
+    caught(
+        Variant::Protocol(ProtocolVariant::RemoveBeforePublish),
+        "notification",
+        30,
+    );
+}
+
+#[test]
+fn notifications_published_only_after_their_commit_are_caught() {
+    caught(
+        Variant::Protocol(ProtocolVariant::PublishOnlyAfterCommit),
+        "notification",
+        30,
+    );
+}
+
+#[test]
 fn every_variant_has_its_test() {
     // The list above names each variant once; a variant added without a test fails here.
-    assert_eq!(Variant::all().len(), 1 + 5 + 6);
+    assert_eq!(Variant::all().len(), 1 + 5 + 8);
 }
 
 #[test]

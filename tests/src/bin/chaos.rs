@@ -1,7 +1,7 @@
 //! `make chaos`: the reliability report. Runs every scenario of `phoenix_tests::chaos` against
 //! its own emulator and prints one table; exits 1 if any scenario left a duplicate launch, a
-//! leaked or wrongly terminated instance, a lost history entry, a dead-lettered event, or a fleet
-//! that did not converge.
+//! leaked or wrongly terminated instance, a lost history entry or notification, a dead-lettered
+//! event, or a fleet that did not converge.
 //!
 //! `chaos [--small] [--seed N] [--only SCENARIO]...`: `--small` runs the sizes `make test` runs;
 //! `--only` (repeatable) picks scenarios: `duplicates`, `concurrent`, `faults`, `crash`, `lost`.

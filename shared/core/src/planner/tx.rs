@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Most instances launched by one step. A step is committed in one DynamoDB transaction (at most
 /// 100 writes): each instance whose record it changes is one item write there, beside the fleet
 /// record, the history entry, the event record (or, applying a queued intent, its inbox item and
-/// its event record) and (for a new fleet) the fleet index. Launches
+/// its event record), the notifications it publishes (one outbox item) and (for a new fleet) the
+/// fleet index. Launches
 /// are recorded in the fleet record when decided, and each instance they started becomes an item
 /// when their outcome is recorded, which may take several transactions (`outcome_parts`).
 pub const MAX_LAUNCHES_PER_STEP: u32 = 92;

@@ -5,14 +5,14 @@ use super::{Controller, FleetOutcome, FleetReport};
 use crate::error::{Error, Result};
 use crate::ports::bus::{Bus, OutgoingEvent};
 use crate::ports::{Deadline, Ports};
-use crate::store::{EventKey, EventRecord};
+use crate::store::{EventKey, EventRecord, Mail};
 use crate::variant::Variant;
 use phoenix_core::events::{Cause, Change};
 use phoenix_core::model::Fleet;
 use phoenix_core::planner::{self, Command, Outcome, Step};
-use phoenix_core::InstanceId;
+use phoenix_core::{FleetName, InstanceId};
 use std::collections::BTreeSet;
-use tracing::warn;
+use tracing::{info, warn};
 
 /// The executor's order: terminations already covered by healthy replacements, then launches,
 /// then the terminations that wait for a launch (carried out only if it succeeded).
@@ -44,23 +44,70 @@ pub(super) struct Ran {
 }
 
 impl<P: Ports> Controller<P> {
-    /// Publishes the transitions users route to chat or paging (`RolloutStarted`, `WaveHealthy`,
-    /// `RolloutRollingBack`, `ReplacementHalted`, ...). After the commit, best effort: the history
-    /// is the record; a lost notification is logged, never retried into a second decision.
+    /// Publishes the notifications the commit that made `fleet` wrote to its outbox
+    /// (`RolloutStarted`, `WaveHealthy`, `RolloutRollingBack`, `ReplacementHalted`, ...: the
+    /// transitions users route to chat or paging), then removes them from the outbox (`send`).
     pub(super) async fn announce(&self, fleet: &Fleet, changes: &[Change]) {
-        let events: Vec<OutgoingEvent> = phoenix_core::events::published(&fleet.spec.name, changes)
-            .into_iter()
-            .map(|(detail_type, detail)| OutgoingEvent {
-                detail_type: detail_type.into(),
-                detail,
+        if let Some(mail) = Mail::of(fleet, changes, self.now()) {
+            self.send(&fleet.spec.name, &[mail]).await;
+        }
+    }
+
+    /// Publishes what a crash or a failed PutEvents left in the fleet's outbox, once the
+    /// invocation that committed it has had its time to (`Mail::due`). A pass over the whole
+    /// fleet calls it with the outbox its load read.
+    pub(super) async fn send_left(&self, name: &FleetName, outbox: Vec<Mail>) {
+        if self.variant == Variant::PublishOnlyAfterCommit {
+            return;
+        }
+        let now = self.now();
+        let due: Vec<Mail> = outbox.into_iter().filter(|m| m.due(now)).collect();
+        if !due.is_empty() {
+            info!(fleet = %name, commits = due.len(), "publishing notifications left in the outbox");
+            self.send(name, &due).await;
+        }
+    }
+
+    /// Publishes these commits' notifications, then removes them from the outbox. Best effort, and
+    /// never a reason to fail the invocation: a PutEvents that fails leaves them in the outbox for
+    /// a later pass; a removal that fails has them published again then, with the same ids.
+    async fn send(&self, name: &FleetName, mail: &[Mail]) {
+        let events: Vec<OutgoingEvent> = mail
+            .iter()
+            .flat_map(|m| &m.notifications)
+            .map(|n| OutgoingEvent {
+                detail_type: n.detail_type.clone(),
+                detail: n.detail.clone(),
                 resources: Vec::new(),
             })
             .collect();
-        if events.is_empty() {
-            return;
+        let versions: Vec<u64> = mail.iter().map(|m| m.version).collect();
+        let remove_first = self.variant == Variant::RemoveBeforePublish;
+        if remove_first {
+            if let Err(e) = self.store.remove_mail(name, &versions).await {
+                warn!(fleet = %name, error = %e, "could not remove notifications from the outbox");
+                return;
+            }
         }
         if let Err(e) = self.bus.publish(&events).await {
-            warn!(fleet = %fleet.spec.name, error = %e, "could not publish {} events", events.len());
+            warn!(
+                fleet = %name,
+                error = %e,
+                "could not publish {} notifications; the outbox keeps them for the next pass",
+                events.len()
+            );
+            return;
+        }
+        if !remove_first {
+            if let Err(e) = self.store.remove_mail(name, &versions).await {
+                warn!(
+                    fleet = %name,
+                    error = %e,
+                    "published {} notifications but could not remove them from the outbox; the \
+                     next pass publishes them again",
+                    events.len()
+                );
+            }
         }
     }
 

@@ -3,22 +3,33 @@
 //! Each step documents what holds if the invocation dies right after it:
 //! 1. *parse* — nothing written; a bad event is rejected with its reason.
 //! 2. *plan + commit* (`pass`, `instance`) — the intent, the decisions (launches as pending,
-//!    terminations as decided) and the history entry are written in one conditional transaction.
+//!    terminations as decided), the history entry and the notifications the change publishes (one
+//!    item in the fleet's outbox, `store::outbox`) are written in one conditional transaction.
 //!    Lost race → re-read and re-plan. Crash after: the next reconcile finds the pending launches
-//!    and decided terminations and finishes them once their lease runs out. A fleet-wide event
-//!    that lost three races puts its intent in the fleet's inbox instead (`QueuedIntent`), with
-//!    its record completed, in one write no race can fail. Crash after: every pass over the whole
-//!    fleet applies queued intents first, one commit each, which deletes the intent it applied.
-//! 3. *execute* (`execute`) — terminations already covered, then launches (EC2 ClientToken =
+//!    and decided terminations and finishes them once their lease runs out, and publishes the
+//!    notifications (3). A fleet-wide event that lost three races puts its intent in the fleet's
+//!    inbox instead (`QueuedIntent`), with its record completed, in one write no race can fail.
+//!    Crash after: every pass over the whole fleet applies queued intents first, one commit each,
+//!    which deletes the intent it applied.
+//! 3. *publish* (`execute::announce`) — the commit's notifications go to the bus (PutEvents), each
+//!    with the id its commit gave it; then their outbox item is removed. Crash before PutEvents,
+//!    or PutEvents failing: they wait in the outbox, and every pass over the whole fleet first
+//!    publishes (then removes) what its load found there for longer than `OUTBOX_GRACE`. Crash
+//!    after PutEvents, before the removal: that pass publishes them again, with the same ids (at
+//!    least once; a consumer drops a repeat by its id). Crash after the removal: nothing is left
+//!    to do.
+//! 4. *execute* (`execute`) — terminations already covered, then launches (EC2 ClientToken =
 //!    decision token, instances tagged at creation), then terminations that waited for a launch.
 //!    Crash after any call: the tags let the next reconcile adopt what was launched; terminating
 //!    again is harmless.
-//! 4. *record outcomes* (`execute`) — instance ids and terminations are committed the same way as
-//!    2, in as many transactions as they need (`planner::outcome_parts`). Crash between two: the
-//!    next reconcile finishes what the later parts would have recorded, as after a crash before 4.
+//! 5. *record outcomes* (`execute`) — instance ids and terminations are committed the same way as
+//!    2, in as many transactions as they need (`planner::outcome_parts`), each part's
+//!    notifications (`InstanceReplaced`, `WaveHealthy`, ...) in its own transaction and published
+//!    as in 3. Crash between two: the next reconcile finishes what the later parts would have
+//!    recorded, as after a crash before 5.
 //!
 //! The event's record (`EVENT#<id>`) rides in those transactions: claimed in 2 (`INPROGRESS`
-//! until the invocation's deadline, or `COMPLETED` when no command follows), completed in 4. A
+//! until the invocation's deadline, or `COMPLETED` when no command follows), completed in 5. A
 //! delivery that finds it `COMPLETED` or `INPROGRESS` returns without acting; one that finds it
 //! `INPROGRESS` past its owner's deadline reconciles the fleet (the intent is never applied twice).
 //! Near its deadline an invocation starts no new command: what it committed but did not carry out
@@ -378,11 +389,12 @@ impl<P: Ports> Controller<P> {
             };
             match self.store.commit(&before, &step, &cause, None, now).await {
                 Ok(committed) => {
+                    self.announce(&committed, &step.changes).await;
                     return Ok(FleetReport::of(
                         FleetOutcome::Changed,
                         &committed,
                         step.changes,
-                    ))
+                    ));
                 }
                 Err(Error::Conflict(_)) => self.backoff(attempt).await,
                 Err(e) => return Err(e),

@@ -1,5 +1,6 @@
-//! Passes over a whole fleet: its inbox first, then the event's intent (if any) and a reconcile
-//! against what EC2 reports; after lost races, the intent goes to the inbox instead.
+//! Passes over a whole fleet: the notifications left in its outbox and its inbox first, then the
+//! event's intent (if any) and a reconcile against what EC2 reports; after lost races, the intent
+//! goes to the inbox instead.
 
 use super::{Controller, FleetOutcome, FleetReport, QUEUE_AFTER_CONFLICTS};
 use crate::error::{Error, Result};
@@ -108,7 +109,11 @@ impl<P: Ports> Controller<P> {
                 }
             }
             self.check_time(deadline, "plan a change")?;
-            let fleet = self.store.load_fleet(name).await?;
+            let (fleet, outbox) = self.store.load_fleet_and_outbox(name).await?;
+            // What a crash or a failed PutEvents left in the outbox goes first, once per pass.
+            if attempt == 0 {
+                self.send_left(name, outbox).await;
+            }
             // Queued intents go first, one per commit, each recorded with its own event as the
             // cause; what this pass was for follows once they are applied.
             let queued = fleet.inbox.first();

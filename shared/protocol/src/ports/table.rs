@@ -225,6 +225,8 @@ pub trait Table: Send + Sync {
     /// One all-or-nothing transaction of up to `MAX_TRANSACTION_ITEMS` actions, no two on the
     /// same item. `Err` for anything but a cancellation (throttling, a lost answer, ...).
     fn transact(&self, writes: Vec<Write>) -> impl Future<Output = Result<Transacted>> + Send;
+    /// Deletes one item (DeleteItem), unconditionally: one already gone is no error.
+    fn delete(&self, key: &Key) -> impl Future<Output = Result<()>> + Send;
     /// Deletes the items, not atomically, in as many batches as needed.
     fn delete_all(&self, keys: &[Key]) -> impl Future<Output = Result<()>> + Send;
 }

@@ -1,6 +1,7 @@
 //! Writing a change: one transaction holding the fleet record (conditional on the version read),
-//! the touched instances, the history entry and the event's record; and the inbox, where a
-//! fleet-wide event that keeps losing the race puts its intent with a write no race can fail.
+//! the touched instances, the history entry, the event's record and the notifications the change
+//! publishes (the outbox item, `outbox`); and the inbox, where a fleet-wide event that keeps
+//! losing the race puts its intent with a write no race can fail.
 //!
 //! The event's record (Powertools-style status and expiry) is never written on its own: the claim
 //! rides in the transaction that applies the event's intent, and the completion in the one that
@@ -12,6 +13,7 @@
 //! duplicate may still spend before that point are reads (the fleet, EC2's view).
 
 use super::items::*;
+use super::outbox::Mail;
 use super::Store;
 use crate::error::{Error, Result};
 use crate::ports::table::{
@@ -91,6 +93,10 @@ impl<T: Table> Store<T> {
             condition: Some(Condition::NotExists("pk")),
             return_old: false,
         });
+        // The notifications go with the change that causes them (published after the commit).
+        if let Some(mail) = Mail::of(&next, &step.changes, now) {
+            writes.push(put(mail_item(name, &mail)?));
+        }
         let claim_at = writes.len();
         let claimed = match event {
             Some(EventRecord::Claim {

@@ -7,12 +7,15 @@
 //! | instance | `FLEET#<name>` | `INST#<id>` | `instance_id` (index key), `data` (JSON), `gone` + `expires_at` once terminated |
 //! | history | `FLEET#<name>` | `HIST#<version, 12 digits>` | `at`, `entry` (cause + changes; JSON) |
 //! | queued intent | `FLEET#<name>` | `INBOX#<event time, ms>#<event id>` | `queued` (intent + cause; JSON) |
+//! | outbox | `FLEET#<name>` | `MAIL#<version, 12 digits>` | `mail`: the notifications the commit of that version publishes, and when it was made (JSON) |
 //! | handled event | `EVENT#<event id>` | `EVENT` | `hash`, `fleet`, `version` (once applied), `status`, `in_progress_until` (ms), `completed_version`, `expires_at` |
 //! | fleet index | `FLEETS` | `FLEET#<name>` | (lists fleets without a scan) |
 //!
-//! `INBOX#` sorts just before `INST#`, with nothing between: one query reads a fleet's queued
-//! intents and its instances.
+//! `INBOX#` sorts just before `INST#`, and `MAIL#` just after (before `META`), with nothing
+//! between: one query reads a fleet's queued intents, its instances and its outbox, and neither
+//! its record nor its history.
 
+use super::outbox::Mail;
 use crate::error::{Error, Result};
 use crate::ports::table::{Item, Key, Value};
 use chrono::Duration;
@@ -36,9 +39,10 @@ pub const EVENT_PREFIX: &str = "EVENT#";
 pub const INBOX: &str = "INBOX#";
 pub const INST: &str = "INST#";
 pub const HIST: &str = "HIST#";
+pub const MAIL: &str = "MAIL#";
 pub const FLEETS: &str = "FLEETS";
-/// Just past every `INST#` key: `INBOX#` ..= this reads the inbox and the instances.
-pub const INST_END: &str = "INST$";
+/// Just past every `MAIL#` key: `INBOX#` ..= this reads the inbox, the instances and the outbox.
+pub const MAIL_END: &str = "MAIL$";
 
 pub fn s(v: impl Into<String>) -> Value {
     Value::S(v.into())
@@ -62,6 +66,10 @@ pub fn instance_key(name: &FleetName, id: &InstanceId) -> Key {
 
 pub fn inbox_key(name: &FleetName, queued: &QueuedIntent) -> Key {
     Key::new(fleet_pk(name), format!("{INBOX}{}", queued.key()))
+}
+
+pub fn mail_key(name: &FleetName, version: u64) -> Key {
+    Key::new(fleet_pk(name), format!("{MAIL}{version:012}"))
 }
 
 pub fn history_key(name: &FleetName, version: u64) -> Key {
@@ -149,6 +157,13 @@ pub fn inbox_item(name: &FleetName, queued: &QueuedIntent) -> Result<Item> {
     ))
 }
 
+pub fn mail_item(name: &FleetName, mail: &Mail) -> Result<Item> {
+    Ok(item(
+        mail_key(name, mail.version),
+        [("mail", json("outbox", mail)?)],
+    ))
+}
+
 /// The fleet record (`META`), without its instances.
 pub fn decode_meta(item: &Item) -> Result<Fleet> {
     let mut fleet: Fleet =
@@ -166,6 +181,10 @@ pub fn decode_instance(item: &Item) -> Result<Instance> {
 
 pub fn decode_queued(item: &Item) -> Result<QueuedIntent> {
     serde_json::from_str(get_s(item, "queued")?).map_err(|e| corrupt("queued intent", e))
+}
+
+pub fn decode_mail(item: &Item) -> Result<Mail> {
+    serde_json::from_str(get_s(item, "mail")?).map_err(|e| corrupt("outbox", e))
 }
 
 pub fn decode_entry(item: &Item) -> Result<HistoryEntry> {

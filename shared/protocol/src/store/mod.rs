@@ -1,16 +1,19 @@
 //! Fleet state in one table (single-table design; the layout is in `items`).
 //!
 //! Every change is one transaction (`commit`): the fleet record conditional on the version read,
-//! the touched instance records, one history entry and the event's record — so a change and its
-//! cause are never written apart, and a writer that read an older version loses the race and
-//! writes nothing. The index `by-instance` finds an instance's fleet in one query, so an instance
-//! event reads two items, not the fleet.
+//! the touched instance records, one history entry, the event's record and the notifications it
+//! publishes (`outbox`) — so a change, its cause and its notifications are never written apart,
+//! and a writer that read an older version loses the race and writes nothing. The index
+//! `by-instance` finds an instance's fleet in one query, so an instance event reads two items, not
+//! the fleet.
 
 mod commit;
 pub mod items;
+pub mod outbox;
 
 pub use commit::{EventKey, EventRecord};
 pub use items::{EventRecordItem, Standing, INSTANCE_INDEX, STATUS_COMPLETED, STATUS_IN_PROGRESS};
+pub use outbox::{Mail, OUTBOX_GRACE};
 
 use crate::error::{Error, Result};
 use crate::ports::table::{Condition, Key, Query, SortKeys, Table, MAX_BATCH_GET};
@@ -47,6 +50,11 @@ impl<T: Table> Store<T> {
 
     /// The fleet with every live instance and its queued intents, oldest first.
     pub async fn load_fleet(&self, name: &FleetName) -> Result<Fleet> {
+        Ok(self.load_fleet_and_outbox(name).await?.0)
+    }
+
+    /// `load_fleet`, and the fleet's outbox (oldest commit first), read by the same query.
+    pub async fn load_fleet_and_outbox(&self, name: &FleetName) -> Result<(Fleet, Vec<Mail>)> {
         let meta = self
             .table
             .get(&meta_key(name))
@@ -55,12 +63,16 @@ impl<T: Table> Store<T> {
         let mut fleet = decode_meta(&meta)?;
         let mut query = Query::partition(
             fleet_pk(name),
-            SortKeys::Between(INBOX.into(), INST_END.into()),
+            SortKeys::Between(INBOX.into(), MAIL_END.into()),
         );
         query.filter = Some(Condition::NotExists("gone"));
+        let mut outbox = Vec::new();
         for item in self.table.query(&query).await? {
-            if get_s(&item, "sk")?.starts_with(INBOX) {
+            let sk = get_s(&item, "sk")?;
+            if sk.starts_with(INBOX) {
                 fleet.inbox.push(decode_queued(&item)?);
+            } else if sk.starts_with(MAIL) {
+                outbox.push(decode_mail(&item)?);
             } else {
                 let inst = decode_instance(&item)?;
                 fleet.instances.insert(inst.id.clone(), inst);
@@ -69,7 +81,7 @@ impl<T: Table> Store<T> {
         // The live count is derived state; a full read is the moment to correct any drift.
         fleet.live = fleet.instances.values().filter(|i| i.is_live()).count() as u32;
         fleet.complete = true;
-        Ok(fleet)
+        Ok((fleet, outbox))
     }
 
     /// The fleet an instance belongs to, holding only that instance (live or terminated).
@@ -211,8 +223,8 @@ impl<T: Table> Store<T> {
     }
 
     /// Deletes every item of a fleet's partition but its record (instances, history, queued
-    /// intents). Also what is left of a fleet whose record is already gone. Returns how many it
-    /// deleted.
+    /// intents, the outbox). Also what is left of a fleet whose record is already gone. Returns
+    /// how many it deleted.
     pub async fn purge_fleet_items(&self, name: &FleetName) -> Result<usize> {
         let mut query = Query::partition(fleet_pk(name), SortKeys::All);
         query.keys_only = true;

@@ -111,7 +111,25 @@ impl Sim {
         None
     }
 
-    /// Converged: every queued intent applied, and one more reconcile must find nothing to do.
+    /// `None` once the outbox is empty (every notification committed was published, and its
+    /// item removed), else what it still holds.
+    pub(super) fn unsent(&self) -> Option<String> {
+        let w = self.world.lock();
+        let outbox: Vec<String> = w
+            .books
+            .outbox()
+            .map(|m| format!("v{} ({}s old)", m.version, (w.now - m.at).num_seconds()))
+            .collect();
+        (!outbox.is_empty()).then(|| {
+            format!(
+                "the outbox still holds the notifications of {}",
+                outbox.join(", ")
+            )
+        })
+    }
+
+    /// Converged: every queued intent applied, every notification committed in the outbox
+    /// published at least once, and one more reconcile must find nothing to do.
     pub(super) fn final_checks(&mut self) {
         let mut w = self.world.lock();
         let unapplied = w.checker.unapplied();
@@ -119,6 +137,17 @@ impl Sim {
             w.violate(
                 "liveness",
                 format!("{unapplied} queued intents never applied"),
+            );
+        }
+        let unpublished = w.checker.unpublished();
+        if !unpublished.is_empty() {
+            w.violate(
+                "notification",
+                format!(
+                    "{} notifications committed in the outbox never reached the bus: {}",
+                    unpublished.len(),
+                    unpublished.join(", ")
+                ),
             );
         }
         let fleet = w.books.load_fleet();

@@ -9,7 +9,8 @@
 //! health checker, with faults injected. *Calm*: faults stop, the world heals (new launches are
 //! healthy), the operator resumes what is paused and repairs the breaker halted, and the fleet
 //! must converge — every rollout ended, every instance healthy on the fleet's image, the books and
-//! EC2 in agreement — within `Config::settle` of simulated time.
+//! EC2 in agreement, the outbox empty — within `Config::settle` of simulated time; and every
+//! notification ever committed in the outbox must have reached the bus at least once.
 
 mod calm;
 mod outside;
@@ -258,17 +259,20 @@ impl Sim {
                 if self.violated() {
                     break;
                 }
-                if self.tasks.is_empty() && self.converged().is_none() {
+                if self.tasks.is_empty() && self.converged().is_none() && self.unsent().is_none() {
                     self.final_checks();
                     break;
                 }
                 if self.now() > deadline {
-                    let why = self
-                        .converged()
-                        .unwrap_or_else(|| "invocations still running".into());
+                    // Converged but for notifications the outbox keeps: they were never published.
+                    let (kind, why) = match (self.converged(), self.unsent()) {
+                        (Some(why), _) => ("liveness", why),
+                        (None, Some(why)) => ("notification", why),
+                        (None, None) => ("liveness", "invocations still running".into()),
+                    };
                     let minutes = self.settle_time().num_minutes();
                     self.world.lock().violate(
-                        "liveness",
+                        kind,
                         format!("did not converge within {minutes} min of a healthy world: {why}"),
                     );
                     self.flush_line();

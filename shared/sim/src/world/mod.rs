@@ -24,6 +24,7 @@ use chrono::Duration;
 use phoenix_core::model::Timestamp;
 use phoenix_core::InstanceId;
 use phoenix_protocol::error::{Error, Result};
+use phoenix_protocol::ports::bus::OutgoingEvent;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -211,15 +212,28 @@ impl World {
 
     // --- the bus -------------------------------------------------------------------------------
 
-    pub fn publish(&mut self, count: usize) -> Result<Vec<String>> {
+    /// PutEvents: the notifications reach the bus (and are counted by their ids), or, in the
+    /// chaos phase now and then, the call fails and none does.
+    pub fn publish(&mut self, events: &[OutgoingEvent]) -> Result<Vec<String>> {
         if self.chaos_fault(self.service_faults.publish) {
+            let who = self.who();
+            self.note(format!("{who} PutEvents fails"));
             return Err(Error::Transient {
                 service: "eventbridge",
                 message: "InternalException".into(),
             });
         }
-        self.stats.published += count as u64;
-        Ok((0..count).map(|n| format!("published-{n}")).collect())
+        self.stats.published += events.len() as u64;
+        let ids: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e.detail["notification_id"].as_str())
+            .collect();
+        let who = self.who();
+        self.note(format!("{who} publishes {}", ids.join(" ")));
+        self.stats.notifications_repeated += self.checker.on_published(ids);
+        Ok((0..events.len())
+            .map(|n| format!("published-{n}"))
+            .collect())
     }
 
     // --- the checks after each step ---------------------------------------------------------

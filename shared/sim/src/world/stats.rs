@@ -22,6 +22,10 @@ pub struct Stats {
     pub faults: u64,
     pub service_faults: u64,
     pub published: u64,
+    /// Notifications committed in the outbox.
+    pub notifications: u64,
+    /// Notifications published again (a crash or a failed removal after PutEvents).
+    pub notifications_repeated: u64,
     pub rollouts: u64,
     pub succeeded: u64,
     pub rolled_back: u64,
@@ -45,7 +49,7 @@ pub struct Stats {
 
 impl Stats {
     pub fn add(&mut self, o: &Stats) {
-        let pairs: [(&mut u64, u64); 35] = [
+        let pairs: [(&mut u64, u64); 37] = [
             (&mut self.events, o.events),
             (&mut self.events_lost, o.events_lost),
             (&mut self.events_duplicated, o.events_duplicated),
@@ -64,6 +68,8 @@ impl Stats {
             (&mut self.faults, o.faults),
             (&mut self.service_faults, o.service_faults),
             (&mut self.published, o.published),
+            (&mut self.notifications, o.notifications),
+            (&mut self.notifications_repeated, o.notifications_repeated),
             (&mut self.rollouts, o.rollouts),
             (&mut self.succeeded, o.succeeded),
             (&mut self.rolled_back, o.rolled_back),

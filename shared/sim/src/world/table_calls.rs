@@ -9,7 +9,7 @@ use phoenix_core::model::Lifecycle;
 use phoenix_core::InstanceId;
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::table::{Cancellation, Item, Key, Query, SortKeys, Transacted, Write};
-use phoenix_protocol::store::items::{decode_event, Standing, INBOX, INST_END};
+use phoenix_protocol::store::items::{decode_event, decode_mail, Standing, INBOX, MAIL, MAIL_END};
 use std::collections::BTreeSet;
 
 fn summarize(changes: &[Change]) -> String {
@@ -105,9 +105,9 @@ impl World {
     pub fn table_query(&mut self, q: &Query) -> Result<Vec<Item>> {
         self.dynamo_throttled("Query")?;
         let items = self.table.query(q);
-        // A whole-fleet load: the inbox and the live instances.
+        // A whole-fleet load: the inbox, the live instances and the outbox.
         if q.pk == format!("FLEET#{FLEET}")
-            && q.sort == SortKeys::Between(INBOX.into(), INST_END.into())
+            && q.sort == SortKeys::Between(INBOX.into(), MAIL_END.into())
         {
             let live: BTreeSet<InstanceId> = items
                 .iter()
@@ -138,6 +138,13 @@ impl World {
             value,
             limit,
         ))
+    }
+
+    pub fn table_delete(&mut self, key: &Key) -> Result<()> {
+        self.dynamo_throttled("DeleteItem")?;
+        self.table.delete_all(std::slice::from_ref(key));
+        self.books.apply(&self.table, key);
+        Ok(())
     }
 
     pub fn table_delete_all(&mut self, keys: &[Key]) -> Result<()> {
@@ -194,6 +201,18 @@ impl World {
                 .and_then(|_| item.get("entry").and_then(|v| v.as_s()).map(str::to_string)),
             _ => None,
         });
+        // The notifications the commit writes to the fleet's outbox.
+        let mail: Vec<Item> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Put { item, .. }
+                    if Key::of(item).is_some_and(|k| k.sk.starts_with(MAIL)) =>
+                {
+                    Some(item.clone())
+                }
+                _ => None,
+            })
+            .collect();
         let enqueued: Vec<String> = writes
             .iter()
             .filter_map(|w| match w {
@@ -233,6 +252,15 @@ impl World {
         };
         for k in &applied.written {
             self.books.apply(&self.table, k);
+        }
+        for item in &mail {
+            match decode_mail(item) {
+                Ok(m) => {
+                    self.stats.notifications += m.notifications.len() as u64;
+                    self.checker.on_mail(&m.notifications);
+                }
+                Err(e) => self.violate("notification", format!("unreadable outbox item: {e}")),
+            }
         }
         if let Some(inv) = self.invocation() {
             inv.pass_refused = false;
