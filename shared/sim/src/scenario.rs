@@ -127,6 +127,7 @@ impl Scenario {
             instance_profile: None,
             launch_template: None,
             tags: BTreeMap::new(),
+            user_data: None,
             policy,
             image_selector: None,
             admission: None,

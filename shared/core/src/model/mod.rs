@@ -10,6 +10,7 @@
 //! `Lifecycle`, `Health`, a capacity's bounds) live on the floor below and are re-exported here,
 //! where users of the model look for them.
 
+mod definition;
 mod fleet;
 pub(crate) mod images;
 mod instance;
@@ -19,6 +20,7 @@ mod spec;
 pub use crate::lifecycle::{Health, Lifecycle, Suspect};
 pub use crate::quantity::{validate_capacity, MAX_CAPACITY};
 pub use crate::time::{Seconds, Timestamp};
+pub use definition::Definition;
 pub use fleet::{
     Breaker, Fleet, Pause, PendingLaunch, Quarantine, RecentFailure, Rollout, RolloutStatus, Stall,
     Wave,

@@ -208,6 +208,14 @@ pub struct LaunchTemplateRef {
     pub version: Option<String>,
 }
 
+impl LaunchTemplateRef {
+    /// Named by `$Latest`, `$Default` or no version: which version it launches changes as the
+    /// template changes, so phoenix resolves it to a number (and a new one is drift).
+    pub fn is_floating(&self) -> bool {
+        matches!(self.version.as_deref(), None | Some("$Latest") | Some("$Default"))
+    }
+}
+
 /// What a fleet should be. Written by `phoenix fleet apply`; changed by events (image, capacity).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -231,6 +239,9 @@ pub struct FleetSpec {
     pub launch_template: Option<LaunchTemplateRef>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Passed to the instances at launch (EC2 user data, as text; phoenix encodes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
     #[serde(default)]
     pub policy: RolloutPolicy,
     /// Follow new images AWS announces (AMI available, Image Builder build finished) that match.
@@ -283,6 +294,18 @@ impl FleetSpec {
                 return Err(Error::invalid(
                     "launch_template",
                     "give exactly one of id or name",
+                ));
+            }
+        }
+        // EC2 takes at most 16 KB of user data, base64-encoded.
+        if let Some(u) = &self.user_data {
+            if u.len().div_ceil(3) * 4 > 16 * 1024 {
+                return Err(Error::invalid(
+                    "user_data",
+                    format!(
+                        "{} bytes are more than EC2's 16 KB once base64-encoded",
+                        u.len()
+                    ),
                 ));
             }
         }
