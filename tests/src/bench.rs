@@ -746,7 +746,7 @@ impl Bench {
         let compute = Compute::new(Ec2Client::new(self.world.ec2.clone()));
         let mut fleet = committed(
             &Fleet::new(spec.clone(), now),
-            planner::create_fleet(spec, now)?.fleet,
+            planner::create_fleet(spec, None, now)?.fleet,
         );
         let mut observed: Vec<Observed> = Vec::new();
         let max_steps = capacity as usize + 10;
@@ -772,7 +772,7 @@ impl Bench {
                 };
                 let t = Instant::now();
                 let out = compute
-                    .launch(&fleet.spec, token, image, *count, true)
+                    .launch(&fleet, token, image, *count, true)
                     .await
                     .map_err(|e| anyhow!("{e}"))?;
                 times.launches += t.elapsed().as_secs_f64();
@@ -786,6 +786,8 @@ impl Bench {
                     token: Some(token.clone()),
                     zone: l.zone.clone(),
                     instance_type: l.instance_type.clone(),
+                    subnet: l.subnet.clone(),
+                    definition: l.definition.clone(),
                 }));
                 outcomes.push(Outcome::Launched {
                     token: token.clone(),

@@ -18,11 +18,11 @@ use phoenix_aws::{
 use phoenix_core::events::{self, Cause, Change, Envelope, Intent, ScaleTarget};
 use phoenix_core::history::HistoryEntry;
 use phoenix_core::images::ImageFacts;
-use phoenix_core::model::{TAG_FLEET, TAG_TOKEN};
+use phoenix_core::model::{LaunchTemplateRef, TAG_FLEET, TAG_TOKEN};
 use phoenix_core::planner::{Step, LEASE};
 use phoenix_core::FleetName;
 use phoenix_protocol::ports::ec2::{
-    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances,
+    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, TemplateVersions,
 };
 use phoenix_protocol::ports::Time;
 use phoenix_tests::chaos::World;
@@ -433,6 +433,12 @@ impl Ec2 for Contended {
     }
     async fn terminate_instances(&self, ids: &[String]) -> phoenix_aws::Result<Option<String>> {
         self.ec2.terminate_instances(ids).await
+    }
+    async fn describe_launch_template(
+        &self,
+        template: &LaunchTemplateRef,
+    ) -> phoenix_aws::Result<Option<TemplateVersions>> {
+        self.ec2.describe_launch_template(template).await
     }
     async fn describe_image(&self, image: &str) -> phoenix_aws::Result<Option<ImageFacts>> {
         self.ec2.describe_image(image).await

@@ -10,9 +10,10 @@ use aws_sdk_ec2::types::{
 use aws_sdk_ec2::Client;
 use chrono::DateTime;
 use phoenix_core::images::ImageFacts;
+use phoenix_core::model::LaunchTemplateRef;
 use phoenix_core::model::Lifecycle;
 use phoenix_protocol::ports::ec2::{
-    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances,
+    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, TemplateVersions,
 };
 
 #[derive(Clone, Debug)]
@@ -59,6 +60,7 @@ fn instance(i: aws_sdk_ec2::types::Instance) -> Option<Ec2Instance> {
             .launch_time
             .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
         zone: i.placement.and_then(|p| p.availability_zone),
+        subnet: i.subnet_id,
         instance_type: i.instance_type.map(|t| t.as_str().to_string()),
         tags: i
             .tags
@@ -67,6 +69,15 @@ fn instance(i: aws_sdk_ec2::types::Instance) -> Option<Ec2Instance> {
             .filter_map(|t| Some((t.key?, t.value.unwrap_or_default())))
             .collect(),
     })
+}
+
+/// Whether an error is EC2's "no such launch template" (by id or by name).
+fn no_such_template<E: aws_sdk_ec2::error::ProvideErrorMetadata, R>(
+    e: &aws_smithy_runtime_api::client::result::SdkError<E, R>,
+) -> bool {
+    e.as_service_error()
+        .and_then(|s| s.code())
+        .is_some_and(|c| c.starts_with("InvalidLaunchTemplate"))
 }
 
 /// Whether an error is EC2's "no such AMI" (then the image is simply not visible).
@@ -168,7 +179,8 @@ impl Ec2 for Ec2Client {
             .set_tag_specifications(Some(tag_specs))
             .set_instance_type(r.instance_type.as_deref().map(InstanceType::from))
             .set_subnet_id(r.subnet.clone())
-            .set_key_name(r.key_name.clone());
+            .set_key_name(r.key_name.clone())
+            .set_user_data(r.user_data.as_ref().map(aws_smithy_types::base64::encode));
         if !r.security_groups.is_empty() {
             req = req.set_security_group_ids(Some(r.security_groups.clone()));
         }
@@ -211,6 +223,34 @@ impl Ec2 for Ec2Client {
             .await
             .map_err(sdk)?;
         Ok(out.request_id().map(str::to_string))
+    }
+
+    async fn describe_launch_template(
+        &self,
+        t: &LaunchTemplateRef,
+    ) -> Result<Option<TemplateVersions>> {
+        let mut req = self.client.describe_launch_templates();
+        if let Some(id) = &t.id {
+            req = req.launch_template_ids(id);
+        } else if let Some(name) = &t.name {
+            req = req.launch_template_names(name);
+        }
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) if no_such_template(&e) => return Ok(None),
+            Err(e) => return Err(sdk(e)),
+        };
+        Ok(out
+            .launch_templates
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|lt| {
+                Some(TemplateVersions {
+                    id: lt.launch_template_id?,
+                    default: u64::try_from(lt.default_version_number?).ok()?,
+                    latest: u64::try_from(lt.latest_version_number?).ok()?,
+                })
+            }))
     }
 
     async fn describe_image(&self, image: &str) -> Result<Option<ImageFacts>> {

@@ -44,6 +44,8 @@ fn fleet(size: u32) -> (Fleet, Vec<Observed>) {
             taints: Vec::new(),
             retirement: None,
             replacement_for: None,
+            subnet: None,
+            definition: None,
         };
         observed.push(Observed {
             id: id.clone(),
@@ -55,6 +57,8 @@ fn fleet(size: u32) -> (Fleet, Vec<Observed>) {
             token: Some(inst.token.clone()),
             zone: inst.zone.clone(),
             instance_type: inst.instance_type.clone(),
+            subnet: None,
+            definition: None,
         });
         f.instances.insert(id, inst);
     }
@@ -105,6 +109,8 @@ fn rollout_fleet(size: u32, now: DateTime<Utc>) -> Fleet {
                 taints: Vec::new(),
                 retirement: None,
                 replacement_for: None,
+                subnet: None,
+                definition: None,
             },
         );
         f.live += 1;

@@ -248,6 +248,7 @@ impl World {
                     }
                 )
             }));
+        let definition = self.fleet.definition().fingerprint();
         for cmd in ordered {
             match cmd {
                 Command::Launch { token, count, .. } => {
@@ -260,6 +261,8 @@ impl World {
                                 state: Lifecycle::Pending,
                                 zone: None,
                                 instance_type: None,
+                                subnet: None,
+                                definition: Some(definition.clone()),
                             }
                         })
                         .collect();
@@ -360,6 +363,8 @@ mod tests {
                 taints: Vec::new(),
                 retirement: None,
                 replacement_for: None,
+                subnet: None,
+                definition: None,
             };
             f.instances.insert(id, instance);
             f.live += 1;

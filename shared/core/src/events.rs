@@ -437,6 +437,17 @@ pub enum Change {
         rollout: u64,
         from: Option<ImageId>,
         to: ImageId,
+        /// The launch definition's fields it changes (none: only the image).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        changed: Vec<String>,
+    },
+    /// A launch template named by `$Latest`/`$Default` resolved to another version: new instances
+    /// launch from it, and those launched from the old one have drifted.
+    TemplateVersionChanged {
+        template: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        to: String,
     },
     RolloutSuperseded {
         rollout: u64,
@@ -606,9 +617,18 @@ pub fn published(fleet: &FleetName, changes: &[Change]) -> Vec<(&'static str, Va
     let mut out = Vec::new();
     for c in changes {
         let (dt, mut detail) = match c {
-            Change::RolloutStarted { rollout, from, to } => (
+            Change::RolloutStarted {
+                rollout,
+                from,
+                to,
+                changed,
+            } => (
                 "RolloutStarted",
-                json!({"rollout": rollout, "from": from, "to": to}),
+                if changed.is_empty() {
+                    json!({"rollout": rollout, "from": from, "to": to})
+                } else {
+                    json!({"rollout": rollout, "from": from, "to": to, "changed": changed})
+                },
             ),
             Change::WaveStarted {
                 rollout,

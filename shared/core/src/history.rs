@@ -150,7 +150,25 @@ pub fn describe(c: &Change) -> String {
         Change::ImageChanged { from, to } => format!("image {from} -> {to}"),
         Change::CapacityChanged { from, to } => format!("capacity {from} -> {to}"),
         Change::Ignored { reason } => format!("ignored: {reason}"),
-        Change::RolloutStarted { rollout, to, .. } => format!("rollout {rollout} to {to} started"),
+        Change::RolloutStarted {
+            rollout,
+            from,
+            to,
+            changed,
+        } => match (from, changed.is_empty()) {
+            (Some(f), false) if f == to => {
+                format!("rollout {rollout} started: {} changed", changed.join(", "))
+            }
+            (_, false) => format!(
+                "rollout {rollout} to {to} started ({} changed too)",
+                changed.join(", ")
+            ),
+            _ => format!("rollout {rollout} to {to} started"),
+        },
+        Change::TemplateVersionChanged { template, from, to } => match from {
+            Some(from) => format!("launch template {template}: version {from} -> {to}"),
+            None => format!("launch template {template} resolved to version {to}"),
+        },
         Change::RolloutSuperseded { rollout } => format!("rollout {rollout} superseded"),
         Change::WaveStarted {
             rollout,

@@ -23,7 +23,12 @@ pub struct RolloutStarted {
     pub rollout: u64,
     /// The image it moves from (none for a fleet without one).
     pub from: Option<String>,
+    /// The image it moves to: the same as `from` when only the launch definition changes.
     pub to: String,
+    /// The launch definition's fields it changes (`instance_type`, `launch_template`, ...);
+    /// absent when only the image changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
 }
 
 /// `WaveStarted`: a rollout launched a wave of new-image instances.
@@ -268,6 +273,13 @@ mod tests {
                 rollout: 1,
                 from: Some(a(1)),
                 to: a(2),
+                changed: Vec::new(),
+            },
+            Change::RolloutStarted {
+                rollout: 2,
+                from: Some(a(2)),
+                to: a(2),
+                changed: vec!["instance_type".into()],
             },
             Change::WaveStarted {
                 rollout: 1,

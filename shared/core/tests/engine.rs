@@ -59,6 +59,8 @@ fn fleet(capacity: u32, policy: &str) -> Fleet {
                 taints: Vec::new(),
                 retirement: None,
                 replacement_for: None,
+                subnet: None,
+                definition: None,
             },
         );
         f.live += 1;
@@ -148,6 +150,8 @@ fn carried_out(commands: &[Command], next_id: &mut u64, now: DateTime<Utc>) -> V
                         state: Lifecycle::Running,
                         zone: Some("us-east-1a".into()),
                         instance_type: Some("t3.micro".into()),
+                        subnet: None,
+                        definition: None,
                     }
                 })
                 .collect();
@@ -271,7 +275,7 @@ fn a_quarantined_image_is_refused_by_events_files_and_plans() {
     assert!(step.commands.is_empty());
     let mut spec = f.spec.clone();
     spec.image = ami(2);
-    let err = update_spec(&f, spec, t0()).unwrap_err().to_string();
+    let err = update_spec(&f, spec, None, t0()).unwrap_err().to_string();
     assert!(err.contains("clear-quarantine"), "{err}");
     assert!(plan_rollout(&f, &ami(2), t0(), Duration::minutes(1))
         .unwrap()

@@ -148,6 +148,8 @@ impl Ec2 {
                 state: self.vms[id].state,
                 zone: None,
                 instance_type: None,
+                subnet: None,
+                definition: None,
             })
             .collect())
     }
@@ -201,6 +203,8 @@ impl Ec2 {
                 token: vm.token.clone(),
                 zone: None,
                 instance_type: None,
+                subnet: None,
+                definition: None,
             })
             .collect()
     }
@@ -245,7 +249,7 @@ fn stored(entry: &HistoryEntry) -> HistoryEntry {
 impl World {
     fn new(spec: FleetSpec) -> Self {
         let now = t0();
-        let step = planner::create_fleet(spec, now).unwrap();
+        let step = planner::create_fleet(spec, None, now).unwrap();
         let mut world = World {
             ec2: Ec2::new(now),
             fleet: step.fleet.clone(),

@@ -61,6 +61,8 @@ fn observed(f: &Fleet) -> Vec<Observed> {
             token: Some(i.token.clone()),
             zone: None,
             instance_type: None,
+            subnet: None,
+            definition: None,
         })
         .collect()
 }

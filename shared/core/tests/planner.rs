@@ -11,7 +11,7 @@
 use chrono::{Duration, TimeZone, Utc};
 use phoenix_core::events::{Cause, Change, Intent, QueuedIntent, ScaleTarget};
 use phoenix_core::model::{
-    Fleet, FleetSpec, Health, Instance, Lifecycle, Observed, RolloutStatus, Timestamp,
+    Fleet, FleetSpec, Health, Instance, Lifecycle, Observed, RolloutStatus, Target, Timestamp,
 };
 use phoenix_core::planner::{self, Command, Launched, Outcome, Step, LEASE, OBSERVE_GRACE};
 use phoenix_core::{FleetName, ImageId, InstanceId};
@@ -162,6 +162,8 @@ struct Vm {
     /// DescribeInstances is eventually consistent: a new instance shows up a little later.
     visible_from: Timestamp,
     gone_at: Option<Timestamp>,
+    /// Its `phoenix:definition` tag.
+    definition: Option<String>,
 }
 
 impl Vm {
@@ -221,22 +223,35 @@ impl Ec2 {
             launched_at,
             visible_from: self.now + self.visibility_lag,
             gone_at: None,
+            definition: None,
         };
         self.vms.insert(id.clone(), vm);
         id
     }
 
-    fn create(&mut self, image: &ImageId, token: &str, count: u32) -> Vec<InstanceId> {
+    fn create(
+        &mut self,
+        image: &ImageId,
+        token: &str,
+        count: u32,
+        definition: &str,
+    ) -> Vec<InstanceId> {
         (0..count)
-            .map(|_| self.new_vm(image, Some(token), self.now, Lifecycle::Pending))
+            .map(|_| {
+                let id = self.new_vm(image, Some(token), self.now, Lifecycle::Pending);
+                self.vms.get_mut(&id).unwrap().definition = Some(definition.to_string());
+                id
+            })
             .collect()
     }
 
+    /// RunInstances of the fleet's launch definition (its fingerprint, tagged at creation).
     fn run_instances(
         &mut self,
         token: &str,
         image: &ImageId,
         count: u32,
+        definition: &str,
     ) -> Result<Vec<Launched>, String> {
         if self.fail_launches {
             return Err("InsufficientInstanceCapacity".into());
@@ -245,9 +260,9 @@ impl Ec2 {
             Some(ids) if !self.duplicate_launches => ids.clone(),
             _ => {
                 if self.duplicate_launches {
-                    self.create(image, token, count);
+                    self.create(image, token, count, definition);
                 }
-                let ids = self.create(image, token, count);
+                let ids = self.create(image, token, count, definition);
                 self.client_tokens
                     .entry(token.to_string())
                     .or_insert_with(|| ids.clone());
@@ -262,6 +277,8 @@ impl Ec2 {
                 state: self.vms[id].state,
                 zone: None,
                 instance_type: None,
+                subnet: None,
+                definition: self.vms[id].definition.clone(),
             })
             .collect())
     }
@@ -324,6 +341,8 @@ impl Ec2 {
                 token: vm.token.clone(),
                 zone: None,
                 instance_type: None,
+                subnet: None,
+                definition: vm.definition.clone(),
             })
             .collect()
     }
@@ -388,7 +407,7 @@ struct Sim {
 
 impl Sim {
     fn new(spec: FleetSpec) -> Self {
-        let step = planner::create_fleet(spec, t0()).unwrap();
+        let step = planner::create_fleet(spec, None, t0()).unwrap();
         let mut fleet = step.fleet.clone();
         fleet.version = 1;
         Sim {
@@ -431,6 +450,8 @@ impl Sim {
                     taints: Vec::new(),
                     retirement: None,
                     replacement_for: None,
+                    subnet: None,
+                    definition: None,
                 },
             );
             sim.fleet.live += 1;
@@ -534,7 +555,8 @@ impl Sim {
                 count,
             } = c
             {
-                match self.ec2.run_instances(token, image, *count) {
+                let definition = self.fleet.definition().fingerprint();
+                match self.ec2.run_instances(token, image, *count, &definition) {
                     Ok(instances) => {
                         launched.insert(token.clone());
                         outcomes.push(Outcome::Launched {
@@ -617,6 +639,15 @@ impl Sim {
         self.apply(intent, self.now()).unwrap()
     }
 
+    /// `phoenix fleet apply` of a changed fleet file (its template resolved to `version`).
+    fn apply_spec(&mut self, spec: FleetSpec, version: Option<&str>) -> Step {
+        let loaded = self.fleet.clone();
+        let step =
+            planner::update_spec(&loaded, spec, version.map(str::to_string), self.now()).unwrap();
+        self.run(&loaded, &step);
+        step
+    }
+
     /// Reconciles every 30 seconds until the fleet and EC2 agree on `capacity` healthy instances
     /// of the fleet's image. Returns how many passes it took.
     fn settle(&mut self) -> usize {
@@ -635,6 +666,7 @@ impl Sim {
         let cap = f.spec.capacity as usize;
         let world: Vec<&Vm> = self.ec2.existing().collect();
         let live: Vec<&Instance> = f.live_instances().collect();
+        let target = Target::of(f);
         world.len() == cap
             && world
                 .iter()
@@ -644,7 +676,7 @@ impl Sim {
             && f.live as usize == cap
             && live
                 .iter()
-                .all(|i| i.is_healthy() && i.disposal.is_none() && i.image == f.spec.image)
+                .all(|i| i.is_healthy() && i.disposal.is_none() && target.matches(i))
             && f.rollout
                 .as_ref()
                 .is_none_or(|r| r.status != RolloutStatus::InProgress)
@@ -1587,4 +1619,216 @@ fn random_events_crashes_and_faults_keep_the_invariants_and_converge() {
         failures.len(),
         failures[0]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drift: a change to what instances are made of rolls the fleet like a new image
+// ---------------------------------------------------------------------------------------------
+
+fn yaml_spec(extra: &str) -> FleetSpec {
+    FleetSpec::from_yaml(&format!(
+        "name: web\nimage: {A}\ncapacity: 4\ninstance_type: t3.micro\n{extra}"
+    ))
+    .unwrap()
+}
+
+fn with_type(mut spec: FleetSpec, instance_type: &str) -> FleetSpec {
+    spec.instance_type = Some(instance_type.into());
+    spec
+}
+
+fn live_ids(sim: &Sim) -> BTreeSet<InstanceId> {
+    sim.fleet.live_instances().map(|i| i.id.clone()).collect()
+}
+
+/// Passes every 30 seconds until `done` holds of the fleet (at most 60).
+fn pass_until(sim: &mut Sim, done: impl Fn(&Fleet) -> bool) {
+    for _ in 0..60 {
+        sim.pass();
+        if done(&sim.fleet) {
+            return;
+        }
+        sim.tick(secs(30));
+    }
+    panic!("never reached: {}", sim.describe());
+}
+
+fn paused(f: &Fleet) -> bool {
+    f.rollout
+        .as_ref()
+        .is_some_and(|r| r.status == RolloutStatus::Paused)
+}
+
+#[test]
+fn a_new_instance_type_rolls_the_fleet_and_skips_instances_that_already_match() {
+    let base = yaml_spec("policy:\n  checkpoints: [{percent: 50}]\n");
+    let mut sim = Sim::settled(base.clone());
+    let originals = live_ids(&sim);
+    let step = sim.apply_spec(with_type(base.clone(), "m5.large"), None);
+    let started: Vec<&Change> = step
+        .changes
+        .iter()
+        .filter(|c| matches!(c, Change::RolloutStarted { .. }))
+        .collect();
+    assert!(
+        matches!(started[..], [Change::RolloutStarted { from: Some(f), to, changed, .. }]
+            if *f == ami(A) && *to == ami(A) && changed == &["instance_type"]),
+        "{:?}",
+        step.changes
+    );
+    // Wave by wave to the checkpoint: half the fleet on the new type.
+    pass_until(&mut sim, paused);
+    let target = Target::of(&sim.fleet);
+    let (new, old): (Vec<&Instance>, Vec<&Instance>) =
+        sim.fleet.live_instances().partition(|i| target.matches(i));
+    assert_eq!((new.len(), old.len()), (2, 2), "{}", sim.describe());
+    assert!(old.iter().all(|i| originals.contains(&i.id)));
+    let rollout = sim.fleet.rollout.as_ref().unwrap();
+    assert_eq!(rollout.waves.len(), 2, "one instance a wave (surge 1)");
+    let on_m5: BTreeSet<InstanceId> = new.iter().map(|i| i.id.clone()).collect();
+    let kept: BTreeSet<InstanceId> = old.iter().map(|i| i.id.clone()).collect();
+    drop(target);
+
+    // Back to t3.micro (without the checkpoint): the two instances still on it match again and
+    // stay; only the two on m5.large roll.
+    sim.history.clear();
+    sim.apply_spec(yaml_spec(""), None);
+    sim.settle();
+    let now = live_ids(&sim);
+    assert!(kept.is_subset(&now), "{}", sim.describe());
+    assert!(on_m5.is_disjoint(&now));
+    let r = sim.fleet.rollout.as_ref().unwrap();
+    assert_eq!((r.id, r.status), (2, RolloutStatus::Succeeded));
+    let terminated: BTreeSet<InstanceId> =
+        r.waves.iter().flat_map(|w| w.terminated.clone()).collect();
+    assert_eq!(terminated, on_m5);
+    assert_eq!(
+        r.definition.as_ref().map(|d| d.fields.clone()),
+        Some(vec!["instance_type".to_string()])
+    );
+    sim.assert_sound();
+}
+
+#[test]
+fn policy_and_capacity_changes_roll_nothing() {
+    let mut sim = Sim::settled(yaml_spec(""));
+    let before = live_ids(&sim);
+    let step = sim.apply_spec(yaml_spec("policy:\n  max_surge: 3\n  canary: 1\n"), None);
+    assert_eq!(
+        count(&step.changes, |c| matches!(
+            c,
+            Change::RolloutStarted { .. }
+        )),
+        0,
+        "{:?}",
+        step.changes
+    );
+    assert!(step
+        .changes
+        .iter()
+        .any(|c| matches!(c, Change::FleetUpdated { fields } if fields == &["policy"])));
+    sim.settle();
+    assert_eq!(live_ids(&sim), before);
+    // Adding a subnet rolls nothing either; one an instance runs in taken away does.
+    let step = sim.apply_spec(yaml_spec("subnets: [subnet-0000000a]\n"), None);
+    assert_eq!(
+        count(&step.changes, |c| matches!(
+            c,
+            Change::RolloutStarted { .. }
+        )),
+        0
+    );
+    sim.assert_sound();
+}
+
+#[test]
+fn a_definition_that_fails_its_gate_rolls_back_without_quarantining_the_image() {
+    let mut sim = Sim::settled(yaml_spec(""));
+    let originals = live_ids(&sim);
+    let before = sim.fleet.definition();
+    sim.apply_spec(yaml_spec("user_data: \"#!/bin/sh\\nexit 1\"\n"), None);
+    pass_until(&mut sim, |f| {
+        f.live_instances()
+            .any(|i| i.state == Lifecycle::Running && i.definition.is_some() && i.image == ami(A))
+            && f.rollout.as_ref().is_some_and(|r| !r.waves.is_empty())
+    });
+    let canary = sim
+        .fleet
+        .live_instances()
+        .find(|i| !originals.contains(&i.id))
+        .map(|i| i.id.clone())
+        .unwrap();
+    sim.apply_now(&health_failed(&canary));
+    let r = sim.fleet.rollout.as_ref().unwrap();
+    assert_eq!(r.status, RolloutStatus::RollingBack, "{}", sim.describe());
+    assert!(
+        sim.fleet.quarantined.is_empty(),
+        "the image is not to blame"
+    );
+    assert_eq!(sim.fleet.spec.user_data, None, "the definition is restored");
+    assert_eq!(sim.fleet.definition(), before);
+    sim.settle();
+    let r = sim.fleet.rollout.as_ref().unwrap();
+    assert_eq!(r.status, RolloutStatus::RolledBack);
+    assert!(originals.is_subset(&live_ids(&sim)), "the originals stay");
+    sim.assert_sound();
+}
+
+#[test]
+fn a_floating_templates_new_version_rolls_the_fleet() {
+    let spec = yaml_spec("launch_template: {name: web}\n");
+    let mut sim = Sim::new(spec.clone());
+    let created = planner::create_fleet(spec, Some("3".into()), t0()).unwrap();
+    sim.fleet.template_version = created.fleet.template_version.clone();
+    sim.fleet.definitions = created.fleet.definitions.clone();
+    sim.settle();
+    let originals = live_ids(&sim);
+    // The same version again changes nothing.
+    let same = planner::template_resolved(&sim.fleet, "3", sim.now());
+    assert!(same.is_noop());
+    let loaded = sim.fleet.clone();
+    let step = planner::template_resolved(&loaded, "4", sim.now());
+    assert!(
+        step.changes.iter().any(|c| matches!(c,
+            Change::RolloutStarted { changed, .. } if changed == &["launch_template"])),
+        "{:?}",
+        step.changes
+    );
+    sim.run(&loaded, &step);
+    sim.tick(secs(30));
+    sim.settle();
+    assert!(originals.is_disjoint(&live_ids(&sim)));
+    assert_eq!(sim.fleet.template_version.as_deref(), Some("4"));
+    let r = sim.fleet.rollout.as_ref().unwrap();
+    assert_eq!(r.status, RolloutStatus::Succeeded);
+    sim.assert_sound();
+}
+
+#[test]
+fn instances_recorded_before_definitions_were_kept_roll_only_when_the_definition_changes() {
+    // Instances without a recorded definition count as the fleet's until it changes.
+    let floating = yaml_spec("launch_template: {name: web}\n");
+    let mut sim = Sim::with_instances(floating.clone(), &[(A, 600), (A, 600), (A, 600), (A, 600)]);
+    let originals = live_ids(&sim);
+    sim.settle();
+    assert_eq!(live_ids(&sim), originals, "nothing drifted yet");
+    // The first version phoenix learns of their floating template is taken as what they run.
+    let loaded = sim.fleet.clone();
+    let step = planner::template_resolved(&loaded, "7", sim.now());
+    assert_eq!(
+        count(&step.changes, |c| matches!(
+            c,
+            Change::RolloutStarted { .. }
+        )),
+        0,
+        "{:?}",
+        step.changes
+    );
+    sim.run(&loaded, &step);
+    sim.settle();
+    assert_eq!(live_ids(&sim), originals);
+    sim.apply_spec(with_type(floating, "m5.large"), Some("7"));
+    sim.settle();
+    assert!(originals.is_disjoint(&live_ids(&sim)));
+    sim.assert_sound();
 }

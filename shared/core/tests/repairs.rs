@@ -58,6 +58,8 @@ fn fleet(capacity: u32, policy: &str) -> Fleet {
                 taints: Vec::new(),
                 retirement: None,
                 replacement_for: None,
+                subnet: None,
+                definition: None,
             },
         );
         f.live += 1;
@@ -113,6 +115,8 @@ fn carried_out(step: &Step, next: &mut u32, now: DateTime<Utc>) -> Vec<Outcome> 
                             state: Lifecycle::Running,
                             zone: Some("us-east-1a".into()),
                             instance_type: Some("t3.micro".into()),
+                            subnet: None,
+                            definition: None,
                         }
                     })
                     .collect();

@@ -9,7 +9,9 @@ use crate::ports::ec2::{
 };
 use crate::variant::Variant;
 use phoenix_core::images::ImageFacts;
-use phoenix_core::model::{FleetSpec, Lifecycle, Observed, TAG_FLEET, TAG_IMAGE, TAG_TOKEN};
+use phoenix_core::model::{
+    Fleet, LaunchTemplateRef, Lifecycle, Observed, TAG_DEFINITION, TAG_FLEET, TAG_IMAGE, TAG_TOKEN,
+};
 use phoenix_core::planner::Launched;
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,8 +59,10 @@ fn launched(instances: Vec<Ec2Instance>) -> Result<Vec<Launched>> {
                 id: InstanceId::parse(&i.id)?,
                 launched_at: i.launched_at,
                 state: i.state,
+                definition: i.tags.get(TAG_DEFINITION).cloned(),
                 zone: i.zone,
                 instance_type: i.instance_type,
+                subnet: i.subnet,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -115,8 +119,10 @@ impl<E: Ec2> Compute<E> {
                     system_impaired: status.get(&i.id).is_some_and(|s| s.system_impaired),
                     launched_at: i.launched_at,
                     token: i.tags.get(TAG_TOKEN).cloned(),
+                    definition: i.tags.get(TAG_DEFINITION).cloned(),
                     zone: i.zone,
                     instance_type: i.instance_type,
+                    subnet: i.subnet,
                 })
             })
             .collect())
@@ -147,8 +153,10 @@ impl<E: Ec2> Compute<E> {
             system_impaired: s.is_some_and(|s| s.system_impaired),
             launched_at: i.launched_at,
             token: i.tags.get(TAG_TOKEN).cloned(),
+            definition: i.tags.get(TAG_DEFINITION).cloned(),
             zone: i.zone,
             instance_type: i.instance_type,
+            subnet: i.subnet,
         }))
     }
 
@@ -160,7 +168,7 @@ impl<E: Ec2> Compute<E> {
     /// have been launched before, so it skips that lookup.
     pub async fn launch(
         &self,
-        spec: &FleetSpec,
+        fleet: &Fleet,
         token: &str,
         image: &ImageId,
         count: u32,
@@ -182,7 +190,11 @@ impl<E: Ec2> Compute<E> {
                 });
             }
         }
-        let mut tags: BTreeMap<String, String> = spec
+        // The definition launched is the fleet's as committed, its template at the version it
+        // resolved to; the instances carry its fingerprint from the moment they exist.
+        let spec = &fleet.spec;
+        let definition = fleet.definition();
+        let mut tags: BTreeMap<String, String> = definition
             .tags
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -191,25 +203,37 @@ impl<E: Ec2> Compute<E> {
             (TAG_FLEET.to_string(), spec.name.to_string()),
             (TAG_IMAGE.to_string(), image.to_string()),
             (TAG_TOKEN.to_string(), token.to_string()),
+            (TAG_DEFINITION.to_string(), definition.fingerprint()),
             ("Name".to_string(), format!("{}-{}", spec.name, image)),
         ]);
         let request = RunInstances {
             image: image.to_string(),
             count,
             client_token: token.to_string(),
-            instance_type: spec.instance_type.clone(),
+            instance_type: definition.instance_type,
             subnet: (!spec.subnets.is_empty())
                 .then(|| spec.subnets[subnet_index(token, spec.subnets.len())].clone()),
-            security_groups: spec.security_groups.clone(),
-            key_name: spec.key_name.clone(),
-            instance_profile: spec.instance_profile.clone(),
-            launch_template: spec.launch_template.clone(),
+            security_groups: definition.security_groups,
+            key_name: definition.key_name,
+            instance_profile: definition.instance_profile,
+            launch_template: definition.launch_template,
+            user_data: definition.user_data,
             tags,
         };
         let ran = self.ec2.run_instances(&request).await?;
         info!(%token, %image, count, aws_request_id = ran.request_id.as_deref().unwrap_or("-"), "RunInstances");
+        // What was asked for, where the answer leaves it out.
+        let mut instances = launched(ran.instances)?;
+        for i in &mut instances {
+            if i.definition.is_none() {
+                i.definition = request.tags.get(TAG_DEFINITION).cloned();
+            }
+            if i.subnet.is_none() {
+                i.subnet = request.subnet.clone();
+            }
+        }
         Ok(LaunchOutput {
-            instances: launched(ran.instances)?,
+            instances,
             request_id: ran.request_id,
         })
     }
@@ -271,6 +295,22 @@ impl<E: Ec2> Compute<E> {
                 .collect(),
             request_ids,
         })
+    }
+
+    /// The version a launch template reference launches now (for one named by `$Latest`,
+    /// `$Default` or no version: the number it resolves to), or why it cannot be used.
+    pub async fn resolve_template(&self, template: &LaunchTemplateRef) -> Result<String> {
+        match self.ec2.describe_launch_template(template).await? {
+            Some(versions) => Ok(versions.resolve(template)),
+            None => Err(Error::NotFound(format!(
+                "launch template {} does not exist",
+                template
+                    .id
+                    .as_deref()
+                    .or(template.name.as_deref())
+                    .unwrap_or("(unnamed)")
+            ))),
+        }
     }
 
     /// What EC2 reports about an AMI (name, owner, tags), or `None` if this account cannot see

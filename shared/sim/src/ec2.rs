@@ -9,11 +9,13 @@
 use crate::rng::Rng;
 use chrono::Duration;
 use phoenix_core::images::ImageFacts;
-use phoenix_core::model::{Lifecycle, Observed, Timestamp, TAG_FLEET, TAG_TOKEN};
+use phoenix_core::model::{
+    LaunchTemplateRef, Lifecycle, Observed, Timestamp, TAG_DEFINITION, TAG_FLEET, TAG_TOKEN,
+};
 use phoenix_core::{ImageId, InstanceId};
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::ec2::{
-    Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, MAX_STATUS_IDS,
+    Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, TemplateVersions, MAX_STATUS_IDS,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,6 +54,9 @@ pub struct Vm {
     pub image: ImageId,
     pub token: String,
     pub zone: usize,
+    pub instance_type: String,
+    /// Its `phoenix:definition` tag.
+    pub definition: Option<String>,
     pub launched_at: Timestamp,
     /// It carries the `phoenix:fleet` tag.
     pub tagged: bool,
@@ -96,6 +101,8 @@ pub struct Ec2 {
     pub tokens_created: BTreeSet<String>,
     /// The AMIs this account can see.
     pub images: BTreeSet<ImageId>,
+    /// Launch templates by name.
+    pub templates: BTreeMap<String, TemplateVersions>,
     // --- the world's condition -------------------------------------------------------------
     /// Bad images: launched instances of these are born broken.
     pub bad_images: BTreeMap<ImageId, Badness>,
@@ -128,6 +135,7 @@ impl Ec2 {
             client_tokens: BTreeMap::new(),
             tokens_created: BTreeSet::new(),
             images: BTreeSet::new(),
+            templates: BTreeMap::new(),
             bad_images: BTreeMap::new(),
             zones_down: BTreeMap::new(),
             shortage: BTreeMap::new(),
@@ -182,13 +190,17 @@ impl Ec2 {
         if vm.tagged {
             tags.insert(TAG_FLEET.to_string(), FLEET.to_string());
         }
+        if let Some(d) = &vm.definition {
+            tags.insert(TAG_DEFINITION.to_string(), d.clone());
+        }
         Ec2Instance {
             id: vm.id.to_string(),
             image: Some(vm.image.to_string()),
             state: vm.state,
             launched_at: Some(vm.launched_at),
             zone: Some(ZONES[vm.zone].to_string()),
-            instance_type: Some(INSTANCE_TYPE.to_string()),
+            subnet: Some(SUBNETS[vm.zone].to_string()),
+            instance_type: Some(vm.instance_type.clone()),
             tags,
         }
     }
@@ -298,7 +310,7 @@ impl Ec2 {
                 return (Ok(answer(self, &ids)), Vec::new());
             }
         }
-        let mut created = self.create(&r.client_token, &image, r.count, zone, now, rng);
+        let mut created = self.create(r, &image, zone, now, rng);
         if rng.chance(self.lost_response) {
             // The response is lost; the SDK retries the same request. EC2 answers a repeated
             // ClientToken with the first result; an endpoint that ignores it launches again.
@@ -311,7 +323,7 @@ impl Ec2 {
                 return (Err(e), created);
             }
             if !self.honour_client_token {
-                let again = self.create(&r.client_token, &image, r.count, zone, now, rng);
+                let again = self.create(r, &image, zone, now, rng);
                 let out = answer(self, &again);
                 created.extend(again);
                 return (Ok(out), created);
@@ -367,6 +379,22 @@ impl Ec2 {
             .then(ImageFacts::default)
     }
 
+    /// DescribeLaunchTemplates of one template, by id or name.
+    pub fn describe_launch_template(&self, t: &LaunchTemplateRef) -> Option<TemplateVersions> {
+        self.templates
+            .iter()
+            .find(|(name, v)| t.name.as_ref() == Some(*name) || t.id.as_ref() == Some(&v.id))
+            .map(|(_, v)| v.clone())
+    }
+
+    /// CreateLaunchTemplateVersion made the default (`--set-default`): returns the new version.
+    pub fn new_template_version(&mut self, name: &str) -> Option<u64> {
+        let t = self.templates.get_mut(name)?;
+        t.latest += 1;
+        t.default = t.latest;
+        Some(t.latest)
+    }
+
     /// Everything DescribeInstances would list of the fleet, with status checks, as the
     /// protocol's `Compute::describe_fleet` reports it (for the simulator's final check).
     pub fn observed(&self, now: Timestamp) -> Vec<Observed> {
@@ -382,20 +410,22 @@ impl Ec2 {
                 launched_at: Some(vm.launched_at),
                 token: Some(vm.token.clone()),
                 zone: Some(ZONES[vm.zone].to_string()),
-                instance_type: Some(INSTANCE_TYPE.to_string()),
+                instance_type: Some(vm.instance_type.clone()),
+                subnet: Some(SUBNETS[vm.zone].to_string()),
+                definition: vm.definition.clone(),
             })
             .collect()
     }
 
     fn create(
         &mut self,
-        token: &str,
+        r: &RunInstances,
         image: &ImageId,
-        count: u32,
         zone: usize,
         now: Timestamp,
         rng: &mut Rng,
     ) -> Vec<InstanceId> {
+        let (token, count) = (r.client_token.as_str(), r.count);
         let born = self.bad_images.get(image).copied().unwrap_or(Badness::Good);
         let mut ids = Vec::new();
         for _ in 0..count {
@@ -416,6 +446,11 @@ impl Ec2 {
                     image: image.clone(),
                     token: token.to_string(),
                     zone,
+                    instance_type: r
+                        .instance_type
+                        .clone()
+                        .unwrap_or_else(|| INSTANCE_TYPE.to_string()),
+                    definition: r.tags.get(TAG_DEFINITION).cloned(),
                     launched_at: now,
                     tagged: true,
                     visible_from: now + Duration::seconds(lag),

@@ -5,11 +5,11 @@
 
 use crate::world::Shared;
 use phoenix_core::images::ImageFacts;
-use phoenix_core::model::Timestamp;
+use phoenix_core::model::{LaunchTemplateRef, Timestamp};
 use phoenix_protocol::error::Result;
 use phoenix_protocol::ports::bus::{Bus, OutgoingEvent};
 use phoenix_protocol::ports::ec2::{
-    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances,
+    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, TemplateVersions,
 };
 use phoenix_protocol::ports::table::{Item, Key, Query, Table, Transacted, Write};
 use phoenix_protocol::ports::{Ports, Time};
@@ -142,6 +142,15 @@ impl Ec2 for SimEc2 {
 
     async fn terminate_instances(&self, ids: &[String]) -> Result<Option<String>> {
         let out = self.0.lock().ec2_terminate(ids);
+        yield_now().await;
+        out
+    }
+
+    async fn describe_launch_template(
+        &self,
+        template: &LaunchTemplateRef,
+    ) -> Result<Option<TemplateVersions>> {
+        let out = Ok(self.0.lock().ec2.describe_launch_template(template));
         yield_now().await;
         out
     }

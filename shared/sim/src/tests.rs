@@ -59,7 +59,7 @@ fn store() -> (Store<SimTable>, Shared, Fleet) {
         Default::default(),
     ));
     let store = Store::new(SimTable(world.clone()));
-    let created = planner::create_fleet(spec(), t0()).unwrap_or_else(|e| panic!("{e}"));
+    let created = planner::create_fleet(spec(), None, t0()).unwrap_or_else(|e| panic!("{e}"));
     let cause = Cause::internal("FleetApplied");
     let fleet = block(store.commit(&created.fleet, &created, &cause, None, t0()))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -326,6 +326,8 @@ fn the_largest_commit_with_its_notifications_is_one_transaction() {
                 taints: Vec::new(),
                 retirement: None,
                 replacement_for: None,
+                definition: None,
+                subnet: None,
             },
         );
         step.touched.insert(id.clone());
@@ -370,6 +372,7 @@ fn run_request(token: &str, count: u32) -> RunInstances {
         key_name: None,
         instance_profile: None,
         launch_template: None,
+        user_data: None,
         tags: Default::default(),
     }
 }
@@ -593,7 +596,7 @@ fn every_variant_has_its_test() {
 
 #[test]
 fn the_planner_variants_rewrite_only_what_they_say() {
-    let fleet = planner::create_fleet(spec(), t0())
+    let fleet = planner::create_fleet(spec(), None, t0())
         .unwrap_or_else(|e| panic!("{e}"))
         .fleet;
     let mut whole = fleet.clone();

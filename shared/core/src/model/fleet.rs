@@ -10,6 +10,7 @@
 //! from the moment it is decided until its instances are recorded or it is given up
 //! (write-ahead).
 
+use super::definition::Definition;
 use super::instance::{Instance, Instances};
 use super::spec::{Budget, FleetSpec};
 use crate::events::QueuedIntent;
@@ -104,6 +105,22 @@ pub struct Rollout {
     /// image's fault: it waits, and says on what.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stalled: Option<Stall>,
+    /// The launch definition it changes, if it does (with or without a new image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<DefinitionChange>,
+}
+
+/// A rollout's change of launch definition: from and to which fingerprint (both kept in
+/// `Fleet::definitions` while the rollout may need them), and the fields that differ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefinitionChange {
+    pub from: String,
+    pub to: String,
+    pub fields: Vec<String>,
+    /// The subnets before, when instances run in one taken away (subnets are not part of the
+    /// fingerprint: adding one rolls nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnets: Option<Vec<String>>,
 }
 
 impl Rollout {
@@ -203,6 +220,18 @@ pub struct Fleet {
     /// Whether the hourly budget was exhausted at the last pass (recorded once, not every pass).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub budget_exhausted: bool,
+    /// The version a launch template named by `$Latest`/`$Default` (or by no version) resolved
+    /// to when last looked at; new instances launch from that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_version: Option<String>,
+    /// The launch definitions by fingerprint: the fleet's, its live instances', and those its
+    /// last rollout came from (to roll back, or undo, to them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub definitions: BTreeMap<String, Definition>,
+    /// What instances recorded without a definition count as: set to the fleet's definition when
+    /// it first changes. Until then, they count as matching it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_definition: Option<String>,
     #[serde(skip)]
     pub instances: Instances,
     #[serde(skip)]
@@ -231,6 +260,9 @@ impl Fleet {
             failures: Vec::new(),
             disruptions: Vec::new(),
             budget_exhausted: false,
+            template_version: None,
+            definitions: BTreeMap::new(),
+            legacy_definition: None,
             inbox: Vec::new(),
             instances: Instances::new(),
             complete: true,
@@ -263,5 +295,11 @@ impl Fleet {
 
     pub fn budget(&self) -> Budget {
         self.spec.policy.budget(self.spec.capacity)
+    }
+
+    /// The launch definition new instances get: the spec's, its launch template at the version
+    /// it resolved to.
+    pub fn definition(&self) -> Definition {
+        Definition::of(&self.spec, self.template_version.as_deref())
     }
 }

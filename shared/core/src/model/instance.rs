@@ -19,6 +19,8 @@ use std::sync::Arc;
 pub const TAG_FLEET: &str = "phoenix:fleet";
 pub const TAG_IMAGE: &str = "phoenix:image";
 pub const TAG_TOKEN: &str = "phoenix:launch";
+/// The fingerprint of the launch definition it was launched from (`Definition::fingerprint`).
+pub const TAG_DEFINITION: &str = "phoenix:definition";
 
 /// The health signals an instance has given so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -74,6 +76,12 @@ pub struct Instance {
     /// replacement that fails again as a sign that repairing does not help).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacement_for: Option<InstanceId>,
+    /// The fingerprint of the launch definition it was launched from (`Definition`); none for an
+    /// instance recorded before phoenix kept it (it counts as `Fleet::legacy_definition`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
 }
 
 impl Instance {
@@ -203,6 +211,9 @@ pub struct Observed {
     pub token: Option<String>,
     pub zone: Option<String>,
     pub instance_type: Option<String>,
+    pub subnet: Option<String>,
+    /// The `phoenix:definition` tag.
+    pub definition: Option<String>,
 }
 
 impl Observed {
@@ -218,6 +229,8 @@ impl Observed {
             token: Some(i.token.clone()),
             zone: i.zone.clone(),
             instance_type: i.instance_type.clone(),
+            subnet: i.subnet.clone(),
+            definition: i.definition.clone(),
         }
     }
 }

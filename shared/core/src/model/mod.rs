@@ -5,8 +5,9 @@
 //! Data with the rules that keep it well-formed, nothing more: the model decides nothing (that is
 //! the planner's work) and reads nothing (that is the adapters'). Its files build on each other:
 //! `instance`, `images` and `position` need nothing of the others, `spec` needs an instance's
-//! health signals, the image rules and where in a fleet file an error is, `fleet` holds a spec
-//! and instances. The values it shares with events and notices (`Timestamp`, `Seconds`,
+//! health signals, the image rules and where in a fleet file an error is, `definition` is what of
+//! a spec an instance is made of, `fleet` holds a spec and instances, and `target` tells which
+//! instances match the fleet's spec. The values it shares with events and notices (`Timestamp`, `Seconds`,
 //! `Lifecycle`, `Health`, a capacity's bounds) live on the floor below and are re-exported here,
 //! where users of the model look for them.
 
@@ -16,18 +17,21 @@ pub(crate) mod images;
 mod instance;
 mod position;
 mod spec;
+mod target;
 
 pub use crate::lifecycle::{Health, Lifecycle, Suspect};
 pub use crate::quantity::{validate_capacity, MAX_CAPACITY};
 pub use crate::time::{Seconds, Timestamp};
 pub use definition::Definition;
 pub use fleet::{
-    Breaker, Fleet, Pause, PendingLaunch, Quarantine, RecentFailure, Rollout, RolloutStatus, Stall,
-    Wave,
+    Breaker, DefinitionChange, Fleet, Pause, PendingLaunch, Quarantine, RecentFailure, Rollout,
+    RolloutStatus, Stall, Wave,
 };
 pub use instance::{
-    Disposal, Instance, Instances, Observed, Signals, TAG_FLEET, TAG_IMAGE, TAG_TOKEN,
+    Disposal, Instance, Instances, Observed, Signals, TAG_DEFINITION, TAG_FLEET, TAG_IMAGE,
+    TAG_TOKEN,
 };
 pub use spec::{
     BreakerPolicy, Budget, Checkpoint, FleetSpec, HealthSignal, LaunchTemplateRef, RolloutPolicy,
 };
+pub use target::{Drift, Target};

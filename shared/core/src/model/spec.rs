@@ -212,7 +212,10 @@ impl LaunchTemplateRef {
     /// Named by `$Latest`, `$Default` or no version: which version it launches changes as the
     /// template changes, so phoenix resolves it to a number (and a new one is drift).
     pub fn is_floating(&self) -> bool {
-        matches!(self.version.as_deref(), None | Some("$Latest") | Some("$Default"))
+        matches!(
+            self.version.as_deref(),
+            None | Some("$Latest") | Some("$Default")
+        )
     }
 }
 

@@ -18,18 +18,39 @@ use crate::ids::{ImageId, InstanceId};
 use crate::model::{Fleet, FleetSpec, Health, Lifecycle, Timestamp, MAX_CAPACITY};
 use std::collections::BTreeSet;
 
-/// A new fleet, as `phoenix fleet apply` creates it. Instances come with the first reconcile.
-pub fn create_fleet(spec: FleetSpec, now: Timestamp) -> Result<Step> {
+/// A new fleet, as `phoenix fleet apply` creates it, its launch template (when named by
+/// `$Latest`, `$Default` or no version) resolved to `template_version`. Instances come with the
+/// first reconcile.
+pub fn create_fleet(
+    spec: FleetSpec,
+    template_version: Option<String>,
+    now: Timestamp,
+) -> Result<Step> {
     spec.validate()?;
     let changes = vec![Change::FleetCreated {
         image: spec.image.clone(),
         capacity: spec.capacity,
     }];
+    let mut fleet = Fleet::new(spec, now);
+    fleet.template_version = floating(&fleet.spec, template_version);
+    let definition = fleet.definition();
+    fleet
+        .definitions
+        .insert(definition.fingerprint(), definition);
     Ok(Step {
-        fleet: Fleet::new(spec, now),
+        fleet,
         changes,
         commands: Vec::new(),
         touched: BTreeSet::new(),
+    })
+}
+
+/// The resolved version, kept only for a launch template that floats.
+fn floating(spec: &FleetSpec, version: Option<String>) -> Option<String> {
+    version.filter(|_| {
+        spec.launch_template
+            .as_ref()
+            .is_some_and(|t| t.is_floating())
     })
 }
 
@@ -43,9 +64,16 @@ fn refusal(fleet: &Fleet, image: &ImageId) -> Option<String> {
     })
 }
 
-/// A fleet file applied over an existing fleet: a new image starts a rollout, a new capacity
-/// scales, other fields apply to later launches.
-pub fn update_spec(fleet: &Fleet, spec: FleetSpec, now: Timestamp) -> Result<Step> {
+/// A fleet file applied over an existing fleet, its launch template (when floating) resolved to
+/// `template_version`: a change to what instances are made of — image, launch definition, a
+/// subnet instances run in taken away — starts one rollout; a new capacity scales; policy and
+/// the other fields apply from now on and roll nothing.
+pub fn update_spec(
+    fleet: &Fleet,
+    spec: FleetSpec,
+    template_version: Option<String>,
+    now: Timestamp,
+) -> Result<Step> {
     spec.validate()?;
     if spec.name != fleet.spec.name {
         return Err(Error::invalid(
@@ -60,13 +88,13 @@ pub fn update_spec(fleet: &Fleet, spec: FleetSpec, now: Timestamp) -> Result<Ste
     }
     let mut tx = Tx::new(fleet, now);
     let old = fleet.spec.clone();
+    let before = fleet.definition();
     if spec.image != old.image {
         tx.changes.push(Change::ImageChanged {
             from: old.image.clone(),
             to: spec.image.clone(),
         });
         tx.fleet.image_set_at = now;
-        tx.start_rollout(old.image.clone(), spec.image.clone());
     }
     if spec.capacity != old.capacity {
         tx.changes.push(Change::CapacityChanged {
@@ -85,14 +113,63 @@ pub fn update_spec(fleet: &Fleet, spec: FleetSpec, now: Timestamp) -> Result<Ste
             }
         }
     }
+    let template_changed = tx.fleet.template_version != floating(&spec, template_version.clone());
     if !fields.is_empty() {
         tx.changes.push(Change::FleetUpdated { fields });
+    } else if template_changed {
+        tx.changes.push(Change::FleetUpdated {
+            fields: vec!["launch_template".into()],
+        });
     }
+    tx.fleet.template_version = floating(&spec, template_version);
+    tx.fleet.spec = spec;
+    tx.roll_if_changed(old.image, before, old.subnets);
     if tx.changes.is_empty() {
         tx.ignore("fleet file is unchanged");
     }
-    tx.fleet.spec = spec;
     Ok(tx.finish())
+}
+
+/// The fleet's floating launch template (`$Latest`, `$Default`, no version) resolves to
+/// `version` now. A new version is drift: instances launched from the old one roll, as for a new
+/// image. The first version phoenix learns for a fleet recorded before it kept one is the one
+/// its instances are taken to run.
+pub fn template_resolved(fleet: &Fleet, version: &str, now: Timestamp) -> Step {
+    let mut tx = Tx::new(fleet, now);
+    let Some(template) = fleet
+        .spec
+        .launch_template
+        .as_ref()
+        .filter(|t| t.is_floating())
+    else {
+        return tx.finish();
+    };
+    if fleet.template_version.as_deref() == Some(version) {
+        return tx.finish();
+    }
+    let name = template
+        .name
+        .clone()
+        .or_else(|| template.id.clone())
+        .unwrap_or_default();
+    tx.changes.push(Change::TemplateVersionChanged {
+        template: name,
+        from: fleet.template_version.clone(),
+        to: version.to_string(),
+    });
+    let before = fleet.definition();
+    tx.fleet.template_version = Some(version.to_string());
+    if fleet.template_version.is_none() {
+        let after = tx.fleet.definition();
+        tx.fleet
+            .legacy_definition
+            .get_or_insert(after.fingerprint());
+        tx.fleet.definitions.insert(after.fingerprint(), after);
+        return tx.finish();
+    }
+    let image = fleet.spec.image.clone();
+    tx.roll_if_changed(image, before, fleet.spec.subnets.clone());
+    tx.finish()
 }
 
 /// Whether an event is older than a change already applied. EventBridge stamps events to the
@@ -153,7 +230,7 @@ pub fn apply_intent(
                 });
                 tx.fleet.spec.image = image.clone();
                 tx.fleet.image_set_at = event_time;
-                tx.start_rollout(from, image.clone());
+                tx.roll_if_changed(from, fleet.definition(), fleet.spec.subnets.clone());
             }
         }
         Intent::Scale { target, .. } => {

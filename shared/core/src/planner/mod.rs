@@ -35,9 +35,9 @@ mod scale;
 mod step;
 mod tx;
 
-pub use intents::{apply_intent, apply_queued, create_fleet, update_spec};
+pub use intents::{apply_intent, apply_queued, create_fleet, template_resolved, update_spec};
 pub use outcomes::{outcome_parts, record_outcome_part, record_outcomes};
 pub use reconcile::{observe_instance, reconcile, OBSERVE_GRACE};
-pub use rollout::{wave_healthy, wave_to_recheck};
+pub use rollout::{wave_healthy, wave_to_recheck, what_rolls};
 pub use step::{Command, Launched, Outcome, Step};
 pub use tx::{LEASE, MAX_LAUNCHES_PER_STEP, MAX_TERMINATIONS_PER_STEP, MAX_TOUCHED_PER_STEP};

@@ -42,6 +42,8 @@ impl Tx {
                     taints: Vec::new(),
                     retirement: None,
                     replacement_for: pending.replacement_for.clone(),
+                    definition: l.definition.clone(),
+                    subnet: l.subnet.clone(),
                 },
             );
             self.touched.insert(l.id.clone());

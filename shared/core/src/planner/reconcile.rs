@@ -143,6 +143,8 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                 state: o.state,
                 zone: o.zone.clone(),
                 instance_type: o.instance_type.clone(),
+                subnet: o.subnet.clone(),
+                definition: o.definition.clone(),
             })
             .collect();
         found.sort_by(|a, b| (a.launched_at, &a.id).cmp(&(b.launched_at, &b.id)));

@@ -19,7 +19,8 @@ use crate::events::{Change, ControlAction};
 use crate::ids::{ImageId, InstanceId};
 use crate::lifecycle::{Lifecycle, Suspect};
 use crate::model::{
-    Fleet, Health, Instance, Pause, Quarantine, Rollout, RolloutStatus, Stall, Timestamp, Wave,
+    Definition, DefinitionChange, Fleet, Health, Instance, Pause, Quarantine, Rollout,
+    RolloutStatus, Stall, Target, Timestamp, Wave,
 };
 use crate::quantity::{Quantity, Rounding};
 use chrono::Duration;
@@ -31,7 +32,55 @@ impl Tx {
         self.fleet.rollout.as_mut().filter(|r| r.status.is_active())
     }
 
-    pub(super) fn start_rollout(&mut self, from: ImageId, to: ImageId) {
+    /// Starts a rollout if what new instances are made of changed since `before_image` and
+    /// `before` (the fleet's definition then): a new image, a new launch definition, or both, in
+    /// one rollout. The definitions stay known by fingerprint, to roll back to and to say why an
+    /// instance drifted.
+    pub(super) fn roll_if_changed(
+        &mut self,
+        before_image: ImageId,
+        before: Definition,
+        before_subnets: Vec<String>,
+    ) {
+        let after = self.fleet.definition();
+        let (from, to) = (before.fingerprint(), after.fingerprint());
+        let mut fields: Vec<String> = after
+            .differences(&before)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        // Subnets are not in the fingerprint: a new subnet rolls nothing, one taken away rolls
+        // the instances in it.
+        let subnets = &self.fleet.spec.subnets;
+        let moved = before_subnets != *subnets
+            && self.fleet.live_instances().any(|i| {
+                i.subnet
+                    .as_ref()
+                    .is_some_and(|s| !subnets.is_empty() && !subnets.contains(s))
+            });
+        if moved {
+            fields.push("subnets".into());
+        }
+        let definition = (!fields.is_empty()).then(|| DefinitionChange {
+            fields,
+            from: from.clone(),
+            to: to.clone(),
+            subnets: moved.then_some(before_subnets),
+        });
+        let changed = from != to;
+        self.fleet.definitions.entry(to).or_insert(after);
+        if changed {
+            // Instances recorded before phoenix kept definitions were launched from this one.
+            self.fleet.legacy_definition.get_or_insert(from.clone());
+            self.fleet.definitions.entry(from).or_insert(before);
+        }
+        if before_image != self.fleet.spec.image || definition.is_some() {
+            let to = self.fleet.spec.image.clone();
+            self.start_rollout(before_image, to, definition);
+        }
+    }
+
+    fn start_rollout(&mut self, from: ImageId, to: ImageId, definition: Option<DefinitionChange>) {
         let mut next_id = 1;
         if let Some(prev) = self.fleet.rollout.as_mut() {
             next_id = prev.id + 1;
@@ -47,6 +96,10 @@ impl Tx {
             rollout: next_id,
             from: Some(from.clone()),
             to: to.clone(),
+            changed: definition
+                .as_ref()
+                .map(|d| d.fields.clone())
+                .unwrap_or_default(),
         });
         self.fleet.rollout = Some(Rollout {
             id: next_id,
@@ -61,16 +114,46 @@ impl Tx {
             reason: None,
             progressed_at: None,
             stalled: None,
+            definition,
         });
+        self.prune_definitions();
     }
 
-    /// Sends the rollout back to its previous image, under the same budget. `quarantine`: the new
-    /// image failed (not an operator's undo) and may not be launched for this fleet again.
-    fn roll_back(&mut self, reason: String, quarantine: bool) {
+    /// Forgets definitions no live instance, the fleet, nor its last rollout was launched from.
+    pub(super) fn prune_definitions(&mut self) {
+        if !self.fleet.complete {
+            return;
+        }
+        let mut used: BTreeSet<String> = self
+            .fleet
+            .live_instances()
+            .filter_map(|i| i.definition.clone())
+            .collect();
+        used.insert(self.fleet.definition().fingerprint());
+        used.extend(self.fleet.legacy_definition.clone());
+        if let Some(d) = self
+            .fleet
+            .rollout
+            .as_ref()
+            .and_then(|r| r.definition.as_ref())
+        {
+            used.insert(d.from.clone());
+            used.insert(d.to.clone());
+        }
+        self.fleet.definitions.retain(|fp, _| used.contains(fp));
+    }
+
+    /// Sends the rollout back to its previous image and launch definition, under the same budget.
+    /// `failed`: the health gate failed (not an operator's undo); a new image is then quarantined
+    /// and may not be launched for this fleet again (a definition alone is not: the fleet file
+    /// that brought it is the operator's to change).
+    fn roll_back(&mut self, reason: String, failed: bool) {
         let now = self.now;
         let Some(r) = self.fleet.rollout.clone().filter(|r| r.status.is_active()) else {
             return;
         };
+        let new_image = r.from.as_ref() != Some(&r.to);
+        let quarantine = failed && new_image;
         if quarantine && !self.fleet.quarantined.contains_key(&r.to) {
             self.fleet.quarantined.insert(
                 r.to.clone(),
@@ -85,8 +168,9 @@ impl Tx {
                 reason: reason.clone(),
             });
         }
-        if quarantine {
-            // Launches of the image retried earlier in this step are not made after all.
+        if failed {
+            // Launches of the image (or definition) retried earlier in this step are not made
+            // after all.
             self.cancel_launches(&r.to);
         }
         let back = r
@@ -98,7 +182,7 @@ impl Tx {
             self.abort(format!("{reason}; no earlier image to roll back to"));
             return;
         };
-        if quarantine && !self.fleet.spec.policy.auto_rollback {
+        if failed && !self.fleet.spec.policy.auto_rollback {
             let why = format!("health gate failed: {reason}; automatic rollback is off");
             // Already paused on a timer (a bake, a checkpoint): it now waits for the operator,
             // or the timer would resume it onto the quarantined image.
@@ -122,6 +206,7 @@ impl Tx {
             return;
         }
         self.fleet.spec.image = back;
+        self.restore_definition(r.definition.as_ref());
         if let Some(r) = self.fleet.rollout.as_mut() {
             r.status = RolloutStatus::RollingBack;
             r.pause = None;
@@ -132,6 +217,22 @@ impl Tx {
             });
         }
         self.progressed();
+    }
+
+    /// Puts the definition a rollout came from back into the spec. A launch template goes back to
+    /// the version it had resolved to, pinned: it stays there until the fleet file is applied
+    /// again.
+    fn restore_definition(&mut self, change: Option<&DefinitionChange>) {
+        let Some(change) = change else {
+            return;
+        };
+        if let Some(subnets) = &change.subnets {
+            self.fleet.spec.subnets = subnets.clone();
+        }
+        if let Some(def) = self.fleet.definitions.get(&change.from).cloned() {
+            def.restore_into(&mut self.fleet.spec);
+            self.fleet.template_version = None;
+        }
     }
 
     /// Drops the launches of `image` this step would make (retries of pending launches).
@@ -231,6 +332,7 @@ impl Tx {
                 .as_ref()
                 .is_some_and(|p| p.resume_to == RolloutStatus::RollingBack);
         let deadline = self.fleet.spec.policy.progress_deadline;
+        let target = Target::of(&self.fleet);
         if rolling_back {
             // Nothing to go back from; a rollback that does not move on is surfaced.
             if r.status == RolloutStatus::RollingBack && r.progressed() + deadline.duration() <= now
@@ -259,13 +361,14 @@ impl Tx {
                 Health::Unhealthy {
                     reason,
                     suspect: Suspect::Image,
-                } if i.image == r.to
+                } if target.matches(i)
                     && i.is_live()
                     && i.launched_at + Duration::seconds(1) >= r.started_at =>
                 {
                     Some(format!(
                         "{} on {} failed its health check: {reason}",
-                        i.id, r.to
+                        i.id,
+                        what_rolls(r)
                     ))
                 }
                 _ => None,
@@ -333,7 +436,7 @@ impl Tx {
     /// What a late wave (or, with none, a rollback) waits on: its launches not made, and its
     /// instances not healthy yet, each with why and whether the image may be at fault.
     fn waiting_on(&self, wave: Option<&Wave>) -> Vec<Waiting> {
-        let target = &self.fleet.spec.image;
+        let target = Target::of(&self.fleet);
         let pending: BTreeSet<&str> = fleet_tokens(&self.fleet);
         let mut out = Vec::new();
         let (tokens, members): (Vec<String>, Vec<InstanceId>) = match wave {
@@ -342,12 +445,12 @@ impl Tx {
                 self.fleet
                     .pending
                     .iter()
-                    .filter(|p| p.image == *target)
+                    .filter(|p| p.image == *target.image)
                     .map(|p| p.token.clone())
                     .collect(),
                 self.fleet
                     .live_instances()
-                    .filter(|i| i.image == *target && !i.is_healthy())
+                    .filter(|i| target.matches(i) && !i.is_healthy())
                     .map(|i| i.id.clone())
                     .collect(),
             ),
@@ -482,26 +585,37 @@ pub(super) fn control(tx: &mut Tx, action: ControlAction) {
             tx.roll_back("undone by operator".into(), false)
         }
         (ControlAction::Undo, Some(RolloutStatus::Succeeded | RolloutStatus::Aborted)) => {
-            // Undo a finished rollout: a new rollout back to the image before it.
+            // Undo a finished rollout: a new rollout back to the image and definition before it.
             let Some(r) = tx.fleet.rollout.clone() else {
                 return;
             };
-            match r.from.filter(|f| !tx.fleet.quarantined.contains_key(f)) {
-                Some(back) => {
-                    let current = tx.fleet.spec.image.clone();
-                    tx.changes.push(Change::ImageChanged {
-                        from: current.clone(),
-                        to: back.clone(),
-                    });
-                    tx.fleet.spec.image = back.clone();
-                    tx.fleet.image_set_at = tx.now;
-                    tx.start_rollout(current, back);
-                }
-                None => tx.ignore(format!(
-                    "rollout {} has no earlier image to go back to",
+            let image = r
+                .from
+                .clone()
+                .filter(|f| *f != r.to && !tx.fleet.quarantined.contains_key(f));
+            let definition = r
+                .definition
+                .as_ref()
+                .filter(|d| tx.fleet.definitions.contains_key(&d.from));
+            if image.is_none() && definition.is_none() {
+                return tx.ignore(format!(
+                    "rollout {} has no earlier image or definition to go back to",
                     r.id
-                )),
+                ));
             }
+            let current = tx.fleet.spec.image.clone();
+            let before = tx.fleet.definition();
+            if let Some(back) = image {
+                tx.changes.push(Change::ImageChanged {
+                    from: current.clone(),
+                    to: back.clone(),
+                });
+                tx.fleet.spec.image = back;
+                tx.fleet.image_set_at = tx.now;
+            }
+            let subnets = tx.fleet.spec.subnets.clone();
+            tx.restore_definition(definition);
+            tx.roll_if_changed(current, before, subnets);
         }
         (ControlAction::ResumeRepairs, _) => {
             if tx.fleet.breaker.take().is_some() {
@@ -559,21 +673,21 @@ pub(super) fn track_rollout(tx: &mut Tx) {
     let canary = first_launching_wave(&tx.fleet, rollout)
         .filter(|w| w.healthy_at.is_none())
         .map(|w| w.number);
-    let target = tx.fleet.spec.image.clone();
+    let target = Target::of(&tx.fleet);
     let capacity = tx.fleet.spec.capacity as usize;
     let live: Vec<&Instance> = tx.fleet.live_instances().collect();
     let healthy_on_target = live
         .iter()
-        .filter(|i| i.image == target && i.is_healthy() && i.disposal.is_none())
+        .filter(|i| target.matches(i) && i.is_healthy() && i.disposal.is_none())
         .count();
     // A rollout whose image failed its health gate (quarantined, paused with automatic rollback
     // off) does not succeed by itself: the operator undoes it, or clears the quarantine.
     let done = tx.fleet.pending.is_empty()
-        && !tx.fleet.quarantined.contains_key(&target)
+        && !tx.fleet.quarantined.contains_key(target.image)
         && live.len() == capacity
         && live
             .iter()
-            .all(|i| i.image == target && i.is_healthy() && i.disposal.is_none());
+            .all(|i| target.matches(i) && i.is_healthy() && i.disposal.is_none());
     let policy = tx.fleet.spec.policy.clone();
     let canary_just_healthy = policy.canary.is_some()
         && canary.is_some_and(|c| {
@@ -709,4 +823,14 @@ pub fn wave_healthy(members: &Fleet) -> bool {
         .values()
         .filter(|i| i.is_live())
         .all(|i| i.is_healthy())
+}
+
+/// What a rollout rolls out, for people: its image, its definition's changed fields, or both.
+pub fn what_rolls(r: &Rollout) -> String {
+    let fields = r.definition.as_ref().map(|d| d.fields.join(", "));
+    match (r.from.as_ref() == Some(&r.to), fields) {
+        (true, Some(f)) => format!("the new definition ({f} changed)"),
+        (false, Some(f)) => format!("{} ({f} changed)", r.to),
+        (_, None) => r.to.to_string(),
+    }
 }

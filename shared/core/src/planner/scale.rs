@@ -3,15 +3,16 @@
 //!
 //! What holds: never more than the budget's `max_total` instances at once, never fewer healthy
 //! than its `min_healthy`; instances on another image go only as healthy new ones cover them, and
-//! no further than the rollout's current stage (canary, checkpoint) allows; a paused or aborted
+//! no further than the rollout's current stage (canary, checkpoint) allows (an instance is new
+//! when it matches the spec: its image, launch definition and subnet — `Target`); a paused or aborted
 //! rollout freezes how far the new image replaces the old, not the fleet's size; nothing is
 //! launched from a quarantined image.
 
-use super::rollout::{checkpoint_count, first_launching_wave};
+use super::rollout::{checkpoint_count, first_launching_wave, what_rolls};
 use super::tx::{Tx, MAX_LAUNCHES_PER_STEP, MAX_TERMINATIONS_PER_STEP, MAX_TOUCHED_PER_STEP};
 use crate::events::Change;
 use crate::ids::InstanceId;
-use crate::model::{Fleet, Instance, RolloutStatus, Wave};
+use crate::model::{Fleet, Instance, RolloutStatus, Target, Wave};
 use crate::quantity::Rounding;
 use std::cmp::Ordering;
 
@@ -34,9 +35,10 @@ fn new_image_cap(fleet: &Fleet, current_new: u32) -> Option<u32> {
             .clamp(1, capacity.max(1));
         // Instances already on the image (left by a rollout it superseded) may fill the canary's
         // share before any wave starts: then they are the canary, or it would never be done.
+        let target = Target::of(fleet);
         let healthy_on_target = fleet
             .live_instances()
-            .filter(|i| i.image == r.to && i.is_healthy() && i.disposal.is_none())
+            .filter(|i| target.matches(i) && i.is_healthy() && i.disposal.is_none())
             .count() as u32;
         // The canary is the first wave that launched anything (a wave whose launches EC2
         // refused launched nothing: the next one tries again).
@@ -78,6 +80,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     let capacity = tx.fleet.spec.capacity;
     let budget = tx.fleet.budget();
     let target = tx.fleet.spec.image.clone();
+    let spec = Target::of(&tx.fleet);
 
     // Instances that stay (no termination decided), and those leaving only after a launch.
     let mut keep: Vec<&Instance> = Vec::new();
@@ -93,7 +96,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     let total = keep.len() as u32 + pending;
 
     let (mut new, mut old): (Vec<&Instance>, Vec<&Instance>) =
-        keep.iter().partition(|i| i.image == target);
+        keep.iter().partition(|i| spec.matches(i));
     let healthy_new = new.iter().filter(|i| i.is_healthy()).count() as u32;
     let unready_new = new.len() as u32 - healthy_new + pending;
     let cap = new_image_cap(&tx.fleet, healthy_new + unready_new);
@@ -136,9 +139,16 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
             let excess = total.saturating_sub(capacity) as usize;
             can_remove = can_remove.min(stage_room.max(excess.min(old.len())));
         }
-        let reason = match tx.fleet.rollout.as_ref().map(|r| r.status) {
-            Some(RolloutStatus::RollingBack) => format!("rolled back to image {target}"),
-            Some(RolloutStatus::InProgress) => format!("replaced by image {target}"),
+        let reason = match tx.fleet.rollout.as_ref().filter(|r| r.status.is_active()) {
+            Some(r) if r.status == RolloutStatus::RollingBack => match &r.definition {
+                Some(_) if r.from.as_ref() == Some(&r.to) => {
+                    "rolled back to the previous definition".to_string()
+                }
+                _ => format!("rolled back to image {target}"),
+            },
+            Some(r) if r.status == RolloutStatus::InProgress => {
+                format!("replaced by {}", what_rolls(r))
+            }
             _ => format!("scale in to {capacity}"),
         };
         first_in_order(&mut old, can_remove.min(limit), order);
@@ -176,7 +186,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         remove.truncate(hourly);
     }
     let blocked_by_budget = remove.len() < wanted;
-    let removed_new = remove.iter().filter(|(i, _)| i.image == target).count() as u32;
+    let removed_new = remove.iter().filter(|(i, _)| spec.matches(i)).count() as u32;
     let removed = remove.len() as u32;
     let remove: Vec<(InstanceId, String)> = remove
         .into_iter()

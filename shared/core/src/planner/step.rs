@@ -59,6 +59,9 @@ pub struct Launched {
     pub state: Lifecycle,
     pub zone: Option<String>,
     pub instance_type: Option<String>,
+    pub subnet: Option<String>,
+    /// The fingerprint of the definition it was launched from.
+    pub definition: Option<String>,
 }
 
 /// The result of planning: the next fleet state, why, and what to do. (`then_reconcile`, which

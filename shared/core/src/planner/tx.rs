@@ -17,7 +17,7 @@ use super::step::{Command, Step};
 use crate::events::Change;
 use crate::ids::{ImageId, InstanceId};
 use crate::model::{
-    Disposal, Fleet, Health, Instance, Lifecycle, PendingLaunch, RecentFailure, Timestamp,
+    Disposal, Fleet, Health, Instance, Lifecycle, PendingLaunch, RecentFailure, Target, Timestamp,
 };
 use chrono::Duration;
 use std::collections::{BTreeMap, BTreeSet};
@@ -251,7 +251,6 @@ impl Tx {
         let was_failed = inst.is_failed();
         inst.health = health.clone();
         let is_failed = inst.is_failed();
-        let image = inst.image.clone();
         if is_failed && !was_failed {
             let snapshot = inst.clone();
             self.fleet.failed += 1;
@@ -270,13 +269,24 @@ impl Tx {
         }
         // A new instance of the rollout's target serving is progress (Kubernetes counts newly
         // available pods the same way): the rollout's deadline starts again.
-        let on_target = image == self.fleet.spec.image;
         self.changes.push(Change::HealthChanged {
             instance: id.clone(),
             health: health.clone(),
         });
-        if health == Health::Healthy && on_target {
-            self.progressed();
+        let rolling = self
+            .fleet
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.status.is_active());
+        if health == Health::Healthy && rolling {
+            let on_target = self
+                .fleet
+                .instances
+                .get(id)
+                .is_some_and(|i| Target::of(&self.fleet).matches(i));
+            if on_target {
+                self.progressed();
+            }
         }
     }
 

@@ -209,7 +209,7 @@ impl<P: Ports> Controller<P> {
                     count,
                 } => match self
                     .compute
-                    .launch(&fleet.spec, token, image, *count, fresh.contains(token))
+                    .launch(fleet, token, image, *count, fresh.contains(token))
                     .await
                 {
                     Ok(out) if !out.instances.is_empty() => {

@@ -373,16 +373,33 @@ impl<P: Ports> Controller<P> {
         {
             return Err(phoenix_core::Error::invalid("image", reason).into());
         }
+        // A launch template must exist; one that floats is pinned to the version it resolves to
+        // now, so the instances launched from here on carry a definition that says which.
+        let template_version = match &spec.launch_template {
+            Some(t) => Some(
+                self.compute
+                    .resolve_template(t)
+                    .await
+                    .map_err(|e| match e {
+                        Error::NotFound(why) => {
+                            phoenix_core::Error::invalid("launch_template", why).into()
+                        }
+                        e => e,
+                    })?,
+            ),
+            None => None,
+        };
         let cause = Cause::internal("FleetApplied");
         for attempt in 0..MAX_CONFLICTS {
             let now = self.now();
             let (before, step) = match self.store.load_fleet(&spec.name).await {
                 Ok(fleet) => {
-                    let step = planner::update_spec(&fleet, spec.clone(), now)?;
+                    let step =
+                        planner::update_spec(&fleet, spec.clone(), template_version.clone(), now)?;
                     (fleet, step)
                 }
                 Err(Error::NotFound(_)) => {
-                    let step = planner::create_fleet(spec.clone(), now)?;
+                    let step = planner::create_fleet(spec.clone(), template_version.clone(), now)?;
                     (step.fleet.clone(), step)
                 }
                 Err(e) => return Err(e),

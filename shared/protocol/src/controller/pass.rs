@@ -8,7 +8,7 @@ use crate::ports::{Deadline, Ports};
 use crate::store::{EventKey, EventRecord};
 use phoenix_core::events::{Cause, Intent, QueuedIntent};
 use phoenix_core::model::{Fleet, Timestamp};
-use phoenix_core::planner::Step;
+use phoenix_core::planner::{template_resolved, Step};
 use phoenix_core::FleetName;
 use tracing::{info, warn};
 
@@ -122,6 +122,7 @@ impl<P: Ports> Controller<P> {
                 None => (cause, key),
             };
             let observed = self.compute.describe_fleet(name).await?;
+            let template = self.template_version(&fleet).await?;
             let now = self.now();
             let step = match (queued, intent) {
                 (Some(q), _) => self.planner.apply_queued(&fleet, q, now),
@@ -144,6 +145,12 @@ impl<P: Ports> Controller<P> {
                     }
                 },
                 (None, None) => Step::unchanged(&fleet),
+            };
+            // A floating launch template's new version is drift, seen here as the scheduled pass
+            // comes by (or at once, when CloudTrail reports the new version).
+            let step = match &template {
+                Some(version) => step.then(|f| template_resolved(f, version, now)),
+                None => step,
             };
             let step = self.planner.reconcile(step, &observed, now);
             // (A queued intent is always committed: its commit deletes it from the inbox.)
@@ -213,6 +220,28 @@ impl<P: Ports> Controller<P> {
             }
         }
         Err(Error::Conflict(name.to_string()))
+    }
+
+    /// The version the fleet's launch template resolves to now, if it floats (`$Latest`,
+    /// `$Default`, no version). A template that no longer exists leaves the fleet as it is: its
+    /// launches fail and say why.
+    async fn template_version(&self, fleet: &Fleet) -> Result<Option<String>> {
+        let Some(t) = fleet
+            .spec
+            .launch_template
+            .as_ref()
+            .filter(|t| t.is_floating())
+        else {
+            return Ok(None);
+        };
+        match self.compute.resolve_template(t).await {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::NotFound(why)) => {
+                warn!(fleet = %fleet.spec.name, %why, "launch template not found");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Puts the intent in the fleet's inbox, which completes its event's record.

@@ -5,7 +5,7 @@
 
 use crate::error::Result;
 use phoenix_core::images::ImageFacts;
-use phoenix_core::model::{Lifecycle, Timestamp};
+use phoenix_core::model::{LaunchTemplateRef, Lifecycle, Timestamp};
 use std::collections::BTreeMap;
 use std::future::Future;
 
@@ -18,6 +18,7 @@ pub struct Ec2Instance {
     pub launched_at: Option<Timestamp>,
     pub zone: Option<String>,
     pub instance_type: Option<String>,
+    pub subnet: Option<String>,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -62,7 +63,10 @@ pub struct RunInstances {
     pub key_name: Option<String>,
     /// A name or an ARN.
     pub instance_profile: Option<String>,
-    pub launch_template: Option<phoenix_core::model::LaunchTemplateRef>,
+    /// At the version it resolved to, when it floats.
+    pub launch_template: Option<LaunchTemplateRef>,
+    /// As text: the adapter encodes it as EC2 wants.
+    pub user_data: Option<String>,
     /// Applied at creation to the instances and their volumes.
     pub tags: BTreeMap<String, String>,
 }
@@ -72,6 +76,26 @@ pub struct RunInstances {
 pub struct Ran {
     pub instances: Vec<Ec2Instance>,
     pub request_id: Option<String>,
+}
+
+/// A launch template's versions, as `DescribeLaunchTemplates` reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateVersions {
+    pub id: String,
+    pub default: u64,
+    pub latest: u64,
+}
+
+impl TemplateVersions {
+    /// The version a reference launches: the one it names, else `$Latest`'s, else `$Default`'s
+    /// (EC2's own default when none is named).
+    pub fn resolve(&self, r: &LaunchTemplateRef) -> String {
+        match r.version.as_deref() {
+            Some("$Latest") => self.latest.to_string(),
+            Some("$Default") | None => self.default.to_string(),
+            Some(v) => v.to_string(),
+        }
+    }
 }
 
 /// The EC2 port.
@@ -95,6 +119,12 @@ pub trait Ec2: Send + Sync {
         &self,
         ids: &[String],
     ) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// `DescribeLaunchTemplates` of the template a reference names (by id or name): its default
+    /// and latest versions, or `None` if it does not exist.
+    fn describe_launch_template(
+        &self,
+        template: &LaunchTemplateRef,
+    ) -> impl Future<Output = Result<Option<TemplateVersions>>> + Send;
     /// `DescribeImages` of one AMI: what EC2 reports about it (name, owner, tags), or `None` if
     /// this account cannot see it.
     fn describe_image(

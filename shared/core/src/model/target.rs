@@ -1,0 +1,113 @@
+//! Which instances match what the fleet should be (`Target`): the spec's image, the fingerprint
+//! of its launch definition, and one of its subnets. An instance that does not match has drifted
+//! and is rolled; `Drift` says why, per instance, for `status` and the history.
+//!
+//! What holds: an instance recorded without a definition (before phoenix kept one) counts as the
+//! fleet's `legacy_definition`, or as matching while the fleet has none; an instance drifts on
+//! subnets only when the subnet it runs in is no longer listed (adding a subnet rolls nothing).
+
+use super::fleet::Fleet;
+use super::instance::Instance;
+use crate::ids::ImageId;
+use std::fmt;
+
+/// The spec an instance must match, computed once per pass and asked per instance.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    fleet: &'a Fleet,
+    pub image: &'a ImageId,
+    /// The fingerprint of the fleet's launch definition.
+    pub definition: String,
+}
+
+/// One way an instance differs from its fleet's spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drift {
+    Image {
+        is: ImageId,
+        spec: ImageId,
+    },
+    /// Launched from another definition: the fields that differ, when phoenix still knows the
+    /// one it was launched from.
+    Definition {
+        fields: Vec<String>,
+    },
+    Subnet {
+        is: String,
+    },
+}
+
+impl fmt::Display for Drift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Drift::Image { is, spec } => write!(f, "image {is}, spec says {spec}"),
+            Drift::Definition { fields } if fields.is_empty() => {
+                write!(f, "launched from an earlier definition")
+            }
+            Drift::Definition { fields } => write!(f, "{} changed", fields.join(", ")),
+            Drift::Subnet { is } => write!(f, "subnet {is} is no longer the fleet's"),
+        }
+    }
+}
+
+impl<'a> Target<'a> {
+    pub fn of(fleet: &'a Fleet) -> Self {
+        Target {
+            fleet,
+            image: &fleet.spec.image,
+            definition: fleet.definition().fingerprint(),
+        }
+    }
+
+    /// The definition an instance counts as having been launched from (none: the fleet's).
+    fn definition_of<'i>(&'i self, i: &'i Instance) -> Option<&'i str> {
+        i.definition
+            .as_deref()
+            .or(self.fleet.legacy_definition.as_deref())
+    }
+
+    fn definition_matches(&self, i: &Instance) -> bool {
+        self.definition_of(i).is_none_or(|d| d == self.definition)
+    }
+
+    fn subnet_matches(&self, i: &Instance) -> bool {
+        let subnets = &self.fleet.spec.subnets;
+        match &i.subnet {
+            Some(s) => subnets.is_empty() || subnets.contains(s),
+            None => true,
+        }
+    }
+
+    /// The instance runs the spec's image, launched from its definition, in one of its subnets.
+    pub fn matches(&self, i: &Instance) -> bool {
+        i.image == *self.image && self.definition_matches(i) && self.subnet_matches(i)
+    }
+
+    /// Why the instance does not match the spec (empty: it does).
+    pub fn drift(&self, i: &Instance) -> Vec<Drift> {
+        let mut out = Vec::new();
+        if i.image != *self.image {
+            out.push(Drift::Image {
+                is: i.image.clone(),
+                spec: self.image.clone(),
+            });
+        }
+        if !self.definition_matches(i) {
+            let fields = self
+                .definition_of(i)
+                .and_then(|d| self.fleet.definitions.get(d))
+                .zip(self.fleet.definitions.get(&self.definition))
+                .map(|(was, now)| now.differences(was))
+                .unwrap_or_default();
+            out.push(Drift::Definition {
+                fields: fields.into_iter().map(String::from).collect(),
+            });
+        }
+        if !self.subnet_matches(i) {
+            out.push(Drift::Subnet {
+                is: i.subnet.clone().unwrap_or_default(),
+            });
+        }
+        out
+    }
+}
