@@ -126,7 +126,11 @@ mod tests {
         ];
         for extra in same {
             let s = spec(extra);
-            assert_eq!(Definition::of(&s, None).fingerprint(), base.fingerprint(), "{extra}");
+            assert_eq!(
+                Definition::of(&s, None).fingerprint(),
+                base.fingerprint(),
+                "{extra}"
+            );
         }
         let a = Definition::of(&spec("security_groups: [sg-1, sg-2]\n"), None);
         let b = Definition::of(&spec("security_groups: [sg-2, sg-1]\n"), None);
@@ -144,6 +148,9 @@ mod tests {
         assert_ne!(v3.fingerprint(), v4.fingerprint());
         assert_eq!(v4.differences(&v3), ["launch_template"]);
         let pinned = spec("launch_template: {name: web, version: \"3\"}\n");
-        assert_eq!(Definition::of(&pinned, Some("9")).fingerprint(), v3.fingerprint());
+        assert_eq!(
+            Definition::of(&pinned, Some("9")).fingerprint(),
+            v3.fingerprint()
+        );
     }
 }
