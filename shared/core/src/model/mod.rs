@@ -4,8 +4,9 @@
 //!
 //! Data with the rules that keep it well-formed, nothing more: the model decides nothing (that is
 //! the planner's work) and reads nothing (that is the adapters'). Its files build on each other:
-//! `instance`, `images` and `position` need nothing of the others, `spec` needs an instance's
-//! health signals, the image rules and where in a fleet file an error is, `fleet` holds a spec
+//! `instance`, `images`, `position` and `schedule` need nothing of the others, `spec` needs an
+//! instance's health signals, the image rules, where in a fleet file an error is and when
+//! voluntary disruption is allowed (`schedule`: rollout windows and freezes), `fleet` holds a spec
 //! and instances. The values it shares with events and notices (`Timestamp`, `Seconds`,
 //! `Lifecycle`, `Health`, a capacity's bounds) live on the floor below and are re-exported here,
 //! where users of the model look for them.
@@ -15,6 +16,7 @@ mod fleet;
 pub(crate) mod images;
 mod instance;
 mod position;
+mod schedule;
 mod spec;
 
 pub use crate::lifecycle::{Health, Lifecycle, Suspect};
@@ -28,6 +30,7 @@ pub use fleet::{
 pub use instance::{
     Disposal, Instance, Instances, Observed, Signals, TAG_FLEET, TAG_IMAGE, TAG_TOKEN,
 };
+pub use schedule::{disruption_at, Closed, Freeze, Openness, Window, HORIZON_DAYS};
 pub use spec::{
     BreakerPolicy, Budget, Checkpoint, FleetSpec, HealthSignal, LaunchTemplateRef, RolloutPolicy,
 };
