@@ -4,9 +4,10 @@
 //!
 //! Data with the rules that keep it well-formed, nothing more: the model decides nothing (that is
 //! the planner's work) and reads nothing (that is the adapters'). Its files build on each other:
-//! `instance`, `images` and `position` need nothing of the others, `spec` needs an instance's
-//! health signals, the image rules and where in a fleet file an error is, `definition` is what of
-//! a spec an instance is made of, `fleet` holds a spec and instances, and `target` tells which
+//! `instance`, `images`, `position` and `schedule` need nothing of the others, `spec` needs an
+//! instance's health signals, the image rules, where in a fleet file an error is and when
+//! voluntary disruption is allowed (`schedule`: rollout windows and freezes), `definition` is what
+//! of a spec an instance is made of, `fleet` holds a spec and instances, and `target` tells which
 //! instances match the fleet's spec. The values it shares with events and notices (`Timestamp`, `Seconds`,
 //! `Lifecycle`, `Health`, a capacity's bounds) live on the floor below and are re-exported here,
 //! where users of the model look for them.
@@ -16,6 +17,7 @@ mod fleet;
 pub(crate) mod images;
 mod instance;
 mod position;
+mod schedule;
 mod spec;
 mod target;
 
@@ -31,6 +33,7 @@ pub use instance::{
     Disposal, Instance, Instances, Observed, Signals, TAG_DEFINITION, TAG_FLEET, TAG_IMAGE,
     TAG_TOKEN,
 };
+pub use schedule::{disruption_at, Closed, Freeze, Openness, Window, HORIZON_DAYS};
 pub use spec::{
     BreakerPolicy, Budget, Checkpoint, FleetSpec, HealthSignal, LaunchTemplateRef, RolloutPolicy,
 };

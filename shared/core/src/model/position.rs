@@ -40,6 +40,14 @@ fn with_location(text: &str, message: &str) -> String {
     else {
         return message.to_string();
     };
+    // A path through a list (`policy.windows[1].timezone`) is followed item by item: the first
+    // `timezone` in the file may well be another item's.
+    if field.contains('[') {
+        return match walk(text, field) {
+            Some((line, column)) => format!("{message} at line {line} column {column}"),
+            None => message.to_string(),
+        };
+    }
     // The name of a fleet is its `name` field.
     let (key, top_level) = match field.rsplit_once('.') {
         Some((_, last)) => (last, false),
@@ -59,6 +67,103 @@ fn with_location(text: &str, message: &str) -> String {
         Some((line, column)) => format!("{message} at line {line} column {column}"),
         None => message.to_string(),
     }
+}
+
+/// A line of block YAML: the column of its first character, of its key (past any `- ` that opens
+/// a list item), and the key.
+struct Line<'a> {
+    text: &'a str,
+    lead: usize,
+    key_at: usize,
+    key: Option<&'a str>,
+    item: bool,
+}
+
+fn line(text: &str) -> Option<Line<'_>> {
+    let body = text.trim_start();
+    if body.is_empty() || body.starts_with('#') {
+        return None;
+    }
+    let lead = text.len() - body.len();
+    let mut key_at = lead;
+    let mut rest = body;
+    while let Some(after) = rest.strip_prefix("- ") {
+        let trimmed = after.trim_start();
+        key_at += rest.len() - trimmed.len();
+        rest = trimmed;
+    }
+    let key = rest
+        .split_once(':')
+        .map(|(k, _)| k.trim_end())
+        .filter(|k| !k.is_empty() && !k.contains([' ', '{', '[', '"', '\'']));
+    Some(Line {
+        text,
+        lead,
+        key_at,
+        key,
+        item: body.starts_with("- ") || body == "-",
+    })
+}
+
+/// The line and column (both from 1) of the value at `path` (`policy.windows[1].timezone`) in a
+/// file written in block YAML, where a list's items may be flow mappings (`- {days: [mon]}`).
+fn walk(text: &str, path: &str) -> Option<(usize, usize)> {
+    let lines: Vec<(usize, Line)> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(n, l)| line(l).map(|l| (n + 1, l)))
+        .collect();
+    let mut block: &[(usize, Line)] = &lines;
+    let mut found = None;
+    for segment in path.split('.') {
+        let (key, index) = match segment.split_once('[') {
+            Some((key, rest)) => (key, Some(rest.strip_suffix(']')?.parse::<usize>().ok()?)),
+            None => (segment, None),
+        };
+        // The block's own keys are its least indented.
+        let depth = block.iter().map(|(_, l)| l.key_at).min()?;
+        let at = block
+            .iter()
+            .position(|(_, l)| l.key_at == depth && l.key == Some(key));
+        let Some(at) = at else {
+            // A flow mapping on one line: `- {days: [mon], timezone: Europe/Berln}`.
+            let (n, l) = block.iter().find(|(_, l)| l.text.contains('{'))?;
+            let column = after_key(l.text, key)?;
+            return index.is_none().then_some((*n, column));
+        };
+        let (n, l) = &block[at];
+        let column = l.key_at + key.len() + 2;
+        let value = l.text.get(column - 1..).unwrap_or_default();
+        found = Some((*n, column + value.len() - value.trim_start().len()));
+        // What belongs to the key: the lines below it indented more, or list items at its indent.
+        let end = block[at + 1..]
+            .iter()
+            .position(|(_, m)| m.lead < l.key_at || (m.lead == l.key_at && !m.item))
+            .map_or(block.len(), |k| at + 1 + k);
+        block = &block[at + 1..end];
+        if let Some(i) = index {
+            let lead = block.first()?.1.lead;
+            let starts: Vec<usize> = (0..block.len())
+                .filter(|&k| block[k].1.item && block[k].1.lead == lead)
+                .collect();
+            let from = *starts.get(i)?;
+            let to = starts.get(i + 1).copied().unwrap_or(block.len());
+            block = &block[from..to];
+            found = block.first().map(|(n, l)| (*n, l.key_at + 1));
+        }
+    }
+    found
+}
+
+/// The column (from 1) of the value after `key:` in a line holding a flow mapping.
+fn after_key(text: &str, key: &str) -> Option<usize> {
+    let pattern = format!("{key}:");
+    let at = text.match_indices(&pattern).find_map(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        (!before.is_some_and(|c| c.is_alphanumeric() || c == '_')).then_some(at)
+    })?;
+    let rest = &text[at + pattern.len()..];
+    Some(at + pattern.len() + rest.len() - rest.trim_start().len() + 1)
 }
 
 /// A message the parser located on a line (`... at line 6 column 3`) but that does not name the
@@ -108,6 +213,21 @@ mod tests {
             ),
             "policy: invalid quantity: \"lots\" at line 3 column 3 (field `max_surge`)"
         );
+        // Through a list: the item's own key, not the first of that name.
+        let windows = "name: web\npolicy:\n  windows:\n  - days: [mon]\n    timezone: UTC\n  - days: [mun]\n    timezone: Europe/Berln\n  freezes:\n    - {from: a, until: b}\n";
+        for (field, at) in [
+            ("policy.windows[1].timezone", "line 7 column 15"),
+            ("policy.windows[1].days", "line 6 column 11"),
+            ("policy.windows[0]", "line 4 column 5"),
+            ("policy.freezes[0].until", "line 9 column 24"),
+        ] {
+            assert_eq!(
+                with_location(windows, &format!("invalid {field}: bad")),
+                format!("invalid {field}: bad at {at}")
+            );
+        }
+        let missing = "invalid policy.windows[2].timezone: bad";
+        assert_eq!(with_location(windows, missing), missing);
         // Nothing to locate: unchanged.
         let absent = "invalid launch_template: give exactly one of id or name";
         assert_eq!(with_location(text, absent), absent);

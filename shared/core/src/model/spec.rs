@@ -1,20 +1,22 @@
 //! What a fleet should be: its spec (`FleetSpec`), as a fleet file writes it, and the rollout
 //! policy inside it (`RolloutPolicy`: surge, unavailability, health signal, canary, checkpoints,
-//! breaker, hourly budget), resolved against a capacity into a `Budget`.
+//! breaker, hourly budget, windows and freezes), resolved against a capacity into a `Budget`.
 //!
 //! What holds: a spec that enters through `from_yaml`, `create_fleet` or `update_spec` has passed
 //! `validate`: capacity within bounds, an instance type or a launch template, checkpoints rising
-//! between 1 and 99 %, no reserved tag keys. Events change only its image and its capacity, each
-//! checked on its own. Omitted policy fields take the defaults written next to them.
+//! between 1 and 99 %, windows and freezes that parse (`schedule`), no reserved tag keys. Events
+//! change only its image and its capacity, each checked on its own. Omitted policy fields take the
+//! defaults written next to them.
 
 use super::images::{Admission, ImageSelector};
 use super::instance::Signals;
 use super::position::locate;
+use super::schedule::{disruption_at, Freeze, Openness, Window};
 use crate::error::{Error, Result};
 use crate::ids::{FleetName, ImageId};
 use crate::notice::{MaintenanceWindow, TaintMode};
 use crate::quantity::{validate_capacity, Quantity, Rounding};
-use crate::time::Seconds;
+use crate::time::{Seconds, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -88,6 +90,13 @@ pub struct RolloutPolicy {
     /// Mass-failure breaker.
     #[serde(default)]
     pub breaker: BreakerPolicy,
+    /// Voluntary disruption (replacing instances that are not failing) happens only inside one of
+    /// these. Default: none, at any time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
+    /// Never voluntary disruption inside one of these, whatever the windows say. Default: none.
+    #[serde(default, alias = "freeze", skip_serializing_if = "Vec::is_empty")]
+    pub freezes: Vec<Freeze>,
 }
 
 fn default_deadline() -> Seconds {
@@ -165,6 +174,8 @@ impl Default for RolloutPolicy {
             auto_rollback: true,
             max_replacements_per_hour: None,
             breaker: BreakerPolicy::default(),
+            windows: Vec::new(),
+            freezes: Vec::new(),
         }
     }
 }
@@ -193,6 +204,12 @@ impl RolloutPolicy {
             max_total: capacity.saturating_add(surge),
             min_healthy: capacity - unavailable,
         }
+    }
+
+    /// Whether voluntary disruption is allowed at `now` under this policy's windows and freezes,
+    /// and until when (`schedule::disruption_at`).
+    pub fn disruption_at(&self, now: Timestamp) -> Openness {
+        disruption_at(&self.windows, &self.freezes, now)
     }
 }
 
@@ -343,6 +360,12 @@ impl FleetSpec {
                 "policy.max_replacements_per_hour",
                 "0 would forbid every replacement; leave it out for no limit",
             ));
+        }
+        for (i, w) in p.windows.iter().enumerate() {
+            w.validate(&format!("policy.windows[{i}]"))?;
+        }
+        for (i, f) in p.freezes.iter().enumerate() {
+            f.validate(&format!("policy.freezes[{i}]"))?;
         }
         if let Some(s) = &self.image_selector {
             s.validate()?;
