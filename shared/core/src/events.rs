@@ -138,6 +138,8 @@ pub enum ControlAction {
     Abort,
     Undo,
     ResumeRepairs,
+    /// Resume, and go on outside the fleet's rollout windows and freezes (this rollout only).
+    ResumeNow,
 }
 
 impl ControlAction {
@@ -148,6 +150,7 @@ impl ControlAction {
             ControlAction::Abort => "abort",
             ControlAction::Undo => "undo",
             ControlAction::ResumeRepairs => "resume-repairs",
+            ControlAction::ResumeNow => "resume-now",
         }
     }
 }
@@ -546,9 +549,17 @@ pub enum Change {
         reason: String,
         waiting_on: Vec<String>,
     },
-    /// A stalled rollout moves on again.
+    /// A stalled rollout moves on again, or one held by its windows may.
     RolloutProgressing {
         rollout: u64,
+    },
+    /// The rollout would replace instances but may not now: outside the fleet's rollout windows,
+    /// or in a freeze. It goes on by itself when they allow (`opens`).
+    RolloutWaiting {
+        rollout: u64,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        opens: Option<Timestamp>,
     },
     RolloutAborted {
         rollout: u64,

@@ -177,6 +177,17 @@ pub fn describe(c: &Change) -> String {
         } => format!("rollout {rollout} wave {wave}: launching {launches}"),
         Change::WaveHealthy { rollout, wave } => format!("rollout {rollout} wave {wave} healthy"),
         Change::RolloutSucceeded { rollout } => format!("rollout {rollout} succeeded"),
+        Change::RolloutWaiting {
+            rollout,
+            reason,
+            opens,
+        } => match opens {
+            Some(t) => format!(
+                "rollout {rollout} waits: {reason}; goes on at {}",
+                t.format("%Y-%m-%d %H:%M UTC")
+            ),
+            None => format!("rollout {rollout} waits: {reason}"),
+        },
         Change::LaunchDecided {
             token,
             image,

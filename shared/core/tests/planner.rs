@@ -1832,3 +1832,141 @@ fn instances_recorded_before_definitions_were_kept_roll_only_when_the_definition
     assert!(originals.is_disjoint(&live_ids(&sim)));
     sim.assert_sound();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rollout windows and freezes: voluntary disruption only when they allow
+// ---------------------------------------------------------------------------------------------
+
+/// Whether the step took away an instance for anything but a repair.
+fn voluntary_terminations(changes: &[Change]) -> Vec<String> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::TerminationDecided { reason, .. } if !reason.contains("failed instance") => {
+                Some(reason.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_rollout_outside_its_window_waits_and_then_goes_on_inside_it() {
+    // t0 is 12:00 UTC; the window opens at 09:00 for two hours, every day.
+    let windowed =
+        yaml_spec("policy:\n  windows: [{days: daily, start: \"09:00\", duration: 2h}]\n");
+    let mut sim = Sim::settled(windowed);
+    let originals = live_ids(&sim);
+    sim.history.clear();
+    sim.apply_now(&image_ready(B));
+    for _ in 0..10 {
+        sim.tick(secs(60));
+        sim.pass();
+    }
+    assert_eq!(
+        live_ids(&sim),
+        originals,
+        "nothing moved outside the window"
+    );
+    let waits: Vec<&Change> = sim
+        .history
+        .iter()
+        .filter(|c| matches!(c, Change::RolloutWaiting { .. }))
+        .collect();
+    let opens = Utc.with_ymd_and_hms(2025, 3, 2, 9, 0, 0).unwrap();
+    assert!(
+        matches!(waits[..], [Change::RolloutWaiting { opens: Some(t), .. }] if *t == opens),
+        "once, saying when: {waits:?}"
+    );
+    assert!(voluntary_terminations(&sim.history).is_empty());
+    assert!(!sim
+        .history
+        .iter()
+        .any(|c| matches!(c, Change::WaveStarted { .. })));
+    // The window opens: the rollout goes on, with a fresh progress deadline.
+    let wait = opens - sim.now();
+    sim.tick(wait);
+    sim.settle();
+    assert!(sim.now() < opens + Duration::hours(2), "done inside it");
+    assert!(originals.is_disjoint(&live_ids(&sim)));
+    assert_eq!(sim.ec2.healthy_on(B), 4);
+    assert!(sim
+        .history
+        .iter()
+        .any(|c| matches!(c, Change::RolloutProgressing { .. })));
+    let r = sim.fleet.rollout.as_ref().unwrap();
+    assert_eq!(r.status, RolloutStatus::Succeeded);
+    assert!(r.waiting.is_none());
+    sim.assert_sound();
+}
+
+#[test]
+fn control_without_windows_the_same_rollout_goes_at_once() {
+    let mut sim = Sim::settled(yaml_spec(""));
+    let originals = live_ids(&sim);
+    sim.apply_now(&image_ready(B));
+    sim.tick(secs(30));
+    sim.settle();
+    assert!(sim.now() < t0() + Duration::hours(1));
+    assert!(originals.is_disjoint(&live_ids(&sim)));
+    sim.assert_sound();
+}
+
+#[test]
+fn a_freeze_holds_a_rollout_and_a_scale_in_while_a_failed_instance_is_repaired() {
+    let frozen = |extra: &str| {
+        yaml_spec(&format!(
+            "policy:\n  freeze: [{{from: \"2025-03-01T00:00:00Z\", until: \"2025-03-03T00:00:00Z\", reason: release freeze}}]\n{extra}"
+        ))
+    };
+    let mut sim = Sim::settled(frozen(""));
+    let originals = live_ids(&sim);
+    sim.history.clear();
+    sim.apply_now(&image_ready(B));
+    sim.tick(secs(60));
+    sim.pass();
+    assert!(sim.history.iter().any(|c| matches!(c,
+        Change::RolloutWaiting { reason, .. } if reason.contains("release freeze"))));
+    // A failed instance is still repaired.
+    let failed = originals.iter().next().unwrap().clone();
+    sim.apply_now(&health_failed(&failed));
+    for _ in 0..10 {
+        sim.tick(secs(30));
+        sim.pass();
+    }
+    let live = live_ids(&sim);
+    assert!(!live.contains(&failed), "{}", sim.describe());
+    assert_eq!(live.len(), 4);
+    assert_eq!(
+        originals.intersection(&live).count(),
+        3,
+        "the others wait for the freeze to end"
+    );
+    assert!(
+        voluntary_terminations(&sim.history).is_empty(),
+        "{:?}",
+        voluntary_terminations(&sim.history)
+    );
+    // A scale-in waits too; a scale-out does not.
+    sim.apply_now(&scale_to(3));
+    sim.tick(secs(30));
+    sim.pass();
+    assert_eq!(live_ids(&sim).len(), 4);
+    sim.apply_now(&scale_to(5));
+    sim.tick(secs(30));
+    for _ in 0..6 {
+        sim.pass();
+        sim.tick(secs(30));
+    }
+    assert_eq!(live_ids(&sim).len(), 5, "{}", sim.describe());
+    // The operator lets this rollout go now.
+    sim.apply_now(&Intent::RolloutControl {
+        fleet: fleet_name(),
+        action: phoenix_core::events::ControlAction::ResumeNow,
+    });
+    sim.tick(secs(30));
+    sim.settle();
+    assert_eq!(sim.ec2.healthy_on(B), 5);
+    assert!(sim.now() < Utc.with_ymd_and_hms(2025, 3, 3, 0, 0, 0).unwrap());
+    sim.assert_sound();
+}

@@ -108,6 +108,22 @@ pub struct Rollout {
     /// The launch definition it changes, if it does (with or without a new image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub definition: Option<DefinitionChange>,
+    /// Held outside the fleet's rollout windows or by a freeze: since when, why, and when it
+    /// may go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<WindowWait>,
+    /// An operator let it go on outside its windows and freezes (`rollout resume --now`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_windows: bool,
+}
+
+/// A rollout held by the fleet's rollout windows or a freeze.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowWait {
+    pub since: Timestamp,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opens: Option<Timestamp>,
 }
 
 /// A rollout's change of launch definition: from and to which fingerprint (both kept in

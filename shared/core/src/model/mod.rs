@@ -27,7 +27,7 @@ pub use crate::time::{Seconds, Timestamp};
 pub use definition::Definition;
 pub use fleet::{
     Breaker, DefinitionChange, Fleet, Pause, PendingLaunch, Quarantine, RecentFailure, Rollout,
-    RolloutStatus, Stall, Wave,
+    RolloutStatus, Stall, Wave, WindowWait,
 };
 pub use instance::{
     Disposal, Instance, Instances, Observed, Signals, TAG_DEFINITION, TAG_FLEET, TAG_IMAGE,

@@ -18,6 +18,7 @@
 //!   of one step;
 //! - `rollout`: a rollout's life — start, pause, resume, abort, roll back, the health gate, waves
 //!   turning healthy, checkpoints — and an operator's commands to it;
+//! - `windows`: what the fleet's rollout windows and freezes hold back now;
 //! - `scale`: rolling replacement and scaling under the disruption budget;
 //! - `repair`: replacing failed instances and retiring doomed ones; the mass-failure breaker;
 //! - `notices`: what AWS says about an instance, turned into a repair or a retirement;
@@ -34,6 +35,7 @@ mod rollout;
 mod scale;
 mod step;
 mod tx;
+mod windows;
 
 pub use intents::{apply_intent, apply_queued, create_fleet, template_resolved, update_spec};
 pub use outcomes::{outcome_parts, record_outcome_part, record_outcomes};

@@ -187,6 +187,10 @@ impl Tx {
             return;
         }
         let urgent = r.is_urgent(now);
+        // A planned retirement is voluntary: it waits for the fleet's windows.
+        if !urgent && self.hold().other {
+            return;
+        }
         if !urgent && self.hourly_room() == Some(0) {
             self.note_budget(true);
             return;

@@ -115,6 +115,8 @@ impl Tx {
             progressed_at: None,
             stalled: None,
             definition,
+            waiting: None,
+            ignore_windows: false,
         });
         self.prune_definitions();
     }
@@ -579,6 +581,23 @@ pub(super) fn control(tx: &mut Tx, action: ControlAction) {
                 reason: "resumed by operator after a stall".into(),
             });
             tx.progressed();
+        }
+        // Resume, and go on outside the windows and freezes: this rollout only.
+        (ControlAction::ResumeNow, Some(s)) if s.is_active() => {
+            let reason = "resumed by operator now: goes on outside its windows and freezes";
+            if let Some(r) = tx.active_rollout() {
+                r.ignore_windows = true;
+            }
+            if s == RolloutStatus::Paused {
+                tx.resume(reason.into());
+            } else {
+                let id = tx.fleet.rollout.as_ref().map_or(0, |r| r.id);
+                tx.changes.push(Change::RolloutResumed {
+                    rollout: id,
+                    reason: reason.into(),
+                });
+                tx.progressed();
+            }
         }
         (ControlAction::Abort, Some(s)) if s.is_active() => tx.abort("aborted by operator".into()),
         (ControlAction::Undo, Some(RolloutStatus::InProgress | RolloutStatus::Paused)) => {

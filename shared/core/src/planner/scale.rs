@@ -100,15 +100,21 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     let healthy_new = new.iter().filter(|i| i.is_healthy()).count() as u32;
     let unready_new = new.len() as u32 - healthy_new + pending;
     let cap = new_image_cap(&tx.fleet, healthy_new + unready_new);
-    // A paused or aborted rollout freezes how far the new image replaces the old, not the fleet's
-    // size: instances that vanished and a scale-out are still made up (from the fleet's image, as
-    // repairs are).
-    let cap = match tx.fleet.rollout.as_ref().map(|r| r.status) {
+    // A paused or aborted rollout, or one its windows hold, freezes how far the new image
+    // replaces the old, not the fleet's size: instances that vanished and a scale-out are still
+    // made up (from the fleet's image, as repairs are).
+    let hold = tx.hold();
+    let status = tx.fleet.rollout.as_ref().map(|r| r.status);
+    let cap = match status {
         Some(RolloutStatus::Paused | RolloutStatus::Aborted) => {
             cap.map(|c| c + capacity.saturating_sub(total))
         }
+        Some(RolloutStatus::InProgress) if hold.rollout => {
+            Some(healthy_new + unready_new + capacity.saturating_sub(total))
+        }
         _ => cap,
     };
+    let held_rollout = hold.rollout && status == Some(RolloutStatus::InProgress) && !old.is_empty();
 
     // Who goes first: not yet healthy, then older images, then the oldest.
     let order = |a: &&Instance, b: &&Instance| {
@@ -122,7 +128,12 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
 
     let mut remove: Vec<(&Instance, String)> = Vec::new();
     if old.is_empty() {
-        let excess = total.saturating_sub(capacity) as usize;
+        // A scale-in waits for the windows.
+        let excess = if hold.other {
+            0
+        } else {
+            total.saturating_sub(capacity) as usize
+        };
         first_in_order(&mut new, excess.min(limit), order);
         for i in &new {
             remove.push((i, format!("scale in to {capacity}")));
@@ -138,6 +149,16 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
             let stage_room = old.len().saturating_sub(must_stay);
             let excess = total.saturating_sub(capacity) as usize;
             can_remove = can_remove.min(stage_room.max(excess.min(old.len())));
+        }
+        // What the windows hold back is not taken away: a rollout's replacements (not a
+        // rollback's), a scale-in.
+        let held = match status {
+            Some(RolloutStatus::RollingBack) => false,
+            Some(RolloutStatus::InProgress) => hold.rollout,
+            _ => hold.other,
+        };
+        if held {
+            can_remove = 0;
         }
         let reason = match tx.fleet.rollout.as_ref().filter(|r| r.status.is_active()) {
             Some(r) if r.status == RolloutStatus::RollingBack => match &r.definition {
@@ -157,7 +178,11 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         }
         // A scale-in during a rollout: drop new instances beyond capacity too.
         let new_total = new.len() as u32 + pending;
-        let excess = new_total.saturating_sub(capacity) as usize;
+        let excess = if hold.other {
+            0
+        } else {
+            new_total.saturating_sub(capacity) as usize
+        };
         first_in_order(&mut new, excess.min(limit), order);
         for i in &new {
             remove.push((i, format!("scale in to {capacity}")));
@@ -198,6 +223,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     if blocked_by_budget {
         tx.note_budget(true);
     }
+    tx.note_window(held_rollout);
 
     for (id, reason) in &remove {
         tx.decide_terminate(id, reason.clone(), None);
@@ -233,9 +259,10 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     let token = tx.decide_launch(target, launch, reason);
     let now = tx.now;
     let mut wave_started = None;
+    // Launches while the windows hold the rollout only make up lost capacity: not a wave.
     if let Some(r) = tx
         .active_rollout()
-        .filter(|r| r.status == RolloutStatus::InProgress)
+        .filter(|r| r.status == RolloutStatus::InProgress && !hold.rollout)
     {
         let number = r.waves.len() as u32 + 1;
         r.waves.push(Wave {
