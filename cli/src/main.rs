@@ -193,7 +193,13 @@ enum RolloutCmd {
     /// Pause the rollout where it is (also at a checkpoint it is already paused at).
     Pause { fleet: FleetName },
     /// Resume a paused rollout (after a checkpoint, or a pause).
-    Resume { fleet: FleetName },
+    Resume {
+        fleet: FleetName,
+        /// Also let it go on now, outside the fleet's rollout windows and freezes (this rollout
+        /// only).
+        #[arg(long)]
+        now: bool,
+    },
     /// Stop the rollout for good; the fleet stays as it is until the next image.
     Abort { fleet: FleetName },
     /// Roll back: during a rollout, to the previous image (without quarantine); after it, a new
@@ -327,8 +333,13 @@ async fn run(cli: Cli) -> Result<()> {
         Top::Rollout(RolloutCmd::Pause { fleet }) => {
             control(&controller, &out, fleet, ControlAction::Pause).await
         }
-        Top::Rollout(RolloutCmd::Resume { fleet }) => {
-            control(&controller, &out, fleet, ControlAction::Resume).await
+        Top::Rollout(RolloutCmd::Resume { fleet, now }) => {
+            let action = if now {
+                ControlAction::ResumeNow
+            } else {
+                ControlAction::Resume
+            };
+            control(&controller, &out, fleet, action).await
         }
         Top::Rollout(RolloutCmd::Abort { fleet }) => {
             control(&controller, &out, fleet, ControlAction::Abort).await

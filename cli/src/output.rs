@@ -77,6 +77,8 @@ pub struct RolloutProgress {
     pub healthy_waves: usize,
     /// Why it rolled back or was aborted.
     pub reason: Option<String>,
+    /// Held by the fleet's rollout windows or a freeze: why, and when it goes on.
+    pub waiting: Option<String>,
 }
 
 impl Progress {
@@ -98,6 +100,7 @@ impl Progress {
             waves: r.waves.len(),
             healthy_waves: r.waves.iter().filter(|w| w.healthy_at.is_some()).count(),
             reason: r.reason.clone(),
+            waiting: r.waiting.as_ref().map(window_wait),
         });
         let rollout_done = fleet.rollout.as_ref().is_none_or(|r| !r.status.is_active());
         let capacity = fleet.spec.capacity as usize;
@@ -126,11 +129,15 @@ impl Progress {
     pub fn line(&self) -> String {
         let rollout = match &self.rollout {
             Some(r) if r.active => format!(
-                " | rollout {} {} wave {} ({} healthy)",
+                " | rollout {} {} wave {} ({} healthy){}",
                 r.id,
                 status_word(r.status),
                 r.wave,
-                r.healthy_waves
+                r.healthy_waves,
+                r.waiting
+                    .as_ref()
+                    .map(|w| format!(", waiting: {w}"))
+                    .unwrap_or_default()
             ),
             _ => String::new(),
         };
@@ -146,6 +153,14 @@ impl Progress {
             rollout,
             if self.converged { " | converged" } else { "" }
         )
+    }
+}
+
+/// A rollout held by its windows: why, and when it goes on.
+fn window_wait(w: &phoenix_core::model::WindowWait) -> String {
+    match w.opens {
+        Some(t) => format!("{}; goes on at {}", w.reason, ts(t)),
+        None => w.reason.clone(),
     }
 }
 
@@ -399,6 +414,20 @@ impl Printer {
                 say!("    waiting on {w}");
             }
             say!("    {}", stall_choices(name));
+        }
+        if let Some((r, w)) = fleet
+            .rollout
+            .as_ref()
+            .filter(|r| r.status.is_active())
+            .and_then(|r| r.waiting.as_ref().map(|w| (r, w)))
+        {
+            say!(
+                "  rollout {} waits for its window since {}: {}",
+                r.id,
+                ts(w.since),
+                window_wait(w)
+            );
+            say!("    to let it go on now: phoenix rollout resume {name} --now");
         }
     }
 

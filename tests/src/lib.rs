@@ -98,6 +98,8 @@ pub struct Harness {
     pub settings: Settings,
     pub dispatcher: LocalDispatcher,
     pub ec2: aws_sdk_ec2::Client,
+    /// Seconds the dispatcher's clock runs ahead of the real one (windows, leases).
+    pub clock: std::sync::Arc<std::sync::atomic::AtomicI64>,
     /// The Image Builder builds the controller knows (the emulator has no Image Builder).
     pub builds: phoenix_protocol::ports::StaticImageResolver,
 }
@@ -127,6 +129,8 @@ impl Harness {
         };
         local::provision(&sdk, &settings).await?;
         let mut controller = controller(&sdk, &settings);
+        let clock = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+        controller.time = phoenix_aws::time::SystemTime::skewed(clock.clone());
         let builds = phoenix_protocol::ports::StaticImageResolver::default();
         controller.intake.images = std::sync::Arc::new(builds.clone());
         let dispatcher = Dispatcher::connect(&sdk, controller).await?;
@@ -137,6 +141,7 @@ impl Harness {
             settings,
             dispatcher,
             ec2,
+            clock,
             builds,
         })
     }
@@ -551,6 +556,8 @@ pub struct FleetFile {
     pub instance_type: String,
     /// Extra lines under `policy:` (already indented by two spaces).
     pub policy_extra: Vec<String>,
+    /// Extra top-level lines (`launch_template: ...`, `user_data: ...`).
+    pub extra: Vec<String>,
 }
 
 impl FleetFile {
@@ -564,7 +571,13 @@ impl FleetFile {
             tags: vec![("team".into(), "web".into())],
             instance_type: "t3.micro".into(),
             policy_extra: Vec::new(),
+            extra: Vec::new(),
         }
+    }
+    /// Adds a top-level line, e.g. `launch_template: {name: web}`.
+    pub fn line(mut self, line: &str) -> Self {
+        self.extra.push(line.into());
+        self
     }
     pub fn surge(mut self, q: &str) -> Self {
         self.max_surge = q.into();
@@ -609,6 +622,10 @@ impl FleetFile {
             quote(&self.max_unavailable)
         );
         for line in &self.policy_extra {
+            s.push_str(line);
+            s.push('\n');
+        }
+        for line in &self.extra {
             s.push_str(line);
             s.push('\n');
         }

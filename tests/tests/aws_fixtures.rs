@@ -27,7 +27,7 @@ macro_rules! fixture {
 }
 
 /// Every AWS fixture.
-pub const AWS: [(&str, &str); 12] = [
+pub const AWS: [(&str, &str); 13] = [
     fixture!("ec2-ami-state-change-available"),
     fixture!("imagebuilder-image-state-change-available"),
     fixture!("cloudwatch-alarm-state-change-alarm"),
@@ -40,6 +40,7 @@ pub const AWS: [(&str, &str); 12] = [
     fixture!("cloudtrail-ec2-associate-iam-instance-profile"),
     fixture!("cloudtrail-ssm-start-session"),
     fixture!("cloudtrail-ssm-send-command"),
+    fixture!("cloudtrail-ec2-create-launch-template-version"),
 ];
 
 /// Parses a fixture with its typed detail, serializes it and parses that again: equal.
@@ -149,7 +150,15 @@ fn every_fixture_means_what_the_event_reference_says() {
         }
         other => panic!("{other:?}"),
     }
-    for (name, json) in &AWS[3..] {
+    let (_, template) = AWS[12];
+    assert_eq!(
+        meaning(template),
+        AwsEvent::TemplateChanged {
+            id: Some("lt-0abcd1234efgh5678".into()),
+            name: Some("web-lt".into()),
+        }
+    );
+    for (name, json) in &AWS[3..12] {
         let AwsEvent::Notice { instances, notice } = meaning(json) else {
             panic!("{name}: not a notice");
         };

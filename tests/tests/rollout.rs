@@ -1,6 +1,8 @@
 //! The rollout engine on the emulator: canary and bake, checkpoints and resume, automatic
 //! rollback with quarantine, the mass-failure breaker, and `plan` agreeing with the rollout.
 
+#![allow(clippy::unwrap_used)]
+
 use phoenix_core::events::Change;
 use phoenix_core::model::RolloutStatus;
 use phoenix_tests::{FleetFile, Harness};
@@ -603,4 +605,306 @@ async fn a_wave_of_50_replacing_50_is_recorded_in_two_transactions() {
     let f = h.fleet("web").await;
     assert!(phoenix_tests::converged(&f), "{:#?}", f.rollout);
     assert_eq!(on_image(&h, &b).await, 100);
+}
+
+/// Live instances of the fleet in EC2 with their instance type.
+async fn types(h: &Harness) -> std::collections::BTreeMap<String, String> {
+    let out = h.ec2.describe_instances().send().await.unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| {
+            i.state()
+                .and_then(|s| s.name())
+                .is_some_and(|n| n.as_str() == "running" || n.as_str() == "pending")
+                && i.tags()
+                    .iter()
+                    .any(|t| t.key() == Some("phoenix:fleet") && t.value() == Some("web"))
+        })
+        .map(|i| {
+            (
+                i.instance_id().unwrap_or_default().to_string(),
+                i.instance_type()
+                    .map(|t| t.as_str().to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Ticks the scheduled reconcile until `done` holds of the fleet.
+async fn tick_until(h: &Harness, done: impl Fn(&phoenix_core::model::Fleet) -> bool) {
+    for _ in 0..40 {
+        h.drain().await;
+        if done(&h.fleet("web").await) {
+            return;
+        }
+        h.dispatcher.tick().await.unwrap();
+    }
+    panic!("never reached: {:#?}", h.fleet("web").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_type_rolls_wave_by_wave_and_skips_instances_that_match() {
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let fleet = FleetFile::new("web", &a, 4).policy("checkpoints: [{percent: 50}]");
+    h.apply(&fleet);
+    h.settle("web").await;
+    let before = types(&h).await;
+    assert!(before.values().all(|t| t == "t3.micro"), "{before:?}");
+
+    // Another type: a rollout, one instance a wave (surge 1), up to the checkpoint at 50 %.
+    h.apply(&fleet.clone().instance_type("t3.small"));
+    tick_until(&h, |f| {
+        f.rollout
+            .as_ref()
+            .is_some_and(|r| r.status == RolloutStatus::Paused)
+    })
+    .await;
+    let mid = types(&h).await;
+    let small: Vec<&String> = mid
+        .iter()
+        .filter(|(_, t)| *t == "t3.small")
+        .map(|(id, _)| id)
+        .collect();
+    let kept: Vec<&String> = mid
+        .iter()
+        .filter(|(_, t)| *t == "t3.micro")
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!((small.len(), kept.len()), (2, 2), "{mid:?}");
+    assert!(kept.iter().all(|id| before.contains_key(*id)));
+    let f = h.fleet("web").await;
+    let r = f.rollout.as_ref().unwrap();
+    assert_eq!(r.waves.len(), 2, "wave by wave: {:?}", r.waves);
+    assert_eq!(
+        r.definition.as_ref().map(|d| d.fields.clone()),
+        Some(vec!["instance_type".to_string()])
+    );
+
+    // Back to t3.micro: the two instances still on it match and stay; only the two others roll.
+    h.apply(&FleetFile::new("web", &a, 4));
+    h.settle("web").await;
+    let after = types(&h).await;
+    assert!(after.values().all(|t| t == "t3.micro"), "{after:?}");
+    for id in &kept {
+        assert!(
+            after.contains_key(*id),
+            "{id} matched and was kept: {after:?}"
+        );
+    }
+    for id in &small {
+        assert!(!after.contains_key(*id));
+    }
+    let started: Vec<Vec<String>> = changes(&h.history("web").await)
+        .into_iter()
+        .filter_map(|c| match c {
+            Change::RolloutStarted { changed, .. } => Some(changed),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        started,
+        vec![vec!["instance_type".to_string()]; 2],
+        "two rollouts, each for the type"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_templates_new_default_version_rolls_the_fleet() {
+    use aws_sdk_ec2::types::{InstanceType, RequestLaunchTemplateData};
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let data = |t: InstanceType| {
+        RequestLaunchTemplateData::builder()
+            .instance_type(t)
+            .build()
+    };
+    h.ec2
+        .create_launch_template()
+        .launch_template_name("web-lt")
+        .launch_template_data(data(InstanceType::T3Micro))
+        .send()
+        .await
+        .unwrap();
+    let fleet = FleetFile::new("web", &a, 3).line("launch_template: {name: web-lt}");
+    h.apply(&fleet);
+    let f = h.settle("web").await;
+    assert_eq!(f.template_version.as_deref(), Some("1"));
+    let originals = types(&h).await;
+
+    // Control: a scheduled pass with the template unchanged rolls nothing.
+    h.dispatcher.tick().await.unwrap();
+    h.drain().await;
+    assert!(h.fleet("web").await.rollout.is_none());
+
+    // Version 2 becomes the default: the next scheduled pass sees it, and the fleet rolls.
+    h.ec2
+        .create_launch_template_version()
+        .launch_template_name("web-lt")
+        .launch_template_data(data(InstanceType::T3Small))
+        .send()
+        .await
+        .unwrap();
+    h.ec2
+        .modify_launch_template()
+        .launch_template_name("web-lt")
+        .default_version("2")
+        .send()
+        .await
+        .unwrap();
+    // CloudTrail reports the new default: the fleets floating on the template reconcile at once.
+    let event = serde_json::json!({
+        "version": "0",
+        "id": "b1c2d3e4-0000-4000-8000-000000000001",
+        "detail-type": "AWS API Call via CloudTrail",
+        "source": "aws.ec2",
+        "account": "123456789012",
+        "time": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {
+            "eventSource": "ec2.amazonaws.com",
+            "eventName": "ModifyLaunchTemplate",
+            "userIdentity": {"type": "AssumedRole", "arn": "arn:aws:sts::123456789012:assumed-role/Pipeline/ci"},
+            "requestParameters": {"ModifyLaunchTemplateRequest": {"LaunchTemplateName": "web-lt", "SetDefaultVersion": "2"}}
+        }
+    });
+    h.enqueue(phoenix_core::patterns::Function::Health, &event.to_string())
+        .await;
+    h.drain().await;
+    let f = h.fleet("web").await;
+    assert_eq!(
+        f.rollout.as_ref().map(|r| r.status),
+        Some(RolloutStatus::InProgress),
+        "rolled on the event, before any scheduled pass"
+    );
+    let f = h.settle("web").await;
+    assert_eq!(f.template_version.as_deref(), Some("2"));
+    assert_eq!(
+        f.rollout.as_ref().map(|r| r.status),
+        Some(RolloutStatus::Succeeded)
+    );
+    let now = types(&h).await;
+    assert_eq!(now.len(), 3);
+    assert!(
+        now.keys().all(|id| !originals.contains_key(id)),
+        "every instance replaced: {now:?}"
+    );
+    let history = changes(&h.history("web").await);
+    assert!(history.iter().any(|c| matches!(c,
+        Change::TemplateVersionChanged { from: Some(f), to, .. } if f == "1" && to == "2")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_outside_its_window_waits_and_then_goes_on_inside_it() {
+    use std::sync::atomic::Ordering;
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let b = h.register_image("web-b").await;
+    // A daily window of one hour that opens three hours from now (UTC).
+    let opens = chrono::Utc::now() + chrono::Duration::hours(3);
+    let window = format!(
+        "windows: [{{days: daily, start: \"{}\", duration: 1h}}]",
+        opens.format("%H:%M")
+    );
+    let fleet = FleetFile::new("web", &a, 2).policy(&window);
+    h.apply(&fleet);
+    h.settle("web").await;
+    h.phoenix_ok(&[
+        "publish",
+        "image-ready",
+        "--fleet",
+        "web",
+        "--image",
+        b.as_str(),
+    ]);
+    for _ in 0..3 {
+        h.drain().await;
+        h.dispatcher.tick().await.unwrap();
+    }
+    assert_eq!(
+        on_image(&h, &b).await,
+        0,
+        "nothing moves outside the window"
+    );
+    let f = h.fleet("web").await;
+    let r = f.rollout.as_ref().unwrap();
+    assert_eq!(r.status, RolloutStatus::InProgress);
+    let waiting = r.waiting.as_ref().expect("waiting for its window");
+    assert!(
+        waiting.reason.contains("outside the rollout windows"),
+        "{waiting:?}"
+    );
+    let status = h.phoenix_ok(&["status", "web"]);
+    assert!(status.contains("window"), "{status}");
+
+    // The clock reaches the window: the rollout goes on and finishes inside it.
+    h.clock.store(3 * 3600 + 60, Ordering::SeqCst);
+    let f = h.settle("web").await;
+    assert_eq!(on_image(&h, &b).await, 2);
+    assert_eq!(
+        f.rollout.as_ref().map(|r| r.status),
+        Some(RolloutStatus::Succeeded)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_holds_a_rollout_while_a_failed_instance_is_repaired() {
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let b = h.register_image("web-b").await;
+    let now = chrono::Utc::now();
+    let freeze = format!(
+        "freeze: [{{from: \"{}\", until: \"{}\", reason: release freeze}}]",
+        (now - chrono::Duration::hours(1)).to_rfc3339(),
+        (now + chrono::Duration::days(1)).to_rfc3339()
+    );
+    let fleet = FleetFile::new("web", &a, 3).policy(&freeze);
+    h.apply(&fleet);
+    h.settle("web").await;
+    let originals = types(&h).await;
+    h.phoenix_ok(&[
+        "publish",
+        "image-ready",
+        "--fleet",
+        "web",
+        "--image",
+        b.as_str(),
+    ]);
+    h.drain().await;
+    h.dispatcher.tick().await.unwrap();
+    h.drain().await;
+    let f = h.fleet("web").await;
+    let waiting = f.rollout.as_ref().and_then(|r| r.waiting.clone());
+    assert!(
+        waiting
+            .as_ref()
+            .is_some_and(|w| w.reason.contains("release freeze")),
+        "{waiting:?}"
+    );
+
+    // A failed instance is repaired all the same.
+    let failed = originals.keys().next().unwrap().clone();
+    h.phoenix_ok(&["publish", "health-failed", "--instance", &failed]);
+    for _ in 0..4 {
+        h.drain().await;
+        h.dispatcher.tick().await.unwrap();
+    }
+    h.drain().await;
+    let live = types(&h).await;
+    assert_eq!(live.len(), 3, "{live:?}");
+    assert!(!live.contains_key(&failed), "repaired: {live:?}");
+    let untouched = originals.keys().filter(|id| live.contains_key(*id)).count();
+    assert_eq!(untouched, 2, "the rest wait for the freeze: {live:?}");
+
+    // The operator lets this rollout go now.
+    h.phoenix_ok(&["rollout", "resume", "web", "--now"]);
+    let f = h.settle("web").await;
+    assert_eq!(on_image(&h, &b).await, 3);
+    assert_eq!(
+        f.rollout.as_ref().map(|r| r.status),
+        Some(RolloutStatus::Succeeded)
+    );
 }

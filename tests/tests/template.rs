@@ -585,6 +585,7 @@ fn the_controller_policy_grants_what_the_functions_need() {
         "ec2:DescribeInstances",
         "ec2:DescribeInstanceStatus",
         "ec2:DescribeImages",
+        "ec2:DescribeLaunchTemplates",
         "iam:PassRole",
         "dynamodb:GetItem",
         "dynamodb:PutItem",

@@ -11,6 +11,7 @@
 //! | `aws.ec2` | `EC2 Instance Rebalance Recommendation` | `Notice::Rebalance` |
 //! | `aws.health` | `AWS Health Event` (EC2, `scheduledChange`) | `Notice::Maintenance` |
 //! | `aws.ec2`, `aws.ssm` | `AWS API Call via CloudTrail` (in-place changes) | `Notice::Mutated` |
+//! | `aws.ec2` | `AWS API Call via CloudTrail` (a launch template's new version or default) | `TemplateChanged` |
 //!
 //! The envelope is EventBridge's (`aws_lambda_events::eventbridge::EventBridgeEvent` at the edge);
 //! `aws_lambda_events` 1.2 with its `eventbridge` feature has no types for these details (its
@@ -68,6 +69,9 @@ pub const MUTATIONS: [(&str, &[&str]); 2] = [
     ),
     ("ssm.amazonaws.com", &["StartSession", "SendCommand"]),
 ];
+
+/// The calls that change what a launch template named by `$Latest` or `$Default` launches.
+pub const TEMPLATE_CHANGES: [&str; 2] = ["CreateLaunchTemplateVersion", "ModifyLaunchTemplate"];
 
 // ------------------------------------------------------------------------------ detail types
 
@@ -272,6 +276,11 @@ pub enum AwsEvent {
     Notice {
         instances: Vec<InstanceId>,
         notice: Notice,
+    },
+    /// A launch template got a new version or default: fleets floating on it may have drifted.
+    TemplateChanged {
+        id: Option<String>,
+        name: Option<String>,
     },
     /// A well-formed event that asks nothing of phoenix.
     Ignored { reason: String },
@@ -482,6 +491,29 @@ impl AwsEvent {
             }
             API_CALL => {
                 let d: ApiCall = detail(env)?;
+                if d.event_source == "ec2.amazonaws.com"
+                    && TEMPLATE_CHANGES.contains(&d.event_name.as_str())
+                {
+                    if let Some(code) = &d.error_code {
+                        return ignored(format!(
+                            "{} failed ({code}): nothing changed",
+                            d.event_name
+                        ));
+                    }
+                    // The request spells the keys as EC2's API does, the response in camel case.
+                    let find = |keys: [&str; 2]| {
+                        [&d.request_parameters, &d.response_elements]
+                            .into_iter()
+                            .flatten()
+                            .find_map(|v| keys.iter().find_map(|k| find_string(v, k)))
+                    };
+                    let id = find(["LaunchTemplateId", "launchTemplateId"]);
+                    let name = find(["LaunchTemplateName", "launchTemplateName"]);
+                    if id.is_none() && name.is_none() {
+                        return ignored(format!("{} names no launch template", d.event_name));
+                    }
+                    return Ok(AwsEvent::TemplateChanged { id, name });
+                }
                 let watched = MUTATIONS.iter().any(|(src, names)| {
                     *src == d.event_source && names.contains(&d.event_name.as_str())
                 });
@@ -520,6 +552,20 @@ impl AwsEvent {
             }
             other => Err(Error::Event(format!("unknown detail-type {other:?}"))),
         }
+    }
+}
+
+/// The first string under `key` at any depth (CloudTrail nests EC2's request in
+/// `CreateLaunchTemplateVersionRequest`, and its answer in `...Response`).
+fn find_string(v: &Value, key: &str) -> Option<String> {
+    match v {
+        Value::Object(map) => map
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| map.values().find_map(|v| find_string(v, key))),
+        Value::Array(items) => items.iter().find_map(|v| find_string(v, key)),
+        _ => None,
     }
 }
 

@@ -329,7 +329,7 @@ impl Intent {
                     },
                     _ => {
                         return Err(Error::Event(format!(
-                            "{dt}: give `action` (pause, resume, abort, undo, resume-repairs) or `image` to clear from quarantine"
+                            "{dt}: give `action` (pause, resume, resume-now, abort, undo, resume-repairs) or `image` to clear from quarantine"
                         )))
                     }
                 }

@@ -59,7 +59,9 @@ pub struct RuleSpec {
 /// AWS events go to the function whose work they are: new images to `image`; everything said
 /// about one instance (an alarm, a state phoenix did not ask for, a Spot interruption or
 /// rebalance, scheduled maintenance, an in-place change) to `health`, which already replaces
-/// single instances and reads only the instance's record to find its fleet.
+/// single instances and reads only the instance's record to find its fleet; so does a launch
+/// template's new version (CloudTrail, as the in-place changes), which reconciles the fleets
+/// floating on it.
 pub fn rules() -> Vec<RuleSpec> {
     use crate::aws_events as aws;
     let mutations: Vec<&str> = aws::MUTATIONS
@@ -141,6 +143,14 @@ pub fn rules() -> Vec<RuleSpec> {
             Function::Health,
             json!({"source": [aws::EC2, aws::SSM], "detail-type": [aws::API_CALL],
                    "detail": {"eventSource": mutation_sources, "eventName": mutations}}),
+        ),
+        // The same detail-type, so the same function (routing goes by detail-type).
+        aws(
+            "LaunchTemplateChange",
+            Function::Health,
+            json!({"source": [aws::EC2], "detail-type": [aws::API_CALL],
+                   "detail": {"eventSource": ["ec2.amazonaws.com"],
+                              "eventName": aws::TEMPLATE_CHANGES}}),
         ),
     ]
 }

@@ -3,6 +3,8 @@
 //!
 //! - An event about an image goes to every fleet whose `image_selector` matches what EC2
 //!   reports about the AMI, through the accounts allowed and the fleet's admission gate.
+//! - A launch template's new version or default goes to every fleet floating on it, as a
+//!   reconcile (which resolves the template again: a new version is drift).
 //! - An event about instances goes to the fleet of each instance (found by the instance index);
 //!   instances no fleet manages are ignored (logged at debug level: success, not an error).
 //! - An event may concern several fleets, so its record is kept per fleet (`<id>#<fleet>`); AWS
@@ -11,6 +13,7 @@
 
 use super::{fnv, refuse_misrouted, Controller, FleetOutcome, FleetReport, Report, MAX_CONFLICTS};
 use crate::error::{Error, Result};
+use crate::ports::ec2::Ec2;
 use crate::ports::images::BoxFuture;
 use crate::ports::{Deadline, Ports};
 use crate::store::{EventKey, EventRecord};
@@ -164,6 +167,20 @@ impl<P: Ports> Controller<P> {
                     });
                 }
             }
+            AwsEvent::TemplateChanged { id, name } => {
+                for fleet in self
+                    .fleets_on_template(id.as_deref(), name.as_deref())
+                    .await?
+                {
+                    jobs.push(Job::Fleet {
+                        key: key_for(env, &fleet),
+                        intent: Intent::Reconcile {
+                            fleet: Some(fleet.clone()),
+                        },
+                        name: fleet,
+                    });
+                }
+            }
             AwsEvent::Notice { instances, notice } => {
                 let mut by_fleet: BTreeMap<FleetName, Vec<InstanceId>> = BTreeMap::new();
                 for id in instances {
@@ -184,6 +201,42 @@ impl<P: Ports> Controller<P> {
             }
         }
         Ok(jobs)
+    }
+
+    /// The fleets whose launch template floats (`$Latest`, `$Default`, no version) and is the one
+    /// named, by id or name. A fleet that names it one way and the event the other is matched
+    /// through EC2 (the template's id).
+    async fn fleets_on_template(
+        &self,
+        id: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<FleetName>> {
+        let mut out = Vec::new();
+        for fleet in self.store.list_fleets().await? {
+            let f = self.store.load_partial(&fleet, &[]).await?;
+            let Some(t) = f.spec.launch_template.as_ref().filter(|t| t.is_floating()) else {
+                continue;
+            };
+            let same = match (&t.id, &t.name) {
+                (Some(tid), _) if id.is_some() => id == Some(tid.as_str()),
+                (_, Some(tname)) if name.is_some() => name == Some(tname.as_str()),
+                _ => {
+                    let found = self.compute.ec2().describe_launch_template(t).await?;
+                    found.is_some_and(|v| id == Some(v.id.as_str()))
+                }
+            };
+            if same {
+                out.push(fleet);
+            }
+        }
+        if out.is_empty() {
+            debug!(
+                ?id,
+                ?name,
+                "no fleet floats on this launch template: ignored"
+            );
+        }
+        Ok(out)
     }
 
     /// What EC2 reports about an AMI an AWS event announced. Not visible yet (EC2's reads are
