@@ -11,7 +11,8 @@
 use chrono::{Duration, TimeZone, Utc};
 use phoenix_core::events::{Cause, Change, Intent, QueuedIntent, ScaleTarget};
 use phoenix_core::model::{
-    Fleet, FleetSpec, Health, Instance, Lifecycle, Observed, RolloutStatus, Target, Timestamp,
+    Fleet, FleetSpec, Health, Instance, Lifecycle, Observed, Reason, RolloutStatus, Target,
+    Timestamp,
 };
 use phoenix_core::planner::{self, Command, Launched, Outcome, Step, LEASE, OBSERVE_GRACE};
 use phoenix_core::{FleetName, ImageId, InstanceId};
@@ -1968,5 +1969,74 @@ fn a_freeze_holds_a_rollout_and_a_scale_in_while_a_failed_instance_is_repaired()
     sim.settle();
     assert_eq!(sim.ec2.healthy_on(B), 5);
     assert!(sim.now() < Utc.with_ymd_and_hms(2025, 3, 3, 0, 0, 0).unwrap());
+    sim.assert_sound();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Budgets by reason
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_drift_budget_paces_drift_and_leaves_a_new_image_to_the_overall_budget() {
+    let with_budget = |t: &str| {
+        with_type(
+            yaml_spec(
+                "policy:\n  max_surge: \"100%\"\n  budgets:\n    drift: {max_replacements_per_hour: 2}\n",
+            ),
+            t,
+        )
+    };
+    let mut sim = Sim::settled(with_budget("t3.micro"));
+    let originals = live_ids(&sim);
+    sim.apply_spec(with_budget("m5.large"), None);
+    for _ in 0..40 {
+        sim.pass();
+        sim.tick(secs(30));
+    }
+    let gone = originals.difference(&live_ids(&sim)).count();
+    assert_eq!(gone, 2, "two an hour for drift: {}", sim.describe());
+    assert_eq!(
+        sim.fleet
+            .disruptions_by_reason
+            .get(&Reason::Drift)
+            .map(Vec::len),
+        Some(2)
+    );
+    // A new image is a rollout: the drift budget does not hold it back.
+    sim.apply_now(&image_ready(B));
+    sim.tick(secs(30));
+    sim.settle();
+    assert!(sim.now() < t0() + Duration::hours(1), "{}", sim.now());
+    assert_eq!(sim.ec2.healthy_on(B), 4);
+    sim.assert_sound();
+}
+
+#[test]
+fn control_without_a_drift_budget_the_same_drift_goes_at_once() {
+    let spec = |t: &str| with_type(yaml_spec("policy:\n  max_surge: \"100%\"\n"), t);
+    let mut sim = Sim::settled(spec("t3.micro"));
+    let originals = live_ids(&sim);
+    sim.apply_spec(spec("m5.large"), None);
+    for _ in 0..40 {
+        sim.pass();
+        sim.tick(secs(30));
+    }
+    assert!(originals.is_disjoint(&live_ids(&sim)));
+    sim.assert_sound();
+}
+
+#[test]
+fn a_rollout_budget_keeps_more_instances_serving_than_the_overall_one() {
+    // Overall: 2 of 4 may be unavailable, no surge. For a rollout: at most 1.
+    let mut sim = Sim::settled(yaml_spec(
+        "policy:\n  max_surge: 0\n  max_unavailable: 2\n  budgets:\n    rollout: {max_unavailable: 1}\n",
+    ));
+    sim.moments.clear();
+    sim.apply_now(&image_ready(B));
+    sim.tick(secs(30));
+    sim.settle();
+    assert_eq!(sim.ec2.healthy_on(B), 4);
+    let lowest = sim.moments.iter().map(|m| m.healthy).min().unwrap();
+    assert_eq!(lowest, 3, "never more than one down for the rollout");
     sim.assert_sound();
 }

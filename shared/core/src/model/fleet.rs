@@ -10,6 +10,7 @@
 //! from the moment it is decided until its instances are recorded or it is given up
 //! (write-ahead).
 
+use super::budgets::Reason;
 use super::definition::Definition;
 use super::instance::{Instance, Instances};
 use super::spec::{Budget, FleetSpec};
@@ -233,6 +234,10 @@ pub struct Fleet {
     /// When instances were taken away in the last hour (for `max_replacements_per_hour`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disruptions: Vec<Timestamp>,
+    /// When instances were taken away in the last hour for a reason with its own hourly budget
+    /// (`policy.budgets`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub disruptions_by_reason: BTreeMap<Reason, Vec<Timestamp>>,
     /// Whether the hourly budget was exhausted at the last pass (recorded once, not every pass).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub budget_exhausted: bool,
@@ -275,6 +280,7 @@ impl Fleet {
             breaker_overridden: false,
             failures: Vec::new(),
             disruptions: Vec::new(),
+            disruptions_by_reason: BTreeMap::new(),
             budget_exhausted: false,
             template_version: None,
             definitions: BTreeMap::new(),

@@ -4,14 +4,16 @@
 //!
 //! Data with the rules that keep it well-formed, nothing more: the model decides nothing (that is
 //! the planner's work) and reads nothing (that is the adapters'). Its files build on each other:
-//! `instance`, `images`, `position` and `schedule` need nothing of the others, `spec` needs an
+//! `instance`, `images`, `position`, `schedule` and `budgets` need nothing of the others, `spec` needs an
 //! instance's health signals, the image rules, where in a fleet file an error is and when
-//! voluntary disruption is allowed (`schedule`: rollout windows and freezes), `definition` is what
+//! voluntary disruption is allowed (`schedule`: rollout windows and freezes) and how much of it
+//! for each reason (`budgets`), `definition` is what
 //! of a spec an instance is made of, `fleet` holds a spec and instances, and `target` tells which
 //! instances match the fleet's spec. The values it shares with events and notices (`Timestamp`, `Seconds`,
 //! `Lifecycle`, `Health`, a capacity's bounds) live on the floor below and are re-exported here,
 //! where users of the model look for them.
 
+mod budgets;
 mod definition;
 mod fleet;
 pub(crate) mod images;
@@ -24,6 +26,7 @@ mod target;
 pub use crate::lifecycle::{Health, Lifecycle, Suspect};
 pub use crate::quantity::{validate_capacity, MAX_CAPACITY};
 pub use crate::time::{Seconds, Timestamp};
+pub use budgets::{Reason, ReasonBudget, ReasonBudgets};
 pub use definition::Definition;
 pub use fleet::{
     Breaker, DefinitionChange, Fleet, Pause, PendingLaunch, Quarantine, RecentFailure, Rollout,

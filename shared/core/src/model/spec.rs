@@ -8,6 +8,7 @@
 //! change only its image and its capacity, each checked on its own. Omitted policy fields take the
 //! defaults written next to them.
 
+use super::budgets::ReasonBudgets;
 use super::images::{Admission, ImageSelector};
 use super::instance::Signals;
 use super::position::locate;
@@ -97,6 +98,10 @@ pub struct RolloutPolicy {
     /// Never voluntary disruption inside one of these, whatever the windows say. Default: none.
     #[serde(default, alias = "freeze", skip_serializing_if = "Vec::is_empty")]
     pub freezes: Vec<Freeze>,
+    /// Tighter budgets for replacements by reason (rollout, drift, scale-in), inside the overall
+    /// one. Default: none.
+    #[serde(default, skip_serializing_if = "ReasonBudgets::is_empty")]
+    pub budgets: ReasonBudgets,
 }
 
 fn default_deadline() -> Seconds {
@@ -176,6 +181,7 @@ impl Default for RolloutPolicy {
             breaker: BreakerPolicy::default(),
             windows: Vec::new(),
             freezes: Vec::new(),
+            budgets: ReasonBudgets::default(),
         }
     }
 }
@@ -361,6 +367,7 @@ impl FleetSpec {
                 "0 would forbid every replacement; leave it out for no limit",
             ));
         }
+        p.budgets.validate()?;
         for (i, w) in p.windows.iter().enumerate() {
             w.validate(&format!("policy.windows[{i}]"))?;
         }

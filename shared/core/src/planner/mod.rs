@@ -19,6 +19,7 @@
 //! - `rollout`: a rollout's life — start, pause, resume, abort, roll back, the health gate, waves
 //!   turning healthy, checkpoints — and an operator's commands to it;
 //! - `windows`: what the fleet's rollout windows and freezes hold back now;
+//! - `budgets`: how many instances may go for each reason (rollout, drift, scale-in);
 //! - `scale`: rolling replacement and scaling under the disruption budget;
 //! - `repair`: replacing failed instances and retiring doomed ones; the mass-failure breaker;
 //! - `notices`: what AWS says about an instance, turned into a repair or a retirement;
@@ -26,6 +27,7 @@
 //! - `reconcile`: one pass over the whole fleet against what EC2 reports;
 //! - `intents`: a new fleet, a fleet file applied, an event's intent.
 
+mod budgets;
 mod intents;
 mod notices;
 mod outcomes;

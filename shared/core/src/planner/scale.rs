@@ -8,13 +8,15 @@
 //! rollout freezes how far the new image replaces the old, not the fleet's size; nothing is
 //! launched from a quarantined image.
 
+use super::budgets::rollout_reason;
 use super::rollout::{checkpoint_count, first_launching_wave, what_rolls};
 use super::tx::{Tx, MAX_LAUNCHES_PER_STEP, MAX_TERMINATIONS_PER_STEP, MAX_TOUCHED_PER_STEP};
 use crate::events::Change;
 use crate::ids::InstanceId;
-use crate::model::{Fleet, Instance, RolloutStatus, Target, Wave};
+use crate::model::{Fleet, Instance, Reason, RolloutStatus, Target, Wave};
 use crate::quantity::Rounding;
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 /// How many instances on the target image the rollout allows now (`None`: up to capacity): the
 /// canary until it is healthy and baked, then each checkpoint in turn; frozen while paused; and
@@ -126,7 +128,14 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     let room = MAX_TERMINATIONS_PER_STEP.saturating_sub(tx.terminations_this_step());
     let limit = room.min(MAX_TOUCHED_PER_STEP.saturating_sub(tx.touched.len()));
 
-    let mut remove: Vec<(&Instance, String)> = Vec::new();
+    // Why old instances go (their budget by reason): the rollout's, else a scale-in.
+    let old_reason = tx
+        .fleet
+        .rollout
+        .as_ref()
+        .filter(|r| r.status.is_active())
+        .map_or(Reason::ScaleIn, rollout_reason);
+    let mut remove: Vec<(&Instance, String, Reason)> = Vec::new();
     if old.is_empty() {
         // A scale-in waits for the windows.
         let excess = if hold.other {
@@ -136,11 +145,11 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         };
         first_in_order(&mut new, excess.min(limit), order);
         for i in &new {
-            remove.push((i, format!("scale in to {capacity}")));
+            remove.push((i, format!("scale in to {capacity}"), Reason::ScaleIn));
         }
     } else {
         let mut can_remove = total
-            .saturating_sub(budget.min_healthy)
+            .saturating_sub(tx.min_healthy_for(old_reason))
             .saturating_sub(unready_new) as usize;
         if let Some(cap) = cap {
             // The stage's share of old instances stays until the stage moves on; a scale-in
@@ -174,7 +183,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         };
         first_in_order(&mut old, can_remove.min(limit), order);
         for i in &old {
-            remove.push((i, reason.clone()));
+            remove.push((i, reason.clone(), old_reason));
         }
         // A scale-in during a rollout: drop new instances beyond capacity too.
         let new_total = new.len() as u32 + pending;
@@ -185,23 +194,30 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         };
         first_in_order(&mut new, excess.min(limit), order);
         for i in &new {
-            remove.push((i, format!("scale in to {capacity}")));
+            remove.push((i, format!("scale in to {capacity}"), Reason::ScaleIn));
         }
     }
     // Pending launches count towards capacity above, but serve nothing yet: a scale-in must not
     // trade healthy instances for them below `min_healthy`. The surplus goes once they are up
     // (unready ones first).
-    let mut spare = keep
-        .iter()
-        .filter(|i| i.is_healthy())
-        .count()
-        .saturating_sub(budget.min_healthy as usize);
-    remove.retain(|(i, _)| {
+    // (A reason's own budget may keep more healthy, never fewer.)
+    let healthy_kept = keep.iter().filter(|i| i.is_healthy()).count();
+    let spare: BTreeMap<Reason, usize> = [Reason::Rollout, Reason::Drift, Reason::ScaleIn]
+        .into_iter()
+        .map(|r| {
+            (
+                r,
+                healthy_kept.saturating_sub(tx.min_healthy_for(r) as usize),
+            )
+        })
+        .collect();
+    let mut taken = 0;
+    remove.retain(|(i, _, reason)| {
         if i.is_healthy() {
-            if spare == 0 {
+            if spare.get(reason).copied().unwrap_or(0) <= taken {
                 return false;
             }
-            spare -= 1;
+            taken += 1;
         }
         true
     });
@@ -211,11 +227,26 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         remove.truncate(hourly);
     }
     let blocked_by_budget = remove.len() < wanted;
-    let removed_new = remove.iter().filter(|(i, _)| spec.matches(i)).count() as u32;
+    // Each reason's own hourly budget.
+    let mut room: BTreeMap<Reason, Option<usize>> = BTreeMap::new();
+    remove.retain(|(_, _, reason)| {
+        let left = room
+            .entry(*reason)
+            .or_insert_with(|| tx.hourly_room_for(*reason));
+        match left {
+            Some(0) => false,
+            Some(n) => {
+                *n -= 1;
+                true
+            }
+            None => true,
+        }
+    });
+    let removed_new = remove.iter().filter(|(i, _, _)| spec.matches(i)).count() as u32;
     let removed = remove.len() as u32;
-    let remove: Vec<(InstanceId, String)> = remove
+    let remove: Vec<(InstanceId, String, Reason)> = remove
         .into_iter()
-        .map(|(i, reason)| (i.id.clone(), reason))
+        .map(|(i, why, reason)| (i.id.clone(), why, reason))
         .collect();
     drop(new);
     drop(old);
@@ -225,8 +256,9 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     }
     tx.note_window(held_rollout);
 
-    for (id, reason) in &remove {
-        tx.decide_terminate(id, reason.clone(), None);
+    for (id, why, reason) in &remove {
+        tx.decide_terminate(id, why.clone(), None);
+        tx.count_for(*reason);
         if let Some(wave) = tx.active_rollout().and_then(|r| r.waves.last_mut()) {
             wave.terminated.push(id.clone());
         }
