@@ -88,7 +88,16 @@ enum Top {
 #[derive(Subcommand)]
 enum FleetCmd {
     /// Create or update a fleet from a YAML or JSON file; the fleet is then reconciled.
-    Apply { file: PathBuf },
+    Apply {
+        file: PathBuf,
+        /// Apply nothing: print what the file changes, whether it starts a rollout and why,
+        /// which instances would differ from the spec, and the waves it would take.
+        #[arg(long)]
+        diff: bool,
+        /// With --diff: seconds between reconcile passes (the schedule: 60 in AWS).
+        #[arg(long, default_value_t = 60, requires = "diff")]
+        interval: i64,
+    },
     /// List fleets.
     List,
     /// One fleet in full: spec and policy, disruption budget in use, rollout, instances.
@@ -407,7 +416,18 @@ async fn run(cli: Cli) -> Result<()> {
 
 async fn fleet_cmd(cmd: FleetCmd, controller: &AwsController, out: &output::Printer) -> Result<()> {
     match cmd {
-        FleetCmd::Apply { file } => {
+        FleetCmd::Apply {
+            file,
+            diff: true,
+            interval,
+        } => {
+            let spec = fleetfile::read(&file)?;
+            let preview = controller
+                .preview_fleet(spec, chrono::Duration::seconds(interval.max(1)))
+                .await?;
+            out.preview(&preview)
+        }
+        FleetCmd::Apply { file, .. } => {
             let spec = fleetfile::read(&file)?;
             let name = spec.name.clone();
             let report = controller.apply_fleet(spec).await?;

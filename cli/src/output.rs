@@ -4,13 +4,19 @@ use crate::fleet::Deleted;
 use crate::rollout::status_word;
 use anyhow::Result;
 use phoenix_aws::FleetReport;
+use phoenix_core::dryrun::RolloutPlan;
 use phoenix_core::events::{Cause, Intent};
 use phoenix_core::history::HistoryEntry;
-use phoenix_core::history::{describe, BudgetUse, Explanation, Link, LinkKind, Snapshot};
-use phoenix_core::model::{Fleet, Health, RolloutPolicy, RolloutStatus, Timestamp};
+use phoenix_core::history::{
+    describe, rollout_target, BudgetUse, Explanation, Link, LinkKind, Snapshot,
+};
+use phoenix_core::model::{
+    Drift, Fleet, Health, Instance, RolloutPolicy, RolloutStatus, Target, Timestamp,
+};
 use phoenix_core::timeline::{MarkerKind, Timeline};
 use phoenix_core::ImageId;
 use phoenix_local::Delivery;
+use phoenix_protocol::Preview;
 use serde::Serialize;
 use serde_json::json;
 use std::path::PathBuf;
@@ -209,6 +215,92 @@ fn budget_line(b: &BudgetUse) -> String {
     )
 }
 
+/// What a rollout goes from and to: `ami-1 -> ami-2`, `ami-1 -> ami-2 (instance_type
+/// changed)`, or `to the new definition (instance_type changed)` when the image stays.
+fn rollout_span(from: Option<&ImageId>, to: &ImageId, changed: &[String]) -> String {
+    let target = rollout_target(from, to, changed);
+    match from {
+        Some(f) if f == to && !changed.is_empty() => format!("to {target}"),
+        Some(f) => format!("{f} -> {target}"),
+        None => format!("- -> {target}"),
+    }
+}
+
+/// The passes of a plan, one line each (`plan`, `fleet apply --diff`).
+fn plan_passes(plan: &RolloutPlan) {
+    say!(
+        "{:>8} {:>5} {:>7} {:>6} {:>8}  TERMINATES",
+        "AT",
+        "WAVE",
+        "LAUNCH",
+        "PEAK",
+        "HEALTHY"
+    );
+    for p in &plan.passes {
+        let at = format!("+{}m{:02}s", p.at_seconds / 60, p.at_seconds % 60);
+        let wave = p.wave.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
+        let ids: Vec<String> = p.terminate.iter().map(ToString::to_string).collect();
+        say!(
+            "{at:>8} {wave:>5} {:>7} {:>6} {:>8}  {}",
+            p.launch,
+            p.peak,
+            p.healthy_floor,
+            ids.join(" ")
+        );
+        if let Some(pause) = &p.pause {
+            say!("{:>8} {}", "", pause);
+        }
+    }
+}
+
+/// Why an instance differs from the spec, for people: `instance_type changed; subnet ...`.
+fn drift_words(drift: &[Drift]) -> String {
+    drift
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Each live instance, with why it differs from the fleet's spec (empty: it matches).
+fn drifts(fleet: &Fleet) -> Vec<(&Instance, Vec<Drift>)> {
+    let target = Target::of(fleet);
+    fleet
+        .live_instances()
+        .map(|i| (i, target.drift(i)))
+        .collect()
+}
+
+/// `2 of 6 instances differ from the spec (instance_type changed)`, or that all match.
+fn drift_summary(drifts: &[(&Instance, Vec<Drift>)]) -> Option<String> {
+    if drifts.is_empty() {
+        return None;
+    }
+    let differ: Vec<&Vec<Drift>> = drifts
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if differ.is_empty() {
+        return Some(format!("all {} instances match the spec", drifts.len()));
+    }
+    let mut reasons: Vec<String> = Vec::new();
+    for r in differ
+        .iter()
+        .flat_map(|d| d.iter().map(ToString::to_string))
+    {
+        if !reasons.contains(&r) {
+            reasons.push(r);
+        }
+    }
+    Some(format!(
+        "{} of {} instances differ from the spec ({})",
+        differ.len(),
+        drifts.len(),
+        reasons.join("; ")
+    ))
+}
+
 fn instance_header() {
     say!(
         "  {:<21} {:<22} {:<18} {:<28} LAUNCHED",
@@ -253,7 +345,7 @@ impl Printer {
     }
 
     /// `phoenix plan`: one line per pass that does something, then the totals.
-    pub fn plan(&self, plan: &phoenix_core::dryrun::RolloutPlan) -> Result<()> {
+    pub fn plan(&self, plan: &RolloutPlan) -> Result<()> {
         if self.json {
             return print_json(plan);
         }
@@ -270,33 +362,84 @@ impl Printer {
             plan.budget.max_total,
             plan.budget.min_healthy
         );
-        say!(
-            "{:>8} {:>5} {:>7} {:>6} {:>8}  TERMINATES",
-            "AT",
-            "WAVE",
-            "LAUNCH",
-            "PEAK",
-            "HEALTHY"
-        );
-        for p in &plan.passes {
-            let at = format!("+{}m{:02}s", p.at_seconds / 60, p.at_seconds % 60);
-            let wave = p.wave.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
-            let ids: Vec<String> = p.terminate.iter().map(ToString::to_string).collect();
-            say!(
-                "{at:>8} {wave:>5} {:>7} {:>6} {:>8}  {}",
-                p.launch,
-                p.peak,
-                p.healthy_floor,
-                ids.join(" ")
-            );
-            if let Some(pause) = &p.pause {
-                say!("{:>8} {}", "", pause);
-            }
-        }
+        plan_passes(plan);
         say!(
             "{} waves; no side effect: nothing was launched or terminated",
             plan.waves()
         );
+        Ok(())
+    }
+
+    /// `fleet apply --diff`: the fields the file changes, whether it rolls and why, the
+    /// instances that would differ from the spec, the passes; or the fleet it would create.
+    pub fn preview(&self, preview: &Preview) -> Result<()> {
+        if self.json {
+            return print_json(preview);
+        }
+        let p = match preview {
+            Preview::Create {
+                fleet,
+                capacity,
+                image,
+                spec,
+                ..
+            } => {
+                let made_of = spec
+                    .instance_type
+                    .as_ref()
+                    .map(|t| format!(" ({t})"))
+                    .unwrap_or_default();
+                say!(
+                    "fleet {fleet} does not exist: applying the file creates it and launches {capacity} instances on {image}{made_of}"
+                );
+                say!("no side effect: nothing was written or published");
+                return Ok(());
+            }
+            Preview::Update(p) => p,
+        };
+        match p.fields.len() {
+            0 => say!(
+                "fleet {} (version {}): no field would change",
+                p.fleet,
+                p.version
+            ),
+            n => say!(
+                "fleet {} (version {}): {n} field{} would change",
+                p.fleet,
+                p.version,
+                if n == 1 { "" } else { "s" }
+            ),
+        }
+        for f in &p.fields {
+            say!("  {}", f.describe());
+        }
+        say!("{}", p.verdict());
+        match p.drift.len() {
+            _ if p.live == 0 => {}
+            0 => say!("all {} instances would match the spec", p.live),
+            n => {
+                say!("{n} of {} instances would differ from the spec:", p.live);
+                for d in &p.drift {
+                    say!(
+                        "  {:<21} {:<22} {}",
+                        d.instance,
+                        d.image,
+                        drift_words(&d.drift)
+                    );
+                }
+            }
+        }
+        if !p.plan.passes.is_empty() {
+            say!(
+                "capacity {}, at most {} instances, at least {} healthy:",
+                p.plan.capacity,
+                p.plan.budget.max_total,
+                p.plan.budget.min_healthy
+            );
+            plan_passes(&p.plan);
+            say!("{} waves", p.plan.waves());
+        }
+        say!("no side effect: nothing was written or published");
         Ok(())
     }
 
@@ -347,11 +490,29 @@ impl Printer {
     }
 
     fn status_json(fleet: &Fleet) -> serde_json::Value {
-        let instances: Vec<_> = fleet.live_instances().collect();
+        let drifts = drifts(fleet);
+        // Each instance as stored, with whether it matches the spec and, if not, why.
+        let instances: Vec<serde_json::Value> = drifts
+            .iter()
+            .map(|(i, drift)| {
+                let mut v = json!(i);
+                v["matches_spec"] = json!(drift.is_empty());
+                v["drift"] = json!(drift);
+                v
+            })
+            .collect();
+        let differ = drifts.iter().filter(|(_, d)| !d.is_empty()).count();
         json!({
             "fleet": fleet.spec.name,
             "version": fleet.version,
             "spec": fleet.spec,
+            "definition": fleet.definition().fingerprint(),
+            "template_version": fleet.template_version,
+            "spec_drift": {
+                "live": drifts.len(),
+                "differ": differ,
+                "summary": drift_summary(&drifts),
+            },
             "budget": BudgetUse::of(fleet),
             "progress": Progress::of(fleet),
             "rollout": fleet.rollout,
@@ -431,41 +592,59 @@ impl Printer {
         }
     }
 
+    /// The live instances, each with whether it matches the spec (SPEC: `ok`, or why not),
+    /// after a line that sums it up.
     fn instance_rows(fleet: &Fleet) {
-        instance_header();
-        for i in fleet.live_instances() {
+        let drifts = drifts(fleet);
+        if let Some(summary) = drift_summary(&drifts) {
+            say!("  {summary}");
+        }
+        say!(
+            "  {:<21} {:<22} {:<18} {:<28} {:<20}  SPEC",
+            "INSTANCE",
+            "IMAGE",
+            "STATE",
+            "HEALTH",
+            "LAUNCHED"
+        );
+        for (i, drift) in &drifts {
             let state = if i.disposal.is_some() {
                 format!("{} (leaving)", i.state.as_str())
             } else {
                 i.state.as_str().to_string()
             };
+            let spec = if drift.is_empty() {
+                "ok".to_string()
+            } else {
+                drift_words(drift)
+            };
             say!(
-                "  {:<21} {:<22} {:<18} {:<28} {}",
+                "  {:<21} {:<22} {:<18} {:<28} {:<20}  {spec}",
                 i.id,
                 i.image,
                 state,
                 health_word(&i.health),
-                i.launched_at.format("%Y-%m-%dT%H:%M:%SZ")
+                i.launched_at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
             );
         }
     }
 
     fn rollout_line(fleet: &Fleet) {
         if let Some(r) = &fleet.rollout {
-            let from = r
-                .from
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_else(|| "-".into());
             let reason = r
                 .reason
                 .as_ref()
                 .map(|why| format!(" ({why})"))
                 .unwrap_or_default();
+            let changed = r
+                .definition
+                .as_ref()
+                .map(|d| d.fields.clone())
+                .unwrap_or_default();
             say!(
-                "  rollout {} {from} -> {}: {}{reason}, {} waves",
+                "  rollout {} {}: {}{reason}, {} waves",
                 r.id,
-                r.to,
+                rollout_span(r.from.as_ref(), &r.to, &changed),
                 status_word(r.status),
                 r.waves.len()
             );
@@ -526,6 +705,23 @@ impl Printer {
         if let Some(t) = &spec.instance_type {
             say!("  instance_type {t}");
         }
+        if let Some(t) = &spec.launch_template {
+            let name = t.name.as_deref().or(t.id.as_deref()).unwrap_or_default();
+            match (&fleet.template_version, t.is_floating()) {
+                (Some(v), true) => say!(
+                    "  launch_template {name} {} (resolved to version {v})",
+                    t.version.as_deref().unwrap_or("(default)")
+                ),
+                _ => say!(
+                    "  launch_template {name} version {}",
+                    t.version.as_deref().unwrap_or("(default)")
+                ),
+            }
+        }
+        say!(
+            "  definition {} (what new instances are launched from)",
+            fleet.definition().fingerprint()
+        );
         if !spec.subnets.is_empty() {
             say!("  subnets {}", spec.subnets.join(", "));
         }
@@ -595,13 +791,9 @@ impl Printer {
         say!("  budget {}", budget_line(&s.budget));
         match &s.rollout {
             Some(r) => say!(
-                "  rollout {} {} -> {}: {}, wave {} ({} of {} waves healthy)",
+                "  rollout {} {}: {}, wave {} ({} of {} waves healthy)",
                 r.id,
-                r.from
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_else(|| "-".into()),
-                r.to,
+                rollout_span(r.from.as_ref(), &r.to, &r.changed),
                 status_word(r.status),
                 r.wave,
                 r.waves_healthy,
@@ -674,7 +866,7 @@ impl Printer {
                 "  launched in wave {} of rollout {} to {}, started {} by {}",
                 o.wave,
                 o.rollout,
-                o.to,
+                o.target(),
                 ts(o.started_at),
                 o.started_by
                     .as_ref()
@@ -742,7 +934,7 @@ impl Printer {
                     say!(
                         "        rollout  {} to {}: {}, wave {}",
                         r.id,
-                        r.to,
+                        r.target(),
                         status_word(r.status),
                         r.wave
                     );

@@ -810,3 +810,218 @@ async fn a_stalled_rollback_is_shown_by_status_and_rollout_wait_exits_3() {
     assert_eq!(o.status.code(), Some(2), "{}\n{}", stdout(&o), stderr(&o));
     assert!(stderr(&o).contains("rolled back"), "{}", stderr(&o));
 }
+
+/// `fleet apply --diff` says what a fleet file would change — the fields, whether it rolls and
+/// why, the instances that would differ from the spec, the waves — and changes nothing: no
+/// write, no event. `status` then shows the drift per instance once the file is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_apply_diff_shows_the_change_the_drift_and_the_waves_and_changes_nothing() {
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let file = FleetFile::new("web", &a, 4).surge("2");
+    let write = |name: &str, f: &FleetFile| {
+        let path = tmp(name);
+        std::fs::write(&path, f.yaml()).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+
+    // A fleet that does not exist yet would be created.
+    let new = write("diff-web.yaml", &file);
+    let text = h.phoenix_ok(&["fleet", "apply", "--diff", &new]);
+    assert!(
+        text.contains("fleet web does not exist") && text.contains("launches 4 instances"),
+        "{text}"
+    );
+    assert!(
+        h.store().list_fleets_now().await.is_empty(),
+        "nothing written"
+    );
+    assert!(h.drain().await.is_empty(), "nothing published");
+
+    h.apply(&file);
+    let before = h.settle("web").await;
+    let ids: BTreeSet<String> = before.live_instances().map(|i| i.id.to_string()).collect();
+    let entries = h.history("web").await.len();
+
+    // A new instance type: every instance drifts, in 2 waves of 2.
+    let small = write(
+        "diff-web-small.yaml",
+        &file.clone().instance_type("t3.small"),
+    );
+    let text = h.phoenix_ok(&["fleet", "apply", "--diff", &small]);
+    let header = format!(
+        "fleet web (version {}): 1 field would change",
+        before.version
+    );
+    assert!(text.contains(&header), "{header:?} not in\n{text}");
+    for expected in [
+        "instance_type: t3.micro -> t3.small",
+        "starts rollout 1: instance_type changed",
+        "4 of 4 instances would differ from the spec",
+        "2 waves",
+        "nothing was written or published",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in\n{text}");
+    }
+    for id in &ids {
+        assert!(text.contains(id.as_str()), "{id} not in\n{text}");
+    }
+    let preview = json(&h.phoenix_ok(&["fleet", "apply", "--diff", &small, "-o", "json"]));
+    assert_eq!(preview["action"], "update", "{preview:#}");
+    assert_eq!(preview["version"], before.version);
+    assert_eq!(preview["fields"][0]["field"], "instance_type");
+    assert_eq!(
+        preview["rolls"]["definition"],
+        serde_json::json!(["instance_type"])
+    );
+    assert_eq!(preview["drift"].as_array().unwrap().len(), 4);
+    assert_eq!(preview["drift"][0]["drift"][0]["kind"], "definition");
+    assert_eq!(
+        preview["drift"][0]["drift"][0]["reason"],
+        "instance_type changed"
+    );
+    let waves = preview["plan"]["passes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !p["wave"].is_null())
+        .count();
+    assert_eq!(waves, 2, "{preview:#}");
+
+    // Nothing changed: same version, same instances, same history, no event.
+    assert!(h.drain().await.is_empty(), "nothing published");
+    let after = h.fleet("web").await;
+    assert_eq!(after.version, before.version);
+    assert_eq!(after.spec, before.spec);
+    assert_eq!(
+        after
+            .live_instances()
+            .map(|i| i.id.to_string())
+            .collect::<BTreeSet<_>>(),
+        ids
+    );
+    assert_eq!(h.history("web").await.len(), entries);
+    let live: BTreeSet<String> = h
+        .fleet_instances("web")
+        .await
+        .into_iter()
+        .filter(|i| i.is_alive())
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(live, ids, "EC2 untouched");
+
+    // The control: the file as applied rolls nothing.
+    let text = h.phoenix_ok(&["fleet", "apply", "--diff", &new]);
+    for expected in [
+        "no field would change",
+        "rolls nothing: the fleet file is unchanged",
+        "all 4 instances would match the spec",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in\n{text}");
+    }
+    assert!(!text.contains("waves"), "{text}");
+
+    // A bad file: the error apply gives, and exit 1.
+    let bad = tmp("bad-diff.yaml");
+    std::fs::write(
+        &bad,
+        format!("name: web\nimage: {a}\ncapacty: 3\ninstance_type: t3.micro\n"),
+    )
+    .unwrap();
+    let o = h.phoenix(&["fleet", "apply", "--diff", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("bad-diff.yaml") && err.contains("capacty") && err.contains("line 3"),
+        "{err}"
+    );
+
+    // Applied: until the rollout replaces them, status says which instances differ and why.
+    h.phoenix_ok(&["fleet", "apply", &small]);
+    let text = h.phoenix_ok(&["status", "web"]);
+    assert!(
+        text.contains("4 of 4 instances differ from the spec (instance_type changed)"),
+        "{text}"
+    );
+    let status = json(&h.phoenix_ok(&["status", "web", "-o", "json"]));
+    assert_eq!(status["spec_drift"]["differ"], 4, "{status:#}");
+    assert_eq!(status["instances"][0]["matches_spec"], false);
+    assert_eq!(
+        status["instances"][0]["drift"][0]["fields"],
+        serde_json::json!(["instance_type"])
+    );
+    h.settle("web").await;
+    let text = h.phoenix_ok(&["status", "web"]);
+    assert!(text.contains("all 4 instances match the spec"), "{text}");
+    // Why an instance went: the definition its rollout rolled out, by what changed.
+    let old = ids.first().unwrap();
+    let text = h.phoenix_ok(&["explain", old]);
+    assert!(
+        text.contains("replaced by the new definition (instance_type changed)"),
+        "{text}"
+    );
+    let status = json(&h.phoenix_ok(&["status", "web", "-o", "json"]));
+    assert_eq!(status["spec_drift"]["differ"], 0, "{status:#}");
+}
+
+/// A floating launch template is resolved by `--diff` as `fleet apply` resolves it: a new
+/// version of the template is a change of definition, and rolls the fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_apply_diff_resolves_a_floating_launch_template_as_apply_does() {
+    use aws_sdk_ec2::types::{InstanceType, RequestLaunchTemplateData};
+    let h = Harness::start().await.unwrap();
+    let a = h.register_image("web-a").await;
+    let data = |t: InstanceType| {
+        RequestLaunchTemplateData::builder()
+            .instance_type(t)
+            .build()
+    };
+    h.ec2
+        .create_launch_template()
+        .launch_template_name("web")
+        .launch_template_data(data(InstanceType::T3Micro))
+        .send()
+        .await
+        .unwrap();
+    let file = tmp("diff-template.yaml");
+    std::fs::write(
+        &file,
+        format!("name: web\nimage: {a}\ncapacity: 2\nlaunch_template: {{name: web, version: $Latest}}\n"),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    h.phoenix_ok(&["fleet", "apply", file]);
+    let before = h.settle("web").await;
+    assert_eq!(before.template_version.as_deref(), Some("1"));
+    let show = h.phoenix_ok(&["fleet", "show", "web"]);
+    assert!(
+        show.contains("launch_template web $Latest (resolved to version 1)"),
+        "{show}"
+    );
+    let text = h.phoenix_ok(&["fleet", "apply", "--diff", file]);
+    assert!(
+        text.contains("rolls nothing: the fleet file is unchanged"),
+        "{text}"
+    );
+
+    // A new version: the same file now changes what instances are launched from.
+    h.ec2
+        .create_launch_template_version()
+        .launch_template_name("web")
+        .launch_template_data(data(InstanceType::T3Small))
+        .send()
+        .await
+        .unwrap();
+    let text = h.phoenix_ok(&["fleet", "apply", "--diff", file]);
+    for expected in [
+        "template_version: 1 -> 2",
+        "starts rollout 1: launch_template changed",
+        "2 of 2 instances would differ from the spec",
+        "launch_template changed",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in\n{text}");
+    }
+    let after = h.fleet("web").await;
+    assert_eq!(after.version, before.version, "nothing written");
+    assert_eq!(after.template_version.as_deref(), Some("1"));
+}

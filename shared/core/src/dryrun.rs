@@ -1,15 +1,18 @@
-//! `phoenix plan F --image X`: the rollout a new image would cause, worked out by running the real
-//! planner against an idealised world (every launch succeeds, every new instance is running with
-//! its status checks passed by the next pass, and the `HealthCheckPassed` a fleet with
-//! `health_check: event` or `both` waits for arrives once it runs) without touching anything.
-//! The real rollout makes the same decisions as long as the world behaves that way; it differs
-//! where the world does (a slow boot, a failure, a health report that never comes).
+//! `phoenix plan F --image X`: the rollout a new image would cause, and `phoenix fleet apply
+//! --diff`: what a fleet file would change and the rollout it would start (`plan_spec`, from
+//! `planner::update_spec`). Both are worked out by running the real planner against an idealised
+//! world (every launch succeeds, every new instance is running with its status checks passed by
+//! the next pass, and the `HealthCheckPassed` a fleet with `health_check: event` or `both` waits
+//! for arrives once it runs) without touching anything, in one loop (`simulate`). The real
+//! rollout makes the same decisions as long as the world behaves that way; it differs where the
+//! world does (a slow boot, a failure, a health report that never comes).
 
 use crate::error::Result;
 use crate::events::{Change, ControlAction, Intent};
 use crate::ids::{ImageId, InstanceId};
 use crate::model::{
-    Budget, Fleet, Health, HealthSignal, Lifecycle, Observed, RolloutStatus, Timestamp,
+    Budget, Drift, Fleet, FleetSpec, Health, HealthSignal, Lifecycle, Observed, RolloutStatus,
+    Target, Timestamp,
 };
 use crate::planner::{self, Command, Launched, Outcome, Step};
 use chrono::Duration;
@@ -73,16 +76,9 @@ pub fn plan_rollout(
         passes: Vec::new(),
         refused: None,
     };
-    let originals = fleet.live_instances().map(|i| i.id.clone()).collect();
-    let mut world = World {
-        fleet: fleet.clone(),
-        next_id: 0,
-        now,
-        originals,
-    };
     let event_time = now.max(fleet.image_set_at);
     let first = planner::apply_intent(
-        &world.fleet,
+        fleet,
         &Intent::ImageReady {
             fleet: fleet.spec.name.clone(),
             image: image.clone(),
@@ -97,8 +93,29 @@ pub fn plan_rollout(
         plan.refused = Some(reason);
         return Ok(plan);
     }
+    simulate(fleet, first, now, interval, &mut plan)?;
+    Ok(plan)
+}
+
+/// Runs `first` (a step planned on `fleet`: an image announced, a fleet file applied) and the
+/// reconcile passes that follow it in the idealised world, until no rollout is active, noting
+/// each pass that does something in `plan`. The one loop behind `plan_rollout` and `plan_spec`.
+fn simulate(
+    fleet: &Fleet,
+    first: Step,
+    now: Timestamp,
+    interval: Duration,
+    plan: &mut RolloutPlan,
+) -> Result<()> {
+    let originals = fleet.live_instances().map(|i| i.id.clone()).collect();
+    let mut world = World {
+        fleet: fleet.clone(),
+        next_id: 0,
+        now,
+        originals,
+    };
     let first = first.then(|f| planner::reconcile(f, &world.observe(), now));
-    world.run(first, &mut plan);
+    world.run(first, plan);
     for _ in 0..MAX_PASSES {
         let active = world
             .fleet
@@ -130,10 +147,355 @@ pub fn plan_rollout(
             None => world.now += interval,
         }
         let step = planner::reconcile(&world.fleet, &world.observe(), world.now);
-        world.run(step, &mut plan);
-        world.report_healthy(&mut plan)?;
+        world.run(step, plan);
+        world.report_healthy(plan)?;
     }
-    Ok(plan)
+    Ok(())
+}
+
+/// One field of the fleet file that a change sets to another value, by its path in the file
+/// (`instance_type`, `policy.max_surge`, `tags.team`). `user_data` is shown by its size and a
+/// short hash, never its text. `template_version` is the version a floating launch template
+/// resolves to (not written in the file).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldChange {
+    pub field: String,
+    /// `null`: not set.
+    pub from: serde_json::Value,
+    pub to: serde_json::Value,
+}
+
+impl FieldChange {
+    /// `instance_type: t3.micro -> t3.small`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: {} -> {}",
+            self.field,
+            show_value(&self.from),
+            show_value(&self.to)
+        )
+    }
+}
+
+/// A value as a fleet file would write it (flow style), `(not set)` for none.
+fn show_value(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "(not set)".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(show_value).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{k}: {}", show_value(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// The order fields are listed in: as a fleet file is usually written (README), then any other.
+const FIELD_ORDER: &[&str] = &[
+    "name",
+    "image",
+    "capacity",
+    "instance_type",
+    "launch_template",
+    "template_version",
+    "subnets",
+    "security_groups",
+    "key_name",
+    "instance_profile",
+    "tags",
+    "user_data",
+    "policy",
+];
+
+/// `user_data` as a diff shows it: its size and the start of its FNV-1a hash.
+fn user_data_summary(text: &str) -> serde_json::Value {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let hash = format!("{hash:016x}");
+    serde_json::Value::String(format!("{} bytes, hash {}", text.len(), &hash[..8]))
+}
+
+/// The fields `to` sets to another value than `from`, leaf by leaf (lists are compared whole).
+pub fn spec_changes(from: &FleetSpec, to: &FleetSpec) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    let (a, b) = (
+        serde_json::to_value(from).unwrap_or_default(),
+        serde_json::to_value(to).unwrap_or_default(),
+    );
+    diff_values("", &a, &b, &mut out);
+    for c in &mut out {
+        if c.field == "user_data" {
+            for side in [&mut c.from, &mut c.to] {
+                if let Some(text) = side.as_str().map(str::to_string) {
+                    *side = user_data_summary(&text);
+                }
+            }
+        }
+    }
+    sort_fields(&mut out);
+    out
+}
+
+/// In `FIELD_ORDER`, keeping the order within a field (stable).
+fn sort_fields(fields: &mut [FieldChange]) {
+    fields.sort_by_key(|c| {
+        let top = c.field.split('.').next().unwrap_or_default();
+        FIELD_ORDER
+            .iter()
+            .position(|f| *f == top)
+            .unwrap_or(FIELD_ORDER.len())
+    });
+}
+
+fn diff_values(
+    path: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    out: &mut Vec<FieldChange>,
+) {
+    use serde_json::Value;
+    if a == b {
+        return;
+    }
+    let (empty_a, empty_b) = (serde_json::Map::new(), serde_json::Map::new());
+    let object = |v: &Value| matches!(v, Value::Object(_) | Value::Null);
+    if object(a) && object(b) && !(a.is_null() && b.is_null()) {
+        let ma = a.as_object().unwrap_or(&empty_a);
+        let mb = b.as_object().unwrap_or(&empty_b);
+        let keys: std::collections::BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
+        for key in keys {
+            let field = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            let (va, vb) = (
+                ma.get(key).unwrap_or(&Value::Null),
+                mb.get(key).unwrap_or(&Value::Null),
+            );
+            diff_values(&field, va, vb, out);
+        }
+        return;
+    }
+    out.push(FieldChange {
+        field: path.to_string(),
+        from: a.clone(),
+        to: b.clone(),
+    });
+}
+
+/// Why a fleet file starts a rollout: what instances are made of changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rolls {
+    /// The rollout it starts.
+    pub rollout: u64,
+    /// The image changes: `[from, to]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<[ImageId; 2]>,
+    /// Fields of the launch definition that change (`instance_type`, `launch_template`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub definition: Vec<String>,
+    /// Subnets taken away that instances run in (a subnet added rolls nothing).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subnets_removed: Vec<String>,
+    /// The rollout in progress it supersedes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<u64>,
+}
+
+impl Rolls {
+    /// `image ami-1 -> ami-2; instance_type changed; subnet subnet-x taken away`.
+    pub fn reasons(&self) -> String {
+        let mut out = Vec::new();
+        if let Some([from, to]) = &self.image {
+            out.push(format!("image {from} -> {to}"));
+        }
+        if !self.definition.is_empty() {
+            out.push(format!("{} changed", self.definition.join(", ")));
+        }
+        if !self.subnets_removed.is_empty() {
+            out.push(format!(
+                "subnet {} taken away",
+                self.subnets_removed.join(", ")
+            ));
+        }
+        out.join("; ")
+    }
+}
+
+/// A live instance that would not match the spec after the change, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceDrift {
+    pub instance: InstanceId,
+    pub image: ImageId,
+    pub drift: Vec<Drift>,
+}
+
+/// `phoenix fleet apply --diff`: what applying a fleet file would do, worked out without doing
+/// it — the fields it changes, whether it starts a rollout and why, the instances that would no
+/// longer match the spec, and the passes it would take (`plan`, as `plan_rollout` gives them).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpecPlan {
+    pub fleet: String,
+    /// The fleet's version the plan starts from.
+    pub version: u64,
+    pub fields: Vec<FieldChange>,
+    /// Set when it starts a rollout.
+    pub rolls: Option<Rolls>,
+    /// Why it rolls nothing, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolls_nothing: Option<String>,
+    /// Live instances that would differ from the spec once it is applied.
+    pub drift: Vec<InstanceDrift>,
+    /// Live instances.
+    pub live: u32,
+    pub plan: RolloutPlan,
+}
+
+impl SpecPlan {
+    /// `starts rollout 2: instance_type changed` or `rolls nothing: ...`.
+    pub fn verdict(&self) -> String {
+        match (&self.rolls, &self.rolls_nothing) {
+            (Some(r), _) => {
+                let superseding = r
+                    .supersedes
+                    .map(|s| format!(" (supersedes rollout {s})"))
+                    .unwrap_or_default();
+                format!("starts rollout {}: {}{superseding}", r.rollout, r.reasons())
+            }
+            (None, Some(why)) => format!("rolls nothing: {why}"),
+            (None, None) => "rolls nothing".into(),
+        }
+    }
+}
+
+/// Plans what applying `spec` over a complete `fleet` would do, its launch template (when
+/// floating) resolved to `template_version`, as `planner::update_spec` decides it, then the
+/// passes that follow in the same idealised world as `plan_rollout` (one loop for both). A spec
+/// `update_spec` refuses (another fleet's name, a quarantined image, an invalid field) is the
+/// same error here.
+pub fn plan_spec(
+    fleet: &Fleet,
+    spec: FleetSpec,
+    template_version: Option<String>,
+    now: Timestamp,
+    interval: Duration,
+) -> Result<SpecPlan> {
+    let floats = spec
+        .launch_template
+        .as_ref()
+        .is_some_and(|t| t.is_floating());
+    let resolved = template_version.clone().filter(|_| floats);
+    let mut fields = spec_changes(&fleet.spec, &spec);
+    if floats && resolved != fleet.template_version {
+        fields.push(FieldChange {
+            field: "template_version".into(),
+            from: fleet.template_version.clone().into(),
+            to: resolved.into(),
+        });
+        sort_fields(&mut fields);
+    }
+    let step = planner::update_spec(fleet, spec, template_version, now)?;
+    let after = &step.fleet;
+    let rolls = step.changes.iter().find_map(|c| match c {
+        Change::RolloutStarted {
+            rollout,
+            from,
+            to,
+            changed,
+        } => {
+            let before_subnets = after
+                .rollout
+                .as_ref()
+                .and_then(|r| r.definition.as_ref())
+                .and_then(|d| d.subnets.clone())
+                .unwrap_or_default();
+            let subnets_removed = before_subnets
+                .into_iter()
+                .filter(|s| !after.spec.subnets.contains(s))
+                .filter(|s| after.live_instances().any(|i| i.subnet.as_ref() == Some(s)))
+                .collect();
+            Some(Rolls {
+                rollout: *rollout,
+                image: from.clone().filter(|f| f != to).map(|f| [f, to.clone()]),
+                definition: changed
+                    .iter()
+                    .filter(|f| f.as_str() != "subnets")
+                    .cloned()
+                    .collect(),
+                subnets_removed,
+                supersedes: step.changes.iter().find_map(|c| match c {
+                    Change::RolloutSuperseded { rollout } => Some(*rollout),
+                    _ => None,
+                }),
+            })
+        }
+        _ => None,
+    });
+    let rolls_nothing = rolls.is_none().then(|| {
+        let mut top: Vec<&str> = Vec::new();
+        for f in &fields {
+            let name = f.field.split('.').next().unwrap_or_default();
+            if !top.contains(&name) {
+                top.push(name);
+            }
+        }
+        let mut why = if top.is_empty() {
+            "the fleet file is unchanged".to_string()
+        } else {
+            format!(
+                "{} {} not what instances are made of",
+                top.join(", "),
+                if top.len() == 1 { "is" } else { "are" }
+            )
+        };
+        if let Some(r) = after.rollout.as_ref().filter(|r| r.status.is_active()) {
+            why.push_str(&format!("; rollout {} goes on", r.id));
+        }
+        why
+    });
+    let target = Target::of(after);
+    let drift = after
+        .live_instances()
+        .filter_map(|i| {
+            let drift = target.drift(i);
+            (!drift.is_empty()).then(|| InstanceDrift {
+                instance: i.id.clone(),
+                image: i.image.clone(),
+                drift,
+            })
+        })
+        .collect();
+    let mut plan = RolloutPlan {
+        fleet: fleet.spec.name.to_string(),
+        from: fleet.spec.image.clone(),
+        to: after.spec.image.clone(),
+        capacity: after.spec.capacity,
+        budget: after.budget(),
+        passes: Vec::new(),
+        refused: None,
+    };
+    let live = after.live_instances().count() as u32;
+    simulate(fleet, step, now, interval, &mut plan)?;
+    Ok(SpecPlan {
+        fleet: fleet.spec.name.to_string(),
+        version: fleet.version,
+        fields,
+        rolls,
+        rolls_nothing,
+        drift,
+        live,
+        plan,
+    })
 }
 
 struct World {
@@ -335,12 +697,17 @@ mod tests {
         chrono::DateTime::from_timestamp(1_900_000_000, 0).unwrap()
     }
 
+    /// The fleet file of `fleet`, with the policy lines given and `extra` lines after them.
+    fn spec(capacity: u32, policy: &str, extra: &str) -> FleetSpec {
+        let yaml = format!(
+            "name: web\nimage: ami-00000001\ncapacity: {capacity}\ninstance_type: t3.micro\npolicy:\n{policy}{extra}"
+        );
+        FleetSpec::from_yaml(&yaml).unwrap()
+    }
+
     /// A fleet of `capacity` healthy instances on image 1, with the policy lines given.
     fn fleet(capacity: u32, policy: &str) -> Fleet {
-        let yaml = format!(
-            "name: web\nimage: ami-00000001\ncapacity: {capacity}\ninstance_type: t3.micro\npolicy:\n{policy}"
-        );
-        let spec = FleetSpec::from_yaml(&yaml).unwrap();
+        let spec = spec(capacity, policy, "");
         let mut f = Fleet::new(spec, t0() - Duration::hours(2));
         for n in 0..capacity {
             let id = InstanceId::parse(&format!("i-{:08x}", 0x1000 + n)).unwrap();
@@ -402,5 +769,132 @@ mod tests {
                 "{signal}: {plan:#?}"
             );
         }
+    }
+
+    const SURGE_2: &str = "  max_surge: 2\n  max_unavailable: 0\n";
+
+    fn plan_spec_of(f: &Fleet, spec: FleetSpec) -> SpecPlan {
+        plan_spec(f, spec, None, t0(), Duration::minutes(1)).unwrap()
+    }
+
+    #[test]
+    fn a_new_instance_type_rolls_every_instance_in_waves_of_the_surge() {
+        let f = fleet(8, SURGE_2);
+        let mut changed = f.spec.clone();
+        changed.instance_type = Some("t3.small".into());
+        let plan = plan_spec_of(&f, changed);
+        assert_eq!(
+            plan.fields
+                .iter()
+                .map(FieldChange::describe)
+                .collect::<Vec<_>>(),
+            ["instance_type: t3.micro -> t3.small"]
+        );
+        let rolls = plan.rolls.clone().expect("it rolls");
+        assert_eq!(rolls.image, None, "the image stays");
+        assert_eq!(rolls.definition, ["instance_type"]);
+        assert_eq!(plan.verdict(), "starts rollout 1: instance_type changed");
+        assert_eq!(plan.drift.len(), 8, "{plan:#?}");
+        assert!(plan.drift.iter().all(|d| d.drift
+            == [Drift::Definition {
+                fields: vec!["instance_type".into()]
+            }]));
+        assert_eq!(plan.drift[0].drift[0].to_string(), "instance_type changed");
+        // 8 with surge 2 and none unavailable: 4 waves of 2, never above 10 nor below 8 healthy.
+        assert_eq!(plan.plan.waves(), 4, "{plan:#?}");
+        let launched: u32 = plan.plan.passes.iter().map(|p| p.launch).sum();
+        let terminated: usize = plan.plan.passes.iter().map(|p| p.terminate.len()).sum();
+        assert_eq!((launched, terminated), (8, 8), "{plan:#?}");
+        assert!(
+            plan.plan
+                .passes
+                .iter()
+                .all(|p| p.peak <= 10 && p.healthy_floor >= 8),
+            "{plan:#?}"
+        );
+    }
+
+    #[test]
+    fn a_policy_change_rolls_nothing_and_an_unchanged_file_says_so() {
+        let f = fleet(8, SURGE_2);
+        let plan = plan_spec_of(&f, spec(8, "  max_surge: 3\n  max_unavailable: 0\n", ""));
+        assert_eq!(
+            plan.fields
+                .iter()
+                .map(FieldChange::describe)
+                .collect::<Vec<_>>(),
+            ["policy.max_surge: 2 -> 3"]
+        );
+        assert_eq!(plan.rolls, None);
+        assert!(
+            plan.verdict().starts_with("rolls nothing: policy"),
+            "{plan:#?}"
+        );
+        assert_eq!(plan.plan.waves(), 0);
+        assert!(plan.plan.passes.is_empty(), "{plan:#?}");
+        assert!(plan.drift.is_empty());
+
+        let same = plan_spec_of(&f, f.spec.clone());
+        assert!(same.fields.is_empty());
+        assert_eq!(same.verdict(), "rolls nothing: the fleet file is unchanged");
+        assert!(same.plan.passes.is_empty());
+    }
+
+    #[test]
+    fn user_data_shows_as_a_size_and_a_hash_and_a_subnet_rolls_only_when_taken_away() {
+        let mut f = fleet(2, SURGE_2);
+        f.spec.subnets = vec!["subnet-a".into(), "subnet-b".into()];
+        let ids: Vec<InstanceId> = f.instances.keys().cloned().collect();
+        for (id, subnet) in ids.iter().zip(["subnet-a", "subnet-b"]) {
+            let mut i = f.instances.get(id).unwrap().clone();
+            i.subnet = Some(subnet.into());
+            f.instances.insert(id.clone(), i);
+        }
+
+        let script = "#!/bin/sh\necho secret-token\n";
+        let with_script = spec(
+            2,
+            SURGE_2,
+            &format!("subnets: [subnet-a, subnet-b]\nuser_data: {script:?}\n"),
+        );
+        let plan = plan_spec_of(&f, with_script);
+        let shown = plan.fields[0].describe();
+        assert!(
+            shown.starts_with(&format!(
+                "user_data: (not set) -> {} bytes, hash ",
+                script.len()
+            )) && !shown.contains("secret"),
+            "{shown}"
+        );
+        assert_eq!(
+            plan.rolls.map(|r| r.definition),
+            Some(vec!["user_data".to_string()])
+        );
+
+        let added = spec(2, SURGE_2, "subnets: [subnet-a, subnet-b, subnet-c]\n");
+        let plan = plan_spec_of(&f, added);
+        assert_eq!(plan.rolls, None, "a subnet added rolls nothing");
+
+        let removed = spec(2, SURGE_2, "subnets: [subnet-a, subnet-c]\n");
+        let plan = plan_spec_of(&f, removed);
+        let rolls = plan
+            .rolls
+            .clone()
+            .expect("a subnet in use taken away rolls");
+        assert_eq!(rolls.subnets_removed, ["subnet-b"]);
+        assert_eq!(
+            plan.verdict(),
+            "starts rollout 1: subnet subnet-b taken away"
+        );
+        assert_eq!(
+            plan.drift.len(),
+            1,
+            "only the instance in subnet-b: {plan:#?}"
+        );
+        assert_eq!(
+            plan.drift[0].drift[0].to_string(),
+            "subnet subnet-b is no longer the fleet's"
+        );
+        assert_eq!(plan.plan.waves(), 1, "{plan:#?}");
     }
 }

@@ -356,6 +356,28 @@ pub struct RolloutView {
     pub wave: u32,
     pub waves_healthy: u32,
     pub waves: Vec<Wave>,
+    /// The launch definition's fields it changes (none: only the image).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+}
+
+/// What a rollout rolls out, for people: `ami-2`, `ami-2 (instance_type changed)`, or, when
+/// the image stays, `the new definition (instance_type changed)` — as the planner words the
+/// terminations it decides for it.
+pub fn rollout_target(from: Option<&ImageId>, to: &ImageId, changed: &[String]) -> String {
+    match (changed.is_empty(), from == Some(to)) {
+        (true, _) => to.to_string(),
+        (false, true) => format!("the new definition ({} changed)", changed.join(", ")),
+        (false, false) => format!("{to} ({} changed)", changed.join(", ")),
+    }
+}
+
+/// The fields a rollout's change of launch definition changes.
+fn definition_fields(r: &Rollout) -> Vec<String> {
+    r.definition
+        .as_ref()
+        .map(|d| d.fields.clone())
+        .unwrap_or_default()
 }
 
 impl RolloutView {
@@ -371,7 +393,13 @@ impl RolloutView {
             wave: r.waves.last().map_or(0, |w| w.number),
             waves_healthy: r.waves.iter().filter(|w| w.healthy_at.is_some()).count() as u32,
             waves: r.waves.clone(),
+            changed: definition_fields(r),
         }
+    }
+
+    /// What it rolls out (`rollout_target`).
+    pub fn target(&self) -> String {
+        rollout_target(self.from.as_ref(), &self.to, &self.changed)
     }
 }
 
@@ -499,6 +527,19 @@ pub struct RolloutOrigin {
     pub started_at: Timestamp,
     /// The cause of the entry that started the rollout.
     pub started_by: Option<Cause>,
+    /// The image it rolled from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<ImageId>,
+    /// The launch definition's fields it changed (none: only the image).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+}
+
+impl RolloutOrigin {
+    /// What the rollout rolled out (`rollout_target`).
+    pub fn target(&self) -> String {
+        rollout_target(self.from.as_ref(), &self.to, &self.changed)
+    }
 }
 
 /// Why an instance exists, or existed, and why it went.
@@ -535,6 +576,8 @@ fn rollout_origin(entries: &[HistoryEntry], token: &str) -> Option<RolloutOrigin
     Some(RolloutOrigin {
         rollout: rollout.id,
         wave,
+        changed: definition_fields(&rollout),
+        from: rollout.from,
         to: rollout.to,
         started_at: rollout.started_at,
         started_by,

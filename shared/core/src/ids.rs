@@ -35,9 +35,10 @@ macro_rules! id_type {
             }
         }
 
+        /// Honours width and alignment (`{:<21}`), so ids line up in tables.
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 

@@ -74,6 +74,8 @@ struct Vm {
     status_ok: bool,
     launched_at: Timestamp,
     gone_at: Option<Timestamp>,
+    /// Its `phoenix:definition` tag.
+    definition: Option<String>,
 }
 
 struct Ec2 {
@@ -83,6 +85,9 @@ struct Ec2 {
     client_tokens: BTreeMap<String, Vec<InstanceId>>,
     fail_launches: bool,
     duplicate_launches: bool,
+    /// The definition the next launches are tagged with (the fleet's as committed, as the
+    /// executor tags them).
+    definition: Option<String>,
 }
 
 impl Ec2 {
@@ -94,6 +99,7 @@ impl Ec2 {
             client_tokens: BTreeMap::new(),
             fail_launches: false,
             duplicate_launches: false,
+            definition: None,
         }
     }
 
@@ -111,6 +117,7 @@ impl Ec2 {
                         status_ok: false,
                         launched_at: self.now,
                         gone_at: None,
+                        definition: self.definition.clone(),
                     },
                 );
                 id
@@ -149,7 +156,7 @@ impl Ec2 {
                 zone: None,
                 instance_type: None,
                 subnet: None,
-                definition: None,
+                definition: self.vms[id].definition.clone(),
             })
             .collect())
     }
@@ -204,7 +211,7 @@ impl Ec2 {
                 zone: None,
                 instance_type: None,
                 subnet: None,
-                definition: None,
+                definition: vm.definition.clone(),
             })
             .collect()
     }
@@ -368,6 +375,7 @@ impl World {
         if crash == Crash::BeforeExecute || step.is_noop() {
             return;
         }
+        self.ec2.definition = Some(continued.definition().fingerprint());
         let outcomes = self.execute(&step.commands);
         if crash == Crash::AfterExecute || outcomes.is_empty() {
             return;
@@ -398,6 +406,13 @@ impl World {
         };
         let cause = self.event_cause(detail_type);
         self.run(&loaded, &step, &cause);
+    }
+
+    /// A fleet file applied over the fleet (`phoenix fleet apply`).
+    fn update(&mut self, spec: FleetSpec) {
+        let loaded = self.fleet.clone();
+        let step = planner::update_spec(&loaded, spec, None, self.now()).unwrap();
+        self.run(&loaded, &step, &Cause::internal("FleetApplied"));
     }
 
     fn settle(&mut self) {
@@ -614,6 +629,58 @@ fn a_moment_mid_rollout_shows_a_mixed_fleet_and_the_wave() {
     let old = snapshot(&w.entries, before_rollout - Duration::milliseconds(1)).unwrap();
     assert!(old.instances.iter().all(|i| i.image == ami(A)));
     assert!(snapshot(&w.entries, t0() - secs(1)).is_none());
+}
+
+/// An instance replaced because the fleet file changed what instances are made of: its chain
+/// says so, and the rollout that replaced it is named by what changed, not by an image that did
+/// not.
+#[test]
+fn explain_names_the_fields_a_drift_rollout_replaced_an_instance_for() {
+    let mut w = World::new(spec(A, 4, "2", "0"));
+    w.settle();
+    let old = w.fleet.live_instances().next().unwrap().id.clone();
+    let mut small = w.fleet.spec.clone();
+    small.instance_type = Some("t3.small".into());
+    w.update(small);
+    w.settle();
+    assert!(
+        w.fleet.live_instances().all(|i| i.id != old),
+        "the rollout replaced it"
+    );
+    let started = w
+        .entries
+        .iter()
+        .flat_map(|e| &e.changes)
+        .find(|c| matches!(c, Change::RolloutStarted { .. }))
+        .unwrap();
+    assert_eq!(
+        phoenix_core::history::describe(started),
+        "rollout 1 started: instance_type changed"
+    );
+
+    let chain = explain(&w.entries, &old).unwrap();
+    let decided = chain
+        .links
+        .iter()
+        .find(|l| l.kind == LinkKind::TerminationDecided)
+        .unwrap();
+    assert_eq!(
+        decided.summary,
+        format!("terminate {old} (replaced by the new definition (instance_type changed))")
+    );
+    let rollout = decided.decision.rollout.as_ref().unwrap();
+    assert_eq!(
+        rollout.target(),
+        "the new definition (instance_type changed)"
+    );
+
+    let new = w.fleet.live_instances().next().unwrap().id.clone();
+    let origin = explain(&w.entries, &new).unwrap().rollout.unwrap();
+    assert_eq!(origin.changed, ["instance_type"]);
+    assert_eq!(
+        origin.target(),
+        "the new definition (instance_type changed)"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

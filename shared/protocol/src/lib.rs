@@ -23,6 +23,6 @@ pub mod ports;
 pub mod store;
 pub mod variant;
 
-pub use controller::{Controller, FleetOutcome, FleetReport, Intake, Report};
+pub use controller::{Controller, FleetOutcome, FleetReport, Intake, Preview, Report};
 pub use error::{Error, Result};
 pub use ports::{Deadline, Ports, DEADLINE_RESERVE};

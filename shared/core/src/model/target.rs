@@ -9,6 +9,7 @@
 use super::fleet::Fleet;
 use super::instance::Instance;
 use crate::ids::ImageId;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::fmt;
 
 /// The spec an instance must match, computed once per pass and asked per instance.
@@ -47,6 +48,31 @@ impl fmt::Display for Drift {
             Drift::Definition { fields } => write!(f, "{} changed", fields.join(", ")),
             Drift::Subnet { is } => write!(f, "subnet {is} is no longer the fleet's"),
         }
+    }
+}
+
+/// As JSON: `{"kind": "image"|"definition"|"subnet", "reason": "<as displayed>", ...}` with the
+/// kind's fields (`is` and `spec`; `fields`; `is`).
+impl Serialize for Drift {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        match self {
+            Drift::Image { is, spec } => {
+                map.serialize_entry("kind", "image")?;
+                map.serialize_entry("is", is)?;
+                map.serialize_entry("spec", spec)?;
+            }
+            Drift::Definition { fields } => {
+                map.serialize_entry("kind", "definition")?;
+                map.serialize_entry("fields", fields)?;
+            }
+            Drift::Subnet { is } => {
+                map.serialize_entry("kind", "subnet")?;
+                map.serialize_entry("is", is)?;
+            }
+        }
+        map.serialize_entry("reason", &self.to_string())?;
+        map.end()
     }
 }
 

@@ -53,12 +53,15 @@ use crate::ports::{Deadline, Ports, Time};
 use crate::store::{EventKey, Store};
 use crate::variant::Variant;
 use phoenix_core::aws_events::{AwsEvent, SourcePolicy};
+use phoenix_core::dryrun::{self, SpecPlan};
 use phoenix_core::events::{Cause, Envelope, Intent};
 use phoenix_core::images::{self, AllowedImageAccounts};
 use phoenix_core::model::{FleetSpec, Timestamp};
 use phoenix_core::patterns::{route, Function};
 use phoenix_core::planner;
 use phoenix_core::FleetName;
+use phoenix_core::ImageId;
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
@@ -120,6 +123,26 @@ pub struct Controller<P: Ports> {
     pub intake: Intake,
     planner: Arc<dyn Planner>,
     variant: Variant,
+}
+
+/// What applying a fleet file would do (`Controller::preview_fleet`). As JSON, tagged by
+/// `"action"`: `create`, or `update` with the fields of `SpecPlan`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Preview {
+    /// The fleet does not exist: it would be created, and launched to its capacity.
+    Create {
+        fleet: String,
+        capacity: u32,
+        image: ImageId,
+        /// The fingerprint of the launch definition its instances would carry.
+        definition: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        template_version: Option<String>,
+        /// The spec as it would be stored.
+        spec: Box<FleetSpec>,
+    },
+    Update(Box<SpecPlan>),
 }
 
 /// The record key of an event: its id, and a hash of its content so a different payload reusing
@@ -356,10 +379,13 @@ impl<P: Ports> Controller<P> {
         Box::pin(self.reconcile_within(name, intent, event_time, cause, key, Deadline::NONE)).await
     }
 
-    /// Creates or updates a fleet from its spec (`phoenix fleet apply`). The image must exist. The
-    /// fleet is then reconciled by the reconcile function, on the `ReconcileRequested` event the
-    /// caller publishes.
-    pub async fn apply_fleet(&self, spec: FleetSpec) -> Result<FleetReport> {
+    /// What `phoenix fleet apply` checks before it writes anything, and what `apply_fleet` and
+    /// `preview_fleet` both start with: the spec is valid, its image exists and passes the
+    /// accounts allowed and the spec's own admission gate, its launch template exists. Returns
+    /// the version the launch template resolves to now (none without one): a floating template
+    /// is pinned to it, so the instances launched from here on carry a definition that says
+    /// which.
+    pub async fn resolve_spec(&self, spec: &FleetSpec) -> Result<Option<String>> {
         spec.validate()?;
         let Some(facts) = self.compute.describe_image(&spec.image).await? else {
             return Err(Error::NotFound(format!(
@@ -369,26 +395,65 @@ impl<P: Ports> Controller<P> {
         };
         // The file's own image passes the accounts allowed and the gate it declares, like any
         // other.
-        if let Err(reason) = images::judge(&spec, &self.intake.image_accounts, &spec.image, &facts)
-        {
+        if let Err(reason) = images::judge(spec, &self.intake.image_accounts, &spec.image, &facts) {
             return Err(phoenix_core::Error::invalid("image", reason).into());
         }
-        // A launch template must exist; one that floats is pinned to the version it resolves to
-        // now, so the instances launched from here on carry a definition that says which.
-        let template_version = match &spec.launch_template {
-            Some(t) => Some(
-                self.compute
-                    .resolve_template(t)
-                    .await
-                    .map_err(|e| match e {
-                        Error::NotFound(why) => {
-                            phoenix_core::Error::invalid("launch_template", why).into()
-                        }
-                        e => e,
-                    })?,
-            ),
-            None => None,
-        };
+        match &spec.launch_template {
+            Some(t) => self
+                .compute
+                .resolve_template(t)
+                .await
+                .map(Some)
+                .map_err(|e| match e {
+                    Error::NotFound(why) => {
+                        phoenix_core::Error::invalid("launch_template", why).into()
+                    }
+                    e => e,
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// What applying `spec` would do, without doing any of it (`phoenix fleet apply --diff`):
+    /// the same checks as `apply_fleet` (the same errors), the launch template resolved the same
+    /// way, then the change planned on the fleet as stored (`dryrun::plan_spec`, passes
+    /// `interval` apart) — or, for a fleet that does not exist, what would be created. Reads
+    /// only: no write, no event.
+    pub async fn preview_fleet(
+        &self,
+        spec: FleetSpec,
+        interval: chrono::Duration,
+    ) -> Result<Preview> {
+        let template_version = self.resolve_spec(&spec).await?;
+        match self.store.load_fleet(&spec.name).await {
+            Ok(fleet) => Ok(Preview::Update(Box::new(dryrun::plan_spec(
+                &fleet,
+                spec,
+                template_version,
+                self.now(),
+                interval,
+            )?))),
+            Err(Error::NotFound(_)) => {
+                // As `create_fleet` makes it: the definition its instances would carry.
+                let created = planner::create_fleet(spec, template_version, self.now())?.fleet;
+                Ok(Preview::Create {
+                    fleet: created.spec.name.to_string(),
+                    capacity: created.spec.capacity,
+                    image: created.spec.image.clone(),
+                    definition: created.definition().fingerprint(),
+                    template_version: created.template_version.clone(),
+                    spec: Box::new(created.spec),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates or updates a fleet from its spec (`phoenix fleet apply`), after the checks of
+    /// `resolve_spec`. The fleet is then reconciled by the reconcile function, on the
+    /// `ReconcileRequested` event the caller publishes.
+    pub async fn apply_fleet(&self, spec: FleetSpec) -> Result<FleetReport> {
+        let template_version = self.resolve_spec(&spec).await?;
         let cause = Cause::internal("FleetApplied");
         for attempt in 0..MAX_CONFLICTS {
             let now = self.now();
