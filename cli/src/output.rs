@@ -90,11 +90,13 @@ pub struct RolloutProgress {
 impl Progress {
     pub fn of(fleet: &Fleet) -> Self {
         let live: Vec<_> = fleet.live_instances().collect();
-        let on_image = live.iter().filter(|i| i.image == fleet.spec.image).count();
+        // On the spec: its image and launch definition (an instance that drifted does not count).
+        let target = phoenix_core::model::Target::of(fleet);
+        let on_image = live.iter().filter(|i| target.matches(i)).count();
         let healthy = live.iter().filter(|i| i.is_healthy()).count();
         let healthy_on_image = live
             .iter()
-            .filter(|i| i.image == fleet.spec.image && i.is_healthy())
+            .filter(|i| target.matches(i) && i.is_healthy())
             .count();
         let rollout = fleet.rollout.as_ref().map(|r| RolloutProgress {
             id: r.id,

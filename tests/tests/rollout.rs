@@ -1,5 +1,6 @@
 //! The rollout engine on the emulator: canary and bake, checkpoints and resume, automatic
-//! rollback with quarantine, the mass-failure breaker, and `plan` agreeing with the rollout.
+//! rollback with quarantine, the mass-failure breaker, `plan` agreeing with the rollout; drift (a
+//! new instance type, a launch template's new version), rollout windows and freezes.
 
 #![allow(clippy::unwrap_used)]
 
@@ -228,13 +229,23 @@ async fn a_mass_failure_trips_the_breaker_and_names_what_the_failures_share() {
     let a = h.register_image("web-a").await;
     h.apply(&FleetFile::new("web", &a, 6).surge("2"));
     h.settle("web").await;
-    // Four more on another instance type: the ones that will fail.
-    h.apply(
-        &FleetFile::new("web", &a, 10)
-            .surge("2")
-            .instance_type("t3.small"),
+    // Four more on another instance type: the ones that will fail. (A new type is drift: during a
+    // freeze the six others stay as they are, while the scale-out launches the four from the new
+    // definition.)
+    let now = chrono::Utc::now();
+    let freeze = format!(
+        "freeze: [{{from: \"{}\", until: \"{}\"}}]",
+        (now - chrono::Duration::hours(1)).to_rfc3339(),
+        (now + chrono::Duration::days(1)).to_rfc3339()
     );
-    h.settle("web").await;
+    let mixed = FleetFile::new("web", &a, 10)
+        .surge("2")
+        .instance_type("t3.small");
+    h.apply(&mixed.clone().policy(&freeze));
+    tick_until(&h, |f| {
+        f.pending.is_empty() && f.live_instances().filter(|i| i.is_healthy()).count() == 10
+    })
+    .await;
     let notes = h.subscribe().await;
     let f = h.fleet("web").await;
     let small: Vec<String> = f
@@ -299,9 +310,10 @@ async fn a_mass_failure_trips_the_breaker_and_names_what_the_failures_share() {
         "{halted:?}"
     );
 
-    // An operator who found the cause lets repairs go on.
+    // An operator who found the cause lets repairs go on (and, the freeze over, the new type roll).
     h.phoenix_ok(&["resume-repairs", "web"]);
     h.drain().await;
+    h.apply(&mixed);
     let f = h.settle("web").await;
     assert!(f.breaker.is_none());
     assert_eq!(f.live_instances().filter(|i| i.is_failed()).count(), 0);

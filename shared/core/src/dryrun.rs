@@ -125,6 +125,22 @@ fn simulate(
         if !active {
             break;
         }
+        // Held by its windows: the next pass when they open (the plan ends if they never do).
+        let waiting = world
+            .fleet
+            .rollout
+            .as_ref()
+            .and_then(|r| r.waiting.as_ref());
+        if let Some(w) = waiting {
+            match w.opens {
+                Some(t) => world.now = t.max(world.now + interval),
+                None => break,
+            }
+            let step = planner::reconcile(&world.fleet, &world.observe(), world.now);
+            world.run(step, plan);
+            world.report_healthy(plan)?;
+            continue;
+        }
         let paused_until = world
             .fleet
             .rollout
@@ -571,6 +587,7 @@ impl World {
     fn run(&mut self, step: Step, plan: &mut RolloutPlan) {
         let commands = step.commands.clone();
         let pause_before = self.fleet.rollout.as_ref().and_then(|r| r.pause.clone());
+        let waiting_before = self.fleet.rollout.as_ref().and_then(|r| r.waiting.clone());
         self.commit(step);
         let mut outcomes = Vec::new();
         let mut live = self.fleet.live_instances().count() as u32;
@@ -666,6 +683,18 @@ impl World {
         let pause_after = rollout.and_then(|r| r.pause.clone());
         if pause_after.is_some() && pause_after != pause_before {
             pass.pause = pause_after.map(|p| p.reason);
+        }
+        // Held by the fleet's windows or a freeze: the plan says until when.
+        let waiting_after = rollout.and_then(|r| r.waiting.clone());
+        if let Some(w) = waiting_after.filter(|_| waiting_before.is_none()) {
+            pass.pause = Some(match w.opens {
+                Some(t) => format!(
+                    "waits for its window ({}) until {}",
+                    w.reason,
+                    t.format("%Y-%m-%d %H:%M UTC")
+                ),
+                None => format!("waits for its window ({}), which does not open", w.reason),
+            });
         }
         if pass.launch == 0 && pass.terminate.is_empty() && pass.pause.is_none() {
             return;

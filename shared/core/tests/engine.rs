@@ -367,3 +367,40 @@ fn one_failure_is_repaired_but_many_at_once_trip_the_breaker_naming_the_zone() {
     let step = reconcile(&resumed_fleet, &observed, t0());
     assert!(!step.commands.is_empty(), "repairs resumed");
 }
+
+#[test]
+fn a_plan_outside_the_rollout_windows_says_when_each_wave_runs() {
+    // t0 is 17:46 UTC; the window opens at 09:00 the next day, for two hours.
+    let f = fleet(
+        4,
+        "  max_surge: 2\n  windows: [{days: daily, start: \"09:00\", duration: 2h}]\n",
+    );
+    let plan = plan_rollout(&f, &ami(2), t0(), Duration::minutes(1)).unwrap();
+    let first = &plan.passes[0];
+    assert_eq!(first.launch, 0, "{plan:#?}");
+    assert!(
+        first
+            .pause
+            .as_deref()
+            .is_some_and(|p| p.contains("waits for its window") && p.contains("09:00")),
+        "{first:?}"
+    );
+    let opens = (DateTime::parse_from_rfc3339("2030-03-18T09:00:00Z")
+        .unwrap()
+        .to_utc()
+        - t0())
+    .num_seconds();
+    let waves: Vec<_> = plan.passes.iter().filter(|p| p.launch > 0).collect();
+    assert_eq!(waves.len(), 2, "{plan:#?}");
+    assert!(waves.iter().all(|p| p.at_seconds >= opens), "{plan:#?}");
+    assert!(waves.iter().all(|p| p.at_seconds < opens + 2 * 3600));
+    // Control: without the window the same plan starts at once.
+    let at_once = plan_rollout(
+        &fleet(4, "  max_surge: 2\n"),
+        &ami(2),
+        t0(),
+        Duration::minutes(1),
+    )
+    .unwrap();
+    assert_eq!(at_once.passes[0].launch, 2);
+}

@@ -285,7 +285,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         Some(r) if r.status == RolloutStatus::RollingBack => {
             format!("roll back rollout {} to {target}", r.id)
         }
-        Some(r) => format!("rollout {} to {}", r.id, r.to),
+        Some(r) => format!("rollout {} to {}", r.id, what_rolls(r)),
         None => format!("bring fleet to {capacity} instances"),
     };
     let token = tx.decide_launch(target, launch, reason);
