@@ -12,7 +12,7 @@ use crate::world::{Shared, World};
 use crate::{run_seed, Config, Report, Variant};
 use chrono::{Duration, TimeZone, Utc};
 use phoenix_core::events::{Cause, Change, Intent, QueuedIntent, ScaleTarget};
-use phoenix_core::model::{Fleet, FleetSpec, Lifecycle, Timestamp};
+use phoenix_core::model::{Fleet, FleetSpec, Lifecycle, Openness, Timestamp};
 use phoenix_core::planner::{self, Step};
 use phoenix_core::ImageId;
 use phoenix_protocol::planner::{CorePlanner, Planner};
@@ -42,6 +42,16 @@ fn run(seed: u64, steps: u64, variant: Variant) -> Report {
     let mut cfg = Config::new(seed);
     cfg.chaos_steps = steps;
     cfg.variant = variant;
+    run_seed(cfg)
+}
+
+/// A run in which the seed draws rollout windows or freezes, a floating launch template and an
+/// operator who edits the fleet file (`Config::drift`).
+fn run_drifting(seed: u64, steps: u64, variant: Variant) -> Report {
+    let mut cfg = Config::new(seed);
+    cfg.chaos_steps = steps;
+    cfg.variant = variant;
+    cfg.drift = true;
     run_seed(cfg)
 }
 
@@ -457,6 +467,105 @@ fn the_real_protocol_keeps_every_invariant_on_these_seeds() {
             r.violation,
             r.trace_tail.join("\n")
         );
+    }
+}
+
+#[test]
+fn windows_freezes_and_drift_keep_every_invariant_on_these_seeds() {
+    let mut stats = crate::Stats::default();
+    for seed in 1..=16 {
+        let r = run_drifting(seed, 1500, Variant::Real);
+        assert!(
+            r.violation.is_none(),
+            "seed {seed}: {:?}\n{}\n{}",
+            r.violation,
+            r.scenario,
+            r.trace_tail.join("\n")
+        );
+        stats.add(&r.stats);
+    }
+    // What these seeds are for happened: rollouts held by a window or a freeze, fleet files and
+    // template versions that changed the launch definition, rollouts of it.
+    assert!(stats.rollouts_waiting > 0, "{stats:?}");
+    assert!(stats.fleet_updates > 0, "{stats:?}");
+    assert!(stats.template_versions > 0, "{stats:?}");
+    assert!(stats.drift_rollouts > 0, "{stats:?}");
+}
+
+#[test]
+fn a_seed_draws_windows_templates_and_edits_without_touching_the_rest_of_its_stream() {
+    // The same main stream after the draw, with or without them: a seed that draws none of them
+    // runs as it did before they existed.
+    let mut drawn = [0u32; 3];
+    for seed in 1..=200 {
+        let (mut a, mut b) = (Rng::new(seed), Rng::new(seed));
+        let plain = crate::scenario::Scenario::draw(&mut a, &mut Ec2::new(), false);
+        let every = crate::scenario::Scenario::draw(&mut b, &mut Ec2::new(), true);
+        assert_eq!(a.next_u64(), b.next_u64(), "seed {seed}");
+        assert_eq!(plain.spec.capacity, every.spec.capacity);
+        assert!(every.scheduled() && every.template.is_some() && every.edits);
+        drawn[0] += u32::from(plain.scheduled());
+        drawn[1] += u32::from(plain.template.is_some());
+        drawn[2] += u32::from(plain.edits);
+        if !plain.scheduled() {
+            assert_eq!(plain.t0, crate::scenario::new_year());
+        }
+        // Every schedule drawn validates, and no run's worth of time is all open.
+        every
+            .spec
+            .validate()
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let closed_within_the_run = (0..90).any(|m| {
+            !matches!(
+                every
+                    .spec
+                    .policy
+                    .disruption_at(every.t0 + Duration::minutes(m)),
+                Openness::Open { .. }
+            )
+        });
+        assert!(closed_within_the_run, "seed {seed}: {:?}", every.schedule);
+    }
+    // Some seeds, not most.
+    for n in drawn {
+        assert!((15..=60).contains(&n), "{drawn:?} of 200");
+    }
+}
+
+#[test]
+fn a_window_at_a_time_the_clocks_skip_or_repeat_opens_where_the_simulator_expects() {
+    // What the simulator relies on when it draws a window at 02:30 local on a night the clocks
+    // change: going forward, 02:30 does not exist and the window opens at the jump (03:00 local);
+    // going back, 02:30 happens twice and the window opens at the first.
+    let cases = [
+        (
+            "Europe/Berlin the night clocks go forward",
+            (2025, 3, 30, 1, 0),
+        ),
+        (
+            "America/New_York the night clocks go forward",
+            (2025, 3, 9, 7, 0),
+        ),
+        (
+            "Europe/Berlin the night clocks go back",
+            (2025, 10, 26, 0, 30),
+        ),
+    ];
+    for (words, (y, m, d, h, min)) in cases {
+        let opens = Utc
+            .with_ymd_and_hms(y, m, d, h, min, 0)
+            .single()
+            .unwrap_or_default();
+        let draw =
+            |s: u64| crate::scenario::Scenario::draw(&mut Rng::new(s), &mut Ec2::new(), true);
+        let seed = (1..=400)
+            .find(|s| draw(*s).schedule.is_some_and(|w| w.contains(words)))
+            .unwrap_or_else(|| panic!("no seed draws a window at 02:30 {words}"));
+        let p = draw(seed).spec.policy;
+        let frozen = |t| p.freezes.iter().any(|f| f.from <= t && t < f.until);
+        let open = |t| matches!(p.disruption_at(t), Openness::Open { .. });
+        assert!(!open(opens - Duration::seconds(1)), "{words}");
+        assert!(open(opens) || frozen(opens), "{words}");
     }
 }
 

@@ -330,6 +330,12 @@ impl World {
         self.checker.on_commit(&self.books, changes);
         for c in changes {
             match c {
+                Change::RolloutWaiting { .. } => self.stats.rollouts_waiting += 1,
+                Change::RolloutStarted { changed, .. } if !changed.is_empty() => {
+                    self.stats.rollouts += 1;
+                    self.stats.drift_rollouts += 1;
+                }
+                Change::FleetUpdated { .. } => self.stats.fleet_updates += 1,
                 Change::RolloutStarted { .. } => self.stats.rollouts += 1,
                 Change::RolloutSucceeded { .. } => self.stats.succeeded += 1,
                 Change::RolloutRolledBack { .. } => self.stats.rolled_back += 1,
