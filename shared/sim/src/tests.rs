@@ -569,6 +569,115 @@ fn a_window_at_a_time_the_clocks_skip_or_repeat_opens_where_the_simulator_expect
     }
 }
 
+#[test]
+fn the_window_check_judges_voluntary_disruption_only() {
+    use crate::check::Checker;
+    use phoenix_core::model::{Freeze, Rollout, RolloutStatus};
+    let mut fleet = Fleet::new(spec(), t0());
+    fleet.spec.policy.freezes = vec![Freeze {
+        from: t0(),
+        until: t0() + Duration::hours(1),
+        reason: None,
+    }];
+    fleet.rollout = Some(Rollout {
+        id: 3,
+        from: Some(ami(10)),
+        to: ami(11),
+        status: RolloutStatus::InProgress,
+        started_at: t0(),
+        finished_at: None,
+        waves: Vec::new(),
+        pause: None,
+        checkpoints_passed: Vec::new(),
+        reason: None,
+        progressed_at: None,
+        stalled: None,
+        definition: None,
+        waiting: None,
+        ignore_windows: false,
+    });
+    let id = phoenix_core::InstanceId::parse("i-10000000").unwrap_or_else(|e| panic!("{e}"));
+    let end = |reason: &str| Change::TerminationDecided {
+        instance: id.clone(),
+        reason: reason.into(),
+    };
+    let wave = Change::WaveStarted {
+        rollout: 3,
+        wave: 1,
+        launches: 1,
+    };
+    let judge = |fleet: &Fleet, changes: &[Change], at| {
+        Checker::check_windows(&Books::new(fleet.clone()), changes, at)
+    };
+    let inside = t0() + Duration::minutes(10);
+    let after = t0() + Duration::hours(2);
+    for voluntary in [
+        end("replaced by ami-0000000b"),
+        end("scale in to 1"),
+        wave.clone(),
+    ] {
+        let c = std::slice::from_ref(&voluntary);
+        assert!(judge(&fleet, c, inside).is_some(), "{voluntary:?}");
+        assert!(judge(&fleet, c, after).is_none(), "{voluntary:?}");
+    }
+    for never_held in [
+        end("replace failed instance: target failed its health check"),
+        end("launched twice for decision web-1-2-0"),
+        end("owned by no phoenix decision"),
+        end("rolled back to image ami-0000000a"),
+        end("replaced by ami-0000000b (issued again)"),
+    ] {
+        assert!(
+            judge(&fleet, std::slice::from_ref(&never_held), inside).is_none(),
+            "{never_held:?}"
+        );
+    }
+    // `rollout resume --now`: this rollout's replacements and waves go on, a scale-in does not.
+    if let Some(r) = fleet.rollout.as_mut() {
+        r.ignore_windows = true;
+    }
+    assert!(judge(&fleet, &[end("replaced by ami-0000000b"), wave], inside).is_none());
+    assert!(judge(&fleet, &[end("scale in to 1")], inside).is_some());
+}
+
+#[test]
+fn a_launch_carrying_a_definition_no_step_of_its_decision_had_is_caught() {
+    use crate::check::{Checker, Decision};
+    let mut fleet = Fleet::new(spec(), t0());
+    let first = fleet.definition().fingerprint();
+    let mut books = Books::new(fleet.clone());
+    let mut checker = Checker::new(&books);
+    // Version 5 changes the instance type.
+    fleet.spec.instance_type = Some("m5.large".into());
+    fleet.version = 5;
+    let second = fleet.definition().fingerprint();
+    books = Books::new(fleet);
+    checker.on_commit(&books, &[]);
+    let decided = |version, carried_out_at| Decision {
+        count: 1,
+        version,
+        carried_out_at,
+    };
+    assert!(checker
+        .check_launch_definition("a", &decided(3, 3), Some(&first))
+        .is_none());
+    assert!(checker
+        .check_launch_definition("b", &decided(3, 3), Some(&second))
+        .is_some());
+    // Retried at version 6: either step's definition.
+    for d in [&first, &second] {
+        assert!(checker
+            .check_launch_definition("c", &decided(3, 6), Some(d))
+            .is_none());
+    }
+    assert!(checker
+        .check_launch_definition("d", &decided(6, 6), Some(&first))
+        .is_some());
+    assert!(checker
+        .check_launch_definition("e", &decided(6, 6), None)
+        .is_some());
+}
+
 /// The invariants can fail: each broken variant is caught, on the kind of check it breaks,
 /// within `seeds` seeds of 1500 chaos steps.
 fn caught(variant: Variant, kind: &str, seeds: u64) {

@@ -1,6 +1,7 @@
 //! The calm phase: the world heals, and the fleet must converge within its time.
 
 use super::Sim;
+use crate::check::Checker;
 use chrono::Duration;
 use phoenix_core::model::{Openness, RolloutStatus};
 use phoenix_core::planner::Step;
@@ -52,7 +53,8 @@ impl Sim {
     }
 
     /// `None` once the fleet has converged, else why not, with the kind of violation it is if it
-    /// lasts past the deadline (`liveness`).
+    /// lasts past the deadline: `drift` when all that is left is drift (`Checker::check_drift`),
+    /// else `liveness`.
     ///
     /// The fleet's windows and freezes: a rollout they hold is active, so not converged (the
     /// operator lets it go on now, `operator_tidies_up`). A scale-in they hold is not the fleet
@@ -128,7 +130,7 @@ impl Sim {
         if let Some(vm) = w.ec2.alive().find(|vm| !w.ec2.world_healthy(vm, now)) {
             return not(format!("{} is not healthy in EC2", vm.id));
         }
-        None
+        Checker::check_drift(&w.books, &w.ec2).map(|why| ("drift", why))
     }
 
     /// `None` once the outbox is empty (every notification committed was published, and its
