@@ -19,7 +19,8 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    the fleet, more intents queued after lost races
   --variant NAME   drive a deliberately broken planner or protocol: real (default);
                    planners: drop-after-launch, replace-in-place, launch-quarantined,
-                   surge-blind, ignore-health-failures; protocols: relaunch-blind,
+                   surge-blind, ignore-health-failures, ignore-windows, ignore-drift;
+                   protocols: relaunch-blind,
                    act-before-deciding, lapsed-as-completed, keep-queued,
                    ignore-deadline-reserve, terminate-unchecked, remove-before-publish,
                    publish-only-after-commit

@@ -681,6 +681,10 @@ fn a_launch_carrying_a_definition_no_step_of_its_decision_had_is_caught() {
 /// The invariants can fail: each broken variant is caught, on the kind of check it breaks,
 /// within `seeds` seeds of 1500 chaos steps.
 fn caught(variant: Variant, kind: &str, seeds: u64) {
+    caught_in(variant, kind, seeds, run)
+}
+
+fn caught_in(variant: Variant, kind: &str, seeds: u64, run: fn(u64, u64, Variant) -> Report) {
     let mut kinds = Vec::new();
     for seed in 1..=seeds {
         let r = run(seed, 1500, variant);
@@ -807,9 +811,29 @@ fn notifications_published_only_after_their_commit_are_caught() {
 }
 
 #[test]
+fn replacing_and_scaling_in_outside_the_windows_is_caught() {
+    caught_in(
+        Variant::Planner(PlannerBug::IgnoreWindows),
+        "window",
+        3,
+        run_drifting,
+    );
+}
+
+#[test]
+fn drift_left_unrolled_is_caught() {
+    caught_in(
+        Variant::Planner(PlannerBug::IgnoreDrift),
+        "drift",
+        3,
+        run_drifting,
+    );
+}
+
+#[test]
 fn every_variant_has_its_test() {
     // The list above names each variant once; a variant added without a test fails here.
-    assert_eq!(Variant::all().len(), 1 + 5 + 8);
+    assert_eq!(Variant::all().len(), 1 + 7 + 8);
 }
 
 #[test]
