@@ -9,13 +9,18 @@
 //!   fleet's and does not count;
 //! - *world-healthy*: running, past its boot and status-check delays, and nothing wrong with it
 //!   (no fault: not impaired, application not failing, not a bad image, zone up, not stopped);
-//! - *believed failed*: its live record's health is `Unhealthy`.
+//! - *believed failed*: its live record's health is `Unhealthy`;
+//! - *closed*: the fleet's windows and freezes do not allow voluntary disruption at an instant
+//!   (`RolloutPolicy::disruption_at` says `Closed`);
+//! - *the definition*: the fingerprint of what the fleet launches besides its image (instance
+//!   type, launch template at the version it resolved to, user data, tags, …:
+//!   `Fleet::definition`), which every instance carries from its launch (`phoenix:definition`).
 
 use crate::books::Books;
 use crate::ec2::Ec2;
 use chrono::Duration;
 use phoenix_core::events::{Change, Notification};
-use phoenix_core::model::{Health, Timestamp};
+use phoenix_core::model::{Health, Openness, RolloutStatus, Target, Timestamp};
 use phoenix_core::{ImageId, InstanceId};
 use phoenix_protocol::store::Standing;
 use std::collections::{BTreeMap, BTreeSet};
@@ -69,6 +74,8 @@ pub struct Checker {
     notes_committed: BTreeMap<String, String>,
     /// Notifications that reached the bus, by id.
     notes_published: BTreeSet<String>,
+    /// The fleet's definition from each version that changed it on.
+    definitions: BTreeMap<u64, String>,
 }
 
 /// What one look at the world found (for the trace and the end-of-run report).
@@ -89,6 +96,10 @@ impl Checker {
             lost: vec![Unit::Scale; budget.min_healthy as usize],
             prev_min_healthy: budget.min_healthy,
             prev_max_total: budget.max_total,
+            definitions: BTreeMap::from([(
+                books.version(),
+                books.meta().definition().fingerprint(),
+            )]),
             ..Checker::default()
         }
     }
@@ -129,6 +140,10 @@ impl Checker {
             });
         }
         self.prev_max_total = budget.max_total;
+        let definition = books.meta().definition().fingerprint();
+        if self.definitions.values().next_back() != Some(&definition) {
+            self.definitions.insert(version, definition);
+        }
         let q = &books.meta().quarantined;
         self.quarantined_at.retain(|image, _| q.contains_key(image));
         for image in q.keys() {
@@ -451,6 +466,163 @@ impl Checker {
                 "launched from {image}, quarantined at version {q}, by a step committed at version {decided_at_version}"
             )
         })
+    }
+
+    /// Before RunInstances creates instances: they carry the definition of the fleet as committed
+    /// by the step the executor carries out — the one that decided the launch, or one that
+    /// retried it (an invocation still carrying out the decision may meet a retry committed
+    /// meanwhile): the fleet's definition at some version from `Decision::version` to
+    /// `Decision::carried_out_at`. An instance launched from any other definition (a spec not
+    /// committed, or one no step of this decision had) is made of what no decision asked for.
+    pub fn check_launch_definition(
+        &self,
+        token: &str,
+        decision: &Decision,
+        tag: Option<&str>,
+    ) -> Option<String> {
+        let (from, at_decision) = self.definitions.range(..=decision.version).next_back()?;
+        let mut allowed = vec![at_decision.as_str()];
+        if decision.carried_out_at > decision.version {
+            allowed.extend(
+                self.definitions
+                    .range(decision.version + 1..=decision.carried_out_at)
+                    .map(|(_, d)| d.as_str()),
+            );
+        }
+        (!tag.is_some_and(|t| allowed.contains(&t))).then(|| {
+            format!(
+                "launch {token} (decided at version {}, carried out at {}) carries definition \
+                 {}, but the fleet's definition then was {} (since version {from})",
+                decision.version,
+                decision.carried_out_at,
+                tag.unwrap_or("none"),
+                allowed.join(" or ")
+            )
+        })
+    }
+
+    /// After every commit, with the changes it recorded and the instant it was planned at (its
+    /// history entry's `at`: the `now` the planner planned with and the commit carries).
+    ///
+    /// No voluntary disruption outside a window. Voluntary: what phoenix chooses to take away,
+    /// not what the world took — a rollout's or drift's replacement (`replaced by …`), a
+    /// scale-in (`scale in to …`), a planned retirement (`retire: …` of an instance whose
+    /// retirement is not urgent then) — and the start of a rollout wave (`WaveStarted`). A commit
+    /// recording one while the fleet (as committed) is closed at that instant is a violation,
+    /// except a rollout's replacements and waves while that rollout (as committed) is rolling back
+    /// or an operator let it go on regardless (`ignore_windows`, `rollout resume --now`).
+    /// Never held, so never judged: repairs of failed instances, urgent retirements (the instance
+    /// goes soon whatever phoenix does), a rollback's replacements (`rolled back to …`), extras of
+    /// a launch made twice, instances owned by no decision, and a termination decided earlier and
+    /// issued again (`… (issued again)`: the decision was judged when it was made; carrying it
+    /// out is not a new one).
+    pub fn check_windows(books: &Books, changes: &[Change], at: Timestamp) -> Option<String> {
+        let meta = books.meta();
+        let policy = &meta.spec.policy;
+        if policy.windows.is_empty() && policy.freezes.is_empty() {
+            return None;
+        }
+        let rollout = meta.rollout.as_ref();
+        let overridden =
+            rollout.is_some_and(|r| r.ignore_windows || r.status == RolloutStatus::RollingBack);
+        let mut voluntary = Vec::new();
+        for c in changes {
+            match c {
+                Change::TerminationDecided { instance, reason } => {
+                    if reason.ends_with("(issued again)") {
+                        continue;
+                    }
+                    let planned_retirement = reason.starts_with("retire: ")
+                        && books
+                            .instance(instance)
+                            .and_then(|i| i.retirement.as_ref())
+                            .is_none_or(|r| !r.is_urgent(at));
+                    if (reason.starts_with("replaced by ") && !overridden)
+                        || reason.starts_with("scale in to ")
+                        || planned_retirement
+                    {
+                        voluntary.push(format!("{instance} ({reason})"));
+                    }
+                }
+                Change::WaveStarted {
+                    rollout: id, wave, ..
+                } => {
+                    let this = rollout.filter(|r| r.id == *id);
+                    if !this
+                        .is_some_and(|r| r.ignore_windows || r.status == RolloutStatus::RollingBack)
+                    {
+                        voluntary.push(format!("wave {wave} of rollout {id}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if voluntary.is_empty() {
+            return None;
+        }
+        match policy.disruption_at(at) {
+            Openness::Open { .. } => None,
+            closed => Some(format!(
+                "v{} decided {} at {at} while the fleet is closed ({})",
+                meta.version,
+                voluntary.join(", "),
+                closed.describe(&policy.windows)
+            )),
+        }
+    }
+
+    /// At the end, once everything else converged: the fleet's drift converged too. Every live
+    /// instance matches the spec (`Target::matches`: image, definition, subnet) and every
+    /// instance of the fleet EC2 has carries the fleet's definition — unless the last rollout was
+    /// aborted (it leaves the fleet as it was, mixed if need be). And a floating launch template
+    /// is known at the version EC2 resolves it to now (the next pass would see a new one and
+    /// roll). `None` when so, else what drifted.
+    pub fn check_drift(books: &Books, ec2: &Ec2) -> Option<String> {
+        let fleet = books.meta();
+        if let Some(t) = fleet
+            .spec
+            .launch_template
+            .as_ref()
+            .filter(|t| t.is_floating())
+        {
+            let now = ec2.describe_launch_template(t).map(|v| v.resolve(t));
+            if now != fleet.template_version {
+                return Some(format!(
+                    "launch template {} resolves to version {} in EC2; the fleet knows version {}",
+                    t.name.as_deref().or(t.id.as_deref()).unwrap_or_default(),
+                    now.as_deref().unwrap_or("none"),
+                    fleet.template_version.as_deref().unwrap_or("none")
+                ));
+            }
+        }
+        if fleet
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.status == RolloutStatus::Aborted)
+        {
+            return None;
+        }
+        let target = Target::of(fleet);
+        if let Some(i) = books.live().find(|i| !target.matches(i)) {
+            let why: Vec<String> = target.drift(i).iter().map(ToString::to_string).collect();
+            return Some(format!(
+                "{} does not match the spec: {}",
+                i.id,
+                why.join("; ")
+            ));
+        }
+        if let Some(vm) = ec2
+            .alive()
+            .find(|vm| vm.definition.as_deref() != Some(target.definition.as_str()))
+        {
+            return Some(format!(
+                "{} in EC2 carries definition {}, the fleet's is {}",
+                vm.id,
+                vm.definition.as_deref().unwrap_or("none"),
+                target.definition
+            ));
+        }
+        None
     }
 
     /// Before an instance is terminated: if its record says it waits for a replacement's launch,

@@ -1,7 +1,7 @@
 //! `phoenix-sim`: runs the deterministic simulation over many seeds, or replays one.
 //!
 //! ```text
-//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--trace] [--quiet]
+//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--trace] [--quiet]
 //! ```
 
 use phoenix_sim::{run_seed, Config, Report, Stats, Variant};
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--trace] [--quiet]
+usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--trace] [--quiet]
 
   --steps N        run seeds FIRST, FIRST+1, ... until N steps in all (default 100000)
   --seeds FIRST    first seed of the range (default 1)
@@ -19,12 +19,15 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    the fleet, more intents queued after lost races
   --variant NAME   drive a deliberately broken planner or protocol: real (default);
                    planners: drop-after-launch, replace-in-place, launch-quarantined,
-                   surge-blind, ignore-health-failures; protocols: relaunch-blind,
+                   surge-blind, ignore-health-failures, ignore-windows, ignore-drift;
+                   protocols: relaunch-blind,
                    act-before-deciding, lapsed-as-completed, keep-queued,
                    ignore-deadline-reserve, terminate-unchecked, remove-before-publish,
                    publish-only-after-commit
   --chatty         the health checker reports every healthy instance passed every 30 s
                    (fleets of up to ten)
+  --drift          every seed draws rollout windows or freezes, a floating launch template and an
+                   operator who edits the fleet file (without it, some seeds do)
   --trace          print every step of the trace
   --quiet          print only the summary (and failures)
 
@@ -40,6 +43,7 @@ struct Args {
     variant: Variant,
     trace: bool,
     chatty: bool,
+    drift: bool,
     quiet: bool,
 }
 
@@ -53,6 +57,7 @@ fn parse() -> Result<Args, String> {
         variant: Variant::Real,
         trace: false,
         chatty: false,
+        drift: false,
         quiet: false,
     };
     let mut it = std::env::args().skip(1);
@@ -75,6 +80,7 @@ fn parse() -> Result<Args, String> {
             }
             "--trace" => a.trace = true,
             "--chatty" => a.chatty = true,
+            "--drift" => a.drift = true,
             "--quiet" => a.quiet = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -90,6 +96,7 @@ fn config(a: &Args, seed: u64) -> Config {
     cfg.variant = a.variant;
     cfg.trace = a.trace;
     cfg.chatty = a.chatty;
+    cfg.drift = a.drift;
     cfg
 }
 
@@ -106,6 +113,9 @@ fn replay_command(a: &Args, seed: u64) -> String {
     }
     if a.chatty {
         cmd.push_str(" --chatty");
+    }
+    if a.drift {
+        cmd.push_str(" --drift");
     }
     cmd
 }
@@ -139,7 +149,10 @@ fn stats_line(s: &Stats) -> String {
         "events {} (lost {}, duplicated {}), invocations {} (crashed {}, timed out {}, conflicts {}), event seen before {} \
          (completed {}, in flight {}, unfinished {}), commands left unsettled {}, \
          commits {}, launched {} (launch failures {}), terminated {}, faults {}, \
-         rollouts {} (succeeded {}, rolled back {}, aborted {}, superseded {}), \
+         rollouts {} (succeeded {}, rolled back {}, aborted {}, superseded {}; of the launch definition {}), \
+         rollouts held by windows or freezes {}, fleet files applied {}, launch template versions {}, \
+         runs ended with a scale-in the windows hold {}, windows lifted to end a rollout {}, \
+         quarantine cleared under a rollout to it {}, \
          quarantined {} bad / {} good images (good ones: {} wave deadline, {} stopped instance, {} host or zone failure, {} one instance's application failing, {} spurious report), breaker trips {}, stalled rollouts {}, \
          intents queued {} (applied from the inbox {}, reconcile failures reported after one {}), \
          service faults {} (DynamoDB, EventBridge), events published {} \
@@ -166,6 +179,13 @@ fn stats_line(s: &Stats) -> String {
         s.rolled_back,
         s.aborted,
         s.superseded,
+        s.drift_rollouts,
+        s.rollouts_waiting,
+        s.fleet_updates,
+        s.template_versions,
+        s.scale_ins_held,
+        s.windows_lifted,
+        s.cleared_under_rollout,
         s.quarantined_bad,
         s.quarantined_good,
         s.good_by_deadline,

@@ -1,16 +1,36 @@
 //! What one seed draws: the fleet, its policy and images, which images are bad, and the weather —
 //! how often the operator acts, faults strike, invocations crash, events are lost, duplicated or
 //! late, and how AWS's services fail.
+//!
+//! Some seeds also draw when voluntary disruption is allowed (rollout windows, freezes, placed in
+//! the hour or so a run lasts), a floating launch template (a new version of it is drift), and an
+//! operator who applies the fleet file changed (another instance type, other user data or tags).
+//! Those draws come from a stream of their own, derived from the seed's without advancing it: a
+//! seed that draws none of them runs exactly as it did before they existed.
 
 use crate::ec2::{Badness, Ec2, FLEET, INSTANCE_TYPE, SUBNETS};
 use crate::rng::Rng;
 use crate::world::ServiceFaults;
+use chrono::{Duration, TimeZone, Utc};
 use phoenix_core::model::{
-    BreakerPolicy, Checkpoint, FleetSpec, HealthSignal, RolloutPolicy, Seconds,
+    BreakerPolicy, Checkpoint, FleetSpec, Freeze, HealthSignal, LaunchTemplateRef, RolloutPolicy,
+    Seconds, Timestamp, Window,
 };
 use phoenix_core::quantity::Quantity;
 use phoenix_core::{FleetName, ImageId};
+use phoenix_protocol::ports::ec2::TemplateVersions;
 use std::collections::BTreeMap;
+
+/// The launch template of seeds that launch from one.
+pub const TEMPLATE: &str = "web-lt";
+/// Instance types, user data and tags the operator's fleet file changes between.
+pub const INSTANCE_TYPES: [&str; 3] = [INSTANCE_TYPE, "t3.small", "m5.large"];
+pub const USER_DATA: [Option<&str>; 3] = [
+    None,
+    Some("#!/bin/sh\necho blue\n"),
+    Some("#!/bin/sh\necho green\n"),
+];
+pub const TEAMS: [Option<&str>; 3] = [None, Some("web"), Some("edge")];
 
 /// How rough the world is for one seed (all rates per mille).
 #[derive(Debug, Clone)]
@@ -35,6 +55,177 @@ pub struct Scenario {
     pub images: Vec<ImageId>,
     pub max_capacity: u32,
     pub weather: Weather,
+    /// When the run starts: 2025-01-01 00:00 UTC (a Wednesday), or, for windows in a time zone,
+    /// the night its clocks change.
+    pub t0: Timestamp,
+    /// The fleet launches from this floating launch template: the pipeline now and then makes a
+    /// new default version of it.
+    pub template: Option<String>,
+    /// The operator now and then applies the fleet file changed (`Edit`).
+    pub edits: bool,
+    /// What the windows and freezes are, in words (for the scenario line).
+    pub schedule: Option<String>,
+}
+
+/// One change an operator makes to the fleet file before applying it: the file is the fleet's
+/// current spec (`phoenix fleet show`) with its launch template as first written, and this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    InstanceType(&'static str),
+    UserData(Option<&'static str>),
+    Team(Option<&'static str>),
+    /// No rollout windows and no freezes any more (the calm phase's operator, to finish).
+    LiftWindows,
+}
+
+impl Edit {
+    pub fn draw(rng: &mut Rng) -> Edit {
+        match rng.weighted(&[50, 35, 15]) {
+            0 => {
+                let t = *rng.pick(&INSTANCE_TYPES);
+                Edit::InstanceType(t)
+            }
+            1 => Edit::UserData(*rng.pick(&USER_DATA)),
+            _ => Edit::Team(*rng.pick(&TEAMS)),
+        }
+    }
+
+    /// The fleet file with this change.
+    pub fn apply(&self, spec: &mut FleetSpec) {
+        match self {
+            Edit::InstanceType(t) => spec.instance_type = Some(t.to_string()),
+            Edit::UserData(u) => spec.user_data = u.map(str::to_string),
+            Edit::Team(Some(t)) => {
+                spec.tags.insert("team".into(), t.to_string());
+            }
+            Edit::Team(None) => {
+                spec.tags.remove("team");
+            }
+            Edit::LiftWindows => {
+                spec.policy.windows.clear();
+                spec.policy.freezes.clear();
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Edit::InstanceType(t) => format!("instance_type {t}"),
+            Edit::UserData(Some(u)) => format!("user_data {:?}", u.lines().last().unwrap_or("")),
+            Edit::UserData(None) => "no user_data".into(),
+            Edit::Team(Some(t)) => format!("tag team={t}"),
+            Edit::Team(None) => "no team tag".into(),
+            Edit::LiftWindows => "no windows or freezes".into(),
+        }
+    }
+}
+
+/// The start of every run but those of windows in a zone with a clock change.
+pub fn new_year() -> Timestamp {
+    utc(2025, 1, 1, 0, 0)
+}
+
+fn utc(y: i32, m: u32, d: u32, h: u32, min: u32) -> Timestamp {
+    Utc.with_ymd_and_hms(y, m, d, h, min, 0)
+        .single()
+        .unwrap_or_else(|| unreachable!("a valid date"))
+}
+
+fn window(days: &[&str], start: (i64, i64), minutes: i64, zone: &str) -> Window {
+    Window {
+        days: days.iter().map(|d| d.to_string()).collect(),
+        start: format!("{:02}:{:02}", start.0, start.1),
+        duration: Seconds((minutes * 60) as u64),
+        timezone: zone.into(),
+    }
+}
+
+/// When voluntary disruption is allowed, for a run of an hour or so from `t0` (chaos lasts 30 to
+/// 90 simulated minutes, the calm up to a few hours more): the windows and freezes, the start of
+/// the run, and what they are in words. Each shape opens and closes within the run.
+fn draw_schedule(rng: &mut Rng) -> (Vec<Window>, Vec<Freeze>, Timestamp, String) {
+    let mut t0 = new_year();
+    let (windows, mut words) = match rng.below(5) {
+        // A few short windows every day, UTC: open, closed, open again within the hour.
+        0 => {
+            let n = rng.range(1, 3);
+            let ws: Vec<Window> = (0..n)
+                .map(|_| {
+                    let at = rng.range(0, 100) as i64;
+                    window(
+                        &["daily"],
+                        (at / 60, at % 60),
+                        rng.range(5, 30) as i64,
+                        "UTC",
+                    )
+                })
+                .collect();
+            (ws, "daily windows UTC".to_string())
+        }
+        // Weekdays (2025-01-01 is a Wednesday): opening within the run, or closed all along (the
+        // window is on other days), or one that began the evening before and crosses midnight.
+        1 => match rng.below(3) {
+            0 => {
+                let at = rng.range(10, 45) as i64;
+                let hours = rng.range(1, 3) as i64;
+                (
+                    vec![window(&["weekdays"], (0, at), hours * 60, "UTC")],
+                    "weekday window".to_string(),
+                )
+            }
+            1 => (
+                vec![window(&["thu", "fri"], (0, 0), 8 * 60, "UTC")],
+                "window on other days".to_string(),
+            ),
+            _ => (
+                vec![window(&["tue"], (23, 30), rng.range(40, 75) as i64, "UTC")],
+                "window across midnight".to_string(),
+            ),
+        },
+        // Clocks go forward: 02:30 does not exist that night, the window begins at the jump.
+        2 => {
+            let (zone, day, jump) = if rng.chance(500) {
+                ("Europe/Berlin", utc(2025, 3, 30, 0, 0), 60)
+            } else {
+                ("America/New_York", utc(2025, 3, 9, 0, 0), 7 * 60)
+            };
+            let before = rng.range(10, 40) as i64;
+            t0 = day + Duration::minutes(jump - before);
+            (
+                vec![window(&["daily"], (2, 30), rng.range(15, 40) as i64, zone)],
+                format!("window at 02:30 {zone} the night clocks go forward"),
+            )
+        }
+        // Clocks go back: 02:30 happens twice that night, the window begins at the first.
+        3 => {
+            t0 = utc(2025, 10, 26, 0, 0) - Duration::minutes(rng.range(0, 20) as i64);
+            (
+                vec![window(
+                    &["daily"],
+                    (2, 30),
+                    rng.range(15, 40) as i64,
+                    "Europe/Berlin",
+                )],
+                "window at 02:30 Europe/Berlin the night clocks go back".to_string(),
+            )
+        }
+        _ => (Vec::new(), String::new()),
+    };
+    let mut freezes = Vec::new();
+    if windows.is_empty() || rng.chance(400) {
+        let from = t0 + Duration::minutes(rng.range(0, 40) as i64);
+        let until = from + Duration::minutes(rng.range(10, 50) as i64);
+        freezes.push(Freeze {
+            from,
+            until,
+            reason: Some("change freeze".into()),
+        });
+        if !words.is_empty() {
+            words.push_str(" and ");
+        }
+        words.push_str("a freeze");
+    }
+    (windows, freezes, t0, words)
 }
 
 pub fn image(n: u32) -> ImageId {
@@ -47,7 +238,9 @@ fn quantity(rng: &mut Rng, choices: &[&str]) -> Quantity {
 }
 
 impl Scenario {
-    pub fn draw(rng: &mut Rng, ec2: &mut Ec2) -> Scenario {
+    /// What seed `rng` draws. `drift`: every seed draws windows or freezes, a floating launch
+    /// template and an operator who edits the fleet file (else some seeds do).
+    pub fn draw(rng: &mut Rng, ec2: &mut Ec2, drift: bool) -> Scenario {
         // Now and then a large fleet, so that steps reach their limits (92 launches, 92
         // terminations, 92 instances touched), outcomes take several transactions and waves
         // several steps.
@@ -116,7 +309,7 @@ impl Scenario {
             },
             ..RolloutPolicy::default()
         };
-        let spec = FleetSpec {
+        let mut spec = FleetSpec {
             name: FleetName::parse(FLEET).unwrap_or_else(|_| unreachable!("a valid name")),
             image: images[0].clone(),
             capacity,
@@ -181,12 +374,58 @@ impl Scenario {
         ec2.honour_client_token = rng.chance(850);
         ec2.lost_response = if weather.fault == 0 { 0 } else { weather.loss };
         ec2.max_lag = *rng.pick(&[0, 10, 30, 60]);
+
+        // Drawn from a stream of their own (see the module's comment).
+        let mut side = Rng::new(rng.clone().next_u64() ^ 0x6472_6966_7477_696e);
+        let mut t0 = new_year();
+        let mut schedule = None;
+        if drift || side.chance(200) {
+            let (windows, freezes, start, words) = draw_schedule(&mut side);
+            spec.policy.windows = windows;
+            spec.policy.freezes = freezes;
+            t0 = start;
+            schedule = Some(words);
+        }
+        let mut template = None;
+        if drift || side.chance(150) {
+            ec2.templates.insert(
+                TEMPLATE.into(),
+                TemplateVersions {
+                    id: "lt-0123456789abcdef0".into(),
+                    default: 1,
+                    latest: 1,
+                },
+            );
+            spec.launch_template = Some(LaunchTemplateRef {
+                id: None,
+                name: Some(TEMPLATE.into()),
+                version: side
+                    .pick(&[None, Some("$Latest"), Some("$Default")])
+                    .map(str::to_string),
+            });
+            // The template says the instance type, or the file does too.
+            if side.chance(500) {
+                spec.instance_type = None;
+            }
+            template = Some(TEMPLATE.to_string());
+        }
+        let edits = drift || side.chance(150);
         Scenario {
             max_capacity: (capacity * 2).clamp(2, 80),
             spec,
             images,
             weather,
+            t0,
+            template,
+            edits,
+            schedule,
         }
+    }
+
+    /// The fleet has windows or freezes.
+    pub fn scheduled(&self) -> bool {
+        let p = &self.spec.policy;
+        !p.windows.is_empty() || !p.freezes.is_empty()
     }
 
     pub fn describe(&self, ec2: &Ec2) -> String {
@@ -196,10 +435,63 @@ impl Scenario {
             .iter()
             .map(|(i, b)| format!("{i}:{b:?}"))
             .collect();
+        // Only seeds that draw them say so: the others' line (and trace digest) is as before.
+        let mut extra = String::new();
+        if let Some(words) = &self.schedule {
+            let windows: Vec<String> = p
+                .windows
+                .iter()
+                .map(|w| {
+                    format!(
+                        "{} {} {}s {}",
+                        w.days.join(","),
+                        w.start,
+                        w.duration.0,
+                        w.timezone
+                    )
+                })
+                .collect();
+            let freezes: Vec<String> = p
+                .freezes
+                .iter()
+                .map(|f| {
+                    format!(
+                        "+{}..+{} min",
+                        (f.from - self.t0).num_minutes(),
+                        (f.until - self.t0).num_minutes()
+                    )
+                })
+                .collect();
+            extra.push_str(&format!(
+                "; {words} from {}: windows [{}] freezes [{}]",
+                self.t0.format("%Y-%m-%d %H:%MZ"),
+                windows.join("; "),
+                freezes.join(", ")
+            ));
+        }
+        if let Some(t) = self
+            .spec
+            .launch_template
+            .as_ref()
+            .filter(|_| self.template.is_some())
+        {
+            extra.push_str(&format!(
+                "; launch template {} version {} (type {})",
+                t.name.as_deref().unwrap_or_default(),
+                t.version.as_deref().unwrap_or("default"),
+                self.spec
+                    .instance_type
+                    .as_deref()
+                    .unwrap_or("the template's")
+            ));
+        }
+        if self.edits {
+            extra.push_str("; the operator edits the fleet file");
+        }
         format!(
             "{} weather; capacity {} surge {:?} unavailable {:?} health {:?} warmup {} canary {:?} bake {} \
              checkpoints {:?} deadline {} rollback after {:?} auto_rollback {} hourly {:?} breaker {}%; \
-             client token {}; lag {}s; bad images [{}]",
+             client token {}; lag {}s; bad images [{}]{}",
             self.weather.name,
             self.spec.capacity,
             p.max_surge,
@@ -216,7 +508,8 @@ impl Scenario {
             p.breaker.unhealthy_percent,
             if ec2.honour_client_token { "honoured" } else { "ignored" },
             ec2.max_lag,
-            bad.join(" ")
+            bad.join(" "),
+            extra
         )
     }
 }

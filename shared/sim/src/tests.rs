@@ -12,7 +12,7 @@ use crate::world::{Shared, World};
 use crate::{run_seed, Config, Report, Variant};
 use chrono::{Duration, TimeZone, Utc};
 use phoenix_core::events::{Cause, Change, Intent, QueuedIntent, ScaleTarget};
-use phoenix_core::model::{Fleet, FleetSpec, Lifecycle, Timestamp};
+use phoenix_core::model::{Fleet, FleetSpec, Lifecycle, Openness, Timestamp};
 use phoenix_core::planner::{self, Step};
 use phoenix_core::ImageId;
 use phoenix_protocol::planner::{CorePlanner, Planner};
@@ -42,6 +42,16 @@ fn run(seed: u64, steps: u64, variant: Variant) -> Report {
     let mut cfg = Config::new(seed);
     cfg.chaos_steps = steps;
     cfg.variant = variant;
+    run_seed(cfg)
+}
+
+/// A run in which the seed draws rollout windows or freezes, a floating launch template and an
+/// operator who edits the fleet file (`Config::drift`).
+fn run_drifting(seed: u64, steps: u64, variant: Variant) -> Report {
+    let mut cfg = Config::new(seed);
+    cfg.chaos_steps = steps;
+    cfg.variant = variant;
+    cfg.drift = true;
     run_seed(cfg)
 }
 
@@ -460,9 +470,221 @@ fn the_real_protocol_keeps_every_invariant_on_these_seeds() {
     }
 }
 
+#[test]
+fn windows_freezes_and_drift_keep_every_invariant_on_these_seeds() {
+    let mut stats = crate::Stats::default();
+    for seed in 1..=16 {
+        let r = run_drifting(seed, 1500, Variant::Real);
+        assert!(
+            r.violation.is_none(),
+            "seed {seed}: {:?}\n{}\n{}",
+            r.violation,
+            r.scenario,
+            r.trace_tail.join("\n")
+        );
+        stats.add(&r.stats);
+    }
+    // What these seeds are for happened: rollouts held by a window or a freeze, fleet files and
+    // template versions that changed the launch definition, rollouts of it.
+    assert!(stats.rollouts_waiting > 0, "{stats:?}");
+    assert!(stats.fleet_updates > 0, "{stats:?}");
+    assert!(stats.template_versions > 0, "{stats:?}");
+    assert!(stats.drift_rollouts > 0, "{stats:?}");
+}
+
+#[test]
+fn a_seed_draws_windows_templates_and_edits_without_touching_the_rest_of_its_stream() {
+    // The same main stream after the draw, with or without them: a seed that draws none of them
+    // runs as it did before they existed.
+    let mut drawn = [0u32; 3];
+    for seed in 1..=200 {
+        let (mut a, mut b) = (Rng::new(seed), Rng::new(seed));
+        let plain = crate::scenario::Scenario::draw(&mut a, &mut Ec2::new(), false);
+        let every = crate::scenario::Scenario::draw(&mut b, &mut Ec2::new(), true);
+        assert_eq!(a.next_u64(), b.next_u64(), "seed {seed}");
+        assert_eq!(plain.spec.capacity, every.spec.capacity);
+        assert!(every.scheduled() && every.template.is_some() && every.edits);
+        drawn[0] += u32::from(plain.scheduled());
+        drawn[1] += u32::from(plain.template.is_some());
+        drawn[2] += u32::from(plain.edits);
+        if !plain.scheduled() {
+            assert_eq!(plain.t0, crate::scenario::new_year());
+        }
+        // Every schedule drawn validates, and no run's worth of time is all open.
+        every
+            .spec
+            .validate()
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let closed_within_the_run = (0..90).any(|m| {
+            !matches!(
+                every
+                    .spec
+                    .policy
+                    .disruption_at(every.t0 + Duration::minutes(m)),
+                Openness::Open { .. }
+            )
+        });
+        assert!(closed_within_the_run, "seed {seed}: {:?}", every.schedule);
+    }
+    // Some seeds, not most.
+    for n in drawn {
+        assert!((15..=60).contains(&n), "{drawn:?} of 200");
+    }
+}
+
+#[test]
+fn a_window_at_a_time_the_clocks_skip_or_repeat_opens_where_the_simulator_expects() {
+    // What the simulator relies on when it draws a window at 02:30 local on a night the clocks
+    // change: going forward, 02:30 does not exist and the window opens at the jump (03:00 local);
+    // going back, 02:30 happens twice and the window opens at the first.
+    let cases = [
+        (
+            "Europe/Berlin the night clocks go forward",
+            (2025, 3, 30, 1, 0),
+        ),
+        (
+            "America/New_York the night clocks go forward",
+            (2025, 3, 9, 7, 0),
+        ),
+        (
+            "Europe/Berlin the night clocks go back",
+            (2025, 10, 26, 0, 30),
+        ),
+    ];
+    for (words, (y, m, d, h, min)) in cases {
+        let opens = Utc
+            .with_ymd_and_hms(y, m, d, h, min, 0)
+            .single()
+            .unwrap_or_default();
+        let draw =
+            |s: u64| crate::scenario::Scenario::draw(&mut Rng::new(s), &mut Ec2::new(), true);
+        let seed = (1..=400)
+            .find(|s| draw(*s).schedule.is_some_and(|w| w.contains(words)))
+            .unwrap_or_else(|| panic!("no seed draws a window at 02:30 {words}"));
+        let p = draw(seed).spec.policy;
+        let frozen = |t| p.freezes.iter().any(|f| f.from <= t && t < f.until);
+        let open = |t| matches!(p.disruption_at(t), Openness::Open { .. });
+        assert!(!open(opens - Duration::seconds(1)), "{words}");
+        assert!(open(opens) || frozen(opens), "{words}");
+    }
+}
+
+#[test]
+fn the_window_check_judges_voluntary_disruption_only() {
+    use crate::check::Checker;
+    use phoenix_core::model::{Freeze, Rollout, RolloutStatus};
+    let mut fleet = Fleet::new(spec(), t0());
+    fleet.spec.policy.freezes = vec![Freeze {
+        from: t0(),
+        until: t0() + Duration::hours(1),
+        reason: None,
+    }];
+    fleet.rollout = Some(Rollout {
+        id: 3,
+        from: Some(ami(10)),
+        to: ami(11),
+        status: RolloutStatus::InProgress,
+        started_at: t0(),
+        finished_at: None,
+        waves: Vec::new(),
+        pause: None,
+        checkpoints_passed: Vec::new(),
+        reason: None,
+        progressed_at: None,
+        stalled: None,
+        definition: None,
+        waiting: None,
+        ignore_windows: false,
+    });
+    let id = phoenix_core::InstanceId::parse("i-10000000").unwrap_or_else(|e| panic!("{e}"));
+    let end = |reason: &str| Change::TerminationDecided {
+        instance: id.clone(),
+        reason: reason.into(),
+    };
+    let wave = Change::WaveStarted {
+        rollout: 3,
+        wave: 1,
+        launches: 1,
+    };
+    let judge = |fleet: &Fleet, changes: &[Change], at| {
+        Checker::check_windows(&Books::new(fleet.clone()), changes, at)
+    };
+    let inside = t0() + Duration::minutes(10);
+    let after = t0() + Duration::hours(2);
+    for voluntary in [
+        end("replaced by ami-0000000b"),
+        end("scale in to 1"),
+        wave.clone(),
+    ] {
+        let c = std::slice::from_ref(&voluntary);
+        assert!(judge(&fleet, c, inside).is_some(), "{voluntary:?}");
+        assert!(judge(&fleet, c, after).is_none(), "{voluntary:?}");
+    }
+    for never_held in [
+        end("replace failed instance: target failed its health check"),
+        end("launched twice for decision web-1-2-0"),
+        end("owned by no phoenix decision"),
+        end("rolled back to image ami-0000000a"),
+        end("replaced by ami-0000000b (issued again)"),
+    ] {
+        assert!(
+            judge(&fleet, std::slice::from_ref(&never_held), inside).is_none(),
+            "{never_held:?}"
+        );
+    }
+    // `rollout resume --now`: this rollout's replacements and waves go on, a scale-in does not.
+    if let Some(r) = fleet.rollout.as_mut() {
+        r.ignore_windows = true;
+    }
+    assert!(judge(&fleet, &[end("replaced by ami-0000000b"), wave], inside).is_none());
+    assert!(judge(&fleet, &[end("scale in to 1")], inside).is_some());
+}
+
+#[test]
+fn a_launch_carrying_a_definition_no_step_of_its_decision_had_is_caught() {
+    use crate::check::{Checker, Decision};
+    let mut fleet = Fleet::new(spec(), t0());
+    let first = fleet.definition().fingerprint();
+    let mut books = Books::new(fleet.clone());
+    let mut checker = Checker::new(&books);
+    // Version 5 changes the instance type.
+    fleet.spec.instance_type = Some("m5.large".into());
+    fleet.version = 5;
+    let second = fleet.definition().fingerprint();
+    books = Books::new(fleet);
+    checker.on_commit(&books, &[]);
+    let decided = |version, carried_out_at| Decision {
+        count: 1,
+        version,
+        carried_out_at,
+    };
+    assert!(checker
+        .check_launch_definition("a", &decided(3, 3), Some(&first))
+        .is_none());
+    assert!(checker
+        .check_launch_definition("b", &decided(3, 3), Some(&second))
+        .is_some());
+    // Retried at version 6: either step's definition.
+    for d in [&first, &second] {
+        assert!(checker
+            .check_launch_definition("c", &decided(3, 6), Some(d))
+            .is_none());
+    }
+    assert!(checker
+        .check_launch_definition("d", &decided(6, 6), Some(&first))
+        .is_some());
+    assert!(checker
+        .check_launch_definition("e", &decided(6, 6), None)
+        .is_some());
+}
+
 /// The invariants can fail: each broken variant is caught, on the kind of check it breaks,
 /// within `seeds` seeds of 1500 chaos steps.
 fn caught(variant: Variant, kind: &str, seeds: u64) {
+    caught_in(variant, kind, seeds, run)
+}
+
+fn caught_in(variant: Variant, kind: &str, seeds: u64, run: fn(u64, u64, Variant) -> Report) {
     let mut kinds = Vec::new();
     for seed in 1..=seeds {
         let r = run(seed, 1500, variant);
@@ -589,9 +811,29 @@ fn notifications_published_only_after_their_commit_are_caught() {
 }
 
 #[test]
+fn replacing_and_scaling_in_outside_the_windows_is_caught() {
+    caught_in(
+        Variant::Planner(PlannerBug::IgnoreWindows),
+        "window",
+        3,
+        run_drifting,
+    );
+}
+
+#[test]
+fn drift_left_unrolled_is_caught() {
+    caught_in(
+        Variant::Planner(PlannerBug::IgnoreDrift),
+        "drift",
+        3,
+        run_drifting,
+    );
+}
+
+#[test]
 fn every_variant_has_its_test() {
     // The list above names each variant once; a variant added without a test fails here.
-    assert_eq!(Variant::all().len(), 1 + 5 + 8);
+    assert_eq!(Variant::all().len(), 1 + 7 + 8);
 }
 
 #[test]

@@ -23,6 +23,12 @@ pub enum PlannerBug {
     SurgeBlind,
     /// Health-check failures are ignored (recorded as such): failures stay silent.
     IgnoreHealthFailures,
+    /// Reconciles as if the fleet had no rollout windows and no freezes: waves start and
+    /// instances are replaced or scaled in at any hour (the policy it stores keeps them).
+    IgnoreWindows,
+    /// Reconciles as if every instance had been launched from the fleet's current definition:
+    /// only a new image rolls; a changed instance type, user data or template version does not.
+    IgnoreDrift,
 }
 
 /// What the simulator drives: the real protocol, a broken planner, or a broken protocol.
@@ -34,12 +40,14 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const PLANNER: [PlannerBug; 5] = [
+    pub const PLANNER: [PlannerBug; 7] = [
         PlannerBug::DropAfterLaunch,
         PlannerBug::ReplaceInPlace,
         PlannerBug::LaunchQuarantined,
         PlannerBug::SurgeBlind,
         PlannerBug::IgnoreHealthFailures,
+        PlannerBug::IgnoreWindows,
+        PlannerBug::IgnoreDrift,
     ];
 
     /// Every variant: the real one, the planner's, the protocol's.
@@ -63,6 +71,8 @@ impl Variant {
             Variant::Planner(PlannerBug::LaunchQuarantined) => "launch-quarantined",
             Variant::Planner(PlannerBug::SurgeBlind) => "surge-blind",
             Variant::Planner(PlannerBug::IgnoreHealthFailures) => "ignore-health-failures",
+            Variant::Planner(PlannerBug::IgnoreWindows) => "ignore-windows",
+            Variant::Planner(PlannerBug::IgnoreDrift) => "ignore-drift",
             Variant::Protocol(v) => v.name(),
         }
     }
@@ -117,8 +127,34 @@ impl Planner for Broken {
         })
     }
 
-    fn reconcile(&self, step: Step, observed: &[Observed], now: Timestamp) -> Step {
-        self.rewrite(CorePlanner.reconcile(step, observed, now))
+    fn reconcile(&self, mut step: Step, observed: &[Observed], now: Timestamp) -> Step {
+        match self.0 {
+            PlannerBug::IgnoreWindows => {
+                let policy = &mut step.fleet.spec.policy;
+                let windows = std::mem::take(&mut policy.windows);
+                let freezes = std::mem::take(&mut policy.freezes);
+                let mut step = CorePlanner.reconcile(step, observed, now);
+                step.fleet.spec.policy.windows = windows;
+                step.fleet.spec.policy.freezes = freezes;
+                step
+            }
+            PlannerBug::IgnoreDrift => {
+                let current = step.fleet.definition().fingerprint();
+                let drifted: Vec<_> = step
+                    .fleet
+                    .live_instances()
+                    .filter(|i| i.definition.as_ref() != Some(&current))
+                    .map(|i| i.id.clone())
+                    .collect();
+                for id in drifted {
+                    if let Some(i) = step.fleet.instances.get_mut(&id) {
+                        i.definition = Some(current.clone());
+                    }
+                }
+                CorePlanner.reconcile(step, observed, now)
+            }
+            _ => self.rewrite(CorePlanner.reconcile(step, observed, now)),
+        }
     }
 
     fn record_outcome_part(
@@ -135,7 +171,9 @@ impl Planner for Broken {
 impl Broken {
     fn rewrite(&self, mut step: Step) -> Step {
         match self.0 {
-            PlannerBug::IgnoreHealthFailures => {}
+            PlannerBug::IgnoreHealthFailures
+            | PlannerBug::IgnoreWindows
+            | PlannerBug::IgnoreDrift => {}
             PlannerBug::DropAfterLaunch => {
                 for c in &mut step.commands {
                     if let Command::Terminate { after_launch, .. } = c {

@@ -1,8 +1,9 @@
 //! The calm phase: the world heals, and the fleet must converge within its time.
 
 use super::Sim;
+use crate::check::Checker;
 use chrono::Duration;
-use phoenix_core::model::RolloutStatus;
+use phoenix_core::model::{Openness, RolloutStatus};
 use phoenix_core::planner::Step;
 use phoenix_core::InstanceId;
 use std::collections::BTreeSet;
@@ -51,27 +52,48 @@ impl Sim {
         self.cfg.settle + by_waves.max(by_budget)
     }
 
-    /// `None` once the fleet has converged, else why not.
-    pub(super) fn converged(&self) -> Option<String> {
+    /// `None` once the fleet has converged, else why not, with the kind of violation it is if it
+    /// lasts past the deadline: `drift` when all that is left is drift (`Checker::check_drift`),
+    /// else `liveness`.
+    ///
+    /// The fleet's windows and freezes: a rollout they hold is active, so not converged (the
+    /// operator lets it go on now, `operator_tidies_up`). A scale-in they hold is not the fleet
+    /// failing to converge: instances beyond capacity are allowed while the fleet is closed now
+    /// and still 30 s from now (when `final_checks` reconciles once more), every one of them
+    /// healthy, staying and matching the spec like the rest.
+    pub(super) fn converged(&self) -> Option<(&'static str, String)> {
         let w = self.world.lock();
         let meta = w.books.meta();
         let now = w.now;
+        let not = |why: String| Some(("liveness", why));
         if let Some(r) = meta.rollout.as_ref().filter(|r| r.status.is_active()) {
-            return Some(format!("rollout {} to {} still {:?}", r.id, r.to, r.status));
+            return not(match &r.waiting {
+                Some(wait) => format!(
+                    "rollout {} to {} still {:?}, waiting: {}",
+                    r.id, r.to, r.status, wait.reason
+                ),
+                None => format!("rollout {} to {} still {:?}", r.id, r.to, r.status),
+            });
         }
         if !meta.pending.is_empty() {
-            return Some(format!("{} launches pending", meta.pending.len()));
+            return not(format!("{} launches pending", meta.pending.len()));
         }
         if meta.breaker.is_some() {
-            return Some("breaker tripped".into());
+            return not("breaker tripped".into());
         }
         let queued = w.books.inbox().count();
         if queued > 0 {
-            return Some(format!("{queued} intents queued, not applied"));
+            return not(format!("{queued} intents queued, not applied"));
         }
         let live: Vec<_> = w.books.live().collect();
-        if live.len() != meta.spec.capacity as usize {
-            return Some(format!(
+        let capacity = meta.spec.capacity as usize;
+        let held = |t| !matches!(meta.spec.policy.disruption_at(t), Openness::Open { .. });
+        let scale_in_held = live.len() > capacity
+            && meta.spec.policy.windows.len() + meta.spec.policy.freezes.len() > 0
+            && held(now)
+            && held(now + Duration::seconds(30));
+        if live.len() != capacity && !scale_in_held {
+            return not(format!(
                 "{} live records for capacity {}",
                 live.len(),
                 meta.spec.capacity
@@ -85,7 +107,7 @@ impl Sim {
         if let Some(i) = live.iter().find(|i| {
             !i.is_healthy() || i.disposal.is_some() || (i.image != meta.spec.image && !mixed_ok)
         }) {
-            return Some(format!(
+            return not(format!(
                 "{} on {} {:?} {:?} leaving={} (fleet image {})",
                 i.id,
                 i.image,
@@ -98,7 +120,7 @@ impl Sim {
         let alive: BTreeSet<&InstanceId> = w.ec2.alive().map(|vm| &vm.id).collect();
         let recorded: BTreeSet<&InstanceId> = live.iter().map(|i| &i.id).collect();
         if alive != recorded {
-            return Some(format!(
+            return not(format!(
                 "EC2 has {} alive, the books {} live ({} unrecorded)",
                 alive.len(),
                 recorded.len(),
@@ -106,9 +128,9 @@ impl Sim {
             ));
         }
         if let Some(vm) = w.ec2.alive().find(|vm| !w.ec2.world_healthy(vm, now)) {
-            return Some(format!("{} is not healthy in EC2", vm.id));
+            return not(format!("{} is not healthy in EC2", vm.id));
         }
-        None
+        Checker::check_drift(&w.books, &w.ec2).map(|why| ("drift", why))
     }
 
     /// `None` once the outbox is empty (every notification committed was published, and its
@@ -158,8 +180,16 @@ impl Sim {
             .reconcile(Step::unchanged(&fleet), &observed, now);
         if step.is_noop() && step.commands.is_empty() {
             let census = w.last_census;
+            // A scale-in the windows hold (`converged`).
+            let beyond = fleet.live.saturating_sub(fleet.spec.capacity);
+            let held = if beyond > 0 {
+                w.stats.scale_ins_held += 1;
+                format!("; {beyond} beyond capacity wait for the window to scale in")
+            } else {
+                String::new()
+            };
             w.line = format!(
-                "[{}] {} converged: {} healthy, min {}, {} counted for surge, max {}",
+                "[{}] {} converged: {} healthy, min {}, {} counted for surge, max {}{held}",
                 w.steps,
                 w.clock(),
                 census.healthy,

@@ -5,12 +5,15 @@
 //! Lambda's timeout). After every step the invariants (`check`, and the checks of the calls in
 //! `world`) are checked.
 //!
-//! A run has two phases. *Chaos*: events from the pipeline and the operator, the schedule and the
-//! health checker, with faults injected. *Calm*: faults stop, the world heals (new launches are
-//! healthy), the operator resumes what is paused and repairs the breaker halted, and the fleet
-//! must converge — every rollout ended, every instance healthy on the fleet's image, the books and
-//! EC2 in agreement, the outbox empty — within `Config::settle` of simulated time; and every
-//! notification ever committed in the outbox must have reached the bus at least once.
+//! A run has two phases. *Chaos*: events from the pipeline and the operator (who, in some seeds,
+//! also applies the fleet file changed, makes new launch template versions or lets a rollout go
+//! on outside its windows), the schedule and the health checker, with faults injected. *Calm*:
+//! faults stop, the world heals (new launches are healthy), the operator resumes what is paused,
+//! repairs the breaker halted and lets a rollout the windows hold go on now, and the fleet must
+//! converge — every rollout ended, every instance healthy on the fleet's image and launch
+//! definition, the books and EC2 in agreement, the outbox empty; only a scale-in may wait for the
+//! windows — within `Config::settle` of simulated time; and every notification ever committed in
+//! the outbox must have reached the bus at least once.
 
 mod calm;
 mod outside;
@@ -21,17 +24,17 @@ use crate::ec2::Ec2;
 use crate::executor::{Handler, Task};
 use crate::ports::{self, SimBus, SimEc2, SimTable, SimTime};
 use crate::rng::Rng;
-use crate::scenario::Scenario;
+use crate::scenario::{Edit, Scenario};
 use crate::variant::Variant;
 use crate::world::{Invocation, Shared, Stats, Violation, World};
-use chrono::{Duration, TimeZone, Utc};
+use chrono::Duration;
 use phoenix_core::events::{
     Envelope, Intent, ScaleTarget, SCHEDULED_EVENT, SCHEDULE_SOURCE, SOURCE,
 };
 use phoenix_core::model::{Fleet, Timestamp};
 use phoenix_core::patterns::route;
 use phoenix_protocol::planner::Planner;
-use phoenix_protocol::{Controller, Deadline, FleetOutcome};
+use phoenix_protocol::{Controller, Deadline, FleetOutcome, Report as Handled};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::task::Poll;
@@ -65,6 +68,9 @@ pub struct Config {
     /// The health checker reports every healthy instance of a fleet of up to ten passed every
     /// 30 s.
     pub chatty: bool,
+    /// Every seed draws rollout windows or freezes, a floating launch template and an operator
+    /// who edits the fleet file (`Scenario::draw`); without it, some seeds do.
+    pub drift: bool,
 }
 
 impl Config {
@@ -77,6 +83,7 @@ impl Config {
             fan_out: DELIVERY_FAN_OUT,
             trace: false,
             chatty: false,
+            drift: false,
         }
     }
 }
@@ -101,6 +108,10 @@ enum What {
     Intent(Intent),
     /// The every-minute schedule (`Scheduled Event`, source `aws.events`).
     Scheduled,
+    /// The operator runs `phoenix fleet apply` with the fleet file changed: not an event, a call
+    /// of `Controller::apply_fleet` (run as an invocation, interleaved with the others), after
+    /// which the command publishes `ReconcileRequested`.
+    Apply(Edit),
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +136,7 @@ impl Event {
                 let (detail_type, detail) = i.to_detail();
                 Envelope::new(&self.id, SOURCE, detail_type, self.time, detail)
             }
+            What::Apply(_) => unreachable!("an apply is a call, not an event"),
         }
     }
 }
@@ -157,6 +169,8 @@ pub struct Sim {
     next_event: u64,
     next_schedule: Timestamp,
     next_operator_check: Timestamp,
+    /// When the calm phase's operator last took the windows out of the fleet file.
+    lifted_at: Option<Timestamp>,
     tasks: Vec<Task>,
     next_inv: u64,
     trace: VecDeque<String>,
@@ -187,11 +201,8 @@ impl Sim {
     pub fn new(cfg: Config) -> Sim {
         let mut rng = Rng::new(cfg.seed);
         let mut ec2 = Ec2::new();
-        let scenario = Scenario::draw(&mut rng, &mut ec2);
-        let t0 = Utc
-            .with_ymd_and_hms(2025, 1, 1, 0, 0, 0)
-            .single()
-            .unwrap_or_else(|| unreachable!("a valid date"));
+        let scenario = Scenario::draw(&mut rng, &mut ec2, cfg.drift);
+        let t0 = scenario.t0;
         let world = Shared::new(World::new(
             t0,
             rng,
@@ -233,6 +244,7 @@ impl Sim {
             next_event: 0,
             next_schedule: t0 + Duration::seconds(5),
             next_operator_check: t0,
+            lifted_at: None,
             tasks: Vec::new(),
             next_inv: 0,
             trace: VecDeque::new(),
@@ -266,7 +278,7 @@ impl Sim {
                 if self.now() > deadline {
                     // Converged but for notifications the outbox keeps: they were never published.
                     let (kind, why) = match (self.converged(), self.unsent()) {
-                        (Some(why), _) => ("liveness", why),
+                        (Some(not), _) => not,
                         (None, Some(why)) => ("notification", why),
                         (None, None) => ("liveness", "invocations still running".into()),
                     };
@@ -487,6 +499,18 @@ impl Sim {
         }
     }
 
+    /// A call the operator makes now (not an event: never lost, duplicated or late).
+    fn call(&mut self, what: What) {
+        self.next_event += 1;
+        let now = self.now();
+        let event = Event {
+            id: format!("cli-{:06}", self.next_event),
+            time: now,
+            what,
+        };
+        self.enqueue(event, 0, now);
+    }
+
     fn enqueue(&mut self, event: Event, attempt: u8, at: Timestamp) {
         self.bus_seq += 1;
         self.bus
@@ -501,13 +525,36 @@ impl Sim {
         let Some(d) = self.bus.remove(&key) else {
             return;
         };
-        let env = d.event.envelope();
-        let Some(function) = route(&env.source, &env.detail_type) else {
-            return;
+        let controller = self.controller.clone();
+        let deadline = self.now() + LAMBDA_TIMEOUT;
+        let handler = match &d.event.what {
+            What::Apply(edit) => {
+                let file = self.fleet_file(edit);
+                let id = d.event.id.clone();
+                Box::pin(async move {
+                    let fleet = controller.apply_fleet(file).await?;
+                    Ok(Handled {
+                        event_id: id,
+                        detail_type: "FleetApply".into(),
+                        fleets: vec![fleet],
+                    })
+                }) as Handler
+            }
+            _ => {
+                let env = d.event.envelope();
+                let Some(function) = route(&env.source, &env.detail_type) else {
+                    return;
+                };
+                Box::pin(async move {
+                    controller
+                        .handle_within(&env, Some(function), Deadline::at(deadline))
+                        .await
+                }) as Handler
+            }
         };
         self.next_inv += 1;
         let n = self.next_inv;
-        let (now, deadline) = {
+        let now = {
             let mut w = self.world.lock();
             w.stats.invocations += 1;
             let retry = if d.attempt > 0 {
@@ -520,17 +567,22 @@ impl Sim {
                 d.event.id,
                 describe_what(&d.event.what)
             ));
-            let deadline = w.now + LAMBDA_TIMEOUT;
             w.invocations.insert(n, Invocation::new(n, deadline));
-            (w.now, deadline)
+            w.now
         };
-        let controller = self.controller.clone();
-        let handler: Handler = Box::pin(async move {
-            controller
-                .handle_within(&env, Some(function), Deadline::at(deadline))
-                .await
-        });
         self.tasks.push(Task::new(n, d, now, deadline, handler));
+    }
+
+    /// The operator's fleet file: the fleet's spec as it stands (`phoenix fleet show`), with the
+    /// launch template as the file first named it (a rollback pins the version it restores; the
+    /// file still floats), changed by `edit`. Lifting the windows changes nothing else.
+    fn fleet_file(&self, edit: &Edit) -> phoenix_core::model::FleetSpec {
+        let mut file = self.world.lock().books.meta().spec.clone();
+        if *edit != Edit::LiftWindows {
+            file.launch_template = self.scenario.spec.launch_template.clone();
+        }
+        edit.apply(&mut file);
+        file
     }
 
     /// The invocation failed: Lambda delivers the event again, up to twice.
@@ -617,6 +669,12 @@ impl Sim {
             }
         }
         w.note(format!("inv#{n} done in {took}s: {}", outcomes.join(" ")));
+        // `phoenix fleet apply` publishes `ReconcileRequested` once the file is applied.
+        if matches!(task.delivery.event.what, What::Apply(_)) {
+            let fleet = Some(w.books.meta().spec.name.clone());
+            drop(w);
+            self.emit(What::Intent(Intent::Reconcile { fleet }));
+        }
     }
 }
 
@@ -644,5 +702,6 @@ fn describe_what(w: &What) -> String {
     match w {
         What::Scheduled => "Scheduled".into(),
         What::Intent(i) => describe_intent(i),
+        What::Apply(edit) => format!("FleetApply {}", edit.describe()),
     }
 }

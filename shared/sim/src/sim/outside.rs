@@ -1,11 +1,12 @@
 //! What happens to the fleet from outside phoenix: the health checker's reports, the operator and
 //! the pipeline, and the faults of the world — each an event on the bus or a change to EC2.
 
-use super::{describe_intent, Sim, What};
+use super::{describe_intent, describe_what, Sim, What};
 use crate::ec2::{FLEET, ZONES};
+use crate::scenario::Edit;
 use chrono::Duration;
 use phoenix_core::events::{ControlAction, Intent, ScaleTarget};
-use phoenix_core::model::{HealthSignal, Lifecycle, RolloutStatus};
+use phoenix_core::model::{HealthSignal, Lifecycle, Openness, RolloutStatus, Target};
 use phoenix_core::InstanceId;
 
 impl Sim {
@@ -75,11 +76,27 @@ impl Sim {
     // --- the operator and the pipeline ----------------------------------------------------------
 
     pub(super) fn operator(&mut self) {
-        let intent = {
+        let (what, call) = 'what: {
             let mut w = self.world.lock();
             let fleet = w.books.meta().spec.name.clone();
-            let pick = w.rng.weighted(&[30, 12, 8, 8, 12, 3, 5, 6, 3, 5]);
-            match pick {
+            // What only some seeds do has weight 0 in the others, which then draw as before.
+            let sc = &self.scenario;
+            let pick = w.rng.weighted(&[
+                30,
+                12,
+                8,
+                8,
+                12,
+                3,
+                5,
+                6,
+                3,
+                5,
+                if sc.edits { 8 } else { 0 },
+                if sc.template.is_some() { 6 } else { 0 },
+                if sc.scheduled() { 4 } else { 0 },
+            ]);
+            let intent = match pick {
                 0 => {
                     let image = w.rng.pick(&self.scenario.images).clone();
                     Intent::ImageReady { fleet, image }
@@ -115,18 +132,51 @@ impl Sim {
                         action: ControlAction::Resume,
                     },
                 },
-                _ => Intent::Reconcile { fleet: Some(fleet) },
-            }
+                9 => Intent::Reconcile { fleet: Some(fleet) },
+                // `phoenix fleet apply` of the file changed: a call, made now.
+                10 => {
+                    let edit = Edit::draw(&mut w.rng);
+                    break 'what (Some(What::Apply(edit)), true);
+                }
+                // The pipeline makes a new version of the launch template, the default: the
+                // next pass over the fleet resolves it (EC2 is asked on every one) and rolls.
+                11 => {
+                    let name = sc.template.clone().unwrap_or_default();
+                    let version = w.ec2.new_template_version(&name).unwrap_or_default();
+                    w.stats.template_versions += 1;
+                    w.note(format!(
+                        "pipeline: launch template {name} version {version}"
+                    ));
+                    break 'what (None, false);
+                }
+                // `rollout resume --now`: the rollout goes on outside its windows and freezes.
+                _ => Intent::RolloutControl {
+                    fleet,
+                    action: ControlAction::ResumeNow,
+                },
+            };
+            (Some(What::Intent(intent)), false)
         };
-        self.note(format!("operator: {}", describe_intent(&intent)));
-        self.emit(What::Intent(intent));
+        let Some(what) = what else {
+            return;
+        };
+        self.note(format!("operator: {}", describe_what(&what)));
+        if call {
+            self.call(what);
+        } else {
+            self.emit(what);
+        }
     }
 
     /// In the calm phase, once a minute: what an operator does to let the fleet finish — resume a
-    /// paused rollout (undo it if its image failed the health gate), resume halted repairs, clear
-    /// the quarantine of the fleet's own image when nothing else can be launched.
+    /// paused rollout (undo it if its image failed the health gate), let a rollout the windows
+    /// hold go on now (or take the windows out of the fleet file when that is not enough),
+    /// resume halted repairs, clear the quarantine of the fleet's own image when nothing else can
+    /// be launched.
     pub(super) fn operator_tidies_up(&mut self) {
         let mut intents = Vec::new();
+        let mut lift = false;
+        let mut cleared_under_rollout = false;
         let mut reported = Vec::new();
         {
             let w = self.world.lock();
@@ -174,6 +224,42 @@ impl Sim {
                     action: ControlAction::Resume,
                 });
             }
+            // A rollout the fleet's windows or a freeze hold: an operator who wants the fleet
+            // done lets it go on now (`rollout resume --now`), once a minute until it does. What
+            // else the windows hold (a scale-in) waits for them: `converged` allows it.
+            let policy = &meta.spec.policy;
+            let closed = (!policy.windows.is_empty() || !policy.freezes.is_empty())
+                && !matches!(policy.disruption_at(w.now), Openness::Open { .. });
+            let active = meta.rollout.as_ref().filter(|r| r.status.is_active());
+            if active.is_some_and(|r| {
+                closed && r.status == RolloutStatus::InProgress && !r.ignore_windows
+            }) {
+                intents.push(Intent::RolloutControl {
+                    fleet: fleet.clone(),
+                    action: ControlAction::ResumeNow,
+                });
+            }
+            // But a rollout (let go on now) or a rollback that is done but for instances beyond
+            // capacity does not end while the fleet is closed: it ends only with the fleet at
+            // capacity, and the windows hold that scale-in whatever the rollout. The operator
+            // takes the windows and freezes out of the fleet file (`phoenix fleet apply`), at
+            // most every five minutes.
+            let target = Target::of(meta);
+            let live: Vec<_> = w.books.live().collect();
+            let done_but_surplus = active.is_some()
+                && closed
+                && meta.pending.is_empty()
+                && live.len() > meta.spec.capacity as usize
+                && live
+                    .iter()
+                    .all(|i| target.matches(i) && i.is_healthy() && i.disposal.is_none());
+            if done_but_surplus
+                && self
+                    .lifted_at
+                    .is_none_or(|t| w.now >= t + Duration::minutes(5))
+            {
+                lift = true;
+            }
             if meta.breaker.is_some() {
                 intents.push(Intent::RolloutControl {
                     fleet: fleet.clone(),
@@ -182,10 +268,17 @@ impl Sim {
             }
             // The fleet is short and its own image is quarantined (every image it had failed a
             // health gate, perhaps for faults of the world): nothing can be launched until
-            // someone clears it.
+            // someone clears it. Likewise under a rollout going on to that image (a change of
+            // definition starts one on a quarantined image): it launches nothing, and it does not
+            // stall either, having no wave.
             let stuck = meta.quarantined.contains_key(&meta.spec.image)
-                && meta.rollout.as_ref().is_none_or(|r| !r.status.is_active())
-                && w.books.live().count() < meta.spec.capacity as usize;
+                && active.is_none_or(|r| {
+                    r.status == RolloutStatus::InProgress && r.to == meta.spec.image
+                })
+                && live.len() < meta.spec.capacity as usize;
+            if stuck && active.is_some() {
+                cleared_under_rollout = true;
+            }
             if stuck {
                 intents.push(Intent::ClearQuarantine {
                     fleet,
@@ -195,6 +288,7 @@ impl Sim {
         }
         {
             let mut w = self.world.lock();
+            w.stats.cleared_under_rollout += u64::from(cleared_under_rollout);
             for id in &reported {
                 if let Some(vm) = w.ec2.vms.get_mut(id) {
                     vm.reported = true;
@@ -204,6 +298,14 @@ impl Sim {
         for intent in intents {
             self.note(format!("operator: {}", describe_intent(&intent)));
             self.emit(What::Intent(intent));
+        }
+        if lift {
+            let now = self.now();
+            self.lifted_at = Some(now);
+            self.world.lock().stats.windows_lifted += 1;
+            let what = What::Apply(Edit::LiftWindows);
+            self.note(format!("operator: {}", describe_what(&what)));
+            self.call(what);
         }
     }
 

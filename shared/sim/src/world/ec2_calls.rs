@@ -5,7 +5,7 @@
 use super::World;
 use crate::check::Checker;
 use chrono::Duration;
-use phoenix_core::model::{TAG_FLEET, TAG_TOKEN};
+use phoenix_core::model::{TAG_DEFINITION, TAG_FLEET, TAG_TOKEN};
 use phoenix_core::{ImageId, InstanceId};
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::ec2::{Ec2Instance, InstanceStatus, Instances, Ran, RunInstances};
@@ -151,6 +151,10 @@ impl World {
                 image.and_then(|i| self.checker.check_launch(&i, decision.carried_out_at))
             {
                 self.violate("quarantine", format!("{token}: {problem}"));
+            }
+            let tag = r.tags.get(TAG_DEFINITION).map(String::as_str);
+            if let Some(problem) = self.checker.check_launch_definition(&token, &decision, tag) {
+                self.violate("definition", problem);
             }
         }
         match &out {

@@ -2,10 +2,11 @@
 //! chaos phase and the books, the trace and the checks kept up with each commit.
 
 use super::World;
+use crate::check::Checker;
 use crate::ec2::FLEET;
 use crate::table::TableState;
 use phoenix_core::events::Change;
-use phoenix_core::model::Lifecycle;
+use phoenix_core::model::{Lifecycle, Timestamp};
 use phoenix_core::InstanceId;
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::table::{Cancellation, Item, Key, Query, SortKeys, Transacted, Write};
@@ -63,6 +64,8 @@ fn summarize(changes: &[Change]) -> String {
 #[derive(serde::Deserialize)]
 struct EntryChanges {
     version: u64,
+    /// The instant the step was planned at (the commit's `now`).
+    at: Timestamp,
     changes: Vec<Change>,
 }
 
@@ -274,7 +277,7 @@ impl World {
         }
         if let Some(entry) = history {
             match serde_json::from_str::<EntryChanges>(&entry) {
-                Ok(e) => self.committed(&e.changes, e.version, &applied_queued),
+                Ok(e) => self.committed(&e.changes, e.version, e.at, &applied_queued),
                 Err(e) => self.violate("history", format!("unreadable history entry: {e}")),
             }
         }
@@ -303,7 +306,13 @@ impl World {
     }
 
     /// A commit went through, recording `changes` at `version`.
-    fn committed(&mut self, changes: &[Change], version: u64, applied_queued: &[String]) {
+    fn committed(
+        &mut self,
+        changes: &[Change],
+        version: u64,
+        at: Timestamp,
+        applied_queued: &[String],
+    ) {
         self.stats.commits += 1;
         let who = self.who();
         self.note(format!("{who} commits v{version}: {}", summarize(changes)));
@@ -328,8 +337,17 @@ impl World {
             }
         }
         self.checker.on_commit(&self.books, changes);
+        if let Some(problem) = Checker::check_windows(&self.books, changes, at) {
+            self.violate("window", problem);
+        }
         for c in changes {
             match c {
+                Change::RolloutWaiting { .. } => self.stats.rollouts_waiting += 1,
+                Change::RolloutStarted { changed, .. } if !changed.is_empty() => {
+                    self.stats.rollouts += 1;
+                    self.stats.drift_rollouts += 1;
+                }
+                Change::FleetUpdated { .. } => self.stats.fleet_updates += 1,
                 Change::RolloutStarted { .. } => self.stats.rollouts += 1,
                 Change::RolloutSucceeded { .. } => self.stats.succeeded += 1,
                 Change::RolloutRolledBack { .. } => self.stats.rolled_back += 1,
