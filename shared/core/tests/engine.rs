@@ -295,6 +295,41 @@ fn a_quarantined_image_is_refused_by_events_files_and_plans() {
     assert!(cleared.fleet.quarantined.is_empty());
 }
 
+#[test]
+fn nothing_rolls_onto_the_fleets_own_quarantined_image() {
+    // A failed gate with automatic rollback off leaves the fleet on its quarantined image.
+    let mut f = fleet(
+        2,
+        "  max_surge: 1
+",
+    );
+    f.quarantined.insert(
+        ami(1),
+        Quarantine {
+            reason: "wave 1 failed".into(),
+            at: t0(),
+            rollout: 1,
+        },
+    );
+    // A new definition would start a rollout that can launch nothing: refused, with how to clear.
+    let mut spec = f.spec.clone();
+    spec.instance_type = Some("m5.large".into());
+    let err = update_spec(&f, spec, None, t0()).unwrap_err().to_string();
+    assert!(err.contains("clear-quarantine"), "{err}");
+    // What rolls nothing is still applied.
+    let mut spec = f.spec.clone();
+    spec.policy.max_surge = phoenix_core::quantity::Quantity::Count(2);
+    assert!(update_spec(&f, spec, None, t0()).is_ok());
+    // A floating template's new version waits for the quarantine to be cleared.
+    f.spec.launch_template = Some(phoenix_core::model::LaunchTemplateRef {
+        id: None,
+        name: Some("web".into()),
+        version: None,
+    });
+    f.template_version = Some("3".into());
+    assert!(phoenix_core::planner::template_resolved(&f, "4", t0()).is_noop());
+}
+
 fn fail(f: &Fleet, n: u32) -> Fleet {
     let id = InstanceId::parse(&format!("i-{:08x}", 0x1000 + n)).unwrap();
     let step = apply_intent(

@@ -2040,3 +2040,34 @@ fn a_rollout_budget_keeps_more_instances_serving_than_the_overall_one() {
     assert_eq!(lowest, 3, "never more than one down for the rollout");
     sim.assert_sound();
 }
+
+#[test]
+fn a_rollout_let_go_on_in_a_freeze_ends_at_capacity_after_a_scale_in() {
+    let mut sim = Sim::settled(yaml_spec(
+        "policy:\n  freeze: [{from: \"2025-03-01T00:00:00Z\", until: \"2025-03-03T00:00:00Z\"}]\n",
+    ));
+    sim.apply_now(&image_ready(B));
+    sim.apply_now(&Intent::RolloutControl {
+        fleet: fleet_name(),
+        action: phoenix_core::events::ControlAction::ResumeNow,
+    });
+    // Most of the way: three of four on the new image.
+    for _ in 0..40 {
+        sim.tick(secs(30));
+        sim.pass();
+        if sim.ec2.healthy_on(B) >= 3 {
+            break;
+        }
+    }
+    assert_eq!(sim.ec2.healthy_on(B), 3, "{}", sim.describe());
+    // Scaled in below them while it goes on: the rollout takes the scale-in with it, and ends.
+    sim.apply_now(&scale_to(2));
+    sim.tick(secs(30));
+    sim.settle();
+    assert_eq!(sim.ec2.healthy_on(B), 2);
+    assert_eq!(
+        sim.fleet.rollout.as_ref().map(|r| r.status),
+        Some(RolloutStatus::Succeeded)
+    );
+    sim.assert_sound();
+}

@@ -510,7 +510,9 @@ impl Checker {
     /// retirement is not urgent then) — and the start of a rollout wave (`WaveStarted`). A commit
     /// recording one while the fleet (as committed) is closed at that instant is a violation,
     /// except a rollout's replacements and waves while that rollout (as committed) is rolling back
-    /// or an operator let it go on regardless (`ignore_windows`, `rollout resume --now`).
+    /// or an operator let it go on regardless (`ignore_windows`, `rollout resume --now`), and a
+    /// scale-in while that rollout goes on (rolling back, or let go on: it ends only with the fleet
+    /// at capacity).
     /// Never held, so never judged: repairs of failed instances, urgent retirements (the instance
     /// goes soon whatever phoenix does), a rollback's replacements (`rolled back to …`), extras of
     /// a launch made twice, instances owned by no decision, and a termination decided earlier and
@@ -525,6 +527,12 @@ impl Checker {
         let rollout = meta.rollout.as_ref();
         let overridden =
             rollout.is_some_and(|r| r.ignore_windows || r.status == RolloutStatus::RollingBack);
+        // A rollout that goes on (rolling back, or in progress and let go on) takes its scale-in
+        // with it: it ends only with the fleet at capacity.
+        // (As committed: the step that scales in may also pause the rollout at a checkpoint.)
+        let goes_on = rollout.is_some_and(|r| {
+            r.status == RolloutStatus::RollingBack || (r.status.is_active() && r.ignore_windows)
+        });
         let mut voluntary = Vec::new();
         for c in changes {
             match c {
@@ -538,7 +546,7 @@ impl Checker {
                             .and_then(|i| i.retirement.as_ref())
                             .is_none_or(|r| !r.is_urgent(at));
                     if (reason.starts_with("replaced by ") && !overridden)
-                        || reason.starts_with("scale in to ")
+                        || (reason.starts_with("scale in to ") && !goes_on)
                         || planned_retirement
                     {
                         voluntary.push(format!("{instance} ({reason})"));

@@ -151,8 +151,7 @@ fn stats_line(s: &Stats) -> String {
          commits {}, launched {} (launch failures {}), terminated {}, faults {}, \
          rollouts {} (succeeded {}, rolled back {}, aborted {}, superseded {}; of the launch definition {}), \
          rollouts held by windows or freezes {}, fleet files applied {}, launch template versions {}, \
-         runs ended with a scale-in the windows hold {}, windows lifted to end a rollout {}, \
-         quarantine cleared under a rollout to it {}, \
+         runs ended with a scale-in the windows hold {}, \
          quarantined {} bad / {} good images (good ones: {} wave deadline, {} stopped instance, {} host or zone failure, {} one instance's application failing, {} spurious report), breaker trips {}, stalled rollouts {}, \
          intents queued {} (applied from the inbox {}, reconcile failures reported after one {}), \
          service faults {} (DynamoDB, EventBridge), events published {} \
@@ -184,8 +183,6 @@ fn stats_line(s: &Stats) -> String {
         s.fleet_updates,
         s.template_versions,
         s.scale_ins_held,
-        s.windows_lifted,
-        s.cleared_under_rollout,
         s.quarantined_bad,
         s.quarantined_good,
         s.good_by_deadline,

@@ -74,8 +74,6 @@ pub enum Edit {
     InstanceType(&'static str),
     UserData(Option<&'static str>),
     Team(Option<&'static str>),
-    /// No rollout windows and no freezes any more (the calm phase's operator, to finish).
-    LiftWindows,
 }
 
 impl Edit {
@@ -101,10 +99,6 @@ impl Edit {
             Edit::Team(None) => {
                 spec.tags.remove("team");
             }
-            Edit::LiftWindows => {
-                spec.policy.windows.clear();
-                spec.policy.freezes.clear();
-            }
         }
     }
 
@@ -115,7 +109,6 @@ impl Edit {
             Edit::UserData(None) => "no user_data".into(),
             Edit::Team(Some(t)) => format!("tag team={t}"),
             Edit::Team(None) => "no team tag".into(),
-            Edit::LiftWindows => "no windows or freezes".into(),
         }
     }
 }

@@ -632,11 +632,14 @@ fn the_window_check_judges_voluntary_disruption_only() {
             "{never_held:?}"
         );
     }
-    // `rollout resume --now`: this rollout's replacements and waves go on, a scale-in does not.
+    // `rollout resume --now`: this rollout's replacements and waves go on, and the scale-in it
+    // needs to end at capacity; without a rollout going on, a scale-in waits.
     if let Some(r) = fleet.rollout.as_mut() {
         r.ignore_windows = true;
     }
     assert!(judge(&fleet, &[end("replaced by ami-0000000b"), wave], inside).is_none());
+    assert!(judge(&fleet, &[end("scale in to 1")], inside).is_none());
+    fleet.rollout = None;
     assert!(judge(&fleet, &[end("scale in to 1")], inside).is_some());
 }
 

@@ -15,7 +15,7 @@ use super::tx::Tx;
 use crate::error::{Error, Result};
 use crate::events::{Change, Intent, QueuedIntent, ScaleTarget};
 use crate::ids::{ImageId, InstanceId};
-use crate::model::{Fleet, FleetSpec, Health, Lifecycle, Timestamp, MAX_CAPACITY};
+use crate::model::{Definition, Fleet, FleetSpec, Health, Lifecycle, Timestamp, MAX_CAPACITY};
 use std::collections::BTreeSet;
 
 /// A new fleet, as `phoenix fleet apply` creates it, its launch template (when named by
@@ -81,7 +81,12 @@ pub fn update_spec(
             format!("{} is not fleet {}", spec.name, fleet.spec.name),
         ));
     }
-    if spec.image != fleet.spec.image {
+    // Nothing rolls onto a quarantined image: not a new image, nor a new definition on the
+    // fleet's own (a rollout that could launch nothing, and wait for ever).
+    let redefined = Definition::of(&spec, floating(&spec, template_version.clone()).as_deref())
+        .fingerprint()
+        != fleet.definition().fingerprint();
+    if spec.image != fleet.spec.image || redefined {
         if let Some(reason) = refusal(fleet, &spec.image) {
             return Err(Error::invalid("image", reason));
         }
@@ -144,7 +149,10 @@ pub fn template_resolved(fleet: &Fleet, version: &str, now: Timestamp) -> Step {
     else {
         return tx.finish();
     };
-    if fleet.template_version.as_deref() == Some(version) {
+    // A new version waits while the fleet's image is quarantined: nothing could roll onto it.
+    if fleet.template_version.as_deref() == Some(version)
+        || fleet.quarantined.contains_key(&fleet.spec.image)
+    {
         return tx.finish();
     }
     let name = template

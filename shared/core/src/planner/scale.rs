@@ -117,6 +117,13 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         _ => cap,
     };
     let held_rollout = hold.rollout && status == Some(RolloutStatus::InProgress) && !old.is_empty();
+    // A rollout that goes on (a rollback, or one an operator let go on now) takes its scale-in
+    // with it: it ends only with the fleet at capacity.
+    let rollout_goes_on = matches!(
+        status,
+        Some(RolloutStatus::InProgress | RolloutStatus::RollingBack)
+    ) && !hold.rollout;
+    let hold_scale_in = hold.other && !rollout_goes_on;
 
     // Who goes first: not yet healthy, then older images, then the oldest.
     let order = |a: &&Instance, b: &&Instance| {
@@ -138,7 +145,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     let mut remove: Vec<(&Instance, String, Reason)> = Vec::new();
     if old.is_empty() {
         // A scale-in waits for the windows.
-        let excess = if hold.other {
+        let excess = if hold_scale_in {
             0
         } else {
             total.saturating_sub(capacity) as usize
@@ -164,7 +171,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         let held = match status {
             Some(RolloutStatus::RollingBack) => false,
             Some(RolloutStatus::InProgress) => hold.rollout,
-            _ => hold.other,
+            _ => hold_scale_in,
         };
         if held {
             can_remove = 0;
@@ -187,7 +194,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         }
         // A scale-in during a rollout: drop new instances beyond capacity too.
         let new_total = new.len() as u32 + pending;
-        let excess = if hold.other {
+        let excess = if hold_scale_in {
             0
         } else {
             new_total.saturating_sub(capacity) as usize

@@ -169,8 +169,6 @@ pub struct Sim {
     next_event: u64,
     next_schedule: Timestamp,
     next_operator_check: Timestamp,
-    /// When the calm phase's operator last took the windows out of the fleet file.
-    lifted_at: Option<Timestamp>,
     tasks: Vec<Task>,
     next_inv: u64,
     trace: VecDeque<String>,
@@ -244,7 +242,6 @@ impl Sim {
             next_event: 0,
             next_schedule: t0 + Duration::seconds(5),
             next_operator_check: t0,
-            lifted_at: None,
             tasks: Vec::new(),
             next_inv: 0,
             trace: VecDeque::new(),
@@ -575,12 +572,10 @@ impl Sim {
 
     /// The operator's fleet file: the fleet's spec as it stands (`phoenix fleet show`), with the
     /// launch template as the file first named it (a rollback pins the version it restores; the
-    /// file still floats), changed by `edit`. Lifting the windows changes nothing else.
+    /// file still floats), changed by `edit`.
     fn fleet_file(&self, edit: &Edit) -> phoenix_core::model::FleetSpec {
         let mut file = self.world.lock().books.meta().spec.clone();
-        if *edit != Edit::LiftWindows {
-            file.launch_template = self.scenario.spec.launch_template.clone();
-        }
+        file.launch_template = self.scenario.spec.launch_template.clone();
         edit.apply(&mut file);
         file
     }

@@ -6,7 +6,7 @@ use crate::ec2::{FLEET, ZONES};
 use crate::scenario::Edit;
 use chrono::Duration;
 use phoenix_core::events::{ControlAction, Intent, ScaleTarget};
-use phoenix_core::model::{HealthSignal, Lifecycle, Openness, RolloutStatus, Target};
+use phoenix_core::model::{HealthSignal, Lifecycle, Openness, RolloutStatus};
 use phoenix_core::InstanceId;
 
 impl Sim {
@@ -170,13 +170,10 @@ impl Sim {
 
     /// In the calm phase, once a minute: what an operator does to let the fleet finish — resume a
     /// paused rollout (undo it if its image failed the health gate), let a rollout the windows
-    /// hold go on now (or take the windows out of the fleet file when that is not enough),
-    /// resume halted repairs, clear the quarantine of the fleet's own image when nothing else can
+    /// hold go on now, resume halted repairs, clear the quarantine of the fleet's own image when nothing else can
     /// be launched.
     pub(super) fn operator_tidies_up(&mut self) {
         let mut intents = Vec::new();
-        let mut lift = false;
-        let mut cleared_under_rollout = false;
         let mut reported = Vec::new();
         {
             let w = self.world.lock();
@@ -239,27 +236,7 @@ impl Sim {
                     action: ControlAction::ResumeNow,
                 });
             }
-            // But a rollout (let go on now) or a rollback that is done but for instances beyond
-            // capacity does not end while the fleet is closed: it ends only with the fleet at
-            // capacity, and the windows hold that scale-in whatever the rollout. The operator
-            // takes the windows and freezes out of the fleet file (`phoenix fleet apply`), at
-            // most every five minutes.
-            let target = Target::of(meta);
             let live: Vec<_> = w.books.live().collect();
-            let done_but_surplus = active.is_some()
-                && closed
-                && meta.pending.is_empty()
-                && live.len() > meta.spec.capacity as usize
-                && live
-                    .iter()
-                    .all(|i| target.matches(i) && i.is_healthy() && i.disposal.is_none());
-            if done_but_surplus
-                && self
-                    .lifted_at
-                    .is_none_or(|t| w.now >= t + Duration::minutes(5))
-            {
-                lift = true;
-            }
             if meta.breaker.is_some() {
                 intents.push(Intent::RolloutControl {
                     fleet: fleet.clone(),
@@ -268,17 +245,10 @@ impl Sim {
             }
             // The fleet is short and its own image is quarantined (every image it had failed a
             // health gate, perhaps for faults of the world): nothing can be launched until
-            // someone clears it. Likewise under a rollout going on to that image (a change of
-            // definition starts one on a quarantined image): it launches nothing, and it does not
-            // stall either, having no wave.
+            // someone clears it.
             let stuck = meta.quarantined.contains_key(&meta.spec.image)
-                && active.is_none_or(|r| {
-                    r.status == RolloutStatus::InProgress && r.to == meta.spec.image
-                })
+                && active.is_none()
                 && live.len() < meta.spec.capacity as usize;
-            if stuck && active.is_some() {
-                cleared_under_rollout = true;
-            }
             if stuck {
                 intents.push(Intent::ClearQuarantine {
                     fleet,
@@ -288,7 +258,6 @@ impl Sim {
         }
         {
             let mut w = self.world.lock();
-            w.stats.cleared_under_rollout += u64::from(cleared_under_rollout);
             for id in &reported {
                 if let Some(vm) = w.ec2.vms.get_mut(id) {
                     vm.reported = true;
@@ -298,14 +267,6 @@ impl Sim {
         for intent in intents {
             self.note(format!("operator: {}", describe_intent(&intent)));
             self.emit(What::Intent(intent));
-        }
-        if lift {
-            let now = self.now();
-            self.lifted_at = Some(now);
-            self.world.lock().stats.windows_lifted += 1;
-            let what = What::Apply(Edit::LiftWindows);
-            self.note(format!("operator: {}", describe_what(&what)));
-            self.call(what);
         }
     }
 

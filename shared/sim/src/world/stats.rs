@@ -55,17 +55,11 @@ pub struct Stats {
     pub template_versions: u64,
     /// Runs that ended converged but for a scale-in the windows hold.
     pub scale_ins_held: u64,
-    /// Times the calm phase's operator took the windows out of the fleet file: a rollout or a
-    /// rollback done but for a scale-in they hold does not end.
-    pub windows_lifted: u64,
-    /// Times the calm phase's operator asked to clear the quarantine of the fleet's image under
-    /// a rollout going on to it (one that launches nothing and does not stall).
-    pub cleared_under_rollout: u64,
 }
 
 impl Stats {
     pub fn add(&mut self, o: &Stats) {
-        let pairs: [(&mut u64, u64); 44] = [
+        let pairs: [(&mut u64, u64); 42] = [
             (&mut self.events, o.events),
             (&mut self.events_lost, o.events_lost),
             (&mut self.events_duplicated, o.events_duplicated),
@@ -108,8 +102,6 @@ impl Stats {
             (&mut self.fleet_updates, o.fleet_updates),
             (&mut self.template_versions, o.template_versions),
             (&mut self.scale_ins_held, o.scale_ins_held),
-            (&mut self.windows_lifted, o.windows_lifted),
-            (&mut self.cleared_under_rollout, o.cleared_under_rollout),
         ];
         for (a, b) in pairs {
             *a += b;
