@@ -83,9 +83,10 @@ deploy: venv
 demo: venv binaries
 	scripts/demo.sh
 
-# Binaries first: the end-to-end tests run the CLI and the Lambda binaries as processes.
+# Binaries first: the end-to-end tests run the CLI and the Lambda binaries as processes. Each
+# end-to-end test waits mostly on its own emulator process, so four run at once on two cores.
 test: venv binaries
-	cargo test --workspace
+	cargo test --workspace -- --test-threads=4
 	$(TARGET_DIR)/debug/phoenix-sim --steps 100000 --quiet
 	scripts/check-template.sh
 
