@@ -83,9 +83,12 @@ deploy: venv
 demo: venv binaries
 	scripts/demo.sh
 
-# Binaries first: the end-to-end tests run the CLI and the Lambda binaries as processes. Each
-# end-to-end test waits mostly on its own emulator process, so four run at once on two cores.
-test: venv binaries
+# Binaries first: the end-to-end tests run the CLI and the Lambda binaries as processes. Built
+# with the tests in one invocation, so that the workspace's crates compile once (a build of the
+# binaries alone unifies fewer features, and the tests would build them again). Each end-to-end
+# test waits mostly on its own emulator process, so four run at once on two cores.
+test: venv
+	cargo build --workspace --all-targets
 	cargo test --workspace -- --test-threads=4
 	$(TARGET_DIR)/debug/phoenix-sim --steps 100000 --quiet
 	scripts/check-template.sh
