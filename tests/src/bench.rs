@@ -138,7 +138,7 @@ impl Meter {
         self.take();
     }
 
-    /// The controller's three clients, built from `sdk` with this meter attached.
+    /// The controller's four clients, built from `sdk` with this meter attached.
     pub fn clients(&self, sdk: &SdkConfig) -> ControllerClients {
         ControllerClients {
             dynamodb: aws_sdk_dynamodb::Client::from_conf(
@@ -148,6 +148,11 @@ impl Meter {
             ),
             ec2: aws_sdk_ec2::Client::from_conf(
                 aws_sdk_ec2::config::Builder::from(sdk)
+                    .interceptor(self.clone())
+                    .build(),
+            ),
+            elb: aws_sdk_elasticloadbalancingv2::Client::from_conf(
+                aws_sdk_elasticloadbalancingv2::config::Builder::from(sdk)
                     .interceptor(self.clone())
                     .build(),
             ),
@@ -777,6 +782,7 @@ impl Bench {
                     .map_err(|e| anyhow!("{e}"))?;
                 times.launches += t.elapsed().as_secs_f64();
                 observed.extend(out.instances.iter().map(|l| Observed {
+                    targets: Default::default(),
                     id: l.id.clone(),
                     image: Some(image.clone()),
                     state: Lifecycle::Running,

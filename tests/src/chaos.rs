@@ -289,6 +289,7 @@ pub struct World {
 pub struct ControllerClients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub ec2: aws_sdk_ec2::Client,
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub events: aws_sdk_eventbridge::Client,
 }
 
@@ -297,6 +298,7 @@ impl ControllerClients {
         ControllerClients {
             dynamodb: aws_sdk_dynamodb::Client::new(sdk),
             ec2: aws_sdk_ec2::Client::new(sdk),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(sdk),
             events: aws_sdk_eventbridge::Client::new(sdk),
         }
     }
@@ -367,6 +369,7 @@ impl World {
         let controller = Arc::new(Controller::new(
             DynamoTable::new(clients.dynamodb, "phoenix"),
             Ec2Client::new(clients.ec2),
+            phoenix_aws::elb::ElbClient::new(clients.elb),
             EventBridgeBus::new(clients.events, "default"),
             SystemTime::skewed(offset),
             Default::default(),

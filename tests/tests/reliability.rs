@@ -443,6 +443,12 @@ impl Ec2 for Contended {
     async fn describe_image(&self, image: &str) -> phoenix_aws::Result<Option<ImageFacts>> {
         self.ec2.describe_image(image).await
     }
+    async fn subnet_vpcs(
+        &self,
+        ids: &[String],
+    ) -> phoenix_aws::Result<std::collections::BTreeMap<String, String>> {
+        self.ec2.subnet_vpcs(ids).await
+    }
 }
 
 /// The adapters of `contended`: AWS's, with the contended EC2.
@@ -451,6 +457,7 @@ struct ContendedPorts;
 impl Ports for ContendedPorts {
     type Table = DynamoTable;
     type Ec2 = Contended;
+    type Elb = phoenix_aws::elb::ElbClient;
     type Bus = EventBridgeBus;
     type Time = SystemTime;
 }
@@ -466,6 +473,7 @@ fn contended(w: &World, races: usize) -> Controller<ContendedPorts> {
             races: races.into(),
             time: time.clone(),
         },
+        phoenix_aws::elb::ElbClient::new(aws_sdk_elasticloadbalancingv2::Client::new(&w.direct)),
         EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&w.direct), "default"),
         time,
         Default::default(),

@@ -253,6 +253,34 @@ impl Ec2 for Ec2Client {
             }))
     }
 
+    async fn subnet_vpcs(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        // By filter, not by id: an id that does not exist is left out instead of failing the call.
+        let out = self
+            .client
+            .describe_subnets()
+            .filters(
+                Filter::builder()
+                    .name("subnet-id")
+                    .set_values(Some(ids.to_vec()))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(out
+            .subnets
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|s| Some((s.subnet_id?, s.vpc_id?)))
+            .collect())
+    }
+
     async fn describe_image(&self, image: &str) -> Result<Option<ImageFacts>> {
         let out = match self.client.describe_images().image_ids(image).send().await {
             Ok(out) => out,

@@ -83,7 +83,10 @@ fn classify(service: &'static str, code: &str, message: String, transport: bool)
         Error::Capacity(message)
     } else if TRANSIENT.contains(&code) || code.is_empty() {
         Error::Transient { service, message }
-    } else if code.ends_with(".NotFound") || code == "ResourceNotFoundException" {
+    } else if code.ends_with(".NotFound")
+        || code == "ResourceNotFoundException"
+        || code == "TargetGroupNotFound"
+    {
         Error::NotFound(message)
     } else {
         Error::Permanent { service, message }

@@ -1,11 +1,12 @@
 //! phoenix on AWS: the adapters behind the protocol's ports — DynamoDB (`table`), EC2 (`ec2`),
-//! EventBridge (`bus`), Image Builder (`images`), the real clock (`time`) — with AWS's errors
+//! Elastic Load Balancing (`elb`), EventBridge (`bus`), Image Builder (`images`), the real clock (`time`) — with AWS's errors
 //! classified at the edge (`error`), and the Lambda edge (`lambda`, `metrics`, `telemetry`).
 //! What phoenix does with them is `phoenix_protocol`'s.
 
 pub mod bus;
 pub mod config;
 pub mod ec2;
+pub mod elb;
 pub mod error;
 pub mod images;
 pub mod lambda;
@@ -23,6 +24,7 @@ pub use phoenix_protocol::{
 use bus::EventBridgeBus;
 use config::{load_sdk_config, Settings};
 use ec2::Ec2Client;
+use elb::ElbClient;
 use table::DynamoTable;
 use time::SystemTime;
 
@@ -32,6 +34,7 @@ pub struct Aws;
 impl Ports for Aws {
     type Table = DynamoTable;
     type Ec2 = Ec2Client;
+    type Elb = ElbClient;
     type Bus = EventBridgeBus;
     type Time = SystemTime;
 }
@@ -55,6 +58,7 @@ pub fn controller(
     Controller::new(
         DynamoTable::new(aws_sdk_dynamodb::Client::new(sdk), &settings.table),
         Ec2Client::new(aws_sdk_ec2::Client::new(sdk)),
+        ElbClient::new(aws_sdk_elasticloadbalancingv2::Client::new(sdk)),
         EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), &settings.bus),
         SystemTime::new(),
         intake,

@@ -26,12 +26,14 @@ fn fleet(size: u32) -> (Fleet, Vec<Observed>) {
     for n in 0..size {
         let id = InstanceId::parse(&format!("i-{:017x}", u64::from(n) + 1)).expect("id");
         let inst = Instance {
+            launch_hook: None,
             id: id.clone(),
             image: ami(1),
             launched_at: t0,
             state: Lifecycle::Running,
             health: Health::Healthy,
             signals: Signals {
+                elb_ok: false,
                 ec2_ok: true,
                 passed: false,
                 host_impaired: false,
@@ -48,6 +50,7 @@ fn fleet(size: u32) -> (Fleet, Vec<Observed>) {
             definition: None,
         };
         observed.push(Observed {
+            targets: Default::default(),
             id: id.clone(),
             image: Some(ami(1)),
             state: Lifecycle::Running,
@@ -91,12 +94,14 @@ fn rollout_fleet(size: u32, now: DateTime<Utc>) -> Fleet {
         f.instances.insert(
             id.clone(),
             Instance {
+                launch_hook: None,
                 id,
                 image: ami(1),
                 launched_at: now - Duration::minutes(90),
                 state: Lifecycle::Running,
                 health: Health::Healthy,
                 signals: Signals {
+                    elb_ok: false,
                     ec2_ok: true,
                     passed: false,
                     host_impaired: false,

@@ -11,8 +11,8 @@ use crate::error::Result;
 use crate::events::{Change, ControlAction, Intent};
 use crate::ids::{ImageId, InstanceId};
 use crate::model::{
-    Budget, Drift, Fleet, FleetSpec, Health, HealthSignal, Lifecycle, Observed, RolloutStatus,
-    Target, Timestamp,
+    Budget, Drift, Fleet, FleetSpec, Health, Lifecycle, Observed, RolloutStatus, Target,
+    TargetState, Timestamp,
 };
 use crate::planner::{self, Command, Launched, Outcome, Step};
 use chrono::Duration;
@@ -524,10 +524,22 @@ struct World {
 
 impl World {
     /// Every live instance as EC2 would show it: running, both status checks ok.
+    /// With target groups, every group reports an instance healthy until it is on its way out,
+    /// and drained at once after.
     fn observe(&self) -> Vec<Observed> {
+        let groups = self.fleet.spec.target_groups();
         self.fleet
             .live_instances()
-            .map(Observed::running_ok)
+            .map(|i| {
+                let mut o = Observed::running_ok(i);
+                if i.disposal.is_none() {
+                    o.targets = groups
+                        .iter()
+                        .map(|g| (g.arn.clone(), TargetState::Healthy))
+                        .collect();
+                }
+                o
+            })
             .collect()
     }
 
@@ -536,7 +548,7 @@ impl World {
     /// the controller does, the event that makes a wave healthy reconciles the fleet at once, so
     /// the next wave starts in the same pass.
     fn report_healthy(&mut self, plan: &mut RolloutPlan) -> Result<()> {
-        if self.fleet.spec.policy.health_check == HealthSignal::Ec2 {
+        if !self.fleet.spec.policy.health_check.event {
             return Ok(());
         }
         let waiting: Vec<InstanceId> = self
@@ -610,7 +622,10 @@ impl World {
                     Command::Terminate {
                         after_launch: None,
                         ..
-                    }
+                    } | Command::Deregister {
+                        after_launch: None,
+                        ..
+                    } | Command::Register { .. }
                 )
             })
             .chain(
@@ -622,6 +637,9 @@ impl World {
                 matches!(
                     c,
                     Command::Terminate {
+                        after_launch: Some(_),
+                        ..
+                    } | Command::Deregister {
                         after_launch: Some(_),
                         ..
                     }
@@ -670,6 +688,23 @@ impl World {
                         request_ids: Vec::new(),
                     });
                 }
+                // Out of the load balancers at once; terminated by a later pass.
+                Command::Deregister { instances, .. } => {
+                    for id in instances {
+                        if self.fleet.instances.get(id).is_some_and(|i| i.is_healthy()) {
+                            healthy = healthy.saturating_sub(1);
+                        }
+                    }
+                    outcomes.push(Outcome::Deregistered {
+                        instances: instances.clone(),
+                        delay: crate::model::Seconds(0),
+                        request_ids: Vec::new(),
+                    });
+                }
+                Command::Register { instances } => outcomes.push(Outcome::Registered {
+                    instances: instances.clone(),
+                    request_ids: Vec::new(),
+                }),
             }
             peak = peak.max(live);
             floor = floor.min(healthy);
@@ -741,12 +776,14 @@ mod tests {
         for n in 0..capacity {
             let id = InstanceId::parse(&format!("i-{:08x}", 0x1000 + n)).unwrap();
             let instance = Instance {
+                launch_hook: None,
                 id: id.clone(),
                 image: f.spec.image.clone(),
                 launched_at: t0() - Duration::hours(1),
                 state: Lifecycle::Running,
                 health: Health::Healthy,
                 signals: Signals {
+                    elb_ok: false,
                     ec2_ok: true,
                     passed: true,
                     host_impaired: false,

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::ids::{FleetName, ImageId, InstanceId};
-use crate::lifecycle::{Health, Lifecycle};
+use crate::lifecycle::{Health, HookKind, HookResult, Lifecycle};
 use crate::quantity::{validate_capacity, MAX_CAPACITY};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,7 @@ pub const HEALTH_CHECK_PASSED: &str = "HealthCheckPassed";
 pub const SCALE_REQUESTED: &str = "ScaleRequested";
 pub const RECONCILE_REQUESTED: &str = "ReconcileRequested";
 pub const ROLLOUT_CONTROL: &str = "RolloutControl";
+pub const LIFECYCLE_ACTION_COMPLETED: &str = "LifecycleActionCompleted";
 
 /// What an EventBridge schedule delivers (the scheduled reconcile).
 pub const SCHEDULE_SOURCE: &str = "aws.events";
@@ -94,6 +95,13 @@ pub enum Intent {
     ClearQuarantine {
         fleet: FleetName,
         image: ImageId,
+    },
+    /// The answer to a lifecycle hook an instance waits on (`phoenix lifecycle complete`, or the
+    /// hook's own handler).
+    LifecycleActionCompleted {
+        instance: InstanceId,
+        hook: HookKind,
+        result: HookResult,
     },
     /// What AWS says about instances of one fleet (an EC2 state phoenix did not ask for, a Spot
     /// interruption, scheduled maintenance, an in-place change): see `crate::notice`.
@@ -194,6 +202,19 @@ pub(crate) struct HealthPassedDetail {
     /// The EC2 instance id.
     instance: String,
 }
+/// `LifecycleActionCompleted`: the answer to the lifecycle hook an instance waits on.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[cfg_attr(test, schemars(title = "LifecycleActionCompleted"))]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LifecycleDetail {
+    /// The EC2 instance id.
+    instance: String,
+    /// Which hook: `launching` or `terminating`.
+    hook: HookKind,
+    /// `CONTINUE` or `ABANDON`.
+    result: HookResult,
+}
 /// `ScaleRequested`: exactly one of `desired` and `delta`.
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
@@ -287,6 +308,14 @@ impl Intent {
                     instance: field(dt, InstanceId::parse(&d.instance))?,
                 }
             }
+            LIFECYCLE_ACTION_COMPLETED => {
+                let d: LifecycleDetail = detail(dt, v)?;
+                Intent::LifecycleActionCompleted {
+                    instance: field(dt, InstanceId::parse(&d.instance))?,
+                    hook: d.hook,
+                    result: d.result,
+                }
+            }
             SCALE_REQUESTED => {
                 let d: ScaleDetail = detail(dt, v)?;
                 let fleet = field(dt, FleetName::parse(&d.fleet))?;
@@ -352,6 +381,14 @@ impl Intent {
             Intent::HealthCheckPassed { instance } => {
                 (HEALTH_CHECK_PASSED, json!({"instance": instance}))
             }
+            Intent::LifecycleActionCompleted {
+                instance,
+                hook,
+                result,
+            } => (
+                LIFECYCLE_ACTION_COMPLETED,
+                json!({"instance": instance, "hook": hook, "result": result}),
+            ),
             Intent::Scale {
                 fleet,
                 target: ScaleTarget::Desired(n),
@@ -619,6 +656,57 @@ pub enum Change {
         who: String,
         what: String,
     },
+    /// Instances to register with the fleet's target groups (running, past their launching hook).
+    RegistrationDecided {
+        instances: Vec<InstanceId>,
+    },
+    /// Registered with every target group of the fleet.
+    Registered {
+        instances: Vec<InstanceId>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        request_ids: Vec<String>,
+    },
+    RegistrationFailed {
+        instances: Vec<InstanceId>,
+        error: String,
+    },
+    /// Deregistered from every target group: requests in flight finish until `until` at most.
+    DrainStarted {
+        instance: InstanceId,
+        until: Timestamp,
+    },
+    DeregistrationFailed {
+        instances: Vec<InstanceId>,
+        error: String,
+    },
+    /// Done draining: no group lists it any more, its deregistration delay passed, or it was not
+    /// running (nothing to drain).
+    Drained {
+        instance: InstanceId,
+        how: String,
+    },
+    /// A lifecycle hook holds the instance until `LifecycleActionCompleted` or `until`.
+    LifecycleHookStarted {
+        instance: InstanceId,
+        hook: HookKind,
+        until: Timestamp,
+    },
+    LifecycleHookCompleted {
+        instance: InstanceId,
+        hook: HookKind,
+        result: HookResult,
+        /// `operator` (a `LifecycleActionCompleted`) or `timeout` (the hook's default result).
+        by: String,
+    },
+    /// A target group of the fleet does not exist (any more): nothing is drained from it, and no
+    /// instance that may serve is taken away until it is back or out of the fleet file.
+    TargetGroupMissing {
+        group: String,
+        reason: String,
+    },
+    TargetGroupFound {
+        group: String,
+    },
 }
 
 /// The events phoenix publishes on its bus for the transitions users route to chat or paging:
@@ -702,6 +790,21 @@ pub fn published(fleet: &FleetName, changes: &[Change]) -> Vec<(&'static str, Va
             Change::ImageRejected { image, reason } => {
                 ("ImageRejected", json!({"image": image, "reason": reason}))
             }
+            Change::LifecycleHookStarted {
+                instance,
+                hook,
+                until,
+            } => (
+                match hook {
+                    HookKind::Launching => "InstanceLaunching",
+                    HookKind::Terminating => "InstanceTerminating",
+                },
+                json!({"instance": instance, "hook": hook, "timeout_at": until}),
+            ),
+            Change::TargetGroupMissing { group, reason } => (
+                "TargetGroupMissing",
+                json!({"target_group": group, "reason": reason}),
+            ),
             _ => continue,
         };
         detail["fleet"] = json!(fleet);

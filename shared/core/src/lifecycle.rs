@@ -2,6 +2,8 @@
 //! verdict on its health (`Health`). Both are plain values, named by the history's changes and
 //! by notices as much as by the fleet's records, so they sit below all of them.
 //!
+//! The lifecycle hooks' kinds and results (`HookKind`, `HookResult`) are here for the same reason.
+//!
 //! What holds: an instance EC2 reports gone (`Lifecycle::is_gone`: shutting down or terminated)
 //! does not come back.
 
@@ -97,5 +99,60 @@ pub enum Suspect {
 impl Suspect {
     pub fn is_image(&self) -> bool {
         *self == Suspect::Image
+    }
+}
+
+/// Which lifecycle hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum HookKind {
+    /// After launch, before the instance is registered and counted: bootstrap checks.
+    Launching,
+    /// After the instance drained, before it is terminated: drain scripts, log shipping.
+    Terminating,
+}
+
+impl HookKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::Launching => "launching",
+            HookKind::Terminating => "terminating",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "launching" => Some(HookKind::Launching),
+            "terminating" => Some(HookKind::Terminating),
+            _ => None,
+        }
+    }
+}
+
+/// How a lifecycle action ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HookResult {
+    /// Go on: count the launched instance, terminate the drained one.
+    Continue,
+    /// At launch: the instance failed (it counts for the rollout's health gate) and is replaced.
+    /// Before termination: terminate it all the same.
+    Abandon,
+}
+
+impl HookResult {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "CONTINUE" => Some(HookResult::Continue),
+            "ABANDON" => Some(HookResult::Abandon),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookResult::Continue => "CONTINUE",
+            HookResult::Abandon => "ABANDON",
+        }
     }
 }

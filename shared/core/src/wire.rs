@@ -184,6 +184,54 @@ pub struct ImageRejected {
     pub reason: String,
 }
 
+/// `InstanceLaunching`: a new instance waits on the fleet's launching hook. Answer with
+/// `LifecycleActionCompleted` (`phoenix lifecycle complete`) before `timeout_at`, or the hook's
+/// default result applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct InstanceLaunching {
+    pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
+    pub instance: String,
+    /// `launching`.
+    pub hook: String,
+    pub timeout_at: Timestamp,
+}
+
+/// `InstanceTerminating`: a drained instance waits on the fleet's terminating hook before it is
+/// terminated. Answer with `LifecycleActionCompleted` before `timeout_at`, or it is terminated
+/// then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct InstanceTerminating {
+    pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
+    pub instance: String,
+    /// `terminating`.
+    pub hook: String,
+    pub timeout_at: Timestamp,
+}
+
+/// `TargetGroupMissing`: a target group the fleet names does not exist. phoenix takes away no
+/// instance that may serve until it is back or removed from the fleet file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TargetGroupMissing {
+    pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
+    pub target_group: String,
+    pub reason: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +254,11 @@ mod tests {
             ("ScaleRequested", true, s::<events::ScaleDetail>()),
             ("ReconcileRequested", true, s::<events::ReconcileDetail>()),
             ("RolloutControl", true, s::<events::ControlDetail>()),
+            (
+                "LifecycleActionCompleted",
+                true,
+                s::<events::LifecycleDetail>(),
+            ),
             ("RolloutStarted", false, s::<RolloutStarted>()),
             ("WaveStarted", false, s::<WaveStarted>()),
             ("WaveHealthy", false, s::<WaveHealthy>()),
@@ -218,6 +271,9 @@ mod tests {
             ("ReplacementHalted", false, s::<ReplacementHalted>()),
             ("ImageQuarantined", false, s::<ImageQuarantined>()),
             ("ImageRejected", false, s::<ImageRejected>()),
+            ("InstanceLaunching", false, s::<InstanceLaunching>()),
+            ("InstanceTerminating", false, s::<InstanceTerminating>()),
+            ("TargetGroupMissing", false, s::<TargetGroupMissing>()),
         ]
     }
 
@@ -330,6 +386,20 @@ mod tests {
                 image: a(3),
                 reason: "untagged".into(),
             },
+            Change::LifecycleHookStarted {
+                instance: i(3),
+                hook: crate::lifecycle::HookKind::Launching,
+                until: "2030-01-01T01:00:00Z".parse().unwrap(),
+            },
+            Change::LifecycleHookStarted {
+                instance: i(1),
+                hook: crate::lifecycle::HookKind::Terminating,
+                until: "2030-01-01T00:05:00Z".parse().unwrap(),
+            },
+            Change::TargetGroupMissing {
+                group: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef".into(),
+                reason: "TargetGroupNotFound".into(),
+            },
         ];
         let out = events::notifications(&FleetName::parse("web").unwrap(), "sx1abc", 7, &changes);
         assert_eq!(out.len(), changes.len());
@@ -352,6 +422,9 @@ mod tests {
                 "ReplacementHalted" => exact::<ReplacementHalted>(detail),
                 "ImageQuarantined" => exact::<ImageQuarantined>(detail),
                 "ImageRejected" => exact::<ImageRejected>(detail),
+                "InstanceLaunching" => exact::<InstanceLaunching>(detail),
+                "InstanceTerminating" => exact::<InstanceTerminating>(detail),
+                "TargetGroupMissing" => exact::<TargetGroupMissing>(detail),
                 other => panic!("{other} has no type in crate::wire"),
             }
         }

@@ -41,12 +41,14 @@ fn fleet(capacity: u32, policy: &str) -> Fleet {
         f.instances.insert(
             id.clone(),
             Instance {
+                launch_hook: None,
                 id,
                 image: ami(1),
                 launched_at: t0() - Duration::minutes(90 - i64::from(n)),
                 state: Lifecycle::Running,
                 health: Health::Healthy,
                 signals: Signals {
+                    elb_ok: false,
                     ec2_ok: true,
                     passed: false,
                     host_impaired: false,

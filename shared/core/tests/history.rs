@@ -201,6 +201,7 @@ impl Ec2 {
             .iter()
             .filter(|(_, vm)| vm.gone_at.is_none_or(|t| t + Duration::hours(1) > self.now))
             .map(|(id, vm)| Observed {
+                targets: Default::default(),
                 id: id.clone(),
                 image: Some(vm.image.clone()),
                 state: vm.state,

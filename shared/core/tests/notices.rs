@@ -52,6 +52,7 @@ fn fleet(capacity: u32, extra: &str) -> Fleet {
 fn observed(f: &Fleet) -> Vec<Observed> {
     f.live_instances()
         .map(|i| Observed {
+            targets: Default::default(),
             id: i.id.clone(),
             image: Some(i.image.clone()),
             state: Lifecycle::Running,

@@ -100,7 +100,7 @@ fn launches(step: &Step) -> Vec<(String, ImageId, u32)> {
                 image,
                 count,
             } => Some((token.clone(), image.clone(), *count)),
-            Command::Terminate { .. } => None,
+            _ => None,
         })
         .collect()
 }
@@ -117,7 +117,7 @@ fn terminations(step: &Step) -> Vec<(InstanceId, Option<String>)> {
                 .iter()
                 .map(|i| (i.clone(), after_launch.clone()))
                 .collect::<Vec<_>>(),
-            Command::Launch { .. } => Vec::new(),
+            _ => Vec::new(),
         })
         .collect()
 }
@@ -333,6 +333,7 @@ impl Ec2 {
             .filter(|vm| vm.visible_from <= self.now)
             .filter(|vm| vm.gone_at.is_none_or(|t| t + Duration::hours(1) > self.now))
             .map(|vm| Observed {
+                targets: Default::default(),
                 id: vm.id.clone(),
                 image: Some(vm.image.clone()),
                 state: vm.state,
@@ -437,6 +438,7 @@ impl Sim {
             sim.fleet.instances.insert(
                 id.clone(),
                 Instance {
+                    launch_hook: None,
                     id,
                     image: ami(image),
                     launched_at,
@@ -486,7 +488,9 @@ impl Sim {
 
     fn load_for(&self, intent: &Intent) -> Fleet {
         match intent {
-            Intent::HealthCheckFailed { instance, .. } | Intent::HealthCheckPassed { instance } => {
+            Intent::HealthCheckFailed { instance, .. }
+            | Intent::HealthCheckPassed { instance }
+            | Intent::LifecycleActionCompleted { instance, .. } => {
                 self.load_partial(Some(instance))
             }
             Intent::ImageReady { .. }

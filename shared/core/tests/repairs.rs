@@ -40,12 +40,14 @@ fn fleet(capacity: u32, policy: &str) -> Fleet {
         f.instances.insert(
             id(n),
             Instance {
+                launch_hook: None,
                 id: id(n),
                 image: ami(1),
                 launched_at: t0() - Duration::minutes(90),
                 state: Lifecycle::Running,
                 health: Health::Healthy,
                 signals: Signals {
+                    elb_ok: false,
                     ec2_ok: true,
                     passed: true,
                     host_impaired: false,
@@ -126,6 +128,15 @@ fn carried_out(step: &Step, next: &mut u32, now: DateTime<Utc>) -> Vec<Outcome> 
                     request_ids: Vec::new(),
                 });
             }
+            Command::Register { instances } => outcomes.push(Outcome::Registered {
+                instances: instances.clone(),
+                request_ids: Vec::new(),
+            }),
+            Command::Deregister { instances, .. } => outcomes.push(Outcome::Deregistered {
+                instances: instances.clone(),
+                delay: phoenix_core::model::Seconds(0),
+                request_ids: Vec::new(),
+            }),
         }
     }
     outcomes

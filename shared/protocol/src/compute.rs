@@ -123,6 +123,7 @@ impl<E: Ec2> Compute<E> {
                     zone: i.zone,
                     instance_type: i.instance_type,
                     subnet: i.subnet,
+                    targets: Default::default(),
                 })
             })
             .collect())
@@ -157,6 +158,7 @@ impl<E: Ec2> Compute<E> {
             zone: i.zone,
             instance_type: i.instance_type,
             subnet: i.subnet,
+            targets: Default::default(),
         }))
     }
 

@@ -8,7 +8,9 @@
 //!   change, the event records that make delivery at-least-once safe.
 //! - `compute` — phoenix's use of EC2: observe by tag, launch with tags and token, terminate only
 //!   what is re-validated as the fleet's.
-//! - `controller` — the protocol itself, over the three, calling the core's planner through
+//! - `targets` — phoenix's use of the load balancers' target groups: what they report,
+//!   registering, deregistering (and for how long instances drain), checking a fleet file's.
+//! - `controller` — the protocol itself, over the four, calling the core's planner through
 //!   `planner` (a seam the simulator uses to drive broken planners, as `variant` are broken
 //!   protocols).
 //!
@@ -21,6 +23,7 @@ pub mod error;
 pub mod planner;
 pub mod ports;
 pub mod store;
+pub mod targets;
 pub mod variant;
 
 pub use controller::{Controller, FleetOutcome, FleetReport, Intake, Preview, Report};

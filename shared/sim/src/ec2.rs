@@ -402,6 +402,7 @@ impl Ec2 {
             .values()
             .filter(|vm| Self::visible(vm, now) && vm.tagged)
             .map(|vm| Observed {
+                targets: Default::default(),
                 id: vm.id.clone(),
                 image: Some(vm.image.clone()),
                 state: vm.state,

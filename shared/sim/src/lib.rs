@@ -13,6 +13,7 @@
 pub mod books;
 pub mod check;
 pub mod ec2;
+pub mod elb;
 pub mod executor;
 pub mod ports;
 pub mod rng;

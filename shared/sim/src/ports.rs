@@ -11,8 +11,10 @@ use phoenix_protocol::ports::bus::{Bus, OutgoingEvent};
 use phoenix_protocol::ports::ec2::{
     Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, TemplateVersions,
 };
+use phoenix_protocol::ports::elb::{Elb, Target, TargetGroup, TargetHealth};
 use phoenix_protocol::ports::table::{Item, Key, Query, Table, Transacted, Write};
 use phoenix_protocol::ports::{Ports, Time};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -62,12 +64,14 @@ pub struct Sim;
 impl Ports for Sim {
     type Table = SimTable;
     type Ec2 = SimEc2;
+    type Elb = SimElb;
     type Bus = SimBus;
     type Time = SimTime;
 }
 
 pub struct SimTable(pub Shared);
 pub struct SimEc2(pub Shared);
+pub struct SimElb(pub Shared);
 pub struct SimBus(pub Shared);
 pub struct SimTime(pub Shared);
 
@@ -157,6 +161,41 @@ impl Ec2 for SimEc2 {
 
     async fn describe_image(&self, image: &str) -> Result<Option<ImageFacts>> {
         let out = Ok(self.0.lock().ec2.describe_image(image));
+        yield_now().await;
+        out
+    }
+
+    async fn subnet_vpcs(&self, ids: &[String]) -> Result<BTreeMap<String, String>> {
+        let out = Ok(ids
+            .iter()
+            .map(|s| (s.clone(), "vpc-sim".to_string()))
+            .collect());
+        yield_now().await;
+        out
+    }
+}
+
+impl Elb for SimElb {
+    async fn describe_target_group(&self, arn: &str) -> Result<Option<TargetGroup>> {
+        let out = self.0.lock().elb_describe(arn);
+        yield_now().await;
+        out
+    }
+
+    async fn target_health(&self, arn: &str) -> Result<Vec<TargetHealth>> {
+        let out = self.0.lock().elb_health(arn);
+        yield_now().await;
+        out
+    }
+
+    async fn register_targets(&self, arn: &str, targets: &[Target]) -> Result<Option<String>> {
+        let out = self.0.lock().elb_register(arn, targets);
+        yield_now().await;
+        out
+    }
+
+    async fn deregister_targets(&self, arn: &str, targets: &[Target]) -> Result<Option<String>> {
+        let out = self.0.lock().elb_deregister(arn, targets);
         yield_now().await;
         out
     }

@@ -13,7 +13,7 @@ use crate::rng::Rng;
 use crate::world::ServiceFaults;
 use chrono::{Duration, TimeZone, Utc};
 use phoenix_core::model::{
-    BreakerPolicy, Checkpoint, FleetSpec, Freeze, HealthSignal, LaunchTemplateRef, RolloutPolicy,
+    BreakerPolicy, Checkpoint, FleetSpec, Freeze, HealthCheck, LaunchTemplateRef, RolloutPolicy,
     Seconds, Timestamp, Window,
 };
 use phoenix_core::quantity::Quantity;
@@ -251,11 +251,11 @@ impl Scenario {
             }
         }
         let health_check = *rng.pick(&[
-            HealthSignal::Ec2,
-            HealthSignal::Ec2,
-            HealthSignal::Ec2,
-            HealthSignal::Event,
-            HealthSignal::Both,
+            HealthCheck::EC2,
+            HealthCheck::EC2,
+            HealthCheck::EC2,
+            HealthCheck::EVENT,
+            HealthCheck::BOTH,
         ]);
         let checkpoints = match rng.below(4) {
             0 => vec![Checkpoint {
@@ -319,6 +319,8 @@ impl Scenario {
             admission: None,
             maintenance_window: None,
             taint: Default::default(),
+            load_balancing: None,
+            hooks: Default::default(),
         };
         let weather = match rng.below(10) {
             0 | 1 => Weather {

@@ -322,6 +322,7 @@ fn the_largest_commit_with_its_notifications_is_one_transaction() {
         step.fleet.instances.insert(
             id.clone(),
             phoenix_core::model::Instance {
+                launch_hook: None,
                 id: id.clone(),
                 image: ami(10),
                 launched_at: now,
@@ -866,7 +867,7 @@ fn the_planner_variants_rewrite_only_what_they_say() {
 
 #[test]
 fn the_controller_launches_no_image_of_an_account_not_allowed() {
-    use crate::ports::{Sim, SimBus, SimEc2, SimTime};
+    use crate::ports::{Sim, SimBus, SimEc2, SimElb, SimTime};
     use phoenix_core::events::Envelope;
     use phoenix_core::images::AllowedImageAccounts;
     use phoenix_protocol::{Controller, Intake};
@@ -880,6 +881,7 @@ fn the_controller_launches_no_image_of_an_account_not_allowed() {
     let controller = Controller::<Sim>::new(
         SimTable(world.clone()),
         SimEc2(world.clone()),
+        SimElb(world.clone()),
         SimBus(world.clone()),
         SimTime(world.clone()),
         Intake {

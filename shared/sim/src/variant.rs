@@ -267,6 +267,7 @@ fn replace_in_place(step: &mut Step) {
     for id in &victims {
         if let Some(i) = step.fleet.instances.get_mut(id) {
             i.disposal = Some(Disposal {
+                stage: Default::default(),
                 reason: "replaced in place".into(),
                 decided_at: now,
                 after_launch: None,

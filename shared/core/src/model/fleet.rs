@@ -18,7 +18,7 @@ use crate::events::QueuedIntent;
 use crate::ids::{ImageId, InstanceId};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A launch phoenix decided and has not yet seen the instances of. Recorded before RunInstances is
 /// called (write-ahead), so a crash between the call and the record is recovered by finding the
@@ -253,6 +253,10 @@ pub struct Fleet {
     /// it first changes. Until then, they count as matching it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legacy_definition: Option<String>,
+    /// Target groups of the spec that did not exist at the last look: while one is missing, no
+    /// instance that may serve is taken away voluntarily, and no drain ends before its delay.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub lb_missing: BTreeSet<String>,
     #[serde(skip)]
     pub instances: Instances,
     #[serde(skip)]
@@ -285,6 +289,7 @@ impl Fleet {
             template_version: None,
             definitions: BTreeMap::new(),
             legacy_definition: None,
+            lb_missing: BTreeSet::new(),
             inbox: Vec::new(),
             instances: Instances::new(),
             complete: true,

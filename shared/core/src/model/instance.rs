@@ -6,6 +6,7 @@
 //! terminate it), the instance is neither repaired nor retired again. A copy of `Instances` shares
 //! every record with the original until one of them changes it.
 
+use super::traffic::{HookWait, Targets};
 use crate::ids::{ImageId, InstanceId};
 use crate::lifecycle::{Health, Lifecycle};
 use crate::notice::{Retirement, Taint};
@@ -35,16 +36,53 @@ pub struct Signals {
     /// from becoming healthy is not the image's fault.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_impaired: bool,
+    /// Every target group of the fleet reported it `healthy`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub elb_ok: bool,
 }
 
 /// phoenix has decided to terminate this instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disposal {
     pub reason: String,
+    /// When it was decided, or last acted on (a stage begun, a call issued again): a call not
+    /// followed by its outcome within `LEASE` of this is issued again.
     pub decided_at: Timestamp,
-    /// Terminate only once this launch (its replacement) has succeeded.
+    /// Act only once this launch (its replacement) has succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_launch: Option<String>,
+    /// Where it is on its way out.
+    #[serde(default, skip_serializing_if = "Stage::is_terminate")]
+    pub stage: Stage,
+}
+
+/// The way out of a fleet, in order: deregistered from the fleet's target groups, drained,
+/// held by the terminating hook, terminated. A fleet without target groups or a terminating hook
+/// (and every record from before there were stages) goes straight to `Terminate`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Stage {
+    /// To be deregistered from every target group (after its replacement launched, if it waits
+    /// for one); then it drains.
+    Deregister,
+    /// Deregistered: requests in flight finish. Over once no group lists it, or at `until` (the
+    /// groups' deregistration delay, or sooner when AWS takes the instance back sooner).
+    Draining { since: Timestamp, until: Timestamp },
+    /// The terminating hook holds it: until `LifecycleActionCompleted` or `until`.
+    Hook { since: Timestamp, until: Timestamp },
+    /// To be terminated (re-validated just before the call).
+    #[default]
+    Terminate,
+}
+
+impl Stage {
+    pub fn is_terminate(&self) -> bool {
+        *self == Stage::Terminate
+    }
+    /// Deregistered and not yet terminated: out of the load balancers, still running.
+    pub fn is_draining(&self) -> bool {
+        matches!(self, Stage::Draining { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +120,9 @@ pub struct Instance {
     pub definition: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
+    /// The launching hook it waited on (none: the fleet had none when it launched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_hook: Option<HookWait>,
 }
 
 impl Instance {
@@ -93,6 +134,10 @@ impl Instance {
     }
     pub fn is_failed(&self) -> bool {
         matches!(self.health, Health::Unhealthy { .. })
+    }
+    /// Past its launching hook (or it had none): it may be registered and counted.
+    pub fn launch_hook_passed(&self) -> bool {
+        self.launch_hook.as_ref().is_none_or(HookWait::continued)
     }
 }
 
@@ -214,6 +259,9 @@ pub struct Observed {
     pub subnet: Option<String>,
     /// The `phoenix:definition` tag.
     pub definition: Option<String>,
+    /// What the fleet's target groups report about it (empty: none lists it, or the fleet has
+    /// none).
+    pub targets: Targets,
 }
 
 impl Observed {
@@ -231,6 +279,7 @@ impl Observed {
             instance_type: i.instance_type.clone(),
             subnet: i.subnet.clone(),
             definition: i.definition.clone(),
+            targets: Targets::new(),
         }
     }
 }

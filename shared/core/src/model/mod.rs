@@ -22,8 +22,9 @@ mod position;
 mod schedule;
 mod spec;
 mod target;
+mod traffic;
 
-pub use crate::lifecycle::{Health, Lifecycle, Suspect};
+pub use crate::lifecycle::{Health, HookKind, HookResult, Lifecycle, Suspect};
 pub use crate::quantity::{validate_capacity, MAX_CAPACITY};
 pub use crate::time::{Seconds, Timestamp};
 pub use budgets::{Reason, ReasonBudget, ReasonBudgets};
@@ -33,11 +34,16 @@ pub use fleet::{
     RolloutStatus, Stall, Wave, WindowWait,
 };
 pub use instance::{
-    Disposal, Instance, Instances, Observed, Signals, TAG_DEFINITION, TAG_FLEET, TAG_IMAGE,
+    Disposal, Instance, Instances, Observed, Signals, Stage, TAG_DEFINITION, TAG_FLEET, TAG_IMAGE,
     TAG_TOKEN,
 };
 pub use schedule::{disruption_at, Closed, Freeze, Openness, Window, HORIZON_DAYS};
 pub use spec::{
-    BreakerPolicy, Budget, Checkpoint, FleetSpec, HealthSignal, LaunchTemplateRef, RolloutPolicy,
+    BreakerPolicy, Budget, Checkpoint, FleetSpec, HealthCheck, HealthSignal, LaunchTemplateRef,
+    RolloutPolicy,
 };
 pub use target::{Drift, Target};
+pub use traffic::{
+    group_name, Hook, HookWait, Hooks, LoadBalancing, TargetGroupRef, TargetState, Targets,
+    MAX_TARGET_GROUPS,
+};

@@ -13,6 +13,7 @@ use super::images::{Admission, ImageSelector};
 use super::instance::Signals;
 use super::position::locate;
 use super::schedule::{disruption_at, Freeze, Openness, Window};
+use super::traffic::{Hooks, LoadBalancing, TargetGroupRef};
 use crate::error::{Error, Result};
 use crate::ids::{FleetName, ImageId};
 use crate::notice::{MaintenanceWindow, TaintMode};
@@ -21,27 +22,129 @@ use crate::time::{Seconds, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Which signal makes a freshly launched instance count as healthy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// One signal that counts a freshly launched instance as healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthSignal {
     /// EC2 reports the instance running with both status checks `ok`.
-    #[default]
     Ec2,
     /// A `HealthCheckPassed` event names the instance (an application-level check).
     Event,
-    /// Both of the above.
-    Both,
+    /// Every target group of the fleet reports it `healthy` (and, once it has been, a group
+    /// reporting it `unhealthy` fails it, as Auto Scaling's ELB health check does).
+    Elb,
 }
 
-impl HealthSignal {
+/// The signals that must all be given before a new instance counts as healthy. Written as one
+/// (`ec2`), a list (`[ec2, elb]`), or `both` (ec2 and event). Default `ec2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "HealthCheckForm", into = "HealthCheckForm")]
+pub struct HealthCheck {
+    pub ec2: bool,
+    pub event: bool,
+    pub elb: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum HealthCheckForm {
+    One(String),
+    List(Vec<HealthSignal>),
+}
+
+impl TryFrom<HealthCheckForm> for HealthCheck {
+    type Error = String;
+    fn try_from(form: HealthCheckForm) -> std::result::Result<Self, String> {
+        let signals = match form {
+            HealthCheckForm::One(s) if s == "both" => vec![HealthSignal::Ec2, HealthSignal::Event],
+            HealthCheckForm::One(s) => vec![match s.as_str() {
+                "ec2" => HealthSignal::Ec2,
+                "event" => HealthSignal::Event,
+                "elb" => HealthSignal::Elb,
+                other => {
+                    return Err(format!(
+                        "unknown health signal {other:?}: give ec2, event, elb, both, or a list"
+                    ))
+                }
+            }],
+            HealthCheckForm::List(v) => v,
+        };
+        if signals.is_empty() {
+            return Err("name at least one health signal".into());
+        }
+        Ok(HealthCheck {
+            ec2: signals.contains(&HealthSignal::Ec2),
+            event: signals.contains(&HealthSignal::Event),
+            elb: signals.contains(&HealthSignal::Elb),
+        })
+    }
+}
+
+impl From<HealthCheck> for HealthCheckForm {
+    fn from(h: HealthCheck) -> Self {
+        match (h.ec2, h.event, h.elb) {
+            (true, false, false) => HealthCheckForm::One("ec2".into()),
+            (false, true, false) => HealthCheckForm::One("event".into()),
+            (true, true, false) => HealthCheckForm::One("both".into()),
+            _ => HealthCheckForm::List(h.signals()),
+        }
+    }
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck::EC2
+    }
+}
+
+impl HealthCheck {
+    pub const EC2: HealthCheck = HealthCheck {
+        ec2: true,
+        event: false,
+        elb: false,
+    };
+    pub const EVENT: HealthCheck = HealthCheck {
+        ec2: false,
+        event: true,
+        elb: false,
+    };
+    pub const BOTH: HealthCheck = HealthCheck {
+        ec2: true,
+        event: true,
+        elb: false,
+    };
+
+    pub fn signals(self) -> Vec<HealthSignal> {
+        [
+            (self.ec2, HealthSignal::Ec2),
+            (self.event, HealthSignal::Event),
+            (self.elb, HealthSignal::Elb),
+        ]
+        .into_iter()
+        .filter_map(|(on, s)| on.then_some(s))
+        .collect()
+    }
+
     /// Whether the signals an instance has received satisfy this policy.
     pub fn satisfied_by(self, signals: Signals) -> bool {
-        match self {
-            HealthSignal::Ec2 => signals.ec2_ok,
-            HealthSignal::Event => signals.passed,
-            HealthSignal::Both => signals.ec2_ok && signals.passed,
-        }
+        (!self.ec2 || signals.ec2_ok)
+            && (!self.event || signals.passed)
+            && (!self.elb || signals.elb_ok)
+    }
+}
+
+impl std::fmt::Display for HealthCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self
+            .signals()
+            .into_iter()
+            .map(|s| match s {
+                HealthSignal::Ec2 => "ec2",
+                HealthSignal::Event => "event",
+                HealthSignal::Elb => "elb",
+            })
+            .collect();
+        f.write_str(&names.join("+"))
     }
 }
 
@@ -55,9 +158,10 @@ pub struct RolloutPolicy {
     /// How many instances below capacity may be unavailable while replacing (rounded down). Default 0.
     #[serde(default = "default_unavailable")]
     pub max_unavailable: Quantity,
-    /// What makes a new instance count as healthy. Default `ec2`.
+    /// What makes a new instance count as healthy. Default `ec2`. With target groups, an
+    /// instance counts only once every group reports it healthy, whatever this names.
     #[serde(default)]
-    pub health_check: HealthSignal,
+    pub health_check: HealthCheck,
     /// Grace after launch before an instance can count as healthy. Default 0s.
     #[serde(default, skip_serializing_if = "Seconds::is_zero")]
     pub warmup: Seconds,
@@ -169,7 +273,7 @@ impl Default for RolloutPolicy {
         RolloutPolicy {
             max_surge: default_surge(),
             max_unavailable: default_unavailable(),
-            health_check: HealthSignal::Ec2,
+            health_check: HealthCheck::EC2,
             warmup: Seconds(0),
             canary: None,
             bake: Seconds(0),
@@ -282,6 +386,13 @@ pub struct FleetSpec {
     /// What an in-place change to an instance (CloudTrail) does: off, record or replace (default).
     #[serde(default, skip_serializing_if = "crate::notice::TaintMode::is_default")]
     pub taint: TaintMode,
+    /// The target groups every instance is registered with, and drained from before it goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancing: Option<LoadBalancing>,
+    /// Lifecycle hooks: phoenix waits for `LifecycleActionCompleted` (or the timeout) after a
+    /// launch and before a termination.
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
 }
 
 /// Capacities arrive as JSON numbers from users; read them wide so `-1` and `1e9` get our own
@@ -383,6 +494,22 @@ impl FleetSpec {
         if let Some(w) = &self.maintenance_window {
             w.validate()?;
         }
+        if let Some(lb) = &self.load_balancing {
+            lb.validate()?;
+            if self.subnets.is_empty() {
+                return Err(Error::invalid(
+                    "load_balancing",
+                    "name the fleet's subnets: its target groups must be in their VPC",
+                ));
+            }
+        }
+        if p.health_check.elb && self.load_balancing.is_none() {
+            return Err(Error::invalid(
+                "policy.health_check",
+                "elb needs load_balancing.target_groups",
+            ));
+        }
+        self.hooks.validate()?;
         for key in self.tags.keys() {
             let lower = key.to_ascii_lowercase();
             if lower.starts_with("phoenix:") || lower.starts_with("aws:") {
@@ -393,6 +520,13 @@ impl FleetSpec {
             }
         }
         Ok(())
+    }
+
+    /// The target groups its instances serve behind (none without `load_balancing`).
+    pub fn target_groups(&self) -> &[TargetGroupRef] {
+        self.load_balancing
+            .as_ref()
+            .map_or(&[], |lb| lb.target_groups.as_slice())
     }
 
     /// Reads a fleet file (YAML, of which JSON is a subset). Errors name the line and the field

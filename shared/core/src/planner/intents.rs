@@ -333,6 +333,14 @@ pub fn apply_intent(
                 }
             }
         },
+        Intent::LifecycleActionCompleted {
+            instance,
+            hook,
+            result,
+        } => match fleet.instances.get(instance) {
+            None => return Err(not_member(fleet, instance)),
+            Some(_) => tx.lifecycle_completed(instance, *hook, *result),
+        },
         Intent::RolloutControl { action, .. } => control(&mut tx, *action),
         Intent::ClearQuarantine { image, .. } => {
             if tx.fleet.quarantined.remove(image).is_some() {

@@ -44,6 +44,7 @@ impl Tx {
                     replacement_for: pending.replacement_for.clone(),
                     definition: l.definition.clone(),
                     subnet: l.subnet.clone(),
+                    launch_hook: None,
                 },
             );
             self.touched.insert(l.id.clone());
@@ -59,9 +60,12 @@ impl Tx {
         }
         self.changes.push(Change::Launched {
             token: token.to_string(),
-            instances: ids,
+            instances: ids.clone(),
             request_ids: request_ids.to_vec(),
         });
+        for id in &ids {
+            self.start_launch_hook(id);
+        }
         // A double launch (an emulator that ignores ClientToken, or a lost race) leaves extras:
         // they belong to no decision, so they go.
         for extra in found.iter().skip(pending.count as usize) {
@@ -84,7 +88,12 @@ fn outcome_writes(outcome: &Outcome) -> usize {
     match outcome {
         Outcome::Launched { instances, .. } => instances.len(),
         Outcome::Terminated { instances, .. } => instances.len(),
-        Outcome::LaunchFailed { .. } | Outcome::TerminateFailed { .. } => 0,
+        Outcome::Deregistered { instances, .. } => instances.len(),
+        Outcome::LaunchFailed { .. }
+        | Outcome::TerminateFailed { .. }
+        | Outcome::Registered { .. }
+        | Outcome::RegisterFailed { .. }
+        | Outcome::DeregisterFailed { .. } => 0,
     }
 }
 
@@ -165,6 +174,28 @@ pub fn record_outcome_part(
                     instances: instances.clone(),
                     error: error.clone(),
                 });
+            }
+            Outcome::Registered {
+                instances,
+                request_ids,
+            } => tx.changes.push(Change::Registered {
+                instances: instances.clone(),
+                request_ids: request_ids.clone(),
+            }),
+            Outcome::RegisterFailed { instances, error } => {
+                tx.changes.push(Change::RegistrationFailed {
+                    instances: instances.clone(),
+                    error: error.clone(),
+                })
+            }
+            Outcome::Deregistered {
+                instances, delay, ..
+            } => tx.deregistered(instances, *delay),
+            Outcome::DeregisterFailed { instances, error } => {
+                tx.changes.push(Change::DeregistrationFailed {
+                    instances: instances.clone(),
+                    error: error.clone(),
+                })
             }
         }
     }

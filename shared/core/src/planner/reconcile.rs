@@ -226,49 +226,15 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                     }
                     tx.promote(&inst.id);
                 }
-                if let Some(d) = &inst.disposal {
-                    // Decided but apparently never carried out (the deciding invocation died).
-                    // Issued again as a change of its own with a fresh lease, like a retried
-                    // launch: the controller neither commits nor executes a step without changes.
-                    // One waiting for its replacement's launch, while that launch is pending, goes
-                    // only with the launch's retry, and only if the launch succeeds.
-                    let waits_for = d
-                        .after_launch
-                        .clone()
-                        .filter(|t| tx.fleet.pending.iter().any(|p| p.token == *t));
-                    let retried = waits_for.as_ref().is_some_and(|t| {
-                        tx.launches
-                            .iter()
-                            .any(|c| matches!(c, Command::Launch { token, .. } if token == t))
-                    });
-                    if d.decided_at + LEASE <= now
-                        && !tx.terminate_now.contains(&inst.id)
-                        && (waits_for.is_none() || retried)
-                    {
-                        if let Some(disposal) =
-                            tx.instance_mut(&inst.id).and_then(|i| i.disposal.as_mut())
-                        {
-                            disposal.decided_at = now;
-                        }
-                        tx.changes.push(Change::TerminationDecided {
-                            instance: inst.id.clone(),
-                            reason: format!("{} (issued again)", d.reason),
-                        });
-                        match waits_for {
-                            Some(t) => tx
-                                .terminate_after
-                                .entry(t)
-                                .or_default()
-                                .push(inst.id.clone()),
-                            None => tx.terminate_now.push(inst.id.clone()),
-                        }
-                    }
-                }
+                tx.serving(inst, o);
+                tx.way_out(inst, o);
             }
             None if inst.launched_at + OBSERVE_GRACE <= now => gone(tx, inst, "missing"),
             None => {}
         }
     }
+
+    tx.note_registrations();
 
     // Tagged with the fleet, but owned by no record and no pending decision: terminate.
     let pending_tokens: BTreeSet<&str> = fleet_tokens(&tx.fleet);

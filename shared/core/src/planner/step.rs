@@ -8,13 +8,14 @@
 
 use crate::events::Change;
 use crate::ids::{ImageId, InstanceId};
-use crate::model::{Fleet, Lifecycle, Timestamp};
+use crate::model::{Fleet, Lifecycle, Seconds, Timestamp};
 use serde::Serialize;
 use std::collections::BTreeSet;
 
-/// What the executor must do. Order of execution: `Terminate` without `after_launch` first (they
-/// were already covered by healthy replacements), then every `Launch`, then the `Terminate`s that
-/// wait for a launch, and only if that launch succeeded.
+/// What the executor must do. Order of execution: `Terminate` and `Deregister` without
+/// `after_launch` first (they were already covered by healthy replacements) and `Register`, then
+/// every `Launch`, then the `Deregister`s and `Terminate`s that wait for a launch, and only if
+/// that launch succeeded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
@@ -24,6 +25,13 @@ pub enum Command {
         count: u32,
     },
     Terminate {
+        instances: Vec<InstanceId>,
+        after_launch: Option<String>,
+    },
+    /// Register with every target group of the fleet.
+    Register { instances: Vec<InstanceId> },
+    /// Deregister from every target group of the fleet: they start draining.
+    Deregister {
         instances: Vec<InstanceId>,
         after_launch: Option<String>,
     },
@@ -47,6 +55,24 @@ pub enum Outcome {
         request_ids: Vec<String>,
     },
     TerminateFailed {
+        instances: Vec<InstanceId>,
+        error: String,
+    },
+    Registered {
+        instances: Vec<InstanceId>,
+        request_ids: Vec<String>,
+    },
+    RegisterFailed {
+        instances: Vec<InstanceId>,
+        error: String,
+    },
+    /// Deregistered from every group; `delay`: the longest deregistration delay of the groups.
+    Deregistered {
+        instances: Vec<InstanceId>,
+        delay: Seconds,
+        request_ids: Vec<String>,
+    },
+    DeregisterFailed {
         instances: Vec<InstanceId>,
         error: String,
     },

@@ -17,7 +17,7 @@ use super::step::{Command, Step};
 use crate::events::Change;
 use crate::ids::{ImageId, InstanceId};
 use crate::model::{
-    Disposal, Fleet, Health, Instance, Lifecycle, PendingLaunch, RecentFailure, Target, Timestamp,
+    Fleet, Health, Instance, Lifecycle, PendingLaunch, RecentFailure, Target, Timestamp,
 };
 use chrono::Duration;
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,6 +50,9 @@ pub(super) struct Tx {
     pub(super) launches: Vec<Command>,
     pub(super) terminate_now: Vec<InstanceId>,
     pub(super) terminate_after: BTreeMap<String, Vec<InstanceId>>,
+    pub(super) register: Vec<InstanceId>,
+    pub(super) deregister_now: Vec<InstanceId>,
+    pub(super) deregister_after: BTreeMap<String, Vec<InstanceId>>,
     pub(super) now: Timestamp,
 }
 
@@ -66,6 +69,9 @@ impl Tx {
             launches: Vec::new(),
             terminate_now: Vec::new(),
             terminate_after: BTreeMap::new(),
+            register: Vec::new(),
+            deregister_now: Vec::new(),
+            deregister_after: BTreeMap::new(),
             now,
         }
     }
@@ -78,7 +84,24 @@ impl Tx {
                 after_launch: None,
             });
         }
+        if !self.deregister_now.is_empty() {
+            commands.push(Command::Deregister {
+                instances: self.deregister_now,
+                after_launch: None,
+            });
+        }
+        if !self.register.is_empty() {
+            commands.push(Command::Register {
+                instances: self.register,
+            });
+        }
         commands.extend(self.launches);
+        for (token, instances) in self.deregister_after {
+            commands.push(Command::Deregister {
+                instances,
+                after_launch: Some(token),
+            });
+        }
         for (token, instances) in self.terminate_after {
             commands.push(Command::Terminate {
                 instances,
@@ -117,7 +140,10 @@ impl Tx {
     }
 
     pub(super) fn terminations_this_step(&self) -> usize {
-        self.terminate_now.len() + self.terminate_after.values().map(Vec::len).sum::<usize>()
+        self.terminate_now.len()
+            + self.terminate_after.values().map(Vec::len).sum::<usize>()
+            + self.deregister_now.len()
+            + self.deregister_after.values().map(Vec::len).sum::<usize>()
     }
 
     /// How many more instances may be taken away this hour (`None`: no limit).
@@ -186,42 +212,6 @@ impl Tx {
             count,
         });
         token
-    }
-
-    /// Decides to terminate a member of the fleet. Counts against the hourly budget.
-    pub(super) fn decide_terminate(
-        &mut self,
-        id: &InstanceId,
-        reason: String,
-        after_launch: Option<String>,
-    ) {
-        let now = self.now;
-        let Some(inst) = self.instance_mut(id) else {
-            return;
-        };
-        inst.disposal = Some(Disposal {
-            reason: reason.clone(),
-            decided_at: now,
-            after_launch: after_launch.clone(),
-        });
-        // Entries older than the hour no longer count; they are dropped with the next change
-        // (not on their own: a step that only forgets is not worth a write).
-        self.fleet
-            .disruptions
-            .retain(|t| *t + Duration::hours(1) > now);
-        self.fleet.disruptions.push(now);
-        self.changes.push(Change::TerminationDecided {
-            instance: id.clone(),
-            reason,
-        });
-        match after_launch {
-            Some(token) => self
-                .terminate_after
-                .entry(token)
-                .or_default()
-                .push(id.clone()),
-            None => self.terminate_now.push(id.clone()),
-        }
     }
 
     /// Marks an instance as gone (a tombstone is kept so late events about it are recognised).
@@ -296,9 +286,14 @@ impl Tx {
         let Some(inst) = self.fleet.instances.get(id) else {
             return;
         };
+        // With target groups, an instance counts only once it serves: every group reports it
+        // healthy, whatever else the policy names.
+        let serves = self.fleet.spec.target_groups().is_empty() || inst.signals.elb_ok;
         let ready = inst.health == Health::Unknown
             && inst.state == Lifecycle::Running
             && policy.health_check.satisfied_by(inst.signals)
+            && serves
+            && inst.launch_hook_passed()
             && inst.launched_at + policy.warmup.duration() <= self.now;
         if ready {
             self.set_health(id, Health::Healthy);

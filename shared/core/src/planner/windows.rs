@@ -31,9 +31,11 @@ impl Tx {
         p.disruption_at(self.now)
     }
 
-    /// What is held back now, for the rollout in motion and for the rest.
+    /// What is held back now, for the rollout in motion and for the rest. A target group the
+    /// fleet names that does not exist holds back as a closed window does: phoenix cannot see
+    /// what serves, so it takes nothing away that it need not.
     pub(super) fn hold(&self) -> Hold {
-        if matches!(self.openness(), Openness::Open { .. }) {
+        if self.fleet.lb_missing.is_empty() && matches!(self.openness(), Openness::Open { .. }) {
             return Hold::default();
         }
         let rollout = match self.fleet.rollout.as_ref().filter(|r| r.status.is_active()) {
@@ -51,7 +53,14 @@ impl Tx {
     pub(super) fn note_window(&mut self, waiting: bool) {
         let now = self.now;
         let openness = self.openness();
-        let describe = openness.describe(&self.fleet.spec.policy.windows);
+        let missing_group = !self.fleet.lb_missing.is_empty();
+        let describe = match self.fleet.lb_missing.iter().next() {
+            Some(arn) => format!(
+                "target group {} does not exist",
+                crate::model::group_name(arn)
+            ),
+            None => openness.describe(&self.fleet.spec.policy.windows),
+        };
         let Some(r) = self.active_rollout() else {
             return;
         };
@@ -65,7 +74,7 @@ impl Tx {
                     Openness::Closed {
                         reason: reason @ Closed::Freeze { .. },
                         ..
-                    } => reason.to_string(),
+                    } if !missing_group => reason.to_string(),
                     _ => describe,
                 };
                 r.waiting = Some(WindowWait {

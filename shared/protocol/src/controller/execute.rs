@@ -8,14 +8,15 @@ use crate::ports::{Deadline, Ports};
 use crate::store::{EventKey, EventRecord, Mail};
 use crate::variant::Variant;
 use phoenix_core::events::{Cause, Change};
-use phoenix_core::model::Fleet;
+use phoenix_core::model::{Fleet, Seconds};
 use phoenix_core::planner::{self, Command, Outcome, Step};
 use phoenix_core::{FleetName, InstanceId};
 use std::collections::BTreeSet;
 use tracing::{info, warn};
 
-/// The executor's order: terminations already covered by healthy replacements, then launches,
-/// then the terminations that wait for a launch (carried out only if it succeeded).
+/// The executor's order: terminations and deregistrations already covered by healthy
+/// replacements, and registrations, then launches, then the deregistrations and terminations
+/// that wait for a launch (carried out only if it succeeded).
 pub fn executor_order(commands: &[Command]) -> Vec<&Command> {
     let (first, rest): (Vec<&Command>, Vec<&Command>) = commands.iter().partition(|c| {
         matches!(
@@ -23,7 +24,10 @@ pub fn executor_order(commands: &[Command]) -> Vec<&Command> {
             Command::Terminate {
                 after_launch: None,
                 ..
-            }
+            } | Command::Deregister {
+                after_launch: None,
+                ..
+            } | Command::Register { .. }
         )
     });
     let (launches, after): (Vec<&Command>, Vec<&Command>) = rest
@@ -244,6 +248,48 @@ impl<P: Ports> Controller<P> {
                         });
                     }
                 },
+                Command::Register { instances } => {
+                    match self.targets.register(&fleet.spec, instances).await {
+                        Ok(request_ids) => ran.outcomes.push(Outcome::Registered {
+                            instances: instances.clone(),
+                            request_ids,
+                        }),
+                        Err(e) => {
+                            warn!(fleet = %name, error = %e, "register failed");
+                            ran.failures.push(format!("register: {e}"));
+                            ran.outcomes.push(Outcome::RegisterFailed {
+                                instances: instances.clone(),
+                                error: e.to_string(),
+                            });
+                        }
+                    }
+                }
+                Command::Deregister {
+                    instances,
+                    after_launch,
+                } => {
+                    if after_launch
+                        .as_ref()
+                        .is_some_and(|t| !launched_ok.contains(t))
+                    {
+                        continue; // its replacement did not launch: keep it serving for now
+                    }
+                    match self.targets.deregister(&fleet.spec, instances).await {
+                        Ok(out) => ran.outcomes.push(Outcome::Deregistered {
+                            instances: instances.clone(),
+                            delay: Seconds(out.delay),
+                            request_ids: out.request_ids,
+                        }),
+                        Err(e) => {
+                            warn!(fleet = %name, error = %e, "deregister failed");
+                            ran.failures.push(format!("deregister: {e}"));
+                            ran.outcomes.push(Outcome::DeregisterFailed {
+                                instances: instances.clone(),
+                                error: e.to_string(),
+                            });
+                        }
+                    }
+                }
                 Command::Terminate {
                     instances,
                     after_launch,
@@ -253,6 +299,22 @@ impl<P: Ports> Controller<P> {
                         .is_some_and(|t| !launched_ok.contains(t))
                     {
                         continue; // its replacement did not launch: keep it for now
+                    }
+                    // Never terminated while a target group lists it: deregistered again just
+                    // before (an instance that drained is deregistered already, and this is a
+                    // no-op; one that was not running was not drained, and is deregistered here).
+                    let deregistered = match fleet.spec.target_groups().is_empty() {
+                        true => Ok(Default::default()),
+                        false => self.targets.deregister(&fleet.spec, instances).await,
+                    };
+                    if let Err(e) = deregistered {
+                        warn!(fleet = %name, error = %e, "deregister before terminate failed");
+                        ran.failures.push(format!("terminate: {e}"));
+                        ran.outcomes.push(Outcome::TerminateFailed {
+                            instances: instances.clone(),
+                            error: e.to_string(),
+                        });
+                        continue;
                     }
                     match self.compute.terminate(name, instances).await {
                         Ok(out) => {

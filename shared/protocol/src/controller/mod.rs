@@ -51,6 +51,7 @@ use crate::planner::{CorePlanner, Planner};
 use crate::ports::images::{ImageResolver, StaticImageResolver};
 use crate::ports::{Deadline, Ports, Time};
 use crate::store::{EventKey, Store};
+use crate::targets::TargetGroups;
 use crate::variant::Variant;
 use phoenix_core::aws_events::{AwsEvent, SourcePolicy};
 use phoenix_core::dryrun::{self, SpecPlan};
@@ -117,6 +118,7 @@ impl std::fmt::Debug for Intake {
 pub struct Controller<P: Ports> {
     pub store: Store<P::Table>,
     pub compute: Compute<P::Ec2>,
+    pub targets: TargetGroups<P::Elb>,
     pub bus: P::Bus,
     pub time: P::Time,
     /// Accounts and sources events are accepted from; Image Builder.
@@ -178,10 +180,18 @@ fn fnv(content: &str) -> String {
 }
 
 impl<P: Ports> Controller<P> {
-    pub fn new(store: P::Table, ec2: P::Ec2, bus: P::Bus, time: P::Time, intake: Intake) -> Self {
+    pub fn new(
+        store: P::Table,
+        ec2: P::Ec2,
+        elb: P::Elb,
+        bus: P::Bus,
+        time: P::Time,
+        intake: Intake,
+    ) -> Self {
         Controller {
             store: Store::new(store),
             compute: Compute::new(ec2),
+            targets: TargetGroups::new(elb),
             bus,
             time,
             intake,
@@ -318,7 +328,9 @@ impl<P: Ports> Controller<P> {
             Intent::Scale { fleet, .. }
             | Intent::RolloutControl { fleet, .. }
             | Intent::ClearQuarantine { fleet, .. } => vec![fleet_pass(fleet).await?],
-            Intent::HealthCheckFailed { instance, .. } | Intent::HealthCheckPassed { instance } => {
+            Intent::HealthCheckFailed { instance, .. }
+            | Intent::HealthCheckPassed { instance }
+            | Intent::LifecycleActionCompleted { instance, .. } => {
                 vec![
                     Box::pin(
                         self.instance_event(instance, &intent, env.time, &cause, &key, deadline),
@@ -398,6 +410,8 @@ impl<P: Ports> Controller<P> {
         if let Err(reason) = images::judge(spec, &self.intake.image_accounts, &spec.image, &facts) {
             return Err(phoenix_core::Error::invalid("image", reason).into());
         }
+        // Its target groups exist, take instances, and are in its subnets' VPC.
+        self.targets.check(spec, self.compute.ec2()).await?;
         match &spec.launch_template {
             Some(t) => self
                 .compute

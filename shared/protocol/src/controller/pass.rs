@@ -7,8 +7,8 @@ use crate::error::{Error, Result};
 use crate::ports::{Deadline, Ports};
 use crate::store::{EventKey, EventRecord};
 use phoenix_core::events::{Cause, Intent, QueuedIntent};
-use phoenix_core::model::{Fleet, Timestamp};
-use phoenix_core::planner::{template_resolved, Step};
+use phoenix_core::model::{Fleet, Observed, Timestamp};
+use phoenix_core::planner::{targets_observed, template_resolved, Step};
 use phoenix_core::FleetName;
 use tracing::{info, warn};
 
@@ -121,7 +121,8 @@ impl<P: Ports> Controller<P> {
                 Some(q) => (&q.cause, None),
                 None => (cause, key),
             };
-            let observed = self.compute.describe_fleet(name).await?;
+            let mut observed = self.compute.describe_fleet(name).await?;
+            let missing = self.observe_targets(&fleet, &mut observed).await?;
             let template = self.template_version(&fleet).await?;
             let now = self.now();
             let step = match (queued, intent) {
@@ -150,6 +151,11 @@ impl<P: Ports> Controller<P> {
             // comes by (or at once, when CloudTrail reports the new version).
             let step = match &template {
                 Some(version) => step.then(|f| template_resolved(f, version, now)),
+                None => step,
+            };
+            // Which target groups exist, recorded before the pass plans on them.
+            let step = match missing {
+                Some(missing) => step.then(|f| targets_observed(f, &missing, now)),
                 None => step,
             };
             let step = self.planner.reconcile(step, &observed, now);
@@ -220,6 +226,23 @@ impl<P: Ports> Controller<P> {
             }
         }
         Err(Error::Conflict(name.to_string()))
+    }
+
+    /// What the fleet's target groups report about its instances, put next to what EC2 reports;
+    /// and which groups do not exist (none: the fleet has no groups to look at).
+    async fn observe_targets(
+        &self,
+        fleet: &Fleet,
+        observed: &mut [Observed],
+    ) -> Result<Option<Vec<(String, String)>>> {
+        if fleet.spec.target_groups().is_empty() {
+            return Ok((!fleet.lb_missing.is_empty()).then(Vec::new));
+        }
+        let mut seen = self.targets.observe(&fleet.spec).await?;
+        for o in observed.iter_mut() {
+            o.targets = seen.by_instance.remove(o.id.as_str()).unwrap_or_default();
+        }
+        Ok(Some(seen.missing))
     }
 
     /// The version the fleet's launch template resolves to now, if it floats (`$Latest`,

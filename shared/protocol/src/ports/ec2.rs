@@ -125,6 +125,11 @@ pub trait Ec2: Send + Sync {
         &self,
         template: &LaunchTemplateRef,
     ) -> impl Future<Output = Result<Option<TemplateVersions>>> + Send;
+    /// `DescribeSubnets` of these ids: the VPC of each that exists.
+    fn subnet_vpcs(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<BTreeMap<String, String>>> + Send;
     /// `DescribeImages` of one AMI: what EC2 reports about it (name, owner, tags), or `None` if
     /// this account cannot see it.
     fn describe_image(

@@ -1,16 +1,19 @@
 //! The ports: what the protocol needs from the world, each as small as the protocol's use of it.
-//! `Table` (DynamoDB), `Ec2`, `Bus` (EventBridge) and `ImageResolver` (Image Builder) are AWS APIs
+//! `Table` (DynamoDB), `Ec2`, `Elb` (target groups), `Bus` (EventBridge) and `ImageResolver`
+//! (Image Builder) are AWS APIs
 //! in their own terms; `Time` is the clock, sleeping and jitter. Production adapters live in
 //! `phoenix_aws`, in-memory ones with the same semantics in the simulator.
 
 pub mod bus;
 pub mod ec2;
+pub mod elb;
 pub mod images;
 pub mod table;
 pub mod time;
 
 pub use bus::{Bus, OutgoingEvent};
 pub use ec2::Ec2;
+pub use elb::Elb;
 pub use images::{ImageResolver, StaticImageResolver};
 pub use table::Table;
 pub use time::{Deadline, Time, DEADLINE_RESERVE};
@@ -19,6 +22,7 @@ pub use time::{Deadline, Time, DEADLINE_RESERVE};
 pub trait Ports: 'static {
     type Table: Table;
     type Ec2: Ec2;
+    type Elb: Elb;
     type Bus: Bus;
     type Time: Time;
 }

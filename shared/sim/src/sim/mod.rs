@@ -22,7 +22,7 @@ use crate::books::Books;
 use crate::check::Checker;
 use crate::ec2::Ec2;
 use crate::executor::{Handler, Task};
-use crate::ports::{self, SimBus, SimEc2, SimTable, SimTime};
+use crate::ports::{self, SimBus, SimEc2, SimElb, SimTable, SimTime};
 use crate::rng::Rng;
 use crate::scenario::{Edit, Scenario};
 use crate::variant::Variant;
@@ -212,6 +212,7 @@ impl Sim {
         let controller = Controller::<ports::Sim>::new(
             SimTable(world.clone()),
             SimEc2(world.clone()),
+            SimElb(world.clone()),
             SimBus(world.clone()),
             SimTime(world.clone()),
             Default::default(),

@@ -6,7 +6,7 @@ use crate::ec2::{FLEET, ZONES};
 use crate::scenario::Edit;
 use chrono::Duration;
 use phoenix_core::events::{ControlAction, Intent, ScaleTarget};
-use phoenix_core::model::{HealthSignal, Lifecycle, Openness, RolloutStatus};
+use phoenix_core::model::{Lifecycle, Openness, RolloutStatus};
 use phoenix_core::InstanceId;
 
 impl Sim {
@@ -22,8 +22,7 @@ impl Sim {
             // The chatty checker reports every instance of a fleet of up to ten: beyond, its
             // reports alone outgrow what the simulated Lambda concurrency (`fan_out`) delivers.
             let chatty = self.cfg.chatty && w.books.meta().spec.capacity <= 10;
-            let wants_passed =
-                chatty || w.books.meta().spec.policy.health_check != HealthSignal::Ec2;
+            let wants_passed = chatty || w.books.meta().spec.policy.health_check.event;
             let ids: Vec<InstanceId> = w.ec2.alive().map(|vm| vm.id.clone()).collect();
             for id in ids {
                 let (fault, healthy) = {

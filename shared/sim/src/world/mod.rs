@@ -10,6 +10,7 @@
 //! unfinished event acknowledged without a pass over the fleet.
 
 mod ec2_calls;
+mod elb_calls;
 mod stats;
 mod table_calls;
 
@@ -18,6 +19,7 @@ pub use stats::{Stats, Violation};
 use crate::books::Books;
 use crate::check::{Census, Checker};
 use crate::ec2::Ec2;
+use crate::elb::Elb;
 use crate::rng::Rng;
 use crate::table::TableState;
 use chrono::Duration;
@@ -113,6 +115,7 @@ pub struct World {
     pub rng: Rng,
     pub table: TableState,
     pub ec2: Ec2,
+    pub elb: Elb,
     pub books: Books,
     pub checker: Checker,
     pub stats: Stats,
@@ -148,6 +151,7 @@ impl World {
             rng,
             table: TableState::default(),
             ec2,
+            elb: Elb::default(),
             books,
             checker: Checker::default(),
             stats: Stats::default(),
