@@ -51,6 +51,7 @@ SPEC_ROUTES = {  # detail-type of source `phoenix` -> the function (rule target 
     "ImageReady": "image",
     "HealthCheckFailed": "health",
     "HealthCheckPassed": "health",
+    "LifecycleActionCompleted": "health",
     "ScaleRequested": "scale",
     "ReconcileRequested": "reconcile",
 }

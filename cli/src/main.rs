@@ -19,7 +19,7 @@ use phoenix_aws::config::{load_sdk_config, Settings};
 use phoenix_aws::{telemetry, AwsController};
 use phoenix_core::events::{ControlAction, Intent, ScaleTarget};
 use phoenix_core::history;
-use phoenix_core::model::Timestamp;
+use phoenix_core::model::{HookKind, HookResult, Timestamp};
 use phoenix_core::timeline::{self, Timeline, Window};
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use phoenix_local::{self as local, Dispatcher};
@@ -80,6 +80,9 @@ enum Top {
     Image(ImageCmd),
     /// Let repairs go on while the mass-failure breaker holds them (once the cause is known).
     ResumeRepairs { fleet: FleetName },
+    /// Answer the lifecycle hook an instance waits on, as the hook's own handler would.
+    #[command(subcommand)]
+    Lifecycle(LifecycleCmd),
     /// The local stack on the AWS emulator.
     #[command(subcommand)]
     Local(LocalCmd),
@@ -231,6 +234,32 @@ enum RolloutCmd {
 }
 
 #[derive(Subcommand)]
+enum LifecycleCmd {
+    /// Complete the lifecycle action of an instance: CONTINUE counts a new instance (or lets a
+    /// drained one be terminated); ABANDON fails a new one (it is replaced and counts for the
+    /// rollout's health gate) or terminates a drained one all the same.
+    Complete {
+        instance: InstanceId,
+        #[arg(long, value_enum)]
+        hook: HookArg,
+        #[arg(long, value_enum, default_value_t = ResultArg::Continue)]
+        result: ResultArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HookArg {
+    Launching,
+    Terminating,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ResultArg {
+    Continue,
+    Abandon,
+}
+
+#[derive(Subcommand)]
 enum ImageCmd {
     /// Allow a quarantined image again for the fleet.
     ClearQuarantine { fleet: FleetName, image: ImageId },
@@ -358,6 +387,46 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Top::ResumeRepairs { fleet } => {
             control(&controller, &out, fleet, ControlAction::ResumeRepairs).await
+        }
+        Top::Lifecycle(LifecycleCmd::Complete {
+            instance,
+            hook,
+            result,
+        }) => {
+            let hook = match hook {
+                HookArg::Launching => HookKind::Launching,
+                HookArg::Terminating => HookKind::Terminating,
+            };
+            let result = match result {
+                ResultArg::Continue => HookResult::Continue,
+                ResultArg::Abandon => HookResult::Abandon,
+            };
+            // Refused here, with the reason, when the instance waits on no such hook: the event
+            // would only be recorded as ignored.
+            let fleet = controller.store.load_for_instance(&instance).await?;
+            let waits = fleet.instances.get(&instance).is_some_and(|i| match hook {
+                HookKind::Launching => {
+                    i.disposal.is_none() && i.launch_hook.as_ref().is_some_and(|h| h.is_waiting())
+                }
+                HookKind::Terminating => matches!(
+                    i.disposal.as_ref().map(|d| &d.stage),
+                    Some(phoenix_core::model::Stage::Hook { .. })
+                ),
+            });
+            if !waits {
+                bail!(
+                    "{instance} (fleet {}) does not wait on a {} hook",
+                    fleet.spec.name,
+                    hook.as_str()
+                );
+            }
+            let intent = Intent::LifecycleActionCompleted {
+                instance,
+                hook,
+                result,
+            };
+            let id = publish(&controller, &intent).await?;
+            out.published(&intent, &id)
         }
         Top::Image(ImageCmd::ClearQuarantine { fleet, image }) => {
             let intent = Intent::ClearQuarantine { fleet, image };

@@ -182,6 +182,22 @@ fn join(ids: &[impl std::fmt::Display]) -> String {
         .join(" ")
 }
 
+fn hm(t: Timestamp) -> String {
+    t.format("%H:%M:%S").to_string()
+}
+
+/// Where an instance on its way out is: deregistering, draining until, held by the terminating
+/// hook until, terminating.
+fn way_out_word(stage: &phoenix_core::model::Stage) -> String {
+    use phoenix_core::model::Stage;
+    match stage {
+        Stage::Deregister => "deregistering".into(),
+        Stage::Draining { until, .. } => format!("draining to {}", hm(*until)),
+        Stage::Hook { until, .. } => format!("terminating hook to {}", hm(*until)),
+        Stage::Terminate => "leaving".into(),
+    }
+}
+
 fn ts(t: Timestamp) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
@@ -543,6 +559,31 @@ impl Printer {
     /// Repairs halted, and a stalled rollout: what is wrong and what the operator can do.
     fn attention_lines(fleet: &Fleet) {
         let name = &fleet.spec.name;
+        for arn in &fleet.lb_missing {
+            say!(
+                "  target group {} does not exist: no instance that may serve is taken away until \
+                 it is back or out of the fleet file ({arn})",
+                phoenix_core::model::group_name(arn)
+            );
+        }
+        let hooked: Vec<String> = fleet
+            .live_instances()
+            .filter(|i| {
+                i.launch_hook.as_ref().is_some_and(|h| h.is_waiting()) && i.disposal.is_none()
+                    || matches!(
+                        i.disposal.as_ref().map(|d| &d.stage),
+                        Some(phoenix_core::model::Stage::Hook { .. })
+                    )
+            })
+            .map(|i| i.id.to_string())
+            .collect();
+        if !hooked.is_empty() {
+            say!(
+                "  waiting on a lifecycle hook: {} (phoenix lifecycle complete INSTANCE --hook \
+                 launching|terminating --result continue|abandon)",
+                hooked.join(" ")
+            );
+        }
         if let Some(b) = &fleet.breaker {
             let shared = b
                 .shared
@@ -610,10 +651,12 @@ impl Printer {
             "LAUNCHED"
         );
         for (i, drift) in &drifts {
-            let state = if i.disposal.is_some() {
-                format!("{} (leaving)", i.state.as_str())
-            } else {
-                i.state.as_str().to_string()
+            let state = match (&i.disposal, &i.launch_hook) {
+                (Some(d), _) => format!("{} ({})", i.state.as_str(), way_out_word(&d.stage)),
+                (None, Some(h)) if h.is_waiting() => {
+                    format!("{} (launching hook to {})", i.state.as_str(), hm(h.until))
+                }
+                _ => i.state.as_str().to_string(),
             };
             let spec = if drift.is_empty() {
                 "ok".to_string()

@@ -5,7 +5,7 @@
 //! `!GetAtt`, ...) expanded to their long form, then checked against `phoenix_core::patterns`,
 //! against each other, and against the IAM rules in `least_privilege_violations`.
 
-use phoenix_core::model::TAG_FLEET;
+use phoenix_core::model::{TAG_FLEET, TAG_FLEETS};
 use phoenix_core::patterns::{rules, Function, RuleBus, RECONCILE_SCHEDULE};
 use serde_json::{json, Map, Value};
 use serde_yaml::Value as Yaml;
@@ -355,6 +355,10 @@ const IAM_RULES: &[(&str, IamRule)] = &[
         "PutEvents only on the phoenix bus",
         put_events_only_phoenix_bus,
     ),
+    (
+        "Register/DeregisterTargets only in tagged target groups",
+        targets_only_in_tagged_groups,
+    ),
 ];
 
 /// Violations of phoenix's least-privilege rules anywhere in the template; empty when it is fine.
@@ -392,7 +396,9 @@ fn star_resource_only_for_describe(statement: &Value) -> Option<String> {
     let star = statement_resources(statement).iter().any(|r| *r == "*");
     let other: Vec<_> = actions(statement)
         .into_iter()
-        .filter(|a| !a.starts_with("ec2:Describe"))
+        .filter(|a| {
+            !a.starts_with("ec2:Describe") && !a.starts_with("elasticloadbalancing:Describe")
+        })
         .collect();
     (star && !other.is_empty()).then(|| format!("{other:?} on \"*\""))
 }
@@ -468,6 +474,28 @@ fn terminate_only_tagged(statement: &Value) -> Option<String> {
     });
     (grants(statement, "ec2:TerminateInstances") && !tagged)
         .then(|| statement["Condition"].to_string())
+}
+
+/// Registering and deregistering targets only in the account's target groups, and only in those
+/// tagged `phoenix:fleets` (the groups a fleet file may name).
+fn targets_only_in_tagged_groups(statement: &Value) -> Option<String> {
+    let acts = [
+        "elasticloadbalancing:RegisterTargets",
+        "elasticloadbalancing:DeregisterTargets",
+    ];
+    if !acts.iter().any(|a| grants(statement, a)) {
+        return None;
+    }
+    let groups = sub(
+        "arn:${AWS::Partition}:elasticloadbalancing:${AWS::Region}:${AWS::AccountId}:targetgroup/*",
+    );
+    let tagged = condition(
+        statement,
+        "StringLike",
+        &format!("aws:ResourceTag/{TAG_FLEETS}"),
+    ) == "*";
+    (statement_resources(statement) != [&groups] || !tagged)
+        .then(|| format!("{} {}", statement["Resource"], statement["Condition"]))
 }
 
 fn pass_role_only_instance_role(statement: &Value) -> Option<String> {
@@ -586,6 +614,13 @@ fn the_controller_policy_grants_what_the_functions_need() {
         "ec2:DescribeInstanceStatus",
         "ec2:DescribeImages",
         "ec2:DescribeLaunchTemplates",
+        "ec2:DescribeSubnets",
+        "elasticloadbalancing:DescribeTargetGroups",
+        "elasticloadbalancing:DescribeTargetGroupAttributes",
+        "elasticloadbalancing:DescribeTargetHealth",
+        "elasticloadbalancing:DescribeTags",
+        "elasticloadbalancing:RegisterTargets",
+        "elasticloadbalancing:DeregisterTargets",
         "iam:PassRole",
         "dynamodb:GetItem",
         "dynamodb:PutItem",
@@ -766,6 +801,25 @@ const LOOSENINGS: &[(&str, &str, Loosening)] = &[
     ("send to any queue", "Resource \"*\"", |t| {
         controller_statement(t, "sqs:SendMessage", any)["Resource"] = json!("*")
     }),
+    (
+        "register in any target group",
+        "only in tagged target groups",
+        |t| {
+            remove_condition(controller_statement(
+                t,
+                "elasticloadbalancing:RegisterTargets",
+                any,
+            ))
+        },
+    ),
+    (
+        "deregister from any load balancer resource",
+        "only in tagged target groups",
+        |t| {
+            controller_statement(t, "elasticloadbalancing:DeregisterTargets", any)["Resource"] =
+                sub("arn:${AWS::Partition}:elasticloadbalancing:${AWS::Region}:${AWS::AccountId}:*")
+        },
+    ),
 ];
 
 #[test]

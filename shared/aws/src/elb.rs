@@ -7,6 +7,7 @@ use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthState
 use aws_sdk_elasticloadbalancingv2::Client;
 use phoenix_core::model::TargetState;
 use phoenix_protocol::ports::elb::{Elb, Target, TargetGroup, TargetHealth};
+use std::collections::BTreeMap;
 
 /// AWS's deregistration delay when a group does not say.
 const DEFAULT_DEREGISTRATION_DELAY: u64 = 300;
@@ -103,6 +104,23 @@ impl Elb for ElbClient {
             port: g.port.and_then(|p| u16::try_from(p).ok()),
             deregistration_delay: delay,
         }))
+    }
+
+    async fn target_group_tags(&self, arn: &str) -> Result<BTreeMap<String, String>> {
+        let out = self
+            .client
+            .describe_tags()
+            .resource_arns(arn)
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(out
+            .tag_descriptions
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|d| d.tags.unwrap_or_default())
+            .filter_map(|t| Some((t.key?, t.value.unwrap_or_default())))
+            .collect())
     }
 
     async fn target_health(&self, arn: &str) -> Result<Vec<TargetHealth>> {

@@ -214,6 +214,58 @@ pub fn describe(c: &Change) -> String {
         Change::HealthChanged { instance, health } => format!("{instance} {}", health_word(health)),
         Change::StateChanged { instance, state } => format!("{instance} {}", state.as_str()),
         Change::Vanished { instance, state } => format!("{instance} vanished ({state})"),
+        Change::RegistrationDecided { instances } => {
+            format!("register {} with the target groups", join(instances))
+        }
+        Change::Registered {
+            instances,
+            request_ids,
+        } => format!(
+            "registered {} with the target groups{}",
+            join(instances),
+            requests(request_ids)
+        ),
+        Change::RegistrationFailed { instances, error } => {
+            format!("register {} failed: {error}", join(instances))
+        }
+        Change::DrainStarted { instance, until } => format!(
+            "{instance} deregistered, draining until {}",
+            until.format("%H:%M:%S")
+        ),
+        Change::DeregistrationFailed { instances, error } => {
+            format!("deregister {} failed: {error}", join(instances))
+        }
+        Change::Drained { instance, how } => format!("{instance} drained: {how}"),
+        Change::LifecycleHookStarted {
+            instance,
+            hook,
+            until,
+        } => format!(
+            "{instance} waits on the {} hook until {}",
+            hook.as_str(),
+            until.format("%H:%M:%S")
+        ),
+        Change::LifecycleHookCompleted {
+            instance,
+            hook,
+            result,
+            by,
+        } => format!(
+            "{instance} {} hook: {} ({})",
+            hook.as_str(),
+            result.as_str(),
+            match by.as_str() {
+                "timeout" => "timed out, the hook's default result",
+                _ => "answered",
+            }
+        ),
+        Change::TargetGroupMissing { group, reason } => format!(
+            "target group {} does not exist ({reason}): no instance that may serve is taken away",
+            crate::model::group_name(group)
+        ),
+        Change::TargetGroupFound { group } => {
+            format!("target group {} is back", crate::model::group_name(group))
+        }
         // Kinds newer than this function: their stored form says what they are.
         #[allow(unreachable_patterns)]
         other => describe_generic(other),

@@ -4,8 +4,9 @@
 //! the same bus (`RuleBus`).
 
 use crate::events::{
-    HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED, IMAGE_READY, RECONCILE_REQUESTED, ROLLOUT_CONTROL,
-    SCALE_REQUESTED, SCHEDULED_EVENT, SCHEDULE_SOURCE, SOURCE,
+    HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED, IMAGE_READY, LIFECYCLE_ACTION_COMPLETED,
+    RECONCILE_REQUESTED, ROLLOUT_CONTROL, SCALE_REQUESTED, SCHEDULED_EVENT, SCHEDULE_SOURCE,
+    SOURCE,
 };
 use serde_json::{json, Value};
 
@@ -90,7 +91,7 @@ pub fn rules() -> Vec<RuleSpec> {
         phoenix(
             "HealthCheck",
             Function::Health,
-            json!({"source": [SOURCE], "detail-type": [HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED]}),
+            json!({"source": [SOURCE], "detail-type": [HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED, LIFECYCLE_ACTION_COMPLETED]}),
         ),
         phoenix(
             "ScaleRequested",
@@ -193,6 +194,7 @@ mod tests {
             ROLLOUT_CONTROL,
             HEALTH_CHECK_FAILED,
             HEALTH_CHECK_PASSED,
+            LIFECYCLE_ACTION_COMPLETED,
             SCALE_REQUESTED,
             RECONCILE_REQUESTED,
         ] {

@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::ports::ec2::Ec2;
 use crate::ports::elb::{Elb, Target, MAX_TARGETS_PER_CALL};
-use phoenix_core::model::{group_name, FleetSpec, TargetGroupRef, Targets};
+use phoenix_core::model::{group_name, FleetSpec, TargetGroupRef, Targets, TAG_FLEETS};
 use phoenix_core::InstanceId;
 use std::collections::BTreeMap;
 use tracing::{info, warn};
@@ -127,8 +127,8 @@ impl<L: Elb> TargetGroups<L> {
         Ok(out)
     }
 
-    /// Whether the spec's groups can be used: each exists, takes instances as targets, and is in
-    /// the VPC of the fleet's subnets. The reason when not, naming the group.
+    /// Whether the spec's groups can be used: each exists, takes instances as targets, is in the
+    /// VPC of the fleet's subnets, and carries the tag phoenix's IAM policy requires. The reason when not, naming the group.
     pub async fn check<E: Ec2>(&self, spec: &FleetSpec, ec2: &E) -> Result<()> {
         let groups = spec.target_groups();
         if groups.is_empty() {
@@ -168,6 +168,13 @@ impl<L: Elb> TargetGroups<L> {
                         "target group {name} is in {vpc}, but subnet {subnet} is in {other}"
                     )));
                 }
+            }
+            let tags = self.elb.target_group_tags(&g.arn).await?;
+            if !tags.contains_key(TAG_FLEETS) {
+                return Err(refuse(format!(
+                    "target group {name} is not tagged {TAG_FLEETS}: phoenix registers instances \
+                     only in groups that carry it (add it with the fleets it serves as its value)"
+                )));
             }
             if g.port.is_none() && found.port.is_none() {
                 return Err(refuse(format!(

@@ -182,6 +182,14 @@ impl Elb for SimElb {
         out
     }
 
+    async fn target_group_tags(&self, _arn: &str) -> Result<BTreeMap<String, String>> {
+        yield_now().await;
+        Ok(BTreeMap::from([(
+            phoenix_core::model::TAG_FLEETS.to_string(),
+            "sim".to_string(),
+        )]))
+    }
+
     async fn target_health(&self, arn: &str) -> Result<Vec<TargetHealth>> {
         let out = self.0.lock().elb_health(arn);
         yield_now().await;

@@ -45,5 +45,5 @@ pub use spec::{
 pub use target::{Drift, Target};
 pub use traffic::{
     group_name, Hook, HookWait, Hooks, LoadBalancing, TargetGroupRef, TargetState, Targets,
-    MAX_TARGET_GROUPS,
+    MAX_TARGET_GROUPS, TAG_FLEETS,
 };

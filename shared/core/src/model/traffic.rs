@@ -13,6 +13,10 @@ use crate::time::{Seconds, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// The tag a target group carries for phoenix to register instances in it (its value: the fleets
+/// it serves, for people); phoenix's IAM policy allows registering only in groups that carry it.
+pub const TAG_FLEETS: &str = "phoenix:fleets";
+
 /// Target groups per fleet (an Auto Scaling group may have 50; a fleet behind more than a few is
 /// unusual, and each costs one `DescribeTargetHealth` per pass).
 pub const MAX_TARGET_GROUPS: usize = 10;

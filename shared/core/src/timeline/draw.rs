@@ -383,6 +383,25 @@ pub fn render_svg(tl: &Timeline) -> String {
         );
     }
 
+    // Draining (or held by the terminating hook) until it went: the end of its bar, faded.
+    for (n, lane) in layout.lanes.iter().enumerate() {
+        let Some(t) = tl.lanes[n].leaving_at else {
+            continue;
+        };
+        let x = tl.x(t).clamp(lane.bar.x, lane.bar.right());
+        w(
+            &mut s,
+            format!(
+                r##"<rect class="draining" x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#ffffff" fill-opacity="0.6"><title>{} out of the load balancers from {}</title></rect>"##,
+                lane.bar.y,
+                (lane.bar.right() - x).max(0.0),
+                lane.bar.h,
+                esc(lane.instance.as_str()),
+                hms(t),
+            ),
+        );
+    }
+
     // Markers, on top.
     for (m, pos) in tl.markers.iter().zip(layout.markers.iter()) {
         let title = format!(

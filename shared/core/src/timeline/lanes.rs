@@ -39,6 +39,9 @@ pub struct Lane {
     /// When it was terminated (or found gone); `None` while it lives.
     pub to: Option<Timestamp>,
     pub healthy_at: Option<Timestamp>,
+    /// When it stopped serving before it went: deregistered (draining), or held by the
+    /// terminating hook.
+    pub leaving_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -140,6 +143,7 @@ impl Timeline {
                     from: inst.launched_at,
                     to: None,
                     healthy_at: None,
+                    leaving_at: None,
                 });
                 lane.image = inst.image.clone();
                 lane.from = inst.launched_at;
@@ -174,6 +178,16 @@ impl Timeline {
                                 .unwrap_or_default()
                         ),
                     }),
+                    Change::DrainStarted { instance, .. }
+                    | Change::LifecycleHookStarted {
+                        instance,
+                        hook: crate::model::HookKind::Terminating,
+                        ..
+                    } => {
+                        if let Some(l) = lanes.get_mut(instance) {
+                            l.leaving_at.get_or_insert(entry.at);
+                        }
+                    }
                     Change::Vanished { instance, state } => markers.push(Marker {
                         kind: MarkerKind::Vanished,
                         at: entry.at,

@@ -4,6 +4,7 @@
 
 use crate::error::Result;
 use phoenix_core::model::TargetState;
+use std::collections::BTreeMap;
 use std::future::Future;
 
 /// Targets per `RegisterTargets`/`DeregisterTargets` call (AWS's limit per call is far higher;
@@ -44,6 +45,11 @@ pub trait Elb: Send + Sync {
         &self,
         arn: &str,
     ) -> impl Future<Output = Result<Option<TargetGroup>>> + Send;
+    /// `DescribeTags` of one group: its tags.
+    fn target_group_tags(
+        &self,
+        arn: &str,
+    ) -> impl Future<Output = Result<BTreeMap<String, String>>> + Send;
     /// `DescribeTargetHealth` of every target the group lists (registered or draining).
     fn target_health(&self, arn: &str) -> impl Future<Output = Result<Vec<TargetHealth>>> + Send;
     /// `RegisterTargets`; its request id.
