@@ -7,6 +7,7 @@ pub mod bench;
 pub mod chaos;
 pub mod faults;
 pub mod runtime_api;
+pub mod traffic;
 
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
