@@ -30,6 +30,7 @@ help:
 	@echo "make chaos         the reliability report: duplicates, concurrency, AWS faults, crashes, lost events"
 	@echo "make bench         the benchmark report (BENCHMARKS.md): planner, AWS calls, storm, Lambda size and init"
 	@echo "make bench-aws     AWS requests and DynamoDB capacity per operation, per-event work vs fleet size, an event storm"
+	@echo "make bench-traffic requests failed while instances behind a target group are replaced, beside a control without one"
 	@echo "make build         release zips of the four Lambda functions for arm64 (cargo-lambda; long cold build)"
 	@echo "make bench-lambda  zip size and init time of each function (builds release binaries first)"
 	@echo "make deploy        sam build + sam deploy --guided to your AWS account (see docs/deploy.md)"
@@ -142,11 +143,17 @@ chaos: venv binaries
 bench-aws: venv binaries
 	$(TARGET_DIR)/debug/bench $(BENCH_ARGS)
 
+# Requests sent and failed while phoenix replaces instances behind a target group (a rollout of 6,
+# a repair, a scale-in, a Spot interruption), each beside its control without one.
+.PHONY: bench-traffic
+bench-traffic: venv binaries
+	$(TARGET_DIR)/debug/traffic
+
 # The whole benchmark report (BENCHMARKS.md), each figure next to its limit: planner CPU time per
 # event and a 1000-instance rollout's waves (release build of phoenix-core's example; the core has
 # no AWS SDK, so this is quick), the AWS side on the emulator (bench-aws), and each function's zip
 # size and init time (bench-lambda: release builds, long when cold). Not part of `make test`.
-bench: bench-planner bench-aws bench-lambda
+bench: bench-planner bench-aws bench-traffic bench-lambda
 
 bench-planner:
 	$(LOW_PRIORITY) cargo build --release --workspace --example bench_planner

@@ -78,6 +78,11 @@ echo "published ScaleRequested (event $id)"
 step "Status"
 "$phoenix" status web
 
+step "Behind a load balancer: a rollout under steady traffic, then the same without a target group"
+# Each on its own emulator, with a local load balancer, a backend per instance and slow requests
+# mixed in: instances are drained from the target group before they are terminated.
+"${CARGO_TARGET_DIR:-target}/debug/traffic" --demo
+
 step "History: every decision with its cause"
 "$phoenix" history web
 

@@ -7,7 +7,9 @@ pub mod bench;
 pub mod chaos;
 pub mod faults;
 pub mod runtime_api;
+pub mod target_groups;
 pub mod traffic;
+pub mod traffic_report;
 
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
@@ -95,6 +97,9 @@ impl Drop for Emulator {
 /// One test's world: emulator, provisioned stack, dispatcher, and raw clients for assertions.
 pub struct Harness {
     pub emulator: Emulator,
+    /// Where the controller, the CLI and the dispatcher send their calls: the emulator, or a
+    /// proxy in front of it (`start_behind`).
+    pub endpoint: String,
     pub sdk: aws_config::SdkConfig,
     pub settings: Settings,
     pub dispatcher: LocalDispatcher,
@@ -123,7 +128,14 @@ impl Ec2Instance {
 impl Harness {
     pub async fn start() -> Result<Self> {
         let emulator = Emulator::start()?;
-        let sdk = emulator_sdk_config(&emulator.endpoint).await;
+        let endpoint = emulator.endpoint.clone();
+        Self::start_behind(emulator, &endpoint).await
+    }
+
+    /// A harness whose controller, CLI and dispatcher reach `emulator` through `endpoint` (a
+    /// proxy in front of it); the raw clients for assertions go through it too.
+    pub async fn start_behind(emulator: Emulator, endpoint: &str) -> Result<Self> {
+        let sdk = emulator_sdk_config(endpoint).await;
         let settings = Settings {
             table: "phoenix".into(),
             bus: "default".into(),
@@ -138,6 +150,7 @@ impl Harness {
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
         Ok(Harness {
             emulator,
+            endpoint: endpoint.to_string(),
             sdk,
             settings,
             dispatcher,
@@ -154,7 +167,7 @@ impl Harness {
     /// The environment the CLI and the functions need to reach this emulator.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("AWS_ENDPOINT_URL", self.emulator.endpoint.clone()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
             ("AWS_REGION", "us-east-1".into()),
             ("AWS_ACCESS_KEY_ID", "test".into()),
             ("AWS_SECRET_ACCESS_KEY", "test".into()),
@@ -202,6 +215,25 @@ impl Harness {
     /// Delivers every queued event.
     pub async fn drain(&self) -> Vec<Delivery> {
         self.dispatcher.drain().await.unwrap()
+    }
+
+    /// Delivers events and runs scheduled reconciles `every` apart until the fleet has converged
+    /// (for work that waits on real time: a drain, a delay), at most `within`.
+    pub async fn settle_over(&self, fleet: &str, every: Duration, within: Duration) -> Fleet {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            self.drain().await;
+            let f = self.fleet(fleet).await;
+            if converged(&f) {
+                return f;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fleet {fleet} did not converge within {within:?}: {f:#?}"
+            );
+            self.dispatcher.tick().await.unwrap();
+            tokio::time::sleep(every).await;
+        }
     }
 
     /// Delivers events and runs scheduled reconciles until the fleet has converged.
@@ -426,6 +458,9 @@ impl Harness {
             "ReplacementHalted",
             "ImageQuarantined",
             "ImageRejected",
+            "InstanceLaunching",
+            "InstanceTerminating",
+            "TargetGroupMissing",
         ];
         let pattern = serde_json::json!({"source": ["phoenix"], "detail-type": kinds});
         subscribe(&self.sdk, "notifications", &pattern)

@@ -11,7 +11,8 @@
 //! - while a group the fleet names does not exist, a drain is not ended early (the groups cannot
 //!   all be read), only by its delay;
 //! - the terminating hook, when the fleet has one, holds the drained instance until
-//!   `LifecycleActionCompleted` or its timeout; either result terminates it;
+//!   `LifecycleActionCompleted` or its timeout; either result terminates it (an instance whose
+//!   launching hook ended ABANDON never served, and skips it);
 //! - a stage whose call was made (deregister, terminate) and whose outcome was not recorded
 //!   within `LEASE` is carried out again (both calls are idempotent): a crash at any point leaves
 //!   the instance at a stage a later pass finishes.
@@ -66,11 +67,11 @@ impl Tx {
     pub(super) fn first_stage(&self, id: &InstanceId, waits_for_launch: bool) -> Option<Stage> {
         let inst = self.fleet.instances.get(id)?;
         let groups = !self.fleet.spec.target_groups().is_empty();
-        let hook = self.fleet.spec.hooks.terminating.is_some();
+        let hook = self.terminating_hook(inst);
         let serving = groups && inst.state == Lifecycle::Running;
-        Some(if serving || (hook && waits_for_launch) {
+        Some(if serving || (hook.is_some() && waits_for_launch) {
             Stage::Deregister
-        } else if let Some(h) = self.fleet.spec.hooks.terminating {
+        } else if let Some(h) = hook {
             Stage::Hook {
                 since: self.now,
                 until: self.by_deadline(inst, self.now + h.timeout.duration()),
@@ -113,6 +114,16 @@ impl Tx {
         }
     }
 
+    /// The fleet's terminating hook, for an instance it applies to: not one that never came into
+    /// service (its launching hook ended ABANDON), which has nothing to hand over.
+    fn terminating_hook(&self, inst: &Instance) -> Option<crate::model::Hook> {
+        self.fleet
+            .spec
+            .hooks
+            .terminating
+            .filter(|_| inst.launch_hook_passed())
+    }
+
     /// `t`, or earlier if AWS takes the instance back before then (its retirement's deadline).
     fn by_deadline(&self, inst: &Instance, t: Timestamp) -> Timestamp {
         match inst.retirement.as_ref().and_then(|r| r.deadline) {
@@ -138,7 +149,7 @@ impl Tx {
             instance: inst.id.clone(),
             how: how.into(),
         });
-        let next = match self.fleet.spec.hooks.terminating {
+        let next = match self.terminating_hook(inst) {
             Some(h) => Stage::Hook {
                 since: self.now,
                 until: self.by_deadline(inst, self.now + h.timeout.duration()),
