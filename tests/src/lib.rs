@@ -33,11 +33,17 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A binary of the workspace, built by `cargo build --workspace` next to the test executables.
+/// A binary of the workspace, built by `cargo build --workspace` next to the test executables
+/// (`target/debug/deps/..`), or next to the harness's own binary (`target/debug`).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap(); // target/debug/deps
-    let bin = dir.parent().unwrap().join(name);
+    let dir = exe.parent().unwrap();
+    let debug = if dir.ends_with("deps") {
+        dir.parent().unwrap()
+    } else {
+        dir
+    };
+    let bin = debug.join(name);
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build --workspace` first (make test does)",

@@ -20,6 +20,15 @@ const DELAY: u32 = 3;
 const EVERY: Duration = Duration::from_millis(300);
 const WITHIN: Duration = Duration::from_secs(120);
 
+/// Steady traffic, one request in ten slow (3 s: longer than phoenix takes to replace an
+/// instance, so a slow request is in flight on the instance that goes).
+fn load() -> LoadConfig {
+    LoadConfig {
+        slow_ms: 3000,
+        ..LoadConfig::default()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
     Rollout,
@@ -91,8 +100,7 @@ pub async fn run(scenario: Scenario, with_group: bool) -> Result<Row> {
     let file = s.fleet_file(FleetFile::new("web", &one, scenario.capacity()), with_group);
     s.h.apply(&file);
     s.h.settle_over("web", EVERY, WITHIN).await;
-    s.start_traffic(scenario.capacity() as usize, LoadConfig::default())
-        .await?;
+    s.start_traffic(scenario.capacity() as usize, load()).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = std::time::Instant::now();
     let victim =

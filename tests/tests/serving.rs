@@ -3,6 +3,8 @@
 //! `phoenix lifecycle complete`; a fleet file naming a group phoenix cannot use is refused with the
 //! reason; a group deleted later is recorded, announced, and holds the fleet.
 
+#![allow(clippy::unwrap_used)]
+
 use aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum;
 use phoenix_core::events::{Change, Intent, ScaleTarget};
 use phoenix_core::model::{Health, RolloutStatus, Stage};

@@ -208,7 +208,7 @@ impl Hooks {
             if let Some(h) = self.get(kind) {
                 if !(30..=7200).contains(&h.timeout.0) {
                     return Err(Error::invalid(
-                        &format!("hooks.{}.timeout", kind.as_str()),
+                        format!("hooks.{}.timeout", kind.as_str()),
                         format!("{} must be between 30s and 2h", h.timeout),
                     ));
                 }
