@@ -100,7 +100,8 @@ pub async fn run(scenario: Scenario, with_group: bool) -> Result<Row> {
     let file = s.fleet_file(FleetFile::new("web", &one, scenario.capacity()), with_group);
     s.h.apply(&file);
     s.h.settle_over("web", EVERY, WITHIN).await;
-    s.start_traffic(scenario.capacity() as usize, load()).await?;
+    s.start_traffic(scenario.capacity() as usize, load())
+        .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = std::time::Instant::now();
     let victim =
