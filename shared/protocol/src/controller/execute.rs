@@ -47,6 +47,23 @@ pub(super) struct Ran {
     pub unsettled: usize,
 }
 
+impl Ran {
+    /// A call that failed: logged and kept for the report. Its error, for the outcome.
+    fn failed(&mut self, fleet: &FleetName, what: &str, e: &Error) -> String {
+        warn!(fleet = %fleet, error = %e, "{what} failed");
+        self.failures.push(format!("{what}: {e}"));
+        e.to_string()
+    }
+}
+
+/// A command that waits for a launch that did not succeed: not carried out (the instance keeps
+/// serving; the next pass decides again).
+fn launch_failed(after_launch: &Option<String>, launched_ok: &BTreeSet<String>) -> bool {
+    after_launch
+        .as_ref()
+        .is_some_and(|t| !launched_ok.contains(t))
+}
+
 impl<P: Ports> Controller<P> {
     /// Publishes the notifications the commit that made `fleet` wrote to its outbox
     /// (`RolloutStarted`, `WaveHealthy`, `RolloutRollingBack`, `ReplacementHalted`, ...: the
@@ -255,11 +272,10 @@ impl<P: Ports> Controller<P> {
                             request_ids,
                         }),
                         Err(e) => {
-                            warn!(fleet = %name, error = %e, "register failed");
-                            ran.failures.push(format!("register: {e}"));
+                            let error = ran.failed(name, "register", &e);
                             ran.outcomes.push(Outcome::RegisterFailed {
                                 instances: instances.clone(),
-                                error: e.to_string(),
+                                error,
                             });
                         }
                     }
@@ -268,11 +284,8 @@ impl<P: Ports> Controller<P> {
                     instances,
                     after_launch,
                 } => {
-                    if after_launch
-                        .as_ref()
-                        .is_some_and(|t| !launched_ok.contains(t))
-                    {
-                        continue; // its replacement did not launch: keep it serving for now
+                    if launch_failed(after_launch, &launched_ok) {
+                        continue;
                     }
                     match self.targets.deregister(&fleet.spec, instances).await {
                         Ok(out) => ran.outcomes.push(Outcome::Deregistered {
@@ -281,11 +294,10 @@ impl<P: Ports> Controller<P> {
                             request_ids: out.request_ids,
                         }),
                         Err(e) => {
-                            warn!(fleet = %name, error = %e, "deregister failed");
-                            ran.failures.push(format!("deregister: {e}"));
+                            let error = ran.failed(name, "deregister", &e);
                             ran.outcomes.push(Outcome::DeregisterFailed {
                                 instances: instances.clone(),
-                                error: e.to_string(),
+                                error,
                             });
                         }
                     }
@@ -294,11 +306,8 @@ impl<P: Ports> Controller<P> {
                     instances,
                     after_launch,
                 } => {
-                    if after_launch
-                        .as_ref()
-                        .is_some_and(|t| !launched_ok.contains(t))
-                    {
-                        continue; // its replacement did not launch: keep it for now
+                    if launch_failed(after_launch, &launched_ok) {
+                        continue;
                     }
                     // Never terminated while a target group lists it: deregistered again just
                     // before (an instance that drained is deregistered already, and this is a
@@ -308,11 +317,10 @@ impl<P: Ports> Controller<P> {
                         false => self.targets.deregister(&fleet.spec, instances).await,
                     };
                     if let Err(e) = deregistered {
-                        warn!(fleet = %name, error = %e, "deregister before terminate failed");
-                        ran.failures.push(format!("terminate: {e}"));
+                        let error = ran.failed(name, "deregister before terminate", &e);
                         ran.outcomes.push(Outcome::TerminateFailed {
                             instances: instances.clone(),
-                            error: e.to_string(),
+                            error,
                         });
                         continue;
                     }
@@ -336,11 +344,10 @@ impl<P: Ports> Controller<P> {
                             });
                         }
                         Err(e) => {
-                            warn!(fleet = %name, error = %e, "terminate failed");
-                            ran.failures.push(format!("terminate: {e}"));
+                            let error = ran.failed(name, "terminate", &e);
                             ran.outcomes.push(Outcome::TerminateFailed {
                                 instances: instances.clone(),
-                                error: e.to_string(),
+                                error,
                             });
                         }
                     }
