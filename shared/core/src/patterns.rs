@@ -4,8 +4,9 @@
 //! the same bus (`RuleBus`).
 
 use crate::events::{
-    HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED, IMAGE_READY, RECONCILE_REQUESTED, ROLLOUT_CONTROL,
-    SCALE_REQUESTED, SCHEDULED_EVENT, SCHEDULE_SOURCE, SOURCE,
+    HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED, IMAGE_READY, LIFECYCLE_ACTION_COMPLETED,
+    RECONCILE_REQUESTED, ROLLOUT_CONTROL, SCALE_REQUESTED, SCHEDULED_EVENT, SCHEDULE_SOURCE,
+    SOURCE,
 };
 use serde_json::{json, Value};
 
@@ -87,10 +88,12 @@ pub fn rules() -> Vec<RuleSpec> {
             Function::Image,
             json!({"source": [SOURCE], "detail-type": [IMAGE_READY, ROLLOUT_CONTROL]}),
         ),
+        // A lifecycle hook's answer is about one instance, as a health report is.
         phoenix(
             "HealthCheck",
             Function::Health,
-            json!({"source": [SOURCE], "detail-type": [HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED]}),
+            json!({"source": [SOURCE],
+                   "detail-type": [HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED, LIFECYCLE_ACTION_COMPLETED]}),
         ),
         phoenix(
             "ScaleRequested",
@@ -193,6 +196,7 @@ mod tests {
             ROLLOUT_CONTROL,
             HEALTH_CHECK_FAILED,
             HEALTH_CHECK_PASSED,
+            LIFECYCLE_ACTION_COMPLETED,
             SCALE_REQUESTED,
             RECONCILE_REQUESTED,
         ] {
@@ -203,6 +207,10 @@ mod tests {
             assert_eq!(hits.len(), 1, "{dt}");
         }
         assert_eq!(route(SOURCE, HEALTH_CHECK_PASSED), Some(Function::Health));
+        assert_eq!(
+            route(SOURCE, LIFECYCLE_ACTION_COMPLETED),
+            Some(Function::Health)
+        );
         assert_eq!(route("aws.ec2", IMAGE_READY), None);
         use crate::aws_events as aws;
         for (source, dt, function) in [
