@@ -1,16 +1,18 @@
 //! Serving traffic behind target groups, as the simulator found it could go wrong: a step never
 //! registers an instance it decides to terminate; an instance on its way out that a group lists
-//! as registered again is deregistered again, not terminated.
+//! as registered again is deregistered again, not terminated; the `elb` signal of an instance
+//! not counted yet holds only while every group reports it healthy; a failed instance that
+//! recovers counts healthy again only as a new one would (never one its launching hook abandoned).
 
 #![allow(clippy::unwrap_used)]
 
 use chrono::{DateTime, Duration, Utc};
-use phoenix_core::events::Change;
+use phoenix_core::events::{Change, Intent};
 use phoenix_core::model::{
-    Disposal, Fleet, FleetSpec, Health, Instance, Lifecycle, LoadBalancing, Observed, Signals,
-    Stage, TargetGroupRef, TargetState,
+    Breaker, Disposal, Fleet, FleetSpec, Health, Hook, HookResult, HookWait, Instance, Lifecycle,
+    LoadBalancing, Observed, Seconds, Signals, Stage, TargetGroupRef, TargetState,
 };
-use phoenix_core::planner::{reconcile, Command, Step};
+use phoenix_core::planner::{apply_intent, reconcile, Command, Step};
 use phoenix_core::{ImageId, InstanceId};
 
 const GROUP: &str =
@@ -158,4 +160,70 @@ fn an_instance_a_group_lists_as_registered_again_on_its_way_out_is_deregistered_
             Command::Deregister { instances, .. } if instances.contains(&id(1))
         )));
     }
+}
+
+#[test]
+fn the_elb_signal_of_an_instance_not_counted_yet_holds_only_while_every_group_reports_it() {
+    // Reported healthy once, then the group no longer lists it (made anew without it): the
+    // signal is withdrawn, and a passed report does not count the instance.
+    let mut f = fleet(2, 1, 1);
+    {
+        let i = f.instances.get_mut(&id(1)).unwrap();
+        i.signals.elb_ok = true;
+        i.signals.ec2_ok = false;
+    }
+    f.spec.policy.health_check.event = true;
+    let step = reconcile(&f, &observed(&f, &[(0, TargetState::Healthy)]), t0());
+    let i = step.fleet.instances.get(&id(1)).unwrap();
+    assert!(!i.signals.elb_ok);
+    assert_eq!(i.health, Health::Unknown);
+    let passed = Intent::HealthCheckPassed { instance: id(1) };
+    let after = apply_intent(&step.fleet, &passed, t0(), t0()).unwrap();
+    assert_eq!(
+        after.fleet.instances.get(&id(1)).unwrap().health,
+        Health::Unknown
+    );
+}
+
+#[test]
+fn a_failed_instance_that_recovers_counts_only_as_a_new_one_would() {
+    let mut f = fleet(3, 1, 2);
+    f.breaker = Some(Breaker {
+        tripped_at: t0() - Duration::minutes(5),
+        unhealthy: 2,
+        shared: None,
+        reason: "test".into(),
+    });
+    f.spec.hooks.launching = Some(Hook {
+        timeout: Seconds(300),
+        default_result: HookResult::Continue,
+    });
+    for (n, result) in [(1, HookResult::Abandon), (2, HookResult::Continue)] {
+        let i = f.instances.get_mut(&id(n)).unwrap();
+        i.health = Health::failed("test");
+        i.signals.elb_ok = true;
+        i.signals.ec2_ok = true;
+        i.launch_hook = Some(HookWait {
+            since: t0() - Duration::minutes(80),
+            until: t0() - Duration::minutes(75),
+            result: Some(result),
+            ended_at: Some(t0() - Duration::minutes(78)),
+        });
+    }
+    f.failed = 2;
+    // Abandoned at launch: never trusted again.
+    let passed = |n| Intent::HealthCheckPassed { instance: id(n) };
+    let step = apply_intent(&f, &passed(1), t0(), t0()).unwrap();
+    assert!(step.fleet.instances.get(&id(1)).unwrap().is_failed());
+    // Past its hook: proven again as a new one is — the group must report it healthy again.
+    let step = apply_intent(&f, &passed(2), t0(), t0()).unwrap();
+    let i = step.fleet.instances.get(&id(2)).unwrap();
+    assert_eq!(i.health, Health::Unknown);
+    assert!(!i.signals.elb_ok);
+    let listed = [(0, TargetState::Healthy), (2, TargetState::Healthy)];
+    let next = reconcile(&step.fleet, &observed(&step.fleet, &listed), t0());
+    assert_eq!(
+        next.fleet.instances.get(&id(2)).unwrap().health,
+        Health::Healthy
+    );
 }
