@@ -58,24 +58,29 @@ impl<P: Ports> Controller<P> {
     }
 
     /// Publishes what a crash or a failed PutEvents left in the fleet's outbox, once the
-    /// invocation that committed it has had its time to (`Mail::due`). A pass over the whole
-    /// fleet calls it with the outbox its load read.
-    pub(super) async fn send_left(&self, name: &FleetName, outbox: Vec<Mail>) {
+    /// invocation that committed it has had its time to (`Mail::due`; a lifecycle hook's at
+    /// once). A pass over the whole fleet calls it with the outbox its load read. Whether every
+    /// lifecycle hook's notification in it reached the bus: a pass that could not publish one
+    /// does not plan (the hook's timeout runs, and must not end it unannounced).
+    pub(super) async fn send_left(&self, name: &FleetName, outbox: Vec<Mail>) -> bool {
         if self.variant == Variant::PublishOnlyAfterCommit {
-            return;
+            return true;
         }
         let now = self.now();
         let due: Vec<Mail> = outbox.into_iter().filter(|m| m.due(now)).collect();
-        if !due.is_empty() {
-            info!(fleet = %name, commits = due.len(), "publishing notifications left in the outbox");
-            self.send(name, &due).await;
+        if due.is_empty() {
+            return true;
         }
+        info!(fleet = %name, commits = due.len(), "publishing notifications left in the outbox");
+        let hooks = due.iter().any(Mail::holds_hook);
+        self.send(name, &due).await || !hooks
     }
 
-    /// Publishes these commits' notifications, then removes them from the outbox. Best effort, and
-    /// never a reason to fail the invocation: a PutEvents that fails leaves them in the outbox for
-    /// a later pass; a removal that fails has them published again then, with the same ids.
-    async fn send(&self, name: &FleetName, mail: &[Mail]) {
+    /// Publishes these commits' notifications, then removes them from the outbox; whether they
+    /// reached the bus. Best effort, and never a reason to fail the invocation by itself: a
+    /// PutEvents that fails leaves them in the outbox for a later pass; a removal that fails has
+    /// them published again then, with the same ids.
+    async fn send(&self, name: &FleetName, mail: &[Mail]) -> bool {
         let events: Vec<OutgoingEvent> = mail
             .iter()
             .flat_map(|m| &m.notifications)
@@ -90,7 +95,7 @@ impl<P: Ports> Controller<P> {
         if remove_first {
             if let Err(e) = self.store.remove_mail(name, &versions).await {
                 warn!(fleet = %name, error = %e, "could not remove notifications from the outbox");
-                return;
+                return false;
             }
         }
         if let Err(e) = self.bus.publish(&events).await {
@@ -100,7 +105,7 @@ impl<P: Ports> Controller<P> {
                 "could not publish {} notifications; the outbox keeps them for the next pass",
                 events.len()
             );
-            return;
+            return false;
         }
         if !remove_first {
             if let Err(e) = self.store.remove_mail(name, &versions).await {
@@ -113,6 +118,7 @@ impl<P: Ports> Controller<P> {
                 );
             }
         }
+        true
     }
 
     /// Carries out a committed step's commands (unless `ran` already did: the deliberate bug of
