@@ -19,11 +19,12 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    the fleet, more intents queued after lost races
   --variant NAME   drive a deliberately broken planner or protocol: real (default);
                    planners: drop-after-launch, replace-in-place, launch-quarantined,
-                   surge-blind, ignore-health-failures, ignore-windows, ignore-drift;
+                   surge-blind, ignore-health-failures, ignore-windows, ignore-drift,
+                   ignore-launch-hook, ignore-target-health, skip-terminating-hook;
                    protocols: relaunch-blind,
                    act-before-deciding, lapsed-as-completed, keep-queued,
                    ignore-deadline-reserve, terminate-unchecked, remove-before-publish,
-                   publish-only-after-commit
+                   publish-only-after-commit, skip-drain
   --chatty         the health checker reports every healthy instance passed every 30 s
                    (fleets of up to ten)
   --drift          every seed draws rollout windows or freezes, a floating launch template and an

@@ -971,9 +971,49 @@ fn drift_left_unrolled_is_caught() {
 }
 
 #[test]
+fn terminating_what_still_serves_is_caught() {
+    caught_in(
+        Variant::Protocol(ProtocolVariant::SkipDrain),
+        "drain",
+        5,
+        run_traffic,
+    );
+}
+
+#[test]
+fn registering_and_counting_before_the_launching_hook_is_caught() {
+    caught_in(
+        Variant::Planner(PlannerBug::IgnoreLaunchHook),
+        "hook",
+        5,
+        run_traffic,
+    );
+}
+
+#[test]
+fn counting_before_the_target_groups_report_healthy_is_caught() {
+    caught_in(
+        Variant::Planner(PlannerBug::IgnoreTargetHealth),
+        "serving",
+        5,
+        run_traffic,
+    );
+}
+
+#[test]
+fn terminating_before_the_terminating_hook_ended_is_caught() {
+    caught_in(
+        Variant::Planner(PlannerBug::SkipTerminatingHook),
+        "hook",
+        5,
+        run_traffic,
+    );
+}
+
+#[test]
 fn every_variant_has_its_test() {
     // The list above names each variant once; a variant added without a test fails here.
-    assert_eq!(Variant::all().len(), 1 + 7 + 8);
+    assert_eq!(Variant::all().len(), 1 + 10 + 9);
 }
 
 #[test]

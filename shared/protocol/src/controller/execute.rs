@@ -280,6 +280,10 @@ impl<P: Ports> Controller<P> {
                     {
                         continue; // its replacement did not launch: keep it serving for now
                     }
+                    if self.variant == Variant::SkipDrain {
+                        self.skip_drain(name, instances, &mut ran).await;
+                        continue;
+                    }
                     match self.targets.deregister(&fleet.spec, instances).await {
                         Ok(out) => ran.outcomes.push(Outcome::Deregistered {
                             instances: instances.clone(),
@@ -354,6 +358,25 @@ impl<P: Ports> Controller<P> {
             }
         }
         ran
+    }
+
+    /// Nothing, as the protocol is: an instance leaves its target groups and drains before it is
+    /// terminated. The deliberate bug `Variant::SkipDrain` terminates it here, where it should be
+    /// deregistered.
+    async fn skip_drain(&self, name: &FleetName, instances: &[InstanceId], ran: &mut Ran) {
+        match self.compute.terminate(name, instances).await {
+            Ok(out) => ran.outcomes.push(Outcome::Terminated {
+                instances: out.gone,
+                request_ids: out.request_ids,
+            }),
+            Err(e) => {
+                ran.failures.push(format!("terminate: {e}"));
+                ran.outcomes.push(Outcome::TerminateFailed {
+                    instances: instances.to_vec(),
+                    error: e.to_string(),
+                });
+            }
+        }
     }
 
     /// Commits one part of a step's outcomes (`planner::outcome_parts`). Recording outcomes is
