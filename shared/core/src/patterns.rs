@@ -88,10 +88,12 @@ pub fn rules() -> Vec<RuleSpec> {
             Function::Image,
             json!({"source": [SOURCE], "detail-type": [IMAGE_READY, ROLLOUT_CONTROL]}),
         ),
+        // A lifecycle hook's answer is about one instance, as a health report is.
         phoenix(
             "HealthCheck",
             Function::Health,
-            json!({"source": [SOURCE], "detail-type": [HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED, LIFECYCLE_ACTION_COMPLETED]}),
+            json!({"source": [SOURCE],
+                   "detail-type": [HEALTH_CHECK_FAILED, HEALTH_CHECK_PASSED, LIFECYCLE_ACTION_COMPLETED]}),
         ),
         phoenix(
             "ScaleRequested",
@@ -205,6 +207,10 @@ mod tests {
             assert_eq!(hits.len(), 1, "{dt}");
         }
         assert_eq!(route(SOURCE, HEALTH_CHECK_PASSED), Some(Function::Health));
+        assert_eq!(
+            route(SOURCE, LIFECYCLE_ACTION_COMPLETED),
+            Some(Function::Health)
+        );
         assert_eq!(route("aws.ec2", IMAGE_READY), None);
         use crate::aws_events as aws;
         for (source, dt, function) in [

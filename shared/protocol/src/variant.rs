@@ -32,10 +32,13 @@ pub enum Variant {
     /// outbox: what a crash or a failed PutEvents leaves there is never published (the protocol
     /// before the outbox).
     PublishOnlyAfterCommit,
+    /// `controller`: an instance to be deregistered from the fleet's target groups (to drain) is
+    /// terminated at once instead, still registered.
+    SkipDrain,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 9] = [
+    pub const ALL: [Variant; 10] = [
         Variant::Real,
         Variant::RelaunchBlind,
         Variant::ActBeforeDeciding,
@@ -45,6 +48,7 @@ impl Variant {
         Variant::TerminateUnchecked,
         Variant::RemoveBeforePublish,
         Variant::PublishOnlyAfterCommit,
+        Variant::SkipDrain,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +62,7 @@ impl Variant {
             Variant::TerminateUnchecked => "terminate-unchecked",
             Variant::RemoveBeforePublish => "remove-before-publish",
             Variant::PublishOnlyAfterCommit => "publish-only-after-commit",
+            Variant::SkipDrain => "skip-drain",
         }
     }
 

@@ -17,10 +17,10 @@
 //!   `Fleet::definition`), which every instance carries from its launch (`phoenix:definition`).
 
 use crate::books::Books;
-use crate::ec2::Ec2;
+use crate::ec2::{Ec2, Vm};
 use chrono::Duration;
 use phoenix_core::events::{Change, Notification};
-use phoenix_core::model::{Health, Openness, RolloutStatus, Target, Timestamp};
+use phoenix_core::model::{Health, Instance, Openness, RolloutStatus, Target, Timestamp};
 use phoenix_core::{ImageId, InstanceId};
 use phoenix_protocol::store::Standing;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +30,13 @@ use std::collections::{BTreeMap, BTreeSet};
 /// again every one to two minutes, and a scheduled reconcile runs every minute; fifteen minutes is
 /// many lost reports and failed invocations in a row.
 pub const SILENCE: Duration = Duration::minutes(15);
+
+/// A report set the instance back: phoenix believes it failed after it was reported, or it
+/// recovered from that failure (it passed again while the breaker held repairs back) and is being
+/// proven again, as a new instance is, before it counts healthy.
+fn set_back_by_report(record: Option<&Instance>, vm: &Vm) -> bool {
+    vm.reported && record.is_some_and(|i| i.is_failed() || i.health == Health::Unknown)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Unit {
@@ -224,15 +231,14 @@ impl Checker {
     }
 
     /// Whether an alive instance is, right now, excused from counting as healthy: something
-    /// outside phoenix is wrong with it, or phoenix believes it failed because it was reported.
+    /// outside phoenix is wrong with it, or phoenix believes it failed because it was reported
+    /// (`set_back_by_report`).
     pub fn excused(ec2: &Ec2, books: &Books, id: &InstanceId) -> bool {
         let Some(vm) = ec2.vms.get(id) else {
             return false;
         };
-        let believed_failed = books
-            .instance(id)
-            .is_some_and(|i| i.is_live() && i.is_failed());
-        ec2.fault(vm) || (believed_failed && vm.reported)
+        let record = books.instance(id).filter(|i| i.is_live());
+        ec2.fault(vm) || set_back_by_report(record, vm)
     }
 
     /// The checks on the state of the world and the books, after every step.
@@ -251,7 +257,8 @@ impl Checker {
         //   Healthy). An instance phoenix has not promoted yet does not count: phoenix does not
         //   count it either, and may remove it first (a scale-in takes unready instances first).
         // excused: alive and broken by the world, or believed failed after a report (phoenix
-        //   replaces what it is told failed; a spurious report costs a slot, by design).
+        //   replaces what it is told failed; a spurious report costs a slot, by design) — or
+        //   recovered from that failure and not counted healthy again yet (`set_back_by_report`).
         // lost: units given by the world since the fleet was last whole: an instance that left
         //   while broken, or that the world terminated; and each increase of min_healthy (a
         //   scale-out, the first bring-up), which takes launches and boots to fill.
@@ -272,14 +279,13 @@ impl Checker {
         let mut whole = 0u32;
         for vm in ec2.alive() {
             let record = books.instance(&vm.id).filter(|i| i.is_live());
-            let believed_failed = record.is_some_and(|i| i.is_failed());
             let counted = record.is_some_and(|i| i.health == Health::Healthy);
             if ec2.world_healthy(vm, now) && counted {
                 healthy += 1;
                 if record.is_some_and(|i| i.disposal.is_none()) {
                     whole += 1;
                 }
-            } else if ec2.fault(vm) || (believed_failed && vm.reported) {
+            } else if ec2.fault(vm) || set_back_by_report(record, vm) {
                 excused += 1;
             }
         }
@@ -330,7 +336,9 @@ impl Checker {
         // Counted: alive instances pending or running in EC2 that phoenix owns and keeps:
         // - a live record, unless its termination is decided outright (after_launch: none): the
         //   planner counts those as gone already; the deciding invocation terminates them before
-        //   it launches anything, or, if it died, the next reconcile after the lease does;
+        //   it launches anything, or, if it died, the next reconcile after the lease does — or,
+        //   behind target groups or a terminating hook, they are out of service on their way out
+        //   (deregistered, draining, held by the hook) while launches go on;
         // - no record, but the token of a pending launch: up to that launch's count. Beyond the
         //   count they are extras of a launch made twice (an endpoint that ignores the
         //   ClientToken), which the reconcile that adopts the launch terminates;
@@ -515,13 +523,17 @@ impl Checker {
     /// at capacity).
     /// Never held, so never judged: repairs of failed instances, urgent retirements (the instance
     /// goes soon whatever phoenix does), a rollback's replacements (`rolled back to …`), extras of
-    /// a launch made twice, instances owned by no decision, and a termination decided earlier and
-    /// issued again (`… (issued again)`: the decision was judged when it was made; carrying it
-    /// out is not a new one).
+    /// a launch made twice, instances owned by no decision, and a termination (or its
+    /// deregistration) decided earlier and issued again (`… (issued again)`, `… (deregistration
+    /// issued again)`: the decision was judged when it was made; carrying it out is not a new one).
+    /// A target group the fleet names that does not exist (as committed: `lb_missing`) holds
+    /// voluntary disruption as a closed window does: phoenix cannot see what serves.
     pub fn check_windows(books: &Books, changes: &[Change], at: Timestamp) -> Option<String> {
         let meta = books.meta();
         let policy = &meta.spec.policy;
-        if policy.windows.is_empty() && policy.freezes.is_empty() {
+        let scheduled = !policy.windows.is_empty() || !policy.freezes.is_empty();
+        let missing = meta.lb_missing.iter().next();
+        if !scheduled && missing.is_none() {
             return None;
         }
         let rollout = meta.rollout.as_ref();
@@ -537,7 +549,8 @@ impl Checker {
         for c in changes {
             match c {
                 Change::TerminationDecided { instance, reason } => {
-                    if reason.ends_with("(issued again)") {
+                    // `(issued again)`, `(deregistration issued again)`.
+                    if reason.ends_with("issued again)") {
                         continue;
                     }
                     let planned_retirement = reason.starts_with("retire: ")
@@ -567,6 +580,14 @@ impl Checker {
         }
         if voluntary.is_empty() {
             return None;
+        }
+        if let Some(arn) = missing {
+            return Some(format!(
+                "v{} decided {} at {at} while target group {} does not exist",
+                meta.version,
+                voluntary.join(", "),
+                phoenix_core::model::group_name(arn)
+            ));
         }
         match policy.disruption_at(at) {
             Openness::Open { .. } => None,

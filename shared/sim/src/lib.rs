@@ -4,8 +4,9 @@
 //! simulated time, with faults, lost and duplicated events, interleaved and crashing invocations.
 //! After every step it checks the invariants; a failing seed replays exactly.
 //!
-//! From the bottom up: `rng` (the one source of randomness), `table` and `ec2` (the simulated
-//! services), `books` (the table as the checks read it), `check` (the invariants on the state),
+//! From the bottom up: `rng` (the one source of randomness), `table`, `ec2` and `elb` (the
+//! simulated services), `books` (the table as the checks read it), `check` (the invariants on the
+//! state), `traffic` (those of target groups and lifecycle hooks),
 //! `world` (the services, the clock and the checks on each call, shared by the ports), `ports`
 //! (the protocol's ports on the world), `executor` (invocations as tasks), `scenario` (what a seed
 //! draws), `variant` (broken planners and protocols), `sim` (the driver).
@@ -20,6 +21,7 @@ pub mod rng;
 pub mod scenario;
 pub mod sim;
 pub mod table;
+pub mod traffic;
 pub mod variant;
 pub mod world;
 

@@ -1,7 +1,7 @@
 //! `phoenix-sim`: runs the deterministic simulation over many seeds, or replays one.
 //!
 //! ```text
-//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--trace] [--quiet]
+//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--trace] [--quiet]
 //! ```
 
 use phoenix_sim::{run_seed, Config, Report, Stats, Variant};
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--trace] [--quiet]
+usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--trace] [--quiet]
 
   --steps N        run seeds FIRST, FIRST+1, ... until N steps in all (default 100000)
   --seeds FIRST    first seed of the range (default 1)
@@ -19,15 +19,18 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    the fleet, more intents queued after lost races
   --variant NAME   drive a deliberately broken planner or protocol: real (default);
                    planners: drop-after-launch, replace-in-place, launch-quarantined,
-                   surge-blind, ignore-health-failures, ignore-windows, ignore-drift;
+                   surge-blind, ignore-health-failures, ignore-windows, ignore-drift,
+                   ignore-launch-hook, ignore-target-health, skip-terminating-hook;
                    protocols: relaunch-blind,
                    act-before-deciding, lapsed-as-completed, keep-queued,
                    ignore-deadline-reserve, terminate-unchecked, remove-before-publish,
-                   publish-only-after-commit
+                   publish-only-after-commit, skip-drain
   --chatty         the health checker reports every healthy instance passed every 30 s
                    (fleets of up to ten)
   --drift          every seed draws rollout windows or freezes, a floating launch template and an
                    operator who edits the fleet file (without it, some seeds do)
+  --traffic        every seed draws load balancer target groups and lifecycle hooks (without it,
+                   some seeds do)
   --trace          print every step of the trace
   --quiet          print only the summary (and failures)
 
@@ -44,6 +47,7 @@ struct Args {
     trace: bool,
     chatty: bool,
     drift: bool,
+    traffic: bool,
     quiet: bool,
 }
 
@@ -58,6 +62,7 @@ fn parse() -> Result<Args, String> {
         trace: false,
         chatty: false,
         drift: false,
+        traffic: false,
         quiet: false,
     };
     let mut it = std::env::args().skip(1);
@@ -81,6 +86,7 @@ fn parse() -> Result<Args, String> {
             "--trace" => a.trace = true,
             "--chatty" => a.chatty = true,
             "--drift" => a.drift = true,
+            "--traffic" => a.traffic = true,
             "--quiet" => a.quiet = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -97,6 +103,7 @@ fn config(a: &Args, seed: u64) -> Config {
     cfg.trace = a.trace;
     cfg.chatty = a.chatty;
     cfg.drift = a.drift;
+    cfg.traffic = a.traffic;
     cfg
 }
 
@@ -116,6 +123,9 @@ fn replay_command(a: &Args, seed: u64) -> String {
     }
     if a.drift {
         cmd.push_str(" --drift");
+    }
+    if a.traffic {
+        cmd.push_str(" --traffic");
     }
     cmd
 }
@@ -152,6 +162,7 @@ fn stats_line(s: &Stats) -> String {
          rollouts {} (succeeded {}, rolled back {}, aborted {}, superseded {}; of the launch definition {}), \
          rollouts held by windows or freezes {}, fleet files applied {}, launch template versions {}, \
          runs ended with a scale-in the windows hold {}, \
+         registered {}, drains {}, hooks answered {} / timed out {}, target groups deleted {}, \
          quarantined {} bad / {} good images (good ones: {} wave deadline, {} stopped instance, {} host or zone failure, {} one instance's application failing, {} spurious report), breaker trips {}, stalled rollouts {}, \
          intents queued {} (applied from the inbox {}, reconcile failures reported after one {}), \
          service faults {} (DynamoDB, EventBridge), events published {} \
@@ -183,6 +194,11 @@ fn stats_line(s: &Stats) -> String {
         s.fleet_updates,
         s.template_versions,
         s.scale_ins_held,
+        s.registered,
+        s.drains,
+        s.hooks_answered,
+        s.hooks_timed_out,
+        s.groups_deleted,
         s.quarantined_bad,
         s.quarantined_good,
         s.good_by_deadline,

@@ -7,14 +7,19 @@
 //! operator who applies the fleet file changed (another instance type, other user data or tags).
 //! Those draws come from a stream of their own, derived from the seed's without advancing it: a
 //! seed that draws none of them runs exactly as it did before they existed.
+//!
+//! So do, from another stream, the load balancer target groups some fleets serve behind (with
+//! their deregistration delays, and `elb` in the health check now and then) and the lifecycle
+//! hooks some fleets have (launching, terminating or both, with their timeouts and default
+//! results).
 
 use crate::ec2::{Badness, Ec2, FLEET, INSTANCE_TYPE, SUBNETS};
 use crate::rng::Rng;
 use crate::world::ServiceFaults;
 use chrono::{Duration, TimeZone, Utc};
 use phoenix_core::model::{
-    BreakerPolicy, Checkpoint, FleetSpec, Freeze, HealthCheck, LaunchTemplateRef, RolloutPolicy,
-    Seconds, Timestamp, Window,
+    group_name, BreakerPolicy, Checkpoint, FleetSpec, Freeze, HealthCheck, Hook, HookResult,
+    LaunchTemplateRef, LoadBalancing, RolloutPolicy, Seconds, TargetGroupRef, Timestamp, Window,
 };
 use phoenix_core::quantity::Quantity;
 use phoenix_core::{FleetName, ImageId};
@@ -65,6 +70,57 @@ pub struct Scenario {
     pub edits: bool,
     /// What the windows and freezes are, in words (for the scenario line).
     pub schedule: Option<String>,
+    /// The fleet's target groups (ARN, deregistration delay in seconds), made in the simulated
+    /// ELB before the fleet is applied.
+    pub groups: Vec<(String, u64)>,
+}
+
+/// Deregistration delays a target group is drawn with (AWS's default is 300 s).
+pub const DELAYS: [u64; 5] = [0, 5, 30, 120, 300];
+
+/// The target groups and hooks of seeds that draw them (all with `every`), from their own stream
+/// (see the module's comment).
+fn draw_traffic(lanes: &mut Rng, spec: &mut FleetSpec, every: bool) -> Vec<(String, u64)> {
+    let mut groups = Vec::new();
+    if every || lanes.chance(400) {
+        for k in 0..lanes.range(1, 2) {
+            let delay = *lanes.pick(&DELAYS);
+            let arn = format!(
+                "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/sim-{k}/{:016x}",
+                lanes.next_u64()
+            );
+            groups.push((arn, delay));
+        }
+        spec.load_balancing = Some(LoadBalancing {
+            target_groups: groups
+                .iter()
+                .map(|(arn, _)| TargetGroupRef {
+                    arn: arn.clone(),
+                    port: None,
+                })
+                .collect(),
+        });
+        spec.policy.health_check.elb = lanes.chance(500);
+    }
+    if every || lanes.chance(350) {
+        let which = lanes.below(3);
+        let mut hook = || Hook {
+            timeout: Seconds(lanes.range(30, 600)),
+            default_result: if lanes.chance(700) {
+                HookResult::Continue
+            } else {
+                HookResult::Abandon
+            },
+        };
+        let (launching, terminating) = match which {
+            0 => (Some(hook()), None),
+            1 => (None, Some(hook())),
+            _ => (Some(hook()), Some(hook())),
+        };
+        spec.hooks.launching = launching;
+        spec.hooks.terminating = terminating;
+    }
+    groups
 }
 
 /// One change an operator makes to the fleet file before applying it: the file is the fleet's
@@ -232,8 +288,9 @@ fn quantity(rng: &mut Rng, choices: &[&str]) -> Quantity {
 
 impl Scenario {
     /// What seed `rng` draws. `drift`: every seed draws windows or freezes, a floating launch
-    /// template and an operator who edits the fleet file (else some seeds do).
-    pub fn draw(rng: &mut Rng, ec2: &mut Ec2, drift: bool) -> Scenario {
+    /// template and an operator who edits the fleet file (else some seeds do). `traffic`: every
+    /// seed draws target groups and lifecycle hooks (else some seeds do).
+    pub fn draw(rng: &mut Rng, ec2: &mut Ec2, drift: bool, traffic: bool) -> Scenario {
         // Now and then a large fleet, so that steps reach their limits (92 launches, 92
         // terminations, 92 instances touched), outcomes take several transactions and waves
         // several steps.
@@ -405,6 +462,8 @@ impl Scenario {
             template = Some(TEMPLATE.to_string());
         }
         let edits = drift || side.chance(150);
+        let mut lanes = Rng::new(rng.clone().next_u64() ^ 0x7472_6166_6669_6373);
+        let groups = draw_traffic(&mut lanes, &mut spec, traffic);
         Scenario {
             max_capacity: (capacity * 2).clamp(2, 80),
             spec,
@@ -414,6 +473,7 @@ impl Scenario {
             template,
             edits,
             schedule,
+            groups,
         }
     }
 
@@ -482,6 +542,32 @@ impl Scenario {
         }
         if self.edits {
             extra.push_str("; the operator edits the fleet file");
+        }
+        if !self.groups.is_empty() {
+            let groups: Vec<String> = self
+                .groups
+                .iter()
+                .map(|(arn, delay)| format!("{} delay {delay}s", group_name(arn)))
+                .collect();
+            extra.push_str(&format!("; target groups [{}]", groups.join(", ")));
+        }
+        let hooks = &self.spec.hooks;
+        if !hooks.is_empty() {
+            let hooks: Vec<String> = [
+                ("launching", hooks.launching),
+                ("terminating", hooks.terminating),
+            ]
+            .into_iter()
+            .filter_map(|(kind, h)| {
+                let h = h?;
+                Some(format!(
+                    "{kind} {}s default {}",
+                    h.timeout.0,
+                    h.default_result.as_str()
+                ))
+            })
+            .collect();
+            extra.push_str(&format!("; hooks [{}]", hooks.join(", ")));
         }
         format!(
             "{} weather; capacity {} surge {:?} unavailable {:?} health {:?} warmup {} canary {:?} bake {} \

@@ -55,6 +55,15 @@ fn run_drifting(seed: u64, steps: u64, variant: Variant) -> Report {
     run_seed(cfg)
 }
 
+/// A run in which the seed draws target groups and lifecycle hooks (`Config::traffic`).
+fn run_traffic(seed: u64, steps: u64, variant: Variant) -> Report {
+    let mut cfg = Config::new(seed);
+    cfg.chaos_steps = steps;
+    cfg.variant = variant;
+    cfg.traffic = true;
+    run_seed(cfg)
+}
+
 fn block<T>(fut: impl std::future::Future<Output = T>) -> T {
     run_alone(Box::pin(fut)).unwrap_or_else(|| panic!("the call did not end"))
 }
@@ -494,14 +503,126 @@ fn windows_freezes_and_drift_keep_every_invariant_on_these_seeds() {
 }
 
 #[test]
+fn target_groups_and_hooks_keep_every_invariant_on_these_seeds() {
+    let mut stats = crate::Stats::default();
+    for seed in 1..=16 {
+        let r = run_traffic(seed, 1500, Variant::Real);
+        assert!(
+            r.violation.is_none(),
+            "seed {seed}: {:?}\n{}\n{}",
+            r.violation,
+            r.scenario,
+            r.trace_tail.join("\n")
+        );
+        stats.add(&r.stats);
+    }
+    // What these seeds are for happened: registrations and drains, hooks answered and timed out,
+    // target groups deleted and made again.
+    assert!(stats.registered > 0, "{stats:?}");
+    assert!(stats.drains > 0, "{stats:?}");
+    assert!(stats.hooks_answered > 0, "{stats:?}");
+    assert!(stats.hooks_timed_out > 0, "{stats:?}");
+    assert!(stats.groups_deleted > 0, "{stats:?}");
+}
+
+#[test]
+fn a_seed_draws_target_groups_and_hooks_without_touching_the_rest_of_its_stream() {
+    let mut drawn = [0u32; 2];
+    for seed in 1..=200 {
+        let (mut a, mut b) = (Rng::new(seed), Rng::new(seed));
+        let plain = crate::scenario::Scenario::draw(&mut a, &mut Ec2::new(), false, false);
+        let every = crate::scenario::Scenario::draw(&mut b, &mut Ec2::new(), false, true);
+        assert_eq!(a.next_u64(), b.next_u64(), "seed {seed}");
+        assert_eq!(plain.spec.capacity, every.spec.capacity);
+        assert!(!every.groups.is_empty() && !every.spec.hooks.is_empty());
+        assert_eq!(every.spec.target_groups().len(), every.groups.len());
+        every
+            .spec
+            .validate()
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        drawn[0] += u32::from(!plain.groups.is_empty());
+        drawn[1] += u32::from(!plain.spec.hooks.is_empty());
+    }
+    // Some seeds, not most.
+    for n in drawn {
+        assert!((40..=110).contains(&n), "{drawn:?} of 200");
+    }
+}
+
+#[test]
+fn the_simulated_target_groups_drain_forget_and_come_back_empty() {
+    use phoenix_protocol::ports::elb::Target;
+    let mut rng = Rng::new(1);
+    let mut ec2 = Ec2::new();
+    ec2.images.insert(ami(10));
+    ec2.max_lag = 0;
+    let now = t0();
+    let (_, created) = ec2.run_instances(&run_request("web-x-2-0", 1), now, &mut rng);
+    let id = created[0].clone();
+    let target = [Target {
+        id: id.to_string(),
+        port: None,
+    }];
+    let mut elb = crate::elb::Elb::default();
+    let arn =
+        "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/sim-0/0123456789abcdef";
+    elb.add_group(arn, 30);
+    // Only what runs is registered.
+    assert!(elb.register(arn, &target, &ec2, now).is_err());
+    let running = now + Duration::minutes(5);
+    ec2.advance(running);
+    elb.register(arn, &target, &ec2, running)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let since = elb.groups[arn].targets[id.as_str()].since;
+    // Registering again changes nothing.
+    elb.register(arn, &target, &ec2, running + Duration::seconds(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(elb.groups[arn].targets[id.as_str()].since, since);
+    // Deregistered, it is listed for the group's delay.
+    elb.deregister(arn, &target, running)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        elb.listing(id.as_str(), running + Duration::seconds(29), false)
+            .len(),
+        1
+    );
+    assert!(elb
+        .listing(id.as_str(), running + Duration::seconds(30), false)
+        .is_empty());
+    // Deleted, a group answers NotFound and lists nothing, but what it listed is kept; made
+    // again, it is empty.
+    elb.register(arn, &target, &ec2, running)
+        .unwrap_or_else(|e| panic!("{e}"));
+    elb.delete(arn, running + Duration::minutes(2));
+    assert!(matches!(
+        elb.health(arn, &ec2, running),
+        Err(Error::NotFound(_))
+    ));
+    assert!(elb.listing(id.as_str(), running, false).is_empty());
+    assert_eq!(elb.listing(id.as_str(), running, true).len(), 1);
+    let back = elb.advance(running + Duration::minutes(2), &ec2, false);
+    assert_eq!(back, [arn.to_string()]);
+    assert!(elb.groups[arn].targets.is_empty());
+    // An instance EC2 terminated is deregistered by AWS.
+    elb.register(arn, &target, &ec2, running)
+        .unwrap_or_else(|e| panic!("{e}"));
+    ec2.terminate_instances(&[id.to_string()], running, &mut rng)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let later = running + Duration::minutes(3);
+    ec2.advance(later);
+    elb.advance(later, &ec2, false);
+    assert!(elb.groups[arn].targets.is_empty());
+}
+
+#[test]
 fn a_seed_draws_windows_templates_and_edits_without_touching_the_rest_of_its_stream() {
     // The same main stream after the draw, with or without them: a seed that draws none of them
     // runs as it did before they existed.
     let mut drawn = [0u32; 3];
     for seed in 1..=200 {
         let (mut a, mut b) = (Rng::new(seed), Rng::new(seed));
-        let plain = crate::scenario::Scenario::draw(&mut a, &mut Ec2::new(), false);
-        let every = crate::scenario::Scenario::draw(&mut b, &mut Ec2::new(), true);
+        let plain = crate::scenario::Scenario::draw(&mut a, &mut Ec2::new(), false, false);
+        let every = crate::scenario::Scenario::draw(&mut b, &mut Ec2::new(), true, false);
         assert_eq!(a.next_u64(), b.next_u64(), "seed {seed}");
         assert_eq!(plain.spec.capacity, every.spec.capacity);
         assert!(every.scheduled() && every.template.is_some() && every.edits);
@@ -557,8 +678,9 @@ fn a_window_at_a_time_the_clocks_skip_or_repeat_opens_where_the_simulator_expect
             .with_ymd_and_hms(y, m, d, h, min, 0)
             .single()
             .unwrap_or_default();
-        let draw =
-            |s: u64| crate::scenario::Scenario::draw(&mut Rng::new(s), &mut Ec2::new(), true);
+        let draw = |s: u64| {
+            crate::scenario::Scenario::draw(&mut Rng::new(s), &mut Ec2::new(), true, false)
+        };
         let seed = (1..=400)
             .find(|s| draw(*s).schedule.is_some_and(|w| w.contains(words)))
             .unwrap_or_else(|| panic!("no seed draws a window at 02:30 {words}"));
@@ -627,6 +749,7 @@ fn the_window_check_judges_voluntary_disruption_only() {
         end("owned by no phoenix decision"),
         end("rolled back to image ami-0000000a"),
         end("replaced by ami-0000000b (issued again)"),
+        end("scale in to 1 (deregistration issued again)"),
     ] {
         assert!(
             judge(&fleet, std::slice::from_ref(&never_held), inside).is_none(),
@@ -642,6 +765,19 @@ fn the_window_check_judges_voluntary_disruption_only() {
     assert!(judge(&fleet, &[end("scale in to 1")], inside).is_none());
     fleet.rollout = None;
     assert!(judge(&fleet, &[end("scale in to 1")], inside).is_some());
+    // A target group the fleet records missing holds as a closed window does, at any hour.
+    fleet.lb_missing.insert(
+        "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/sim-0/0123456789abcdef"
+            .into(),
+    );
+    let missing = judge(&fleet, &[end("scale in to 1")], after);
+    assert!(
+        missing
+            .as_deref()
+            .is_some_and(|m| m.contains("sim-0 does not exist")),
+        "{missing:?}"
+    );
+    assert!(judge(&fleet, &[end("replace failed instance: flaky")], after).is_none());
 }
 
 #[test]
@@ -835,9 +971,49 @@ fn drift_left_unrolled_is_caught() {
 }
 
 #[test]
+fn terminating_what_still_serves_is_caught() {
+    caught_in(
+        Variant::Protocol(ProtocolVariant::SkipDrain),
+        "drain",
+        5,
+        run_traffic,
+    );
+}
+
+#[test]
+fn registering_and_counting_before_the_launching_hook_is_caught() {
+    caught_in(
+        Variant::Planner(PlannerBug::IgnoreLaunchHook),
+        "hook",
+        5,
+        run_traffic,
+    );
+}
+
+#[test]
+fn counting_before_the_target_groups_report_healthy_is_caught() {
+    caught_in(
+        Variant::Planner(PlannerBug::IgnoreTargetHealth),
+        "serving",
+        5,
+        run_traffic,
+    );
+}
+
+#[test]
+fn terminating_before_the_terminating_hook_ended_is_caught() {
+    caught_in(
+        Variant::Planner(PlannerBug::SkipTerminatingHook),
+        "hook",
+        5,
+        run_traffic,
+    );
+}
+
+#[test]
 fn every_variant_has_its_test() {
     // The list above names each variant once; a variant added without a test fails here.
-    assert_eq!(Variant::all().len(), 1 + 7 + 8);
+    assert_eq!(Variant::all().len(), 1 + 10 + 9);
 }
 
 #[test]

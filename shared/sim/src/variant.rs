@@ -4,8 +4,12 @@
 //! Each must be caught, on the check it breaks.
 
 use phoenix_core::events::{Change, Intent};
-use phoenix_core::model::{Disposal, Fleet, Observed, RolloutStatus, Timestamp};
+use phoenix_core::model::{
+    Disposal, Fleet, Health, HookResult, HookWait, Lifecycle, Observed, RolloutStatus, Signals,
+    Stage, Timestamp,
+};
 use phoenix_core::planner::{Command, Outcome, Step};
+use phoenix_core::InstanceId;
 use phoenix_protocol::planner::{CorePlanner, Planner};
 use phoenix_protocol::variant::Variant as ProtocolVariant;
 
@@ -29,6 +33,15 @@ pub enum PlannerBug {
     /// Reconciles as if every instance had been launched from the fleet's current definition:
     /// only a new image rolls; a changed instance type, user data or template version does not.
     IgnoreDrift,
+    /// Reconciles as if every launching hook had ended CONTINUE: new instances are registered
+    /// and counted healthy without waiting for the hook.
+    IgnoreLaunchHook,
+    /// Reconciles as if every target group had reported every new instance healthy: they count
+    /// healthy before the load balancers send them traffic.
+    IgnoreTargetHealth,
+    /// Reconciles as if every terminating hook had timed out: a drained instance is terminated
+    /// without waiting for the hook's answer.
+    SkipTerminatingHook,
 }
 
 /// What the simulator drives: the real protocol, a broken planner, or a broken protocol.
@@ -40,7 +53,7 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const PLANNER: [PlannerBug; 7] = [
+    pub const PLANNER: [PlannerBug; 10] = [
         PlannerBug::DropAfterLaunch,
         PlannerBug::ReplaceInPlace,
         PlannerBug::LaunchQuarantined,
@@ -48,6 +61,9 @@ impl Variant {
         PlannerBug::IgnoreHealthFailures,
         PlannerBug::IgnoreWindows,
         PlannerBug::IgnoreDrift,
+        PlannerBug::IgnoreLaunchHook,
+        PlannerBug::IgnoreTargetHealth,
+        PlannerBug::SkipTerminatingHook,
     ];
 
     /// Every variant: the real one, the planner's, the protocol's.
@@ -73,6 +89,9 @@ impl Variant {
             Variant::Planner(PlannerBug::IgnoreHealthFailures) => "ignore-health-failures",
             Variant::Planner(PlannerBug::IgnoreWindows) => "ignore-windows",
             Variant::Planner(PlannerBug::IgnoreDrift) => "ignore-drift",
+            Variant::Planner(PlannerBug::IgnoreLaunchHook) => "ignore-launch-hook",
+            Variant::Planner(PlannerBug::IgnoreTargetHealth) => "ignore-target-health",
+            Variant::Planner(PlannerBug::SkipTerminatingHook) => "skip-terminating-hook",
             Variant::Protocol(v) => v.name(),
         }
     }
@@ -153,6 +172,10 @@ impl Planner for Broken {
                 }
                 CorePlanner.reconcile(step, observed, now)
             }
+            PlannerBug::IgnoreLaunchHook | PlannerBug::SkipTerminatingHook => {
+                self.forget_waits(&mut step, now);
+                CorePlanner.reconcile(step, observed, now)
+            }
             _ => self.rewrite(CorePlanner.reconcile(step, observed, now)),
         }
     }
@@ -169,11 +192,54 @@ impl Planner for Broken {
 }
 
 impl Broken {
+    /// The waits of serving traffic this bug forgets, taken out of the fleet a reconcile starts
+    /// from: the launching hooks (ended CONTINUE), the terminating hooks (timed out).
+    fn forget_waits(&self, step: &mut Step, now: Timestamp) {
+        let ids: Vec<InstanceId> = step
+            .fleet
+            .live_instances()
+            .filter(|i| match self.0 {
+                PlannerBug::IgnoreLaunchHook => {
+                    i.launch_hook.as_ref().is_some_and(HookWait::is_waiting)
+                }
+                _ => matches!(
+                    i.disposal.as_ref().map(|d| &d.stage),
+                    Some(Stage::Hook { until, .. }) if *until > now
+                ),
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        for id in ids {
+            let Some(i) = step.fleet.instances.get_mut(&id) else {
+                continue;
+            };
+            match self.0 {
+                PlannerBug::IgnoreLaunchHook => {
+                    if let Some(h) = i.launch_hook.as_mut() {
+                        h.result = Some(HookResult::Continue);
+                        h.ended_at = Some(now);
+                    }
+                }
+                _ => {
+                    if let Some(Stage::Hook { until, .. }) =
+                        i.disposal.as_mut().map(|d| &mut d.stage)
+                    {
+                        *until = now;
+                    }
+                }
+            }
+            step.touched.insert(id);
+        }
+    }
+
     fn rewrite(&self, mut step: Step) -> Step {
         match self.0 {
             PlannerBug::IgnoreHealthFailures
             | PlannerBug::IgnoreWindows
-            | PlannerBug::IgnoreDrift => {}
+            | PlannerBug::IgnoreDrift
+            | PlannerBug::IgnoreLaunchHook
+            | PlannerBug::SkipTerminatingHook => {}
+            PlannerBug::IgnoreTargetHealth => count_unserved(&mut step),
             PlannerBug::DropAfterLaunch => {
                 for c in &mut step.commands {
                     if let Command::Terminate { after_launch, .. } = c {
@@ -225,6 +291,38 @@ impl Broken {
             }
         }
         step
+    }
+}
+
+/// Every running instance not counted yet whose other signals are in (those its policy names,
+/// its launching hook passed) counts healthy, whatever the target groups report.
+fn count_unserved(step: &mut Step) {
+    let check = step.fleet.spec.policy.health_check;
+    let ready: Vec<InstanceId> = step
+        .fleet
+        .live_instances()
+        .filter(|i| {
+            let signals = Signals {
+                elb_ok: true,
+                ..i.signals
+            };
+            i.health == Health::Unknown
+                && i.state == Lifecycle::Running
+                && i.disposal.is_none()
+                && i.launch_hook_passed()
+                && check.satisfied_by(signals)
+        })
+        .map(|i| i.id.clone())
+        .collect();
+    for id in ready {
+        if let Some(i) = step.fleet.instances.get_mut(&id) {
+            i.health = Health::Healthy;
+        }
+        step.touched.insert(id.clone());
+        step.changes.push(Change::HealthChanged {
+            instance: id,
+            health: Health::Healthy,
+        });
     }
 }
 

@@ -308,7 +308,7 @@ pub fn apply_intent(
             // While the breaker holds repairs back, the failures were probably one shared cause (a
             // zone outage, a dependency): an instance that passes again has recovered.
             Some(i) if i.is_failed() && fleet.breaker.is_some() && i.disposal.is_none() => {
-                tx.set_health(instance, Health::Healthy);
+                tx.recover(instance);
             }
             Some(i) if i.is_failed() => tx.ignore(format!(
                 "{instance} failed earlier; a failed instance is never trusted again"

@@ -224,6 +224,7 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                             i.signals.ec2_ok = true;
                         }
                     }
+                    tx.refresh_elb_signal(&inst.id, o);
                     tx.promote(&inst.id);
                 }
                 tx.serving(inst, o);

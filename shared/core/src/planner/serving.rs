@@ -4,11 +4,13 @@
 //!
 //! What holds: an instance is registered only while it runs, is not on its way out, has not
 //! failed and is past its launching hook with CONTINUE; with target groups it counts healthy only
-//! once every group reports it `healthy` (the `elb` signal, implied), so `min_healthy` counts
-//! instances that serve; a launching hook answered ABANDON (or timing out to it) fails the
-//! instance as the image's fault, so the rollout's health gate counts it; with `elb` named in
-//! the health check, an instance counted healthy that a group reports `unhealthy` fails. A target
-//! group that does not exist is recorded (and announced) once, and again once it is back.
+//! once every group reports it `healthy` (the `elb` signal, implied; withdrawn, while it does not
+//! count yet, when a group stops reporting it healthy), so `min_healthy` counts instances that
+//! serve; a launching hook answered ABANDON (or timing out to it) fails the instance as the
+//! image's fault, so the rollout's health gate counts it; with `elb` named in the health check,
+//! an instance counted healthy that a group reports `unhealthy` fails; a failed instance that
+//! recovers counts healthy again only as a new one would. A target group that does not exist is
+//! recorded (and announced) once, and again once it is back.
 
 use super::step::Step;
 use super::tx::Tx;
@@ -163,6 +165,37 @@ impl Tx {
         }
     }
 
+    /// The fleet's target groups that exist, as recorded: those a pass reads.
+    fn readable_groups(&self) -> Vec<String> {
+        self.fleet
+            .spec
+            .target_groups()
+            .iter()
+            .map(|g| g.arn.clone())
+            .filter(|arn| !self.fleet.lb_missing.contains(arn))
+            .collect()
+    }
+
+    /// Before a pass counts an instance not counted yet: until it counts, its `elb` signal holds
+    /// only while every group reports it healthy. One a group no longer reports healthy (a group
+    /// made anew without it, say) waits for it again.
+    pub(super) fn refresh_elb_signal(&mut self, id: &InstanceId, report: &Observed) {
+        let groups = self.readable_groups();
+        let stale = self.fleet.instances.get(id).is_some_and(|i| {
+            i.health == Health::Unknown
+                && i.signals.elb_ok
+                && !groups.is_empty()
+                && !groups
+                    .iter()
+                    .all(|g| matches!(report.targets.get(g), Some(TargetState::Healthy)))
+        });
+        if stale {
+            if let Some(i) = self.instance_mut(id) {
+                i.signals.elb_ok = false;
+            }
+        }
+    }
+
     /// One pass's look at what the target groups (and the launching hook's clock) say of a live
     /// instance: its hook timed out, it serves (the `elb` signal), it failed the groups' health
     /// checks, it is to be registered (collected in `register`).
@@ -179,14 +212,7 @@ impl Tx {
                 self.end_launch_hook(id, result, "timeout");
             }
         }
-        let groups: Vec<String> = self
-            .fleet
-            .spec
-            .target_groups()
-            .iter()
-            .map(|g| g.arn.clone())
-            .filter(|arn| !self.fleet.lb_missing.contains(arn))
-            .collect();
+        let groups = self.readable_groups();
         if groups.is_empty() {
             return;
         }
@@ -229,6 +255,36 @@ impl Tx {
         if eligible && !registered && !self.register.contains(id) {
             self.register.push(id.clone());
         }
+    }
+
+    /// A failed instance recovered (it passed again while the breaker holds repairs back): it
+    /// counts healthy again as a new instance does — running, past its launching hook with
+    /// CONTINUE, reported healthy by every target group, with the signals its policy names —
+    /// and waits, unknown, until then. One its launching hook abandoned stays failed: that was a
+    /// verdict on the instance, not a shared cause.
+    pub(super) fn recover(&mut self, id: &InstanceId) {
+        let Some(inst) = self.fleet.instances.get(id) else {
+            return;
+        };
+        let abandoned = inst
+            .launch_hook
+            .as_ref()
+            .is_some_and(|h| h.result == Some(HookResult::Abandon));
+        if abandoned {
+            self.ignore(format!(
+                "{id} was abandoned by its launching hook; a failed instance is never trusted again"
+            ));
+            return;
+        }
+        let groups = !self.fleet.spec.target_groups().is_empty();
+        if let Some(i) = self.instance_mut(id) {
+            i.signals.passed = true;
+            if groups {
+                i.signals.elb_ok = false;
+            }
+        }
+        self.set_health(id, Health::Unknown);
+        self.promote(id);
     }
 
     /// Records the registrations a pass decided (one history entry for all of them).

@@ -4,10 +4,12 @@
 //! waits through a drain or a hook.
 //!
 //! What holds:
+//! - a step that decides to terminate an instance does not also register it;
 //! - an instance that may serve (running, in a fleet with target groups) is terminated only after
 //!   it was deregistered from every group and drained: until no group lists it, or until the
 //!   groups' deregistration delay has passed — or, for an instance AWS takes back at a known
-//!   time (a Spot interruption), until then at most;
+//!   time (a Spot interruption), until then at most; one a group lists as registered again on
+//!   its way out (a registration decided before and carried out after) is deregistered again;
 //! - while a group the fleet names does not exist, a drain is not ended early (the groups cannot
 //!   all be read), only by its delay;
 //! - the terminating hook, when the fleet has one, holds the drained instance until
@@ -21,7 +23,8 @@ use super::tx::{Tx, LEASE};
 use crate::events::Change;
 use crate::ids::InstanceId;
 use crate::model::{
-    Disposal, HookKind, HookResult, Instance, Lifecycle, Observed, Seconds, Stage, Timestamp,
+    Disposal, HookKind, HookResult, Instance, Lifecycle, Observed, Seconds, Stage, TargetState,
+    Timestamp,
 };
 use chrono::Duration;
 
@@ -38,6 +41,7 @@ impl Tx {
         let Some(stage) = self.first_stage(id, after_launch.is_some()) else {
             return;
         };
+        self.cancel_registration(id);
         let Some(inst) = self.instance_mut(id) else {
             return;
         };
@@ -58,6 +62,24 @@ impl Tx {
             reason,
         });
         self.begin_stage(id, &stage, after_launch);
+    }
+
+    /// An instance this step decides to terminate is not registered by it: carried out after
+    /// its deregistration (the executor's order), the registration would leave it serving while
+    /// phoenix counts it drained, and it would be terminated so.
+    fn cancel_registration(&mut self, id: &InstanceId) {
+        if !self.register.contains(id) {
+            return;
+        }
+        self.register.retain(|r| r != id);
+        for c in &mut self.changes {
+            if let Change::RegistrationDecided { instances } = c {
+                instances.retain(|i| i != id);
+            }
+        }
+        self.changes.retain(
+            |c| !matches!(c, Change::RegistrationDecided { instances } if instances.is_empty()),
+        );
     }
 
     /// The stage an instance starts its way out with: deregistered first when it may serve
@@ -204,7 +226,12 @@ impl Tx {
             return;
         };
         let now = self.now;
+        let registered = report.state == Lifecycle::Running
+            && report.targets.values().any(TargetState::is_registered);
         match &d.stage {
+            Stage::Draining { .. } | Stage::Hook { .. } | Stage::Terminate if registered => {
+                self.deregister_again(inst)
+            }
             Stage::Draining { until, .. } => {
                 if report.state != Lifecycle::Running {
                     self.drained(
@@ -231,6 +258,31 @@ impl Tx {
             Stage::Hook { .. } => {}
             Stage::Deregister | Stage::Terminate => self.issue_again(inst),
         }
+    }
+
+    /// Registered again after its deregistration — a registration decided before its
+    /// termination and carried out after, by another invocation: deregistered again, it drains
+    /// anew (and the terminating hook, if any, holds it after that).
+    fn deregister_again(&mut self, inst: &Instance) {
+        let Some(d) = &inst.disposal else {
+            return;
+        };
+        if self.deregister_now.contains(&inst.id) {
+            return;
+        }
+        let now = self.now;
+        if let Some(disposal) = self
+            .instance_mut(&inst.id)
+            .and_then(|i| i.disposal.as_mut())
+        {
+            disposal.stage = Stage::Deregister;
+            disposal.decided_at = now;
+        }
+        self.changes.push(Change::TerminationDecided {
+            instance: inst.id.clone(),
+            reason: format!("{} (deregistration issued again)", d.reason),
+        });
+        self.begin_stage(&inst.id, &Stage::Deregister, None);
     }
 
     /// A deregistration or termination decided but apparently never carried out (the deciding

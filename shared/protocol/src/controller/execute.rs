@@ -75,24 +75,29 @@ impl<P: Ports> Controller<P> {
     }
 
     /// Publishes what a crash or a failed PutEvents left in the fleet's outbox, once the
-    /// invocation that committed it has had its time to (`Mail::due`). A pass over the whole
-    /// fleet calls it with the outbox its load read.
-    pub(super) async fn send_left(&self, name: &FleetName, outbox: Vec<Mail>) {
+    /// invocation that committed it has had its time to (`Mail::due`; a lifecycle hook's at
+    /// once). A pass over the whole fleet calls it with the outbox its load read. Whether every
+    /// lifecycle hook's notification in it reached the bus: a pass that could not publish one
+    /// does not plan (the hook's timeout runs, and must not end it unannounced).
+    pub(super) async fn send_left(&self, name: &FleetName, outbox: Vec<Mail>) -> bool {
         if self.variant == Variant::PublishOnlyAfterCommit {
-            return;
+            return true;
         }
         let now = self.now();
         let due: Vec<Mail> = outbox.into_iter().filter(|m| m.due(now)).collect();
-        if !due.is_empty() {
-            info!(fleet = %name, commits = due.len(), "publishing notifications left in the outbox");
-            self.send(name, &due).await;
+        if due.is_empty() {
+            return true;
         }
+        info!(fleet = %name, commits = due.len(), "publishing notifications left in the outbox");
+        let hooks = due.iter().any(Mail::holds_hook);
+        self.send(name, &due).await || !hooks
     }
 
-    /// Publishes these commits' notifications, then removes them from the outbox. Best effort, and
-    /// never a reason to fail the invocation: a PutEvents that fails leaves them in the outbox for
-    /// a later pass; a removal that fails has them published again then, with the same ids.
-    async fn send(&self, name: &FleetName, mail: &[Mail]) {
+    /// Publishes these commits' notifications, then removes them from the outbox; whether they
+    /// reached the bus. Best effort, and never a reason to fail the invocation by itself: a
+    /// PutEvents that fails leaves them in the outbox for a later pass; a removal that fails has
+    /// them published again then, with the same ids.
+    async fn send(&self, name: &FleetName, mail: &[Mail]) -> bool {
         let events: Vec<OutgoingEvent> = mail
             .iter()
             .flat_map(|m| &m.notifications)
@@ -107,7 +112,7 @@ impl<P: Ports> Controller<P> {
         if remove_first {
             if let Err(e) = self.store.remove_mail(name, &versions).await {
                 warn!(fleet = %name, error = %e, "could not remove notifications from the outbox");
-                return;
+                return false;
             }
         }
         if let Err(e) = self.bus.publish(&events).await {
@@ -117,7 +122,7 @@ impl<P: Ports> Controller<P> {
                 "could not publish {} notifications; the outbox keeps them for the next pass",
                 events.len()
             );
-            return;
+            return false;
         }
         if !remove_first {
             if let Err(e) = self.store.remove_mail(name, &versions).await {
@@ -130,6 +135,7 @@ impl<P: Ports> Controller<P> {
                 );
             }
         }
+        true
     }
 
     /// Carries out a committed step's commands (unless `ran` already did: the deliberate bug of
@@ -287,6 +293,10 @@ impl<P: Ports> Controller<P> {
                     if launch_failed(after_launch, &launched_ok) {
                         continue;
                     }
+                    if self.variant == Variant::SkipDrain {
+                        self.skip_drain(name, instances, &mut ran).await;
+                        continue;
+                    }
                     match self.targets.deregister(&fleet.spec, instances).await {
                         Ok(out) => ran.outcomes.push(Outcome::Deregistered {
                             instances: instances.clone(),
@@ -355,6 +365,25 @@ impl<P: Ports> Controller<P> {
             }
         }
         ran
+    }
+
+    /// Nothing, as the protocol is: an instance leaves its target groups and drains before it is
+    /// terminated. The deliberate bug `Variant::SkipDrain` terminates it here, where it should be
+    /// deregistered.
+    async fn skip_drain(&self, name: &FleetName, instances: &[InstanceId], ran: &mut Ran) {
+        match self.compute.terminate(name, instances).await {
+            Ok(out) => ran.outcomes.push(Outcome::Terminated {
+                instances: out.gone,
+                request_ids: out.request_ids,
+            }),
+            Err(e) => {
+                ran.failures.push(format!("terminate: {e}"));
+                ran.outcomes.push(Outcome::TerminateFailed {
+                    instances: instances.to_vec(),
+                    error: e.to_string(),
+                });
+            }
+        }
     }
 
     /// Commits one part of a step's outcomes (`planner::outcome_parts`). Recording outcomes is

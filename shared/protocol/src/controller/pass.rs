@@ -5,7 +5,7 @@
 use super::{Controller, FleetOutcome, FleetReport, QUEUE_AFTER_CONFLICTS};
 use crate::error::{Error, Result};
 use crate::ports::{Deadline, Ports};
-use crate::store::{EventKey, EventRecord};
+use crate::store::{EventKey, EventRecord, Mail};
 use phoenix_core::events::{Cause, Intent, QueuedIntent};
 use phoenix_core::model::{Fleet, Observed, Timestamp};
 use phoenix_core::planner::{targets_observed, template_resolved, Step};
@@ -110,9 +110,20 @@ impl<P: Ports> Controller<P> {
             }
             self.check_time(deadline, "plan a change")?;
             let (fleet, outbox) = self.store.load_fleet_and_outbox(name).await?;
-            // What a crash or a failed PutEvents left in the outbox goes first, once per pass.
-            if attempt == 0 {
-                self.send_left(name, outbox).await;
+            // What a crash or a failed PutEvents left in the outbox goes first, once per pass —
+            // a lifecycle hook's on every attempt (a race lost may have begun one): its timeout
+            // runs from its commit, so a pass that cannot announce it does not plan.
+            let left = match attempt {
+                0 => outbox,
+                _ => outbox.into_iter().filter(Mail::holds_hook).collect(),
+            };
+            if !self.send_left(name, left).await {
+                return Err(Error::Transient {
+                    service: "eventbridge",
+                    message: "a lifecycle hook's notification could not be published; the pass \
+                              waits for it"
+                        .into(),
+                });
             }
             // Queued intents go first, one per commit, each recorded with its own event as the
             // cause; what this pass was for follows once they are applied.

@@ -6,12 +6,13 @@
 //! outbox with the instances.
 //!
 //! What holds: a committed change's notifications stay in the outbox until they were published at
-//! least once (the item is removed only after PutEvents succeeded). A crash after PutEvents and
-//! before the removal publishes them again: every copy carries the id its commit gave it
-//! (`Notification::id`), so a consumer drops the repeat. One item per commit keeps a commit one
-//! transaction: the fleet record, up to `MAX_TOUCHED_PER_STEP` (92) instance records, the history
-//! entry, the event's record (two items when applying a queued intent) or the fleet index, and
-//! the outbox item make at most 97 of DynamoDB's 100 actions.
+//! least once (the item is removed only after PutEvents succeeded); a lifecycle hook's reach the
+//! bus before any pass plans on the fleet again (before its timeout can end it). A crash after
+//! PutEvents and before the removal publishes them again: every copy carries the id its commit
+//! gave it (`Notification::id`), so a consumer drops the repeat. One item per commit keeps a
+//! commit one transaction: the fleet record, up to `MAX_TOUCHED_PER_STEP` (92) instance records,
+//! the history entry, the event's record (two items when applying a queued intent) or the fleet
+//! index, and the outbox item make at most 97 of DynamoDB's 100 actions.
 
 use super::items::*;
 use super::Store;
@@ -27,6 +28,10 @@ use serde::{Deserialize, Serialize};
 /// the fleet may: the functions' timeout (60 s), by when it has published it or died. Earlier,
 /// every pass racing the committer would publish it a second time.
 pub const OUTBOX_GRACE: Duration = Duration::seconds(60);
+
+/// The notifications of a lifecycle hook begun: its timeout runs from the commit that began it,
+/// so a pass publishes them at once, without the grace, and does not plan while it cannot.
+pub const HOOK_NOTIFICATIONS: [&str; 2] = ["InstanceLaunching", "InstanceTerminating"];
 
 /// One commit's notifications, as the outbox keeps them until they are published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,9 +60,17 @@ impl Mail {
         })
     }
 
-    /// Left long enough (`OUTBOX_GRACE`) that any pass over the fleet may publish it.
+    /// Left long enough (`OUTBOX_GRACE`) that any pass over the fleet may publish it — or
+    /// at once, if it begins a lifecycle hook (`holds_hook`).
     pub fn due(&self, now: Timestamp) -> bool {
-        now >= self.at + OUTBOX_GRACE
+        self.holds_hook() || now >= self.at + OUTBOX_GRACE
+    }
+
+    /// It carries a lifecycle hook's notification (`HOOK_NOTIFICATIONS`).
+    pub fn holds_hook(&self) -> bool {
+        self.notifications
+            .iter()
+            .any(|n| HOOK_NOTIFICATIONS.contains(&n.detail_type.as_str()))
     }
 }
 

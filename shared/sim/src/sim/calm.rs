@@ -2,6 +2,7 @@
 
 use super::Sim;
 use crate::check::Checker;
+use crate::traffic::Traffic;
 use chrono::Duration;
 use phoenix_core::model::{Openness, RolloutStatus};
 use phoenix_core::planner::Step;
@@ -10,7 +11,8 @@ use std::collections::BTreeSet;
 
 impl Sim {
     /// The calm phase begins: no more faults, lost or late events or crashes; zones come back,
-    /// capacity returns, throttling stops, and images launch healthy from now on. Instances that
+    /// capacity returns, throttling stops, deleted target groups are restored, and images launch
+    /// healthy from now on. Instances that
     /// are broken stay broken (and are reported, and replaced).
     pub(super) fn calm_down(&mut self) {
         {
@@ -21,6 +23,9 @@ impl Sim {
             w.ec2.throttle = None;
             w.ec2.lost_response = 0;
             w.ec2.bad_images.clear();
+            let now = w.now;
+            let w = &mut *w;
+            w.elb.advance(now, &w.ec2, true);
             w.line = format!(
                 "[{}] {} calm: faults stop, the world heals",
                 w.steps,
@@ -34,14 +39,27 @@ impl Sim {
     /// How long the calm phase may take: `Config::settle`, plus what the fleet's own pace needs
     /// to replace every instance twice over (a rollback, then a rollout or repairs): waves of
     /// `max_surge` instances of up to five minutes each (boot, status checks, a reconcile, the
-    /// health report), or the hourly disruption budget, whichever is slower.
+    /// health report) — more behind target groups (the longest deregistration delay) and with
+    /// hooks (two minutes each for the handler's answer), and the longest hook timeout once (a
+    /// hook the handler never answered) — or the hourly disruption budget, whichever is slower.
     pub(super) fn settle_time(&self) -> Duration {
         let w = self.world.lock();
         let meta = w.books.meta();
         let instances = meta.spec.capacity.max(w.books.live().count() as u32);
         let budget = meta.budget();
         let per_wave = budget.max_total.saturating_sub(meta.spec.capacity).max(1);
-        let by_waves = Duration::minutes(i64::from(2 * instances.div_ceil(per_wave)) * 5);
+        let spec = &meta.spec;
+        let delay = spec
+            .target_groups()
+            .iter()
+            .filter_map(|g| w.elb.delay(&g.arn))
+            .max()
+            .unwrap_or(0);
+        let hooks = [spec.hooks.launching, spec.hooks.terminating];
+        let wave = 5 + delay.div_ceil(60) as i64 + 2 * hooks.iter().flatten().count() as i64;
+        let longest_hook = hooks.iter().flatten().map(|h| h.timeout.0).max();
+        let by_waves = Duration::minutes(i64::from(2 * instances.div_ceil(per_wave)) * wave)
+            + Duration::seconds(longest_hook.unwrap_or(0) as i64);
         let by_budget = meta
             .spec
             .policy
@@ -53,8 +71,10 @@ impl Sim {
     }
 
     /// `None` once the fleet has converged, else why not, with the kind of violation it is if it
-    /// lasts past the deadline: `drift` when all that is left is drift (`Checker::check_drift`),
-    /// else `liveness`.
+    /// lasts past the deadline: `serving` when what is left is an instance counted healthy and
+    /// not registered, or a registration of what the fleet does not keep
+    /// (`Traffic::check_serving`), `drift` when all that is left is drift
+    /// (`Checker::check_drift`), else `liveness`.
     ///
     /// The fleet's windows and freezes: a rollout they hold is active, so not converged (the
     /// operator lets it go on now, `operator_tidies_up`). A scale-in they hold is not the fleet
@@ -108,13 +128,19 @@ impl Sim {
             !i.is_healthy() || i.disposal.is_some() || (i.image != meta.spec.image && !mixed_ok)
         }) {
             return not(format!(
-                "{} on {} {:?} {:?} leaving={} (fleet image {})",
+                "{} on {} {:?} {:?} leaving={:?} (fleet image {})",
                 i.id,
                 i.image,
                 i.state,
                 i.health,
-                i.disposal.is_some(),
+                i.disposal.as_ref().map(|d| &d.stage),
                 meta.spec.image
+            ));
+        }
+        if let Some(arn) = meta.lb_missing.iter().next() {
+            return not(format!(
+                "the fleet records target group {} missing",
+                phoenix_core::model::group_name(arn)
             ));
         }
         let alive: BTreeSet<&InstanceId> = w.ec2.alive().map(|vm| &vm.id).collect();
@@ -129,6 +155,9 @@ impl Sim {
         }
         if let Some(vm) = w.ec2.alive().find(|vm| !w.ec2.world_healthy(vm, now)) {
             return not(format!("{} is not healthy in EC2", vm.id));
+        }
+        if let Some(why) = Traffic::check_serving(&w.books, &w.ec2, &w.elb) {
+            return Some(("serving", why));
         }
         Checker::check_drift(&w.books, &w.ec2).map(|why| ("drift", why))
     }
@@ -174,7 +203,8 @@ impl Sim {
         }
         let fleet = w.books.load_fleet();
         let now = w.now + Duration::seconds(30);
-        let observed = w.ec2.observed(now);
+        let mut observed = w.ec2.observed(now);
+        w.elb.observe(&fleet.spec, &mut observed, &w.ec2, now);
         let step = self
             .planner
             .reconcile(Step::unchanged(&fleet), &observed, now);

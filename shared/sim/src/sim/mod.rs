@@ -16,6 +16,7 @@
 //! the outbox must have reached the bus at least once.
 
 mod calm;
+mod hooks;
 mod outside;
 
 use crate::books::Books;
@@ -28,6 +29,7 @@ use crate::scenario::{Edit, Scenario};
 use crate::variant::Variant;
 use crate::world::{Invocation, Shared, Stats, Violation, World};
 use chrono::Duration;
+use hooks::HookHandler;
 use phoenix_core::events::{
     Envelope, Intent, ScaleTarget, SCHEDULED_EVENT, SCHEDULE_SOURCE, SOURCE,
 };
@@ -71,6 +73,9 @@ pub struct Config {
     /// Every seed draws rollout windows or freezes, a floating launch template and an operator
     /// who edits the fleet file (`Scenario::draw`); without it, some seeds do.
     pub drift: bool,
+    /// Every seed draws target groups and lifecycle hooks (`Scenario::draw`); without it, some
+    /// seeds do.
+    pub traffic: bool,
 }
 
 impl Config {
@@ -84,6 +89,7 @@ impl Config {
             trace: false,
             chatty: false,
             drift: false,
+            traffic: false,
         }
     }
 }
@@ -171,6 +177,7 @@ pub struct Sim {
     next_operator_check: Timestamp,
     tasks: Vec<Task>,
     next_inv: u64,
+    hooks: HookHandler,
     trace: VecDeque<String>,
     digest: u64,
 }
@@ -199,7 +206,7 @@ impl Sim {
     pub fn new(cfg: Config) -> Sim {
         let mut rng = Rng::new(cfg.seed);
         let mut ec2 = Ec2::new();
-        let scenario = Scenario::draw(&mut rng, &mut ec2, cfg.drift);
+        let scenario = Scenario::draw(&mut rng, &mut ec2, cfg.drift, cfg.traffic);
         let t0 = scenario.t0;
         let world = Shared::new(World::new(
             t0,
@@ -208,6 +215,9 @@ impl Sim {
             Books::new(Fleet::new(scenario.spec.clone(), t0)),
             scenario.weather.services,
         ));
+        for (arn, delay) in &scenario.groups {
+            world.lock().elb.add_group(arn, *delay);
+        }
         let planner = cfg.variant.planner();
         let controller = Controller::<ports::Sim>::new(
             SimTable(world.clone()),
@@ -245,6 +255,7 @@ impl Sim {
             next_operator_check: t0,
             tasks: Vec::new(),
             next_inv: 0,
+            hooks: HookHandler::default(),
             trace: VecDeque::new(),
             digest: 0xcbf2_9ce4_8422_2325,
         };
@@ -421,6 +432,11 @@ impl Sim {
                 w.note(format!("tick {}s", dt.num_seconds()));
             }
             w.ec2.advance(now);
+            let w = &mut *w;
+            for arn in w.elb.advance(now, &w.ec2, false) {
+                let name = phoenix_core::model::group_name(&arn).to_string();
+                w.note(format!("target group {name} restored"));
+            }
             // Sleepers whose time has come wake up.
             w.timers.retain(|(t, waker)| {
                 if now >= *t {
@@ -446,6 +462,7 @@ impl Sim {
             }
         }
         self.health_checker();
+        self.hook_handler();
         while now >= self.next_schedule {
             self.emit(What::Scheduled);
             self.next_schedule += SCHEDULE;
@@ -565,6 +582,15 @@ impl Sim {
                 d.event.id,
                 describe_what(&d.event.what)
             ));
+            if let What::Intent(Intent::LifecycleActionCompleted {
+                instance,
+                hook,
+                result,
+            }) = &d.event.what
+            {
+                let now = w.now;
+                w.traffic.on_delivered(instance, *hook, *result, now);
+            }
             w.invocations.insert(n, Invocation::new(n, deadline));
             w.now
         };
@@ -690,6 +716,15 @@ fn describe_intent(i: &Intent) -> String {
         Intent::Reconcile { .. } => "ReconcileRequested".into(),
         Intent::RolloutControl { action, .. } => format!("RolloutControl {}", action.as_str()),
         Intent::ClearQuarantine { image, .. } => format!("RolloutControl clear {image}"),
+        Intent::LifecycleActionCompleted {
+            instance,
+            hook,
+            result,
+        } => format!(
+            "LifecycleActionCompleted {instance} {} {}",
+            hook.as_str(),
+            result.as_str()
+        ),
         other => format!("{other:?}"),
     }
 }

@@ -1,5 +1,6 @@
 //! What happens to the fleet from outside phoenix: the health checker's reports, the operator and
-//! the pipeline, and the faults of the world — each an event on the bus or a change to EC2.
+//! the pipeline, and the faults of the world — each an event on the bus or a change to EC2 or the
+//! target groups. (The lifecycle hooks' handler is `hooks`.)
 
 use super::{describe_intent, describe_what, Sim, What};
 use crate::ec2::{FLEET, ZONES};
@@ -19,9 +20,17 @@ impl Sim {
             let mut w = self.world.lock();
             let w = &mut *w;
             let now = w.now;
-            // The chatty checker reports every instance of a fleet of up to ten: beyond, its
-            // reports alone outgrow what the simulated Lambda concurrency (`fan_out`) delivers.
-            let chatty = self.cfg.chatty && w.books.meta().spec.capacity <= 10;
+            // The chatty checker reports every instance of a fleet of up to ten (five behind
+            // target groups or with hooks, whose instances bring more events and longer passes):
+            // beyond, its reports alone outgrow what the simulated Lambda concurrency
+            // (`fan_out`) delivers, and hook answers queue behind them past their timeout.
+            let spec = &w.books.meta().spec;
+            let most = if spec.target_groups().is_empty() && spec.hooks.is_empty() {
+                10
+            } else {
+                5
+            };
+            let chatty = self.cfg.chatty && spec.capacity <= most;
             let wants_passed = chatty || w.books.meta().spec.policy.health_check.event;
             let ids: Vec<InstanceId> = w.ec2.alive().map(|vm| vm.id.clone()).collect();
             for id in ids {
@@ -195,10 +204,15 @@ impl Sim {
             }
             // A stalled rollout waits on something phoenix does not judge: the operator looks at
             // the instances it waits on, reports those that serve as passed and those that are
-            // broken as failed (leaving any still booting), and resumes it.
+            // broken as failed (leaving any still booting, or held by their launching hook, and
+            // any whose passed report phoenix has: a report again would only add to the queue),
+            // and resumes it.
             if meta.rollout.as_ref().is_some_and(|r| r.stalled.is_some()) {
                 for i in w.books.live().filter(|i| {
-                    i.image == meta.spec.image && i.health == phoenix_core::model::Health::Unknown
+                    i.image == meta.spec.image
+                        && i.health == phoenix_core::model::Health::Unknown
+                        && !i.signals.passed
+                        && i.launch_hook.as_ref().is_none_or(|h| !h.is_waiting())
                 }) {
                     let Some(vm) = w.ec2.vms.get(&i.id) else {
                         continue;
@@ -285,7 +299,17 @@ impl Sim {
                 .filter(|vm| vm.state == Lifecycle::Running)
                 .map(|vm| vm.id.clone())
                 .collect();
-            match w.rng.weighted(&[15, 10, 15, 10, 15, 5, 8, 8, 10]) {
+            // Faults only some seeds can have weigh 0 in the others, which then draw as before.
+            let groups: Vec<String> = w.elb.groups.keys().cloned().collect();
+            let group_fault = if w.elb.groups.is_empty() && w.elb.deleted.is_empty() {
+                0
+            } else {
+                5
+            };
+            match w
+                .rng
+                .weighted(&[15, 10, 15, 10, 15, 5, 8, 8, 10, group_fault])
+            {
                 0 if !alive.is_empty() => {
                     let id = w.rng.pick(&alive).clone();
                     w.note(format!("fault: {id} vanishes"));
@@ -383,6 +407,18 @@ impl Sim {
                     if let Some(vm) = w.ec2.vms.get_mut(&id) {
                         vm.tagged = false;
                     }
+                }
+                // A target group is deleted for a while, then made again, empty, by its stack:
+                // phoenix cannot see what serves meanwhile, and registers anew after.
+                9 if !groups.is_empty() => {
+                    let arn = w.rng.pick(&groups).clone();
+                    let minutes = w.rng.range(1, 8) as i64;
+                    w.note(format!(
+                        "fault: target group {} deleted for {minutes} min",
+                        phoenix_core::model::group_name(&arn)
+                    ));
+                    w.elb.delete(&arn, now + Duration::minutes(minutes));
+                    w.stats.groups_deleted += 1;
                 }
                 _ => w.note("fault: none applicable"),
             }

@@ -1,6 +1,7 @@
 //! The EC2 port's calls, served from the simulated EC2, with the checks of the protocol's
 //! traffic that each call allows: write-ahead, the token lookup before a launch is made again,
-//! the deadline's reserve, re-validation before terminating.
+//! the deadline's reserve, re-validation before terminating, and no termination of what still
+//! serves or what its terminating hook holds (`traffic`).
 
 use super::World;
 use crate::check::Checker;
@@ -29,7 +30,7 @@ impl World {
     }
 
     /// Time left before the current invocation's deadline.
-    fn time_left(&self) -> Option<Duration> {
+    pub(super) fn time_left(&self) -> Option<Duration> {
         let inv = self.current.and_then(|n| self.invocations.get(&n))?;
         Some(inv.deadline - self.now)
     }
@@ -59,6 +60,7 @@ impl World {
             // A look by id re-validates a termination (checked when the termination follows),
             // or reads one instance before judging a failure report.
             Instances::Ids(ids) => {
+                let groups = self.books.meta().spec.target_groups().len();
                 let left = self.time_left();
                 let tagged: BTreeMap<String, bool> = ids
                     .iter()
@@ -72,8 +74,10 @@ impl World {
                     })
                     .collect();
                 if let Some(inv) = self.invocation() {
+                    let looks = std::mem::take(&mut inv.group_looks);
+                    let began = looks.len().checked_sub(groups).filter(|_| groups > 0);
                     inv.validated = tagged;
-                    inv.validated_left = left;
+                    inv.validated_left = began.map(|k| looks[k]).or(left);
                 }
             }
             Instances::Tagged { .. } => {}
@@ -213,6 +217,12 @@ impl World {
             if alive && tagged {
                 if let Some(problem) = Checker::check_terminate(&self.books, &self.ec2, id) {
                     self.violate("ordering", problem);
+                }
+                let serving =
+                    self.traffic
+                        .check_terminate(&self.books, &self.ec2, &self.elb, id, self.now);
+                if let Some((kind, problem)) = serving {
+                    self.violate(kind, format!("{who}: {problem}"));
                 }
             }
         }

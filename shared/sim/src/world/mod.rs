@@ -1,13 +1,14 @@
-//! The simulated world the controller's ports talk to: the clock, the table, EC2, the bus's
-//! published events, and what the simulator checks as each call takes effect. One `World` behind
-//! one lock, shared by the ports (`ports`) and the simulator's driver (`sim`); everything runs on
-//! one thread, in an order fixed by the seed.
+//! The simulated world the controller's ports talk to: the clock, the table, EC2, the load
+//! balancers' target groups, the bus's published events, and what the simulator checks as each
+//! call takes effect. One `World` behind one lock, shared by the ports (`ports`) and the
+//! simulator's driver (`sim`); everything runs on one thread, in an order fixed by the seed.
 //!
 //! Each port call is attributed to the invocation that made it (`current`), so the checks can
 //! judge the protocol by its traffic: no launch without a committed decision, no launch of a
 //! decision carried out again without first looking for its instances, no command started inside
-//! the deadline's reserve, no instance terminated that is not the fleet's, no delivery of an
-//! unfinished event acknowledged without a pass over the fleet.
+//! the deadline's reserve, no instance terminated that is not the fleet's or that still serves, no
+//! registration before the launching hook let it, no delivery of an unfinished event acknowledged
+//! without a pass over the fleet.
 
 mod ec2_calls;
 mod elb_calls;
@@ -22,8 +23,9 @@ use crate::ec2::Ec2;
 use crate::elb::Elb;
 use crate::rng::Rng;
 use crate::table::TableState;
+use crate::traffic::Traffic;
 use chrono::Duration;
-use phoenix_core::model::Timestamp;
+use phoenix_core::model::{HookKind, Timestamp};
 use phoenix_core::InstanceId;
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::bus::OutgoingEvent;
@@ -75,8 +77,15 @@ pub struct Invocation {
     /// Instance ids this invocation just re-validated by id (before terminating), with whether
     /// they carried the fleet's tag then.
     validated: BTreeMap<String, bool>,
-    /// Time left before the deadline when it re-validated them.
+    /// Time left before the deadline when it re-validated them — or, behind target groups, when
+    /// the command began: a termination first deregisters from each group (one
+    /// DescribeTargetGroups each, then DeregisterTargets).
     validated_left: Option<Duration>,
+    /// Time left at each DescribeTargetGroups since its last re-validation.
+    group_looks: Vec<Duration>,
+    /// When it began reading the target groups' health (DescribeTargetHealth) since it last
+    /// committed.
+    groups_read: Option<Timestamp>,
     /// Launch decisions this invocation committed itself.
     decided: BTreeSet<String>,
     /// It met its event applied but unfinished (in progress past its owner's deadline) ...
@@ -109,6 +118,34 @@ impl Invocation {
     }
 }
 
+/// A lifecycle hook's notification (`InstanceLaunching`, `InstanceTerminating`) as it reached
+/// the bus, for the hook handler.
+#[derive(Debug, Clone)]
+pub struct HookNotice {
+    pub id: String,
+    pub instance: InstanceId,
+    pub hook: HookKind,
+    pub timeout_at: Timestamp,
+}
+
+impl HookNotice {
+    /// The hook notification an event is, if it is one.
+    fn of(e: &OutgoingEvent) -> Option<HookNotice> {
+        let hook = match e.detail_type.as_str() {
+            "InstanceLaunching" => HookKind::Launching,
+            "InstanceTerminating" => HookKind::Terminating,
+            _ => return None,
+        };
+        let d = &e.detail;
+        Some(HookNotice {
+            id: d["notification_id"].as_str()?.to_string(),
+            instance: InstanceId::parse(d["instance"].as_str()?).ok()?,
+            hook,
+            timeout_at: serde_json::from_value(d["timeout_at"].clone()).ok()?,
+        })
+    }
+}
+
 pub struct World {
     pub t0: Timestamp,
     pub now: Timestamp,
@@ -118,6 +155,9 @@ pub struct World {
     pub elb: Elb,
     pub books: Books,
     pub checker: Checker,
+    pub traffic: Traffic,
+    /// Hook notifications that reached the bus, not yet read by the hook handler.
+    pub hook_notices: Vec<HookNotice>,
     pub stats: Stats,
     /// The chaos phase: faults of the services are injected.
     pub chaos: bool,
@@ -154,6 +194,8 @@ impl World {
             elb: Elb::default(),
             books,
             checker: Checker::default(),
+            traffic: Traffic::default(),
+            hook_notices: Vec::new(),
             stats: Stats::default(),
             chaos: false,
             service_faults,
@@ -235,6 +277,11 @@ impl World {
         let who = self.who();
         self.note(format!("{who} publishes {}", ids.join(" ")));
         self.stats.notifications_repeated += self.checker.on_published(ids);
+        for notice in events.iter().filter_map(HookNotice::of) {
+            self.traffic
+                .on_published(&notice.instance, notice.hook, notice.timeout_at, self.now);
+            self.hook_notices.push(notice);
+        }
         Ok((0..events.len())
             .map(|n| format!("published-{n}"))
             .collect())

@@ -55,11 +55,20 @@ pub struct Stats {
     pub template_versions: u64,
     /// Runs that ended converged but for a scale-in the windows hold.
     pub scale_ins_held: u64,
+    /// Instances registered with the fleet's target groups (`Registered`, per instance).
+    pub registered: u64,
+    /// Drains begun (`DrainStarted`).
+    pub drains: u64,
+    /// Lifecycle hooks ended by an answer, and by their timeout.
+    pub hooks_answered: u64,
+    pub hooks_timed_out: u64,
+    /// Target groups deleted for a while.
+    pub groups_deleted: u64,
 }
 
 impl Stats {
     pub fn add(&mut self, o: &Stats) {
-        let pairs: [(&mut u64, u64); 42] = [
+        let pairs: [(&mut u64, u64); 47] = [
             (&mut self.events, o.events),
             (&mut self.events_lost, o.events_lost),
             (&mut self.events_duplicated, o.events_duplicated),
@@ -102,6 +111,11 @@ impl Stats {
             (&mut self.fleet_updates, o.fleet_updates),
             (&mut self.template_versions, o.template_versions),
             (&mut self.scale_ins_held, o.scale_ins_held),
+            (&mut self.registered, o.registered),
+            (&mut self.drains, o.drains),
+            (&mut self.hooks_answered, o.hooks_answered),
+            (&mut self.hooks_timed_out, o.hooks_timed_out),
+            (&mut self.groups_deleted, o.groups_deleted),
         ];
         for (a, b) in pairs {
             *a += b;

@@ -340,6 +340,16 @@ impl World {
         if let Some(problem) = Checker::check_windows(&self.books, changes, at) {
             self.violate("window", problem);
         }
+        if let Some(read) = self.invocation().and_then(|inv| inv.groups_read.take()) {
+            self.traffic.on_groups_read(read);
+        }
+        self.traffic.on_commit(changes, at);
+        for (kind, problem) in
+            self.traffic
+                .check_commit(&self.books, &self.ec2, &self.elb, changes, at, self.now)
+        {
+            self.violate(kind, problem);
+        }
         for c in changes {
             match c {
                 Change::RolloutWaiting { .. } => self.stats.rollouts_waiting += 1,
@@ -355,6 +365,14 @@ impl World {
                 Change::RolloutSuperseded { .. } => self.stats.superseded += 1,
                 Change::ReplacementHalted { .. } => self.stats.breaker_trips += 1,
                 Change::RolloutStalled { .. } => self.stats.stalls += 1,
+                Change::Registered { instances, .. } => {
+                    self.stats.registered += instances.len() as u64
+                }
+                Change::DrainStarted { .. } => self.stats.drains += 1,
+                Change::LifecycleHookCompleted { by, .. } if by == "timeout" => {
+                    self.stats.hooks_timed_out += 1
+                }
+                Change::LifecycleHookCompleted { .. } => self.stats.hooks_answered += 1,
                 Change::ImageQuarantined { image, reason } => {
                     if self.ec2.bad_images.contains_key(image) {
                         self.stats.quarantined_bad += 1;
