@@ -188,8 +188,12 @@ impl Traffic {
             ));
         }
         let h = books.meta().spec.hooks.terminating?;
-        // (Exempt: instances phoenix never recorded; see the module's comment.)
-        books.instance(id)?;
+        // (Exempt: instances phoenix never recorded; see the module's comment. And instances
+        // that never came into service — their launching hook did not end CONTINUE: ABANDON, or
+        // still waiting when they were to go — which skip the terminating hook.)
+        if !books.instance(id)?.launch_hook_passed() {
+            return None;
+        }
         let rounds = self
             .rounds
             .get(&(id.clone(), HookKind::Terminating))

@@ -14,7 +14,7 @@
 //!   all be read), only by its delay;
 //! - the terminating hook, when the fleet has one, holds the drained instance until
 //!   `LifecycleActionCompleted` or its timeout; either result terminates it (an instance whose
-//!   launching hook ended ABANDON never served, and skips it);
+//!   launching hook did not end CONTINUE never served, and skips it);
 //! - a stage whose call was made (deregister, terminate) and whose outcome was not recorded
 //!   within `LEASE` is carried out again (both calls are idempotent): a crash at any point leaves
 //!   the instance at a stage a later pass finishes.
@@ -137,7 +137,7 @@ impl Tx {
     }
 
     /// The fleet's terminating hook, for an instance it applies to: not one that never came into
-    /// service (its launching hook ended ABANDON), which has nothing to hand over.
+    /// service (its launching hook did not end CONTINUE), which has nothing to hand over.
     fn terminating_hook(&self, inst: &Instance) -> Option<crate::model::Hook> {
         self.fleet
             .spec
