@@ -771,13 +771,14 @@ impl Bench {
                     token,
                     image,
                     count,
+                    offerings,
                 } = command
                 else {
                     bail!("setting up a new fleet decided a termination: {command:?}");
                 };
                 let t = Instant::now();
                 let out = compute
-                    .launch(&fleet, token, image, *count, true)
+                    .launch(&fleet, token, image, *count, offerings, true)
                     .await
                     .map_err(|e| anyhow!("{e}"))?;
                 times.launches += t.elapsed().as_secs_f64();
@@ -794,11 +795,13 @@ impl Bench {
                     instance_type: l.instance_type.clone(),
                     subnet: l.subnet.clone(),
                     definition: l.definition.clone(),
+                    protected: false,
                 }));
                 outcomes.push(Outcome::Launched {
                     token: token.clone(),
                     instances: out.instances,
                     request_ids: out.request_id.into_iter().collect(),
+                    refused: Vec::new(),
                 });
             }
             if !outcomes.is_empty() {

@@ -22,7 +22,7 @@ use phoenix_core::model::{LaunchTemplateRef, TAG_FLEET, TAG_TOKEN};
 use phoenix_core::planner::{Step, LEASE};
 use phoenix_core::FleetName;
 use phoenix_protocol::ports::ec2::{
-    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, TemplateVersions,
+    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, Subnet, TemplateVersions,
 };
 use phoenix_protocol::ports::Time;
 use phoenix_tests::chaos::World;
@@ -443,11 +443,11 @@ impl Ec2 for Contended {
     async fn describe_image(&self, image: &str) -> phoenix_aws::Result<Option<ImageFacts>> {
         self.ec2.describe_image(image).await
     }
-    async fn subnet_vpcs(
+    async fn describe_subnets(
         &self,
         ids: &[String],
-    ) -> phoenix_aws::Result<std::collections::BTreeMap<String, String>> {
-        self.ec2.subnet_vpcs(ids).await
+    ) -> phoenix_aws::Result<std::collections::BTreeMap<String, Subnet>> {
+        self.ec2.describe_subnets(ids).await
     }
 }
 

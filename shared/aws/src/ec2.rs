@@ -13,7 +13,7 @@ use phoenix_core::images::ImageFacts;
 use phoenix_core::model::LaunchTemplateRef;
 use phoenix_core::model::Lifecycle;
 use phoenix_protocol::ports::ec2::{
-    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, TemplateVersions,
+    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, Subnet, TemplateVersions,
 };
 
 #[derive(Clone, Debug)]
@@ -253,10 +253,10 @@ impl Ec2 for Ec2Client {
             }))
     }
 
-    async fn subnet_vpcs(
+    async fn describe_subnets(
         &self,
         ids: &[String],
-    ) -> Result<std::collections::BTreeMap<String, String>> {
+    ) -> Result<std::collections::BTreeMap<String, Subnet>> {
         if ids.is_empty() {
             return Ok(Default::default());
         }
@@ -277,7 +277,15 @@ impl Ec2 for Ec2Client {
             .subnets
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|s| Some((s.subnet_id?, s.vpc_id?)))
+            .filter_map(|s| {
+                Some((
+                    s.subnet_id?,
+                    Subnet {
+                        vpc: s.vpc_id?,
+                        zone: s.availability_zone,
+                    },
+                ))
+            })
             .collect())
     }
 

@@ -60,6 +60,8 @@ fn classify(service: &'static str, code: &str, message: String, transport: bool)
         "InsufficientCapacity",
         "InsufficientHostCapacity",
         "InstanceLimitExceeded",
+        // The type is not offered in the zone (or not to this account there).
+        "Unsupported",
     ];
     const TRANSIENT: &[&str] = &[
         "InternalError",

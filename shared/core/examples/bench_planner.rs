@@ -27,6 +27,7 @@ fn fleet(size: u32) -> (Fleet, Vec<Observed>) {
         let id = InstanceId::parse(&format!("i-{:017x}", u64::from(n) + 1)).expect("id");
         let inst = Instance {
             launch_hook: None,
+            protected: false,
             id: id.clone(),
             image: ami(1),
             launched_at: t0,
@@ -62,6 +63,7 @@ fn fleet(size: u32) -> (Fleet, Vec<Observed>) {
             instance_type: inst.instance_type.clone(),
             subnet: None,
             definition: None,
+            protected: false,
         });
         f.instances.insert(id, inst);
     }
@@ -95,6 +97,7 @@ fn rollout_fleet(size: u32, now: DateTime<Utc>) -> Fleet {
             id.clone(),
             Instance {
                 launch_hook: None,
+                protected: false,
                 id,
                 image: ami(1),
                 launched_at: now - Duration::minutes(90),

@@ -402,10 +402,12 @@ impl SpecPlan {
 pub fn plan_spec(
     fleet: &Fleet,
     spec: FleetSpec,
-    template_version: Option<String>,
+    resolved: impl Into<planner::Resolved>,
     now: Timestamp,
     interval: Duration,
 ) -> Result<SpecPlan> {
+    let looked_up: planner::Resolved = resolved.into();
+    let template_version = looked_up.template_version.clone();
     let floats = spec
         .launch_template
         .as_ref()
@@ -420,7 +422,7 @@ pub fn plan_spec(
         });
         sort_fields(&mut fields);
     }
-    let step = planner::update_spec(fleet, spec, template_version, now)?;
+    let step = planner::update_spec(fleet, spec, looked_up, now)?;
     let after = &step.fleet;
     let rolls = step.changes.iter().find_map(|c| match c {
         Change::RolloutStarted {
@@ -648,7 +650,14 @@ impl World {
         let definition = self.fleet.definition().fingerprint();
         for cmd in ordered {
             match cmd {
-                Command::Launch { token, count, .. } => {
+                Command::Launch {
+                    token,
+                    count,
+                    offerings,
+                    ..
+                } => {
+                    // EC2 is assumed to have capacity for the first offering.
+                    let first = offerings.first();
                     let instances: Vec<Launched> = (0..*count)
                         .map(|_| {
                             self.next_id += 1;
@@ -656,9 +665,9 @@ impl World {
                                 id: fake_id(self.next_id),
                                 launched_at: Some(self.now),
                                 state: Lifecycle::Pending,
-                                zone: None,
-                                instance_type: None,
-                                subnet: None,
+                                zone: first.and_then(|o| o.zone.clone()),
+                                instance_type: first.and_then(|o| o.instance_type.clone()),
+                                subnet: first.and_then(|o| o.subnet.clone()),
                                 definition: Some(definition.clone()),
                             }
                         })
@@ -669,6 +678,7 @@ impl World {
                         token: token.clone(),
                         instances,
                         request_ids: Vec::new(),
+                        refused: Vec::new(),
                     });
                 }
                 Command::Terminate { instances, .. } => {
@@ -777,6 +787,7 @@ mod tests {
             let id = InstanceId::parse(&format!("i-{:08x}", 0x1000 + n)).unwrap();
             let instance = Instance {
                 launch_hook: None,
+                protected: false,
                 id: id.clone(),
                 image: f.spec.image.clone(),
                 launched_at: t0() - Duration::hours(1),

@@ -707,6 +707,30 @@ pub enum Change {
     TargetGroupFound {
         group: String,
     },
+    /// EC2 had no capacity for these offerings (`Offering::key`); the launch went on with the
+    /// next, and none of them is tried again before `until`.
+    OfferingsRefused {
+        token: String,
+        offerings: Vec<String>,
+        reason: String,
+        until: Timestamp,
+    },
+    /// EC2 had no capacity for any offering the launch could try: nothing launched. The fleet
+    /// waits (a rollout neither rolls back nor quarantines for it) and tries again once one of
+    /// them may have capacity again, at `until`.
+    CapacityUnavailable {
+        token: String,
+        tried: Vec<String>,
+        reason: String,
+        until: Timestamp,
+    },
+    /// An instance was protected from voluntary disruption, or no longer is (`by`: the tag seen
+    /// on it, or an operator's command).
+    ProtectionChanged {
+        instance: InstanceId,
+        protected: bool,
+        by: String,
+    },
 }
 
 /// The events phoenix publishes on its bus for the transitions users route to chat or paging:
@@ -804,6 +828,15 @@ pub fn published(fleet: &FleetName, changes: &[Change]) -> Vec<(&'static str, Va
             Change::TargetGroupMissing { group, reason } => (
                 "TargetGroupMissing",
                 json!({"target_group": group, "reason": reason}),
+            ),
+            Change::CapacityUnavailable {
+                tried,
+                reason,
+                until,
+                ..
+            } => (
+                "CapacityUnavailable",
+                json!({"tried": tried, "reason": reason, "retry_at": until}),
             ),
             _ => continue,
         };

@@ -266,6 +266,38 @@ pub fn describe(c: &Change) -> String {
         Change::TargetGroupFound { group } => {
             format!("target group {} is back", crate::model::group_name(group))
         }
+        Change::OfferingsRefused {
+            token,
+            offerings,
+            reason,
+            until,
+        } => format!(
+            "launch {token}: EC2 had no capacity for {} ({reason}); launched on the next, and \
+             none of them is tried again before {}",
+            offerings.join(", "),
+            until.format("%H:%M:%S")
+        ),
+        Change::CapacityUnavailable {
+            token,
+            tried,
+            reason,
+            until,
+        } => format!(
+            "launch {token}: EC2 had no capacity for any offering tried ({}; {reason}): the \
+             fleet waits, tries again from {}, and rolls nothing back for it",
+            tried.join(", "),
+            until.format("%H:%M:%S")
+        ),
+        Change::ProtectionChanged {
+            instance,
+            protected: true,
+            by,
+        } => format!("{instance} protected from voluntary disruption ({by})"),
+        Change::ProtectionChanged {
+            instance,
+            protected: false,
+            by,
+        } => format!("{instance} no longer protected ({by})"),
         // Kinds newer than this function: their stored form says what they are.
         #[allow(unreachable_patterns)]
         other => describe_generic(other),

@@ -66,6 +66,9 @@ impl Seconds {
 
 impl std::fmt::Display for Seconds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 >= 86_400 && self.0 % 86_400 == 0 {
+            return write!(f, "{}d", self.0 / 86_400);
+        }
         let (h, m, s) = (self.0 / 3600, self.0 % 3600 / 60, self.0 % 60);
         match (h, m, s) {
             (0, 0, s) => write!(f, "{s}s"),

@@ -232,6 +232,24 @@ pub struct TargetGroupMissing {
     pub reason: String,
 }
 
+/// `CapacityUnavailable`: EC2 had no capacity for any offering (instance type in a zone) a launch
+/// could try. Nothing was launched; the fleet waits (a rollout neither rolls back nor quarantines
+/// for it) and tries again from `retry_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CapacityUnavailable {
+    pub fleet: String,
+    /// The same in every copy of this notification (phoenix publishes at least once): drop a
+    /// repeat by it.
+    pub notification_id: String,
+    /// The offerings tried, in order, as `<type> in <zone>`.
+    pub tried: Vec<String>,
+    /// What EC2 answered the last.
+    pub reason: String,
+    pub retry_at: Timestamp,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +292,7 @@ mod tests {
             ("InstanceLaunching", false, s::<InstanceLaunching>()),
             ("InstanceTerminating", false, s::<InstanceTerminating>()),
             ("TargetGroupMissing", false, s::<TargetGroupMissing>()),
+            ("CapacityUnavailable", false, s::<CapacityUnavailable>()),
         ]
     }
 
@@ -400,6 +419,12 @@ mod tests {
                 group: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef".into(),
                 reason: "TargetGroupNotFound".into(),
             },
+            Change::CapacityUnavailable {
+                token: "web-sx1abc-7-0".into(),
+                tried: vec!["m7g.large in us-east-1a".into(), "m6g.large in us-east-1b".into()],
+                reason: "InsufficientInstanceCapacity".into(),
+                until: "2030-01-01T00:03:00Z".parse().unwrap(),
+            },
         ];
         let out = events::notifications(&FleetName::parse("web").unwrap(), "sx1abc", 7, &changes);
         assert_eq!(out.len(), changes.len());
@@ -425,6 +450,7 @@ mod tests {
                 "InstanceLaunching" => exact::<InstanceLaunching>(detail),
                 "InstanceTerminating" => exact::<InstanceTerminating>(detail),
                 "TargetGroupMissing" => exact::<TargetGroupMissing>(detail),
+                "CapacityUnavailable" => exact::<CapacityUnavailable>(detail),
                 other => panic!("{other} has no type in crate::wire"),
             }
         }

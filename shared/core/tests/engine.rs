@@ -42,6 +42,7 @@ fn fleet(capacity: u32, policy: &str) -> Fleet {
             id.clone(),
             Instance {
                 launch_hook: None,
+                protected: false,
                 id,
                 image: ami(1),
                 launched_at: t0() - Duration::minutes(90 - i64::from(n)),
@@ -161,6 +162,7 @@ fn carried_out(commands: &[Command], next_id: &mut u64, now: DateTime<Utc>) -> V
                 token: token.clone(),
                 instances,
                 request_ids: vec!["r-launch".into()],
+                refused: Vec::new(),
             });
         }
     }

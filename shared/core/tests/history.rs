@@ -213,6 +213,7 @@ impl Ec2 {
                 instance_type: None,
                 subnet: None,
                 definition: vm.definition.clone(),
+                protected: false,
             })
             .collect()
     }
@@ -334,6 +335,7 @@ impl World {
                 token,
                 image,
                 count,
+                ..
             } = c
             {
                 match self.ec2.run_instances(token, image, *count) {
@@ -343,11 +345,13 @@ impl World {
                             token: token.clone(),
                             instances,
                             request_ids: Vec::new(),
+                            refused: Vec::new(),
                         });
                     }
                     Err(error) => outcomes.push(Outcome::LaunchFailed {
                         token: token.clone(),
                         error,
+                        refused: Vec::new(),
                     }),
                 }
             }

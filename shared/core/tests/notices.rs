@@ -64,6 +64,7 @@ fn observed(f: &Fleet) -> Vec<Observed> {
             instance_type: None,
             subnet: None,
             definition: None,
+            protected: false,
         })
         .collect()
 }

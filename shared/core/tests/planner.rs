@@ -99,6 +99,7 @@ fn launches(step: &Step) -> Vec<(String, ImageId, u32)> {
                 token,
                 image,
                 count,
+                ..
             } => Some((token.clone(), image.clone(), *count)),
             _ => None,
         })
@@ -345,6 +346,7 @@ impl Ec2 {
                 instance_type: None,
                 subnet: None,
                 definition: vm.definition.clone(),
+                protected: false,
             })
             .collect()
     }
@@ -439,6 +441,7 @@ impl Sim {
                 id.clone(),
                 Instance {
                     launch_hook: None,
+                    protected: false,
                     id,
                     image: ami(image),
                     launched_at,
@@ -558,6 +561,7 @@ impl Sim {
                 token,
                 image,
                 count,
+                ..
             } = c
             {
                 let definition = self.fleet.definition().fingerprint();
@@ -568,11 +572,13 @@ impl Sim {
                             token: token.clone(),
                             instances,
                             request_ids: Vec::new(),
+                            refused: Vec::new(),
                         });
                     }
                     Err(error) => outcomes.push(Outcome::LaunchFailed {
                         token: token.clone(),
                         error,
+                        refused: Vec::new(),
                     }),
                 }
                 self.record_moment(c, fresh.contains(token));

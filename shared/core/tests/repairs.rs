@@ -41,6 +41,7 @@ fn fleet(capacity: u32, policy: &str) -> Fleet {
             id(n),
             Instance {
                 launch_hook: None,
+                protected: false,
                 id: id(n),
                 image: ami(1),
                 launched_at: t0() - Duration::minutes(90),
@@ -126,6 +127,7 @@ fn carried_out(step: &Step, next: &mut u32, now: DateTime<Utc>) -> Vec<Outcome> 
                     token: token.clone(),
                     instances,
                     request_ids: Vec::new(),
+                    refused: Vec::new(),
                 });
             }
             Command::Register { instances } => outcomes.push(Outcome::Registered {
@@ -436,6 +438,7 @@ fn a_wave_that_could_not_launch_does_not_roll_back_on_its_deadline_but_stalls() 
     let no_capacity = vec![Outcome::LaunchFailed {
         token: token.clone(),
         error: "no capacity: InsufficientInstanceCapacity".into(),
+        refused: Vec::new(),
     }];
     let f3 = commit(&f2, &record_outcomes(&f2, &no_capacity, t0()));
     // Past the progress deadline (10 minutes), with every retry failing the same way.

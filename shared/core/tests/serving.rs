@@ -50,6 +50,7 @@ fn fleet(capacity: u32, healthy: u32, unknown: u32) -> Fleet {
             id(n),
             Instance {
                 launch_hook: None,
+                protected: false,
                 id: id(n),
                 image: ami(1),
                 launched_at: t0() - Duration::minutes(90),

@@ -221,6 +221,7 @@ impl World {
                         token: token.clone(),
                         instances,
                         request_ids: Vec::new(),
+                        refused: Vec::new(),
                     });
                 }
                 Command::Register { instances } => {

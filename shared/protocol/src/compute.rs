@@ -10,9 +10,10 @@ use crate::ports::ec2::{
 use crate::variant::Variant;
 use phoenix_core::images::ImageFacts;
 use phoenix_core::model::{
-    Fleet, LaunchTemplateRef, Lifecycle, Observed, TAG_DEFINITION, TAG_FLEET, TAG_IMAGE, TAG_TOKEN,
+    Fleet, LaunchTemplateRef, Lifecycle, Observed, Offering, TAG_DEFINITION, TAG_FLEET, TAG_IMAGE,
+    TAG_PROTECTED, TAG_TOKEN,
 };
-use phoenix_core::planner::Launched;
+use phoenix_core::planner::{Launched, Refusal};
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use std::collections::{BTreeMap, BTreeSet};
 use tracing::info;
@@ -20,10 +21,13 @@ use tracing::info;
 /// What a launch produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LaunchOutput {
+    /// Empty when EC2 had no capacity for any offering (`refused` says which it tried).
     pub instances: Vec<Launched>,
     /// The RunInstances call's request id; none when an earlier attempt's instances were found by
     /// their token tag instead.
     pub request_id: Option<String>,
+    /// Offerings EC2 refused for capacity before the one that launched.
+    pub refused: Vec<Refusal>,
 }
 
 /// What a termination did.
@@ -122,6 +126,7 @@ impl<E: Ec2> Compute<E> {
                     definition: i.tags.get(TAG_DEFINITION).cloned(),
                     zone: i.zone,
                     instance_type: i.instance_type,
+                    protected: i.tags.contains_key(TAG_PROTECTED),
                     subnet: i.subnet,
                     targets: Default::default(),
                 })
@@ -157,23 +162,27 @@ impl<E: Ec2> Compute<E> {
             definition: i.tags.get(TAG_DEFINITION).cloned(),
             zone: i.zone,
             instance_type: i.instance_type,
+            protected: i.tags.contains_key(TAG_PROTECTED),
             subnet: i.subnet,
             targets: Default::default(),
         }))
     }
 
-    /// Launches `count` instances for one decision, all or nothing. Idempotent per token: the
-    /// token is EC2's ClientToken, and for a decision carried out again (`fresh` false: an earlier
-    /// invocation may have launched it and died) instances already carrying the token are
-    /// returned instead of launching again — which also holds where ClientToken is not honoured
-    /// (the local emulator). A fresh decision, committed by this invocation a moment ago, cannot
-    /// have been launched before, so it skips that lookup.
+    /// Launches `count` instances for one decision, all or nothing, on the first of `offerings`
+    /// EC2 has capacity for (in the same call: a refusal for capacity moves on to the next).
+    /// Idempotent per token: the token is EC2's ClientToken (`<token>.<k>` for the `k`th
+    /// offering, so each attempt keeps its own), and for a decision carried out again (`fresh`
+    /// false: an earlier invocation may have launched it and died) instances already carrying
+    /// the token tag are returned instead of launching again — which also holds where
+    /// ClientToken is not honoured (the local emulator). A fresh decision, committed by this
+    /// invocation a moment ago, cannot have been launched before, so it skips that lookup.
     pub async fn launch(
         &self,
         fleet: &Fleet,
         token: &str,
         image: &ImageId,
         count: u32,
+        offerings: &[Offering],
         fresh: bool,
     ) -> Result<LaunchOutput> {
         if !fresh && self.variant != Variant::RelaunchBlind {
@@ -189,6 +198,7 @@ impl<E: Ec2> Compute<E> {
                 return Ok(LaunchOutput {
                     instances: launched(existing)?,
                     request_id: None,
+                    refused: Vec::new(),
                 });
             }
         }
@@ -208,35 +218,81 @@ impl<E: Ec2> Compute<E> {
             (TAG_DEFINITION.to_string(), definition.fingerprint()),
             ("Name".to_string(), format!("{}-{}", spec.name, image)),
         ]);
-        let request = RunInstances {
-            image: image.to_string(),
-            count,
-            client_token: token.to_string(),
-            instance_type: definition.instance_type,
+        // A decision recorded before there were offerings: the fleet's type, in a subnet drawn
+        // from its token.
+        let legacy = [Offering {
+            instance_type: definition.instance_type.clone(),
             subnet: (!spec.subnets.is_empty())
                 .then(|| spec.subnets[subnet_index(token, spec.subnets.len())].clone()),
-            security_groups: definition.security_groups,
-            key_name: definition.key_name,
-            instance_profile: definition.instance_profile,
-            launch_template: definition.launch_template,
-            user_data: definition.user_data,
-            tags,
+            zone: None,
+        }];
+        let tries = if offerings.is_empty() {
+            &legacy[..]
+        } else {
+            offerings
         };
-        let ran = self.ec2.run_instances(&request).await?;
-        info!(%token, %image, count, aws_request_id = ran.request_id.as_deref().unwrap_or("-"), "RunInstances");
-        // What was asked for, where the answer leaves it out.
-        let mut instances = launched(ran.instances)?;
-        for i in &mut instances {
-            if i.definition.is_none() {
-                i.definition = request.tags.get(TAG_DEFINITION).cloned();
+        let mut refused = Vec::new();
+        for (k, offering) in tries.iter().enumerate() {
+            let request = RunInstances {
+                image: image.to_string(),
+                count,
+                client_token: if k == 0 {
+                    token.to_string()
+                } else {
+                    format!("{token}.{k}")
+                },
+                instance_type: offering
+                    .instance_type
+                    .clone()
+                    .or_else(|| definition.instance_type.clone()),
+                subnet: offering.subnet.clone(),
+                security_groups: definition.security_groups.clone(),
+                key_name: definition.key_name.clone(),
+                instance_profile: definition.instance_profile.clone(),
+                launch_template: definition.launch_template.clone(),
+                user_data: definition.user_data.clone(),
+                tags: tags.clone(),
+            };
+            let ran = match self.ec2.run_instances(&request).await {
+                Ok(ran) => ran,
+                // No capacity for this type in this zone: the next offering, if there is one.
+                Err(Error::Capacity(why)) if !offerings.is_empty() => {
+                    info!(%token, offering = %offering, %why, "no capacity");
+                    refused.push(Refusal {
+                        offering: offering.clone(),
+                        error: why,
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            info!(%token, %image, count, offering = %offering, aws_request_id = ran.request_id.as_deref().unwrap_or("-"), "RunInstances");
+            // What was asked for, where the answer leaves it out.
+            let mut instances = launched(ran.instances)?;
+            for i in &mut instances {
+                if i.definition.is_none() {
+                    i.definition = request.tags.get(TAG_DEFINITION).cloned();
+                }
+                if i.subnet.is_none() {
+                    i.subnet = request.subnet.clone();
+                }
+                if i.zone.is_none() {
+                    i.zone = offering.zone.clone();
+                }
+                if i.instance_type.is_none() {
+                    i.instance_type = request.instance_type.clone();
+                }
             }
-            if i.subnet.is_none() {
-                i.subnet = request.subnet.clone();
-            }
+            return Ok(LaunchOutput {
+                instances,
+                request_id: ran.request_id,
+                refused,
+            });
         }
         Ok(LaunchOutput {
-            instances,
-            request_id: ran.request_id,
+            instances: Vec::new(),
+            request_id: None,
+            refused,
         })
     }
 
@@ -297,6 +353,25 @@ impl<E: Ec2> Compute<E> {
                 .collect(),
             request_ids,
         })
+    }
+
+    /// The availability zone of each of these subnets that exists (`DescribeSubnets`).
+    pub async fn subnet_zones(&self, subnets: &[String]) -> Result<BTreeMap<String, String>> {
+        if subnets.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let found = self.ec2.describe_subnets(subnets).await?;
+        if let Some(missing) = subnets.iter().find(|s| !found.contains_key(*s)) {
+            return Err(phoenix_core::Error::invalid(
+                "subnets",
+                format!("subnet {missing} does not exist"),
+            )
+            .into());
+        }
+        Ok(found
+            .into_iter()
+            .filter_map(|(id, s)| Some((id, s.zone?)))
+            .collect())
     }
 
     /// The version a launch template reference launches now (for one named by `$Latest`,

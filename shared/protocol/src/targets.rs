@@ -134,7 +134,12 @@ impl<L: Elb> TargetGroups<L> {
         if groups.is_empty() {
             return Ok(());
         }
-        let vpcs = ec2.subnet_vpcs(&spec.subnets).await?;
+        let vpcs: BTreeMap<String, String> = ec2
+            .describe_subnets(&spec.subnets)
+            .await?
+            .into_iter()
+            .map(|(id, s)| (id, s.vpc))
+            .collect();
         let refuse = |why: String| -> Error {
             phoenix_core::Error::invalid("load_balancing.target_groups", why).into()
         };

@@ -414,6 +414,7 @@ impl Ec2 {
                 instance_type: Some(vm.instance_type.clone()),
                 subnet: Some(SUBNETS[vm.zone].to_string()),
                 definition: vm.definition.clone(),
+                protected: false,
             })
             .collect()
     }

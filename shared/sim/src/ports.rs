@@ -3,13 +3,14 @@
 //! interleave at every call, and an invocation dropped at a yield (a crash, Lambda's timeout) has
 //! made exactly the calls before it — the last one included, its answer unseen.
 
+use crate::ec2::{SUBNETS, ZONES};
 use crate::world::Shared;
 use phoenix_core::images::ImageFacts;
 use phoenix_core::model::{LaunchTemplateRef, Timestamp};
 use phoenix_protocol::error::Result;
 use phoenix_protocol::ports::bus::{Bus, OutgoingEvent};
 use phoenix_protocol::ports::ec2::{
-    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, TemplateVersions,
+    Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, Subnet, TemplateVersions,
 };
 use phoenix_protocol::ports::elb::{Elb, Target, TargetGroup, TargetHealth};
 use phoenix_protocol::ports::table::{Item, Key, Query, Table, Transacted, Write};
@@ -165,10 +166,19 @@ impl Ec2 for SimEc2 {
         out
     }
 
-    async fn subnet_vpcs(&self, ids: &[String]) -> Result<BTreeMap<String, String>> {
+    async fn describe_subnets(&self, ids: &[String]) -> Result<BTreeMap<String, Subnet>> {
         let out = Ok(ids
             .iter()
-            .map(|s| (s.clone(), "vpc-sim".to_string()))
+            .filter_map(|s| {
+                let zone = SUBNETS.iter().position(|x| x == s)?;
+                Some((
+                    s.clone(),
+                    Subnet {
+                        vpc: "vpc-sim".to_string(),
+                        zone: Some(ZONES[zone].to_string()),
+                    },
+                ))
+            })
             .collect());
         yield_now().await;
         out

@@ -378,6 +378,8 @@ impl Scenario {
             taint: Default::default(),
             load_balancing: None,
             hooks: Default::default(),
+            instance_types: Vec::new(),
+            max_instance_lifetime: None,
         };
         let weather = match rng.below(10) {
             0 | 1 => Weather {

@@ -332,6 +332,7 @@ fn the_largest_commit_with_its_notifications_is_one_transaction() {
             id.clone(),
             phoenix_core::model::Instance {
                 launch_hook: None,
+                protected: false,
                 id: id.clone(),
                 image: ami(10),
                 launched_at: now,

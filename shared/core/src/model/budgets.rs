@@ -1,6 +1,7 @@
 //! Budgets by reason of disruption, as Karpenter's: inside the fleet's one overall budget, a
 //! tighter `max_unavailable` or `max_replacements_per_hour` for replacing instances because of a
-//! rollout (a new image), drift (a new launch definition) or a scale-in.
+//! rollout (a new image), drift (a new launch definition), a scale-in, an instance's age
+//! (`max_instance_lifetime`) or a rebalance across zones.
 //!
 //! What holds: a reason's budget only ever narrows the overall one (the smaller of the two
 //! applies); repairs of failed instances and retirements have no reason budget (they are not
@@ -19,6 +20,20 @@ pub enum Reason {
     /// A rollout of a new launch definition on the same image.
     Drift,
     ScaleIn,
+    /// An instance reached the fleet's `max_instance_lifetime`.
+    Lifetime,
+    /// Zones came apart by more than one instance: one moves to the smallest.
+    Rebalance,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 5] = [
+        Reason::Rollout,
+        Reason::Drift,
+        Reason::ScaleIn,
+        Reason::Lifetime,
+        Reason::Rebalance,
+    ];
 }
 
 impl Reason {
@@ -27,6 +42,8 @@ impl Reason {
             Reason::Rollout => "rollout",
             Reason::Drift => "drift",
             Reason::ScaleIn => "scale_in",
+            Reason::Lifetime => "lifetime",
+            Reason::Rebalance => "rebalance",
         }
     }
 }
@@ -51,6 +68,10 @@ pub struct ReasonBudgets {
     pub drift: Option<ReasonBudget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_in: Option<ReasonBudget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<ReasonBudget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<ReasonBudget>,
 }
 
 impl ReasonBudgets {
@@ -63,6 +84,8 @@ impl ReasonBudgets {
             Reason::Rollout => self.rollout.as_ref(),
             Reason::Drift => self.drift.as_ref(),
             Reason::ScaleIn => self.scale_in.as_ref(),
+            Reason::Lifetime => self.lifetime.as_ref(),
+            Reason::Rebalance => self.rebalance.as_ref(),
         }
     }
 
@@ -77,7 +100,7 @@ impl ReasonBudgets {
     }
 
     pub fn validate(&self) -> Result<()> {
-        for reason in [Reason::Rollout, Reason::Drift, Reason::ScaleIn] {
+        for reason in Reason::ALL {
             let Some(b) = self.get(reason) else {
                 continue;
             };
@@ -116,7 +139,7 @@ mod tests {
             "50% is wider: 7 holds"
         );
         assert_eq!(b.min_healthy(Reason::Drift, 10, 7), 7, "none given");
-        assert!(serde_yaml::from_str::<ReasonBudgets>("lifetime: {max_unavailable: 1}\n").is_err());
+        assert!(serde_yaml::from_str::<ReasonBudgets>("age: {max_unavailable: 1}\n").is_err());
         let empty: ReasonBudgets = serde_yaml::from_str("drift: {}\n").unwrap_or_default();
         assert!(empty.validate().is_err());
     }

@@ -13,6 +13,7 @@
 use super::budgets::Reason;
 use super::definition::Definition;
 use super::instance::{Instance, Instances};
+use super::placement::{Offering, Unavailable};
 use super::spec::{Budget, FleetSpec};
 use crate::events::QueuedIntent;
 use crate::ids::{ImageId, InstanceId};
@@ -35,6 +36,17 @@ pub struct PendingLaunch {
     /// The failed instance this launch replaces, for a repair.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacement_for: Option<InstanceId>,
+    /// Where it may launch, in order: the first that EC2 has capacity for (none, for a launch
+    /// recorded before there were offerings: the fleet's type, in a subnet drawn from its token).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offerings: Vec<Offering>,
+}
+
+impl PendingLaunch {
+    /// The zone it was planned for.
+    pub fn zone(&self) -> Option<&str> {
+        self.offerings.first().and_then(|o| o.zone.as_deref())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +269,13 @@ pub struct Fleet {
     /// instance that may serve is taken away voluntarily, and no drain ends before its delay.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub lb_missing: BTreeSet<String>,
+    /// The availability zone of each of the spec's subnets, as EC2 reported it when the fleet
+    /// file was applied (`placement`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub zones: BTreeMap<String, String>,
+    /// Offerings (`Offering::key`) EC2 refused for capacity, skipped until their `until`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unavailable: BTreeMap<String, Unavailable>,
     #[serde(skip)]
     pub instances: Instances,
     #[serde(skip)]
@@ -290,6 +309,8 @@ impl Fleet {
             definitions: BTreeMap::new(),
             legacy_definition: None,
             lb_missing: BTreeSet::new(),
+            zones: BTreeMap::new(),
+            unavailable: BTreeMap::new(),
             inbox: Vec::new(),
             instances: Instances::new(),
             complete: true,
@@ -322,6 +343,39 @@ impl Fleet {
 
     pub fn budget(&self) -> Budget {
         self.spec.policy.budget(self.spec.capacity)
+    }
+
+    /// The zone a subnet counts in: its availability zone as looked up when the fleet file was
+    /// applied, else the subnet itself — so an instance and its subnet always count in the same.
+    pub fn zone_of_subnet(&self, subnet: &str) -> String {
+        self.zones
+            .get(subnet)
+            .cloned()
+            .unwrap_or_else(|| subnet.to_string())
+    }
+
+    /// The zone an instance counts in: its subnet's, else the zone EC2 reported (none: the fleet
+    /// names no subnets and EC2 placed it).
+    pub fn zone_of(&self, i: &Instance) -> Option<String> {
+        match &i.subnet {
+            Some(s) if self.zones.contains_key(s) || self.spec.subnets.contains(s) => {
+                Some(self.zone_of_subnet(s))
+            }
+            _ if self.spec.subnets.is_empty() => None,
+            _ => i.zone.clone().or_else(|| i.subnet.clone()),
+        }
+    }
+
+    /// The fleet's zones, in the order of its subnets, each with its first subnet.
+    pub fn zones(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for s in &self.spec.subnets {
+            let z = self.zone_of_subnet(s);
+            if !out.iter().any(|(zone, _)| *zone == z) {
+                out.push((z, s.clone()));
+            }
+        }
+        out
     }
 
     /// The launch definition new instances get: the spec's, its launch template at the version

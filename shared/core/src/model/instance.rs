@@ -22,6 +22,8 @@ pub const TAG_IMAGE: &str = "phoenix:image";
 pub const TAG_TOKEN: &str = "phoenix:launch";
 /// The fingerprint of the launch definition it was launched from (`Definition::fingerprint`).
 pub const TAG_DEFINITION: &str = "phoenix:definition";
+/// Set (to any value) on an instance to protect it from voluntary disruption.
+pub const TAG_PROTECTED: &str = "phoenix:protected";
 
 /// The health signals an instance has given so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -123,6 +125,10 @@ pub struct Instance {
     /// The launching hook it waited on (none: the fleet had none when it launched).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_hook: Option<HookWait>,
+    /// Protected from voluntary disruption (its `phoenix:protected` tag): no rollout, age,
+    /// rebalance or scale-in takes it; a failure or AWS taking it back still replaces it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protected: bool,
 }
 
 impl Instance {
@@ -262,6 +268,8 @@ pub struct Observed {
     /// What the fleet's target groups report about it (empty: none lists it, or the fleet has
     /// none).
     pub targets: Targets,
+    /// It carries the `phoenix:protected` tag.
+    pub protected: bool,
 }
 
 impl Observed {
@@ -280,6 +288,7 @@ impl Observed {
             subnet: i.subnet.clone(),
             definition: i.definition.clone(),
             targets: Targets::new(),
+            protected: i.protected,
         }
     }
 }

@@ -8,7 +8,8 @@
 //! instance's health signals, the image rules, where in a fleet file an error is and when
 //! voluntary disruption is allowed (`schedule`: rollout windows and freezes) and how much of it
 //! for each reason (`budgets`), `definition` is what
-//! of a spec an instance is made of, `fleet` holds a spec and instances, and `target` tells which
+//! of a spec an instance is made of, `fleet` holds a spec and instances, `placement` says in which
+//! zone an instance counts and when it retires for age, and `target` tells which
 //! instances match the fleet's spec. The values it shares with events and notices (`Timestamp`, `Seconds`,
 //! `Lifecycle`, `Health`, a capacity's bounds) live on the floor below and are re-exported here,
 //! where users of the model look for them.
@@ -18,6 +19,7 @@ mod definition;
 mod fleet;
 pub(crate) mod images;
 mod instance;
+mod placement;
 mod position;
 mod schedule;
 mod spec;
@@ -35,12 +37,13 @@ pub use fleet::{
 };
 pub use instance::{
     Disposal, Instance, Instances, Observed, Signals, Stage, TAG_DEFINITION, TAG_FLEET, TAG_IMAGE,
-    TAG_TOKEN,
+    TAG_PROTECTED, TAG_TOKEN,
 };
+pub use placement::{retires_at, Offering, Unavailable, UNAVAILABLE_FOR};
 pub use schedule::{disruption_at, Closed, Freeze, Openness, Window, HORIZON_DAYS};
 pub use spec::{
     BreakerPolicy, Budget, Checkpoint, FleetSpec, HealthCheck, HealthSignal, LaunchTemplateRef,
-    RolloutPolicy,
+    RolloutPolicy, MAX_INSTANCE_TYPES, MIN_LIFETIME,
 };
 pub use target::{Drift, Target};
 pub use traffic::{

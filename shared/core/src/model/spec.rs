@@ -22,6 +22,14 @@ use crate::time::{Seconds, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Most instance types a fleet may fall back on (Auto Scaling's mixed instances take 40; fewer
+/// keeps a launch's tries, types × zones, within one invocation).
+pub const MAX_INSTANCE_TYPES: usize = 10;
+
+/// The shortest `max_instance_lifetime` (Auto Scaling's is a day; an hour lets short-lived test
+/// fleets use it).
+pub const MIN_LIFETIME: Seconds = Seconds(3600);
+
 /// One signal that counts a freshly launched instance as healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -357,6 +365,14 @@ pub struct FleetSpec {
     pub capacity: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,
+    /// Instance types by preference, the list form of `instance_type`: a launch EC2 refuses for
+    /// capacity tries the next type in the same zone, then the other zones. Which of them an
+    /// instance runs is not part of its definition: changing the list rolls only instances of a
+    /// type taken out of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instance_types: Vec<String>,
+    /// Subnets, one or more per availability zone: launches keep the zones within one instance
+    /// of each other.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subnets: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -393,6 +409,10 @@ pub struct FleetSpec {
     /// launch and before a termination.
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
+    /// No instance lives longer: one that reaches it is replaced (launch first, under the
+    /// disruption budget and the windows), at a point in its last tenth drawn from its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instance_lifetime: Option<Seconds>,
 }
 
 /// Capacities arrive as JSON numbers from users; read them wide so `-1` and `1e9` get our own
@@ -406,13 +426,41 @@ impl FleetSpec {
     /// Checks what serde cannot: cross-field rules and reserved tag keys.
     pub fn validate(&self) -> Result<()> {
         validate_capacity(i64::from(self.capacity))?;
-        if self.instance_type.is_none() && self.launch_template.is_none() {
+        if self.instance_type.is_none()
+            && self.instance_types.is_empty()
+            && self.launch_template.is_none()
+        {
             return Err(Error::invalid(
                 "instance_type",
-                "required unless a launch_template is given",
+                "required unless instance_types or a launch_template is given",
             ));
         }
-        if let Some(t) = &self.instance_type {
+        if self.instance_type.is_some() && !self.instance_types.is_empty() {
+            return Err(Error::invalid(
+                "instance_types",
+                "give instance_type (one) or instance_types (a list by preference), not both",
+            ));
+        }
+        if self.instance_types.len() > MAX_INSTANCE_TYPES {
+            return Err(Error::invalid(
+                "instance_types",
+                format!(
+                    "{} types; at most {MAX_INSTANCE_TYPES}",
+                    self.instance_types.len()
+                ),
+            ));
+        }
+        for (k, t) in self
+            .instance_type
+            .iter()
+            .chain(&self.instance_types)
+            .enumerate()
+        {
+            let field = if self.instance_types.is_empty() {
+                "instance_type"
+            } else {
+                "instance_types"
+            };
             let ok = t.split_once('.').is_some_and(|(family, size)| {
                 !family.is_empty()
                     && !size.is_empty()
@@ -421,8 +469,19 @@ impl FleetSpec {
             });
             if !ok {
                 return Err(Error::invalid(
-                    "instance_type",
+                    field,
                     format!("{t:?} is not an EC2 instance type like \"t3.micro\""),
+                ));
+            }
+            if self.instance_types[..k.min(self.instance_types.len())].contains(t) {
+                return Err(Error::invalid(field, format!("{t} is listed twice")));
+            }
+        }
+        if let Some(l) = self.max_instance_lifetime {
+            if l < MIN_LIFETIME {
+                return Err(Error::invalid(
+                    "max_instance_lifetime",
+                    format!("{l} is shorter than the shortest allowed, {MIN_LIFETIME}"),
                 ));
             }
         }
@@ -520,6 +579,22 @@ impl FleetSpec {
             }
         }
         Ok(())
+    }
+
+    /// The instance types a launch may use, by preference (a single `None`: the launch
+    /// template's).
+    pub fn launch_types(&self) -> Vec<Option<String>> {
+        if !self.instance_types.is_empty() {
+            return self.instance_types.iter().cloned().map(Some).collect();
+        }
+        vec![self.instance_type.clone()]
+    }
+
+    /// Whether an instance of type `t` may stay (with `instance_types`, one of them; otherwise
+    /// the definition decides).
+    pub fn allows_type(&self, t: Option<&str>) -> bool {
+        self.instance_types.is_empty()
+            || t.is_none_or(|t| self.instance_types.iter().any(|x| x == t))
     }
 
     /// The target groups its instances serve behind (none without `load_balancing`).

@@ -1,5 +1,5 @@
 //! Which instances match what the fleet should be (`Target`): the spec's image, the fingerprint
-//! of its launch definition, and one of its subnets. An instance that does not match has drifted
+//! of its launch definition, one of its subnets and (with `instance_types`) one of its types. An instance that does not match has drifted
 //! and is rolled; `Drift` says why, per instance, for `status` and the history.
 //!
 //! What holds: an instance recorded without a definition (before phoenix kept one) counts as the
@@ -19,6 +19,10 @@ pub struct Target<'a> {
     pub image: &'a ImageId,
     /// The fingerprint of the fleet's launch definition.
     pub definition: String,
+    /// With `instance_types`, the fingerprints of the fleet's known definitions that differ from
+    /// its own in the single `instance_type` alone: an instance launched from one before the list
+    /// replaced the single type matches while its type is in the list.
+    same_but_type: Vec<String>,
 }
 
 /// One way an instance differs from its fleet's spec.
@@ -36,6 +40,9 @@ pub enum Drift {
     Subnet {
         is: String,
     },
+    InstanceType {
+        is: String,
+    },
 }
 
 impl fmt::Display for Drift {
@@ -47,6 +54,9 @@ impl fmt::Display for Drift {
             }
             Drift::Definition { fields } => write!(f, "{} changed", fields.join(", ")),
             Drift::Subnet { is } => write!(f, "subnet {is} is no longer the fleet's"),
+            Drift::InstanceType { is } => {
+                write!(f, "instance type {is} is not in the fleet's instance_types")
+            }
         }
     }
 }
@@ -70,6 +80,10 @@ impl Serialize for Drift {
                 map.serialize_entry("kind", "subnet")?;
                 map.serialize_entry("is", is)?;
             }
+            Drift::InstanceType { is } => {
+                map.serialize_entry("kind", "instance_type")?;
+                map.serialize_entry("is", is)?;
+            }
         }
         map.serialize_entry("reason", &self.to_string())?;
         map.end()
@@ -78,10 +92,28 @@ impl Serialize for Drift {
 
 impl<'a> Target<'a> {
     pub fn of(fleet: &'a Fleet) -> Self {
+        let definition = fleet.definition().fingerprint();
+        let same_but_type = if fleet.spec.instance_types.is_empty() {
+            Vec::new()
+        } else {
+            fleet
+                .definitions
+                .iter()
+                .filter(|(f, d)| {
+                    **f != definition && {
+                        let mut d = (*d).clone();
+                        d.instance_type = None;
+                        d.fingerprint() == definition
+                    }
+                })
+                .map(|(f, _)| f.clone())
+                .collect()
+        };
         Target {
             fleet,
             image: &fleet.spec.image,
-            definition: fleet.definition().fingerprint(),
+            definition,
+            same_but_type,
         }
     }
 
@@ -93,7 +125,12 @@ impl<'a> Target<'a> {
     }
 
     fn definition_matches(&self, i: &Instance) -> bool {
-        self.definition_of(i).is_none_or(|d| d == self.definition)
+        self.definition_of(i)
+            .is_none_or(|d| d == self.definition || self.same_but_type.iter().any(|f| f == d))
+    }
+
+    fn type_matches(&self, i: &Instance) -> bool {
+        self.fleet.spec.allows_type(i.instance_type.as_deref())
     }
 
     fn subnet_matches(&self, i: &Instance) -> bool {
@@ -106,7 +143,10 @@ impl<'a> Target<'a> {
 
     /// The instance runs the spec's image, launched from its definition, in one of its subnets.
     pub fn matches(&self, i: &Instance) -> bool {
-        i.image == *self.image && self.definition_matches(i) && self.subnet_matches(i)
+        i.image == *self.image
+            && self.definition_matches(i)
+            && self.subnet_matches(i)
+            && self.type_matches(i)
     }
 
     /// Why the instance does not match the spec (empty: it does).
@@ -132,6 +172,11 @@ impl<'a> Target<'a> {
         if !self.subnet_matches(i) {
             out.push(Drift::Subnet {
                 is: i.subnet.clone().unwrap_or_default(),
+            });
+        }
+        if !self.type_matches(i) {
+            out.push(Drift::InstanceType {
+                is: i.instance_type.clone().unwrap_or_default(),
             });
         }
         out

@@ -16,16 +16,20 @@ use crate::error::{Error, Result};
 use crate::events::{Change, Intent, QueuedIntent, ScaleTarget};
 use crate::ids::{ImageId, InstanceId};
 use crate::model::{Definition, Fleet, FleetSpec, Health, Lifecycle, Timestamp, MAX_CAPACITY};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A new fleet, as `phoenix fleet apply` creates it, its launch template (when named by
 /// `$Latest`, `$Default` or no version) resolved to `template_version`. Instances come with the
 /// first reconcile.
 pub fn create_fleet(
     spec: FleetSpec,
-    template_version: Option<String>,
+    resolved: impl Into<Resolved>,
     now: Timestamp,
 ) -> Result<Step> {
+    let Resolved {
+        template_version,
+        zones,
+    } = resolved.into();
     spec.validate()?;
     let changes = vec![Change::FleetCreated {
         image: spec.image.clone(),
@@ -33,6 +37,7 @@ pub fn create_fleet(
     }];
     let mut fleet = Fleet::new(spec, now);
     fleet.template_version = floating(&fleet.spec, template_version);
+    fleet.zones = zones;
     let definition = fleet.definition();
     fleet
         .definitions
@@ -43,6 +48,24 @@ pub fn create_fleet(
         commands: Vec::new(),
         touched: BTreeSet::new(),
     })
+}
+
+/// What `phoenix fleet apply` looked up for a spec before planning it: the version its launch
+/// template resolves to now (kept only when it floats), and the availability zone of each of its
+/// subnets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    pub template_version: Option<String>,
+    pub zones: BTreeMap<String, String>,
+}
+
+impl From<Option<String>> for Resolved {
+    fn from(template_version: Option<String>) -> Self {
+        Resolved {
+            template_version,
+            zones: BTreeMap::new(),
+        }
+    }
 }
 
 /// The resolved version, kept only for a launch template that floats.
@@ -71,9 +94,13 @@ fn refusal(fleet: &Fleet, image: &ImageId) -> Option<String> {
 pub fn update_spec(
     fleet: &Fleet,
     spec: FleetSpec,
-    template_version: Option<String>,
+    resolved: impl Into<Resolved>,
     now: Timestamp,
 ) -> Result<Step> {
+    let Resolved {
+        template_version,
+        zones,
+    } = resolved.into();
     spec.validate()?;
     if spec.name != fleet.spec.name {
         return Err(Error::invalid(
@@ -127,6 +154,9 @@ pub fn update_spec(
         });
     }
     tx.fleet.template_version = floating(&spec, template_version);
+    // Zones looked up now, over those known of subnets still listed.
+    tx.fleet.zones.retain(|s, _| spec.subnets.contains(s));
+    tx.fleet.zones.extend(zones);
     tx.fleet.spec = spec;
     tx.roll_if_changed(old.image, before, old.subnets);
     if tx.changes.is_empty() {

@@ -16,14 +16,19 @@
 //! - `step`: what the planner hands out (`Step`, `Command`) and gets back (`Outcome`, `Launched`);
 //! - `tx`: a step being built (`Tx`), the only way the files below change a fleet, and the limits
 //!   of one step;
+//! - `placement`: where new instances go (zones kept within one of each other, offerings by
+//!   preference) and what EC2 refused for capacity;
 //! - `way_out`: an instance's way out once it is to go: deregistered, drained, held by the
 //!   terminating hook, terminated;
 //! - `rollout`: a rollout's life — start, pause, resume, abort, roll back, the health gate, waves
 //!   turning healthy, checkpoints — and an operator's commands to it;
 //! - `windows`: what the fleet's rollout windows and freezes hold back now;
-//! - `budgets`: how many instances may go for each reason (rollout, drift, scale-in);
+//! - `budgets`: how many instances may go for each reason (rollout, drift, scale-in, age,
+//!   rebalance);
 //! - `scale`: rolling replacement and scaling under the disruption budget;
 //! - `repair`: replacing failed instances and retiring doomed ones; the mass-failure breaker;
+//! - `lifetime`: when instances that reach the fleet's `max_instance_lifetime` retire;
+//! - `rebalance`: moving one instance at a time back into a zone that has too few;
 //! - `serving`: an instance coming into service: the launching hook, registration with the
 //!   target groups, what the groups report;
 //! - `notices`: what AWS says about an instance, turned into a repair or a retirement;
@@ -33,8 +38,11 @@
 
 mod budgets;
 mod intents;
+mod lifetime;
 mod notices;
 mod outcomes;
+mod placement;
+mod rebalance;
 mod reconcile;
 mod repair;
 mod rollout;
@@ -45,10 +53,12 @@ mod tx;
 mod way_out;
 mod windows;
 
-pub use intents::{apply_intent, apply_queued, create_fleet, template_resolved, update_spec};
+pub use intents::{
+    apply_intent, apply_queued, create_fleet, template_resolved, update_spec, Resolved,
+};
 pub use outcomes::{outcome_parts, record_outcome_part, record_outcomes};
 pub use reconcile::{observe_instance, reconcile, OBSERVE_GRACE};
 pub use rollout::{wave_healthy, wave_to_recheck, what_rolls};
 pub use serving::targets_observed;
-pub use step::{Command, Launched, Outcome, Step};
+pub use step::{Command, Launched, Outcome, Refusal, Step};
 pub use tx::{LEASE, MAX_LAUNCHES_PER_STEP, MAX_TERMINATIONS_PER_STEP, MAX_TOUCHED_PER_STEP};

@@ -45,6 +45,7 @@ impl Tx {
                     definition: l.definition.clone(),
                     subnet: l.subnet.clone(),
                     launch_hook: None,
+                    protected: false,
                 },
             );
             self.touched.insert(l.id.clone());
@@ -133,8 +134,19 @@ pub fn record_outcome_part(
                 token,
                 instances,
                 request_ids,
-            } => tx.adopt_launch(token, instances, request_ids),
-            Outcome::LaunchFailed { token, error } => tx.drop_pending(token, error.clone()),
+                refused,
+            } => {
+                tx.note_refusals(token, refused, true);
+                tx.adopt_launch(token, instances, request_ids)
+            }
+            Outcome::LaunchFailed {
+                token,
+                error,
+                refused,
+            } => {
+                tx.note_refusals(token, refused, false);
+                tx.drop_pending(token, error)
+            }
             Outcome::Terminated {
                 instances,
                 request_ids,

@@ -14,7 +14,9 @@ use super::step::{Command, Launched, Step};
 use super::tx::{fleet_tokens, Tx, LEASE};
 use crate::events::Change;
 use crate::ids::InstanceId;
-use crate::model::{Fleet, Health, Instance, Instances, Lifecycle, Observed, Timestamp};
+use crate::model::{
+    Fleet, Health, Instance, Instances, Lifecycle, Observed, Timestamp, TAG_PROTECTED,
+};
 use chrono::Duration;
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -105,7 +107,9 @@ fn reconcile_tx(mut tx: Tx, observed: &[Observed]) -> Step {
         }
     }
     roll_and_scale(&mut tx);
+    tx.rebalance();
     track_rollout(&mut tx);
+    tx.forget_refusals();
     if tx.fleet.budget_exhausted && tx.hourly_room() != Some(0) {
         tx.note_budget(false);
     }
@@ -153,7 +157,7 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
         } else if pending.lease_until <= now && tx.fleet.quarantined.contains_key(&pending.image) {
             tx.drop_pending(
                 &pending.token,
-                format!("image {} is quarantined", pending.image),
+                &format!("image {} is quarantined", pending.image),
             );
         } else if pending.lease_until <= now {
             if let Some(p) = tx
@@ -167,10 +171,12 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
             tx.changes.push(Change::LaunchRetried {
                 token: pending.token.clone(),
             });
+            // The same offerings, in the same order: each attempt at one keeps its ClientToken.
             tx.launches.push(Command::Launch {
                 token: pending.token.clone(),
                 image: pending.image.clone(),
                 count: pending.count,
+                offerings: pending.offerings.clone(),
             });
         }
     }
@@ -202,6 +208,17 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                         i.zone = i.zone.clone().or(o.zone.clone());
                         i.instance_type = i.instance_type.clone().or(o.instance_type.clone());
                     }
+                }
+                // Protection is the `phoenix:protected` tag: the record follows it.
+                if o.protected != inst.protected {
+                    if let Some(i) = tx.instance_mut(&inst.id) {
+                        i.protected = o.protected;
+                    }
+                    tx.changes.push(Change::ProtectionChanged {
+                        instance: inst.id.clone(),
+                        protected: o.protected,
+                        by: format!("tag {TAG_PROTECTED}"),
+                    });
                 }
                 let stopped = matches!(o.state, Lifecycle::Stopping | Lifecycle::Stopped);
                 if stopped && !inst.is_failed() && inst.disposal.is_none() {

@@ -14,7 +14,7 @@
 use super::tx::{Tx, MAX_LAUNCHES_PER_STEP};
 use crate::events::Change;
 use crate::ids::InstanceId;
-use crate::model::{Breaker, Health, Instance};
+use crate::model::{Breaker, Health, Instance, Offering};
 use std::collections::BTreeMap;
 
 /// What the breaker counts: instances unhealthy now (failed, not yet replaced) and replacements
@@ -150,17 +150,26 @@ impl Tx {
         let budget = self.fleet.budget();
         let peak = self.fleet.live + self.fleet.pending_count();
         let image = self.launchable_image();
+        let offerings = self.replacement_offerings(id);
         if let Some(image) = image.filter(|_| {
             peak < budget.max_total
                 && self.launches_this_step() < MAX_LAUNCHES_PER_STEP
                 && self.fleet.spec.capacity > 0
+                && !offerings.is_empty()
         }) {
-            let token = self.decide_launch(image, 1, format!("replacement for {id}"));
+            let token = self.decide_launch(image, 1, format!("replacement for {id}"), offerings);
             self.mark_replacement(&token, id);
             self.decide_terminate(id, reason, Some(token));
         } else {
             self.decide_terminate(id, reason, None);
         }
+    }
+
+    /// Where a replacement of `id` may launch: its zone unless that unbalances, then the others.
+    pub(super) fn replacement_offerings(&self, id: &InstanceId) -> Vec<Offering> {
+        let counts = self.zone_counts();
+        let zone = self.replacement_zone(id, &counts);
+        self.offerings_for(&zone, &counts, false)
     }
 
     /// Records that launch `token` replaces the failed instance `id`.
@@ -186,6 +195,10 @@ impl Tx {
         if !inst.is_live() || inst.disposal.is_some() || !r.is_due(now) {
             return;
         }
+        // A protected instance goes only when AWS takes it anyway.
+        if inst.protected && r.deadline.is_none() {
+            return;
+        }
         let urgent = r.is_urgent(now);
         // A planned retirement is voluntary: it waits for the fleet's windows.
         if !urgent && self.hold().other {
@@ -201,12 +214,14 @@ impl Tx {
         // Never from a quarantined image (the fleet stays on one while a failed gate with
         // automatic rollback off waits for the operator): the previous image, as repairs do.
         let image = self.launchable_image();
+        let offerings = self.replacement_offerings(id);
         if let Some(image) = image.filter(|_| {
             peak < budget.max_total
                 && self.launches_this_step() < MAX_LAUNCHES_PER_STEP
                 && self.fleet.spec.capacity > 0
+                && !offerings.is_empty()
         }) {
-            let token = self.decide_launch(image, 1, format!("replacement for {id}"));
+            let token = self.decide_launch(image, 1, format!("replacement for {id}"), offerings);
             self.decide_terminate(id, reason, Some(token));
         } else if urgent {
             self.decide_terminate(id, reason, None);

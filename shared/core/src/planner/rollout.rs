@@ -61,6 +61,20 @@ impl Tx {
         if moved {
             fields.push("subnets".into());
         }
+        // With `instance_types`, which type an instance runs is not in the fingerprint either:
+        // the single type turning into a list that holds every live instance's type rolls
+        // nothing; a type taken out of the list rolls the instances of it.
+        let spec = &self.fleet.spec;
+        if !spec.instance_types.is_empty() {
+            let retyped = self
+                .fleet
+                .live_instances()
+                .any(|i| !spec.allows_type(i.instance_type.as_deref()));
+            fields.retain(|f| f != "instance_type");
+            if retyped {
+                fields.push("instance_types".into());
+            }
+        }
         let definition = (!fields.is_empty()).then(|| DefinitionChange {
             fields,
             from: from.clone(),
@@ -253,7 +267,7 @@ impl Tx {
             self.launches
                 .retain(|c| !matches!(c, Command::Launch { token: t, .. } if *t == token));
             self.terminate_after.remove(&token);
-            self.drop_pending(&token, format!("image {image} is quarantined"));
+            self.drop_pending(&token, &format!("image {image} is quarantined"));
         }
     }
 

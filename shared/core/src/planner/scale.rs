@@ -75,6 +75,45 @@ fn first_in_order<T>(items: &mut Vec<T>, k: usize, mut order: impl FnMut(&T, &T)
     items.sort_by(order);
 }
 
+/// Leaves in `items` the `k` a scale-in takes, in the order they go: each from the zone with the
+/// most instances staying (counting those pending there), by `order` within the zone.
+fn from_largest_zones<'a>(
+    tx: &Tx,
+    items: &mut Vec<&'a Instance>,
+    k: usize,
+    order: impl Fn(&&'a Instance, &&'a Instance) -> Ordering + Copy,
+) {
+    let mut counts = tx.zone_counts();
+    if counts.len() <= 1 || k == 0 {
+        first_in_order(items, k, order);
+        return;
+    }
+    let mut by_zone: BTreeMap<Option<String>, Vec<&'a Instance>> = BTreeMap::new();
+    for i in items.drain(..) {
+        by_zone.entry(tx.fleet.zone_of(i)).or_default().push(i);
+    }
+    for list in by_zone.values_mut() {
+        // Reversed, so the next to go is popped from the end.
+        list.sort_by(|a, b| order(b, a));
+    }
+    while items.len() < k {
+        let Some(zone) = by_zone
+            .iter()
+            .filter(|(_, list)| !list.is_empty())
+            .max_by_key(|(z, _)| (counts.get(*z).copied().unwrap_or(u32::MAX), (*z).clone()))
+            .map(|(z, _)| z.clone())
+        else {
+            break;
+        };
+        if let Some(i) = by_zone.get_mut(&zone).and_then(Vec::pop) {
+            items.push(i);
+        }
+        if let Some(n) = counts.get_mut(&zone) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
 /// Rolling replacement and scaling, in the manner of a Kubernetes Deployment: never more than
 /// `max_total` instances at once, never fewer healthy than `min_healthy`, old images go only as
 /// healthy new ones cover them — and no further than the rollout's current stage allows.
@@ -97,8 +136,16 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     let pending = tx.fleet.pending_count();
     let total = keep.len() as u32 + pending;
 
-    let (mut new, mut old): (Vec<&Instance>, Vec<&Instance>) =
-        keep.iter().partition(|i| spec.matches(i));
+    // Instances past their age go as old ones do (`lifetime`).
+    let aging = tx.aging();
+    let (mut new, mut old): (Vec<&Instance>, Vec<&Instance>) = keep
+        .iter()
+        .partition(|i| spec.matches(i) && !tx.aged(aging, i));
+    // Protected instances stay whatever their image: they take their place in the capacity, and
+    // a rollout waits for them (`status` names them).
+    let protected_old = old.iter().filter(|i| i.protected).count() as u32;
+    old.retain(|i| !i.protected);
+    let room_for_new = capacity.saturating_sub(protected_old);
     let healthy_new = new.iter().filter(|i| i.is_healthy()).count() as u32;
     let unready_new = new.len() as u32 - healthy_new + pending;
     let cap = new_image_cap(&tx.fleet, healthy_new + unready_new);
@@ -141,7 +188,14 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         .rollout
         .as_ref()
         .filter(|r| r.status.is_active())
-        .map_or(Reason::ScaleIn, rollout_reason);
+        .map_or(
+            if aging.is_some() {
+                Reason::Lifetime
+            } else {
+                Reason::ScaleIn
+            },
+            rollout_reason,
+        );
     let mut remove: Vec<(&Instance, String, Reason)> = Vec::new();
     if old.is_empty() {
         // A scale-in waits for the windows.
@@ -150,7 +204,8 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         } else {
             total.saturating_sub(capacity) as usize
         };
-        first_in_order(&mut new, excess.min(limit), order);
+        new.retain(|i| !i.protected);
+        from_largest_zones(tx, &mut new, excess.min(limit), order);
         for i in &new {
             remove.push((i, format!("scale in to {capacity}"), Reason::ScaleIn));
         }
@@ -190,16 +245,24 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         };
         first_in_order(&mut old, can_remove.min(limit), order);
         for i in &old {
-            remove.push((i, reason.clone(), old_reason));
+            match aging.filter(|_| spec.matches(i)) {
+                Some(l) => remove.push((
+                    i,
+                    format!("retire: reached max_instance_lifetime {l}"),
+                    Reason::Lifetime,
+                )),
+                None => remove.push((i, reason.clone(), old_reason)),
+            }
         }
         // A scale-in during a rollout: drop new instances beyond capacity too.
         let new_total = new.len() as u32 + pending;
         let excess = if hold_scale_in {
             0
         } else {
-            new_total.saturating_sub(capacity) as usize
+            new_total.saturating_sub(room_for_new) as usize
         };
-        first_in_order(&mut new, excess.min(limit), order);
+        new.retain(|i| !i.protected);
+        from_largest_zones(tx, &mut new, excess.min(limit), order);
         for i in &new {
             remove.push((i, format!("scale in to {capacity}"), Reason::ScaleIn));
         }
@@ -209,7 +272,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     // (unready ones first).
     // (A reason's own budget may keep more healthy, never fewer.)
     let healthy_kept = keep.iter().filter(|i| i.is_healthy()).count();
-    let spare: BTreeMap<Reason, usize> = [Reason::Rollout, Reason::Drift, Reason::ScaleIn]
+    let spare: BTreeMap<Reason, usize> = Reason::ALL
         .into_iter()
         .map(|r| {
             (
@@ -278,7 +341,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         .max_total
         .saturating_sub(peak)
         .min(
-            capacity
+            room_for_new
                 .min(cap.unwrap_or(capacity))
                 .saturating_sub(new_count),
         )
@@ -295,7 +358,19 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         Some(r) => format!("rollout {} to {}", r.id, what_rolls(r)),
         None => format!("bring fleet to {capacity} instances"),
     };
-    let token = tx.decide_launch(target, launch, reason);
+    // Spread over the zones, each decision with the offerings it may fall back on.
+    let counts = tx.zone_counts();
+    let placed = tx.spread(launch, &counts);
+    if placed.is_empty() {
+        // EC2 refused every offering a moment ago: the fleet waits (the refusals say why).
+        return;
+    }
+    let launch = placed.iter().map(|(_, n)| n).sum();
+    let mut tokens = Vec::new();
+    for (zone, n) in placed {
+        let offerings = tx.offerings_for(&zone, &counts, false);
+        tokens.push(tx.decide_launch(target.clone(), n, reason.clone(), offerings));
+    }
     let now = tx.now;
     let mut wave_started = None;
     // Launches while the windows hold the rollout only make up lost capacity: not a wave.
@@ -307,7 +382,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         r.waves.push(Wave {
             number,
             started_at: now,
-            tokens: vec![token],
+            tokens,
             launched: Vec::new(),
             terminated: Vec::new(),
             healthy_at: None,

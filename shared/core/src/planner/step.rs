@@ -8,7 +8,7 @@
 
 use crate::events::Change;
 use crate::ids::{ImageId, InstanceId};
-use crate::model::{Fleet, Lifecycle, Seconds, Timestamp};
+use crate::model::{Fleet, Lifecycle, Offering, Seconds, Timestamp};
 use serde::Serialize;
 use std::collections::BTreeSet;
 
@@ -23,6 +23,9 @@ pub enum Command {
         token: String,
         image: ImageId,
         count: u32,
+        /// Tried in order: the first EC2 has capacity for launches all `count`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        offerings: Vec<Offering>,
     },
     Terminate {
         instances: Vec<InstanceId>,
@@ -45,10 +48,14 @@ pub enum Outcome {
         instances: Vec<Launched>,
         /// The AWS request ids of the calls that acted, recorded with the change.
         request_ids: Vec<String>,
+        /// Offerings tried first that EC2 had no capacity for.
+        refused: Vec<Refusal>,
     },
     LaunchFailed {
         token: String,
         error: String,
+        /// Offerings EC2 had no capacity for (every one tried, when that is why it failed).
+        refused: Vec<Refusal>,
     },
     Terminated {
         instances: Vec<InstanceId>,
@@ -76,6 +83,13 @@ pub enum Outcome {
         instances: Vec<InstanceId>,
         error: String,
     },
+}
+
+/// An offering EC2 refused for capacity, and what it answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub offering: Offering,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use super::step::{Command, Step};
 use crate::events::Change;
 use crate::ids::{ImageId, InstanceId};
 use crate::model::{
-    Fleet, Health, Instance, Lifecycle, PendingLaunch, RecentFailure, Target, Timestamp,
+    Fleet, Health, Instance, Lifecycle, Offering, PendingLaunch, RecentFailure, Target, Timestamp,
 };
 use chrono::Duration;
 use std::collections::{BTreeMap, BTreeSet};
@@ -176,7 +176,13 @@ impl Tx {
     /// `<fleet>-<incarnation>-<version>-<n>`, unique per decision — also across a fleet deleted and
     /// created again under the same name, whose versions restart — and at most 58 characters
     /// (EC2 allows 64).
-    pub(super) fn decide_launch(&mut self, image: ImageId, count: u32, reason: String) -> String {
+    pub(super) fn decide_launch(
+        &mut self,
+        image: ImageId,
+        count: u32,
+        reason: String,
+        offerings: Vec<Offering>,
+    ) -> String {
         let version = self.fleet.version + 1;
         let prefix = format!(
             "{}-{}-{}-",
@@ -199,6 +205,7 @@ impl Tx {
             decided_at: self.now,
             lease_until: self.now + LEASE,
             replacement_for: None,
+            offerings: offerings.clone(),
         });
         self.changes.push(Change::LaunchDecided {
             token: token.clone(),
@@ -210,6 +217,7 @@ impl Tx {
             token: token.clone(),
             image,
             count,
+            offerings,
         });
         token
     }
@@ -323,14 +331,14 @@ impl Tx {
     /// Retires a pending launch that will not be made (EC2 refused it, or its image was
     /// quarantined): the instances waiting for it as their replacement stay; the next pass plans
     /// again.
-    pub(super) fn drop_pending(&mut self, token: &str, error: String) {
+    pub(super) fn drop_pending(&mut self, token: &str, error: &str) {
         let Some(pos) = self.fleet.pending.iter().position(|p| p.token == token) else {
             return;
         };
         self.fleet.pending.remove(pos);
         self.changes.push(Change::LaunchFailed {
             token: token.to_string(),
-            error,
+            error: error.to_string(),
         });
         let waiting: Vec<InstanceId> = self
             .fleet

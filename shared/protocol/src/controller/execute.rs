@@ -234,9 +234,17 @@ impl<P: Ports> Controller<P> {
                     token,
                     image,
                     count,
+                    offerings,
                 } => match self
                     .compute
-                    .launch(fleet, token, image, *count, fresh.contains(token))
+                    .launch(
+                        fleet,
+                        token,
+                        image,
+                        *count,
+                        offerings,
+                        fresh.contains(token),
+                    )
                     .await
                 {
                     Ok(out) if !out.instances.is_empty() => {
@@ -245,12 +253,21 @@ impl<P: Ports> Controller<P> {
                             token: token.clone(),
                             instances: out.instances,
                             request_ids: out.request_id.into_iter().collect(),
+                            refused: out.refused,
                         });
                     }
-                    Ok(_) => ran.outcomes.push(Outcome::LaunchFailed {
-                        token: token.clone(),
-                        error: "EC2 launched nothing".into(),
-                    }),
+                    Ok(out) => {
+                        let error = match out.refused.last() {
+                            Some(r) => format!("no capacity for any offering: {}", r.error),
+                            None => "EC2 launched nothing".into(),
+                        };
+                        ran.failures.push(format!("launch {token}: {error}"));
+                        ran.outcomes.push(Outcome::LaunchFailed {
+                            token: token.clone(),
+                            error,
+                            refused: out.refused,
+                        });
+                    }
                     // A timeout, a lost connection or a 5xx may hide a launch that happened: the
                     // decision stays pending (not failed), so the next reconcile adopts what
                     // carries its token, or launches again with the same ClientToken once the
@@ -268,6 +285,7 @@ impl<P: Ports> Controller<P> {
                         ran.outcomes.push(Outcome::LaunchFailed {
                             token: token.clone(),
                             error: e.to_string(),
+                            refused: Vec::new(),
                         });
                     }
                 },

@@ -59,7 +59,7 @@ use phoenix_core::events::{Cause, Envelope, Intent};
 use phoenix_core::images::{self, AllowedImageAccounts};
 use phoenix_core::model::{FleetSpec, Timestamp};
 use phoenix_core::patterns::{route, Function};
-use phoenix_core::planner;
+use phoenix_core::planner::{self, Resolved};
 use phoenix_core::FleetName;
 use phoenix_core::ImageId;
 use serde::Serialize;
@@ -397,7 +397,7 @@ impl<P: Ports> Controller<P> {
     /// the version the launch template resolves to now (none without one): a floating template
     /// is pinned to it, so the instances launched from here on carry a definition that says
     /// which.
-    pub async fn resolve_spec(&self, spec: &FleetSpec) -> Result<Option<String>> {
+    pub async fn resolve_spec(&self, spec: &FleetSpec) -> Result<Resolved> {
         spec.validate()?;
         let Some(facts) = self.compute.describe_image(&spec.image).await? else {
             return Err(Error::NotFound(format!(
@@ -412,7 +412,8 @@ impl<P: Ports> Controller<P> {
         }
         // Its target groups exist, take instances, and are in its subnets' VPC.
         self.targets.check(spec, self.compute.ec2()).await?;
-        match &spec.launch_template {
+        let zones = self.compute.subnet_zones(&spec.subnets).await?;
+        let template_version = match &spec.launch_template {
             Some(t) => self
                 .compute
                 .resolve_template(t)
@@ -423,9 +424,13 @@ impl<P: Ports> Controller<P> {
                         phoenix_core::Error::invalid("launch_template", why).into()
                     }
                     e => e,
-                }),
-            None => Ok(None),
-        }
+                })?,
+            None => None,
+        };
+        Ok(Resolved {
+            template_version,
+            zones,
+        })
     }
 
     /// What applying `spec` would do, without doing any of it (`phoenix fleet apply --diff`):
@@ -438,18 +443,18 @@ impl<P: Ports> Controller<P> {
         spec: FleetSpec,
         interval: chrono::Duration,
     ) -> Result<Preview> {
-        let template_version = self.resolve_spec(&spec).await?;
+        let resolved = self.resolve_spec(&spec).await?;
         match self.store.load_fleet(&spec.name).await {
             Ok(fleet) => Ok(Preview::Update(Box::new(dryrun::plan_spec(
                 &fleet,
                 spec,
-                template_version,
+                resolved,
                 self.now(),
                 interval,
             )?))),
             Err(Error::NotFound(_)) => {
                 // As `create_fleet` makes it: the definition its instances would carry.
-                let created = planner::create_fleet(spec, template_version, self.now())?.fleet;
+                let created = planner::create_fleet(spec, resolved, self.now())?.fleet;
                 Ok(Preview::Create {
                     fleet: created.spec.name.to_string(),
                     capacity: created.spec.capacity,
@@ -467,18 +472,17 @@ impl<P: Ports> Controller<P> {
     /// `resolve_spec`. The fleet is then reconciled by the reconcile function, on the
     /// `ReconcileRequested` event the caller publishes.
     pub async fn apply_fleet(&self, spec: FleetSpec) -> Result<FleetReport> {
-        let template_version = self.resolve_spec(&spec).await?;
+        let resolved = self.resolve_spec(&spec).await?;
         let cause = Cause::internal("FleetApplied");
         for attempt in 0..MAX_CONFLICTS {
             let now = self.now();
             let (before, step) = match self.store.load_fleet(&spec.name).await {
                 Ok(fleet) => {
-                    let step =
-                        planner::update_spec(&fleet, spec.clone(), template_version.clone(), now)?;
+                    let step = planner::update_spec(&fleet, spec.clone(), resolved.clone(), now)?;
                     (fleet, step)
                 }
                 Err(Error::NotFound(_)) => {
-                    let step = planner::create_fleet(spec.clone(), template_version.clone(), now)?;
+                    let step = planner::create_fleet(spec.clone(), resolved.clone(), now)?;
                     (step.fleet.clone(), step)
                 }
                 Err(e) => return Err(e),

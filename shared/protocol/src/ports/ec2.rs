@@ -50,6 +50,13 @@ pub const MAX_STATUS_IDS: usize = 100;
 /// we.
 pub const MAX_TERMINATE_IDS: usize = 500;
 
+/// A subnet as `DescribeSubnets` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    pub vpc: String,
+    pub zone: Option<String>,
+}
+
 /// A `RunInstances` request: `count` instances, all or nothing (`MinCount = MaxCount`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunInstances {
@@ -125,11 +132,11 @@ pub trait Ec2: Send + Sync {
         &self,
         template: &LaunchTemplateRef,
     ) -> impl Future<Output = Result<Option<TemplateVersions>>> + Send;
-    /// `DescribeSubnets` of these ids: the VPC of each that exists.
-    fn subnet_vpcs(
+    /// `DescribeSubnets` of these ids: the VPC and zone of each that exists.
+    fn describe_subnets(
         &self,
         ids: &[String],
-    ) -> impl Future<Output = Result<BTreeMap<String, String>>> + Send;
+    ) -> impl Future<Output = Result<BTreeMap<String, Subnet>>> + Send;
     /// `DescribeImages` of one AMI: what EC2 reports about it (name, owner, tags), or `None` if
     /// this account cannot see it.
     fn describe_image(

@@ -116,7 +116,14 @@ impl World {
     }
 
     pub fn ec2_run(&mut self, r: &RunInstances) -> Result<Ran> {
-        let token = r.client_token.clone();
+        // The decision is the `phoenix:launch` tag; the ClientToken is one attempt at it
+        // (`<token>.<k>` for the `k`th offering, after EC2 refused the ones before).
+        let token = r
+            .tags
+            .get(TAG_TOKEN)
+            .cloned()
+            .unwrap_or_else(|| r.client_token.clone());
+        let next_offering = r.client_token != token;
         let who = self.who();
         // Write-ahead: a launch is made only for a decision committed before it.
         let Some(decision) = self.checker.decided.get(&token).copied() else {
@@ -135,7 +142,8 @@ impl World {
             .invocation()
             .map(|inv| (inv.looked_up.remove(&token), inv.decided.contains(&token)))
             .unwrap_or_default();
-        if !looked_up && !fresh {
+        // A later offering of the same call: the lookup was made before its first.
+        if !looked_up && !fresh && !next_offering {
             self.violate(
                 "relaunch",
                 format!(
@@ -144,7 +152,7 @@ impl World {
                 ),
             );
         }
-        if !looked_up {
+        if !looked_up && !next_offering {
             self.check_reserve(&format!("launch {token}"));
         }
         let image = ImageId::parse(&r.image).ok();

@@ -1,0 +1,195 @@
+//! Where new instances go, and what EC2 refused: each launch decision carries its offerings —
+//! (instance type, subnet) pairs in order — and the executor takes the first EC2 has capacity for.
+//!
+//! What holds: launches keep the zones within one instance of each other, counting the instances
+//! that stay and the launches pending in the zone they were planned for; a replacement goes to the
+//! zone of the instance it replaces unless that zone would then be more than one above the
+//! smallest; an offering refused for capacity is in no decision for `UNAVAILABLE_FOR`, and a
+//! decision with no offering left is not made (the fleet waits, and the refusals say why); a
+//! rebalance only ever launches into the zone it fills.
+
+use super::step::Refusal;
+use super::tx::Tx;
+use crate::events::Change;
+use crate::ids::InstanceId;
+use crate::model::{Offering, Unavailable, UNAVAILABLE_FOR};
+use std::collections::BTreeMap;
+
+/// Instances per zone: those that stay and the launches pending there. Every zone of the fleet
+/// is a key (a zone with none counts 0); a fleet without subnets has one zone, `None`.
+pub(super) type ZoneCounts = BTreeMap<Option<String>, u32>;
+
+impl Tx {
+    pub(super) fn zone_counts(&self) -> ZoneCounts {
+        let mut counts: ZoneCounts = self
+            .fleet
+            .zones()
+            .into_iter()
+            .map(|(z, _)| (Some(z), 0))
+            .collect();
+        if counts.is_empty() {
+            counts.insert(None, 0);
+        }
+        for i in self.fleet.live_instances().filter(|i| i.disposal.is_none()) {
+            if let Some(n) = counts.get_mut(&self.fleet.zone_of(i)) {
+                *n += 1;
+            }
+        }
+        for p in &self.fleet.pending {
+            let zone = p.zone().map(str::to_string);
+            if let Some(n) = counts.get_mut(&zone) {
+                *n += p.count;
+            }
+        }
+        counts
+    }
+
+    /// Whether EC2 refused this offering for capacity less than `UNAVAILABLE_FOR` ago.
+    fn refused(&self, o: &Offering) -> bool {
+        self.fleet
+            .unavailable
+            .get(&o.key())
+            .is_some_and(|u| u.until > self.now)
+    }
+
+    /// The fleet's offerings in one zone, by type preference, refused ones left out.
+    fn offerings_in(&self, zone: &Option<String>) -> Vec<Offering> {
+        let subnet = zone.as_ref().and_then(|z| {
+            self.fleet
+                .zones()
+                .into_iter()
+                .find(|(name, _)| name == z)
+                .map(|(_, s)| s)
+        });
+        self.fleet
+            .spec
+            .launch_types()
+            .into_iter()
+            .map(|t| Offering {
+                instance_type: t,
+                subnet: subnet.clone(),
+                zone: zone.clone(),
+            })
+            .filter(|o| !self.refused(o))
+            .collect()
+    }
+
+    /// What one launch meant for `zone` may try, in order: its zone's offerings, then (unless
+    /// `only_there`) the other zones', fewest instances first.
+    pub(super) fn offerings_for(
+        &self,
+        zone: &Option<String>,
+        counts: &ZoneCounts,
+        only_there: bool,
+    ) -> Vec<Offering> {
+        let mut out = self.offerings_in(zone);
+        if !only_there {
+            let mut others: Vec<(&Option<String>, &u32)> =
+                counts.iter().filter(|(z, _)| *z != zone).collect();
+            others.sort_by_key(|(z, n)| (**n, (*z).clone()));
+            for (z, _) in others {
+                out.extend(self.offerings_in(z));
+            }
+        }
+        out
+    }
+
+    /// Spreads `count` new instances over the zones: each to the zone with fewest (first in
+    /// subnet order on a tie) among those with an offering left. Zones and how many each.
+    pub(super) fn spread(&self, count: u32, counts: &ZoneCounts) -> Vec<(Option<String>, u32)> {
+        let mut counts: Vec<(Option<String>, u32)> = counts
+            .iter()
+            .filter(|(z, _)| !self.offerings_in(z).is_empty())
+            .map(|(z, n)| (z.clone(), *n))
+            .collect();
+        let order = self.fleet.zones();
+        let rank = |z: &Option<String>| {
+            order
+                .iter()
+                .position(|(name, _)| Some(name) == z.as_ref())
+                .unwrap_or(0)
+        };
+        let mut out: Vec<(Option<String>, u32)> = Vec::new();
+        for _ in 0..count {
+            let Some(k) = (0..counts.len()).min_by_key(|&k| (counts[k].1, rank(&counts[k].0)))
+            else {
+                break;
+            };
+            counts[k].1 += 1;
+            match out.iter_mut().find(|(z, _)| *z == counts[k].0) {
+                Some((_, n)) => *n += 1,
+                None => out.push((counts[k].0.clone(), 1)),
+            }
+        }
+        out
+    }
+
+    /// The zone a replacement of `old` goes to: `old`'s, unless it would then be more than one
+    /// above the smallest zone (or has no offering left); then the smallest.
+    pub(super) fn replacement_zone(&self, old: &InstanceId, counts: &ZoneCounts) -> Option<String> {
+        let old = self.fleet.instances.get(old);
+        // A leaving instance no longer counts in its zone: its replacement adds one there.
+        let leaving = old.is_some_and(|i| i.disposal.is_some());
+        let own = old
+            .map(|i| self.fleet.zone_of(i))
+            .filter(|z| counts.contains_key(z));
+        let smallest = self.spread(1, counts).into_iter().next().map(|(z, _)| z);
+        match (own, smallest) {
+            (Some(own), Some(small)) => {
+                let min = counts.get(&small).copied().unwrap_or(0);
+                let after = counts.get(&own).copied().unwrap_or(0) + u32::from(leaving);
+                if after <= min + 1 && !self.offerings_in(&own).is_empty() {
+                    own
+                } else {
+                    small
+                }
+            }
+            (own, small) => small.or(own).flatten(),
+        }
+    }
+
+    /// Records what EC2 refused for capacity while launching `token`: each offering is skipped
+    /// for `UNAVAILABLE_FOR`.
+    pub(super) fn note_refusals(&mut self, token: &str, refused: &[Refusal], launched: bool) {
+        if refused.is_empty() {
+            return;
+        }
+        let until = self.now + UNAVAILABLE_FOR;
+        for r in refused {
+            self.fleet.unavailable.insert(
+                r.offering.key(),
+                Unavailable {
+                    since: self.now,
+                    until,
+                    reason: r.error.clone(),
+                },
+            );
+        }
+        let offerings: Vec<String> = refused.iter().map(|r| r.offering.key()).collect();
+        let reason = refused.last().map(|r| r.error.clone()).unwrap_or_default();
+        self.changes.push(if launched {
+            Change::OfferingsRefused {
+                token: token.to_string(),
+                offerings,
+                reason,
+                until,
+            }
+        } else {
+            Change::CapacityUnavailable {
+                token: token.to_string(),
+                tried: offerings,
+                reason,
+                until,
+            }
+        });
+    }
+
+    /// Forgets refusals whose time is over (with the next change; a step that only forgets is
+    /// not worth a write).
+    pub(super) fn forget_refusals(&mut self) {
+        let now = self.now;
+        if self.fleet.unavailable.values().any(|u| u.until <= now) && !self.changes.is_empty() {
+            self.fleet.unavailable.retain(|_, u| u.until > now);
+        }
+    }
+}
