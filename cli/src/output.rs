@@ -10,8 +10,9 @@ use phoenix_core::history::HistoryEntry;
 use phoenix_core::history::{
     describe, rollout_target, BudgetUse, Explanation, Link, LinkKind, Snapshot,
 };
+use chrono::Utc;
 use phoenix_core::model::{
-    Drift, Fleet, Health, Instance, RolloutPolicy, RolloutStatus, Target, Timestamp,
+    retires_at, Drift, Fleet, Health, Instance, RolloutPolicy, RolloutStatus, Target, Timestamp,
 };
 use phoenix_core::timeline::{MarkerKind, Timeline};
 use phoenix_core::ImageId;
@@ -184,6 +185,18 @@ fn join(ids: &[impl std::fmt::Display]) -> String {
 
 fn hm(t: Timestamp) -> String {
     t.format("%H:%M:%S").to_string()
+}
+
+/// How long ago `since` was, in its largest two units: `3d4h`, `5h12m`, `40s`.
+fn age(now: Timestamp, since: Timestamp) -> String {
+    let s = (now - since).num_seconds().max(0);
+    let (d, h, m) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, m) => format!("{m}m"),
+        (0, h, m) => format!("{h}h{m}m"),
+        (d, h, _) => format!("{d}d{h}h"),
+    }
 }
 
 /// Where an instance on its way out is: deregistering, draining until, held by the terminating
@@ -559,6 +572,27 @@ impl Printer {
     /// Repairs halted, and a stalled rollout: what is wrong and what the operator can do.
     fn attention_lines(fleet: &Fleet) {
         let name = &fleet.spec.name;
+        let now = Utc::now();
+        for (offering, u) in fleet.unavailable.iter().filter(|(_, u)| u.until > now) {
+            say!(
+                "  no capacity for {offering} since {}: launches skip it until {} ({})",
+                hm(u.since),
+                hm(u.until),
+                u.reason
+            );
+        }
+        let target = Target::of(fleet);
+        let holding: Vec<String> = fleet
+            .live_instances()
+            .filter(|i| i.protected && i.disposal.is_none() && !target.matches(i))
+            .map(|i| i.id.to_string())
+            .collect();
+        if !holding.is_empty() && fleet.rollout.as_ref().is_some_and(|r| r.status.is_active()) {
+            say!(
+                "  protected, holding the rollout back: {} (phoenix instance unprotect INSTANCE)",
+                holding.join(" ")
+            );
+        }
         for arn in &fleet.lb_missing {
             say!(
                 "  target group {} does not exist: no instance that may serve is taken away until \
@@ -637,18 +671,25 @@ impl Printer {
 
     /// The live instances, each with whether it matches the spec (SPEC: `ok`, or why not),
     /// after a line that sums it up.
-    fn instance_rows(fleet: &Fleet) {
+    fn instance_rows(fleet: &Fleet, now: Timestamp) {
         let drifts = drifts(fleet);
         if let Some(summary) = drift_summary(&drifts) {
             say!("  {summary}");
         }
+        let lifetime = fleet.spec.max_instance_lifetime;
         say!(
-            "  {:<21} {:<22} {:<18} {:<28} {:<20}  SPEC",
+            "  {:<21} {:<22} {:<18} {:<28} {:<14} {:<10} {:<20}  SPEC",
             "INSTANCE",
             "IMAGE",
             "STATE",
             "HEALTH",
-            "LAUNCHED"
+            "ZONE",
+            "AGE",
+            if lifetime.is_some() {
+                "RETIRES"
+            } else {
+                "LAUNCHED"
+            }
         );
         for (i, drift) in &drifts {
             let state = match (&i.disposal, &i.launch_hook) {
@@ -658,18 +699,31 @@ impl Printer {
                 }
                 _ => i.state.as_str().to_string(),
             };
-            let spec = if drift.is_empty() {
+            let mut spec = if drift.is_empty() {
                 "ok".to_string()
             } else {
                 drift_words(drift)
             };
+            if i.protected {
+                spec.push_str(" (protected)");
+            }
+            let when = match lifetime {
+                Some(l) if !i.protected => retires_at(i, l),
+                _ => i.launched_at,
+            };
             say!(
-                "  {:<21} {:<22} {:<18} {:<28} {:<20}  {spec}",
+                "  {:<21} {:<22} {:<18} {:<28} {:<14} {:<10} {:<20}  {spec}",
                 i.id,
                 i.image,
                 state,
                 health_word(&i.health),
-                i.launched_at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                fleet.zone_of(i).unwrap_or_else(|| "-".into()),
+                age(now, i.launched_at),
+                if lifetime.is_some() && i.protected {
+                    "never (protected)".to_string()
+                } else {
+                    when.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                }
             );
         }
     }
@@ -724,11 +778,31 @@ impl Printer {
             fleet.spec.policy.max_surge,
             fleet.spec.policy.max_unavailable
         );
+        Self::zones_line(fleet);
         Self::queued_lines(fleet);
         Self::rollout_line(fleet);
         Self::attention_lines(fleet);
-        Self::instance_rows(fleet);
+        Self::instance_rows(fleet, Utc::now());
         Ok(())
+    }
+
+    /// Live instances staying, per zone of the fleet (with more than one zone).
+    fn zones_line(fleet: &Fleet) {
+        let zones = fleet.zones();
+        if zones.len() < 2 {
+            return;
+        }
+        let counts: Vec<String> = zones
+            .iter()
+            .map(|(z, _)| {
+                let n = fleet
+                    .live_instances()
+                    .filter(|i| i.disposal.is_none() && fleet.zone_of(i).as_ref() == Some(z))
+                    .count();
+                format!("{z} {n}")
+            })
+            .collect();
+        say!("  zones {}", counts.join(", "));
     }
 
     pub fn fleet_show(&self, fleet: &Fleet) -> Result<()> {
@@ -787,7 +861,7 @@ impl Printer {
             );
         }
         say!("{}", Progress::of(fleet).line());
-        Self::instance_rows(fleet);
+        Self::instance_rows(fleet, Utc::now());
         Ok(())
     }
 
