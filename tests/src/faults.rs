@@ -9,7 +9,9 @@
 //!   either before forwarding it (AWS never saw it) or after (AWS acted, the answer is lost);
 //! - crash the caller: after the Nth answered call from arming, every later request is refused
 //!   and `crashed()` resolves, so a harness drops the handler's future — the process died right
-//!   after that AWS call, and nothing after it reached AWS.
+//!   after that AWS call, and nothing after it reached AWS;
+//! - refuse EC2 launches for lack of capacity in chosen (instance type, availability zone) pools,
+//!   On-Demand and Spot or Spot only, the way EC2 does (`set_no_capacity`; see `NoCapacity`).
 //!
 //! The service of a request is read from its `X-Amz-Target` header (DynamoDB, EventBridge, SQS) or
 //! its `Action=` form field (EC2); which requests fail is drawn from a seeded generator at the
@@ -24,7 +26,7 @@
 //! that DynamoDB never loses. Both can be switched off.
 
 use anyhow::{bail, Context, Result};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -121,6 +123,60 @@ pub struct FaultStats {
     pub replayed: u64,
     /// Requests refused because the caller had crashed.
     pub refused_after_crash: u64,
+    /// `RunInstances` answered `InsufficientInstanceCapacity` (not forwarded), in all and per
+    /// (instance type, availability zone). Each attempt counts: the SDK retries this answer.
+    pub no_capacity: u64,
+    pub no_capacity_by_pool: BTreeMap<(String, String), u64>,
+}
+
+/// The (instance type, availability zone) pools EC2 has no capacity in, as the proxy plays them.
+///
+/// A `RunInstances` whose `InstanceType` and zone fall in a refused pool is not forwarded and is
+/// answered as EC2 answers it: HTTP 500 with the code `InsufficientInstanceCapacity` in EC2's XML
+/// error shape. EC2 files this code among its server errors, which come with a 5xx status, and
+/// clients report it with status 500 (`BotoServerError: 500 Internal Server Error` with this very
+/// XML, aws-sdk-js `statusCode: 500, retryable: true`); 500 is what makes the SDKs retry it (the
+/// Rust SDK's standard retry retries 500, 502, 503 and 504 by status), so a launch refused here is
+/// attempted as many times as against EC2 before its caller sees the code. A Spot launch
+/// (`InstanceMarketOptions.MarketType=spot`) into an empty Spot pool gets the same code, with the
+/// message "There is no Spot capacity available that matches your request."; the other Spot
+/// codes are not about capacity (`SpotMaxPriceTooLow`: the maximum price is below the Spot price)
+/// and are not played.
+///
+/// The zone of a launch is its subnet's (`SubnetId`, or `NetworkInterface.1.SubnetId`), which
+/// the proxy asks the emulator once per subnet (`DescribeSubnets`, with the launch's credentials
+/// so that it reads the same account and region; the proxy's own call, not counted nor logged),
+/// else `Placement.AvailabilityZone`. A launch with neither, or whose instance type comes only
+/// from a launch template, is forwarded: EC2 picks the zone, and the proxy does not read
+/// templates.
+#[derive(Debug, Clone, Default)]
+struct NoCapacity {
+    /// Pools refusing every launch, On-Demand and Spot.
+    all: BTreeSet<(String, String)>,
+    /// Pools refusing Spot launches only (the Spot pool is empty, On-Demand capacity is not).
+    spot: BTreeSet<(String, String)>,
+}
+
+impl NoCapacity {
+    fn pools(&self, spot: bool) -> impl Iterator<Item = &(String, String)> {
+        self.all
+            .iter()
+            .chain(self.spot.iter().filter(move |_| spot))
+    }
+}
+
+fn pools(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    pairs
+        .iter()
+        .map(|(t, z)| (t.to_string(), z.to_string()))
+        .collect()
+}
+
+/// A launch refused for lack of capacity.
+struct Refusal {
+    instance_type: String,
+    zone: String,
+    spot: bool,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +202,9 @@ struct Shared {
     dynamodb: tokio::sync::Mutex<()>,
     tokens: Mutex<HashMap<String, Vec<u8>>>,
     token_turn: tokio::sync::Mutex<()>,
+    no_capacity: Mutex<NoCapacity>,
+    /// Subnet id to availability zone, as the emulator answered (a subnet never moves).
+    subnet_zones: Mutex<HashMap<String, String>>,
 }
 
 /// The running proxy; stops when dropped.
@@ -199,6 +258,8 @@ impl FaultProxy {
             dynamodb: tokio::sync::Mutex::new(()),
             tokens: Mutex::new(HashMap::new()),
             token_turn: tokio::sync::Mutex::new(()),
+            no_capacity: Mutex::new(NoCapacity::default()),
+            subnet_zones: Mutex::new(HashMap::new()),
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -233,7 +294,8 @@ impl FaultProxy {
         self.shared.calls.load(Ordering::SeqCst)
     }
 
-    /// The operations of those calls (`dynamodb:TransactWriteItems`, ...), in order.
+    /// The operations of those calls (`dynamodb:TransactWriteItems`, ...), in order; a launch
+    /// refused for lack of capacity as `ec2:RunInstances InsufficientInstanceCapacity`.
     pub fn call_log(&self) -> Vec<String> {
         lock(&self.shared.call_log).clone()
     }
@@ -255,6 +317,25 @@ impl FaultProxy {
     /// Back to normal service (after a crash, or if it never came).
     pub fn disarm(&self) {
         *lock(&self.shared.crash) = Crash::default();
+    }
+
+    /// From now on EC2 has no capacity for these (instance type, availability zone) pairs: every
+    /// launch into one, On-Demand or Spot, is refused with `InsufficientInstanceCapacity` (see
+    /// `NoCapacity`). Replaces the pairs set by an earlier call; leaves the Spot-only ones.
+    pub fn set_no_capacity(&self, pairs: &[(&str, &str)]) {
+        lock(&self.shared.no_capacity).all = pools(pairs);
+    }
+
+    /// From now on these (instance type, availability zone) Spot pools are empty: Spot launches
+    /// into them are refused with `InsufficientInstanceCapacity`, On-Demand ones are not.
+    /// Replaces the pairs set by an earlier call; leaves those of `set_no_capacity`.
+    pub fn set_no_spot_capacity(&self, pairs: &[(&str, &str)]) {
+        lock(&self.shared.no_capacity).spot = pools(pairs);
+    }
+
+    /// Capacity everywhere again, On-Demand and Spot.
+    pub fn clear_no_capacity(&self) {
+        *lock(&self.shared.no_capacity) = NoCapacity::default();
     }
 
     /// Resolves when an armed crash happens.
@@ -383,8 +464,121 @@ fn form_field(body: &[u8], name: &str) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;
     text.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| v.replace("%2D", "-").replace("%3A", ":"))
+        (percent_decode(k) == name).then(|| percent_decode(v))
     })
+}
+
+/// A form-encoded key or value decoded (`%XX` escapes, `+` for a space).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `s` form-encoded: everything but the unreserved characters escaped.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The text of the first `<name>` element of an XML answer.
+fn xml_text(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&format!("</{name}>"))?;
+    Some(xml[start..end].to_string())
+}
+
+/// The launch `RunInstances` asks for is refused for lack of capacity (see `NoCapacity`).
+async fn refusal(shared: &Shared, req: &Request) -> Option<Refusal> {
+    let instance_type = form_field(&req.body, "InstanceType")?;
+    let spot = form_field(&req.body, "InstanceMarketOptions.MarketType")
+        .is_some_and(|m| m.eq_ignore_ascii_case("spot"));
+    let rules = lock(&shared.no_capacity).clone();
+    // No pool of this type is refused: nothing to look up.
+    if !rules.pools(spot).any(|(t, _)| *t == instance_type) {
+        return None;
+    }
+    let subnet = form_field(&req.body, "SubnetId")
+        .or_else(|| form_field(&req.body, "NetworkInterface.1.SubnetId"));
+    let zone = match subnet {
+        Some(subnet) => subnet_zone(shared, req, &subnet).await?,
+        None => form_field(&req.body, "Placement.AvailabilityZone")?,
+    };
+    let pool = (instance_type, zone);
+    let refused = rules.pools(spot).any(|p| *p == pool);
+    refused.then_some(Refusal {
+        instance_type: pool.0,
+        zone: pool.1,
+        spot,
+    })
+}
+
+/// The availability zone of `subnet`, asked of the emulator once (`None` if it does not know the
+/// subnet: the launch is forwarded and the emulator answers it).
+async fn subnet_zone(shared: &Shared, req: &Request, subnet: &str) -> Option<String> {
+    if let Some(zone) = lock(&shared.subnet_zones).get(subnet) {
+        return Some(zone.clone());
+    }
+    let body = format!(
+        "Action=DescribeSubnets&Version=2016-11-15&SubnetId.1={}",
+        percent_encode(subnet)
+    );
+    // The launch's own credentials: the emulator keeps subnets per account (its access key) and
+    // region (its credential scope), and does not check the signature.
+    let authorization = req
+        .header("authorization")
+        .map(|a| format!("authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST / HTTP/1.1\r\nhost: {}\r\ncontent-type: application/x-www-form-urlencoded; charset=utf-8\r\n{authorization}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        shared.upstream,
+        body.len()
+    );
+    let mut up = TcpStream::connect(shared.upstream).await.ok()?;
+    up.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    up.read_to_end(&mut raw).await.ok()?;
+    if !status_ok(&raw) {
+        return None;
+    }
+    let zone = xml_text(&String::from_utf8_lossy(&raw), "availabilityZone")?;
+    lock(&shared.subnet_zones).insert(subnet.to_string(), zone.clone());
+    Some(zone)
 }
 
 async fn read_request(conn: &mut TcpStream) -> Result<Option<Request>> {
@@ -501,9 +695,7 @@ fn error_response(service: &str, kind: FaultKind, n: u64) -> Vec<u8> {
             (
                 "text/xml;charset=UTF-8",
                 String::new(),
-                format!(
-                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>"
-                ),
+                ec2_error_body(code, message, &request_id),
             )
         }
         "dynamodb" => {
@@ -556,6 +748,35 @@ fn error_response(service: &str, kind: FaultKind, n: u64) -> Vec<u8> {
     };
     format!(
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\nx-amzn-requestid: {request_id}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// EC2's error shape (the query protocol's `Response/Errors/Error`).
+fn ec2_error_body(code: &str, message: &str, request_id: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{}</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>",
+        xml_escape(message)
+    )
+}
+
+/// EC2's answer to a launch it has no capacity for: HTTP 500 (see `NoCapacity`), with EC2's
+/// messages for an On-Demand and for a Spot launch.
+fn no_capacity_response(r: &Refusal, n: u64) -> Vec<u8> {
+    let request_id = format!("no-capacity-{n:08}");
+    let message = if r.spot {
+        "There is no Spot capacity available that matches your request.".to_string()
+    } else {
+        format!(
+            "We currently do not have sufficient {t} capacity in the Availability Zone you requested ({z}). Our system will be working on provisioning additional capacity.",
+            t = r.instance_type,
+            z = r.zone
+        )
+    };
+    let body = ec2_error_body("InsufficientInstanceCapacity", &message, &request_id);
+    format!(
+        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/xml;charset=UTF-8\r\nx-amzn-requestid: {request_id}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -616,6 +837,11 @@ async fn serve(shared: Arc<Shared>, mut conn: TcpStream) -> Result<()> {
         }
         _ => {}
     }
+    let refused = if service == "ec2" && op == "RunInstances" {
+        refusal(&shared, &req).await
+    } else {
+        None
+    };
     let token = shared
         .honour_tokens
         .then(|| req.token(&service, &op))
@@ -629,12 +855,26 @@ async fn serve(shared: Arc<Shared>, mut conn: TcpStream) -> Result<()> {
     let cached = token
         .as_ref()
         .and_then(|t| lock(&shared.tokens).get(t).cloned());
-    let response = match cached {
-        Some(r) => {
+    // A launch refused for lack of capacity is an answer of EC2's like any other: it counts as
+    // an answered call (and towards an armed crash), and a fault after forwarding loses it. A
+    // retry of a launch that succeeded is still answered from its token, as EC2 does.
+    let mut refused_now = false;
+    let response = match (cached, &refused) {
+        (Some(r), _) => {
             lock(&shared.stats).replayed += 1;
             r
         }
-        None => {
+        (None, Some(r)) => {
+            refused_now = true;
+            let mut stats = lock(&shared.stats);
+            stats.no_capacity += 1;
+            *stats
+                .no_capacity_by_pool
+                .entry((r.instance_type.clone(), r.zone.clone()))
+                .or_default() += 1;
+            no_capacity_response(r, n)
+        }
+        (None, None) => {
             let _serial = if shared.serialize_dynamodb && service == "dynamodb" {
                 Some(shared.dynamodb.lock().await)
             } else {
@@ -664,7 +904,11 @@ async fn serve(shared: Arc<Shared>, mut conn: TcpStream) -> Result<()> {
     conn.write_all(&response).await?;
     conn.flush().await?;
     shared.calls.fetch_add(1, Ordering::SeqCst);
-    lock(&shared.call_log).push(format!("{service}:{op}"));
+    lock(&shared.call_log).push(if refused_now {
+        format!("{service}:{op} InsufficientInstanceCapacity")
+    } else {
+        format!("{service}:{op}")
+    });
     let crashed_now = {
         let mut c = lock(&shared.crash);
         match c.after {
