@@ -3,6 +3,7 @@
 use crate::fleet::Deleted;
 use crate::rollout::status_word;
 use anyhow::Result;
+use chrono::Utc;
 use phoenix_aws::FleetReport;
 use phoenix_core::dryrun::RolloutPlan;
 use phoenix_core::events::{Cause, Intent};
@@ -10,7 +11,6 @@ use phoenix_core::history::HistoryEntry;
 use phoenix_core::history::{
     describe, rollout_target, BudgetUse, Explanation, Link, LinkKind, Snapshot,
 };
-use chrono::Utc;
 use phoenix_core::model::{
     retires_at, Drift, Fleet, Health, Instance, RolloutPolicy, RolloutStatus, Target, Timestamp,
 };

@@ -205,6 +205,8 @@ struct Shared {
     no_capacity: Mutex<NoCapacity>,
     /// Subnet id to availability zone, as the emulator answered (a subnet never moves).
     subnet_zones: Mutex<HashMap<String, String>>,
+    /// Seconds added to every `launchTime` EC2 answers (`set_launch_time_shift`).
+    launch_time_shift: std::sync::atomic::AtomicI64,
 }
 
 /// The running proxy; stops when dropped.
@@ -260,6 +262,7 @@ impl FaultProxy {
             token_turn: tokio::sync::Mutex::new(()),
             no_capacity: Mutex::new(NoCapacity::default()),
             subnet_zones: Mutex::new(HashMap::new()),
+            launch_time_shift: std::sync::atomic::AtomicI64::new(0),
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -336,6 +339,16 @@ impl FaultProxy {
     /// Capacity everywhere again, On-Demand and Spot.
     pub fn clear_no_capacity(&self) {
         *lock(&self.shared.no_capacity) = NoCapacity::default();
+    }
+
+    /// From now on every `launchTime` in EC2's answers (`RunInstances`, `DescribeInstances`) is
+    /// `seconds` later than the emulator's: a test whose controller clock runs ahead of the real
+    /// one (`Harness::clock`) sees instances launched on its own clock, as in AWS, where both are
+    /// the same. The emulator stamps launches with the real time and cannot be told otherwise.
+    pub fn set_launch_time_shift(&self, seconds: i64) {
+        self.shared
+            .launch_time_shift
+            .store(seconds, Ordering::SeqCst);
     }
 
     /// Resolves when an armed crash happens.
@@ -669,6 +682,60 @@ async fn forward(shared: &Shared, req: &Request) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// An EC2 answer (`content-length` framed, as `forward` leaves it) with every `<launchTime>`
+/// moved `by` seconds; anything else as it was.
+fn shift_launch_times(response: Vec<u8>, by: i64) -> Vec<u8> {
+    let Some(head_end) = find(&response, b"\r\n\r\n") else {
+        return response;
+    };
+    let Ok(body) = std::str::from_utf8(&response[head_end + 4..]) else {
+        return response;
+    };
+    let chunked = String::from_utf8_lossy(&response[..head_end])
+        .to_ascii_lowercase()
+        .contains("transfer-encoding");
+    if chunked || !body.contains("<launchTime>") {
+        return response;
+    }
+    let mut out = String::with_capacity(body.len());
+    let mut rest = body;
+    while let Some(start) = rest.find("<launchTime>") {
+        let value_at = start + "<launchTime>".len();
+        let Some(len) = rest[value_at..].find("</launchTime>") else {
+            break;
+        };
+        let value = &rest[value_at..value_at + len];
+        out.push_str(&rest[..value_at]);
+        match chrono::DateTime::parse_from_rfc3339(value) {
+            Ok(t) => out.push_str(
+                &(t + chrono::Duration::seconds(by))
+                    .to_utc()
+                    .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                    .to_string(),
+            ),
+            Err(_) => out.push_str(value),
+        }
+        rest = &rest[value_at + len..];
+    }
+    out.push_str(rest);
+    let head = String::from_utf8_lossy(&response[..head_end]);
+    let mut lines: Vec<String> = head
+        .split("\r\n")
+        .filter(|l| {
+            !l.split(':')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .eq_ignore_ascii_case("content-length")
+        })
+        .map(str::to_string)
+        .collect();
+    lines.push(format!("content-length: {}", out.len()));
+    let mut bytes = format!("{}\r\n\r\n", lines.join("\r\n")).into_bytes();
+    bytes.extend_from_slice(out.as_bytes());
+    bytes
+}
+
 fn status_ok(response: &[u8]) -> bool {
     response.starts_with(b"HTTP/1.1 2") || response.starts_with(b"HTTP/1.0 2")
 }
@@ -880,7 +947,11 @@ async fn serve(shared: Arc<Shared>, mut conn: TcpStream) -> Result<()> {
             } else {
                 None
             };
-            let r = forward(&shared, &req).await?;
+            let mut r = forward(&shared, &req).await?;
+            let shift = shared.launch_time_shift.load(Ordering::SeqCst);
+            if shift != 0 && service == "ec2" {
+                r = shift_launch_times(r, shift);
+            }
             if let Some(t) = token {
                 if status_ok(&r) {
                     lock(&shared.tokens).insert(t, r.clone());

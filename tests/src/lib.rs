@@ -654,12 +654,17 @@ impl FleetFile {
                 q.to_string()
             }
         };
+        // An empty instance type leaves the line out (`instance_types` or a template instead).
+        let instance_type = if self.instance_type.is_empty() {
+            String::new()
+        } else {
+            format!("instance_type: {}\n", self.instance_type)
+        };
         let mut s = format!(
-            "name: {}\nimage: {}\ncapacity: {}\ninstance_type: {}\npolicy:\n  max_surge: {}\n  max_unavailable: {}\n",
+            "name: {}\nimage: {}\ncapacity: {}\n{instance_type}policy:\n  max_surge: {}\n  max_unavailable: {}\n",
             self.name,
             self.image,
             self.capacity,
-            self.instance_type,
             quote(&self.max_surge),
             quote(&self.max_unavailable)
         );

@@ -12,7 +12,7 @@ use super::step::Refusal;
 use super::tx::Tx;
 use crate::events::Change;
 use crate::ids::InstanceId;
-use crate::model::{Offering, Unavailable, UNAVAILABLE_FOR};
+use crate::model::{Instance, Offering, Unavailable, UNAVAILABLE_FOR};
 use std::collections::BTreeMap;
 
 /// Instances per zone: those that stay and the launches pending there. Every zone of the fleet
@@ -21,6 +21,11 @@ pub(super) type ZoneCounts = BTreeMap<Option<String>, u32>;
 
 impl Tx {
     pub(super) fn zone_counts(&self) -> ZoneCounts {
+        self.zone_counts_where(|_| true)
+    }
+
+    /// `zone_counts`, of the instances staying that `count` says count.
+    pub(super) fn zone_counts_where(&self, count: impl Fn(&Instance) -> bool) -> ZoneCounts {
         let mut counts: ZoneCounts = self
             .fleet
             .zones()
@@ -30,7 +35,11 @@ impl Tx {
         if counts.is_empty() {
             counts.insert(None, 0);
         }
-        for i in self.fleet.live_instances().filter(|i| i.disposal.is_none()) {
+        for i in self
+            .fleet
+            .live_instances()
+            .filter(|i| i.disposal.is_none() && count(i))
+        {
             if let Some(n) = counts.get_mut(&self.fleet.zone_of(i)) {
                 *n += 1;
             }

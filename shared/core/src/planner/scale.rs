@@ -75,8 +75,10 @@ fn first_in_order<T>(items: &mut Vec<T>, k: usize, mut order: impl FnMut(&T, &T)
     items.sort_by(order);
 }
 
-/// Leaves in `items` the `k` a scale-in takes, in the order they go: each from the zone with the
-/// most instances staying (counting those pending there), by `order` within the zone.
+/// Leaves in `items` the `k` to take away (old instances of a rollout, a scale-in's excess), in
+/// the order they go: each from the zone with the most instances staying (counting those pending
+/// there), by `order` within the zone — so the launches, which fill the smallest zones, and the
+/// terminations together keep the zones within one of each other.
 fn from_largest_zones<'a>(
     tx: &Tx,
     items: &mut Vec<&'a Instance>,
@@ -146,6 +148,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     let protected_old = old.iter().filter(|i| i.protected).count() as u32;
     old.retain(|i| !i.protected);
     let room_for_new = capacity.saturating_sub(protected_old);
+    let aged = old.iter().filter(|i| spec.matches(i)).count();
     let healthy_new = new.iter().filter(|i| i.is_healthy()).count() as u32;
     let unready_new = new.len() as u32 - healthy_new + pending;
     let cap = new_image_cap(&tx.fleet, healthy_new + unready_new);
@@ -243,7 +246,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
             }
             _ => format!("scale in to {capacity}"),
         };
-        first_in_order(&mut old, can_remove.min(limit), order);
+        from_largest_zones(tx, &mut old, can_remove.min(limit), order);
         for i in &old {
             match aging.filter(|_| spec.matches(i)) {
                 Some(l) => remove.push((
@@ -312,8 +315,20 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
             None => true,
         }
     });
-    let removed_new = remove.iter().filter(|(i, _, _)| spec.matches(i)).count() as u32;
+    let is_new = |i: &Instance| spec.matches(i) && !tx.aged(aging, i);
+    let removed_new = remove.iter().filter(|(i, _, _)| is_new(i)).count() as u32;
     let removed = remove.len() as u32;
+    // Aged instances that stay past this step: those the hourly budgets will not let go this
+    // hour keep their place in the capacity (nothing is launched for them yet).
+    let aged_staying = aged.saturating_sub(
+        remove
+            .iter()
+            .filter(|(_, _, r)| *r == Reason::Lifetime)
+            .count(),
+    );
+    // Where launches go: the zones as they will be once the rollout is over, so counting only
+    // the instances that stay (the old ones are on their way out).
+    let launch_counts = tx.zone_counts_where(|i| is_new(i));
     let remove: Vec<(InstanceId, String, Reason)> = remove
         .into_iter()
         .map(|(i, why, reason)| (i.id.clone(), why, reason))
@@ -333,6 +348,13 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
             wave.terminated.push(id.clone());
         }
     }
+
+    let hour_left = match (tx.hourly_room(), tx.hourly_room_for(Reason::Lifetime)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let aged_held = hour_left.map_or(0, |left| aged_staying.saturating_sub(left)) as u32;
+    let room_for_new = room_for_new.saturating_sub(aged_held);
 
     // Launch new-image instances up to capacity (or the stage's cap), within the surge limit.
     let new_count = (healthy_new + unready_new).saturating_sub(removed_new);
@@ -359,7 +381,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         None => format!("bring fleet to {capacity} instances"),
     };
     // Spread over the zones, each decision with the offerings it may fall back on.
-    let counts = tx.zone_counts();
+    let counts = launch_counts;
     let placed = tx.spread(launch, &counts);
     if placed.is_empty() {
         // EC2 refused every offering a moment ago: the fleet waits (the refusals say why).
