@@ -17,9 +17,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use phoenix_aws::bus::{Bus, OutgoingEvent};
 use phoenix_aws::config::{load_sdk_config, Settings};
 use phoenix_aws::{telemetry, AwsController};
-use phoenix_core::events::{ControlAction, Intent, ScaleTarget};
+use phoenix_core::events::{Cause, ControlAction, Intent, ScaleTarget};
 use phoenix_core::history;
-use phoenix_core::model::{HookKind, HookResult, Timestamp};
+use phoenix_core::model::{HookKind, HookResult, Timestamp, TAG_PROTECTED};
 use phoenix_core::timeline::{self, Timeline, Window};
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use phoenix_local::{self as local, Dispatcher};
@@ -83,9 +83,22 @@ enum Top {
     /// Answer the lifecycle hook an instance waits on, as the hook's own handler would.
     #[command(subcommand)]
     Lifecycle(LifecycleCmd),
+    /// Protect an instance from voluntary disruption, or stop protecting it.
+    #[command(subcommand)]
+    Instance(InstanceCmd),
     /// The local stack on the AWS emulator.
     #[command(subcommand)]
     Local(LocalCmd),
+}
+
+#[derive(Subcommand)]
+enum InstanceCmd {
+    /// Tag the instance `phoenix:protected`: no rollout, retirement for age, rebalance or
+    /// scale-in takes it (a rollout waits for it, and `status` says so); if it fails or AWS
+    /// reclaims it, it is replaced all the same. Its fleet is reconciled at once.
+    Protect { instance: InstanceId },
+    /// Remove the tag: the fleet's policy applies to it again.
+    Unprotect { instance: InstanceId },
 }
 
 #[derive(Subcommand)]
@@ -384,6 +397,33 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Top::Rollout(RolloutCmd::Undo { fleet }) => {
             control(&controller, &out, fleet, ControlAction::Undo).await
+        }
+        Top::Instance(cmd) => {
+            let (instance, protect) = match cmd {
+                InstanceCmd::Protect { instance } => (instance, true),
+                InstanceCmd::Unprotect { instance } => (instance, false),
+            };
+            let fleet = controller.store.load_for_instance(&instance).await?;
+            if !fleet.instances.get(&instance).is_some_and(|i| i.is_live()) {
+                bail!("{instance} is no live instance of fleet {}", fleet.spec.name);
+            }
+            let ec2 = controller.compute.ec2();
+            if protect {
+                ec2.tag_instance(instance.as_str(), TAG_PROTECTED, "true")
+                    .await?;
+            } else {
+                ec2.untag_instance(instance.as_str(), TAG_PROTECTED).await?;
+            }
+            // The record follows the tag; reconciled now rather than at the next pass.
+            let cause = Cause::internal(if protect {
+                "InstanceProtected"
+            } else {
+                "InstanceUnprotected"
+            });
+            let report = controller
+                .reconcile_fleet(&fleet.spec.name, None, chrono::Utc::now(), &cause, None)
+                .await?;
+            out.fleet_report(&report)
         }
         Top::ResumeRepairs { fleet } => {
             control(&controller, &out, fleet, ControlAction::ResumeRepairs).await

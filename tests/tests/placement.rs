@@ -317,3 +317,44 @@ async fn control_without_a_lifetime_nothing_retires() {
     let (_h, _proxy, gone) = two_hours_later(None).await;
     assert!(gone.is_empty(), "{gone:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_protected_instance_holds_its_rollout_until_unprotected_and_status_says_so() {
+    let h = Harness::start().await.unwrap();
+    let one = h.register_image("web-1").await;
+    h.apply(&FleetFile::new("web", &one, 2));
+    let f = h.settle("web").await;
+    let kept = f.live_instances().next().unwrap().id.clone();
+    h.phoenix_ok(&["instance", "protect", kept.as_str()]);
+    assert!(h.fleet("web").await.instances[&kept].protected);
+    let two = h.register_image("web-2").await;
+    h.publish(&Intent::ImageReady {
+        fleet: web(),
+        image: two.clone(),
+    })
+    .await;
+    let mut f = h.fleet("web").await;
+    for _ in 0..30 {
+        h.drain().await;
+        h.dispatcher.tick().await.unwrap();
+        f = h.fleet("web").await;
+        let others_done = f
+            .live_instances()
+            .filter(|i| i.id != kept)
+            .all(|i| i.image == two && i.is_healthy() && i.disposal.is_none());
+        if others_done && f.live_instances().count() == 2 && f.pending.is_empty() {
+            break;
+        }
+    }
+    assert!(f.instances[&kept].is_live() && f.instances[&kept].image == one);
+    let status = h.phoenix_ok(&["status", "web"]);
+    assert!(
+        status.contains(&format!("protected, holding the rollout back: {kept}")),
+        "{status}"
+    );
+    // Unprotected, the policy applies to it again: the rollout finishes.
+    h.phoenix_ok(&["instance", "unprotect", kept.as_str()]);
+    let f = h.settle("web").await;
+    assert!(f.live_instances().all(|i| i.image == two));
+    assert!(f.instances.get(&kept).is_none_or(|i| !i.is_live()));
+}
