@@ -66,11 +66,13 @@ enum Top {
     /// Follow and steer rollouts.
     #[command(subcommand)]
     Rollout(RolloutCmd),
-    /// What a new image's rollout would do, wave by wave, with no side effect.
+    /// What a new image's rollout would do, wave by wave, with no side effect; and the
+    /// instances that retire for age in the next day.
     Plan {
         fleet: FleetName,
+        /// The image to plan a rollout to (without: only the retirements).
         #[arg(long)]
-        image: ImageId,
+        image: Option<ImageId>,
         /// Seconds between reconcile passes (the schedule: 60 in AWS).
         #[arg(long, default_value_t = 60)]
         interval: i64,
@@ -405,7 +407,10 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let fleet = controller.store.load_for_instance(&instance).await?;
             if !fleet.instances.get(&instance).is_some_and(|i| i.is_live()) {
-                bail!("{instance} is no live instance of fleet {}", fleet.spec.name);
+                bail!(
+                    "{instance} is no live instance of fleet {}",
+                    fleet.spec.name
+                );
             }
             let ec2 = controller.compute.ec2();
             if protect {
@@ -479,13 +484,23 @@ async fn run(cli: Cli) -> Result<()> {
             interval,
         } => {
             let f = controller.store.load_fleet(&fleet).await?;
-            let plan = phoenix_core::dryrun::plan_rollout(
-                &f,
-                &image,
-                chrono::Utc::now(),
-                chrono::Duration::seconds(interval.max(1)),
-            )?;
-            out.plan(&plan)
+            let now = chrono::Utc::now();
+            match image {
+                Some(image) => {
+                    let plan = phoenix_core::dryrun::plan_rollout(
+                        &f,
+                        &image,
+                        now,
+                        chrono::Duration::seconds(interval.max(1)),
+                    )?;
+                    out.plan(&plan)?;
+                    if !out.json {
+                        out.retirements(&f, now)?;
+                    }
+                    Ok(())
+                }
+                None => out.retirements(&f, now),
+            }
         }
         Top::Rollout(RolloutCmd::Wait {
             fleet,

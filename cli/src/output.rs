@@ -376,6 +376,68 @@ impl Printer {
     }
 
     /// `phoenix plan`: one line per pass that does something, then the totals.
+    /// The live instances that reach the fleet's `max_instance_lifetime` within a day of `now`,
+    /// soonest first (each goes then or later: launch first, as the budgets and windows allow).
+    pub fn retirements(&self, fleet: &Fleet, now: Timestamp) -> Result<()> {
+        let Some(lifetime) = fleet.spec.max_instance_lifetime else {
+            if self.json {
+                return print_json(&json!({"fleet": fleet.spec.name, "retirements": []}));
+            }
+            say!(
+                "{}: no max_instance_lifetime: no instance retires for age",
+                fleet.spec.name
+            );
+            return Ok(());
+        };
+        let horizon = now + chrono::Duration::days(1);
+        let mut due: Vec<(Timestamp, &Instance)> = fleet
+            .live_instances()
+            .filter(|i| i.disposal.is_none() && !i.protected)
+            .map(|i| (retires_at(i, lifetime), i))
+            .filter(|(t, _)| *t <= horizon)
+            .collect();
+        due.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+        let protected: Vec<String> = fleet
+            .live_instances()
+            .filter(|i| i.protected)
+            .map(|i| i.id.to_string())
+            .collect();
+        if self.json {
+            let list: Vec<serde_json::Value> = due
+                .iter()
+                .map(|(t, i)| json!({"instance": i.id, "launched_at": i.launched_at, "retires_at": t}))
+                .collect();
+            return print_json(&json!({
+                "fleet": fleet.spec.name,
+                "max_instance_lifetime": lifetime.to_string(),
+                "retirements": list,
+                "protected": protected,
+            }));
+        }
+        say!(
+            "{}: {} instances reach max_instance_lifetime {lifetime} in the next day",
+            fleet.spec.name,
+            due.len()
+        );
+        for (t, i) in &due {
+            let when = if *t <= now {
+                "due now".to_string()
+            } else {
+                format!("from {}", t.format("%Y-%m-%dT%H:%M:%SZ"))
+            };
+            say!(
+                "  {} {when} (launched {}, {} old)",
+                i.id,
+                i.launched_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                age(now, i.launched_at)
+            );
+        }
+        if !protected.is_empty() {
+            say!("  protected, never retired: {}", protected.join(" "));
+        }
+        Ok(())
+    }
+
     pub fn plan(&self, plan: &RolloutPlan) -> Result<()> {
         if self.json {
             return print_json(plan);

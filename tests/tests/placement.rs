@@ -267,6 +267,12 @@ async fn two_hours_later(lifetime: Option<&str>) -> (Harness, FaultProxy, Vec<In
     }
     h.apply(&file);
     h.settle("web").await;
+    let plan = h.phoenix_ok(&["plan", "web"]);
+    let expect = match lifetime {
+        Some(_) => "3 instances reach max_instance_lifetime 2h in the next day",
+        None => "no max_instance_lifetime",
+    };
+    assert!(plan.contains(expect), "{plan}");
     h.clock.store(2 * 3600 + 60, Ordering::SeqCst);
     proxy.set_launch_time_shift(2 * 3600 + 60);
     for _ in 0..40 {
