@@ -364,3 +364,61 @@ async fn a_protected_instance_holds_its_rollout_until_unprotected_and_status_say
     assert!(f.live_instances().all(|i| i.image == two));
     assert!(f.instances.get(&kept).is_none_or(|i| !i.is_live()));
 }
+
+/// How many of the fleet's running instances EC2 reports as Spot.
+async fn spot_in_ec2(h: &Harness) -> usize {
+    let out = h
+        .ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:phoenix:fleet")
+                .values("web")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| {
+            i.state().and_then(|s| s.name()).map(|n| n.as_str()) == Some("running")
+                && i.instance_lifecycle().map(|l| l.as_str()) == Some("spot")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spot_instances_meet_the_mix_and_fall_back_to_on_demand_without_spot_capacity() {
+    let (h, proxy) = behind_proxy().await;
+    let zones = zonal_subnets(&h, 3).await;
+    let one = h.register_image("web-1").await;
+    let file = FleetFile::new("web", &one, 4)
+        .line(&subnets_line(&zones))
+        .line("purchase: {on_demand_base: 1, spot_percent: 100}");
+    h.apply(&file);
+    let f = h.settle("web").await;
+    assert_eq!(f.live_instances().filter(|i| i.spot).count(), 3);
+    assert_eq!(spot_in_ec2(&h).await, 3, "launched as Spot in EC2");
+    // No Spot capacity left: a failed Spot instance is replaced On-Demand.
+    let pools: Vec<(&str, &str)> = zones
+        .iter()
+        .map(|(_, z)| ("t3.micro", z.as_str()))
+        .collect();
+    proxy.set_no_spot_capacity(&pools);
+    let failed = f.live_instances().find(|i| i.spot).unwrap().id.clone();
+    h.publish(&Intent::HealthCheckFailed {
+        instance: failed.clone(),
+        reason: "GET /health returned 503".into(),
+    })
+    .await;
+    let f = h.settle("web").await;
+    assert!(f.instances.get(&failed).is_none_or(|i| !i.is_live()));
+    assert_eq!(f.live_instances().filter(|i| i.spot).count(), 2);
+    assert_eq!(spot_in_ec2(&h).await, 2);
+    assert!(
+        proxy.stats().no_capacity > 0,
+        "Spot was asked first, and refused"
+    );
+}

@@ -4,8 +4,10 @@
 use crate::error::{sdk_error, Error, Result};
 use aws_sdk_ec2::operation::RequestId;
 use aws_sdk_ec2::types::{
-    Filter, IamInstanceProfileSpecification, InstanceStateName, InstanceType,
-    LaunchTemplateSpecification, ResourceType, SummaryStatus, Tag, TagSpecification,
+    Filter, IamInstanceProfileSpecification, InstanceInterruptionBehavior,
+    InstanceMarketOptionsRequest, InstanceStateName, InstanceType, LaunchTemplateSpecification,
+    MarketType, ResourceType, SpotInstanceType, SpotMarketOptions, SummaryStatus, Tag,
+    TagSpecification,
 };
 use aws_sdk_ec2::Client;
 use chrono::DateTime;
@@ -210,6 +212,19 @@ impl Ec2 for Ec2Client {
             .set_user_data(r.user_data.as_ref().map(aws_smithy_types::base64::encode));
         if !r.security_groups.is_empty() {
             req = req.set_security_group_ids(Some(r.security_groups.clone()));
+        }
+        if r.spot {
+            req = req.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .build(),
+                    )
+                    .build(),
+            );
         }
         if let Some(p) = &r.instance_profile {
             let profile = if p.starts_with("arn:") {

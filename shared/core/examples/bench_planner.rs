@@ -28,6 +28,7 @@ fn fleet(size: u32) -> (Fleet, Vec<Observed>) {
         let inst = Instance {
             launch_hook: None,
             protected: false,
+            spot: false,
             id: id.clone(),
             image: ami(1),
             launched_at: t0,
@@ -98,6 +99,7 @@ fn rollout_fleet(size: u32, now: DateTime<Utc>) -> Fleet {
             Instance {
                 launch_hook: None,
                 protected: false,
+                spot: false,
                 id,
                 image: ami(1),
                 launched_at: now - Duration::minutes(90),

@@ -788,6 +788,7 @@ mod tests {
             let instance = Instance {
                 launch_hook: None,
                 protected: false,
+                spot: false,
                 id: id.clone(),
                 image: f.spec.image.clone(),
                 launched_at: t0() - Duration::hours(1),

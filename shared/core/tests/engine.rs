@@ -43,6 +43,7 @@ fn fleet(capacity: u32, policy: &str) -> Fleet {
             Instance {
                 launch_hook: None,
                 protected: false,
+                spot: false,
                 id,
                 image: ami(1),
                 launched_at: t0() - Duration::minutes(90 - i64::from(n)),

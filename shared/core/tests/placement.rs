@@ -41,6 +41,7 @@ struct Vm {
     launched_at: DateTime<Utc>,
     token: String,
     protected: bool,
+    spot: bool,
 }
 
 struct World {
@@ -50,6 +51,8 @@ struct World {
     vms: BTreeMap<InstanceId, Vm>,
     /// (type, zone) pools EC2 has no capacity in.
     no_capacity: BTreeSet<(String, String)>,
+    /// (type, zone) pools without Spot capacity.
+    no_spot: BTreeSet<(String, String)>,
     /// RunInstances calls, as (type, zone), in order.
     calls: Vec<(String, String)>,
     history: Vec<Change>,
@@ -77,6 +80,7 @@ impl World {
             next: 0,
             vms: BTreeMap::new(),
             no_capacity: BTreeSet::new(),
+            no_spot: BTreeSet::new(),
             calls: Vec::new(),
             history: Vec::new(),
         }
@@ -130,7 +134,10 @@ impl World {
                         let t = o.instance_type.clone().unwrap_or("t3.micro".into());
                         let z = o.zone.clone().unwrap();
                         self.calls.push((t.clone(), z.clone()));
-                        if self.no_capacity.contains(&(t.clone(), z.clone())) {
+                        let pool = (t.clone(), z.clone());
+                        if self.no_capacity.contains(&pool)
+                            || (o.spot && self.no_spot.contains(&pool))
+                        {
                             refused.push(Refusal {
                                 offering: o.clone(),
                                 error: "InsufficientInstanceCapacity".into(),
@@ -150,6 +157,7 @@ impl World {
                                     launched_at: self.now,
                                     token: token.clone(),
                                     protected: false,
+                                    spot: o.spot,
                                 },
                             );
                             instances.push(Launched {
@@ -439,4 +447,76 @@ fn turning_the_type_into_a_list_rolls_nothing_and_taking_a_type_out_rolls_its_in
     w.run(&step);
     w.passes(20);
     assert!(w.vms.values().all(|v| v.instance_type == "c7g.large"));
+}
+
+#[test]
+fn the_purchase_mix_is_met_spot_falls_back_to_on_demand_and_avoids_interrupted_pools() {
+    let mut w = World::new(
+        10,
+        "instance_types: [m7g.large, c7g.large]\npurchase: {on_demand_base: 2, spot_percent: 70}\n",
+    );
+    w.passes(2);
+    // 2 On-Demand, then 30 % of the other 8 (rounded up): 5 On-Demand, 5 Spot.
+    let spot = |w: &World| w.vms.values().filter(|v| v.spot).count();
+    assert_eq!(w.vms.len(), 10);
+    assert_eq!(spot(&w), 5);
+    assert_eq!(
+        w.fleet.live_instances().filter(|i| i.spot).count(),
+        5,
+        "the records know which are Spot"
+    );
+    // A Spot instance interrupted: its pool goes last for the next Spot launches.
+    let (id, pool) = w
+        .vms
+        .iter()
+        .find(|(_, v)| v.spot && v.instance_type == "m7g.large")
+        .map(|(id, v)| (id.clone(), v.zone.clone()))
+        .unwrap();
+    let notice = phoenix_core::notice::Notice::Interruption {
+        action: "terminate".into(),
+        at: w.now + Duration::minutes(2),
+    };
+    w.intent(Intent::Notice {
+        instances: vec![id.clone()],
+        notice,
+    });
+    w.passes(3);
+    assert!(!w.vms.contains_key(&id));
+    let replacement = w
+        .vms
+        .values()
+        .filter(|v| v.spot && v.zone == pool)
+        .max_by_key(|v| v.launched_at)
+        .unwrap();
+    assert_eq!(
+        replacement.instance_type, "c7g.large",
+        "the interrupted pool goes last"
+    );
+    // No Spot capacity anywhere: a Spot replacement falls back to On-Demand.
+    for (_, z) in ZONES {
+        for t in ["m7g.large", "c7g.large"] {
+            w.no_spot.insert((t.into(), z.into()));
+        }
+    }
+    let spot_one = w
+        .vms
+        .iter()
+        .find(|(_, v)| v.spot)
+        .map(|(id, _)| id.clone())
+        .unwrap();
+    w.intent(Intent::HealthCheckFailed {
+        instance: spot_one.clone(),
+        reason: "GET /health returned 503".into(),
+    });
+    w.passes(3);
+    assert!(!w.vms.contains_key(&spot_one));
+    assert_eq!(w.vms.len(), 10);
+    assert_eq!(spot(&w), 4, "replaced On-Demand");
+}
+
+#[test]
+fn control_without_a_purchase_mix_every_instance_is_on_demand() {
+    let mut w = World::new(10, "instance_types: [m7g.large, c7g.large]\n");
+    w.passes(2);
+    assert_eq!(w.vms.values().filter(|v| v.spot).count(), 0);
 }

@@ -442,6 +442,7 @@ impl Sim {
                 Instance {
                     launch_hook: None,
                     protected: false,
+                    spot: false,
                     id,
                     image: ami(image),
                     launched_at,

@@ -42,6 +42,7 @@ fn fleet(capacity: u32, policy: &str) -> Fleet {
             Instance {
                 launch_hook: None,
                 protected: false,
+                spot: false,
                 id: id(n),
                 image: ami(1),
                 launched_at: t0() - Duration::minutes(90),

@@ -225,6 +225,7 @@ impl<E: Ec2> Compute<E> {
             subnet: (!spec.subnets.is_empty())
                 .then(|| spec.subnets[subnet_index(token, spec.subnets.len())].clone()),
             zone: None,
+            spot: false,
         }];
         let tries = if offerings.is_empty() {
             &legacy[..]
@@ -252,6 +253,7 @@ impl<E: Ec2> Compute<E> {
                 launch_template: definition.launch_template.clone(),
                 user_data: definition.user_data.clone(),
                 tags: tags.clone(),
+                spot: offering.spot,
             };
             let ran = match self.ec2.run_instances(&request).await {
                 Ok(ran) => ran,

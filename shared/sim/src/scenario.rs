@@ -380,6 +380,7 @@ impl Scenario {
             hooks: Default::default(),
             instance_types: Vec::new(),
             max_instance_lifetime: None,
+            purchase: None,
         };
         let weather = match rng.below(10) {
             0 | 1 => Weather {

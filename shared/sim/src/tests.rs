@@ -333,6 +333,7 @@ fn the_largest_commit_with_its_notifications_is_one_transaction() {
             phoenix_core::model::Instance {
                 launch_hook: None,
                 protected: false,
+                spot: false,
                 id: id.clone(),
                 image: ami(10),
                 launched_at: now,
@@ -395,6 +396,7 @@ fn run_request(token: &str, count: u32) -> RunInstances {
         launch_template: None,
         user_data: None,
         tags: Default::default(),
+        spot: false,
     }
 }
 

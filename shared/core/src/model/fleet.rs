@@ -276,6 +276,10 @@ pub struct Fleet {
     /// Offerings (`Offering::key`) EC2 refused for capacity, skipped until their `until`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unavailable: BTreeMap<String, Unavailable>,
+    /// Spot interruptions of the last day, by the (type, zone) `Offering::key` of the instance
+    /// interrupted: Spot launches take the pools interrupted least first.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub interruptions: BTreeMap<String, Vec<Timestamp>>,
     #[serde(skip)]
     pub instances: Instances,
     #[serde(skip)]
@@ -311,6 +315,7 @@ impl Fleet {
             lb_missing: BTreeSet::new(),
             zones: BTreeMap::new(),
             unavailable: BTreeMap::new(),
+            interruptions: BTreeMap::new(),
             inbox: Vec::new(),
             instances: Instances::new(),
             complete: true,

@@ -129,6 +129,9 @@ pub struct Instance {
     /// rebalance or scale-in takes it; a failure or AWS taking it back still replaces it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub protected: bool,
+    /// A Spot instance (else On-Demand).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spot: bool,
 }
 
 impl Instance {

@@ -39,7 +39,7 @@ pub use instance::{
     Disposal, Instance, Instances, Observed, Signals, Stage, TAG_DEFINITION, TAG_FLEET, TAG_IMAGE,
     TAG_PROTECTED, TAG_TOKEN,
 };
-pub use placement::{retires_at, Offering, Unavailable, UNAVAILABLE_FOR};
+pub use placement::{retires_at, Offering, Purchase, Unavailable, UNAVAILABLE_FOR};
 pub use schedule::{disruption_at, Closed, Freeze, Openness, Window, HORIZON_DAYS};
 pub use spec::{
     BreakerPolicy, Budget, Checkpoint, FleetSpec, HealthCheck, HealthSignal, LaunchTemplateRef,

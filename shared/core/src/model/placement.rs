@@ -26,16 +26,20 @@ pub struct Offering {
     /// None: EC2's default subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
-    /// The zone it counts in (`zone_of_subnet`).
+    /// The zone it counts in (`Fleet::zone_of_subnet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// A Spot instance (else On-Demand).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spot: bool,
 }
 
 impl Offering {
     /// What EC2 refuses together: a type in a zone.
     pub fn key(&self) -> String {
         format!(
-            "{} in {}",
+            "{}{} in {}",
+            if self.spot { "Spot " } else { "" },
             self.instance_type
                 .as_deref()
                 .unwrap_or("the template's type"),
@@ -47,6 +51,28 @@ impl Offering {
 impl std::fmt::Display for Offering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.key())
+    }
+}
+
+/// How a fleet buys its instances, as an Auto Scaling group's instances distribution: the first
+/// `on_demand_base` On-Demand, and of the rest `spot_percent` % Spot (the On-Demand share rounded
+/// up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Purchase {
+    #[serde(default)]
+    pub on_demand_base: u32,
+    #[serde(default)]
+    pub spot_percent: u32,
+}
+
+impl Purchase {
+    /// How many of `capacity` instances are On-Demand.
+    pub fn on_demand(&self, capacity: u32) -> u32 {
+        let base = self.on_demand_base.min(capacity);
+        let above = capacity - base;
+        let spot = u64::from(above) * u64::from(self.spot_percent.min(100)) / 100;
+        base + above - spot as u32
     }
 }
 

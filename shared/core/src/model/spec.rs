@@ -11,6 +11,7 @@
 use super::budgets::ReasonBudgets;
 use super::images::{Admission, ImageSelector};
 use super::instance::Signals;
+use super::placement::Purchase;
 use super::position::locate;
 use super::schedule::{disruption_at, Freeze, Openness, Window};
 use super::traffic::{Hooks, LoadBalancing, TargetGroupRef};
@@ -413,6 +414,11 @@ pub struct FleetSpec {
     /// disruption budget and the windows), at a point in its last tenth drawn from its id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_instance_lifetime: Option<Seconds>,
+    /// On-Demand and Spot: `{on_demand_base, spot_percent}` (none: all On-Demand). Spot
+    /// launches take the fleet's types in the order of fewest recent interruptions, and fall back
+    /// to On-Demand when Spot has no capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purchase: Option<Purchase>,
 }
 
 /// Capacities arrive as JSON numbers from users; read them wide so `-1` and `1e9` get our own
@@ -475,6 +481,14 @@ impl FleetSpec {
             }
             if self.instance_types[..k.min(self.instance_types.len())].contains(t) {
                 return Err(Error::invalid(field, format!("{t} is listed twice")));
+            }
+        }
+        if let Some(p) = &self.purchase {
+            if p.spot_percent > 100 {
+                return Err(Error::invalid(
+                    "purchase.spot_percent",
+                    format!("{}% is more than 100", p.spot_percent),
+                ));
             }
         }
         if let Some(l) = self.max_instance_lifetime {

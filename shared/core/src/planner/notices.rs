@@ -65,6 +65,7 @@ pub(super) fn apply(tx: &mut Tx, id: &InstanceId, notice: &Notice) {
             tx.repair(id);
         }
         Notice::Interruption { at, .. } => {
+            tx.note_interruption(id);
             let r = retirement(notice, now, None, Some(*at));
             schedule(tx, id, r);
         }

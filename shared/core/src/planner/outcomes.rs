@@ -15,12 +15,28 @@ use crate::model::{Fleet, Health, Instance, Timestamp};
 
 impl Tx {
     /// Adds instances found for a pending launch and retires the pending record.
-    pub(super) fn adopt_launch(&mut self, token: &str, found: &[Launched], request_ids: &[String]) {
+    /// `tried`: how many of its offerings EC2 refused before the one that launched (none: not
+    /// known, for instances found by their tag; then the first offering of their type and zone).
+    pub(super) fn adopt_launch(
+        &mut self,
+        token: &str,
+        found: &[Launched],
+        request_ids: &[String],
+        tried: Option<usize>,
+    ) {
         let Some(pos) = self.fleet.pending.iter().position(|p| p.token == token) else {
             return;
         };
         let pending = self.fleet.pending.remove(pos);
         let mut ids = Vec::new();
+        let market = |l: &Launched| match tried {
+            Some(k) => pending.offerings.get(k).is_some_and(|o| o.spot),
+            None => pending
+                .offerings
+                .iter()
+                .find(|o| o.instance_type == l.instance_type && o.zone == l.zone)
+                .is_some_and(|o| o.spot),
+        };
         for l in found.iter().take(pending.count as usize) {
             if self.fleet.instances.get(&l.id).is_some_and(|i| i.is_live()) {
                 continue;
@@ -46,6 +62,7 @@ impl Tx {
                     subnet: l.subnet.clone(),
                     launch_hook: None,
                     protected: false,
+                    spot: market(l),
                 },
             );
             self.touched.insert(l.id.clone());
@@ -137,7 +154,7 @@ pub fn record_outcome_part(
                 refused,
             } => {
                 tx.note_refusals(token, refused, true);
-                tx.adopt_launch(token, instances, request_ids)
+                tx.adopt_launch(token, instances, request_ids, Some(refused.len()))
             }
             Outcome::LaunchFailed {
                 token,

@@ -13,7 +13,11 @@ use super::tx::Tx;
 use crate::events::Change;
 use crate::ids::InstanceId;
 use crate::model::{Instance, Offering, Unavailable, UNAVAILABLE_FOR};
+use chrono::Duration;
 use std::collections::BTreeMap;
+
+/// How long a Spot interruption counts against its pool.
+pub(super) const INTERRUPTIONS_KEPT: Duration = Duration::hours(24);
 
 /// Instances per zone: those that stay and the launches pending there. Every zone of the fleet
 /// is a key (a zone with none counts 0); a fleet without subnets has one zone, `None`.
@@ -61,8 +65,10 @@ impl Tx {
             .is_some_and(|u| u.until > self.now)
     }
 
-    /// The fleet's offerings in one zone, by type preference, refused ones left out.
-    fn offerings_in(&self, zone: &Option<String>) -> Vec<Offering> {
+    /// The fleet's offerings in one zone, refused ones left out: On-Demand by type preference;
+    /// Spot in the order of fewest interruptions seen in the last day (capacity-optimized, as
+    /// far as phoenix can see: it has no view of EC2's spare capacity), then preference.
+    fn offerings_in(&self, zone: &Option<String>, spot: bool) -> Vec<Offering> {
         let subnet = zone.as_ref().and_then(|z| {
             self.fleet
                 .zones()
@@ -70,7 +76,8 @@ impl Tx {
                 .find(|(name, _)| name == z)
                 .map(|(_, s)| s)
         });
-        self.fleet
+        let mut out: Vec<Offering> = self
+            .fleet
             .spec
             .launch_types()
             .into_iter()
@@ -78,29 +85,96 @@ impl Tx {
                 instance_type: t,
                 subnet: subnet.clone(),
                 zone: zone.clone(),
+                spot,
             })
             .filter(|o| !self.refused(o))
-            .collect()
+            .collect();
+        if spot {
+            // A stable sort: the preference order among pools interrupted as often.
+            out.sort_by_key(|o| self.interruptions_of(o));
+        }
+        out
+    }
+
+    /// Spot interruptions of instances of this (type, zone) in the last day.
+    fn interruptions_of(&self, o: &Offering) -> usize {
+        let pool = Offering {
+            spot: false,
+            ..o.clone()
+        };
+        self.fleet.interruptions.get(&pool.key()).map_or(0, |ts| {
+            ts.iter()
+                .filter(|t| **t + INTERRUPTIONS_KEPT > self.now)
+                .count()
+        })
+    }
+
+    /// Whether a launch into `zone` has anything left to try.
+    fn zone_open(&self, zone: &Option<String>) -> bool {
+        let spot = self.fleet.spec.purchase.is_some_and(|p| p.spot_percent > 0);
+        !self.offerings_in(zone, false).is_empty()
+            || (spot && !self.offerings_in(zone, true).is_empty())
     }
 
     /// What one launch meant for `zone` may try, in order: its zone's offerings, then (unless
-    /// `only_there`) the other zones', fewest instances first.
+    /// `only_there`) the other zones', fewest instances first — Spot ones first for a Spot
+    /// launch, then On-Demand in the same order (Spot falls back to On-Demand).
     pub(super) fn offerings_for(
         &self,
         zone: &Option<String>,
         counts: &ZoneCounts,
         only_there: bool,
+        spot: bool,
     ) -> Vec<Offering> {
-        let mut out = self.offerings_in(zone);
+        let mut zones = vec![zone];
         if !only_there {
             let mut others: Vec<(&Option<String>, &u32)> =
                 counts.iter().filter(|(z, _)| *z != zone).collect();
             others.sort_by_key(|(z, n)| (**n, (*z).clone()));
-            for (z, _) in others {
-                out.extend(self.offerings_in(z));
+            zones.extend(others.into_iter().map(|(z, _)| z));
+        }
+        let mut out = Vec::new();
+        for market in [true, false] {
+            if market && !spot {
+                continue;
+            }
+            for z in &zones {
+                out.extend(self.offerings_in(z, market));
             }
         }
         out
+    }
+
+    /// Whether each of `n` new instances is to be Spot, in order (On-Demand first), so that the
+    /// fleet meets its `purchase` mix: counted over the instances staying that `count` says
+    /// count, and the pending launches.
+    pub(super) fn markets(&self, n: u32, count: impl Fn(&Instance) -> bool) -> Vec<bool> {
+        let Some(p) = self.fleet.spec.purchase else {
+            return vec![false; n as usize];
+        };
+        let target = p.on_demand(self.fleet.spec.capacity);
+        let mut on_demand = self
+            .fleet
+            .live_instances()
+            .filter(|i| i.disposal.is_none() && count(i) && !i.spot)
+            .count() as u32;
+        on_demand += self
+            .fleet
+            .pending
+            .iter()
+            .filter(|p| !p.offerings.first().is_some_and(|o| o.spot))
+            .map(|p| p.count)
+            .sum::<u32>();
+        (0..n)
+            .map(|_| {
+                if on_demand < target {
+                    on_demand += 1;
+                    false
+                } else {
+                    true
+                }
+            })
+            .collect()
     }
 
     /// Spreads `count` new instances over the zones: each to the zone with fewest (first in
@@ -108,7 +182,7 @@ impl Tx {
     pub(super) fn spread(&self, count: u32, counts: &ZoneCounts) -> Vec<(Option<String>, u32)> {
         let mut counts: Vec<(Option<String>, u32)> = counts
             .iter()
-            .filter(|(z, _)| !self.offerings_in(z).is_empty())
+            .filter(|(z, _)| self.zone_open(z))
             .map(|(z, n)| (z.clone(), *n))
             .collect();
         let order = self.fleet.zones();
@@ -147,7 +221,7 @@ impl Tx {
             (Some(own), Some(small)) => {
                 let min = counts.get(&small).copied().unwrap_or(0);
                 let after = counts.get(&own).copied().unwrap_or(0) + u32::from(leaving);
-                if after <= min + 1 && !self.offerings_in(&own).is_empty() {
+                if after <= min + 1 && self.zone_open(&own) {
                     own
                 } else {
                     small
@@ -191,6 +265,26 @@ impl Tx {
                 until,
             }
         });
+    }
+
+    /// Counts a Spot interruption against the pool (type, zone) of the instance: Spot launches
+    /// take that pool after the others for a day.
+    pub(super) fn note_interruption(&mut self, id: &InstanceId) {
+        let Some(i) = self.fleet.instances.get(id) else {
+            return;
+        };
+        let pool = Offering {
+            instance_type: i.instance_type.clone(),
+            subnet: None,
+            zone: self.fleet.zone_of(i),
+            spot: false,
+        }
+        .key();
+        let now = self.now;
+        let times = self.fleet.interruptions.entry(pool).or_default();
+        times.retain(|t| *t + INTERRUPTIONS_KEPT > now);
+        times.push(now);
+        self.fleet.interruptions.retain(|_, ts| !ts.is_empty());
     }
 
     /// Forgets refusals whose time is over (with the next change; a step that only forgets is

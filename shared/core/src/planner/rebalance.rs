@@ -52,7 +52,8 @@ impl Tx {
             // The smallest zone with capacity left would not end up smaller than the largest.
             return;
         }
-        let offerings = self.offerings_for(&zone, &counts, true);
+        let spot = self.markets(1, |_| true)[0];
+        let offerings = self.offerings_for(&zone, &counts, true, spot);
         let Some(image) = self.launchable_image().filter(|_| !offerings.is_empty()) else {
             return;
         };

@@ -153,7 +153,7 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
             .collect();
         found.sort_by(|a, b| (a.launched_at, &a.id).cmp(&(b.launched_at, &b.id)));
         if !found.is_empty() {
-            tx.adopt_launch(&pending.token, &found, &[]);
+            tx.adopt_launch(&pending.token, &found, &[], None);
         } else if pending.lease_until <= now && tx.fleet.quarantined.contains_key(&pending.image) {
             tx.drop_pending(
                 &pending.token,

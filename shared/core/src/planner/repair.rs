@@ -169,7 +169,10 @@ impl Tx {
     pub(super) fn replacement_offerings(&self, id: &InstanceId) -> Vec<Offering> {
         let counts = self.zone_counts();
         let zone = self.replacement_zone(id, &counts);
-        self.offerings_for(&zone, &counts, false)
+        // The market of the instance replaced (a Spot one falls back to On-Demand).
+        let spot = self.fleet.spec.purchase.is_some()
+            && self.fleet.instances.get(id).is_some_and(|i| i.spot);
+        self.offerings_for(&zone, &counts, false, spot)
     }
 
     /// Records that launch `token` replaces the failed instance `id`.

@@ -329,6 +329,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     // Where launches go: the zones as they will be once the rollout is over, so counting only
     // the instances that stay (the old ones are on their way out).
     let launch_counts = tx.zone_counts_where(|i| is_new(i));
+    let launch_markets = tx.markets(MAX_LAUNCHES_PER_STEP, |i| is_new(i));
     let remove: Vec<(InstanceId, String, Reason)> = remove
         .into_iter()
         .map(|(i, why, reason)| (i.id.clone(), why, reason))
@@ -388,9 +389,22 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         return;
     }
     let launch = placed.iter().map(|(_, n)| n).sum();
-    let mut tokens = Vec::new();
+    // On-Demand or Spot, per new instance, to meet the fleet's mix; one decision per zone and
+    // market.
+    let mut markets = launch_markets.into_iter();
+    let mut decisions: Vec<((Option<String>, bool), u32)> = Vec::new();
     for (zone, n) in placed {
-        let offerings = tx.offerings_for(&zone, &counts, false);
+        for _ in 0..n {
+            let key = (zone.clone(), markets.next().unwrap_or(false));
+            match decisions.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, count)) => *count += 1,
+                None => decisions.push((key, 1)),
+            }
+        }
+    }
+    let mut tokens = Vec::new();
+    for ((zone, spot), n) in decisions {
+        let offerings = tx.offerings_for(&zone, &counts, false, spot);
         tokens.push(tx.decide_launch(target.clone(), n, reason.clone(), offerings));
     }
     let now = tx.now;

@@ -76,6 +76,8 @@ pub struct RunInstances {
     pub user_data: Option<String>,
     /// Applied at creation to the instances and their volumes.
     pub tags: BTreeMap<String, String>,
+    /// Spot (one-time, terminated on interruption) rather than On-Demand.
+    pub spot: bool,
 }
 
 /// What `RunInstances` answered.
