@@ -66,7 +66,7 @@ impl Seconds {
 
 impl std::fmt::Display for Seconds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0 >= 86_400 && self.0 % 86_400 == 0 {
+        if self.0 >= 86_400 && self.0.is_multiple_of(86_400) {
             return write!(f, "{}d", self.0 / 86_400);
         }
         let (h, m, s) = (self.0 / 3600, self.0 % 3600 / 60, self.0 % 60);

@@ -17,10 +17,12 @@
 //!   `Fleet::definition`), which every instance carries from its launch (`phoenix:definition`).
 
 use crate::books::Books;
-use crate::ec2::{Ec2, Vm};
+use crate::ec2::{Ec2, Vm, INSTANCE_TYPE, ZONES};
 use chrono::Duration;
 use phoenix_core::events::{Change, Notification};
-use phoenix_core::model::{Health, Instance, Openness, RolloutStatus, Target, Timestamp};
+use phoenix_core::model::{
+    retires_at, Health, Instance, Openness, RolloutStatus, Target, Timestamp,
+};
 use phoenix_core::{ImageId, InstanceId};
 use phoenix_protocol::store::Standing;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +32,26 @@ use std::collections::{BTreeMap, BTreeSet};
 /// again every one to two minutes, and a scheduled reconcile runs every minute; fifteen minutes is
 /// many lost reports and failed invocations in a row.
 pub const SILENCE: Duration = Duration::minutes(15);
+
+/// How long a zone must have been free of shortages (every type the fleet launches refused
+/// there, or the zone down) before the balance check judges the fleet: EC2's refusals are
+/// remembered for `UNAVAILABLE_FOR` (3 min), and a zone that failed comes back only once EC2
+/// launches there again.
+pub const BALANCE_QUIET: Duration = Duration::minutes(10);
+
+/// How long a settled fleet may keep zones more than one apart without bringing them closer: a
+/// scheduled reconcile decides the next move of a rebalance within a minute, and the move (a
+/// launch, its boot, hooks and health, then a scale-in with its drain) takes a few more — unless
+/// events are lost and invocations crash: as long as `SILENCE` allows for a failure to be seen.
+pub const BALANCE_GRACE: Duration = SILENCE;
+
+/// What replacing one instance that reached its lifetime takes at most when nothing holds it
+/// back: a pass to see it (every minute, with lost events and crashed invocations in between),
+/// its replacement's launch, boot and status checks (up to 3 min), the health report, the
+/// termination; instances that age together go a wave of the surge at a time, so the bound adds
+/// `LIFETIME_PER_INSTANCE` for each instance of the fleet.
+pub const LIFETIME_SLACK: Duration = Duration::minutes(20);
+pub const LIFETIME_PER_INSTANCE: Duration = Duration::minutes(5);
 
 /// A report set the instance back: phoenix believes it failed after it was reported, or it
 /// recovered from that failure (it passed again while the breaker held repairs back) and is being
@@ -83,6 +105,19 @@ pub struct Checker {
     notes_published: BTreeSet<String>,
     /// The fleet's definition from each version that changed it on.
     definitions: BTreeMap<u64, String>,
+    /// Instances an operator protected at some time: they do not age while protected, so the
+    /// lifetime bound is not theirs.
+    ever_protected: BTreeSet<InstanceId>,
+    /// When each zone was last short (`BALANCE_QUIET`).
+    short_at: [Option<Timestamp>; ZONES.len()],
+    /// Since when the fleet has been settled with zones more than one apart and no closer, and
+    /// how far apart (largest minus smallest) they were then.
+    unbalanced_since: Option<(Timestamp, u32)>,
+    /// Time during which something held an aged instance's replacement back (see the lifetime
+    /// check), as (instant, total held up to it) after each step.
+    held: Vec<(Timestamp, Duration)>,
+    /// Every launch EC2 made: image, definition tag, when.
+    launches: Vec<(ImageId, Option<String>, Timestamp)>,
 }
 
 /// What one look at the world found (for the trace and the end-of-run report).
@@ -156,6 +191,29 @@ impl Checker {
         for image in q.keys() {
             self.quarantined_at.entry(image.clone()).or_insert(version);
         }
+    }
+
+    /// The operator set an instance's `phoenix:protected` tag.
+    pub fn on_protected(&mut self, id: &InstanceId) {
+        self.ever_protected.insert(id.clone());
+    }
+
+    /// RunInstances created instances of this image and definition.
+    pub fn on_launched(&mut self, image: &ImageId, definition: Option<&str>, at: Timestamp) {
+        self.launches
+            .push((image.clone(), definition.map(str::to_string), at));
+    }
+
+    /// Held time between `from` and the last step (`held`).
+    fn held_since(&self, from: Timestamp) -> Duration {
+        let Some((_, total)) = self.held.last() else {
+            return Duration::zero();
+        };
+        let k = self.held.partition_point(|(at, _)| *at <= from);
+        let before = k
+            .checked_sub(1)
+            .map_or(Duration::zero(), |k| self.held[k].1);
+        *total - before
     }
 
     /// An event's intent went to the fleet's inbox. It is new there: an event is queued at most
@@ -451,6 +509,8 @@ impl Checker {
             }
         }
 
+        self.check_placement(books, ec2, now, excused + lost > 0, &mut out);
+
         (
             Census {
                 healthy,
@@ -461,6 +521,205 @@ impl Checker {
             },
             out,
         )
+    }
+
+    /// Balance and lifetime, after every step. `hurt`: instances are broken by faults, or lost to
+    /// them and not yet made up.
+    fn check_placement(
+        &mut self,
+        books: &Books,
+        ec2: &Ec2,
+        now: Timestamp,
+        hurt: bool,
+        out: &mut Vec<(&'static str, String)>,
+    ) {
+        let meta = books.meta();
+        let policy = &meta.spec.policy;
+        // A zone is short while every type the fleet launches is refused there, or it is down.
+        let types = meta.spec.launch_types();
+        let mut short_now = false;
+        for (z, at) in self.short_at.iter_mut().enumerate() {
+            let short = ec2.zones_down.contains_key(&z)
+                || types
+                    .iter()
+                    .all(|t| ec2.short(t.as_deref().unwrap_or(INSTANCE_TYPE), z, now));
+            if short {
+                *at = Some(now);
+                short_now = true;
+            }
+        }
+        let recently_short = self
+            .short_at
+            .iter()
+            .flatten()
+            .any(|t| now - *t < BALANCE_QUIET);
+        let closed = !matches!(policy.disruption_at(now), Openness::Open { .. });
+        let hourly_spent = policy.max_replacements_per_hour.is_some_and(|limit| {
+            let recent = meta
+                .disruptions
+                .iter()
+                .filter(|t| **t + Duration::hours(1) > now)
+                .count();
+            recent >= limit as usize
+        });
+        let rollout = meta.rollout.as_ref().filter(|r| r.status.is_active());
+        let launchable = !meta.quarantined.contains_key(&meta.spec.image);
+
+        // ---- Balance -----------------------------------------------------------------------
+        // Settled: no rollout under way, no breaker, every target group there, the fleet's own
+        // image launchable, nothing broken by faults or lost to them, no instance protected (a
+        // scale-in never takes a protected instance, so protection may keep a zone large); and
+        // voluntary disruption allowed (the windows open, the hourly budget not spent): a
+        // rebalance is voluntary. Launches and scale-ins may come and go: they keep the zones
+        // within one (spread, and taken from the largest), and a rebalance is a launch and a
+        // scale-in — so the clock runs through them, and a rebalance that never ends (launching
+        // into the wrong zone, say) is caught as surely as one never begun.
+        // Rule: a fleet settled, no zone short for `BALANCE_QUIET`, whose zones' alive counts
+        // differ by more than one, brings them closer (the largest minus the smallest goes down)
+        // within every `BALANCE_GRACE`: a rebalance moves one instance at a time.
+        let settled = rollout.is_none()
+            && meta.breaker.is_none()
+            && meta.lb_missing.is_empty()
+            && launchable
+            && !closed
+            && !hourly_spent
+            && !hurt
+            && books.live().all(|i| !i.protected && !i.is_failed())
+            && ec2.alive().all(|vm| !vm.protected);
+        match Self::unbalanced(ec2).filter(|_| settled && !recently_short) {
+            Some(zones) => {
+                let spread = Self::zone_spread(ec2);
+                let (since, was) = *self.unbalanced_since.get_or_insert((now, spread));
+                if spread < was {
+                    self.unbalanced_since = Some((now, spread));
+                } else if now - since > BALANCE_GRACE {
+                    out.push((
+                        "balance",
+                        format!(
+                            "settled for {} min with no zone short, zones still differ by more \
+                             than one and came no closer: {zones}",
+                            (now - since).num_minutes()
+                        ),
+                    ));
+                    self.unbalanced_since = Some((now, spread));
+                }
+            }
+            None => self.unbalanced_since = None,
+        }
+
+        // ---- Lifetime ----------------------------------------------------------------------
+        // Held: what stops the planner from replacing an instance that reached its lifetime —
+        // the windows closed, the hourly budget spent, the breaker, the fleet's image
+        // quarantined, a rollout paused or stalled (it replaces old and aged alike, at its
+        // pace), instances broken or lost to faults (an aged one goes only as a healthy
+        // replacement covers it), a zone short.
+        let held = closed
+            || hourly_spent
+            || meta.breaker.is_some()
+            || !launchable
+            || rollout.is_some_and(|r| r.status == RolloutStatus::Paused || r.stalled.is_some())
+            || hurt
+            || short_now;
+        let total =
+            self.held.last().map_or(
+                Duration::zero(),
+                |(at, t)| {
+                    if held {
+                        *t + (now - *at)
+                    } else {
+                        *t
+                    }
+                },
+            );
+        if self.held.last().is_none_or(|(at, _)| *at < now) {
+            self.held.push((now, total));
+        }
+        // Rule: an instance of a fleet with a `max_instance_lifetime` L, never protected, is
+        // alive at most L (from its launch; it retires within L's last tenth, `retires_at`) plus
+        // `LIFETIME_SLACK`, plus `LIFETIME_PER_INSTANCE` per instance of the fleet's capacity,
+        // plus the time held since it reached its retirement.
+        let Some(lifetime) = meta.spec.max_instance_lifetime else {
+            return;
+        };
+        let per_instance = LIFETIME_PER_INSTANCE * meta.spec.capacity as i32;
+        for vm in ec2.alive() {
+            if self.ever_protected.contains(&vm.id) {
+                continue;
+            }
+            let Some(rec) = books.instance(&vm.id) else {
+                continue;
+            };
+            let retires = retires_at(rec, lifetime);
+            if now <= retires {
+                continue;
+            }
+            let bound =
+                lifetime.duration() + LIFETIME_SLACK + per_instance + self.held_since(retires);
+            let age = now - vm.launched_at;
+            if age > bound {
+                out.push((
+                    "lifetime",
+                    format!(
+                        "{} alive for {} min, beyond max_instance_lifetime {lifetime} + {} min (slack, \
+                         and {} min held)",
+                        vm.id,
+                        age.num_minutes(),
+                        (bound - lifetime.duration()).num_minutes(),
+                        self.held_since(retires).num_minutes()
+                    ),
+                ));
+                self.ever_protected.insert(vm.id.clone());
+            }
+        }
+    }
+
+    /// After every commit: a rollout rolls back (or quarantines its image) only for what its new
+    /// instances did — failed health checks, or not healthy by the progress deadline while the
+    /// image may be at fault. A rollout none of whose instances EC2 ever launched (every wave
+    /// refused for capacity, say) cannot blame its image: it stalls instead. An operator's undo
+    /// is not judged.
+    pub fn check_rollback(&self, books: &Books, changes: &[Change]) -> Option<String> {
+        let meta = books.meta();
+        let r = meta.rollout.as_ref()?;
+        let why = changes.iter().find_map(|c| match c {
+            Change::RolloutRollingBack { rollout, reason }
+                if *rollout == r.id && reason != "undone by operator" =>
+            {
+                Some(reason.clone())
+            }
+            Change::ImageQuarantined { image, reason } if *image == r.to => Some(reason.clone()),
+            _ => None,
+        })?;
+        let definition = r.definition.as_ref().map(|d| d.to.as_str());
+        let launched = self.launches.iter().any(|(image, def, at)| {
+            *image == r.to
+                && *at + Duration::seconds(1) >= r.started_at
+                && definition.is_none_or(|d| def.as_deref() == Some(d))
+        });
+        (!launched).then(|| {
+            format!(
+                "rollout {} to {} rolls back ({why}), but EC2 never launched an instance of it",
+                r.id, r.to
+            )
+        })
+    }
+
+    /// After every commit: no voluntary termination of a protected instance. The planner reads
+    /// the `phoenix:protected` tag on every pass (`Instance::protected`, as committed with the
+    /// decision); it may still terminate a protected instance that failed or that AWS retires,
+    /// and carry out a termination decided before the tag was set (`… issued again`).
+    pub fn check_protected(books: &Books, changes: &[Change]) -> Option<String> {
+        changes.iter().find_map(|c| {
+            let Change::TerminationDecided { instance, reason } = c else {
+                return None;
+            };
+            let i = books.instance(instance)?;
+            let allowed = !i.protected
+                || i.is_failed()
+                || i.retirement.is_some()
+                || reason.ends_with("issued again)");
+            (!allowed).then(|| format!("{instance} is protected, and terminated: {reason}"))
+        })
     }
 
     /// Before RunInstances creates instances: no launch from an image quarantined for the fleet,
@@ -652,6 +911,33 @@ impl Checker {
             ));
         }
         None
+    }
+
+    /// The largest zone's alive instances minus the smallest's.
+    fn zone_spread(ec2: &Ec2) -> u32 {
+        let mut counts = [0u32; ZONES.len()];
+        for vm in ec2.alive() {
+            counts[vm.zone] += 1;
+        }
+        counts.iter().max().copied().unwrap_or(0) - counts.iter().min().copied().unwrap_or(0)
+    }
+
+    /// The fleet's alive instances per zone (every zone of the fleet, empty ones too), when the
+    /// largest has more than one above the smallest: `us-east-1a 3, us-east-1b 1, …`.
+    pub fn unbalanced(ec2: &Ec2) -> Option<String> {
+        let mut counts = [0u32; ZONES.len()];
+        for vm in ec2.alive() {
+            counts[vm.zone] += 1;
+        }
+        let (most, least) = (counts.iter().max()?, counts.iter().min()?);
+        (most - least > 1).then(|| {
+            ZONES
+                .iter()
+                .zip(counts)
+                .map(|(z, n)| format!("{z} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
     }
 
     /// Before an instance is terminated: if its record says it waits for a replacement's launch,

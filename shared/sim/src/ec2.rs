@@ -4,13 +4,16 @@
 //! instances and is eventually consistent for new ones, DescribeInstanceStatus, TerminateInstances
 //! that fails whole for an unknown id or one the fleet's IAM policy does not cover. Plus the
 //! faults: boot and status-check delays, bad images, zone outages, single failures, instances
-//! vanishing or stopping, capacity shortages, throttling and lost responses.
+//! vanishing or stopping, capacity shortages (per pool: an instance type in a zone, every type in
+//! a zone — an outage of the zone's capacity — or everywhere), throttling and lost responses; and
+//! the `phoenix:protected` tag an operator sets on an instance and removes.
 
 use crate::rng::Rng;
 use chrono::Duration;
 use phoenix_core::images::ImageFacts;
 use phoenix_core::model::{
-    LaunchTemplateRef, Lifecycle, Observed, Timestamp, TAG_DEFINITION, TAG_FLEET, TAG_TOKEN,
+    LaunchTemplateRef, Lifecycle, Observed, Timestamp, TAG_DEFINITION, TAG_FLEET, TAG_PROTECTED,
+    TAG_TOKEN,
 };
 use phoenix_core::{ImageId, InstanceId};
 use phoenix_protocol::error::{Error, Result};
@@ -24,6 +27,31 @@ pub const SUBNETS: [&str; 3] = ["subnet-0000000a", "subnet-0000000b", "subnet-00
 pub const INSTANCE_TYPE: &str = "t3.micro";
 /// The simulated fleet's name.
 pub const FLEET: &str = "web";
+
+/// A pool of EC2 capacity: an instance type in a zone. `None` is every type, or every zone.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pool {
+    pub instance_type: Option<String>,
+    pub zone: Option<usize>,
+}
+
+impl Pool {
+    /// Whether a launch of `instance_type` into `zone` draws on this pool.
+    pub fn covers(&self, instance_type: &str, zone: usize) -> bool {
+        self.instance_type
+            .as_deref()
+            .is_none_or(|t| t == instance_type)
+            && self.zone.is_none_or(|z| z == zone)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} in {}",
+            self.instance_type.as_deref().unwrap_or("any type"),
+            self.zone.map_or("any zone", |z| ZONES[z])
+        )
+    }
+}
 
 /// How an image is broken, if it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +88,8 @@ pub struct Vm {
     pub launched_at: Timestamp,
     /// It carries the `phoenix:fleet` tag.
     pub tagged: bool,
+    /// It carries the `phoenix:protected` tag.
+    pub protected: bool,
     /// DescribeInstances shows it from then (eventual consistency).
     pub visible_from: Timestamp,
     pub state: Lifecycle,
@@ -108,8 +138,9 @@ pub struct Ec2 {
     pub bad_images: BTreeMap<ImageId, Badness>,
     /// Zones down, until when.
     pub zones_down: BTreeMap<usize, Timestamp>,
-    /// Zones out of capacity (RunInstances fails), until when; `usize::MAX` is every zone.
-    pub shortage: BTreeMap<usize, Timestamp>,
+    /// Pools out of capacity (RunInstances of a type in a zone the pool covers fails with
+    /// InsufficientInstanceCapacity), until when.
+    pub shortage: BTreeMap<Pool, Timestamp>,
     /// API calls fail with RequestLimitExceeded with this probability (per mille) until then.
     pub throttle: Option<(Timestamp, u32)>,
     /// Whether RunInstances honours the ClientToken (real EC2 does; the emulator does not).
@@ -193,6 +224,9 @@ impl Ec2 {
         if let Some(d) = &vm.definition {
             tags.insert(TAG_DEFINITION.to_string(), d.clone());
         }
+        if vm.protected {
+            tags.insert(TAG_PROTECTED.to_string(), "true".to_string());
+        }
         Ec2Instance {
             id: vm.id.to_string(),
             image: Some(vm.image.to_string()),
@@ -206,6 +240,13 @@ impl Ec2 {
     }
 
     // --- the API -------------------------------------------------------------------------------
+
+    /// Whether RunInstances of `instance_type` into `zone` is refused for capacity now.
+    pub fn short(&self, instance_type: &str, zone: usize, now: Timestamp) -> bool {
+        self.shortage
+            .iter()
+            .any(|(pool, until)| now < *until && pool.covers(instance_type, zone))
+    }
 
     /// DescribeInstances: every instance the filter selects that is listed yet (new ones appear
     /// after a lag) and not terminated.
@@ -290,8 +331,8 @@ impl Ec2 {
             .as_deref()
             .and_then(|s| SUBNETS.iter().position(|x| *x == s))
             .unwrap_or(0);
-        let short = |z: usize| self.shortage.get(&z).is_some_and(|u| now < *u);
-        if short(zone) || short(usize::MAX) {
+        let instance_type = r.instance_type.as_deref().unwrap_or(INSTANCE_TYPE);
+        if self.short(instance_type, zone, now) {
             return (
                 Err(Error::Capacity("InsufficientInstanceCapacity".into())),
                 Vec::new(),
@@ -414,7 +455,7 @@ impl Ec2 {
                 instance_type: Some(vm.instance_type.clone()),
                 subnet: Some(SUBNETS[vm.zone].to_string()),
                 definition: vm.definition.clone(),
-                protected: false,
+                protected: vm.protected,
             })
             .collect()
     }
@@ -427,7 +468,13 @@ impl Ec2 {
         now: Timestamp,
         rng: &mut Rng,
     ) -> Vec<InstanceId> {
-        let (token, count) = (r.client_token.as_str(), r.count);
+        // The decision's token is the `phoenix:launch` tag; the ClientToken is one attempt at
+        // it (`<token>.<k>` for a later offering), which EC2 keeps apart from the tag.
+        let token = r
+            .tags
+            .get(TAG_TOKEN)
+            .map_or(r.client_token.as_str(), String::as_str);
+        let count = r.count;
         let born = self.bad_images.get(image).copied().unwrap_or(Badness::Good);
         let mut ids = Vec::new();
         for _ in 0..count {
@@ -455,6 +502,7 @@ impl Ec2 {
                     definition: r.tags.get(TAG_DEFINITION).cloned(),
                     launched_at: now,
                     tagged: true,
+                    protected: false,
                     visible_from: now + Duration::seconds(lag),
                     state: Lifecycle::Pending,
                     running_at,
@@ -473,7 +521,7 @@ impl Ec2 {
             ids.push(id);
         }
         self.client_tokens
-            .entry(token.to_string())
+            .entry(r.client_token.clone())
             .or_insert_with(|| ids.clone());
         self.tokens_created.insert(token.to_string());
         ids

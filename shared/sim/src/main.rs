@@ -1,7 +1,7 @@
 //! `phoenix-sim`: runs the deterministic simulation over many seeds, or replays one.
 //!
 //! ```text
-//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--trace] [--quiet]
+//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--placement] [--trace] [--quiet]
 //! ```
 
 use phoenix_sim::{run_seed, Config, Report, Stats, Variant};
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--trace] [--quiet]
+usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--placement] [--trace] [--quiet]
 
   --steps N        run seeds FIRST, FIRST+1, ... until N steps in all (default 100000)
   --seeds FIRST    first seed of the range (default 1)
@@ -20,7 +20,8 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
   --variant NAME   drive a deliberately broken planner or protocol: real (default);
                    planners: drop-after-launch, replace-in-place, launch-quarantined,
                    surge-blind, ignore-health-failures, ignore-windows, ignore-drift,
-                   ignore-launch-hook, ignore-target-health, skip-terminating-hook;
+                   ignore-launch-hook, ignore-target-health, skip-terminating-hook,
+                   place-blind;
                    protocols: relaunch-blind,
                    act-before-deciding, lapsed-as-completed, keep-queued,
                    ignore-deadline-reserve, terminate-unchecked, remove-before-publish,
@@ -31,6 +32,9 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    operator who edits the fleet file (without it, some seeds do)
   --traffic        every seed draws load balancer target groups and lifecycle hooks (without it,
                    some seeds do)
+  --placement      every seed draws a list of instance types to fall back on, a
+                   max_instance_lifetime (fleets of up to six) and an operator who protects
+                   instances (without it, some seeds do)
   --trace          print every step of the trace
   --quiet          print only the summary (and failures)
 
@@ -48,6 +52,7 @@ struct Args {
     chatty: bool,
     drift: bool,
     traffic: bool,
+    placement: bool,
     quiet: bool,
 }
 
@@ -63,6 +68,7 @@ fn parse() -> Result<Args, String> {
         chatty: false,
         drift: false,
         traffic: false,
+        placement: false,
         quiet: false,
     };
     let mut it = std::env::args().skip(1);
@@ -87,6 +93,7 @@ fn parse() -> Result<Args, String> {
             "--chatty" => a.chatty = true,
             "--drift" => a.drift = true,
             "--traffic" => a.traffic = true,
+            "--placement" => a.placement = true,
             "--quiet" => a.quiet = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -104,6 +111,7 @@ fn config(a: &Args, seed: u64) -> Config {
     cfg.chatty = a.chatty;
     cfg.drift = a.drift;
     cfg.traffic = a.traffic;
+    cfg.placement = a.placement;
     cfg
 }
 
@@ -126,6 +134,9 @@ fn replay_command(a: &Args, seed: u64) -> String {
     }
     if a.traffic {
         cmd.push_str(" --traffic");
+    }
+    if a.placement {
+        cmd.push_str(" --placement");
     }
     cmd
 }
@@ -215,6 +226,17 @@ fn stats_line(s: &Stats) -> String {
         s.published,
         s.notifications,
         s.notifications_repeated
+    ) + &format!(
+        ", capacity shortages {} (offerings refused {}, launches with no offering left {}, \
+         launched on a fallback type {}), rebalances {}, retired at their lifetime {}, \
+         protections set or lifted {}",
+        s.shortages,
+        s.offerings_refused,
+        s.capacity_unavailable,
+        s.fallback_launches,
+        s.rebalances,
+        s.lifetime_retirements,
+        s.protections
     )
 }
 

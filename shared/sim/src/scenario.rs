@@ -12,6 +12,11 @@
 //! their deregistration delays, and `elb` in the health check now and then) and the lifecycle
 //! hooks some fleets have (launching, terminating or both, with their timeouts and default
 //! results).
+//!
+//! And, from a third stream, placement: a list of two or three instance types to fall back on
+//! (`instance_types`), a short `max_instance_lifetime` (one to three hours, for fleets of up to
+//! six: a larger fleet with an hour's lifetime would never be at rest), and an operator who
+//! protects a few instances (`phoenix:protected`) for a while.
 
 use crate::ec2::{Badness, Ec2, FLEET, INSTANCE_TYPE, SUBNETS};
 use crate::rng::Rng;
@@ -73,6 +78,8 @@ pub struct Scenario {
     /// The fleet's target groups (ARN, deregistration delay in seconds), made in the simulated
     /// ELB before the fleet is applied.
     pub groups: Vec<(String, u64)>,
+    /// The operator now and then sets or removes an instance's `phoenix:protected` tag.
+    pub protection: bool,
 }
 
 /// Deregistration delays a target group is drawn with (AWS's default is 300 s).
@@ -123,6 +130,30 @@ fn draw_traffic(lanes: &mut Rng, spec: &mut FleetSpec, every: bool) -> Vec<(Stri
     groups
 }
 
+/// The placement of seeds that draw it (all with `every`), from its own stream (see the module's
+/// comment): instance types to fall back on, a lifetime, protection. Returns whether the operator
+/// protects instances.
+fn draw_placement(places: &mut Rng, spec: &mut FleetSpec, every: bool) -> bool {
+    if every || places.chance(350) {
+        let mut types: Vec<String> = INSTANCE_TYPES.iter().map(|t| t.to_string()).collect();
+        let first = places.below(types.len() as u64) as usize;
+        types.rotate_left(first);
+        types.truncate(places.range(2, 3) as usize);
+        spec.instance_types = types;
+        spec.instance_type = None;
+    }
+    if spec.capacity <= 6 && (every || places.chance(300)) {
+        spec.max_instance_lifetime = Some(Seconds(3600 * *places.pick(&[1, 1, 2, 3])));
+        // Every instance goes once a lifetime: an hourly budget below what the fleet (scaled up
+        // to twice its size and a few more by the operator) needs per hour would leave it never
+        // at rest, by arithmetic, not by phoenix's fault.
+        if let Some(limit) = spec.policy.max_replacements_per_hour.as_mut() {
+            *limit = (*limit).max(4 * (2 * spec.capacity + 6));
+        }
+    }
+    every || places.chance(250)
+}
+
 /// One change an operator makes to the fleet file before applying it: the file is the fleet's
 /// current spec (`phoenix fleet show`) with its launch template as first written, and this.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,9 +175,13 @@ impl Edit {
         }
     }
 
-    /// The fleet file with this change.
+    /// The fleet file with this change. A fleet with a list of types gets this one first.
     pub fn apply(&self, spec: &mut FleetSpec) {
         match self {
+            Edit::InstanceType(t) if !spec.instance_types.is_empty() => {
+                spec.instance_types.retain(|x| x != t);
+                spec.instance_types.insert(0, t.to_string());
+            }
             Edit::InstanceType(t) => spec.instance_type = Some(t.to_string()),
             Edit::UserData(u) => spec.user_data = u.map(str::to_string),
             Edit::Team(Some(t)) => {
@@ -289,8 +324,15 @@ fn quantity(rng: &mut Rng, choices: &[&str]) -> Quantity {
 impl Scenario {
     /// What seed `rng` draws. `drift`: every seed draws windows or freezes, a floating launch
     /// template and an operator who edits the fleet file (else some seeds do). `traffic`: every
-    /// seed draws target groups and lifecycle hooks (else some seeds do).
-    pub fn draw(rng: &mut Rng, ec2: &mut Ec2, drift: bool, traffic: bool) -> Scenario {
+    /// seed draws target groups and lifecycle hooks (else some seeds do). `placement`: every seed
+    /// draws instance types to fall back on, a lifetime (fleets of up to six) and protection.
+    pub fn draw(
+        rng: &mut Rng,
+        ec2: &mut Ec2,
+        drift: bool,
+        traffic: bool,
+        placement: bool,
+    ) -> Scenario {
         // Now and then a large fleet, so that steps reach their limits (92 launches, 92
         // terminations, 92 instances touched), outcomes take several transactions and waves
         // several steps.
@@ -467,6 +509,8 @@ impl Scenario {
         let edits = drift || side.chance(150);
         let mut lanes = Rng::new(rng.clone().next_u64() ^ 0x7472_6166_6669_6373);
         let groups = draw_traffic(&mut lanes, &mut spec, traffic);
+        let mut places = Rng::new(rng.clone().next_u64() ^ 0x706c_6163_656d_656e);
+        let protection = draw_placement(&mut places, &mut spec, placement);
         Scenario {
             max_capacity: (capacity * 2).clamp(2, 80),
             spec,
@@ -477,6 +521,7 @@ impl Scenario {
             edits,
             schedule,
             groups,
+            protection,
         }
     }
 
@@ -553,6 +598,18 @@ impl Scenario {
                 .map(|(arn, delay)| format!("{} delay {delay}s", group_name(arn)))
                 .collect();
             extra.push_str(&format!("; target groups [{}]", groups.join(", ")));
+        }
+        if !self.spec.instance_types.is_empty() {
+            extra.push_str(&format!(
+                "; instance types [{}]",
+                self.spec.instance_types.join(", ")
+            ));
+        }
+        if let Some(l) = self.spec.max_instance_lifetime {
+            extra.push_str(&format!("; max_instance_lifetime {l}"));
+        }
+        if self.protection {
+            extra.push_str("; the operator protects instances");
         }
         let hooks = &self.spec.hooks;
         if !hooks.is_empty() {

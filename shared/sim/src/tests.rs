@@ -55,6 +55,16 @@ fn run_drifting(seed: u64, steps: u64, variant: Variant) -> Report {
     run_seed(cfg)
 }
 
+/// A run in which the seed draws instance types, a lifetime and protection
+/// (`Config::placement`).
+fn run_placing(seed: u64, steps: u64, variant: Variant) -> Report {
+    let mut cfg = Config::new(seed);
+    cfg.chaos_steps = steps;
+    cfg.variant = variant;
+    cfg.placement = true;
+    run_seed(cfg)
+}
+
 /// A run in which the seed draws target groups and lifecycle hooks (`Config::traffic`).
 fn run_traffic(seed: u64, steps: u64, variant: Variant) -> Report {
     let mut cfg = Config::new(seed);
@@ -529,12 +539,37 @@ fn target_groups_and_hooks_keep_every_invariant_on_these_seeds() {
 }
 
 #[test]
+fn instance_types_lifetimes_protection_and_shortages_keep_every_invariant_on_these_seeds() {
+    let mut stats = crate::Stats::default();
+    for seed in 1..=48 {
+        let r = run_placing(seed, 3000, Variant::Real);
+        assert!(
+            r.violation.is_none(),
+            "seed {seed}: {:?}\n{}\n{}",
+            r.violation,
+            r.scenario,
+            r.trace_tail.join("\n")
+        );
+        stats.add(&r.stats);
+    }
+    // What these seeds are for happened: shortages, offerings refused and fallen back from,
+    // launches that found no offering, rebalances, retirements for age, protections.
+    assert!(stats.shortages > 0, "{stats:?}");
+    assert!(stats.offerings_refused > 0, "{stats:?}");
+    assert!(stats.fallback_launches > 0, "{stats:?}");
+    assert!(stats.capacity_unavailable > 0, "{stats:?}");
+    assert!(stats.rebalances > 0, "{stats:?}");
+    assert!(stats.lifetime_retirements > 0, "{stats:?}");
+    assert!(stats.protections > 0, "{stats:?}");
+}
+
+#[test]
 fn a_seed_draws_target_groups_and_hooks_without_touching_the_rest_of_its_stream() {
     let mut drawn = [0u32; 2];
     for seed in 1..=200 {
         let (mut a, mut b) = (Rng::new(seed), Rng::new(seed));
-        let plain = crate::scenario::Scenario::draw(&mut a, &mut Ec2::new(), false, false);
-        let every = crate::scenario::Scenario::draw(&mut b, &mut Ec2::new(), false, true);
+        let plain = crate::scenario::Scenario::draw(&mut a, &mut Ec2::new(), false, false, false);
+        let every = crate::scenario::Scenario::draw(&mut b, &mut Ec2::new(), false, true, false);
         assert_eq!(a.next_u64(), b.next_u64(), "seed {seed}");
         assert_eq!(plain.spec.capacity, every.spec.capacity);
         assert!(!every.groups.is_empty() && !every.spec.hooks.is_empty());
@@ -624,8 +659,8 @@ fn a_seed_draws_windows_templates_and_edits_without_touching_the_rest_of_its_str
     let mut drawn = [0u32; 3];
     for seed in 1..=200 {
         let (mut a, mut b) = (Rng::new(seed), Rng::new(seed));
-        let plain = crate::scenario::Scenario::draw(&mut a, &mut Ec2::new(), false, false);
-        let every = crate::scenario::Scenario::draw(&mut b, &mut Ec2::new(), true, false);
+        let plain = crate::scenario::Scenario::draw(&mut a, &mut Ec2::new(), false, false, false);
+        let every = crate::scenario::Scenario::draw(&mut b, &mut Ec2::new(), true, false, false);
         assert_eq!(a.next_u64(), b.next_u64(), "seed {seed}");
         assert_eq!(plain.spec.capacity, every.spec.capacity);
         assert!(every.scheduled() && every.template.is_some() && every.edits);
@@ -682,7 +717,7 @@ fn a_window_at_a_time_the_clocks_skip_or_repeat_opens_where_the_simulator_expect
             .single()
             .unwrap_or_default();
         let draw = |s: u64| {
-            crate::scenario::Scenario::draw(&mut Rng::new(s), &mut Ec2::new(), true, false)
+            crate::scenario::Scenario::draw(&mut Rng::new(s), &mut Ec2::new(), true, false, false)
         };
         let seed = (1..=400)
             .find(|s| draw(*s).schedule.is_some_and(|w| w.contains(words)))
@@ -968,7 +1003,7 @@ fn drift_left_unrolled_is_caught() {
     caught_in(
         Variant::Planner(PlannerBug::IgnoreDrift),
         "drift",
-        3,
+        12,
         run_drifting,
     );
 }
@@ -1014,9 +1049,14 @@ fn terminating_before_the_terminating_hook_ended_is_caught() {
 }
 
 #[test]
+fn placing_without_balancing_is_caught() {
+    caught(Variant::Planner(PlannerBug::PlaceBlind), "balance", 30);
+}
+
+#[test]
 fn every_variant_has_its_test() {
     // The list above names each variant once; a variant added without a test fails here.
-    assert_eq!(Variant::all().len(), 1 + 10 + 9);
+    assert_eq!(Variant::all().len(), 1 + 11 + 9);
 }
 
 #[test]

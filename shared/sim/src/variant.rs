@@ -5,8 +5,8 @@
 
 use phoenix_core::events::{Change, Intent};
 use phoenix_core::model::{
-    Disposal, Fleet, Health, HookResult, HookWait, Lifecycle, Observed, RolloutStatus, Signals,
-    Stage, Timestamp,
+    Disposal, Fleet, Health, HookResult, HookWait, Lifecycle, Observed, Offering, RolloutStatus,
+    Signals, Stage, Timestamp,
 };
 use phoenix_core::planner::{Command, Outcome, Step};
 use phoenix_core::InstanceId;
@@ -42,6 +42,9 @@ pub enum PlannerBug {
     /// Reconciles as if every terminating hook had timed out: a drained instance is terminated
     /// without waiting for the hook's answer.
     SkipTerminatingHook,
+    /// Places without balancing: every launch tries the fleet's first zone only (its types
+    /// there), whichever zone the planner chose — the rebalance's launches too.
+    PlaceBlind,
 }
 
 /// What the simulator drives: the real protocol, a broken planner, or a broken protocol.
@@ -53,7 +56,7 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const PLANNER: [PlannerBug; 10] = [
+    pub const PLANNER: [PlannerBug; 11] = [
         PlannerBug::DropAfterLaunch,
         PlannerBug::ReplaceInPlace,
         PlannerBug::LaunchQuarantined,
@@ -64,6 +67,7 @@ impl Variant {
         PlannerBug::IgnoreLaunchHook,
         PlannerBug::IgnoreTargetHealth,
         PlannerBug::SkipTerminatingHook,
+        PlannerBug::PlaceBlind,
     ];
 
     /// Every variant: the real one, the planner's, the protocol's.
@@ -92,6 +96,7 @@ impl Variant {
             Variant::Planner(PlannerBug::IgnoreLaunchHook) => "ignore-launch-hook",
             Variant::Planner(PlannerBug::IgnoreTargetHealth) => "ignore-target-health",
             Variant::Planner(PlannerBug::SkipTerminatingHook) => "skip-terminating-hook",
+            Variant::Planner(PlannerBug::PlaceBlind) => "place-blind",
             Variant::Protocol(v) => v.name(),
         }
     }
@@ -240,6 +245,7 @@ impl Broken {
             | PlannerBug::IgnoreLaunchHook
             | PlannerBug::SkipTerminatingHook => {}
             PlannerBug::IgnoreTargetHealth => count_unserved(&mut step),
+            PlannerBug::PlaceBlind => place_blind(&mut step),
             PlannerBug::DropAfterLaunch => {
                 for c in &mut step.commands {
                     if let Command::Terminate { after_launch, .. } = c {
@@ -296,6 +302,38 @@ impl Broken {
 
 /// Every running instance not counted yet whose other signals are in (those its policy names,
 /// its launching hook passed) counts healthy, whatever the target groups report.
+/// Every launch's offerings moved into the fleet's first zone (its first subnet), one per type.
+fn place_blind(step: &mut Step) {
+    let Some((zone, subnet)) = step.fleet.zones().into_iter().next() else {
+        return;
+    };
+    let blind = |offerings: &mut Vec<Offering>| {
+        let mut types: Vec<Option<String>> = Vec::new();
+        for o in offerings.iter() {
+            if !types.contains(&o.instance_type) {
+                types.push(o.instance_type.clone());
+            }
+        }
+        *offerings = types
+            .into_iter()
+            .map(|t| Offering {
+                instance_type: t,
+                subnet: Some(subnet.clone()),
+                zone: Some(zone.clone()),
+                spot: false,
+            })
+            .collect();
+    };
+    for c in &mut step.commands {
+        if let Command::Launch { offerings, .. } = c {
+            blind(offerings);
+        }
+    }
+    for p in &mut step.fleet.pending {
+        blind(&mut p.offerings);
+    }
+}
+
 fn count_unserved(step: &mut Step) {
     let check = step.fleet.spec.policy.health_check;
     let ready: Vec<InstanceId> = step

@@ -7,10 +7,13 @@
 //! What holds: a rebalance is voluntary disruption: it waits for the windows and the hourly
 //! budgets (overall and `rebalance`'s own); it never launches into a zone whose offerings EC2
 //! refused within `UNAVAILABLE_FOR` (a zone that failed comes back only once EC2 launches there
-//! again); the fleet exceeds its capacity by at most one for it.
+//! again); the fleet exceeds its capacity by at most one for it, and never its budget's
+//! `max_total`: without room to surge (`max_surge` 0), one instance is taken from the largest zone
+//! first — only as `min_healthy` allows, as a rollout without surge does — and the launch that
+//! makes the capacity up goes to the smallest zone (`spread`).
 
 use super::tx::Tx;
-use crate::model::Reason;
+use crate::model::{Instance, Reason};
 
 impl Tx {
     pub(super) fn rebalance(&mut self) {
@@ -61,6 +64,32 @@ impl Tx {
             "rebalance zones: {} has {here}, the largest {most}",
             zone.as_deref().unwrap_or("the default zone")
         );
-        self.decide_launch(image, 1, reason, offerings);
+        if staying < self.fleet.budget().max_total {
+            self.decide_launch(image, 1, reason, offerings);
+            return;
+        }
+        // No room for one more: one goes from the largest zone first (not yet healthy, then the
+        // oldest; never a protected one), if the healthy ones left are enough.
+        let most = *most;
+        let fleet = &self.fleet;
+        let healthy = fleet
+            .live_instances()
+            .filter(|i| i.disposal.is_none() && i.is_healthy())
+            .count() as u32;
+        let largest: Option<&Instance> = fleet
+            .live_instances()
+            .filter(|i| i.disposal.is_none() && !i.protected)
+            .filter(|i| counts.get(&fleet.zone_of(i)).copied() == Some(most))
+            .min_by_key(|i| (i.is_healthy(), i.launched_at, i.id.clone()));
+        let Some(old) = largest else {
+            return;
+        };
+        let left = healthy - u32::from(old.is_healthy());
+        if left < self.min_healthy_for(Reason::Rebalance) || !self.room_to_touch() {
+            return;
+        }
+        let id = old.id.clone();
+        self.decide_terminate(&id, reason, None);
+        self.count_for(Reason::Rebalance);
     }
 }

@@ -157,10 +157,13 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     // made up (from the fleet's image, as repairs are).
     let hold = tx.hold();
     let status = tx.fleet.rollout.as_ref().map(|r| r.status);
+    // An aborted rollout freezes the mix for good, not the instances' age: old instances that
+    // reached their lifetime are still replaced (from the fleet's image, as repairs are), or
+    // they would live on past it for as long as the fleet stays mixed.
+    let aged_old = old.iter().filter(|i| tx.aged(aging, i)).count() as u32;
     let cap = match status {
-        Some(RolloutStatus::Paused | RolloutStatus::Aborted) => {
-            cap.map(|c| c + capacity.saturating_sub(total))
-        }
+        Some(RolloutStatus::Paused) => cap.map(|c| c + capacity.saturating_sub(total)),
+        Some(RolloutStatus::Aborted) => cap.map(|c| c + capacity.saturating_sub(total) + aged_old),
         Some(RolloutStatus::InProgress) if hold.rollout => {
             Some(healthy_new + unready_new + capacity.saturating_sub(total))
         }
@@ -248,7 +251,8 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         };
         from_largest_zones(tx, &mut old, can_remove.min(limit), order);
         for i in &old {
-            match aging.filter(|_| spec.matches(i)) {
+            let retires = spec.matches(i) || status == Some(RolloutStatus::Aborted);
+            match aging.filter(|_| retires && tx.aged(aging, i)) {
                 Some(l) => remove.push((
                     i,
                     format!("retire: reached max_instance_lifetime {l}"),

@@ -4,7 +4,7 @@ use super::Sim;
 use crate::check::Checker;
 use crate::traffic::Traffic;
 use chrono::Duration;
-use phoenix_core::model::{Openness, RolloutStatus};
+use phoenix_core::model::{retires_at, Openness, RolloutStatus, Timestamp};
 use phoenix_core::planner::Step;
 use phoenix_core::InstanceId;
 use std::collections::BTreeSet;
@@ -13,13 +13,18 @@ impl Sim {
     /// The calm phase begins: no more faults, lost or late events or crashes; zones come back,
     /// capacity returns, throttling stops, deleted target groups are restored, and images launch
     /// healthy from now on. Instances that
-    /// are broken stay broken (and are reported, and replaced).
+    /// are broken stay broken (and are reported, and replaced). The operator lifts every
+    /// protection: a protected instance holds a rollout back for as long as it is protected, by
+    /// design, and the fleet could not converge.
     pub(super) fn calm_down(&mut self) {
         {
             let mut w = self.world.lock();
             w.chaos = false;
             w.ec2.zones_down.clear();
             w.ec2.shortage.clear();
+            for vm in w.ec2.vms.values_mut() {
+                vm.protected = false;
+            }
             w.ec2.throttle = None;
             w.ec2.lost_response = 0;
             w.ec2.bad_images.clear();
@@ -156,6 +161,67 @@ impl Sim {
         if let Some(vm) = w.ec2.alive().find(|vm| !w.ec2.world_healthy(vm, now)) {
             return not(format!("{} is not healthy in EC2", vm.id));
         }
+        // Zones: the planner keeps them within one instance of each other, and moves one
+        // instance at a time into a zone that has too few (a rebalance is voluntary disruption:
+        // it waits for the windows, as a scale-in does, and for the hourly budget). In the calm
+        // no launch is refused, and a refusal is remembered for `UNAVAILABLE_FOR` only, so a
+        // fleet whose zones differ by more than one has not converged.
+        // Held now and still when `final_checks` reconciles, 30 s on.
+        let spent = |t: Timestamp| {
+            meta.spec
+                .policy
+                .max_replacements_per_hour
+                .is_some_and(|limit| {
+                    let recent = meta
+                        .disruptions
+                        .iter()
+                        .filter(|d| **d + Duration::hours(1) > t)
+                        .count();
+                    recent >= limit as usize
+                })
+        };
+        let later = now + Duration::seconds(30);
+        let scheduled = meta.spec.policy.windows.len() + meta.spec.policy.freezes.len() > 0;
+        // Nothing to launch from: the fleet's image is quarantined (a gate failed with automatic
+        // rollback off, or the rollout was aborted on it) and no active rollout has an image to
+        // go back to. The operator's to settle; no instance is launched meanwhile.
+        let quarantined = |i: &phoenix_core::ImageId| meta.quarantined.contains_key(i);
+        let launchable = !quarantined(&meta.spec.image)
+            || meta
+                .rollout
+                .as_ref()
+                .filter(|r| r.status.is_active())
+                .and_then(|r| r.from.as_ref())
+                .is_some_and(|from| !quarantined(from));
+        let rebalance_held =
+            (spent(now) && spent(later)) || (scheduled && held(now) && held(later)) || !launchable;
+        if let Some(zones) = Checker::unbalanced(&w.ec2).filter(|_| !rebalance_held) {
+            return not(format!("zones differ by more than one: {zones}"));
+        }
+        // The operator lifted every protection when the calm began: the books follow the tag on
+        // the next pass.
+        if let Some(i) = live.iter().find(|i| {
+            w.ec2
+                .vms
+                .get(&i.id)
+                .is_some_and(|vm| vm.protected != i.protected)
+        }) {
+            return not(format!("{} still recorded protected", i.id));
+        }
+        // An instance that reaches its lifetime by the final reconcile (30 s on) is replaced:
+        // the fleet is not at rest until none does (unless what holds a rebalance holds it too).
+        if let Some(lifetime) = meta.spec.max_instance_lifetime.filter(|_| !rebalance_held) {
+            let soon = now + Duration::seconds(30);
+            if let Some(i) = live
+                .iter()
+                .find(|i| !i.protected && retires_at(i, lifetime) <= soon)
+            {
+                return not(format!(
+                    "{} reaches its max_instance_lifetime {lifetime}",
+                    i.id
+                ));
+            }
+        }
         if let Some(why) = Traffic::check_serving(&w.books, &w.ec2, &w.elb) {
             return Some(("serving", why));
         }
@@ -231,9 +297,10 @@ impl Sim {
             w.violate(
                 "liveness",
                 format!(
-                    "converged but not at rest: {} changes, {} commands",
+                    "converged but not at rest: {} changes, {} commands: {:?}",
                     step.changes.len(),
-                    step.commands.len()
+                    step.commands.len(),
+                    step.changes
                 ),
             );
         }

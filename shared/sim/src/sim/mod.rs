@@ -76,6 +76,9 @@ pub struct Config {
     /// Every seed draws target groups and lifecycle hooks (`Scenario::draw`); without it, some
     /// seeds do.
     pub traffic: bool,
+    /// Every seed draws a list of instance types, a `max_instance_lifetime` (fleets of up to
+    /// six) and an operator who protects instances (`Scenario::draw`); without it, some seeds do.
+    pub placement: bool,
 }
 
 impl Config {
@@ -90,6 +93,7 @@ impl Config {
             chatty: false,
             drift: false,
             traffic: false,
+            placement: false,
         }
     }
 }
@@ -206,7 +210,7 @@ impl Sim {
     pub fn new(cfg: Config) -> Sim {
         let mut rng = Rng::new(cfg.seed);
         let mut ec2 = Ec2::new();
-        let scenario = Scenario::draw(&mut rng, &mut ec2, cfg.drift, cfg.traffic);
+        let scenario = Scenario::draw(&mut rng, &mut ec2, cfg.drift, cfg.traffic, cfg.placement);
         let t0 = scenario.t0;
         let world = Shared::new(World::new(
             t0,

@@ -3,7 +3,7 @@
 //! target groups. (The lifecycle hooks' handler is `hooks`.)
 
 use super::{describe_intent, describe_what, Sim, What};
-use crate::ec2::{FLEET, ZONES};
+use crate::ec2::{Pool, FLEET, INSTANCE_TYPE, ZONES};
 use crate::scenario::Edit;
 use chrono::Duration;
 use phoenix_core::events::{ControlAction, Intent, ScaleTarget};
@@ -103,6 +103,7 @@ impl Sim {
                 if sc.edits { 8 } else { 0 },
                 if sc.template.is_some() { 6 } else { 0 },
                 if sc.scheduled() { 4 } else { 0 },
+                if sc.protection { 6 } else { 0 },
             ]);
             let intent = match pick {
                 0 => {
@@ -155,6 +156,39 @@ impl Sim {
                     w.note(format!(
                         "pipeline: launch template {name} version {version}"
                     ));
+                    break 'what (None, false);
+                }
+                // The operator protects an instance (`phoenix:protected`), up to two at once, or
+                // lifts a protection: no event, a tag the next pass over the fleet reads.
+                13 => {
+                    let alive: Vec<InstanceId> = w.ec2.alive().map(|vm| vm.id.clone()).collect();
+                    let protected: Vec<InstanceId> = w
+                        .ec2
+                        .alive()
+                        .filter(|vm| vm.protected)
+                        .map(|vm| vm.id.clone())
+                        .collect();
+                    let lift = protected.len() >= 2 || (!protected.is_empty() && w.rng.chance(400));
+                    let (id, on) = if lift {
+                        (w.rng.pick(&protected).clone(), false)
+                    } else if !alive.is_empty() {
+                        (w.rng.pick(&alive).clone(), true)
+                    } else {
+                        break 'what (None, false);
+                    };
+                    if let Some(vm) = w.ec2.vms.get_mut(&id) {
+                        vm.protected = on;
+                    }
+                    if on {
+                        w.checker.on_protected(&id);
+                    }
+                    w.stats.protections += 1;
+                    let what = if on {
+                        "protects"
+                    } else {
+                        "lifts the protection of"
+                    };
+                    w.note(format!("operator {what} {id}"));
                     break 'what (None, false);
                 }
                 // `rollout resume --now`: the rollout goes on outside its windows and freezes.
@@ -365,20 +399,45 @@ impl Sim {
                         .zones_down
                         .insert(zone, now + Duration::minutes(minutes));
                 }
+                // No capacity in a pool for a while: one of the types the fleet launches in one
+                // zone (the fleet falls back on its next type there, or another zone), every type
+                // in one zone (an outage of the zone's capacity, longer), or everywhere.
                 6 => {
-                    let zone = if w.rng.chance(300) {
-                        usize::MAX
-                    } else {
-                        w.rng.below(ZONES.len() as u64) as usize
+                    let zone = w.rng.below(ZONES.len() as u64) as usize;
+                    let types = w.books.meta().spec.launch_types();
+                    let (pool, minutes) = match w.rng.weighted(&[45, 35, 20]) {
+                        0 => {
+                            let t = w.rng.pick(&types).clone();
+                            let t = t.unwrap_or_else(|| INSTANCE_TYPE.to_string());
+                            let pool = Pool {
+                                instance_type: Some(t),
+                                zone: Some(zone),
+                            };
+                            (pool, w.rng.range(1, 10))
+                        }
+                        1 => {
+                            let pool = Pool {
+                                instance_type: None,
+                                zone: Some(zone),
+                            };
+                            (pool, w.rng.range(5, 20))
+                        }
+                        _ => {
+                            let pool = Pool {
+                                instance_type: None,
+                                zone: None,
+                            };
+                            (pool, w.rng.range(1, 10))
+                        }
                     };
-                    let minutes = w.rng.range(1, 10) as i64;
                     w.note(format!(
-                        "fault: no capacity in {} for {minutes} min",
-                        ZONES.get(zone).copied().unwrap_or("any zone")
+                        "fault: no capacity for {} for {minutes} min",
+                        pool.describe()
                     ));
-                    w.ec2
-                        .shortage
-                        .insert(zone, now + Duration::minutes(minutes));
+                    w.stats.shortages += 1;
+                    let until = now + Duration::minutes(minutes as i64);
+                    let end = w.ec2.shortage.entry(pool).or_insert(until);
+                    *end = (*end).max(until);
                 }
                 7 => {
                     let secs = w.rng.range(30, 180) as i64;

@@ -159,12 +159,27 @@ impl World {
         let (out, created) = self.ec2.run_instances(r, self.now, &mut self.rng);
         if !created.is_empty() {
             self.stats.instances_launched += created.len() as u64;
-            if let Some(problem) =
-                image.and_then(|i| self.checker.check_launch(&i, decision.carried_out_at))
+            let first = self
+                .books
+                .meta()
+                .spec
+                .launch_types()
+                .into_iter()
+                .next()
+                .flatten();
+            if r.instance_type.is_some() && r.instance_type != first {
+                self.stats.fallback_launches += created.len() as u64;
+            }
+            if let Some(problem) = image
+                .as_ref()
+                .and_then(|i| self.checker.check_launch(i, decision.carried_out_at))
             {
                 self.violate("quarantine", format!("{token}: {problem}"));
             }
             let tag = r.tags.get(TAG_DEFINITION).map(String::as_str);
+            if let Some(i) = &image {
+                self.checker.on_launched(i, tag, self.now);
+            }
             if let Some(problem) = self.checker.check_launch_definition(&token, &decision, tag) {
                 self.violate("definition", problem);
             }

@@ -64,11 +64,25 @@ pub struct Stats {
     pub hooks_timed_out: u64,
     /// Target groups deleted for a while.
     pub groups_deleted: u64,
+    /// Capacity shortages injected (a pool, a zone's outage, everywhere).
+    pub shortages: u64,
+    /// Offerings EC2 refused that the fleet recorded (`OfferingsRefused`: a later one launched;
+    /// `CapacityUnavailable`: none did).
+    pub offerings_refused: u64,
+    pub capacity_unavailable: u64,
+    /// Instances launched of a type other than the fleet's first.
+    pub fallback_launches: u64,
+    /// Launches decided to rebalance the zones.
+    pub rebalances: u64,
+    /// Instances retired at their max_instance_lifetime.
+    pub lifetime_retirements: u64,
+    /// phoenix:protected tags set and removed by the operator.
+    pub protections: u64,
 }
 
 impl Stats {
     pub fn add(&mut self, o: &Stats) {
-        let pairs: [(&mut u64, u64); 47] = [
+        let pairs: [(&mut u64, u64); 54] = [
             (&mut self.events, o.events),
             (&mut self.events_lost, o.events_lost),
             (&mut self.events_duplicated, o.events_duplicated),
@@ -116,6 +130,13 @@ impl Stats {
             (&mut self.hooks_answered, o.hooks_answered),
             (&mut self.hooks_timed_out, o.hooks_timed_out),
             (&mut self.groups_deleted, o.groups_deleted),
+            (&mut self.shortages, o.shortages),
+            (&mut self.offerings_refused, o.offerings_refused),
+            (&mut self.capacity_unavailable, o.capacity_unavailable),
+            (&mut self.fallback_launches, o.fallback_launches),
+            (&mut self.rebalances, o.rebalances),
+            (&mut self.lifetime_retirements, o.lifetime_retirements),
+            (&mut self.protections, o.protections),
         ];
         for (a, b) in pairs {
             *a += b;

@@ -340,6 +340,12 @@ impl World {
         if let Some(problem) = Checker::check_windows(&self.books, changes, at) {
             self.violate("window", problem);
         }
+        if let Some(problem) = self.checker.check_rollback(&self.books, changes) {
+            self.violate("capacity-rollback", problem);
+        }
+        if let Some(problem) = Checker::check_protected(&self.books, changes) {
+            self.violate("protected", problem);
+        }
         if let Some(read) = self.invocation().and_then(|inv| inv.groups_read.take()) {
             self.traffic.on_groups_read(read);
         }
@@ -369,6 +375,18 @@ impl World {
                     self.stats.registered += instances.len() as u64
                 }
                 Change::DrainStarted { .. } => self.stats.drains += 1,
+                Change::OfferingsRefused { offerings, .. } => {
+                    self.stats.offerings_refused += offerings.len() as u64
+                }
+                Change::CapacityUnavailable { .. } => self.stats.capacity_unavailable += 1,
+                Change::LaunchDecided { reason, .. } if reason.starts_with("rebalance") => {
+                    self.stats.rebalances += 1
+                }
+                Change::TerminationDecided { reason, .. }
+                    if reason.contains("max_instance_lifetime") =>
+                {
+                    self.stats.lifetime_retirements += 1
+                }
                 Change::LifecycleHookCompleted { by, .. } if by == "timeout" => {
                     self.stats.hooks_timed_out += 1
                 }
