@@ -15,6 +15,7 @@ use phoenix_core::events::{Change, Intent, ScaleTarget};
 use phoenix_core::model::{Fleet, RolloutStatus};
 use phoenix_core::{FleetName, InstanceId};
 use phoenix_tests::faults::FaultProxy;
+use phoenix_tests::target_groups::default_network;
 use phoenix_tests::{Emulator, FleetFile, Harness};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -25,17 +26,7 @@ fn web() -> FleetName {
 
 /// One subnet of the default VPC in each of `n` zones, by zone: (subnet, zone).
 async fn zonal_subnets(h: &Harness, n: usize) -> Vec<(String, String)> {
-    let vpc = h
-        .ec2
-        .describe_vpcs()
-        .filters(Filter::builder().name("is-default").values("true").build())
-        .send()
-        .await
-        .unwrap()
-        .vpcs()[0]
-        .vpc_id()
-        .unwrap()
-        .to_string();
+    let vpc = default_network(&h.sdk).await.unwrap().vpc;
     let mut by_zone: BTreeMap<String, String> = BTreeMap::new();
     for s in h
         .ec2

@@ -66,19 +66,8 @@ fn fleet(policy: &str, subnets: &[usize]) -> Fleet {
 fn observed(f: &Fleet) -> Vec<Observed> {
     f.live_instances()
         .map(|i| Observed {
-            targets: Default::default(),
-            id: i.id.clone(),
-            image: Some(i.image.clone()),
-            state: Lifecycle::Running,
-            status_ok: true,
-            system_impaired: false,
-            launched_at: Some(i.launched_at),
-            token: Some(i.token.clone()),
-            zone: i.zone.clone(),
             instance_type: Some("t3.micro".into()),
-            subnet: i.subnet.clone(),
-            definition: i.definition.clone(),
-            protected: false,
+            ..Observed::running_ok(i)
         })
         .collect()
 }

@@ -480,24 +480,16 @@ fn ec2_honours_client_tokens_unless_told_not_to_and_lists_new_instances_late() {
     assert_eq!(moto.vms[&a[0]].state, Lifecycle::Pending);
 }
 
-#[test]
-fn the_real_protocol_keeps_every_invariant_on_these_seeds() {
-    for seed in 1..=12 {
-        let r = run(seed, 1500, Variant::Real);
-        assert!(
-            r.violation.is_none(),
-            "seed {seed}: {:?}\n{}",
-            r.violation,
-            r.trace_tail.join("\n")
-        );
-    }
-}
-
-#[test]
-fn windows_freezes_and_drift_keep_every_invariant_on_these_seeds() {
+/// Runs seeds `1..=seeds` of `steps` chaos steps each with `run`, failing on the first
+/// violation (with its scenario and the end of its trace); the runs' counters together.
+fn keep_every_invariant(
+    seeds: u64,
+    steps: u64,
+    run: fn(u64, u64, Variant) -> Report,
+) -> crate::Stats {
     let mut stats = crate::Stats::default();
-    for seed in 1..=16 {
-        let r = run_drifting(seed, 1500, Variant::Real);
+    for seed in 1..=seeds {
+        let r = run(seed, steps, Variant::Real);
         assert!(
             r.violation.is_none(),
             "seed {seed}: {:?}\n{}\n{}",
@@ -507,6 +499,17 @@ fn windows_freezes_and_drift_keep_every_invariant_on_these_seeds() {
         );
         stats.add(&r.stats);
     }
+    stats
+}
+
+#[test]
+fn the_real_protocol_keeps_every_invariant_on_these_seeds() {
+    keep_every_invariant(12, 1500, run);
+}
+
+#[test]
+fn windows_freezes_and_drift_keep_every_invariant_on_these_seeds() {
+    let stats = keep_every_invariant(16, 1500, run_drifting);
     // What these seeds are for happened: rollouts held by a window or a freeze, fleet files and
     // template versions that changed the launch definition, rollouts of it.
     assert!(stats.rollouts_waiting > 0, "{stats:?}");
@@ -517,18 +520,7 @@ fn windows_freezes_and_drift_keep_every_invariant_on_these_seeds() {
 
 #[test]
 fn target_groups_and_hooks_keep_every_invariant_on_these_seeds() {
-    let mut stats = crate::Stats::default();
-    for seed in 1..=16 {
-        let r = run_traffic(seed, 1500, Variant::Real);
-        assert!(
-            r.violation.is_none(),
-            "seed {seed}: {:?}\n{}\n{}",
-            r.violation,
-            r.scenario,
-            r.trace_tail.join("\n")
-        );
-        stats.add(&r.stats);
-    }
+    let stats = keep_every_invariant(16, 1500, run_traffic);
     // What these seeds are for happened: registrations and drains, hooks answered and timed out,
     // target groups deleted and made again.
     assert!(stats.registered > 0, "{stats:?}");
@@ -540,18 +532,7 @@ fn target_groups_and_hooks_keep_every_invariant_on_these_seeds() {
 
 #[test]
 fn instance_types_lifetimes_protection_and_shortages_keep_every_invariant_on_these_seeds() {
-    let mut stats = crate::Stats::default();
-    for seed in 1..=48 {
-        let r = run_placing(seed, 3000, Variant::Real);
-        assert!(
-            r.violation.is_none(),
-            "seed {seed}: {:?}\n{}\n{}",
-            r.violation,
-            r.scenario,
-            r.trace_tail.join("\n")
-        );
-        stats.add(&r.stats);
-    }
+    let stats = keep_every_invariant(48, 3000, run_placing);
     // What these seeds are for happened: shortages, offerings refused and fallen back from,
     // launches that found no offering, rebalances, retirements for age, protections.
     assert!(stats.shortages > 0, "{stats:?}");
