@@ -413,3 +413,29 @@ async fn spot_instances_meet_the_mix_and_fall_back_to_on_demand_without_spot_cap
         "Spot was asked first, and refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_and_status_name_the_offerings_ec2_refused() {
+    let (h, proxy) = behind_proxy().await;
+    let zones = zonal_subnets(&h, 3).await;
+    proxy.set_no_capacity(&[("m7g.large", zones[0].1.as_str())]);
+    let one = h.register_image("web-1").await;
+    h.apply(
+        &FleetFile::new("web", &one, 3)
+            .instance_type("")
+            .line("instance_types: [m7g.large, c7g.large]")
+            .line(&subnets_line(&zones)),
+    );
+    let f = h.settle("web").await;
+    let in_a = f
+        .live_instances()
+        .find(|i| i.zone.as_deref() == Some(zones[0].1.as_str()))
+        .unwrap();
+    let why = h.phoenix_ok(&["explain", in_a.id.as_str()]);
+    assert!(
+        why.contains("EC2 had no capacity for m7g.large in"),
+        "{why}"
+    );
+    let status = h.phoenix_ok(&["status", "web"]);
+    assert!(status.contains("no capacity for m7g.large in"), "{status}");
+}

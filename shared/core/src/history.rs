@@ -555,6 +555,8 @@ pub enum LinkKind {
     LaunchRetried,
     Launched,
     LaunchFailed,
+    /// EC2 had no capacity for an offering its launch tried first.
+    OfferingsRefused,
     Healthy,
     HealthFailed,
     StateChanged,
@@ -575,6 +577,7 @@ impl LinkKind {
                 | LinkKind::LaunchRetried
                 | LinkKind::Launched
                 | LinkKind::LaunchFailed
+                | LinkKind::OfferingsRefused
         )
     }
 }
@@ -702,6 +705,9 @@ pub fn explain(entries: &[HistoryEntry], id: &InstanceId) -> Option<Explanation>
                 Change::LaunchDecided { token: t, .. } if *t == token => LinkKind::LaunchDecided,
                 Change::LaunchRetried { token: t } if *t == token => LinkKind::LaunchRetried,
                 Change::LaunchFailed { token: t, .. } if *t == token => LinkKind::LaunchFailed,
+                Change::OfferingsRefused { token: t, .. } if *t == token => {
+                    LinkKind::OfferingsRefused
+                }
                 Change::Launched { instances, .. } if instances.contains(id) => LinkKind::Launched,
                 Change::HealthChanged {
                     instance,
