@@ -387,6 +387,17 @@ impl Printer {
                 "{}: no max_instance_lifetime: no instance retires for age",
                 fleet.spec.name
             );
+            let protected: Vec<String> = fleet
+                .live_instances()
+                .filter(|i| i.protected)
+                .map(|i| i.id.to_string())
+                .collect();
+            if !protected.is_empty() {
+                say!(
+                    "  protected (no rollout or scale-in takes them; a rollout waits for them): {}",
+                    protected.join(" ")
+                );
+            }
             return Ok(());
         };
         let horizon = now + chrono::Duration::days(1);
@@ -433,7 +444,11 @@ impl Printer {
             );
         }
         if !protected.is_empty() {
-            say!("  protected, never retired: {}", protected.join(" "));
+            say!(
+                "  protected (no rollout, retirement or scale-in takes them; a rollout waits for \
+                 them): {}",
+                protected.join(" ")
+            );
         }
         Ok(())
     }
