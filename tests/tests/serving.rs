@@ -478,6 +478,25 @@ mod harness {
                 .unwrap();
         }
 
+        /// Terminates `id` in EC2, waits until its backend is killed, lets the load run for
+        /// `settle`, and reports the traffic so far.
+        async fn terminate_and_report(
+            &mut self,
+            id: &str,
+            settle: Duration,
+        ) -> phoenix_tests::traffic::TrafficReport {
+            self.terminate(id).await;
+            let backends = &self.world.backends;
+            wait_for("backend killed", Duration::from_secs(5), || {
+                backends.addr(id).is_none()
+            })
+            .await;
+            tokio::time::sleep(settle).await;
+            let report = self.world.report().await.unwrap();
+            println!("{report}");
+            report
+        }
+
         /// (state, reason) of one target, asked about by id.
         async fn health(&self, id: &str) -> (TargetHealthStateEnum, Option<String>) {
             let out = self
@@ -604,16 +623,9 @@ mod harness {
         assert!(!s.world.router.in_flight().in_rotation(&victim));
 
         let routed = s.world.router.routed(&victim);
-        s.terminate(&victim).await;
-        let backends = &s.world.backends;
-        wait_for("backend killed", Duration::from_secs(5), || {
-            backends.addr(&victim).is_none()
-        })
-        .await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-
-        let report = s.world.report().await.unwrap();
-        println!("{report}");
+        let report = s
+            .terminate_and_report(&victim, Duration::from_secs(1))
+            .await;
         assert_eq!(report.failed, 0, "{report}");
         assert!(report.sent >= 80, "{report}");
         assert_eq!(s.world.backends.killed(), 1);
@@ -632,16 +644,9 @@ mod harness {
 
         // Still registered and healthy: the emulator drops it from the group's targets, the backend
         // dies with the slow request on it.
-        s.terminate(&victim).await;
-        let backends = &s.world.backends;
-        wait_for("backend killed", Duration::from_secs(5), || {
-            backends.addr(&victim).is_none()
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-
-        let report = s.world.report().await.unwrap();
-        println!("{report}");
+        let report = s
+            .terminate_and_report(&victim, Duration::from_millis(500))
+            .await;
         assert!(report.failed > 0, "{report}");
         assert!(report.failures_by_kind.contains_key("502"), "{report}");
         assert_eq!(s.world.backends.killed_busy(), 1);
@@ -660,16 +665,9 @@ mod harness {
         s.world.start_load(LoadConfig::default());
         let victim = s.instances[0].clone();
         s.wait_for_slow_request(&victim).await;
-        s.terminate(&victim).await;
-        let backends = &s.world.backends;
-        wait_for("backend killed", Duration::from_secs(5), || {
-            backends.addr(&victim).is_none()
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-
-        let report = s.world.report().await.unwrap();
-        println!("{report}");
+        let report = s
+            .terminate_and_report(&victim, Duration::from_millis(500))
+            .await;
         assert!(report.failed > 0, "{report}");
         assert!(s.world.backends.killed_busy() >= 1);
         assert_eq!(s.world.router.routed(&stranger), 0);
