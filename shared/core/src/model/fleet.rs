@@ -350,6 +350,21 @@ impl Fleet {
         self.spec.policy.budget(self.spec.capacity)
     }
 
+    /// The image new instances come from: the fleet's, unless it is quarantined (a health gate
+    /// that failed with automatic rollback off leaves the fleet on it while the rollout waits for
+    /// the operator), then the one that rollout came from, if that one is not. None: nothing may
+    /// be launched until the operator settles it.
+    pub fn launchable_image(&self) -> Option<ImageId> {
+        let ok = |i: &ImageId| !self.quarantined.contains_key(i);
+        Some(self.spec.image.clone()).filter(ok).or_else(|| {
+            self.rollout
+                .as_ref()
+                .filter(|r| r.status.is_active())
+                .and_then(|r| r.from.clone())
+                .filter(ok)
+        })
+    }
+
     /// The zone a subnet counts in: its availability zone as looked up when the fleet file was
     /// applied, else the subnet itself — so an instance and its subnet always count in the same.
     pub fn zone_of_subnet(&self, subnet: &str) -> String {

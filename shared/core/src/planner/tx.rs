@@ -353,19 +353,9 @@ impl Tx {
         }
     }
 
-    /// The image new instances come from: the fleet's, unless it is quarantined (a health gate
-    /// that failed with automatic rollback off leaves the fleet on it while the rollout waits for
-    /// the operator), then the one that rollout came from, if that one is not.
+    /// The image new instances come from (`Fleet::launchable_image`).
     pub(super) fn launchable_image(&self) -> Option<ImageId> {
-        let ok = |i: &ImageId| !self.fleet.quarantined.contains_key(i);
-        Some(self.fleet.spec.image.clone()).filter(ok).or_else(|| {
-            self.fleet
-                .rollout
-                .as_ref()
-                .filter(|r| r.status.is_active())
-                .and_then(|r| r.from.clone())
-                .filter(ok)
-        })
+        self.fleet.launchable_image()
     }
 }
 

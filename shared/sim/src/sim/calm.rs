@@ -185,16 +185,9 @@ impl Sim {
         // Nothing to launch from: the fleet's image is quarantined (a gate failed with automatic
         // rollback off, or the rollout was aborted on it) and no active rollout has an image to
         // go back to. The operator's to settle; no instance is launched meanwhile.
-        let quarantined = |i: &phoenix_core::ImageId| meta.quarantined.contains_key(i);
-        let launchable = !quarantined(&meta.spec.image)
-            || meta
-                .rollout
-                .as_ref()
-                .filter(|r| r.status.is_active())
-                .and_then(|r| r.from.as_ref())
-                .is_some_and(|from| !quarantined(from));
-        let rebalance_held =
-            (spent(now) && spent(later)) || (scheduled && held(now) && held(later)) || !launchable;
+        let rebalance_held = (spent(now) && spent(later))
+            || (scheduled && held(now) && held(later))
+            || meta.launchable_image().is_none();
         if let Some(zones) = Checker::unbalanced(&w.ec2).filter(|_| !rebalance_held) {
             return not(format!("zones differ by more than one: {zones}"));
         }
