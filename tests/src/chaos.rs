@@ -370,6 +370,9 @@ impl World {
             DynamoTable::new(clients.dynamodb, "phoenix"),
             Ec2Client::new(clients.ec2),
             phoenix_aws::elb::ElbClient::new(clients.elb),
+            phoenix_aws::autoscaling::AutoScalingClient::new(aws_sdk_autoscaling::Client::new(
+                &sdk,
+            )),
             EventBridgeBus::new(clients.events, "default"),
             SystemTime::skewed(offset),
             Default::default(),

@@ -443,6 +443,16 @@ impl Ec2 for Contended {
     async fn describe_image(&self, image: &str) -> phoenix_aws::Result<Option<ImageFacts>> {
         self.ec2.describe_image(image).await
     }
+    async fn create_tags(
+        &self,
+        ids: &[String],
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> phoenix_aws::Result<()> {
+        self.ec2.create_tags(ids, tags).await
+    }
+    async fn delete_tags(&self, ids: &[String], keys: &[String]) -> phoenix_aws::Result<()> {
+        self.ec2.delete_tags(ids, keys).await
+    }
     async fn describe_subnets(
         &self,
         ids: &[String],
@@ -458,6 +468,7 @@ impl Ports for ContendedPorts {
     type Table = DynamoTable;
     type Ec2 = Contended;
     type Elb = phoenix_aws::elb::ElbClient;
+    type AutoScaling = phoenix_aws::autoscaling::AutoScalingClient;
     type Bus = EventBridgeBus;
     type Time = SystemTime;
 }
@@ -474,6 +485,9 @@ fn contended(w: &World, races: usize) -> Controller<ContendedPorts> {
             time: time.clone(),
         },
         phoenix_aws::elb::ElbClient::new(aws_sdk_elasticloadbalancingv2::Client::new(&w.direct)),
+        phoenix_aws::autoscaling::AutoScalingClient::new(aws_sdk_autoscaling::Client::new(
+            &w.direct,
+        )),
         EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&w.direct), "default"),
         time,
         Default::default(),

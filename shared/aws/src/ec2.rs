@@ -331,6 +331,38 @@ impl Ec2 for Ec2Client {
             .collect())
     }
 
+    async fn create_tags(
+        &self,
+        ids: &[String],
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        self.client
+            .create_tags()
+            .set_resources(Some(ids.to_vec()))
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
+
+    async fn delete_tags(&self, ids: &[String], keys: &[String]) -> Result<()> {
+        self.client
+            .delete_tags()
+            .set_resources(Some(ids.to_vec()))
+            .set_tags(Some(
+                keys.iter().map(|k| Tag::builder().key(k).build()).collect(),
+            ))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
+
     async fn describe_image(&self, image: &str) -> Result<Option<ImageFacts>> {
         let out = match self.client.describe_images().image_ids(image).send().await {
             Ok(out) => out,

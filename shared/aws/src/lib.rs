@@ -1,8 +1,9 @@
 //! phoenix on AWS: the adapters behind the protocol's ports — DynamoDB (`table`), EC2 (`ec2`),
-//! Elastic Load Balancing (`elb`), EventBridge (`bus`), Image Builder (`images`), the real clock (`time`) — with AWS's errors
+//! Elastic Load Balancing (`elb`), Auto Scaling (`autoscaling`), EventBridge (`bus`), Image Builder (`images`), the real clock (`time`) — with AWS's errors
 //! classified at the edge (`error`), and the Lambda edge (`lambda`, `metrics`, `telemetry`).
 //! What phoenix does with them is `phoenix_protocol`'s.
 
+pub mod autoscaling;
 pub mod bus;
 pub mod config;
 pub mod ec2;
@@ -21,6 +22,7 @@ pub use phoenix_protocol::{
     DEADLINE_RESERVE,
 };
 
+use autoscaling::AutoScalingClient;
 use bus::EventBridgeBus;
 use config::{load_sdk_config, Settings};
 use ec2::Ec2Client;
@@ -35,6 +37,7 @@ impl Ports for Aws {
     type Table = DynamoTable;
     type Ec2 = Ec2Client;
     type Elb = ElbClient;
+    type AutoScaling = AutoScalingClient;
     type Bus = EventBridgeBus;
     type Time = SystemTime;
 }
@@ -59,6 +62,7 @@ pub fn controller(
         DynamoTable::new(aws_sdk_dynamodb::Client::new(sdk), &settings.table),
         Ec2Client::new(aws_sdk_ec2::Client::new(sdk)),
         ElbClient::new(aws_sdk_elasticloadbalancingv2::Client::new(sdk)),
+        AutoScalingClient::new(aws_sdk_autoscaling::Client::new(sdk)),
         EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), &settings.bus),
         SystemTime::new(),
         intake,

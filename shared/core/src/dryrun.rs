@@ -628,6 +628,9 @@ impl World {
                         after_launch: None,
                         ..
                     } | Command::Register { .. }
+                        | Command::Tag { .. }
+                        | Command::Untag { .. }
+                        | Command::Detach { .. }
                 )
             })
             .chain(
@@ -715,6 +718,26 @@ impl World {
                     instances: instances.clone(),
                     request_ids: Vec::new(),
                 }),
+                Command::Tag { instances } => outcomes.push(Outcome::Tagged {
+                    instances: instances.clone(),
+                    gone: Vec::new(),
+                }),
+                Command::Untag { instances } => outcomes.push(Outcome::Untagged {
+                    instances: instances.clone(),
+                }),
+                // Out of the group's target groups until registered with the fleet's again.
+                Command::Detach { group, instances } => {
+                    for id in instances {
+                        if self.fleet.instances.get(id).is_some_and(|i| i.is_healthy()) {
+                            healthy = healthy.saturating_sub(1);
+                        }
+                    }
+                    outcomes.push(Outcome::Detached {
+                        group: group.clone(),
+                        instances: instances.clone(),
+                        request_ids: Vec::new(),
+                    });
+                }
             }
             peak = peak.max(live);
             floor = floor.min(healthy);
@@ -789,6 +812,8 @@ mod tests {
                 launch_hook: None,
                 protected: false,
                 spot: false,
+                adopted: None,
+                released: None,
                 id: id.clone(),
                 image: f.spec.image.clone(),
                 launched_at: t0() - Duration::hours(1),

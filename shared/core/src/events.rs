@@ -731,6 +731,56 @@ pub enum Change {
         protected: bool,
         by: String,
     },
+    /// Running instances phoenix did not launch were taken into the fleet (`from`: what selected
+    /// them), recorded under the decision `token` (their `phoenix:launch` tag).
+    Adopted {
+        token: String,
+        from: String,
+        instances: Vec<InstanceId>,
+    },
+    /// Adopted instances carry the fleet's tags (`retried`: asked again, the first request's
+    /// outcome never recorded).
+    Tagged {
+        instances: Vec<InstanceId>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        retried: bool,
+    },
+    TagFailed {
+        instances: Vec<InstanceId>,
+        error: String,
+    },
+    /// A takeover of an Auto Scaling group began: its processes suspended, its instances adopted.
+    TakeoverStarted {
+        group: String,
+        instances: u32,
+    },
+    DetachDecided {
+        group: String,
+        instances: Vec<InstanceId>,
+    },
+    Detached {
+        group: String,
+        instances: Vec<InstanceId>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        request_ids: Vec<String>,
+    },
+    DetachFailed {
+        group: String,
+        instances: Vec<InstanceId>,
+        error: String,
+    },
+    /// No instance is left in the group: it stays, empty and suspended.
+    TakeoverFinished {
+        group: String,
+    },
+    /// Instances given back (`phoenix fleet release`): no longer the fleet's; their phoenix tags
+    /// are removed.
+    Released {
+        instances: Vec<InstanceId>,
+    },
+    Untagged {
+        instances: Vec<InstanceId>,
+    },
 }
 
 /// The events phoenix publishes on its bus for the transitions users route to chat or paging:

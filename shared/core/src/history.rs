@@ -298,6 +298,49 @@ pub fn describe(c: &Change) -> String {
             protected: false,
             by,
         } => format!("{instance} no longer protected ({by})"),
+        Change::Adopted {
+            token,
+            from,
+            instances,
+        } => format!("adopted {} ({from}) as decision {token}", join(instances)),
+        Change::Tagged { instances, retried } => format!(
+            "tagged {} as the fleet's{}",
+            join(instances),
+            if *retried { " (asked again)" } else { "" }
+        ),
+        Change::TagFailed { instances, error } => {
+            format!("tagging {} failed: {error}", join(instances))
+        }
+        Change::TakeoverStarted { group, instances } => format!(
+            "taking over Auto Scaling group {group}: processes suspended, {instances} instances adopted"
+        ),
+        Change::DetachDecided { group, instances } => {
+            format!("detach {} from Auto Scaling group {group}", join(instances))
+        }
+        Change::Detached {
+            group,
+            instances,
+            request_ids,
+        } => format!(
+            "{} detached from Auto Scaling group {group}{}",
+            join(instances),
+            requests(request_ids)
+        ),
+        Change::DetachFailed {
+            group,
+            instances,
+            error,
+        } => format!(
+            "detaching {} from Auto Scaling group {group} failed: {error}",
+            join(instances)
+        ),
+        Change::TakeoverFinished { group } => format!(
+            "took over Auto Scaling group {group}: no instance left in it (left suspended, not deleted)"
+        ),
+        Change::Released { instances } => format!("released {}", join(instances)),
+        Change::Untagged { instances } => {
+            format!("phoenix tags removed from {}", join(instances))
+        }
         // Kinds newer than this function: their stored form says what they are.
         #[allow(unreachable_patterns)]
         other => describe_generic(other),

@@ -44,6 +44,8 @@ fn fleet(capacity: u32, policy: &str) -> Fleet {
                 launch_hook: None,
                 protected: false,
                 spot: false,
+                adopted: None,
+                released: None,
                 id,
                 image: ami(1),
                 launched_at: t0() - Duration::minutes(90 - i64::from(n)),

@@ -443,6 +443,8 @@ impl Sim {
                     launch_hook: None,
                     protected: false,
                     spot: false,
+                    adopted: None,
+                    released: None,
                     id,
                     image: ami(image),
                     launched_at,

@@ -43,6 +43,8 @@ fn fleet(capacity: u32, policy: &str) -> Fleet {
                 launch_hook: None,
                 protected: false,
                 spot: false,
+                adopted: None,
+                released: None,
                 id: id(n),
                 image: ami(1),
                 launched_at: t0() - Duration::minutes(90),
@@ -140,6 +142,9 @@ fn carried_out(step: &Step, next: &mut u32, now: DateTime<Utc>) -> Vec<Outcome> 
                 delay: phoenix_core::model::Seconds(0),
                 request_ids: Vec::new(),
             }),
+            Command::Tag { .. } | Command::Untag { .. } | Command::Detach { .. } => {
+                panic!("no adoption here: {c:?}")
+            }
         }
     }
     outcomes

@@ -52,6 +52,8 @@ fn fleet(capacity: u32, healthy: u32, unknown: u32) -> Fleet {
                 launch_hook: None,
                 protected: false,
                 spot: false,
+                adopted: None,
+                released: None,
                 id: id(n),
                 image: ami(1),
                 launched_at: t0() - Duration::minutes(90),

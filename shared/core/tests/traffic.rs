@@ -224,6 +224,9 @@ impl World {
                         refused: Vec::new(),
                     });
                 }
+                Command::Tag { .. } | Command::Untag { .. } | Command::Detach { .. } => {
+                    panic!("no adoption here: {c:?}")
+                }
                 Command::Register { instances } => {
                     for id in instances {
                         for (arn, g) in self.groups.iter_mut() {

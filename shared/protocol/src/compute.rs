@@ -357,6 +357,69 @@ impl<E: Ec2> Compute<E> {
         })
     }
 
+    /// Tags adopted instances as the fleet's, from their records: `phoenix:fleet`, their
+    /// adoption's token as `phoenix:launch`, their image and definition (one `CreateTags` call per
+    /// distinct set). Returns the ids EC2 no longer knows: a call that fails for one of them is
+    /// made again id by id, so the others are tagged all the same.
+    pub async fn tag_adopted(&self, fleet: &Fleet, ids: &[InstanceId]) -> Result<Vec<InstanceId>> {
+        let mut sets: BTreeMap<BTreeMap<String, String>, Vec<String>> = BTreeMap::new();
+        for id in ids {
+            let Some(i) = fleet.instances.get(id) else {
+                continue;
+            };
+            let mut tags = BTreeMap::from([
+                (TAG_FLEET.to_string(), fleet.spec.name.to_string()),
+                (TAG_TOKEN.to_string(), i.token.clone()),
+                (TAG_IMAGE.to_string(), i.image.to_string()),
+            ]);
+            if let Some(d) = &i.definition {
+                tags.insert(TAG_DEFINITION.to_string(), d.clone());
+            }
+            sets.entry(tags).or_default().push(id.to_string());
+        }
+        let mut gone = Vec::new();
+        for (tags, ids) in sets {
+            for chunk in ids.chunks(MAX_FILTER_VALUES) {
+                match self.ec2.create_tags(chunk, &tags).await {
+                    Ok(()) => {}
+                    Err(Error::NotFound(_)) => {
+                        for id in chunk {
+                            match self.ec2.create_tags(std::slice::from_ref(id), &tags).await {
+                                Ok(()) => {}
+                                Err(Error::NotFound(_)) => gone.extend(InstanceId::parse(id).ok()),
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Removes phoenix's tags from released instances; an instance already gone has none.
+    pub async fn untag(&self, ids: &[InstanceId]) -> Result<()> {
+        let keys: Vec<String> = [
+            TAG_FLEET,
+            TAG_TOKEN,
+            TAG_IMAGE,
+            TAG_DEFINITION,
+            TAG_PROTECTED,
+        ]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        for chunk in ids.chunks(MAX_FILTER_VALUES) {
+            match self.ec2.delete_tags(chunk, &keys).await {
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// The availability zone of each of these subnets that exists (`DescribeSubnets`).
     pub async fn subnet_zones(&self, subnets: &[String]) -> Result<BTreeMap<String, String>> {
         if subnets.is_empty() {

@@ -7,7 +7,8 @@ use crate::ec2::{SUBNETS, ZONES};
 use crate::world::Shared;
 use phoenix_core::images::ImageFacts;
 use phoenix_core::model::{LaunchTemplateRef, Timestamp};
-use phoenix_protocol::error::Result;
+use phoenix_protocol::error::{Error, Result};
+use phoenix_protocol::ports::autoscaling::{AutoScaling, Group};
 use phoenix_protocol::ports::bus::{Bus, OutgoingEvent};
 use phoenix_protocol::ports::ec2::{
     Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, Subnet, TemplateVersions,
@@ -66,6 +67,7 @@ impl Ports for Sim {
     type Table = SimTable;
     type Ec2 = SimEc2;
     type Elb = SimElb;
+    type AutoScaling = SimAutoScaling;
     type Bus = SimBus;
     type Time = SimTime;
 }
@@ -73,6 +75,8 @@ impl Ports for Sim {
 pub struct SimTable(pub Shared);
 pub struct SimEc2(pub Shared);
 pub struct SimElb(pub Shared);
+/// The simulated world has no Auto Scaling groups: taking one over is proved on the emulator.
+pub struct SimAutoScaling;
 pub struct SimBus(pub Shared);
 pub struct SimTime(pub Shared);
 
@@ -166,6 +170,24 @@ impl Ec2 for SimEc2 {
         out
     }
 
+    /// Adoption is proved on the emulator: the simulated EC2 keeps no tags but phoenix's own,
+    /// set at launch, and refuses to change them rather than pretend to.
+    async fn create_tags(&self, _ids: &[String], _tags: &BTreeMap<String, String>) -> Result<()> {
+        yield_now().await;
+        Err(Error::Permanent {
+            service: "ec2",
+            message: "the simulated EC2 does not tag instances after launch".into(),
+        })
+    }
+
+    async fn delete_tags(&self, _ids: &[String], _keys: &[String]) -> Result<()> {
+        yield_now().await;
+        Err(Error::Permanent {
+            service: "ec2",
+            message: "the simulated EC2 does not untag instances".into(),
+        })
+    }
+
     async fn describe_subnets(&self, ids: &[String]) -> Result<BTreeMap<String, Subnet>> {
         let out = Ok(ids
             .iter()
@@ -183,6 +205,39 @@ impl Ec2 for SimEc2 {
         yield_now().await;
         out
     }
+}
+
+impl AutoScaling for SimAutoScaling {
+    async fn describe_group(&self, _name: &str) -> Result<Option<Group>> {
+        yield_now().await;
+        Ok(None)
+    }
+    async fn refresh_active(&self, _name: &str) -> Result<bool> {
+        yield_now().await;
+        Ok(false)
+    }
+    async fn tag_group(&self, name: &str, _key: &str, _value: &str) -> Result<()> {
+        no_group(name).await
+    }
+    async fn suspend_processes(&self, name: &str) -> Result<()> {
+        no_group(name).await
+    }
+    async fn set_min_size(&self, name: &str, _min: u32) -> Result<()> {
+        no_group(name).await
+    }
+    async fn detach_instances(&self, name: &str, _ids: &[String]) -> Result<Option<String>> {
+        no_group(name).await?;
+        Ok(None)
+    }
+}
+
+/// What Auto Scaling answers about a group that does not exist.
+async fn no_group(name: &str) -> Result<()> {
+    yield_now().await;
+    Err(Error::Permanent {
+        service: "autoscaling",
+        message: format!("ValidationError: group {name} not found"),
+    })
 }
 
 impl Elb for SimElb {

@@ -344,6 +344,8 @@ fn the_largest_commit_with_its_notifications_is_one_transaction() {
                 launch_hook: None,
                 protected: false,
                 spot: false,
+                adopted: None,
+                released: None,
                 id: id.clone(),
                 image: ami(10),
                 launched_at: now,
@@ -1067,7 +1069,7 @@ fn the_planner_variants_rewrite_only_what_they_say() {
 
 #[test]
 fn the_controller_launches_no_image_of_an_account_not_allowed() {
-    use crate::ports::{Sim, SimBus, SimEc2, SimElb, SimTime};
+    use crate::ports::{Sim, SimAutoScaling, SimBus, SimEc2, SimElb, SimTime};
     use phoenix_core::events::Envelope;
     use phoenix_core::images::AllowedImageAccounts;
     use phoenix_protocol::{Controller, Intake};
@@ -1082,6 +1084,7 @@ fn the_controller_launches_no_image_of_an_account_not_allowed() {
         SimTable(world.clone()),
         SimEc2(world.clone()),
         SimElb(world.clone()),
+        SimAutoScaling,
         SimBus(world.clone()),
         SimTime(world.clone()),
         Intake {

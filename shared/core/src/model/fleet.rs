@@ -10,6 +10,7 @@
 //! from the moment it is decided until its instances are recorded or it is given up
 //! (write-ahead).
 
+use super::adoption::Takeover;
 use super::budgets::Reason;
 use super::definition::Definition;
 use super::instance::{Instance, Instances};
@@ -280,6 +281,9 @@ pub struct Fleet {
     /// interrupted: Spot launches take the pools interrupted least first.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub interruptions: BTreeMap<String, Vec<Timestamp>>,
+    /// An Auto Scaling group being taken over: its instances detached a batch at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover: Option<Takeover>,
     #[serde(skip)]
     pub instances: Instances,
     #[serde(skip)]
@@ -316,6 +320,7 @@ impl Fleet {
             zones: BTreeMap::new(),
             unavailable: BTreeMap::new(),
             interruptions: BTreeMap::new(),
+            takeover: None,
             inbox: Vec::new(),
             instances: Instances::new(),
             complete: true,

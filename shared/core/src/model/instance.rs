@@ -6,6 +6,7 @@
 //! terminate it), the instance is neither repaired nor retired again. A copy of `Instances` shares
 //! every record with the original until one of them changes it.
 
+use super::adoption::{Adopted, Released};
 use super::traffic::{HookWait, Targets};
 use crate::ids::{ImageId, InstanceId};
 use crate::lifecycle::{Health, Lifecycle};
@@ -132,11 +133,27 @@ pub struct Instance {
     /// A Spot instance (else On-Demand).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spot: bool,
+    /// Taken into the fleet rather than launched by it (`phoenix fleet adopt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<Adopted>,
+    /// Given back (`phoenix fleet release`): no longer the fleet's, the record kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<Released>,
 }
 
 impl Instance {
+    /// The fleet's, and not terminated: neither a tombstone nor given back.
     pub fn is_live(&self) -> bool {
-        self.terminated_at.is_none()
+        self.terminated_at.is_none() && self.released.is_none()
+    }
+    /// Still in the Auto Scaling group it was adopted from.
+    pub fn in_asg(&self) -> bool {
+        self.adopted.as_ref().is_some_and(|a| a.asg.is_some())
+    }
+    /// Nothing voluntary takes it (a rollout, retirement for age, rebalance, scale-in): it is
+    /// protected, or still in its Auto Scaling group.
+    pub fn is_held(&self) -> bool {
+        self.protected || self.in_asg()
     }
     pub fn is_healthy(&self) -> bool {
         self.health == Health::Healthy && self.state == Lifecycle::Running

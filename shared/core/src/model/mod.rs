@@ -14,6 +14,7 @@
 //! `Lifecycle`, `Health`, a capacity's bounds) live on the floor below and are re-exported here,
 //! where users of the model look for them.
 
+mod adoption;
 mod budgets;
 mod definition;
 mod fleet;
@@ -29,6 +30,7 @@ mod traffic;
 pub use crate::lifecycle::{Health, HookKind, HookResult, Lifecycle, Suspect};
 pub use crate::quantity::{validate_capacity, MAX_CAPACITY};
 pub use crate::time::{Seconds, Timestamp};
+pub use adoption::{Adopted, AsgMember, Released, Takeover, MAX_DETACH_IDS};
 pub use budgets::{Reason, ReasonBudget, ReasonBudgets};
 pub use definition::Definition;
 pub use fleet::{

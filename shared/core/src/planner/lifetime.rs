@@ -30,6 +30,6 @@ impl Tx {
 
     /// Whether `i` is past its age under `aging` (`Tx::aging`).
     pub(super) fn aged(&self, aging: Option<Seconds>, i: &Instance) -> bool {
-        aging.is_some_and(|l| !i.protected && retires_at(i, l) <= self.now)
+        aging.is_some_and(|l| !i.is_held() && retires_at(i, l) <= self.now)
     }
 }

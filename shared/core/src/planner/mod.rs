@@ -33,9 +33,12 @@
 //!   target groups, what the groups report;
 //! - `notices`: what AWS says about an instance, turned into a repair or a retirement;
 //! - `outcomes`: folding what EC2 answered into the fleet;
+//! - `adoption`: instances phoenix did not launch: adopted, detached from their Auto Scaling
+//!   group, released;
 //! - `reconcile`: one pass over the whole fleet against what EC2 reports;
 //! - `intents`: a new fleet, a fleet file applied, an event's intent.
 
+mod adoption;
 mod budgets;
 mod intents;
 mod lifetime;
@@ -53,6 +56,7 @@ mod tx;
 mod way_out;
 mod windows;
 
+pub use adoption::{adopt, release, Adoption, MAX_ADOPTED_PER_STEP};
 pub use intents::{
     apply_intent, apply_queued, create_fleet, template_resolved, update_spec, Resolved,
 };

@@ -63,6 +63,8 @@ impl Tx {
                     launch_hook: None,
                     protected: false,
                     spot: market(l),
+                    adopted: None,
+                    released: None,
                 },
             );
             self.touched.insert(l.id.clone());
@@ -107,7 +109,13 @@ fn outcome_writes(outcome: &Outcome) -> usize {
         Outcome::Launched { instances, .. } => instances.len(),
         Outcome::Terminated { instances, .. } => instances.len(),
         Outcome::Deregistered { instances, .. } => instances.len(),
+        Outcome::Tagged { instances, .. }
+        | Outcome::Untagged { instances }
+        | Outcome::Detached { instances, .. }
+        | Outcome::DetachFailed { instances, .. } => instances.len(),
         Outcome::LaunchFailed { .. }
+        | Outcome::TagFailed { .. }
+        | Outcome::UntagFailed { .. }
         | Outcome::TerminateFailed { .. }
         | Outcome::Registered { .. }
         | Outcome::RegisterFailed { .. }
@@ -226,6 +234,27 @@ pub fn record_outcome_part(
                     error: error.clone(),
                 })
             }
+            Outcome::Tagged { instances, gone } => tx.tagged(instances, gone),
+            // Asked again once the request's lease runs out.
+            Outcome::TagFailed { instances, error } => tx.changes.push(Change::TagFailed {
+                instances: instances.clone(),
+                error: error.clone(),
+            }),
+            Outcome::Untagged { instances } => tx.untagged(instances),
+            Outcome::UntagFailed { instances, error } => tx.changes.push(Change::TagFailed {
+                instances: instances.clone(),
+                error: format!("removing phoenix's tags: {error}"),
+            }),
+            Outcome::Detached {
+                group,
+                instances,
+                request_ids,
+            } => tx.detached(group, instances, request_ids),
+            Outcome::DetachFailed {
+                group,
+                instances,
+                error,
+            } => tx.detach_failed(group, instances, error),
         }
     }
     // The launches above may have completed a wave or the rollout.

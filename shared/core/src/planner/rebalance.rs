@@ -78,7 +78,7 @@ impl Tx {
             .count() as u32;
         let largest: Option<&Instance> = fleet
             .live_instances()
-            .filter(|i| i.disposal.is_none() && !i.protected)
+            .filter(|i| i.disposal.is_none() && !i.is_held())
             .filter(|i| counts.get(&fleet.zone_of(i)).copied() == Some(most))
             .min_by_key(|i| (i.is_healthy(), i.launched_at, i.id.clone()));
         let Some(old) = largest else {

@@ -6,7 +6,9 @@
 //! instances found by their `phoenix:launch` tag) or launched again with the same token; a
 //! decided termination not carried out is issued again; an instance tagged with the fleet that no
 //! record and no pending launch owns is terminated; a recorded instance EC2 does not list counts
-//! as vanished only once `OBSERVE_GRACE` has passed since its launch.
+//! as vanished only once `OBSERVE_GRACE` has passed since its launch — an adopted one not yet
+//! seen with the fleet's tags is tagged again instead (`adoption`); a released one still seen
+//! with them is untagged again.
 
 use super::rollout::track_rollout;
 use super::scale::roll_and_scale;
@@ -84,6 +86,7 @@ fn reconcile_tx(mut tx: Tx, observed: &[Observed]) -> Step {
     tx.wake();
     tx.health_gate();
     tx.breaker();
+    tx.detach_from_groups();
     // Failed instances first: they are the most urgent and cost no availability. Then instances
     // owed a replacement by a notice (waiting for their window or for room). Both found in one
     // pass: `retire` passes over any that a repair has just taken.
@@ -185,6 +188,11 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
     // (a snapshot: a clone of the shared records, not a copy of them).
     let recorded = tx.fleet.instances.clone();
     let (reports, known) = match_observed(&recorded, observed);
+    for (inst, report) in &reports {
+        if inst.released.is_some() && tx.room_to_touch() {
+            tx.follow_released(inst, report.is_some_and(|o| !o.state.is_gone()));
+        }
+    }
     for (inst, report) in reports.into_iter().filter(|(i, _)| i.is_live()) {
         if !tx.room_to_touch() {
             break;
@@ -192,6 +200,7 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
         match report {
             Some(o) if o.state.is_gone() => gone(tx, inst, o.state.as_str()),
             Some(o) => {
+                tx.seen_tagged(inst);
                 if o.state != inst.state {
                     if let Some(i) = tx.instance_mut(&inst.id) {
                         i.state = o.state;
@@ -247,6 +256,7 @@ fn observe(tx: &mut Tx, observed: &[Observed]) {
                 tx.serving(inst, o);
                 tx.way_out(inst, o);
             }
+            None if tx.awaiting_tag(inst) => {}
             None if inst.launched_at + OBSERVE_GRACE <= now => gone(tx, inst, "missing"),
             None => {}
         }

@@ -119,7 +119,8 @@ impl Tx {
         let Some(inst) = self.fleet.instances.get(id) else {
             return;
         };
-        if !inst.is_live() || inst.disposal.is_some() {
+        // One still in its Auto Scaling group is detached first (failed ones are, at once).
+        if !inst.is_live() || inst.disposal.is_some() || inst.in_asg() {
             return;
         }
         let reason = match &inst.health {
@@ -198,8 +199,9 @@ impl Tx {
         if !inst.is_live() || inst.disposal.is_some() || !r.is_due(now) {
             return;
         }
-        // A protected instance goes only when AWS takes it anyway.
-        if inst.protected && r.deadline.is_none() {
+        // A protected instance goes only when AWS takes it anyway; one still in its Auto Scaling
+        // group, once it is detached.
+        if (inst.protected && r.deadline.is_none()) || inst.in_asg() {
             return;
         }
         let urgent = r.is_urgent(now);

@@ -94,7 +94,12 @@ impl Tx {
         }
     }
 
-    fn start_rollout(&mut self, from: ImageId, to: ImageId, definition: Option<DefinitionChange>) {
+    pub(super) fn start_rollout(
+        &mut self,
+        from: ImageId,
+        to: ImageId,
+        definition: Option<DefinitionChange>,
+    ) {
         let mut next_id = 1;
         if let Some(prev) = self.fleet.rollout.as_mut() {
             next_id = prev.id + 1;

@@ -143,10 +143,11 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
     let (mut new, mut old): (Vec<&Instance>, Vec<&Instance>) = keep
         .iter()
         .partition(|i| spec.matches(i) && !tx.aged(aging, i));
-    // Protected instances stay whatever their image: they take their place in the capacity, and
-    // a rollout waits for them (`status` names them).
-    let protected_old = old.iter().filter(|i| i.protected).count() as u32;
-    old.retain(|i| !i.protected);
+    // Protected instances, and adopted ones still in their Auto Scaling group, stay whatever
+    // their image: they take their place in the capacity, and a rollout waits for them
+    // (`status` names them).
+    let protected_old = old.iter().filter(|i| i.is_held()).count() as u32;
+    old.retain(|i| !i.is_held());
     let room_for_new = capacity.saturating_sub(protected_old);
     let aged = old.iter().filter(|i| spec.matches(i)).count();
     let healthy_new = new.iter().filter(|i| i.is_healthy()).count() as u32;
@@ -210,7 +211,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         } else {
             total.saturating_sub(capacity) as usize
         };
-        new.retain(|i| !i.protected);
+        new.retain(|i| !i.is_held());
         from_largest_zones(tx, &mut new, excess.min(limit), order);
         for i in &new {
             remove.push((i, format!("scale in to {capacity}"), Reason::ScaleIn));
@@ -268,7 +269,7 @@ pub(super) fn roll_and_scale(tx: &mut Tx) {
         } else {
             new_total.saturating_sub(room_for_new) as usize
         };
-        new.retain(|i| !i.protected);
+        new.retain(|i| !i.is_held());
         from_largest_zones(tx, &mut new, excess.min(limit), order);
         for i in &new {
             remove.push((i, format!("scale in to {capacity}"), Reason::ScaleIn));

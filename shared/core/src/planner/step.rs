@@ -12,8 +12,9 @@ use crate::model::{Fleet, Lifecycle, Offering, Seconds, Timestamp};
 use serde::Serialize;
 use std::collections::BTreeSet;
 
-/// What the executor must do. Order of execution: `Terminate` and `Deregister` without
-/// `after_launch` first (they were already covered by healthy replacements) and `Register`, then
+/// What the executor must do. Order of execution: `Tag`, `Untag` and `Detach` (they take nothing
+/// out of service that phoenix does not put back), `Terminate` and `Deregister` without
+/// `after_launch` (they were already covered by healthy replacements) and `Register`, then
 /// every `Launch`, then the `Deregister`s and `Terminate`s that wait for a launch, and only if
 /// that launch succeeded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -37,6 +38,16 @@ pub enum Command {
     Deregister {
         instances: Vec<InstanceId>,
         after_launch: Option<String>,
+    },
+    /// Tag adopted instances as the fleet's (`phoenix:fleet`, `phoenix:launch` with their
+    /// adoption's token, `phoenix:image`, `phoenix:definition`, from their records).
+    Tag { instances: Vec<InstanceId> },
+    /// Remove phoenix's tags from released instances.
+    Untag { instances: Vec<InstanceId> },
+    /// `DetachInstances` from the Auto Scaling group, its desired capacity decremented.
+    Detach {
+        group: String,
+        instances: Vec<InstanceId>,
     },
 }
 
@@ -80,6 +91,33 @@ pub enum Outcome {
         request_ids: Vec<String>,
     },
     DeregisterFailed {
+        instances: Vec<InstanceId>,
+        error: String,
+    },
+    /// Tagged as the fleet's; `gone`: those EC2 no longer knows (they vanished before).
+    Tagged {
+        instances: Vec<InstanceId>,
+        gone: Vec<InstanceId>,
+    },
+    TagFailed {
+        instances: Vec<InstanceId>,
+        error: String,
+    },
+    Untagged {
+        instances: Vec<InstanceId>,
+    },
+    UntagFailed {
+        instances: Vec<InstanceId>,
+        error: String,
+    },
+    /// Out of the group (or no longer in it).
+    Detached {
+        group: String,
+        instances: Vec<InstanceId>,
+        request_ids: Vec<String>,
+    },
+    DetachFailed {
+        group: String,
         instances: Vec<InstanceId>,
         error: String,
     },

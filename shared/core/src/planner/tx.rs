@@ -53,6 +53,11 @@ pub(super) struct Tx {
     pub(super) register: Vec<InstanceId>,
     pub(super) deregister_now: Vec<InstanceId>,
     pub(super) deregister_after: BTreeMap<String, Vec<InstanceId>>,
+    /// Adopted instances to tag as the fleet's, released ones to untag, and instances to detach
+    /// from their Auto Scaling group (by group).
+    pub(super) tag: Vec<InstanceId>,
+    pub(super) untag: Vec<InstanceId>,
+    pub(super) detach: BTreeMap<String, Vec<InstanceId>>,
     pub(super) now: Timestamp,
 }
 
@@ -72,12 +77,28 @@ impl Tx {
             register: Vec::new(),
             deregister_now: Vec::new(),
             deregister_after: BTreeMap::new(),
+            tag: Vec::new(),
+            untag: Vec::new(),
+            detach: BTreeMap::new(),
             now,
         }
     }
 
     pub(super) fn finish(self) -> Step {
         let mut commands = Vec::new();
+        if !self.tag.is_empty() {
+            commands.push(Command::Tag {
+                instances: self.tag,
+            });
+        }
+        if !self.untag.is_empty() {
+            commands.push(Command::Untag {
+                instances: self.untag,
+            });
+        }
+        for (group, instances) in self.detach {
+            commands.push(Command::Detach { group, instances });
+        }
         if !self.terminate_now.is_empty() {
             commands.push(Command::Terminate {
                 instances: self.terminate_now,

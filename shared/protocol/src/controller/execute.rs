@@ -4,18 +4,18 @@
 use super::{Controller, FleetOutcome, FleetReport};
 use crate::error::{Error, Result};
 use crate::ports::bus::{Bus, OutgoingEvent};
-use crate::ports::{Deadline, Ports};
+use crate::ports::{AutoScaling, Deadline, Ports};
 use crate::store::{EventKey, EventRecord, Mail};
 use crate::variant::Variant;
 use phoenix_core::events::{Cause, Change};
-use phoenix_core::model::{Fleet, Seconds};
+use phoenix_core::model::{Fleet, Seconds, MAX_DETACH_IDS};
 use phoenix_core::planner::{self, Command, Outcome, Step};
 use phoenix_core::{FleetName, InstanceId};
 use std::collections::BTreeSet;
 use tracing::{info, warn};
 
-/// The executor's order: terminations and deregistrations already covered by healthy
-/// replacements, and registrations, then launches, then the deregistrations and terminations
+/// The executor's order: tags, detaches, terminations and deregistrations already covered by
+/// healthy replacements, and registrations, then launches, then the deregistrations and terminations
 /// that wait for a launch (carried out only if it succeeded).
 pub fn executor_order(commands: &[Command]) -> Vec<&Command> {
     let (first, rest): (Vec<&Command>, Vec<&Command>) = commands.iter().partition(|c| {
@@ -28,6 +28,9 @@ pub fn executor_order(commands: &[Command]) -> Vec<&Command> {
                 after_launch: None,
                 ..
             } | Command::Register { .. }
+                | Command::Tag { .. }
+                | Command::Untag { .. }
+                | Command::Detach { .. }
         )
     });
     let (launches, after): (Vec<&Command>, Vec<&Command>) = rest
@@ -289,6 +292,36 @@ impl<P: Ports> Controller<P> {
                         });
                     }
                 },
+                Command::Tag { instances } => {
+                    match self.compute.tag_adopted(fleet, instances).await {
+                        Ok(gone) => ran.outcomes.push(Outcome::Tagged {
+                            instances: instances.clone(),
+                            gone,
+                        }),
+                        Err(e) => {
+                            let error = ran.failed(name, "tag", &e);
+                            ran.outcomes.push(Outcome::TagFailed {
+                                instances: instances.clone(),
+                                error,
+                            });
+                        }
+                    }
+                }
+                Command::Untag { instances } => match self.compute.untag(instances).await {
+                    Ok(()) => ran.outcomes.push(Outcome::Untagged {
+                        instances: instances.clone(),
+                    }),
+                    Err(e) => {
+                        let error = ran.failed(name, "untag", &e);
+                        ran.outcomes.push(Outcome::UntagFailed {
+                            instances: instances.clone(),
+                            error,
+                        });
+                    }
+                },
+                Command::Detach { group, instances } => {
+                    self.detach(name, group, instances, &mut ran).await;
+                }
                 Command::Register { instances } => {
                     match self.targets.register(&fleet.spec, instances).await {
                         Ok(request_ids) => ran.outcomes.push(Outcome::Registered {
@@ -383,6 +416,38 @@ impl<P: Ports> Controller<P> {
             }
         }
         ran
+    }
+
+    /// Detaches instances from their Auto Scaling group, `MAX_DETACH_IDS` per call, the group's
+    /// desired capacity decremented with each so it launches nothing in their place. Instances
+    /// no longer in the group are out of it: success, as "already gone" is for a delete.
+    async fn detach(&self, name: &FleetName, group: &str, ids: &[InstanceId], ran: &mut Ran) {
+        for chunk in ids.chunks(MAX_DETACH_IDS) {
+            let text: Vec<String> = chunk.iter().map(ToString::to_string).collect();
+            match self.autoscaling.detach_instances(group, &text).await {
+                Ok(request) => ran.outcomes.push(Outcome::Detached {
+                    group: group.to_string(),
+                    instances: chunk.to_vec(),
+                    request_ids: request.into_iter().collect(),
+                }),
+                Err(Error::NotFound(why)) => {
+                    info!(fleet = %name, group, %why, "instances already out of the group");
+                    ran.outcomes.push(Outcome::Detached {
+                        group: group.to_string(),
+                        instances: chunk.to_vec(),
+                        request_ids: Vec::new(),
+                    })
+                }
+                Err(e) => {
+                    let error = ran.failed(name, "detach", &e);
+                    ran.outcomes.push(Outcome::DetachFailed {
+                        group: group.to_string(),
+                        instances: chunk.to_vec(),
+                        error,
+                    });
+                }
+            }
+        }
     }
 
     /// Nothing, as the protocol is: an instance leaves its target groups and drains before it is

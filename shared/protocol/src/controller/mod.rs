@@ -37,12 +37,14 @@
 //!
 //! Time comes from the `Time` port only: the same code runs in Lambda and in the simulator.
 
+mod adopt;
 mod aws_events;
 mod execute;
 mod instance;
 mod pass;
 pub mod report;
 
+pub use adopt::{Adopted, Selection};
 pub use report::{FleetOutcome, FleetReport, Report};
 
 use crate::compute::Compute;
@@ -119,6 +121,8 @@ pub struct Controller<P: Ports> {
     pub store: Store<P::Table>,
     pub compute: Compute<P::Ec2>,
     pub targets: TargetGroups<P::Elb>,
+    /// Auto Scaling groups being taken over.
+    pub autoscaling: P::AutoScaling,
     pub bus: P::Bus,
     pub time: P::Time,
     /// Accounts and sources events are accepted from; Image Builder.
@@ -184,6 +188,7 @@ impl<P: Ports> Controller<P> {
         store: P::Table,
         ec2: P::Ec2,
         elb: P::Elb,
+        autoscaling: P::AutoScaling,
         bus: P::Bus,
         time: P::Time,
         intake: Intake,
@@ -192,6 +197,7 @@ impl<P: Ports> Controller<P> {
             store: Store::new(store),
             compute: Compute::new(ec2),
             targets: TargetGroups::new(elb),
+            autoscaling,
             bus,
             time,
             intake,

@@ -139,6 +139,19 @@ pub trait Ec2: Send + Sync {
         &self,
         ids: &[String],
     ) -> impl Future<Output = Result<BTreeMap<String, Subnet>>> + Send;
+    /// `CreateTags`: these tags on each of these instances (at most `MAX_FILTER_VALUES`). Ids
+    /// that do not exist fail the call with `Error::NotFound`.
+    fn create_tags(
+        &self,
+        ids: &[String],
+        tags: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// `DeleteTags`: these keys from each of these instances; a tag already gone is no error.
+    fn delete_tags(
+        &self,
+        ids: &[String],
+        keys: &[String],
+    ) -> impl Future<Output = Result<()>> + Send;
     /// `DescribeImages` of one AMI: what EC2 reports about it (name, owner, tags), or `None` if
     /// this account cannot see it.
     fn describe_image(

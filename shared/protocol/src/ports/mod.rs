@@ -1,9 +1,10 @@
 //! The ports: what the protocol needs from the world, each as small as the protocol's use of it.
-//! `Table` (DynamoDB), `Ec2`, `Elb` (target groups), `Bus` (EventBridge) and `ImageResolver`
-//! (Image Builder) are AWS APIs
+//! `Table` (DynamoDB), `Ec2`, `Elb` (target groups), `AutoScaling` (a group taken over), `Bus`
+//! (EventBridge) and `ImageResolver` (Image Builder) are AWS APIs
 //! in their own terms; `Time` is the clock, sleeping and jitter. Production adapters live in
 //! `phoenix_aws`, in-memory ones with the same semantics in the simulator.
 
+pub mod autoscaling;
 pub mod bus;
 pub mod ec2;
 pub mod elb;
@@ -11,6 +12,7 @@ pub mod images;
 pub mod table;
 pub mod time;
 
+pub use autoscaling::AutoScaling;
 pub use bus::{Bus, OutgoingEvent};
 pub use ec2::Ec2;
 pub use elb::Elb;
@@ -23,6 +25,7 @@ pub trait Ports: 'static {
     type Table: Table;
     type Ec2: Ec2;
     type Elb: Elb;
+    type AutoScaling: AutoScaling;
     type Bus: Bus;
     type Time: Time;
 }
