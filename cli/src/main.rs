@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use phoenix_aws::bus::{Bus, OutgoingEvent};
 use phoenix_aws::config::{load_sdk_config, Settings};
+use phoenix_aws::controller::Selection;
 use phoenix_aws::{telemetry, AwsController};
 use phoenix_core::events::{Cause, ControlAction, Intent, ScaleTarget};
 use phoenix_core::history;
@@ -116,6 +117,32 @@ enum FleetCmd {
         #[arg(long, default_value_t = 60, requires = "diff")]
         interval: i64,
     },
+    /// Take running instances into a fleet without replacing them: recorded, tagged
+    /// `phoenix:fleet`, then the fleet's policy applies (instances on another image than the
+    /// file's are rolled to it under the disruption budget). Creates the fleet from FILE, or
+    /// updates it as `apply` does. Instances another fleet owns, or not running, are refused.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["select", "instances", "from_asg"])))]
+    Adopt {
+        file: PathBuf,
+        /// Instances carrying this tag, as `tag:KEY=VALUE`; several must all match.
+        #[arg(long, value_parser = parse_select)]
+        select: Vec<(String, String)>,
+        /// These instance ids (comma-separated, or the option repeated).
+        #[arg(long, value_delimiter = ',')]
+        instances: Vec<InstanceId>,
+        /// Every instance of this Auto Scaling group, with zero downtime: the group's processes
+        /// suspended, its instances adopted, then detached a batch at a time within the budget
+        /// (its desired capacity decremented, so it launches no replacement). The group is left
+        /// empty and suspended, never deleted. The target groups it serves behind must be the
+        /// file's.
+        #[arg(long, value_name = "NAME")]
+        from_asg: Option<String>,
+    },
+    /// Give a fleet's instances back: phoenix's tags removed, the instances left running, the
+    /// capacity set to 0 so nothing replaces them. The fleet and its history stay
+    /// (`fleet delete` removes them). Refused while a rollout, launches or terminations are
+    /// under way.
+    Release { fleet: FleetName },
     /// List fleets.
     List,
     /// One fleet in full: spec and policy, disruption budget in use, rollout, instances.
@@ -558,6 +585,32 @@ async fn fleet_cmd(cmd: FleetCmd, controller: &AwsController, out: &output::Prin
             publish(controller, &Intent::Reconcile { fleet: Some(name) }).await?;
             out.fleet_report(&report)
         }
+        FleetCmd::Adopt {
+            file,
+            select,
+            instances,
+            from_asg,
+        } => {
+            let spec = fleetfile::read(&file)?;
+            let selection = match (from_asg, instances.is_empty()) {
+                (Some(group), _) => Selection::Group(group),
+                (None, false) => Selection::Ids(instances),
+                (None, true) => Selection::Tags(select),
+            };
+            let adopted = controller.adopt(spec, &selection).await?;
+            publish(
+                controller,
+                &Intent::Reconcile {
+                    fleet: Some(adopted.fleet.clone()),
+                },
+            )
+            .await?;
+            out.adopted(&adopted)
+        }
+        FleetCmd::Release { fleet } => {
+            let (released, _) = controller.release(&fleet).await?;
+            out.released(&fleet, &released)
+        }
         FleetCmd::List => {
             let names = controller.store.list_fleets().await?;
             let mut fleets = Vec::new();
@@ -585,6 +638,17 @@ async fn fleet_cmd(cmd: FleetCmd, controller: &AwsController, out: &output::Prin
             .await?;
             out.deleted(&deleted)
         }
+    }
+}
+
+/// `tag:KEY=VALUE` as (KEY, VALUE).
+fn parse_select(text: &str) -> std::result::Result<(String, String), String> {
+    let rest = text
+        .strip_prefix("tag:")
+        .ok_or_else(|| format!("{text:?}: expected tag:KEY=VALUE"))?;
+    match rest.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{text:?}: expected tag:KEY=VALUE")),
     }
 }
 

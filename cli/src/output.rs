@@ -4,6 +4,7 @@ use crate::fleet::Deleted;
 use crate::rollout::status_word;
 use anyhow::Result;
 use chrono::Utc;
+use phoenix_aws::controller::Adopted;
 use phoenix_aws::FleetReport;
 use phoenix_core::dryrun::RolloutPlan;
 use phoenix_core::events::{Cause, Intent};
@@ -15,7 +16,7 @@ use phoenix_core::model::{
     retires_at, Drift, Fleet, Health, Instance, RolloutPolicy, RolloutStatus, Target, Timestamp,
 };
 use phoenix_core::timeline::{MarkerKind, Timeline};
-use phoenix_core::ImageId;
+use phoenix_core::{FleetName, ImageId, InstanceId};
 use phoenix_local::Delivery;
 use phoenix_protocol::Preview;
 use serde::Serialize;
@@ -626,6 +627,7 @@ impl Printer {
             "rollout": fleet.rollout,
             "repairs": Self::repairs_json(fleet),
             "pending_launches": fleet.pending,
+            "takeover": fleet.takeover,
             "queued_intents": fleet.inbox,
             "instances": instances,
         })
@@ -668,6 +670,28 @@ impl Printer {
             say!(
                 "  protected, holding the rollout back: {} (phoenix instance unprotect INSTANCE)",
                 holding.join(" ")
+            );
+        }
+        if let Some(t) = &fleet.takeover {
+            let left: Vec<String> = fleet
+                .live_instances()
+                .filter(|i| i.in_asg())
+                .map(|i| i.id.to_string())
+                .collect();
+            say!(
+                "  taking over Auto Scaling group {} (since {}): {} of {} still in it{}",
+                t.group,
+                hm(t.started_at),
+                left.len(),
+                t.instances,
+                if left.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", detached a batch at a time within the budget: {}",
+                        left.join(" ")
+                    )
+                }
             );
         }
         for arn in &fleet.lb_missing {
@@ -783,6 +807,11 @@ impl Printer {
             };
             if i.protected {
                 spec.push_str(" (protected)");
+            }
+            match &i.adopted {
+                Some(a) if a.asg.is_some() => spec.push_str(" (adopted, in its group)"),
+                Some(_) => spec.push_str(" (adopted)"),
+                None => {}
             }
             let when = match lifetime {
                 Some(l) if !i.protected => retires_at(i, l),
@@ -1049,12 +1078,23 @@ impl Printer {
             i.image,
             health
         );
+        let adopted = e.links.iter().find(|l| l.kind == LinkKind::Adopted);
         say!(
-            "  launched {}{} | launch decision {}",
+            "  launched {}{}{} | {} {}",
             ts(i.launched_at),
+            if adopted.is_some() {
+                " outside phoenix"
+            } else {
+                ""
+            },
             i.terminated_at
                 .map(|t| format!(", terminated {}", ts(t)))
                 .unwrap_or_default(),
+            if adopted.is_some() {
+                "adopted as decision"
+            } else {
+                "launch decision"
+            },
             e.token
         );
         if let Some(o) = &e.rollout {
@@ -1083,7 +1123,9 @@ impl Printer {
                 })
                 .collect();
             n += group.len();
-            let title = if first.kind.is_launch() {
+            let title = if first.kind.is_launch() && adopted.is_some() {
+                "WHY IT IS THE FLEET'S"
+            } else if first.kind.is_launch() {
                 "WHY IT WAS LAUNCHED"
             } else {
                 "WHAT HAPPENED TO IT"
@@ -1174,6 +1216,63 @@ impl Printer {
             count(MarkerKind::BreakerTrip),
             ts(tl.start),
             ts(tl.end)
+        );
+        Ok(())
+    }
+
+    pub fn adopted(&self, a: &Adopted) -> Result<()> {
+        if self.json {
+            return print_json(a);
+        }
+        if let Some(g) = &a.group {
+            say!(
+                "taking over Auto Scaling group {g}: processes suspended; its instances are \
+                 detached a batch at a time (`phoenix status {}` follows it)",
+                a.fleet
+            );
+        }
+        if a.adopted.is_empty() {
+            say!("fleet {}: nothing new to adopt", a.fleet);
+        } else {
+            say!("fleet {} adopted {}", a.fleet, join(&a.adopted));
+        }
+        if !a.already.is_empty() {
+            say!("already the fleet's: {}", join(&a.already));
+        }
+        if a.to_roll > 0 {
+            say!(
+                "{} on another image than the fleet's: rolled to it under the disruption budget",
+                a.to_roll
+            );
+        }
+        let live = a.adopted.len() + a.already.len();
+        if live as u32 != a.capacity {
+            say!(
+                "the fleet's capacity is {}: {} instances {}",
+                a.capacity,
+                (live as i64 - i64::from(a.capacity)).abs(),
+                if (live as u32) < a.capacity {
+                    "are launched"
+                } else {
+                    "are scaled in"
+                }
+            );
+        }
+        Ok(())
+    }
+
+    pub fn released(&self, fleet: &FleetName, ids: &[InstanceId]) -> Result<()> {
+        if self.json {
+            return print_json(&serde_json::json!({"fleet": fleet, "released": ids}));
+        }
+        say!(
+            "fleet {fleet} released {} (phoenix's tags removed; they keep running). Its capacity \
+             is 0; its history stays (`phoenix fleet delete {fleet}` removes it)",
+            if ids.is_empty() {
+                "no instance".to_string()
+            } else {
+                join(ids)
+            }
         );
         Ok(())
     }

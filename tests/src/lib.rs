@@ -211,11 +211,16 @@ impl Harness {
 
     /// Writes a fleet file and applies it with the CLI.
     pub fn apply(&self, fleet: &FleetFile) -> String {
-        let dir = std::env::temp_dir().join(format!("phoenix-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}-{}.yaml", fleet.name, uuid_like()));
-        std::fs::write(&path, fleet.yaml()).unwrap();
+        let path = fleet.write();
         self.phoenix_ok(&["fleet", "apply", path.to_str().unwrap()])
+    }
+
+    /// Writes a fleet file and runs `phoenix fleet adopt FILE <how...>`.
+    pub fn adopt(&self, fleet: &FleetFile, how: &[&str]) -> Output {
+        let path = fleet.write();
+        let mut args = vec!["fleet", "adopt", path.to_str().unwrap()];
+        args.extend_from_slice(how);
+        self.phoenix(&args)
     }
 
     /// Delivers every queued event.
@@ -646,6 +651,15 @@ impl FleetFile {
         self.capacity = c;
         self
     }
+    /// The file, written to a fresh path.
+    pub fn write(&self) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("phoenix-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}-{}.yaml", self.name, uuid_like()));
+        std::fs::write(&path, self.yaml()).unwrap();
+        path
+    }
+
     pub fn yaml(&self) -> String {
         let quote = |q: &str| {
             if q.ends_with('%') {

@@ -105,6 +105,17 @@ pub struct Served {
 impl Served {
     /// `with_group`: the fleet serves behind the group (else the control, without one).
     pub async fn start(fleet: &str, with_group: bool, delay: u32) -> Result<Served> {
+        Self::start_serving(fleet, with_group, delay, Tag::new(TAG_FLEET, fleet)).await
+    }
+
+    /// `start`, with a backend on every instance carrying `tag` (instances that serve before
+    /// phoenix takes them: an Auto Scaling group's).
+    pub async fn start_serving(
+        fleet: &str,
+        with_group: bool,
+        delay: u32,
+        tag: Tag,
+    ) -> Result<Served> {
         let emulator = Emulator::start()?;
         let direct = phoenix_aws::config::emulator_sdk_config(&emulator.endpoint).await;
         let network = default_network(&direct).await?;
@@ -117,7 +128,6 @@ impl Served {
             delay,
         )
         .await?;
-        let tag = Tag::new(TAG_FLEET, fleet);
         let mode = if with_group {
             Mode::TargetGroups(vec![group.clone()])
         } else {

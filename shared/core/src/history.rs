@@ -600,6 +600,10 @@ pub enum LinkKind {
     LaunchFailed,
     /// EC2 had no capacity for an offering its launch tried first.
     OfferingsRefused,
+    /// Taken into the fleet rather than launched by it.
+    Adopted,
+    /// Given back by the fleet.
+    Released,
     Healthy,
     HealthFailed,
     StateChanged,
@@ -621,6 +625,7 @@ impl LinkKind {
                 | LinkKind::Launched
                 | LinkKind::LaunchFailed
                 | LinkKind::OfferingsRefused
+                | LinkKind::Adopted
         )
     }
 }
@@ -752,6 +757,8 @@ pub fn explain(entries: &[HistoryEntry], id: &InstanceId) -> Option<Explanation>
                     LinkKind::OfferingsRefused
                 }
                 Change::Launched { instances, .. } if instances.contains(id) => LinkKind::Launched,
+                Change::Adopted { instances, .. } if instances.contains(id) => LinkKind::Adopted,
+                Change::Released { instances } if instances.contains(id) => LinkKind::Released,
                 Change::HealthChanged {
                     instance,
                     health: Health::Healthy,

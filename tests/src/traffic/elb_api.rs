@@ -21,7 +21,13 @@
 //!     ago (zero unless set), as during a new target's first health checks;
 //!   - `unhealthy` (`Target.ResponseCodeMismatch`) for a registered target the test marked so.
 //!
-//!   Only entries the emulator reports `healthy` become `initial` or `unhealthy`. The delay is
+//!   Only entries the emulator reports `healthy` become `initial` or `unhealthy`.
+//!
+//! And of Auto Scaling's requests (`Version=2011-01-01`), `DetachInstances` answered 200 is
+//! followed, as AWS does it and the emulator does not, by the detached instances' deregistration
+//! from every target group of the group (recorded as a `DeregisterTargets` would be: they drain);
+//! `DescribeInstanceRefreshes`, which the emulator does not implement, is answered here: an
+//! `InProgress` refresh for each group the test said is being refreshed, else none. The delay is
 //!   read from the emulator (`DescribeTargetGroupAttributes`, `deregistration_delay.timeout_seconds`,
 //!   300 when absent) the first time a group's deregistration matters, and kept.
 //!
@@ -55,6 +61,8 @@ use tokio::task::JoinHandle;
 
 /// The API version of ELBv2 requests (EC2, the other query-protocol service, uses others).
 const ELBV2_VERSION: &str = "2015-12-01";
+/// The API version of Auto Scaling requests.
+const AUTOSCALING_VERSION: &str = "2011-01-01";
 
 /// AWS's default deregistration delay.
 const DEFAULT_DELAY: Duration = Duration::from_secs(300);
@@ -72,6 +80,8 @@ struct Shared {
     client: Client,
     /// Straight to the emulator, for the target groups' attributes.
     elb: aws_sdk_elasticloadbalancingv2::Client,
+    /// Straight to the emulator, for a group's target groups.
+    autoscaling: aws_sdk_autoscaling::Client,
     in_flight: InFlight,
     book: Mutex<Book>,
     groups: Mutex<HashMap<String, Group>>,
@@ -86,6 +96,8 @@ struct Book {
     unhealthy: BTreeSet<String>,
     initial_for: Duration,
     calls: BTreeMap<String, u64>,
+    /// Auto Scaling groups with an instance refresh under way.
+    refreshing: BTreeSet<String>,
 }
 
 struct Deregistration {
@@ -112,6 +124,7 @@ impl ElbApiProxy {
             upstream,
             client: http::client(true),
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&sdk),
+            autoscaling: aws_sdk_autoscaling::Client::new(&sdk),
             in_flight,
             book: Mutex::new(Book::default()),
             groups: Mutex::new(HashMap::new()),
@@ -151,6 +164,16 @@ impl ElbApiProxy {
         }
     }
 
+    /// Reports an instance refresh under way in an Auto Scaling group, or none.
+    pub fn set_refreshing(&self, group: &str, refreshing: bool) {
+        let mut book = self.shared.book();
+        if refreshing {
+            book.refreshing.insert(group.to_string());
+        } else {
+            book.refreshing.remove(group);
+        }
+    }
+
     /// How long a newly registered target is reported `initial`.
     pub fn set_initial_for(&self, initial_for: Duration) {
         self.shared.book().initial_for = initial_for;
@@ -187,6 +210,43 @@ struct Target {
 impl ElbCall {
     /// The call, if the request is an ELBv2 one.
     fn read(parts: &Parts, body: &[u8]) -> Option<ElbCall> {
+        let call = Self::fields(parts, body);
+        let signed_for_elb = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("/elasticloadbalancing/"));
+        (call.field("Version") == Some(ELBV2_VERSION) || signed_for_elb).then_some(call)
+    }
+
+    /// An Auto Scaling `DescribeInstanceRefreshes`: the group it names.
+    fn refreshes(parts: &Parts, body: &[u8]) -> Option<String> {
+        let call = Self::fields(parts, body);
+        (call.field("Version") == Some(AUTOSCALING_VERSION)
+            && call.field("Action") == Some("DescribeInstanceRefreshes"))
+        .then(|| call.field("AutoScalingGroupName").unwrap_or("").to_string())
+    }
+
+    /// An Auto Scaling `DetachInstances`: the group and the instances.
+    fn detach(parts: &Parts, body: &[u8]) -> Option<(String, Vec<String>)> {
+        let call = Self::fields(parts, body);
+        if call.field("Version") != Some(AUTOSCALING_VERSION)
+            || call.field("Action") != Some("DetachInstances")
+        {
+            return None;
+        }
+        let group = call.field("AutoScalingGroupName")?.to_string();
+        let ids = call
+            .fields
+            .iter()
+            .filter(|(k, _)| k.starts_with("InstanceIds.member."))
+            .map(|(_, v)| v.clone())
+            .collect();
+        Some((group, ids))
+    }
+
+    /// A query-protocol request's fields: the URI's query and the form body.
+    fn fields(parts: &Parts, body: &[u8]) -> ElbCall {
         let mut fields: Vec<(String, String)> = parts
             .uri
             .query()
@@ -200,13 +260,7 @@ impl ElbCall {
         if form {
             fields.extend(form_urlencoded::parse(body).into_owned());
         }
-        let signed_for_elb = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("/elasticloadbalancing/"));
-        let call = ElbCall { fields };
-        (call.field("Version") == Some(ELBV2_VERSION) || signed_for_elb).then_some(call)
+        ElbCall { fields }
     }
 
     fn field(&self, name: &str) -> Option<&str> {
@@ -255,7 +309,11 @@ impl Shared {
             .await
             .context("reading the request")?
             .to_bytes();
+        if let Some(group) = ElbCall::refreshes(&parts, &body) {
+            return Ok(self.instance_refreshes(&group));
+        }
         let call = ElbCall::read(&parts, &body);
+        let detach = ElbCall::detach(&parts, &body);
         let action = call
             .as_ref()
             .map(|c| c.field("Action").unwrap_or("").to_string());
@@ -278,6 +336,9 @@ impl Shared {
             .await
             .context("reading the emulator's answer")?
             .to_bytes();
+        if let Some((group, ids)) = detach.filter(|_| parts.status == StatusCode::OK) {
+            self.detached(&group, &ids).await?;
+        }
         let (Some(call), Some(action)) = (call, action) else {
             return Ok(Response::from_parts(parts, Full::new(body)));
         };
@@ -341,6 +402,80 @@ impl Shared {
                 },
             );
         }
+    }
+
+    /// `DescribeInstanceRefreshes` as AWS answers it.
+    fn instance_refreshes(&self, group: &str) -> Response<Body> {
+        let member = if self.book().refreshing.contains(group) {
+            format!(
+                "<member><InstanceRefreshId>refresh-1</InstanceRefreshId>\
+                 <AutoScalingGroupName>{group}</AutoScalingGroupName>\
+                 <Status>InProgress</Status></member>"
+            )
+        } else {
+            String::new()
+        };
+        let xml = format!(
+            "<DescribeInstanceRefreshesResponse \
+             xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\">\
+             <DescribeInstanceRefreshesResult><InstanceRefreshes>{member}</InstanceRefreshes>\
+             </DescribeInstanceRefreshesResult><ResponseMetadata><RequestId>refreshes\
+             </RequestId></ResponseMetadata></DescribeInstanceRefreshesResponse>"
+        );
+        let mut response = http::text(StatusCode::OK, xml);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/xml"),
+        );
+        response
+    }
+
+    /// What AWS does after `DetachInstances` and the emulator does not: the instances leave
+    /// the group's target groups, and drain.
+    async fn detached(&self, group: &str, ids: &[String]) -> Result<()> {
+        let described = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await
+            .with_context(|| format!("DescribeAutoScalingGroups of {group}"))?;
+        let arns: Vec<String> = described
+            .auto_scaling_groups()
+            .iter()
+            .flat_map(|g| g.target_group_arns().to_vec())
+            .collect();
+        for arn in arns {
+            let targets = ids
+                .iter()
+                .map(|id| {
+                    aws_sdk_elasticloadbalancingv2::types::TargetDescription::builder()
+                        .id(id)
+                        .build()
+                })
+                .collect();
+            self.elb
+                .deregister_targets()
+                .target_group_arn(&arn)
+                .set_targets(Some(targets))
+                .send()
+                .await
+                .with_context(|| format!("DeregisterTargets of {arn}"))?;
+            let now = Instant::now();
+            let mut book = self.book();
+            for id in ids {
+                let key = (arn.clone(), id.clone());
+                book.registered.remove(&key);
+                book.deregistered.insert(
+                    key,
+                    Deregistration {
+                        at: now,
+                        port: None,
+                    },
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The emulator's group, read once.
