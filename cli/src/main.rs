@@ -24,6 +24,7 @@ use phoenix_core::model::{HookKind, HookResult, Timestamp, TAG_PROTECTED};
 use phoenix_core::timeline::{self, Timeline, Window};
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use phoenix_local::{self as local, Dispatcher};
+use phoenix_protocol::ports::Ec2;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -439,12 +440,17 @@ async fn run(cli: Cli) -> Result<()> {
                     fleet.spec.name
                 );
             }
-            let ec2 = controller.compute.ec2();
+            // In the fleet's account and region.
+            let at = controller.apis(&fleet.spec).await?;
+            let ids = [instance.to_string()];
             if protect {
-                ec2.tag_instance(instance.as_str(), TAG_PROTECTED, "true")
-                    .await?;
+                let tag = [(TAG_PROTECTED.to_string(), "true".to_string())];
+                at.compute.ec2().create_tags(&ids, &tag.into()).await?;
             } else {
-                ec2.untag_instance(instance.as_str(), TAG_PROTECTED).await?;
+                at.compute
+                    .ec2()
+                    .delete_tags(&ids, &[TAG_PROTECTED.to_string()])
+                    .await?;
             }
             // The record follows the tag; reconciled now rather than at the next pass.
             let cause = Cause::internal(if protect {

@@ -373,6 +373,7 @@ impl World {
             phoenix_aws::autoscaling::AutoScalingClient::new(aws_sdk_autoscaling::Client::new(
                 &sdk,
             )),
+            phoenix_aws::reach::AwsReach::new(&sdk),
             EventBridgeBus::new(clients.events, "default"),
             SystemTime::skewed(offset),
             Default::default(),

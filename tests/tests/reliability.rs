@@ -461,6 +461,21 @@ impl Ec2 for Contended {
     }
 }
 
+/// The contended controller's fleets are all at home.
+struct HomeOnly;
+
+impl phoenix_protocol::ports::Reach for HomeOnly {
+    type Ec2 = Contended;
+    type Elb = phoenix_aws::elb::ElbClient;
+    type AutoScaling = phoenix_aws::autoscaling::AutoScalingClient;
+    async fn reach(
+        &self,
+        location: &phoenix_core::model::Location,
+    ) -> phoenix_aws::Result<(Self::Ec2, Self::Elb, Self::AutoScaling)> {
+        Err(phoenix_aws::Error::NotFound(location.describe()))
+    }
+}
+
 /// The adapters of `contended`: AWS's, with the contended EC2.
 struct ContendedPorts;
 
@@ -469,6 +484,7 @@ impl Ports for ContendedPorts {
     type Ec2 = Contended;
     type Elb = phoenix_aws::elb::ElbClient;
     type AutoScaling = phoenix_aws::autoscaling::AutoScalingClient;
+    type Reach = HomeOnly;
     type Bus = EventBridgeBus;
     type Time = SystemTime;
 }
@@ -488,6 +504,7 @@ fn contended(w: &World, races: usize) -> Controller<ContendedPorts> {
         phoenix_aws::autoscaling::AutoScalingClient::new(aws_sdk_autoscaling::Client::new(
             &w.direct,
         )),
+        HomeOnly,
         EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&w.direct), "default"),
         time,
         Default::default(),
@@ -528,7 +545,10 @@ async fn a_scale_request_that_keeps_losing_races_is_queued_then_carried_out() {
     assert_eq!(f.outcome, FleetOutcome::Changed);
     assert!(f.failures.is_empty(), "{:?}", f.failures);
     assert_eq!(f.launched.len(), 2, "{report:#?}");
-    assert_eq!(controller.compute.ec2().races.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        controller.home.compute.ec2().races.load(Ordering::SeqCst),
+        0
+    );
 
     // After three lost races the intent went to the fleet's inbox, and the reconcile that
     // followed (losing the other two races first) applied it: recorded with this event as the

@@ -23,33 +23,6 @@ pub struct Ec2Client {
     client: Client,
 }
 
-impl Ec2Client {
-    /// `CreateTags` of one tag on one instance (the operator's `phoenix instance protect`; the
-    /// control plane itself tags only at launch).
-    pub async fn tag_instance(&self, id: &str, key: &str, value: &str) -> Result<()> {
-        self.client
-            .create_tags()
-            .resources(id)
-            .tags(Tag::builder().key(key).value(value).build())
-            .send()
-            .await
-            .map_err(sdk)?;
-        Ok(())
-    }
-
-    /// `DeleteTags` of one key on one instance; a tag already gone is no error.
-    pub async fn untag_instance(&self, id: &str, key: &str) -> Result<()> {
-        self.client
-            .delete_tags()
-            .resources(id)
-            .tags(Tag::builder().key(key).build())
-            .send()
-            .await
-            .map_err(sdk)?;
-        Ok(())
-    }
-}
-
 fn sdk<E, R>(e: aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Error
 where
     E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,

@@ -52,7 +52,9 @@ impl ImageResolver for ImageBuilderResolver {
 
 /// `PHOENIX_ALLOWED_ACCOUNTS` and `PHOENIX_ALLOWED_SOURCES` (comma-separated; empty: any account,
 /// every known source), `PHOENIX_ALLOWED_IMAGE_ACCOUNTS` (comma-separated account ids whose images
-/// may be launched; empty: any) and the Image Builder client.
+/// may be launched; empty: any), `PHOENIX_ACCOUNT` (the account phoenix runs in, which AWS events
+/// about fleets without an account of their own must come from; empty: not checked), the region of
+/// `sdk`, and the Image Builder client.
 pub fn intake_from_env(sdk: &aws_config::SdkConfig) -> Intake {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     let image_accounts = AllowedImageAccounts::from_list(&var("PHOENIX_ALLOWED_IMAGE_ACCOUNTS"));
@@ -72,5 +74,7 @@ pub fn intake_from_env(sdk: &aws_config::SdkConfig) -> Intake {
         images: Arc::new(ImageBuilderResolver::new(
             aws_sdk_imagebuilder::Client::new(sdk),
         )),
+        home_account: Some(var("PHOENIX_ACCOUNT")).filter(|a| !a.is_empty()),
+        home_region: sdk.region().map(|r| r.to_string()),
     }
 }

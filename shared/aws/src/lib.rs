@@ -1,5 +1,5 @@
 //! phoenix on AWS: the adapters behind the protocol's ports — DynamoDB (`table`), EC2 (`ec2`),
-//! Elastic Load Balancing (`elb`), Auto Scaling (`autoscaling`), EventBridge (`bus`), Image Builder (`images`), the real clock (`time`) — with AWS's errors
+//! Elastic Load Balancing (`elb`), Auto Scaling (`autoscaling`), other accounts and regions through STS (`reach`), EventBridge (`bus`), Image Builder (`images`), the real clock (`time`) — with AWS's errors
 //! classified at the edge (`error`), and the Lambda edge (`lambda`, `metrics`, `telemetry`).
 //! What phoenix does with them is `phoenix_protocol`'s.
 
@@ -12,6 +12,7 @@ pub mod error;
 pub mod images;
 pub mod lambda;
 pub mod metrics;
+pub mod reach;
 pub mod table;
 pub mod telemetry;
 pub mod time;
@@ -27,6 +28,7 @@ use bus::EventBridgeBus;
 use config::{load_sdk_config, Settings};
 use ec2::Ec2Client;
 use elb::ElbClient;
+use reach::AwsReach;
 use table::DynamoTable;
 use time::SystemTime;
 
@@ -38,6 +40,7 @@ impl Ports for Aws {
     type Ec2 = Ec2Client;
     type Elb = ElbClient;
     type AutoScaling = AutoScalingClient;
+    type Reach = AwsReach;
     type Bus = EventBridgeBus;
     type Time = SystemTime;
 }
@@ -63,6 +66,7 @@ pub fn controller(
         Ec2Client::new(aws_sdk_ec2::Client::new(sdk)),
         ElbClient::new(aws_sdk_elasticloadbalancingv2::Client::new(sdk)),
         AutoScalingClient::new(aws_sdk_autoscaling::Client::new(sdk)),
+        AwsReach::new(sdk),
         EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), &settings.bus),
         SystemTime::new(),
         intake,

@@ -83,6 +83,11 @@ impl<E: Ec2> Compute<E> {
     }
 
     /// EC2's use with one of the simulator's deliberate bugs.
+    pub fn set_variant(&mut self, variant: Variant) {
+        self.variant = variant;
+    }
+
+    /// `set_variant`, by value.
     pub fn with_variant(mut self, variant: Variant) -> Self {
         self.variant = variant;
         self

@@ -6,7 +6,7 @@
 use crate::ec2::{SUBNETS, ZONES};
 use crate::world::Shared;
 use phoenix_core::images::ImageFacts;
-use phoenix_core::model::{LaunchTemplateRef, Timestamp};
+use phoenix_core::model::{LaunchTemplateRef, Location, Timestamp};
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::autoscaling::{AutoScaling, Group};
 use phoenix_protocol::ports::bus::{Bus, OutgoingEvent};
@@ -15,7 +15,7 @@ use phoenix_protocol::ports::ec2::{
 };
 use phoenix_protocol::ports::elb::{Elb, Target, TargetGroup, TargetHealth};
 use phoenix_protocol::ports::table::{Item, Key, Query, Table, Transacted, Write};
-use phoenix_protocol::ports::{Ports, Time};
+use phoenix_protocol::ports::{Ports, Reach, Time};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -68,6 +68,7 @@ impl Ports for Sim {
     type Ec2 = SimEc2;
     type Elb = SimElb;
     type AutoScaling = SimAutoScaling;
+    type Reach = SimReach;
     type Bus = SimBus;
     type Time = SimTime;
 }
@@ -77,6 +78,8 @@ pub struct SimEc2(pub Shared);
 pub struct SimElb(pub Shared);
 /// The simulated world has no Auto Scaling groups: taking one over is proved on the emulator.
 pub struct SimAutoScaling;
+/// The simulated world is one account in one region: other accounts are proved on the emulator.
+pub struct SimReach;
 pub struct SimBus(pub Shared);
 pub struct SimTime(pub Shared);
 
@@ -228,6 +231,22 @@ impl AutoScaling for SimAutoScaling {
     async fn detach_instances(&self, name: &str, _ids: &[String]) -> Result<Option<String>> {
         no_group(name).await?;
         Ok(None)
+    }
+}
+
+impl Reach for SimReach {
+    type Ec2 = SimEc2;
+    type Elb = SimElb;
+    type AutoScaling = SimAutoScaling;
+    async fn reach(&self, location: &Location) -> Result<(SimEc2, SimElb, SimAutoScaling)> {
+        yield_now().await;
+        Err(Error::Permanent {
+            service: "sts",
+            message: format!(
+                "the simulated world has one account and region, not {}",
+                location.describe()
+            ),
+        })
     }
 }
 

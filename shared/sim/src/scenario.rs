@@ -423,6 +423,8 @@ impl Scenario {
             instance_types: Vec::new(),
             max_instance_lifetime: None,
             purchase: None,
+            account: None,
+            region: None,
         };
         let weather = match rng.below(10) {
             0 | 1 => Weather {

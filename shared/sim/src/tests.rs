@@ -1069,7 +1069,7 @@ fn the_planner_variants_rewrite_only_what_they_say() {
 
 #[test]
 fn the_controller_launches_no_image_of_an_account_not_allowed() {
-    use crate::ports::{Sim, SimAutoScaling, SimBus, SimEc2, SimElb, SimTime};
+    use crate::ports::{Sim, SimAutoScaling, SimBus, SimEc2, SimElb, SimReach, SimTime};
     use phoenix_core::events::Envelope;
     use phoenix_core::images::AllowedImageAccounts;
     use phoenix_protocol::{Controller, Intake};
@@ -1085,6 +1085,7 @@ fn the_controller_launches_no_image_of_an_account_not_allowed() {
         SimEc2(world.clone()),
         SimElb(world.clone()),
         SimAutoScaling,
+        SimReach,
         SimBus(world.clone()),
         SimTime(world.clone()),
         Intake {

@@ -20,6 +20,7 @@ mod definition;
 mod fleet;
 pub(crate) mod images;
 mod instance;
+mod location;
 mod placement;
 mod position;
 mod schedule;
@@ -41,6 +42,7 @@ pub use instance::{
     Disposal, Instance, Instances, Observed, Signals, Stage, TAG_DEFINITION, TAG_FLEET, TAG_IMAGE,
     TAG_PROTECTED, TAG_TOKEN,
 };
+pub use location::{is_region, Account, Location, MAX_SESSION_TAGS};
 pub use placement::{retires_at, Offering, Purchase, Unavailable, UNAVAILABLE_FOR};
 pub use schedule::{disruption_at, Closed, Freeze, Openness, Window, HORIZON_DAYS};
 pub use spec::{

@@ -11,6 +11,7 @@
 use super::budgets::ReasonBudgets;
 use super::images::{Admission, ImageSelector};
 use super::instance::Signals;
+use super::location::{Account, Location};
 use super::placement::Purchase;
 use super::position::locate;
 use super::schedule::{disruption_at, Freeze, Openness, Window};
@@ -419,6 +420,12 @@ pub struct FleetSpec {
     /// to On-Demand when Spot has no capacity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purchase: Option<Purchase>,
+    /// The account the fleet lives in and the role phoenix assumes there (none: phoenix's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Account>,
+    /// The region the fleet lives in (none: phoenix's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// Capacities arrive as JSON numbers from users; read them wide so `-1` and `1e9` get our own
@@ -429,9 +436,18 @@ fn capacity_from_any<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Res
 }
 
 impl FleetSpec {
+    /// Where the fleet lives.
+    pub fn location(&self) -> Location {
+        Location {
+            account: self.account.clone(),
+            region: self.region.clone(),
+        }
+    }
+
     /// Checks what serde cannot: cross-field rules and reserved tag keys.
     pub fn validate(&self) -> Result<()> {
         validate_capacity(i64::from(self.capacity))?;
+        self.location().validate()?;
         if self.instance_type.is_none()
             && self.instance_types.is_empty()
             && self.launch_template.is_none()

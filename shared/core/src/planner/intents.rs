@@ -108,6 +108,22 @@ pub fn update_spec(
             format!("{} is not fleet {}", spec.name, fleet.spec.name),
         ));
     }
+    // Its instances live where it was made; the role and session may change.
+    let (was, is) = (fleet.spec.location(), spec.location());
+    let account_id =
+        |l: &crate::model::Location| l.account.as_ref().map(|a| a.account_id().to_string());
+    if account_id(&was) != account_id(&is) || was.region != is.region {
+        return Err(Error::invalid(
+            "account",
+            format!(
+                "fleet {} lives in {}; a fleet file cannot move it to {} (its instances are \
+                 there): make a new fleet there",
+                fleet.spec.name,
+                was.describe(),
+                is.describe()
+            ),
+        ));
+    }
     // Nothing rolls onto a quarantined image: not a new image, nor a new definition on the
     // fleet's own (a rollout that could launch nothing, and wait for ever).
     let redefined = Definition::of(&spec, floating(&spec, template_version.clone()).as_deref())

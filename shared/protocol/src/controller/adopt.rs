@@ -16,7 +16,7 @@
 //!    after: the next pass sees the tags and records them.
 //! 5. The detaches, a batch at a time, are the reconcile passes' work (`planner::adoption`).
 
-use super::{Controller, FleetReport};
+use super::{Apis, Controller, FleetReport};
 use crate::error::{Error, Result};
 use crate::ports::autoscaling::{AutoScaling, Group};
 use crate::ports::ec2::{Ec2, Ec2Instance, Instances, MAX_FILTER_VALUES};
@@ -84,11 +84,12 @@ impl<P: Ports> Controller<P> {
     pub async fn adopt(&self, spec: FleetSpec, selection: &Selection) -> Result<Adopted> {
         let resolved = self.resolve_spec(&spec).await?;
         let name = spec.name.clone();
+        let at = self.apis(&spec).await?;
         let group = match selection {
-            Selection::Group(g) => Some(self.check_group(g, &spec).await?),
+            Selection::Group(g) => Some(self.check_group(&at, g, &spec).await?),
             _ => None,
         };
-        let found = self.select(selection, group.as_ref()).await?;
+        let found = self.select(&at, selection, group.as_ref()).await?;
         self.check_owners(&name, &found).await?;
         let found: Vec<Observed> = found.into_iter().filter_map(observed).collect();
         let already: BTreeSet<InstanceId> = match self.store.load_fleet(&name).await {
@@ -112,7 +113,7 @@ impl<P: Ports> Controller<P> {
             )));
         }
         if let Some(g) = &group {
-            self.prepare_group(g, &name).await?;
+            self.prepare_group(&at, g, &name).await?;
         }
         let from = selection.describe();
         let cause = Cause::internal("FleetAdopted");
@@ -192,10 +193,11 @@ impl<P: Ports> Controller<P> {
     /// match at least one; a group's must all be in service.
     async fn select(
         &self,
+        at: &Apis<P>,
         selection: &Selection,
         group: Option<&Group>,
     ) -> Result<Vec<Ec2Instance>> {
-        let ec2 = self.compute.ec2();
+        let ec2 = at.compute.ec2();
         let by_ids = |ids: Vec<String>| async move {
             let mut out = Vec::new();
             for chunk in ids.chunks(MAX_FILTER_VALUES) {
@@ -288,8 +290,8 @@ impl<P: Ports> Controller<P> {
     /// serves behind is one the fleet names (detaching takes an instance out of the group's
     /// target groups; only the fleet's are registered again). Classic load balancers are
     /// refused: phoenix does not register with them.
-    async fn check_group(&self, name: &str, spec: &FleetSpec) -> Result<Group> {
-        let Some(group) = self.autoscaling.describe_group(name).await? else {
+    async fn check_group(&self, at: &Apis<P>, name: &str, spec: &FleetSpec) -> Result<Group> {
+        let Some(group) = at.autoscaling.describe_group(name).await? else {
             return Err(Error::NotFound(format!(
                 "Auto Scaling group {name} does not exist"
             )));
@@ -303,7 +305,7 @@ impl<P: Ports> Controller<P> {
                 "Auto Scaling group {name} is being taken over by fleet {other}"
             )));
         }
-        if self.autoscaling.refresh_active(name).await? {
+        if at.autoscaling.refresh_active(name).await? {
             return Err(refuse(format!(
                 "Auto Scaling group {name} has an instance refresh under way; wait for it to \
                  end or cancel it first"
@@ -346,13 +348,13 @@ impl<P: Ports> Controller<P> {
     }
 
     /// Step 2: the group tagged as the fleet's, its processes suspended, its minimum size 0.
-    async fn prepare_group(&self, group: &Group, fleet: &FleetName) -> Result<()> {
-        self.autoscaling
+    async fn prepare_group(&self, at: &Apis<P>, group: &Group, fleet: &FleetName) -> Result<()> {
+        at.autoscaling
             .tag_group(&group.name, TAG_FLEET, fleet.as_str())
             .await?;
-        self.autoscaling.suspend_processes(&group.name).await?;
+        at.autoscaling.suspend_processes(&group.name).await?;
         if group.min > 0 {
-            self.autoscaling.set_min_size(&group.name, 0).await?;
+            at.autoscaling.set_min_size(&group.name, 0).await?;
         }
         Ok(())
     }

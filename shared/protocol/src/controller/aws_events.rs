@@ -20,6 +20,7 @@ use crate::store::{EventKey, EventRecord};
 use phoenix_core::aws_events::{self, AwsEvent};
 use phoenix_core::events::{Cause, Envelope, Intent};
 use phoenix_core::images::{self, ImageBuild, ImageFacts};
+use phoenix_core::model::{FleetSpec, Location};
 use phoenix_core::patterns::Function;
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use std::collections::BTreeMap;
@@ -133,9 +134,7 @@ impl<P: Ports> Controller<P> {
                 debug!(event_id = %env.id, detail_type = %env.detail_type, %reason, "ignored");
             }
             AwsEvent::ImageAvailable { image } => {
-                let facts = self.visible_image(&image).await?;
-                self.image_jobs(env, &image, &facts, None, &mut jobs)
-                    .await?;
+                self.image_jobs(env, &image, None, &mut jobs).await?;
             }
             AwsEvent::ImageBuilt { arn } => {
                 let build = self.intake.images.resolve(&arn).await?;
@@ -150,13 +149,11 @@ impl<P: Ports> Controller<P> {
                     debug!(%arn, "the build has no AMI in this region: ignored");
                 }
                 for image in here {
-                    let facts = self.visible_image(image).await?;
-                    self.image_jobs(env, image, &facts, Some(&build), &mut jobs)
-                        .await?;
+                    self.image_jobs(env, image, Some(&build), &mut jobs).await?;
                 }
             }
             AwsEvent::HealthCheckFailed { instance, reason } => {
-                if let Some(name) = self.fleet_of(&instance).await? {
+                if let Some(name) = self.fleet_of(env, &instance).await? {
                     jobs.push(Job::Instance {
                         key: key_for(env, &name),
                         intent: Intent::HealthCheckFailed {
@@ -169,7 +166,7 @@ impl<P: Ports> Controller<P> {
             }
             AwsEvent::TemplateChanged { id, name } => {
                 for fleet in self
-                    .fleets_on_template(id.as_deref(), name.as_deref())
+                    .fleets_on_template(env, id.as_deref(), name.as_deref())
                     .await?
                 {
                     jobs.push(Job::Fleet {
@@ -184,7 +181,7 @@ impl<P: Ports> Controller<P> {
             AwsEvent::Notice { instances, notice } => {
                 let mut by_fleet: BTreeMap<FleetName, Vec<InstanceId>> = BTreeMap::new();
                 for id in instances {
-                    if let Some(name) = self.fleet_of(&id).await? {
+                    if let Some(name) = self.fleet_of(env, &id).await? {
                         by_fleet.entry(name).or_default().push(id);
                     }
                 }
@@ -208,6 +205,7 @@ impl<P: Ports> Controller<P> {
     /// through EC2 (the template's id).
     async fn fleets_on_template(
         &self,
+        env: &Envelope,
         id: Option<&str>,
         name: Option<&str>,
     ) -> Result<Vec<FleetName>> {
@@ -217,11 +215,16 @@ impl<P: Ports> Controller<P> {
             let Some(t) = f.spec.launch_template.as_ref().filter(|t| t.is_floating()) else {
                 continue;
             };
+            // A template of the same name in another account or region is another template.
+            if !self.accepts(&f.spec, env) {
+                continue;
+            }
             let same = match (&t.id, &t.name) {
                 (Some(tid), _) if id.is_some() => id == Some(tid.as_str()),
                 (_, Some(tname)) if name.is_some() => name == Some(tname.as_str()),
                 _ => {
-                    let found = self.compute.ec2().describe_launch_template(t).await?;
+                    let at = self.apis(&f.spec).await?;
+                    let found = at.compute.ec2().describe_launch_template(t).await?;
                     found.is_some_and(|v| id == Some(v.id.as_str()))
                 }
             };
@@ -239,10 +242,13 @@ impl<P: Ports> Controller<P> {
         Ok(out)
     }
 
-    /// What EC2 reports about an AMI an AWS event announced. Not visible yet (EC2's reads are
-    /// eventually consistent): retryable, the event is delivered again.
-    async fn visible_image(&self, image: &ImageId) -> Result<ImageFacts> {
-        self.compute
+    /// What EC2 reports about an AMI an AWS event announced, in the account and region of a
+    /// fleet of `spec`. Not visible yet (EC2's reads are eventually consistent): retryable, the
+    /// event is delivered again.
+    async fn visible_image(&self, spec: &FleetSpec, image: &ImageId) -> Result<ImageFacts> {
+        self.apis(spec)
+            .await?
+            .compute
             .describe_image(image)
             .await?
             .ok_or_else(|| Error::Transient {
@@ -254,7 +260,7 @@ impl<P: Ports> Controller<P> {
     /// The fleet managing an instance, if it still has to act on it: not for an instance no fleet
     /// manages, nor one phoenix already replaced or is replacing (EC2 reports every termination
     /// phoenix makes, too). Those are ignored, logged at debug level.
-    async fn fleet_of(&self, id: &InstanceId) -> Result<Option<FleetName>> {
+    async fn fleet_of(&self, env: &Envelope, id: &InstanceId) -> Result<Option<FleetName>> {
         let fleet = match self.store.load_for_instance(id).await {
             Ok(fleet) => fleet,
             Err(Error::NotFound(why)) => {
@@ -264,6 +270,17 @@ impl<P: Ports> Controller<P> {
             Err(e) => return Err(e),
         };
         match fleet.instances.get(id) {
+            // The same id in another account or region is not this fleet's instance.
+            _ if !self.accepts(&fleet.spec, env) => {
+                debug!(
+                    instance = %id,
+                    fleet = %fleet.spec.name,
+                    account = ?env.account,
+                    region = ?env.region,
+                    "from another account or region than the fleet's: ignored"
+                );
+                Ok(None)
+            }
             Some(i) if !i.is_live() => {
                 debug!(instance = %id, fleet = %fleet.spec.name, "already replaced: ignored");
                 Ok(None)
@@ -281,16 +298,31 @@ impl<P: Ports> Controller<P> {
         &self,
         env: &Envelope,
         image: &ImageId,
-        facts: &ImageFacts,
         build: Option<&ImageBuild>,
         jobs: &mut Vec<Job>,
     ) -> Result<()> {
         let before = jobs.len();
+        // What EC2 reports about the image, read once per account and region.
+        let mut seen: BTreeMap<Location, ImageFacts> = BTreeMap::new();
         for name in self.store.list_fleets().await? {
             let fleet = self.store.load_partial(&name, &[]).await?;
             let Some(selector) = &fleet.spec.image_selector else {
                 continue;
             };
+            // An AMI lives in one account's region: fleets elsewhere cannot launch it.
+            if !self.accepts(&fleet.spec, env) {
+                continue;
+            }
+            let location = fleet.spec.location();
+            let facts = match seen.get(&location) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = self.visible_image(&fleet.spec, image).await?;
+                    seen.insert(location, f.clone());
+                    f
+                }
+            };
+            let facts = &facts;
             if let Err(why) = selector.matches(facts, build) {
                 debug!(fleet = %name, %image, %why, "image not selected");
                 continue;

@@ -1,7 +1,7 @@
 //! Carrying out a committed step (the executor) and recording what came of it. Only here does the
 //! protocol act on EC2; the planner only returns commands.
 
-use super::{Controller, FleetOutcome, FleetReport};
+use super::{Apis, Controller, FleetOutcome, FleetReport};
 use crate::error::{Error, Result};
 use crate::ports::bus::{Bus, OutgoingEvent};
 use crate::ports::{AutoScaling, Deadline, Ports};
@@ -208,6 +208,16 @@ impl<P: Ports> Controller<P> {
     pub(super) async fn run(&self, fleet: &Fleet, step: &Step, deadline: Deadline) -> Ran {
         let name = &fleet.spec.name;
         let mut ran = Ran::default();
+        // The fleet's account and region out of reach: nothing is carried out; the decisions
+        // stay as committed, and the next pass finishes them once their lease runs out.
+        let at = match self.apis(&fleet.spec).await {
+            Ok(at) => at,
+            Err(e) => {
+                ran.failed(name, "reach the fleet's account", &e);
+                ran.unsettled = step.commands.len();
+                return ran;
+            }
+        };
         let mut deferred = false;
         let mut launched_ok = BTreeSet::new();
         // Decisions this invocation committed just now (not ones carried out again).
@@ -238,7 +248,7 @@ impl<P: Ports> Controller<P> {
                     image,
                     count,
                     offerings,
-                } => match self
+                } => match at
                     .compute
                     .launch(
                         fleet,
@@ -293,7 +303,7 @@ impl<P: Ports> Controller<P> {
                     }
                 },
                 Command::Tag { instances } => {
-                    match self.compute.tag_adopted(fleet, instances).await {
+                    match at.compute.tag_adopted(fleet, instances).await {
                         Ok(gone) => ran.outcomes.push(Outcome::Tagged {
                             instances: instances.clone(),
                             gone,
@@ -307,7 +317,7 @@ impl<P: Ports> Controller<P> {
                         }
                     }
                 }
-                Command::Untag { instances } => match self.compute.untag(instances).await {
+                Command::Untag { instances } => match at.compute.untag(instances).await {
                     Ok(()) => ran.outcomes.push(Outcome::Untagged {
                         instances: instances.clone(),
                     }),
@@ -320,10 +330,10 @@ impl<P: Ports> Controller<P> {
                     }
                 },
                 Command::Detach { group, instances } => {
-                    self.detach(name, group, instances, &mut ran).await;
+                    self.detach(&at, name, group, instances, &mut ran).await;
                 }
                 Command::Register { instances } => {
-                    match self.targets.register(&fleet.spec, instances).await {
+                    match at.targets.register(&fleet.spec, instances).await {
                         Ok(request_ids) => ran.outcomes.push(Outcome::Registered {
                             instances: instances.clone(),
                             request_ids,
@@ -345,10 +355,10 @@ impl<P: Ports> Controller<P> {
                         continue;
                     }
                     if self.variant == Variant::SkipDrain {
-                        self.skip_drain(name, instances, &mut ran).await;
+                        self.skip_drain(&at, name, instances, &mut ran).await;
                         continue;
                     }
-                    match self.targets.deregister(&fleet.spec, instances).await {
+                    match at.targets.deregister(&fleet.spec, instances).await {
                         Ok(out) => ran.outcomes.push(Outcome::Deregistered {
                             instances: instances.clone(),
                             delay: Seconds(out.delay),
@@ -375,7 +385,7 @@ impl<P: Ports> Controller<P> {
                     // no-op; one that was not running was not drained, and is deregistered here).
                     let deregistered = match fleet.spec.target_groups().is_empty() {
                         true => Ok(Default::default()),
-                        false => self.targets.deregister(&fleet.spec, instances).await,
+                        false => at.targets.deregister(&fleet.spec, instances).await,
                     };
                     if let Err(e) = deregistered {
                         let error = ran.failed(name, "deregister before terminate", &e);
@@ -385,7 +395,7 @@ impl<P: Ports> Controller<P> {
                         });
                         continue;
                     }
-                    match self.compute.terminate(name, instances).await {
+                    match at.compute.terminate(name, instances).await {
                         Ok(out) => {
                             let gone = out.gone;
                             let kept: Vec<InstanceId> = instances
@@ -421,10 +431,17 @@ impl<P: Ports> Controller<P> {
     /// Detaches instances from their Auto Scaling group, `MAX_DETACH_IDS` per call, the group's
     /// desired capacity decremented with each so it launches nothing in their place. Instances
     /// no longer in the group are out of it: success, as "already gone" is for a delete.
-    async fn detach(&self, name: &FleetName, group: &str, ids: &[InstanceId], ran: &mut Ran) {
+    async fn detach(
+        &self,
+        at: &Apis<P>,
+        name: &FleetName,
+        group: &str,
+        ids: &[InstanceId],
+        ran: &mut Ran,
+    ) {
         for chunk in ids.chunks(MAX_DETACH_IDS) {
             let text: Vec<String> = chunk.iter().map(ToString::to_string).collect();
-            match self.autoscaling.detach_instances(group, &text).await {
+            match at.autoscaling.detach_instances(group, &text).await {
                 Ok(request) => ran.outcomes.push(Outcome::Detached {
                     group: group.to_string(),
                     instances: chunk.to_vec(),
@@ -453,8 +470,14 @@ impl<P: Ports> Controller<P> {
     /// Nothing, as the protocol is: an instance leaves its target groups and drains before it is
     /// terminated. The deliberate bug `Variant::SkipDrain` terminates it here, where it should be
     /// deregistered.
-    async fn skip_drain(&self, name: &FleetName, instances: &[InstanceId], ran: &mut Ran) {
-        match self.compute.terminate(name, instances).await {
+    async fn skip_drain(
+        &self,
+        at: &Apis<P>,
+        name: &FleetName,
+        instances: &[InstanceId],
+        ran: &mut Ran,
+    ) {
+        match at.compute.terminate(name, instances).await {
             Ok(out) => ran.outcomes.push(Outcome::Terminated {
                 instances: out.gone,
                 request_ids: out.request_ids,

@@ -28,7 +28,13 @@ impl<P: Ports> Controller<P> {
             // a look at what EC2 says of it, so that a failure of the instance alone (stopped,
             // its host impaired) is not taken for the image's.
             let seen = match self.judges_image(&fleet, id, intent) {
-                true => self.compute.describe_instance(id).await?,
+                true => {
+                    self.apis(&fleet.spec)
+                        .await?
+                        .compute
+                        .describe_instance(id)
+                        .await?
+                }
                 false => None,
             };
             let now = self.now();

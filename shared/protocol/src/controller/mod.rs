@@ -51,7 +51,7 @@ use crate::compute::Compute;
 use crate::error::{Error, Result};
 use crate::planner::{CorePlanner, Planner};
 use crate::ports::images::{ImageResolver, StaticImageResolver};
-use crate::ports::{Deadline, Ports, Time};
+use crate::ports::{Deadline, Ports, Reach, Time};
 use crate::store::{EventKey, Store};
 use crate::targets::TargetGroups;
 use crate::variant::Variant;
@@ -59,13 +59,14 @@ use phoenix_core::aws_events::{AwsEvent, SourcePolicy};
 use phoenix_core::dryrun::{self, SpecPlan};
 use phoenix_core::events::{Cause, Envelope, Intent};
 use phoenix_core::images::{self, AllowedImageAccounts};
-use phoenix_core::model::{FleetSpec, Timestamp};
+use phoenix_core::model::{FleetSpec, Location, Timestamp};
 use phoenix_core::patterns::{route, Function};
 use phoenix_core::planner::{self, Resolved};
 use phoenix_core::FleetName;
 use phoenix_core::ImageId;
 use serde::Serialize;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::warn;
 
@@ -94,6 +95,10 @@ pub struct Intake {
     /// event's — must be owned by one of these accounts (empty: any).
     pub image_accounts: AllowedImageAccounts,
     pub images: Arc<dyn ImageResolver>,
+    /// The account and region phoenix runs in, where fleets without their own live (unknown:
+    /// an AWS event's account and region are not checked against such fleets).
+    pub home_account: Option<String>,
+    pub home_region: Option<String>,
 }
 
 impl Default for Intake {
@@ -104,6 +109,8 @@ impl Default for Intake {
             policy: SourcePolicy::default(),
             image_accounts: AllowedImageAccounts::default(),
             images: Arc::new(StaticImageResolver::default()),
+            home_account: None,
+            home_region: None,
         }
     }
 }
@@ -113,16 +120,26 @@ impl std::fmt::Debug for Intake {
         f.debug_struct("Intake")
             .field("policy", &self.policy)
             .field("image_accounts", &self.image_accounts)
+            .field("home_account", &self.home_account)
+            .field("home_region", &self.home_region)
             .finish_non_exhaustive()
     }
 }
 
-pub struct Controller<P: Ports> {
-    pub store: Store<P::Table>,
+/// What phoenix calls in one account and region: EC2, the target groups, Auto Scaling.
+pub struct Apis<P: Ports> {
     pub compute: Compute<P::Ec2>,
     pub targets: TargetGroups<P::Elb>,
-    /// Auto Scaling groups being taken over.
     pub autoscaling: P::AutoScaling,
+}
+
+pub struct Controller<P: Ports> {
+    pub store: Store<P::Table>,
+    /// Where phoenix runs: fleets without an account or region of their own.
+    pub home: Arc<Apis<P>>,
+    /// Other accounts and regions, reached once per process and kept.
+    reach: P::Reach,
+    remote: Mutex<BTreeMap<Location, Arc<Apis<P>>>>,
     pub bus: P::Bus,
     pub time: P::Time,
     /// Accounts and sources events are accepted from; Image Builder.
@@ -149,6 +166,16 @@ pub enum Preview {
         spec: Box<FleetSpec>,
     },
     Update(Box<SpecPlan>),
+}
+
+/// Where a fleet lives, for messages: `this account`, or its account and region.
+fn where_(spec: &FleetSpec) -> String {
+    let location = spec.location();
+    if location.is_home() {
+        "this account and region".into()
+    } else {
+        location.describe()
+    }
 }
 
 /// The record key of an event: its id, and a hash of its content so a different payload reusing
@@ -189,15 +216,20 @@ impl<P: Ports> Controller<P> {
         ec2: P::Ec2,
         elb: P::Elb,
         autoscaling: P::AutoScaling,
+        reach: P::Reach,
         bus: P::Bus,
         time: P::Time,
         intake: Intake,
     ) -> Self {
         Controller {
             store: Store::new(store),
-            compute: Compute::new(ec2),
-            targets: TargetGroups::new(elb),
-            autoscaling,
+            home: Arc::new(Apis {
+                compute: Compute::new(ec2),
+                targets: TargetGroups::new(elb),
+                autoscaling,
+            }),
+            reach,
+            remote: Mutex::new(BTreeMap::new()),
             bus,
             time,
             intake,
@@ -217,8 +249,51 @@ impl<P: Ports> Controller<P> {
     pub fn with_variant(mut self, variant: Variant) -> Self {
         self.variant = variant;
         self.store = self.store.with_variant(variant);
-        self.compute = self.compute.with_variant(variant);
+        if let Some(home) = Arc::get_mut(&mut self.home) {
+            home.compute.set_variant(variant);
+        }
         self
+    }
+
+    /// The APIs of the account and region `spec` lives in: phoenix's own, or those reached
+    /// through the fleet's role (once per process: the role's credentials refresh themselves).
+    pub async fn apis(&self, spec: &FleetSpec) -> Result<Arc<Apis<P>>> {
+        let location = spec.location();
+        if location.is_home() {
+            return Ok(self.home.clone());
+        }
+        if let Some(apis) = self.remote_apis(&location) {
+            return Ok(apis);
+        }
+        let (ec2, elb, autoscaling) = self.reach.reach(&location).await?;
+        let apis = Arc::new(Apis {
+            compute: Compute::new(ec2).with_variant(self.variant),
+            targets: TargetGroups::new(elb),
+            autoscaling,
+        });
+        self.remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(location, apis.clone());
+        Ok(apis)
+    }
+
+    /// Whether an AWS event from its account and region may concern a fleet of this spec.
+    fn accepts(&self, spec: &FleetSpec, env: &Envelope) -> bool {
+        spec.location().accepts(
+            self.intake.home_account.as_deref(),
+            self.intake.home_region.as_deref(),
+            env.account.as_deref(),
+            env.region.as_deref(),
+        )
+    }
+
+    fn remote_apis(&self, location: &Location) -> Option<Arc<Apis<P>>> {
+        self.remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(location)
+            .cloned()
     }
 
     /// Less than the reserve left at `now`: start nothing new.
@@ -310,9 +385,17 @@ impl<P: Ports> Controller<P> {
         };
         let fleets = match &intent {
             Intent::ImageReady { fleet, image } => {
-                let Some(facts) = self.compute.describe_image(image).await? else {
+                let spec = self.store.load_partial(fleet, &[]).await?.spec;
+                let Some(facts) = self
+                    .apis(&spec)
+                    .await?
+                    .compute
+                    .describe_image(image)
+                    .await?
+                else {
                     return Err(Error::NotFound(format!(
-                        "image {image} does not exist or is not available to this account"
+                        "image {image} does not exist or is not available in {}",
+                        where_(&spec)
                     )));
                 };
                 // The accounts allowed and the fleet's admission gate first: a refused image is
@@ -405,10 +488,12 @@ impl<P: Ports> Controller<P> {
     /// which.
     pub async fn resolve_spec(&self, spec: &FleetSpec) -> Result<Resolved> {
         spec.validate()?;
-        let Some(facts) = self.compute.describe_image(&spec.image).await? else {
+        let at = self.apis(spec).await?;
+        let Some(facts) = at.compute.describe_image(&spec.image).await? else {
             return Err(Error::NotFound(format!(
-                "image {} does not exist or is not available to this account",
-                spec.image
+                "image {} does not exist or is not available in {}",
+                spec.image,
+                where_(spec)
             )));
         };
         // The file's own image passes the accounts allowed and the gate it declares, like any
@@ -417,10 +502,10 @@ impl<P: Ports> Controller<P> {
             return Err(phoenix_core::Error::invalid("image", reason).into());
         }
         // Its target groups exist, take instances, and are in its subnets' VPC.
-        self.targets.check(spec, self.compute.ec2()).await?;
-        let zones = self.compute.subnet_zones(&spec.subnets).await?;
+        at.targets.check(spec, at.compute.ec2()).await?;
+        let zones = at.compute.subnet_zones(&spec.subnets).await?;
         let template_version = match &spec.launch_template {
-            Some(t) => self
+            Some(t) => at
                 .compute
                 .resolve_template(t)
                 .await

@@ -132,7 +132,8 @@ impl<P: Ports> Controller<P> {
                 Some(q) => (&q.cause, None),
                 None => (cause, key),
             };
-            let mut observed = self.compute.describe_fleet(name).await?;
+            let at = self.apis(&fleet.spec).await?;
+            let mut observed = at.compute.describe_fleet(name).await?;
             let missing = self.observe_targets(&fleet, &mut observed).await?;
             let template = self.template_version(&fleet).await?;
             let now = self.now();
@@ -249,7 +250,12 @@ impl<P: Ports> Controller<P> {
         if fleet.spec.target_groups().is_empty() {
             return Ok((!fleet.lb_missing.is_empty()).then(Vec::new));
         }
-        let mut seen = self.targets.observe(&fleet.spec).await?;
+        let mut seen = self
+            .apis(&fleet.spec)
+            .await?
+            .targets
+            .observe(&fleet.spec)
+            .await?;
         for o in observed.iter_mut() {
             o.targets = seen.by_instance.remove(o.id.as_str()).unwrap_or_default();
         }
@@ -268,7 +274,13 @@ impl<P: Ports> Controller<P> {
         else {
             return Ok(None);
         };
-        match self.compute.resolve_template(t).await {
+        match self
+            .apis(&fleet.spec)
+            .await?
+            .compute
+            .resolve_template(t)
+            .await
+        {
             Ok(v) => Ok(Some(v)),
             Err(Error::NotFound(why)) => {
                 warn!(fleet = %fleet.spec.name, %why, "launch template not found");

@@ -23,7 +23,7 @@ use crate::books::Books;
 use crate::check::Checker;
 use crate::ec2::Ec2;
 use crate::executor::{Handler, Task};
-use crate::ports::{self, SimAutoScaling, SimBus, SimEc2, SimElb, SimTable, SimTime};
+use crate::ports::{self, SimAutoScaling, SimBus, SimEc2, SimElb, SimReach, SimTable, SimTime};
 use crate::rng::Rng;
 use crate::scenario::{Edit, Scenario};
 use crate::variant::Variant;
@@ -228,6 +228,7 @@ impl Sim {
             SimEc2(world.clone()),
             SimElb(world.clone()),
             SimAutoScaling,
+            SimReach,
             SimBus(world.clone()),
             SimTime(world.clone()),
             Default::default(),
