@@ -1,9 +1,11 @@
 //! The deployment templates agree with the Rust sources and stay least-privilege.
 //!
-//! `infra/template.yaml` (SAM, deployed to AWS) and `infra/cfn-plain.yaml` (plain CloudFormation
-//! for the local emulator) are parsed into JSON with CloudFormation short tags (`!Ref`, `!Sub`,
-//! `!GetAtt`, ...) expanded to their long form, then checked against `phoenix_core::patterns`,
-//! against each other, and against the IAM rules in `least_privilege_violations`.
+//! `infra/template.yaml` (SAM, deployed to AWS), `infra/cfn-plain.yaml` (plain CloudFormation
+//! for the local emulator) and `infra/member-account.yaml` (plain CloudFormation, deployed in the
+//! accounts whose fleets a control plane manages) are parsed into JSON with CloudFormation short
+//! tags (`!Ref`, `!Sub`, `!GetAtt`, ...) expanded to their long form, then checked against
+//! `phoenix_core::patterns`, against each other, and against the IAM rules in
+//! `least_privilege_violations`.
 
 use phoenix_core::model::{
     TAG_DEFINITION, TAG_FLEET, TAG_FLEETS, TAG_IMAGE, TAG_PROTECTED, TAG_TOKEN,
@@ -15,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 const SAM_TEMPLATE: &str = include_str!("../../infra/template.yaml");
 const PLAIN_TEMPLATE: &str = include_str!("../../infra/cfn-plain.yaml");
+const MEMBER_TEMPLATE: &str = include_str!("../../infra/member-account.yaml");
 
 // ------------------------------------------------------------------------------------- parsing
 
@@ -75,6 +78,10 @@ fn sam() -> Value {
 
 fn plain() -> Value {
     parse(PLAIN_TEMPLATE)
+}
+
+fn member() -> Value {
+    parse(MEMBER_TEMPLATE)
 }
 
 /// The logical id a rule for a function must target in one template.
@@ -337,7 +344,8 @@ fn ec2_resource_type(arn: &str) -> &str {
 
 /// Where a template's statements apply, which the ARNs they may name depend on.
 struct Scope {
-    /// The region part of those ARNs.
+    /// The region part of those ARNs: the control plane's own region, or any (`*`) for the member
+    /// role, created once for every region of its account.
     region: &'static str,
     /// The bus the template's identity policies may put events on.
     publish_bus: &'static str,
@@ -355,6 +363,17 @@ const CONTROL_PLANE: Scope = Scope {
         "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/default",
     ),
 };
+
+/// `member-account.yaml`: its rules forward to the control plane's default bus.
+const MEMBER: Scope = Scope {
+    region: "*",
+    publish_bus: CONTROL_PLANE_BUS,
+    receive_bus: None,
+};
+
+/// The bus a member account forwards AWS's events to: the control plane account's default bus.
+const CONTROL_PLANE_BUS: &str =
+    "arn:${AWS::Partition}:events:${ControlPlaneRegion}:${ControlPlaneAccountId}:event-bus/default";
 
 type IamRule = fn(&Value, &Scope) -> Option<String>;
 
@@ -899,13 +918,19 @@ fn the_member_accounts_reach_the_functions_with_the_allowed_event_accounts() {
 
 #[test]
 fn the_member_role_name_is_the_one_the_control_plane_may_assume() {
-    let (sam, plain) = (sam(), plain());
+    let (sam, plain, member) = (sam(), plain(), member());
     let name = &sam["Parameters"]["MemberRoleName"];
     assert_eq!(name["Default"], "phoenix-member");
-    for (label, other) in [(
-        "cfn-plain.yaml MemberRoleName",
-        &plain["Parameters"]["MemberRoleName"],
-    )] {
+    for (label, other) in [
+        (
+            "cfn-plain.yaml MemberRoleName",
+            &plain["Parameters"]["MemberRoleName"],
+        ),
+        (
+            "member-account.yaml RoleName",
+            &member["Parameters"]["RoleName"],
+        ),
+    ] {
         for field in ["Type", "Default", "AllowedPattern"] {
             assert_eq!(other[field], name[field], "{label} {field}");
         }
@@ -1491,4 +1516,258 @@ fn logs_are_kept_and_failures_alarm() {
         ),
         (Some(0.0), Some("GreaterThanThreshold"))
     );
+}
+
+// ------------------------------------------------------------------------- d. member accounts
+
+#[test]
+fn member_accounts_forward_exactly_the_rules_for_aws_events_to_the_control_plane() {
+    let member = member();
+    assert!(
+        event_rules(&member, true).is_empty(),
+        "the schedule is the control plane's"
+    );
+    let found = event_rules(&member, false);
+    let expected: BTreeSet<String> = aws_rules()
+        .iter()
+        .map(|r| format!("{}Rule", r.name))
+        .collect();
+    assert_eq!(
+        found
+            .keys()
+            .map(|id| id.to_string())
+            .collect::<BTreeSet<_>>(),
+        expected,
+        "forwarding rules differ from the rules of phoenix_core::patterns on the default bus"
+    );
+    for spec in aws_rules() {
+        let id = format!("{}Rule", spec.name);
+        let rule = found[id.as_str()];
+        assert_eq!(rule["EventPattern"], spec.pattern, "pattern of {id}");
+        assert!(
+            rule["EventBusName"].is_null(),
+            "{id}: AWS's events arrive on the default bus only"
+        );
+        let target = only_target(rule);
+        assert_eq!(target["Arn"], sub(CONTROL_PLANE_BUS), "target of {id}");
+        assert_eq!(
+            target["RoleArn"],
+            get_att("ForwardRole", "Arn"),
+            "role of {id}"
+        );
+        assert_eq!(resource(&member, &id)["Condition"], "Forwards", "{id}");
+    }
+    // Not in the control plane's own account and region, whose rules receive the events already.
+    assert_eq!(
+        member["Conditions"]["Forwards"],
+        json!({"Fn::Not": [{"Fn::And": [
+            {"Fn::Equals": [reference("AWS::AccountId"), reference("ControlPlaneAccountId")]},
+            {"Fn::Equals": [reference("AWS::Region"), reference("ControlPlaneRegion")]},
+        ]}]})
+    );
+}
+
+#[test]
+fn the_forwarding_role_may_only_put_events_on_the_control_plane_bus() {
+    let member = member();
+    let role = resource(&member, "ForwardRole");
+    assert_eq!(role["Condition"], "Forwards");
+    let trust = statements(&role["Properties"]["AssumeRolePolicyDocument"]);
+    assert_eq!(trust.len(), 1);
+    assert_eq!(
+        trust[0]["Principal"],
+        json!({"Service": "events.amazonaws.com"})
+    );
+    assert_eq!(
+        *condition(trust[0], "StringEquals", "aws:SourceAccount"),
+        reference("AWS::AccountId")
+    );
+    let granted: Vec<&Value> = one_or_many(&role["Properties"]["Policies"])
+        .into_iter()
+        .flat_map(statements)
+        .collect();
+    assert_eq!(granted.len(), 1, "{granted:?}");
+    assert_eq!(actions(granted[0]), ["events:PutEvents"]);
+    assert_eq!(statement_resources(granted[0]), [&sub(CONTROL_PLANE_BUS)]);
+}
+
+#[test]
+fn the_member_template_is_least_privilege() {
+    assert_eq!(violations_in(&member(), &MEMBER), Vec::<String>::new());
+}
+
+/// `value` with every `${AWS::Region}` of its ARNs made any region (`*`).
+fn any_region(value: &Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(s.replace(":${AWS::Region}:", ":*:")),
+        Value::Array(items) => Value::Array(items.iter().map(any_region).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), any_region(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// What phoenix does in its own account's state and events, which stays in the control plane.
+fn control_plane_only(statement: &Value) -> bool {
+    actions(statement).iter().any(|a| {
+        ["dynamodb:", "events:", "sqs:", "sts:"]
+            .iter()
+            .any(|p| a.starts_with(p))
+    })
+}
+
+#[test]
+fn the_member_role_may_do_what_the_controller_does_in_its_account_and_nothing_else() {
+    let (sam, member) = (sam(), member());
+    let expected: Vec<Value> = statements(properties(&sam, "PhoenixControllerPolicy"))
+        .into_iter()
+        .filter(|s| !control_plane_only(s))
+        .map(any_region)
+        .collect();
+    let role = properties(&member, "MemberRole");
+    let found: Vec<Value> = one_or_many(&role["Policies"])
+        .into_iter()
+        .flat_map(statements)
+        .cloned()
+        .collect();
+    assert_eq!(found, expected);
+    // The instance role is optional here: without one, phoenix may pass no role.
+    let pass_role = one_or_many(&role["Policies"])
+        .into_iter()
+        .flat_map(|p| one_or_many(&p["PolicyDocument"]["Statement"]))
+        .find(|s| !s["Fn::If"].is_null())
+        .expect("the PassRole statement under a condition");
+    assert_eq!(pass_role["Fn::If"][0], "HasInstanceRole");
+    assert_eq!(pass_role["Fn::If"][2], reference("AWS::NoValue"));
+    assert_eq!(
+        member["Conditions"]["HasInstanceRole"],
+        json!({"Fn::Not": [{"Fn::Equals": [reference("InstanceRoleArn"), ""]}]})
+    );
+    // The control plane's parameter, for this account's images.
+    for field in ["Type", "Default", "AllowedPattern"] {
+        assert_eq!(
+            member["Parameters"]["AllowedImageAccounts"][field],
+            sam["Parameters"]["AllowedImageAccounts"][field],
+            "{field}"
+        );
+    }
+    assert_eq!(
+        member["Conditions"]["OwnImagesOnly"],
+        sam["Conditions"]["OwnImagesOnly"]
+    );
+}
+
+#[test]
+fn the_member_role_trusts_the_control_plane_with_the_external_id_in_one_region() {
+    let member = member();
+    let role = resource(&member, "MemberRole");
+    // IAM is global: a named role exists once per account, created in RoleRegion alone.
+    assert_eq!(role["Condition"], "CreateRole");
+    assert_eq!(
+        member["Conditions"]["CreateRole"],
+        json!({"Fn::Equals": [reference("AWS::Region"), reference("RoleRegion")]})
+    );
+    assert_eq!(role["Properties"]["RoleName"], reference("RoleName"));
+    for (id, r) in resources_of_type(&member, "AWS::IAM::") {
+        let named = [
+            "RoleName",
+            "PolicyName",
+            "ManagedPolicyName",
+            "InstanceProfileName",
+        ]
+        .iter()
+        .any(|n| !r["Properties"][n].is_null());
+        assert!(
+            !named || r["Condition"] == "CreateRole",
+            "{id} is named: it must exist in RoleRegion only"
+        );
+    }
+    let control_plane =
+        json!({"AWS": sub("arn:${AWS::Partition}:iam::${ControlPlaneAccountId}:root")});
+    let trust = statements(&role["Properties"]["AssumeRolePolicyDocument"]);
+    for statement in &trust {
+        assert_eq!(statement["Effect"], "Allow");
+        assert_eq!(statement["Principal"], control_plane);
+        for action in actions(statement) {
+            assert!(
+                ["sts:AssumeRole", "sts:TagSession"].contains(&action),
+                "{action}"
+            );
+        }
+    }
+    let assume: Vec<&&Value> = trust
+        .iter()
+        .filter(|s| grants(s, "sts:AssumeRole"))
+        .collect();
+    assert_eq!(assume.len(), 1);
+    assert_eq!(
+        assume[0]["Condition"],
+        json!({"Fn::If": [
+            "HasExternalId",
+            {"StringEquals": {"sts:ExternalId": reference("ExternalId")}},
+            reference("AWS::NoValue"),
+        ]}),
+        "the external id, when one is set, is required"
+    );
+    assert_eq!(
+        member["Conditions"]["HasExternalId"],
+        json!({"Fn::Not": [{"Fn::Equals": [reference("ExternalId"), ""]}]})
+    );
+    assert_eq!(member["Parameters"]["ExternalId"]["NoEcho"], true);
+    assert!(
+        trust.iter().any(|s| grants(s, "sts:TagSession")),
+        "phoenix passes session tags"
+    );
+}
+
+type MemberLoosening = fn(&mut Value);
+
+/// The member role's statement granting `action`.
+fn member_statement<'a>(template: &'a mut Value, action: &str) -> &'a mut Value {
+    template["Resources"]["MemberRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_array_mut()
+        .expect("member role statements")
+        .iter_mut()
+        .find(|s| grants(s, action))
+        .unwrap_or_else(|| panic!("no member statement grants {action}"))
+}
+
+/// Ways the member template could be loosened by mistake, each with the rule that must catch it.
+const MEMBER_LOOSENINGS: &[(&str, &str, MemberLoosening)] = &[
+    ("forward to any bus", "PutEvents only", |t| {
+        t["Resources"]["ForwardRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+            [0]["Resource"] = json!("*")
+    }),
+    ("terminate any instance", "TerminateInstances only", |t| {
+        remove_condition(member_statement(t, "ec2:TerminateInstances"))
+    }),
+    ("untag any instance", "DeleteTags only", |t| {
+        remove_operator(member_statement(t, "ec2:DeleteTags"), "StringLike")
+    }),
+    (
+        "change any Auto Scaling group",
+        "Auto Scaling changes",
+        |t| remove_condition(member_statement(t, "autoscaling:DetachInstances")),
+    ),
+    (
+        "register in any target group",
+        "only in tagged target groups",
+        |t| remove_condition(member_statement(t, "elasticloadbalancing:RegisterTargets")),
+    ),
+];
+
+#[test]
+fn the_checker_rejects_every_loosened_member_template() {
+    for (what, rule, loosen) in MEMBER_LOOSENINGS {
+        let mut template = member();
+        loosen(&mut template);
+        let violations = violations_in(&template, &MEMBER);
+        assert!(
+            violations.iter().any(|v| v.contains(rule)),
+            "{what}: not caught by {rule:?}, only {violations:?}"
+        );
+    }
 }
