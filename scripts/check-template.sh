@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Lints the CloudFormation templates: cfn-lint on both, plus `sam validate --lint` on the SAM
+# Lints the CloudFormation templates: cfn-lint on all three (the control plane's, its plain
+# rendering for the emulator, the member accounts'), plus `sam validate --lint` on the SAM
 # template when the SAM CLI is installed in the venv; then creates infra/cfn-plain.yaml as a stack
 # on the local emulator's CloudFormation and checks what it built (scripts/cfn-emulator-check.py:
 # table, rules, IAM, delivery to the right queue, what survives deleting the stack).
@@ -9,7 +10,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 venv=.venv/bin
-templates=(infra/template.yaml infra/cfn-plain.yaml)
+templates=(infra/template.yaml infra/cfn-plain.yaml infra/member-account.yaml)
 
 if [[ ! -x "$venv/cfn-lint" ]]; then
     echo "check-template: $venv/cfn-lint not found; install requirements-dev.txt into .venv" >&2

@@ -1,18 +1,23 @@
 //! The deployment templates agree with the Rust sources and stay least-privilege.
 //!
-//! `infra/template.yaml` (SAM, deployed to AWS) and `infra/cfn-plain.yaml` (plain CloudFormation
-//! for the local emulator) are parsed into JSON with CloudFormation short tags (`!Ref`, `!Sub`,
-//! `!GetAtt`, ...) expanded to their long form, then checked against `phoenix_core::patterns`,
-//! against each other, and against the IAM rules in `least_privilege_violations`.
+//! `infra/template.yaml` (SAM, deployed to AWS), `infra/cfn-plain.yaml` (plain CloudFormation
+//! for the local emulator) and `infra/member-account.yaml` (plain CloudFormation, deployed in the
+//! accounts whose fleets a control plane manages) are parsed into JSON with CloudFormation short
+//! tags (`!Ref`, `!Sub`, `!GetAtt`, ...) expanded to their long form, then checked against
+//! `phoenix_core::patterns`, against each other, and against the IAM rules in
+//! `least_privilege_violations`.
 
-use phoenix_core::model::{TAG_FLEET, TAG_FLEETS};
-use phoenix_core::patterns::{rules, Function, RuleBus, RECONCILE_SCHEDULE};
+use phoenix_core::model::{
+    TAG_DEFINITION, TAG_FLEET, TAG_FLEETS, TAG_IMAGE, TAG_PROTECTED, TAG_TOKEN,
+};
+use phoenix_core::patterns::{rules, Function, RuleBus, RuleSpec, RECONCILE_SCHEDULE};
 use serde_json::{json, Map, Value};
 use serde_yaml::Value as Yaml;
 use std::collections::{BTreeMap, BTreeSet};
 
 const SAM_TEMPLATE: &str = include_str!("../../infra/template.yaml");
 const PLAIN_TEMPLATE: &str = include_str!("../../infra/cfn-plain.yaml");
+const MEMBER_TEMPLATE: &str = include_str!("../../infra/member-account.yaml");
 
 // ------------------------------------------------------------------------------------- parsing
 
@@ -73,6 +78,10 @@ fn sam() -> Value {
 
 fn plain() -> Value {
     parse(PLAIN_TEMPLATE)
+}
+
+fn member() -> Value {
+    parse(MEMBER_TEMPLATE)
 }
 
 /// The logical id a rule for a function must target in one template.
@@ -264,14 +273,15 @@ fn every_rule_may_dead_letter() {
 
 // ------------------------------------------------------------------------------------- b. IAM
 
-/// Every statement of every policy in the template: identity policies and resource policies.
+/// Every statement of every policy in the template: identity policies and resource policies,
+/// and both branches of a statement present only under a condition (`!If`).
 fn statements(value: &Value) -> Vec<&Value> {
     match value {
         Value::Object(map) => map
             .iter()
             .flat_map(|(key, v)| {
                 if key == "Statement" {
-                    one_or_many(v)
+                    one_or_many(v).into_iter().flat_map(branches).collect()
                 } else {
                     statements(v)
                 }
@@ -279,6 +289,18 @@ fn statements(value: &Value) -> Vec<&Value> {
             .collect(),
         Value::Array(items) => items.iter().flat_map(statements).collect(),
         _ => vec![],
+    }
+}
+
+/// What an item of a list may be: itself, or either branch of an `!If` (none for `AWS::NoValue`).
+fn branches(item: &Value) -> Vec<&Value> {
+    match item["Fn::If"].as_array().map(Vec::as_slice) {
+        Some([_, yes, no]) => [yes, no]
+            .into_iter()
+            .filter(|v| **v != reference("AWS::NoValue"))
+            .flat_map(branches)
+            .collect(),
+        _ => vec![item],
     }
 }
 
@@ -320,14 +342,47 @@ fn ec2_resource_type(arn: &str) -> &str {
     last.split('/').next().unwrap_or(last)
 }
 
-type IamRule = fn(&Value) -> Option<String>;
+/// Where a template's statements apply, which the ARNs they may name depend on.
+struct Scope {
+    /// The region part of those ARNs: the control plane's own region, or any (`*`) for the member
+    /// role, created once for every region of its account.
+    region: &'static str,
+    /// The bus the template's identity policies may put events on.
+    publish_bus: &'static str,
+    /// The bus a resource policy may let other accounts put events on, if any.
+    receive_bus: Option<&'static str>,
+}
+
+/// `template.yaml` and `cfn-plain.yaml`: the functions publish on phoenix's bus; the member
+/// accounts forward AWS's events to the default bus, where the rules for them listen.
+const CONTROL_PLANE: Scope = Scope {
+    region: "${AWS::Region}",
+    publish_bus:
+        "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}",
+    receive_bus: Some(
+        "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/default",
+    ),
+};
+
+/// `member-account.yaml`: its rules forward to the control plane's default bus.
+const MEMBER: Scope = Scope {
+    region: "*",
+    publish_bus: CONTROL_PLANE_BUS,
+    receive_bus: None,
+};
+
+/// The bus a member account forwards AWS's events to: the control plane account's default bus.
+const CONTROL_PLANE_BUS: &str =
+    "arn:${AWS::Partition}:events:${ControlPlaneRegion}:${ControlPlaneAccountId}:event-bus/default";
+
+type IamRule = fn(&Value, &Scope) -> Option<String>;
 
 /// What each allowed statement must satisfy; a rule returns a description of what it found wrong.
 const IAM_RULES: &[(&str, IamRule)] = &[
     ("no wildcard or negated actions", no_wildcard_actions),
     ("no public principal", no_public_principal),
     (
-        "Resource \"*\" only for ec2:Describe*",
+        "Resource \"*\" only for Describe actions",
         star_resource_only_for_describe,
     ),
     (
@@ -338,14 +393,25 @@ const IAM_RULES: &[(&str, IamRule)] = &[
         "RunInstances uses only images of the allowed accounts",
         run_instances_only_allowed_images,
     ),
-    ("CreateTags only at launch", create_tags_only_at_launch),
+    (
+        "CreateTags only at launch, or only phoenix's keys on instances",
+        create_tags_only_at_launch_or_phoenix_keys,
+    ),
     (
         "TerminateInstances only on fleet-tagged instances",
         terminate_only_tagged,
     ),
     (
+        "DeleteTags only phoenix's keys of fleet-tagged instances",
+        delete_tags_only_phoenix_keys_of_fleet_instances,
+    ),
+    (
         "PassRole only the instance role, only to EC2",
         pass_role_only_instance_role,
+    ),
+    (
+        "AssumeRole/TagSession only the member role",
+        assume_only_the_member_role,
     ),
     (
         "DynamoDB only on the fleet table",
@@ -356,13 +422,25 @@ const IAM_RULES: &[(&str, IamRule)] = &[
         put_events_only_phoenix_bus,
     ),
     (
+        "other accounts put only events of AWS's sources",
+        other_accounts_put_only_aws_events,
+    ),
+    (
         "Register/DeregisterTargets only in tagged target groups",
         targets_only_in_tagged_groups,
+    ),
+    (
+        "Auto Scaling changes only to fleet-tagged groups",
+        auto_scaling_only_fleet_groups,
     ),
 ];
 
 /// Violations of phoenix's least-privilege rules anywhere in the template; empty when it is fine.
 fn least_privilege_violations(template: &Value) -> Vec<String> {
+    violations_in(template, &CONTROL_PLANE)
+}
+
+fn violations_in(template: &Value, scope: &Scope) -> Vec<String> {
     let allowed = statements(template)
         .into_iter()
         .filter(|s| s["Effect"] == "Allow");
@@ -370,13 +448,18 @@ fn least_privilege_violations(template: &Value) -> Vec<String> {
         .flat_map(|statement| {
             let sid = statement["Sid"].as_str().unwrap_or("(no Sid)");
             IAM_RULES.iter().filter_map(move |(rule, check)| {
-                check(statement).map(|why| format!("{sid}: {rule}: {why}"))
+                check(statement, scope).map(|why| format!("{sid}: {rule}: {why}"))
             })
         })
         .collect()
 }
 
-fn no_wildcard_actions(statement: &Value) -> Option<String> {
+/// An identity policy's statement (a trust or resource policy's names a `Principal`).
+fn is_identity(statement: &Value) -> bool {
+    statement["Principal"].is_null()
+}
+
+fn no_wildcard_actions(statement: &Value, _: &Scope) -> Option<String> {
     if !statement["NotAction"].is_null() || !statement["NotResource"].is_null() {
         return Some("NotAction/NotResource".into());
     }
@@ -387,31 +470,32 @@ fn no_wildcard_actions(statement: &Value) -> Option<String> {
     (!wild.is_empty()).then(|| format!("{wild:?}"))
 }
 
-fn no_public_principal(statement: &Value) -> Option<String> {
+fn no_public_principal(statement: &Value, _: &Scope) -> Option<String> {
     let principal = &statement["Principal"];
     (principal == "*" || principal["AWS"] == "*").then(|| principal.to_string())
 }
 
-fn star_resource_only_for_describe(statement: &Value) -> Option<String> {
+/// Read-only actions, which support no resource-level permissions.
+const DESCRIBE: [&str; 3] = [
+    "ec2:Describe",
+    "elasticloadbalancing:Describe",
+    "autoscaling:Describe",
+];
+
+fn star_resource_only_for_describe(statement: &Value, _: &Scope) -> Option<String> {
     let star = statement_resources(statement).iter().any(|r| *r == "*");
     let other: Vec<_> = actions(statement)
         .into_iter()
-        .filter(|a| {
-            !a.starts_with("ec2:Describe") && !a.starts_with("elasticloadbalancing:Describe")
-        })
+        .filter(|a| !DESCRIBE.iter().any(|prefix| a.starts_with(prefix)))
         .collect();
     (star && !other.is_empty()).then(|| format!("{other:?} on \"*\""))
 }
 
-fn run_instances_only_tagged(statement: &Value) -> Option<String> {
+fn run_instances_only_tagged(statement: &Value, _: &Scope) -> Option<String> {
     if !grants(statement, "ec2:RunInstances") {
         return None;
     }
-    let tagged = condition(
-        statement,
-        "StringLike",
-        &format!("aws:RequestTag/{TAG_FLEET}"),
-    ) == "*";
+    let tagged = sets_fleet_tag(statement);
     let arns: Vec<String> = statement_resources(statement)
         .into_iter()
         .map(arn_text)
@@ -425,6 +509,50 @@ fn run_instances_only_tagged(statement: &Value) -> Option<String> {
         })
         .collect();
     (!bad.is_empty()).then(|| format!("{bad:?} (tag condition present: {tagged})"))
+}
+
+/// The request sets `phoenix:fleet` (to any value).
+fn sets_fleet_tag(statement: &Value) -> bool {
+    condition(
+        statement,
+        "StringLike",
+        &format!("aws:RequestTag/{TAG_FLEET}"),
+    ) == "*"
+}
+
+/// The resource carries `phoenix:fleet` (any value) already.
+fn on_fleet_tagged(statement: &Value) -> bool {
+    condition(
+        statement,
+        "StringLike",
+        &format!("aws:ResourceTag/{TAG_FLEET}"),
+    ) == "*"
+}
+
+/// `phoenix:*`: the pattern of phoenix's own tag keys, those it puts on instances and takes off.
+fn phoenix_keys() -> String {
+    let (prefix, _) = TAG_FLEET
+        .split_once(':')
+        .expect("phoenix's tag keys have a prefix");
+    format!("{prefix}:*")
+}
+
+/// Every tag key the request names is one of phoenix's own.
+fn only_phoenix_keys(statement: &Value) -> bool {
+    is_exactly(
+        condition(statement, "ForAllValues:StringLike", "aws:TagKeys"),
+        &phoenix_keys(),
+    )
+}
+
+/// The statement names instances alone (`instance/*`, of any region).
+fn only_instances(statement: &Value) -> bool {
+    let found = statement_resources(statement);
+    !found.is_empty()
+        && found.into_iter().all(|r| {
+            let arn = arn_text(r);
+            arn.starts_with("arn:") && ec2_resource_type(&arn) == "instance"
+        })
 }
 
 /// The owners whose images RunInstances may use: `AllowedImageAccounts`, or this account alone
@@ -441,7 +569,7 @@ fn allowed_image_owners() -> Value {
 /// the allowed owners with `StringEquals` on `ec2:Owner`, the key EC2 sets on an image resource
 /// to its owning account's id (or to the alias `amazon` / `aws-marketplace` of the images listed
 /// under one, which no account id matches).
-fn run_instances_only_allowed_images(statement: &Value) -> Option<String> {
+fn run_instances_only_allowed_images(statement: &Value, _: &Scope) -> Option<String> {
     if !grants(statement, "ec2:RunInstances") {
         return None;
     }
@@ -455,15 +583,24 @@ fn run_instances_only_allowed_images(statement: &Value) -> Option<String> {
         .then(|| format!("{images:?} with ec2:Owner {owners}"))
 }
 
-fn create_tags_only_at_launch(statement: &Value) -> Option<String> {
+/// Tags are created at launch (`ec2:CreateAction` `RunInstances`), or — adoption — on instances
+/// alone, by a request that sets `phoenix:fleet` and only phoenix's keys. `ForAllValues` holds for
+/// a request with no keys at all; requiring `phoenix:fleet` is what makes it name one.
+fn create_tags_only_at_launch_or_phoenix_keys(statement: &Value, _: &Scope) -> Option<String> {
+    if !grants(statement, "ec2:CreateTags") {
+        return None;
+    }
     let at_launch = is_exactly(
         condition(statement, "StringEquals", "ec2:CreateAction"),
         "RunInstances",
     );
-    (grants(statement, "ec2:CreateTags") && !at_launch).then(|| statement["Condition"].to_string())
+    let adoption =
+        only_instances(statement) && sets_fleet_tag(statement) && only_phoenix_keys(statement);
+    (!at_launch && !adoption)
+        .then(|| format!("{} {}", statement["Resource"], statement["Condition"]))
 }
 
-fn terminate_only_tagged(statement: &Value) -> Option<String> {
+fn terminate_only_tagged(statement: &Value, _: &Scope) -> Option<String> {
     let keys = [
         format!("aws:ResourceTag/{TAG_FLEET}"),
         format!("ec2:ResourceTag/{TAG_FLEET}"),
@@ -476,9 +613,27 @@ fn terminate_only_tagged(statement: &Value) -> Option<String> {
         .then(|| statement["Condition"].to_string())
 }
 
+/// Tags are deleted only from instances tagged `phoenix:fleet`, only phoenix's keys, and only
+/// keys the request names: `DeleteTags` naming no key deletes every tag, and `ForAllValues` holds
+/// for no keys, so `Null` `aws:TagKeys` `false` is what keeps the others.
+fn delete_tags_only_phoenix_keys_of_fleet_instances(
+    statement: &Value,
+    _: &Scope,
+) -> Option<String> {
+    if !grants(statement, "ec2:DeleteTags") {
+        return None;
+    }
+    let names_keys = is_exactly(condition(statement, "Null", "aws:TagKeys"), "false");
+    let fine = only_instances(statement)
+        && on_fleet_tagged(statement)
+        && only_phoenix_keys(statement)
+        && names_keys;
+    (!fine).then(|| format!("{} {}", statement["Resource"], statement["Condition"]))
+}
+
 /// Registering and deregistering targets only in the account's target groups, and only in those
 /// tagged `phoenix:fleets` (the groups a fleet file may name).
-fn targets_only_in_tagged_groups(statement: &Value) -> Option<String> {
+fn targets_only_in_tagged_groups(statement: &Value, scope: &Scope) -> Option<String> {
     let acts = [
         "elasticloadbalancing:RegisterTargets",
         "elasticloadbalancing:DeregisterTargets",
@@ -486,9 +641,10 @@ fn targets_only_in_tagged_groups(statement: &Value) -> Option<String> {
     if !acts.iter().any(|a| grants(statement, a)) {
         return None;
     }
-    let groups = sub(
-        "arn:${AWS::Partition}:elasticloadbalancing:${AWS::Region}:${AWS::AccountId}:targetgroup/*",
-    );
+    let groups = sub(&format!(
+        "arn:${{AWS::Partition}}:elasticloadbalancing:{}:${{AWS::AccountId}}:targetgroup/*",
+        scope.region
+    ));
     let tagged = condition(
         statement,
         "StringLike",
@@ -498,7 +654,44 @@ fn targets_only_in_tagged_groups(statement: &Value) -> Option<String> {
         .then(|| format!("{} {}", statement["Resource"], statement["Condition"]))
 }
 
-fn pass_role_only_instance_role(statement: &Value) -> Option<String> {
+/// What phoenix may do to an Auto Scaling group it takes over.
+const AUTO_SCALING_CHANGES: [&str; 3] = [
+    "autoscaling:SuspendProcesses",
+    "autoscaling:DetachInstances",
+    "autoscaling:UpdateAutoScalingGroup",
+];
+
+/// Auto Scaling actions other than describing: only those of a takeover, only on the account's
+/// groups tagged `phoenix:fleet`. Tagging a group is not among them: the operator does it, so the
+/// functions cannot bring another group within reach.
+fn auto_scaling_only_fleet_groups(statement: &Value, scope: &Scope) -> Option<String> {
+    let changes: Vec<&str> = actions(statement)
+        .into_iter()
+        .filter(|a| a.starts_with("autoscaling:") && !a.starts_with("autoscaling:Describe"))
+        .collect();
+    if changes.is_empty() {
+        return None;
+    }
+    let other: Vec<&&str> = changes
+        .iter()
+        .filter(|a| !AUTO_SCALING_CHANGES.contains(a))
+        .collect();
+    let groups = sub(&format!(
+        "arn:${{AWS::Partition}}:autoscaling:{}:${{AWS::AccountId}}:autoScalingGroup:*:autoScalingGroupName/*",
+        scope.region
+    ));
+    (!other.is_empty()
+        || statement_resources(statement) != [&groups]
+        || !on_fleet_tagged(statement))
+    .then(|| {
+        format!(
+            "{other:?} {} {}",
+            statement["Resource"], statement["Condition"]
+        )
+    })
+}
+
+fn pass_role_only_instance_role(statement: &Value, _: &Scope) -> Option<String> {
     if !grants(statement, "iam:PassRole") {
         return None;
     }
@@ -511,7 +704,22 @@ fn pass_role_only_instance_role(statement: &Value) -> Option<String> {
         .then(|| format!("{} {}", statement["Resource"], statement["Condition"]))
 }
 
-fn dynamodb_only_fleet_table(statement: &Value) -> Option<String> {
+/// The role phoenix assumes in a member account: that name only, whichever the account.
+fn member_role_arns() -> Value {
+    sub("arn:${AWS::Partition}:iam::*:role/${MemberRoleName}")
+}
+
+/// Assuming roles (and tagging their sessions) only the member role; trust policies, which grant
+/// `sts:AssumeRole` to a principal, are the other side of it.
+fn assume_only_the_member_role(statement: &Value, _: &Scope) -> Option<String> {
+    let assumes = ["sts:AssumeRole", "sts:TagSession"]
+        .iter()
+        .any(|a| grants(statement, a));
+    (is_identity(statement) && assumes && statement_resources(statement) != [&member_role_arns()])
+        .then(|| statement["Resource"].to_string())
+}
+
+fn dynamodb_only_fleet_table(statement: &Value, _: &Scope) -> Option<String> {
     if !actions(statement)
         .iter()
         .any(|a| a.starts_with("dynamodb:"))
@@ -527,12 +735,34 @@ fn dynamodb_only_fleet_table(statement: &Value) -> Option<String> {
         .then(|| statement["Resource"].to_string())
 }
 
-fn put_events_only_phoenix_bus(statement: &Value) -> Option<String> {
-    let bus = sub(
-        "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}",
-    );
-    (grants(statement, "events:PutEvents") && statement_resources(statement) != [&bus])
-        .then(|| statement["Resource"].to_string())
+/// Identity policies put events on the bus phoenix publishes on; a resource policy lets other
+/// accounts put events on the bus that receives them, and no other.
+fn put_events_only_phoenix_bus(statement: &Value, scope: &Scope) -> Option<String> {
+    if !grants(statement, "events:PutEvents") {
+        return None;
+    }
+    let bus = if is_identity(statement) {
+        Some(scope.publish_bus)
+    } else {
+        scope.receive_bus
+    };
+    let fine = bus.is_some_and(|bus| statement_resources(statement) == [&sub(bus)]);
+    (!fine).then(|| statement["Resource"].to_string())
+}
+
+/// Other accounts may put only events whose sources are all AWS's (`aws.*`): no account can put
+/// such an event itself, so they arrive only as forwarded by a rule, and none is phoenix's own.
+fn other_accounts_put_only_aws_events(statement: &Value, _: &Scope) -> Option<String> {
+    if is_identity(statement) || !grants(statement, "events:PutEvents") {
+        return None;
+    }
+    let sources = condition(statement, "ForAllValues:StringEquals", "events:source");
+    let only_aws = sources.as_array().is_some_and(|s| {
+        !s.is_empty()
+            && s.iter()
+                .all(|v| v.as_str().is_some_and(|v| v.starts_with("aws.")))
+    });
+    (!only_aws).then(|| statement["Condition"].to_string())
 }
 
 #[test]
@@ -543,6 +773,22 @@ fn both_templates_are_least_privilege() {
             Vec::<String>::new(),
             "{label}"
         );
+    }
+}
+
+#[test]
+fn every_tag_key_of_phoenix_matches_the_pattern_its_policies_allow() {
+    // Those it sets on adoption and takes off on release.
+    let keys = phoenix_keys();
+    let prefix = keys.trim_end_matches('*');
+    for key in [
+        TAG_FLEET,
+        TAG_TOKEN,
+        TAG_IMAGE,
+        TAG_DEFINITION,
+        TAG_PROTECTED,
+    ] {
+        assert!(key.starts_with(prefix), "{key} is not {keys}");
     }
 }
 
@@ -594,6 +840,109 @@ fn the_allowed_image_accounts_reach_the_functions_and_the_policy_alike() {
     );
 }
 
+/// The rules for AWS's events: those on the default bus, the only bus AWS services put them on.
+fn aws_rules() -> Vec<RuleSpec> {
+    rules()
+        .into_iter()
+        .filter(|r| r.bus == RuleBus::Default)
+        .collect()
+}
+
+/// The sources of AWS's events phoenix listens for.
+fn aws_sources() -> BTreeSet<String> {
+    aws_rules()
+        .iter()
+        .flat_map(|r| one_or_many(&r.pattern["source"]))
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn member_accounts_may_forward_only_aws_events_to_the_default_bus() {
+    let sam = sam();
+    let parameter = &sam["Parameters"]["MemberAccounts"];
+    assert_eq!(parameter["Type"], "CommaDelimitedList");
+    assert_eq!(parameter["Default"], "");
+    assert_eq!(parameter["AllowedPattern"], "^([0-9]{12})?$");
+    assert_eq!(
+        sam["Conditions"]["HasMemberAccounts"],
+        json!({"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", reference("MemberAccounts")]}, ""]}]})
+    );
+    let policies = resources_of_type(&sam, "AWS::Events::EventBusPolicy");
+    assert_eq!(
+        policies.keys().copied().collect::<Vec<_>>(),
+        ["MemberAccountsForwarding"]
+    );
+    let policy = policies["MemberAccountsForwarding"];
+    assert_eq!(policy["Condition"], "HasMemberAccounts");
+    // The rules for AWS's events listen on the default bus, whatever bus phoenix's own use.
+    assert_eq!(policy["Properties"]["EventBusName"], "default");
+    let statement = &policy["Properties"]["Statement"];
+    assert_eq!(statement["Effect"], "Allow");
+    assert_eq!(
+        statement["Principal"],
+        json!({"AWS": reference("MemberAccounts")})
+    );
+    assert_eq!(actions(statement), ["events:PutEvents"]);
+    assert_eq!(
+        statement_resources(statement),
+        [&sub(CONTROL_PLANE.receive_bus.expect("a bus receives"))]
+    );
+    let sources: BTreeSet<String> = one_or_many(condition(
+        statement,
+        "ForAllValues:StringEquals",
+        "events:source",
+    ))
+    .into_iter()
+    .filter_map(|s| s.as_str().map(str::to_owned))
+    .collect();
+    assert_eq!(
+        sources,
+        aws_sources(),
+        "the sources the member accounts forward"
+    );
+}
+
+#[test]
+fn the_member_accounts_reach_the_functions_with_the_allowed_event_accounts() {
+    let sam = sam();
+    assert_eq!(
+        sam["Globals"]["Function"]["Environment"]["Variables"]["PHOENIX_ALLOWED_ACCOUNTS"],
+        json!({"Fn::Join": [",", [
+            reference("AWS::AccountId"),
+            {"Fn::Join": [",", reference("AllowedEventAccounts")]},
+            {"Fn::Join": [",", reference("MemberAccounts")]},
+        ]]})
+    );
+}
+
+#[test]
+fn the_member_role_name_is_the_one_the_control_plane_may_assume() {
+    let (sam, plain, member) = (sam(), plain(), member());
+    let name = &sam["Parameters"]["MemberRoleName"];
+    assert_eq!(name["Default"], "phoenix-member");
+    for (label, other) in [
+        (
+            "cfn-plain.yaml MemberRoleName",
+            &plain["Parameters"]["MemberRoleName"],
+        ),
+        (
+            "member-account.yaml RoleName",
+            &member["Parameters"]["RoleName"],
+        ),
+    ] {
+        for field in ["Type", "Default", "AllowedPattern"] {
+            assert_eq!(other[field], name[field], "{label} {field}");
+        }
+    }
+    let assume: Vec<&Value> = statements(properties(&sam, "PhoenixControllerPolicy"))
+        .into_iter()
+        .filter(|s| grants(s, "sts:AssumeRole"))
+        .collect();
+    assert_eq!(assume.len(), 1);
+    assert_eq!(statement_resources(assume[0]), [&member_role_arns()]);
+}
+
 /// Allowed actions of the shared controller policy.
 fn controller_actions(template: &Value) -> BTreeSet<&str> {
     statements(properties(template, "PhoenixControllerPolicy"))
@@ -609,6 +958,7 @@ fn the_controller_policy_grants_what_the_functions_need() {
     for needed in [
         "ec2:RunInstances",
         "ec2:CreateTags",
+        "ec2:DeleteTags",
         "ec2:TerminateInstances",
         "ec2:DescribeInstances",
         "ec2:DescribeInstanceStatus",
@@ -632,6 +982,13 @@ fn the_controller_policy_grants_what_the_functions_need() {
         "events:PutEvents",
         "sqs:SendMessage",
         "imagebuilder:GetImage",
+        "autoscaling:DescribeAutoScalingGroups",
+        "autoscaling:DescribeInstanceRefreshes",
+        "autoscaling:SuspendProcesses",
+        "autoscaling:DetachInstances",
+        "autoscaling:UpdateAutoScalingGroup",
+        "sts:AssumeRole",
+        "sts:TagSession",
     ] {
         assert!(
             granted.contains(needed),
@@ -705,11 +1062,30 @@ fn uses_images(statement: &Value) -> bool {
         .any(|r| ec2_resource_type(&arn_text(r)) == "image")
 }
 
+/// A `CreateTags` statement for adoption (not at launch): it limits the keys.
+fn for_adoption(statement: &Value) -> bool {
+    !statement["Condition"]["ForAllValues:StringLike"].is_null()
+}
+
 fn remove_condition(statement: &mut Value) {
     statement
         .as_object_mut()
         .expect("statement")
         .remove("Condition");
+}
+
+/// Removes one operator (`StringLike`, `Null`, ...) of a statement's condition.
+fn remove_operator(statement: &mut Value, operator: &str) {
+    statement["Condition"]
+        .as_object_mut()
+        .expect("condition")
+        .remove(operator)
+        .unwrap_or_else(|| panic!("no {operator} in {statement}"));
+}
+
+/// The statement of the bus policy letting member accounts forward events.
+fn member_forwarding(template: &mut Value) -> &mut Value {
+    &mut template["Resources"]["MemberAccountsForwarding"]["Properties"]["Statement"]
 }
 
 type Loosening = fn(&mut Value);
@@ -775,6 +1151,95 @@ const LOOSENINGS: &[(&str, &str, Loosening)] = &[
     ("tag after launch", "CreateTags only", |t| {
         remove_condition(controller_statement(t, "ec2:CreateTags", any))
     }),
+    (
+        "tag adopted instances with any key",
+        "CreateTags only",
+        |t| {
+            remove_operator(
+                controller_statement(t, "ec2:CreateTags", for_adoption),
+                "ForAllValues:StringLike",
+            )
+        },
+    ),
+    ("adopt without naming the fleet", "CreateTags only", |t| {
+        remove_operator(
+            controller_statement(t, "ec2:CreateTags", for_adoption),
+            "StringLike",
+        )
+    }),
+    (
+        "adopt other resources than instances",
+        "CreateTags only",
+        |t| {
+            controller_statement(t, "ec2:CreateTags", for_adoption)["Resource"] =
+                sub("arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:security-group/*")
+        },
+    ),
+    ("untag any instance", "DeleteTags only", |t| {
+        remove_operator(controller_statement(t, "ec2:DeleteTags", any), "StringLike")
+    }),
+    ("untag any key", "DeleteTags only", |t| {
+        remove_operator(
+            controller_statement(t, "ec2:DeleteTags", any),
+            "ForAllValues:StringLike",
+        )
+    }),
+    (
+        "untag every tag with a request naming none",
+        "DeleteTags only",
+        |t| remove_operator(controller_statement(t, "ec2:DeleteTags", any), "Null"),
+    ),
+    (
+        "change any Auto Scaling group",
+        "Auto Scaling changes",
+        |t| remove_condition(controller_statement(t, "autoscaling:DetachInstances", any)),
+    ),
+    ("tag Auto Scaling groups", "Auto Scaling changes", |t| {
+        controller_statement(t, "autoscaling:DetachInstances", any)["Action"]
+            .as_array_mut()
+            .expect("actions")
+            .push(json!("autoscaling:CreateOrUpdateTags"))
+    }),
+    (
+        "change Auto Scaling groups of any region",
+        "Auto Scaling changes",
+        |t| {
+            controller_statement(t, "autoscaling:DetachInstances", any)["Resource"] = sub(
+            "arn:${AWS::Partition}:autoscaling:*:${AWS::AccountId}:autoScalingGroup:*:autoScalingGroupName/*",
+        )
+        },
+    ),
+    ("assume any role", "AssumeRole/TagSession only", |t| {
+        controller_statement(t, "sts:AssumeRole", any)["Resource"] = json!("*")
+    }),
+    (
+        "assume any role of any account",
+        "AssumeRole/TagSession only",
+        |t| {
+            controller_statement(t, "sts:AssumeRole", any)["Resource"] =
+                sub("arn:${AWS::Partition}:iam::*:role/*")
+        },
+    ),
+    (
+        "let member accounts put any event",
+        "other accounts put only",
+        |t| remove_condition(member_forwarding(t)),
+    ),
+    (
+        "let member accounts put phoenix's own events",
+        "other accounts put only",
+        |t| {
+            member_forwarding(t)["Condition"]["ForAllValues:StringEquals"]["events:source"]
+                .as_array_mut()
+                .expect("sources")
+                .push(json!("phoenix"))
+        },
+    ),
+    (
+        "let member accounts put on phoenix's bus",
+        "PutEvents only",
+        |t| member_forwarding(t)["Resource"] = sub(CONTROL_PLANE.publish_bus),
+    ),
     ("pass any role", "PassRole only", |t| {
         controller_statement(t, "iam:PassRole", any)["Resource"] = json!("*")
     }),
@@ -1051,4 +1516,258 @@ fn logs_are_kept_and_failures_alarm() {
         ),
         (Some(0.0), Some("GreaterThanThreshold"))
     );
+}
+
+// ------------------------------------------------------------------------- d. member accounts
+
+#[test]
+fn member_accounts_forward_exactly_the_rules_for_aws_events_to_the_control_plane() {
+    let member = member();
+    assert!(
+        event_rules(&member, true).is_empty(),
+        "the schedule is the control plane's"
+    );
+    let found = event_rules(&member, false);
+    let expected: BTreeSet<String> = aws_rules()
+        .iter()
+        .map(|r| format!("{}Rule", r.name))
+        .collect();
+    assert_eq!(
+        found
+            .keys()
+            .map(|id| id.to_string())
+            .collect::<BTreeSet<_>>(),
+        expected,
+        "forwarding rules differ from the rules of phoenix_core::patterns on the default bus"
+    );
+    for spec in aws_rules() {
+        let id = format!("{}Rule", spec.name);
+        let rule = found[id.as_str()];
+        assert_eq!(rule["EventPattern"], spec.pattern, "pattern of {id}");
+        assert!(
+            rule["EventBusName"].is_null(),
+            "{id}: AWS's events arrive on the default bus only"
+        );
+        let target = only_target(rule);
+        assert_eq!(target["Arn"], sub(CONTROL_PLANE_BUS), "target of {id}");
+        assert_eq!(
+            target["RoleArn"],
+            get_att("ForwardRole", "Arn"),
+            "role of {id}"
+        );
+        assert_eq!(resource(&member, &id)["Condition"], "Forwards", "{id}");
+    }
+    // Not in the control plane's own account and region, whose rules receive the events already.
+    assert_eq!(
+        member["Conditions"]["Forwards"],
+        json!({"Fn::Not": [{"Fn::And": [
+            {"Fn::Equals": [reference("AWS::AccountId"), reference("ControlPlaneAccountId")]},
+            {"Fn::Equals": [reference("AWS::Region"), reference("ControlPlaneRegion")]},
+        ]}]})
+    );
+}
+
+#[test]
+fn the_forwarding_role_may_only_put_events_on_the_control_plane_bus() {
+    let member = member();
+    let role = resource(&member, "ForwardRole");
+    assert_eq!(role["Condition"], "Forwards");
+    let trust = statements(&role["Properties"]["AssumeRolePolicyDocument"]);
+    assert_eq!(trust.len(), 1);
+    assert_eq!(
+        trust[0]["Principal"],
+        json!({"Service": "events.amazonaws.com"})
+    );
+    assert_eq!(
+        *condition(trust[0], "StringEquals", "aws:SourceAccount"),
+        reference("AWS::AccountId")
+    );
+    let granted: Vec<&Value> = one_or_many(&role["Properties"]["Policies"])
+        .into_iter()
+        .flat_map(statements)
+        .collect();
+    assert_eq!(granted.len(), 1, "{granted:?}");
+    assert_eq!(actions(granted[0]), ["events:PutEvents"]);
+    assert_eq!(statement_resources(granted[0]), [&sub(CONTROL_PLANE_BUS)]);
+}
+
+#[test]
+fn the_member_template_is_least_privilege() {
+    assert_eq!(violations_in(&member(), &MEMBER), Vec::<String>::new());
+}
+
+/// `value` with every `${AWS::Region}` of its ARNs made any region (`*`).
+fn any_region(value: &Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(s.replace(":${AWS::Region}:", ":*:")),
+        Value::Array(items) => Value::Array(items.iter().map(any_region).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), any_region(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// What phoenix does in its own account's state and events, which stays in the control plane.
+fn control_plane_only(statement: &Value) -> bool {
+    actions(statement).iter().any(|a| {
+        ["dynamodb:", "events:", "sqs:", "sts:"]
+            .iter()
+            .any(|p| a.starts_with(p))
+    })
+}
+
+#[test]
+fn the_member_role_may_do_what_the_controller_does_in_its_account_and_nothing_else() {
+    let (sam, member) = (sam(), member());
+    let expected: Vec<Value> = statements(properties(&sam, "PhoenixControllerPolicy"))
+        .into_iter()
+        .filter(|s| !control_plane_only(s))
+        .map(any_region)
+        .collect();
+    let role = properties(&member, "MemberRole");
+    let found: Vec<Value> = one_or_many(&role["Policies"])
+        .into_iter()
+        .flat_map(statements)
+        .cloned()
+        .collect();
+    assert_eq!(found, expected);
+    // The instance role is optional here: without one, phoenix may pass no role.
+    let pass_role = one_or_many(&role["Policies"])
+        .into_iter()
+        .flat_map(|p| one_or_many(&p["PolicyDocument"]["Statement"]))
+        .find(|s| !s["Fn::If"].is_null())
+        .expect("the PassRole statement under a condition");
+    assert_eq!(pass_role["Fn::If"][0], "HasInstanceRole");
+    assert_eq!(pass_role["Fn::If"][2], reference("AWS::NoValue"));
+    assert_eq!(
+        member["Conditions"]["HasInstanceRole"],
+        json!({"Fn::Not": [{"Fn::Equals": [reference("InstanceRoleArn"), ""]}]})
+    );
+    // The control plane's parameter, for this account's images.
+    for field in ["Type", "Default", "AllowedPattern"] {
+        assert_eq!(
+            member["Parameters"]["AllowedImageAccounts"][field],
+            sam["Parameters"]["AllowedImageAccounts"][field],
+            "{field}"
+        );
+    }
+    assert_eq!(
+        member["Conditions"]["OwnImagesOnly"],
+        sam["Conditions"]["OwnImagesOnly"]
+    );
+}
+
+#[test]
+fn the_member_role_trusts_the_control_plane_with_the_external_id_in_one_region() {
+    let member = member();
+    let role = resource(&member, "MemberRole");
+    // IAM is global: a named role exists once per account, created in RoleRegion alone.
+    assert_eq!(role["Condition"], "CreateRole");
+    assert_eq!(
+        member["Conditions"]["CreateRole"],
+        json!({"Fn::Equals": [reference("AWS::Region"), reference("RoleRegion")]})
+    );
+    assert_eq!(role["Properties"]["RoleName"], reference("RoleName"));
+    for (id, r) in resources_of_type(&member, "AWS::IAM::") {
+        let named = [
+            "RoleName",
+            "PolicyName",
+            "ManagedPolicyName",
+            "InstanceProfileName",
+        ]
+        .iter()
+        .any(|n| !r["Properties"][n].is_null());
+        assert!(
+            !named || r["Condition"] == "CreateRole",
+            "{id} is named: it must exist in RoleRegion only"
+        );
+    }
+    let control_plane =
+        json!({"AWS": sub("arn:${AWS::Partition}:iam::${ControlPlaneAccountId}:root")});
+    let trust = statements(&role["Properties"]["AssumeRolePolicyDocument"]);
+    for statement in &trust {
+        assert_eq!(statement["Effect"], "Allow");
+        assert_eq!(statement["Principal"], control_plane);
+        for action in actions(statement) {
+            assert!(
+                ["sts:AssumeRole", "sts:TagSession"].contains(&action),
+                "{action}"
+            );
+        }
+    }
+    let assume: Vec<&&Value> = trust
+        .iter()
+        .filter(|s| grants(s, "sts:AssumeRole"))
+        .collect();
+    assert_eq!(assume.len(), 1);
+    assert_eq!(
+        assume[0]["Condition"],
+        json!({"Fn::If": [
+            "HasExternalId",
+            {"StringEquals": {"sts:ExternalId": reference("ExternalId")}},
+            reference("AWS::NoValue"),
+        ]}),
+        "the external id, when one is set, is required"
+    );
+    assert_eq!(
+        member["Conditions"]["HasExternalId"],
+        json!({"Fn::Not": [{"Fn::Equals": [reference("ExternalId"), ""]}]})
+    );
+    assert_eq!(member["Parameters"]["ExternalId"]["NoEcho"], true);
+    assert!(
+        trust.iter().any(|s| grants(s, "sts:TagSession")),
+        "phoenix passes session tags"
+    );
+}
+
+type MemberLoosening = fn(&mut Value);
+
+/// The member role's statement granting `action`.
+fn member_statement<'a>(template: &'a mut Value, action: &str) -> &'a mut Value {
+    template["Resources"]["MemberRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_array_mut()
+        .expect("member role statements")
+        .iter_mut()
+        .find(|s| grants(s, action))
+        .unwrap_or_else(|| panic!("no member statement grants {action}"))
+}
+
+/// Ways the member template could be loosened by mistake, each with the rule that must catch it.
+const MEMBER_LOOSENINGS: &[(&str, &str, MemberLoosening)] = &[
+    ("forward to any bus", "PutEvents only", |t| {
+        t["Resources"]["ForwardRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+            [0]["Resource"] = json!("*")
+    }),
+    ("terminate any instance", "TerminateInstances only", |t| {
+        remove_condition(member_statement(t, "ec2:TerminateInstances"))
+    }),
+    ("untag any instance", "DeleteTags only", |t| {
+        remove_operator(member_statement(t, "ec2:DeleteTags"), "StringLike")
+    }),
+    (
+        "change any Auto Scaling group",
+        "Auto Scaling changes",
+        |t| remove_condition(member_statement(t, "autoscaling:DetachInstances")),
+    ),
+    (
+        "register in any target group",
+        "only in tagged target groups",
+        |t| remove_condition(member_statement(t, "elasticloadbalancing:RegisterTargets")),
+    ),
+];
+
+#[test]
+fn the_checker_rejects_every_loosened_member_template() {
+    for (what, rule, loosen) in MEMBER_LOOSENINGS {
+        let mut template = member();
+        loosen(&mut template);
+        let violations = violations_in(&template, &MEMBER);
+        assert!(
+            violations.iter().any(|v| v.contains(rule)),
+            "{what}: not caught by {rule:?}, only {violations:?}"
+        );
+    }
 }
