@@ -38,7 +38,7 @@ use phoenix_aws::config::emulator_sdk_config;
 use phoenix_aws::ec2::Ec2Client;
 use phoenix_aws::table::DynamoTable;
 use phoenix_aws::time::SystemTime;
-use phoenix_aws::{AwsController, Controller, Deadline, DynamoStore, FleetOutcome};
+use phoenix_aws::{Apis, AwsController, Controller, Deadline, DynamoStore, FleetOutcome};
 use phoenix_core::events::{
     self, Change, Envelope, Intent, ScaleTarget, SCHEDULED_EVENT, SCHEDULE_SOURCE, SOURCE,
 };
@@ -368,11 +368,13 @@ impl World {
         let clients = clients(&sdk);
         let controller = Arc::new(Controller::new(
             DynamoTable::new(clients.dynamodb, "phoenix"),
-            Ec2Client::new(clients.ec2),
-            phoenix_aws::elb::ElbClient::new(clients.elb),
-            phoenix_aws::autoscaling::AutoScalingClient::new(aws_sdk_autoscaling::Client::new(
-                &sdk,
-            )),
+            Apis::new(
+                Ec2Client::new(clients.ec2),
+                phoenix_aws::elb::ElbClient::new(clients.elb),
+                phoenix_aws::autoscaling::AutoScalingClient::new(aws_sdk_autoscaling::Client::new(
+                    &sdk,
+                )),
+            ),
             phoenix_aws::reach::AwsReach::new(&sdk),
             EventBridgeBus::new(clients.events, "default"),
             SystemTime::skewed(offset),

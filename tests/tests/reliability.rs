@@ -12,6 +12,7 @@ use phoenix_aws::bus::EventBridgeBus;
 use phoenix_aws::ec2::Ec2Client;
 use phoenix_aws::table::DynamoTable;
 use phoenix_aws::time::SystemTime;
+use phoenix_aws::Apis;
 use phoenix_aws::{
     Controller, Deadline, DynamoStore, Error, FleetOutcome, Ports, DEADLINE_RESERVE,
 };
@@ -494,16 +495,20 @@ fn contended(w: &World, races: usize) -> Controller<ContendedPorts> {
     let time = w.controller.time.clone();
     Controller::new(
         DynamoTable::new(aws_sdk_dynamodb::Client::new(&w.direct), "phoenix"),
-        Contended {
-            ec2: Ec2Client::new(w.ec2.clone()),
-            store: w.store.clone(),
-            races: races.into(),
-            time: time.clone(),
-        },
-        phoenix_aws::elb::ElbClient::new(aws_sdk_elasticloadbalancingv2::Client::new(&w.direct)),
-        phoenix_aws::autoscaling::AutoScalingClient::new(aws_sdk_autoscaling::Client::new(
-            &w.direct,
-        )),
+        Apis::new(
+            Contended {
+                ec2: Ec2Client::new(w.ec2.clone()),
+                store: w.store.clone(),
+                races: races.into(),
+                time: time.clone(),
+            },
+            phoenix_aws::elb::ElbClient::new(aws_sdk_elasticloadbalancingv2::Client::new(
+                &w.direct,
+            )),
+            phoenix_aws::autoscaling::AutoScalingClient::new(aws_sdk_autoscaling::Client::new(
+                &w.direct,
+            )),
+        ),
         HomeOnly,
         EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&w.direct), "default"),
         time,

@@ -914,6 +914,11 @@ fn the_member_accounts_reach_the_functions_with_the_allowed_event_accounts() {
             {"Fn::Join": [",", reference("MemberAccounts")]},
         ]]})
     );
+    // And which account is home: events about a fleet at home must come from it.
+    assert_eq!(
+        sam["Globals"]["Function"]["Environment"]["Variables"]["PHOENIX_ACCOUNT"],
+        reference("AWS::AccountId")
+    );
 }
 
 #[test]

@@ -19,8 +19,8 @@ pub mod time;
 
 pub use error::{Error, Result};
 pub use phoenix_protocol::{
-    controller, store, Controller, Deadline, FleetOutcome, FleetReport, Intake, Ports, Report,
-    DEADLINE_RESERVE,
+    controller, store, Apis, Controller, Deadline, FleetOutcome, FleetReport, Intake, Ports,
+    Report, DEADLINE_RESERVE,
 };
 
 use autoscaling::AutoScalingClient;
@@ -63,9 +63,11 @@ pub fn controller(
 ) -> AwsController {
     Controller::new(
         DynamoTable::new(aws_sdk_dynamodb::Client::new(sdk), &settings.table),
-        Ec2Client::new(aws_sdk_ec2::Client::new(sdk)),
-        ElbClient::new(aws_sdk_elasticloadbalancingv2::Client::new(sdk)),
-        AutoScalingClient::new(aws_sdk_autoscaling::Client::new(sdk)),
+        Apis::new(
+            Ec2Client::new(aws_sdk_ec2::Client::new(sdk)),
+            ElbClient::new(aws_sdk_elasticloadbalancingv2::Client::new(sdk)),
+            AutoScalingClient::new(aws_sdk_autoscaling::Client::new(sdk)),
+        ),
         AwsReach::new(sdk),
         EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), &settings.bus),
         SystemTime::new(),

@@ -26,6 +26,6 @@ pub mod store;
 pub mod targets;
 pub mod variant;
 
-pub use controller::{Controller, FleetOutcome, FleetReport, Intake, Preview, Report};
+pub use controller::{Apis, Controller, FleetOutcome, FleetReport, Intake, Preview, Report};
 pub use error::{Error, Result};
 pub use ports::{Deadline, Ports, DEADLINE_RESERVE};

@@ -1072,7 +1072,7 @@ fn the_controller_launches_no_image_of_an_account_not_allowed() {
     use crate::ports::{Sim, SimAutoScaling, SimBus, SimEc2, SimElb, SimReach, SimTime};
     use phoenix_core::events::Envelope;
     use phoenix_core::images::AllowedImageAccounts;
-    use phoenix_protocol::{Controller, Intake};
+    use phoenix_protocol::{Apis, Controller, Intake};
 
     let (store, world, fleet) = store();
     {
@@ -1082,9 +1082,7 @@ fn the_controller_launches_no_image_of_an_account_not_allowed() {
     }
     let controller = Controller::<Sim>::new(
         SimTable(world.clone()),
-        SimEc2(world.clone()),
-        SimElb(world.clone()),
-        SimAutoScaling,
+        Apis::new(SimEc2(world.clone()), SimElb(world.clone()), SimAutoScaling),
         SimReach,
         SimBus(world.clone()),
         SimTime(world.clone()),

@@ -27,7 +27,9 @@
 //! followed, as AWS does it and the emulator does not, by the detached instances' deregistration
 //! from every target group of the group (recorded as a `DeregisterTargets` would be: they drain);
 //! `DescribeInstanceRefreshes`, which the emulator does not implement, is answered here: an
-//! `InProgress` refresh for each group the test said is being refreshed, else none. The delay is
+//! `InProgress` refresh for each group the test said is being refreshed, else none. Of STS's,
+//! `AssumeRole` of a role the test said its trust policy refuses is answered 403 `AccessDenied`
+//! (the emulator lets any role be assumed). The delay is
 //!   read from the emulator (`DescribeTargetGroupAttributes`, `deregistration_delay.timeout_seconds`,
 //!   300 when absent) the first time a group's deregistration matters, and kept.
 //!
@@ -63,6 +65,8 @@ use tokio::task::JoinHandle;
 const ELBV2_VERSION: &str = "2015-12-01";
 /// The API version of Auto Scaling requests.
 const AUTOSCALING_VERSION: &str = "2011-01-01";
+/// The API version of STS requests.
+const STS_VERSION: &str = "2011-06-15";
 
 /// AWS's default deregistration delay.
 const DEFAULT_DELAY: Duration = Duration::from_secs(300);
@@ -98,6 +102,8 @@ struct Book {
     calls: BTreeMap<String, u64>,
     /// Auto Scaling groups with an instance refresh under way.
     refreshing: BTreeSet<String>,
+    /// Roles whose trust policy refuses the caller.
+    denied_roles: BTreeSet<String>,
 }
 
 struct Deregistration {
@@ -174,6 +180,12 @@ impl ElbApiProxy {
         }
     }
 
+    /// Refuses `AssumeRole` of this role from now on, as a trust policy that does not name the
+    /// caller (or wants another external id) does.
+    pub fn deny_role(&self, arn: &str) {
+        self.shared.book().denied_roles.insert(arn.to_string());
+    }
+
     /// How long a newly registered target is reported `initial`.
     pub fn set_initial_for(&self, initial_for: Duration) {
         self.shared.book().initial_for = initial_for;
@@ -217,6 +229,13 @@ impl ElbCall {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("/elasticloadbalancing/"));
         (call.field("Version") == Some(ELBV2_VERSION) || signed_for_elb).then_some(call)
+    }
+
+    /// An STS `AssumeRole`: the role it names.
+    fn assume_role(parts: &Parts, body: &[u8]) -> Option<String> {
+        let call = Self::fields(parts, body);
+        (call.field("Version") == Some(STS_VERSION) && call.field("Action") == Some("AssumeRole"))
+            .then(|| call.field("RoleArn").unwrap_or("").to_string())
     }
 
     /// An Auto Scaling `DescribeInstanceRefreshes`: the group it names.
@@ -297,6 +316,22 @@ impl ElbCall {
     }
 }
 
+/// STS's answer to an `AssumeRole` the role's trust policy refuses.
+fn access_denied(role: &str) -> Response<Body> {
+    let xml = format!(
+        "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error>\
+         <Type>Sender</Type><Code>AccessDenied</Code><Message>User is not authorized to \
+         perform: sts:AssumeRole on resource: {role}</Message></Error>\
+         <RequestId>denied</RequestId></ErrorResponse>"
+    );
+    let mut response = http::text(StatusCode::FORBIDDEN, xml);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/xml"),
+    );
+    response
+}
+
 impl Shared {
     fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|e| e.into_inner())
@@ -311,6 +346,11 @@ impl Shared {
             .to_bytes();
         if let Some(group) = ElbCall::refreshes(&parts, &body) {
             return Ok(self.instance_refreshes(&group));
+        }
+        if let Some(role) = ElbCall::assume_role(&parts, &body) {
+            if self.book().denied_roles.contains(&role) {
+                return Ok(access_denied(&role));
+            }
         }
         let call = ElbCall::read(&parts, &body);
         let detach = ElbCall::detach(&parts, &body);

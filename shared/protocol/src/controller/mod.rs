@@ -133,6 +133,16 @@ pub struct Apis<P: Ports> {
     pub autoscaling: P::AutoScaling,
 }
 
+impl<P: Ports> Apis<P> {
+    pub fn new(ec2: P::Ec2, elb: P::Elb, autoscaling: P::AutoScaling) -> Self {
+        Apis {
+            compute: Compute::new(ec2),
+            targets: TargetGroups::new(elb),
+            autoscaling,
+        }
+    }
+}
+
 pub struct Controller<P: Ports> {
     pub store: Store<P::Table>,
     /// Where phoenix runs: fleets without an account or region of their own.
@@ -213,9 +223,7 @@ fn fnv(content: &str) -> String {
 impl<P: Ports> Controller<P> {
     pub fn new(
         store: P::Table,
-        ec2: P::Ec2,
-        elb: P::Elb,
-        autoscaling: P::AutoScaling,
+        home: Apis<P>,
         reach: P::Reach,
         bus: P::Bus,
         time: P::Time,
@@ -223,11 +231,7 @@ impl<P: Ports> Controller<P> {
     ) -> Self {
         Controller {
             store: Store::new(store),
-            home: Arc::new(Apis {
-                compute: Compute::new(ec2),
-                targets: TargetGroups::new(elb),
-                autoscaling,
-            }),
+            home: Arc::new(home),
             reach,
             remote: Mutex::new(BTreeMap::new()),
             bus,
@@ -266,11 +270,9 @@ impl<P: Ports> Controller<P> {
             return Ok(apis);
         }
         let (ec2, elb, autoscaling) = self.reach.reach(&location).await?;
-        let apis = Arc::new(Apis {
-            compute: Compute::new(ec2).with_variant(self.variant),
-            targets: TargetGroups::new(elb),
-            autoscaling,
-        });
+        let mut apis = Apis::new(ec2, elb, autoscaling);
+        apis.compute.set_variant(self.variant);
+        let apis = Arc::new(apis);
         self.remote
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -36,7 +36,7 @@ use phoenix_core::events::{
 use phoenix_core::model::{Fleet, Timestamp};
 use phoenix_core::patterns::route;
 use phoenix_protocol::planner::Planner;
-use phoenix_protocol::{Controller, Deadline, FleetOutcome, Report as Handled};
+use phoenix_protocol::{Apis, Controller, Deadline, FleetOutcome, Report as Handled};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::task::Poll;
@@ -225,9 +225,7 @@ impl Sim {
         let planner = cfg.variant.planner();
         let controller = Controller::<ports::Sim>::new(
             SimTable(world.clone()),
-            SimEc2(world.clone()),
-            SimElb(world.clone()),
-            SimAutoScaling,
+            Apis::new(SimEc2(world.clone()), SimElb(world.clone()), SimAutoScaling),
             SimReach,
             SimBus(world.clone()),
             SimTime(world.clone()),
