@@ -606,17 +606,8 @@ async fn a_wave_of_50_replacing_50_is_recorded_in_two_transactions() {
     assert_eq!(second.version, first.version + 1);
     assert_eq!(first.cause, second.cause, "both outcomes of the one step");
     assert!(first.instances.len() <= 92 && second.instances.len() <= 92);
-
-    for _ in 0..5 {
-        report_healthy(&h).await;
-        h.dispatcher.tick().await.unwrap();
-        if phoenix_tests::converged(&h.fleet("web").await) {
-            break;
-        }
-    }
-    let f = h.fleet("web").await;
-    assert!(phoenix_tests::converged(&f), "{:#?}", f.rollout);
-    assert_eq!(on_image(&h, &b).await, 100);
+    // (What follows a step recorded in parts — the rest of the rollout — is the planner's and the
+    // simulator's to prove: `outcome_parts` in the core tests, every seed of `phoenix-sim`.)
 }
 
 /// Live instances of the fleet in EC2 with their instance type.

@@ -17,8 +17,13 @@ pub const MAX_SESSION_TAGS: usize = 50;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Account {
-    /// The account's id (12 digits); the role's when not given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The account's id (12 digits); the role's when not given. Read from a string or, as YAML
+    /// reads twelve unquoted digits, a number.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "account_id"
+    )]
     pub id: Option<String>,
     /// The role phoenix assumes there (the member-account template's).
     pub role_arn: String,
@@ -35,6 +40,23 @@ pub struct Account {
 pub struct Location {
     pub account: Option<Account>,
     pub region: Option<String>,
+}
+
+fn account_id<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Option::<Id>::deserialize(d)? {
+        Some(Id::Text(s)) => Some(s),
+        // Leading zeros are lost to a number: put back to twelve digits.
+        Some(Id::Number(n)) => Some(format!("{n:012}")),
+        None => None,
+    })
 }
 
 fn is_account_id(s: &str) -> bool {
@@ -190,5 +212,69 @@ impl Location {
             (None, Some(r)) => r.clone(),
             (None, None) => "here".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FleetSpec;
+
+    fn spec(extra: &str) -> crate::error::Result<FleetSpec> {
+        FleetSpec::from_yaml(&format!(
+            "name: web\nimage: ami-0123456789abcdef0\ncapacity: 1\ninstance_type: t3.micro\n{extra}"
+        ))
+        .and_then(|s| s.validate().map(|()| s))
+    }
+
+    #[test]
+    fn an_account_is_its_roles_and_a_region_looks_like_one() {
+        let s =
+            spec("account: {role_arn: \"arn:aws:iam::111111111111:role/phoenix-member\"}").unwrap();
+        assert_eq!(s.account.as_ref().unwrap().account_id(), "111111111111");
+        // Unquoted ids are numbers to YAML; leading zeros come back.
+        let s = spec("account: {id: 011111111111, role_arn: \"arn:aws:iam::011111111111:role/x\"}")
+            .unwrap();
+        assert_eq!(s.account.unwrap().id.as_deref(), Some("011111111111"));
+        for (bad, why) in [
+            (
+                "account: {id: \"222222222222\", role_arn: \"arn:aws:iam::111111111111:role/x\"}",
+                "is not the account of role",
+            ),
+            (
+                "account: {role_arn: \"arn:aws:iam::1111:role/x\"}",
+                "not a role's ARN",
+            ),
+            (
+                "account: {role_arn: \"arn:aws:iam::111111111111:user/x\"}",
+                "not a role's ARN",
+            ),
+            (
+                "account: {role_arn: \"arn:aws:iam::111111111111:role/x\", external_id: \"a b\"}",
+                "external_id",
+            ),
+            ("region: europe", "not a region"),
+        ] {
+            let err = spec(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        assert!(spec("region: us-gov-west-1").is_ok());
+    }
+
+    #[test]
+    fn an_event_acts_only_on_fleets_of_its_account_and_region() {
+        let member =
+            spec("account: {role_arn: \"arn:aws:iam::111111111111:role/x\"}\nregion: eu-west-1")
+                .unwrap()
+                .location();
+        let home = Location::default();
+        let (ha, hr) = (Some("999999999999"), Some("us-east-1"));
+        assert!(member.accepts(ha, hr, Some("111111111111"), Some("eu-west-1")));
+        assert!(!member.accepts(ha, hr, Some("222222222222"), Some("eu-west-1")));
+        assert!(!member.accepts(ha, hr, Some("111111111111"), Some("us-east-1")));
+        assert!(home.accepts(ha, hr, Some("999999999999"), Some("us-east-1")));
+        assert!(!home.accepts(ha, hr, Some("111111111111"), Some("us-east-1")));
+        // phoenix's own account unknown: a fleet at home takes any allowed account.
+        assert!(home.accepts(None, hr, Some("111111111111"), Some("us-east-1")));
     }
 }

@@ -269,7 +269,8 @@ impl<P: Ports> Controller<P> {
         if let Some(apis) = self.remote_apis(&location) {
             return Ok(apis);
         }
-        let (ec2, elb, autoscaling) = self.reach.reach(&location).await?;
+        // Boxed: the future of an STS call is large, and every caller's future would hold it.
+        let (ec2, elb, autoscaling) = Box::pin(self.reach.reach(&location)).await?;
         let mut apis = Apis::new(ec2, elb, autoscaling);
         apis.compute.set_variant(self.variant);
         let apis = Arc::new(apis);
