@@ -296,6 +296,10 @@ async fn an_auto_scaling_group_is_taken_over_with_none_terminated_and_serving_th
     let bare = FleetFile::new("web", &one, 4).line(&format!("subnets: [{}]", s.network.subnets[0]));
     let out = s.h.adopt(&bare, &["--from-asg", &name]);
     assert!(stderr(&out).contains("does not name"), "{}", stderr(&out));
+    let mut strict = file.clone();
+    strict.max_unavailable = "0".into();
+    let out = s.h.adopt(&strict, &["--from-asg", &name]);
+    assert!(stderr(&out).contains("max_unavailable"), "{}", stderr(&out));
     let g = group_now(&s, &name).await;
     assert!(g.suspended_processes().is_empty());
     assert!(!s.h.phoenix(&["fleet", "show", "web"]).status.success());

@@ -463,6 +463,42 @@ fn a_failed_instance_in_its_group_is_detached_at_once_then_repaired() {
 }
 
 #[test]
+fn a_detach_whose_outcome_was_lost_is_asked_again_after_the_lease() {
+    let mut world = World::default();
+    let f = adopt_into(&mut world, 4, &[2, 2, 2, 2], Some("web-asg"));
+    let now = t0() + Duration::minutes(1);
+    let step = reconcile(&f, &world.observed(&f), now);
+    let asked: Vec<InstanceId> = step
+        .commands
+        .iter()
+        .flat_map(|c| match c {
+            Command::Detach { instances, .. } => instances.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(asked.len(), 1);
+    // Committed; the process died before the outcome was recorded (the call may or may not
+    // have gone through). Within the lease nothing more is detached — the one in flight counts
+    // as out of service — and after it, the same instance is asked again.
+    let f = committed(&step);
+    let soon = reconcile(&f, &world.observed(&f), now + Duration::seconds(30));
+    assert!(!soon
+        .commands
+        .iter()
+        .any(|c| matches!(c, Command::Detach { .. })));
+    let later = reconcile(&f, &world.observed(&f), now + LEASE);
+    let again: Vec<InstanceId> = later
+        .commands
+        .iter()
+        .flat_map(|c| match c {
+            Command::Detach { instances, .. } => instances.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert!(again.contains(&asked[0]), "{:?}", later.commands);
+}
+
+#[test]
 fn released_instances_are_untagged_and_never_taken_for_orphans() {
     let mut world = World::default();
     let f = adopt_into(&mut world, 2, &[2, 2], None);

@@ -4,7 +4,9 @@
 //!
 //! Data with the rules that keep it well-formed, nothing more: the model decides nothing (that is
 //! the planner's work) and reads nothing (that is the adapters'). Its files build on each other:
-//! `instance`, `images`, `position`, `schedule` and `budgets` need nothing of the others, `spec` needs an
+//! `adoption` (instances phoenix took in or gave back, a group taken over), `location` (the
+//! account and region a fleet lives in), `images`, `position`, `schedule` and `budgets` need
+//! nothing of the others, `instance` needs `adoption`, `spec` needs an
 //! instance's health signals, the image rules, where in a fleet file an error is and when
 //! voluntary disruption is allowed (`schedule`: rollout windows and freezes) and how much of it
 //! for each reason (`budgets`), `definition` is what

@@ -286,8 +286,9 @@ impl<P: Ports> Controller<P> {
     }
 
     /// A group a fleet may take over: it exists, no instance refresh is under way, every
-    /// instance is in service, no other fleet is taking it over, and every target group it
-    /// serves behind is one the fleet names (detaching takes an instance out of the group's
+    /// instance is in service, no other fleet is taking it over, the budget lets an instance be
+    /// out of service while it moves, and every target group it serves behind is one the fleet
+    /// names (detaching takes an instance out of the group's
     /// target groups; only the fleet's are registered again). Classic load balancers are
     /// refused: phoenix does not register with them.
     async fn check_group(&self, at: &Apis<P>, name: &str, spec: &FleetSpec) -> Result<Group> {
@@ -323,6 +324,17 @@ impl<P: Ports> Controller<P> {
                 "Auto Scaling group {name} serves behind Classic Load Balancers ({}); phoenix \
                  registers instances with target groups only",
                 group.load_balancers.join(", ")
+            )));
+        }
+        // A detached instance is out of service until the fleet's groups report it healthy
+        // again: a budget that lets none be unavailable would never detach one.
+        let budget = spec.policy.budget(spec.capacity);
+        if !spec.target_groups().is_empty() && budget.min_healthy >= spec.capacity {
+            return Err(refuse(format!(
+                "policy.max_unavailable lets no instance be out of service, and each instance of \
+                 Auto Scaling group {name} is, from its detach until the fleet's target groups \
+                 report it healthy: set max_unavailable to 1 or more (or a percentage) for the \
+                 takeover"
             )));
         }
         let named: BTreeSet<&str> = spec
