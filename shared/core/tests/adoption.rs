@@ -78,16 +78,21 @@ struct World {
 }
 
 impl World {
+    /// Whether these carry the fleet's tags now.
+    fn set_tagged(&mut self, ids: &[InstanceId], tagged: bool) {
+        for i in ids {
+            if let Some(vm) = self.vms.get_mut(i) {
+                vm.1 = tagged;
+            }
+        }
+    }
+
     fn carry_out(&mut self, fleet: &Fleet, step: &Step, now: DateTime<Utc>) -> Vec<Outcome> {
         let mut out = Vec::new();
         for c in &step.commands {
             match c {
                 Command::Tag { instances } => {
-                    for i in instances {
-                        if let Some(vm) = self.vms.get_mut(i) {
-                            vm.1 = true;
-                        }
-                    }
+                    self.set_tagged(instances, true);
                     out.push(Outcome::Tagged {
                         instances: instances.clone(),
                         gone: Vec::new(),
@@ -163,11 +168,7 @@ impl World {
                     });
                 }
                 Command::Untag { instances } => {
-                    for i in instances {
-                        if let Some(vm) = self.vms.get_mut(i) {
-                            vm.1 = false;
-                        }
-                    }
+                    self.set_tagged(instances, false);
                     out.push(Outcome::Untagged {
                         instances: instances.clone(),
                     });
