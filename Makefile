@@ -29,7 +29,7 @@ help:
 	@echo "make lint          cargo fmt --check and clippy -D warnings"
 	@echo "make chaos         the reliability report: duplicates, concurrency, AWS faults, crashes, lost events"
 	@echo "make bench         the benchmark report (BENCHMARKS.md): planner, AWS calls, storm, Lambda size and init"
-	@echo "make bench-aws     AWS requests and DynamoDB capacity per operation, per-event work vs fleet size, an event storm"
+	@echo "make bench-aws     AWS requests and DynamoDB capacity per operation, per-event work vs fleet size, an event storm, the idle cost"
 	@echo "make bench-traffic requests failed while instances behind a target group are replaced, beside a control without one"
 	@echo "make build         release zips of the four Lambda functions for arm64 (cargo-lambda; long cold build)"
 	@echo "make bench-lambda  zip size and init time of each function (builds release binaries first)"
@@ -141,8 +141,9 @@ chaos: venv binaries
 
 # The AWS side of the benchmark report on the emulator (tests/src/bench.rs): requests and DynamoDB
 # capacity per operation (an SDK interceptor on the controller's clients), one health event's work
-# in a fleet of 10 and of 10 000, and a storm of 10 000 events at concurrency 50 with the chaos
-# checks; markdown tables, exit 1 if a guarantee broke. Not part of `make test`.
+# in a fleet of 10 and of 10 000, a storm of 10 000 events at concurrency 50 with the chaos
+# checks, and what converged fleets cost a month while nothing happens (fleets of 10, 1 000,
+# 10 000 and 100 of 100); markdown tables, exit 1 if a guarantee broke. Not part of `make test`.
 # `BENCH_ARGS="--small"` or `"--only storm --events 2000"` narrows it.
 .PHONY: bench-aws
 bench-aws: venv binaries

@@ -11,6 +11,8 @@
 //! 3. `storm`: thousands of mixed events, duplicates among them, at a fixed concurrency through
 //!    the chaos `World`: throughput, handler latency, and the duplicate actions the chaos checks
 //!    count (which must be zero).
+//! 4. `idle`: what converged fleets cost while nothing happens — one scheduled pass over every
+//!    fleet, by operation, and a month of them at AWS's published prices.
 //!
 //! Requests are counted per attempt (the interceptor's `read_before_transmit`), so the SDK's
 //! retries count. The harness's own reads go to the emulator directly and are not counted.
@@ -508,6 +510,8 @@ pub struct Sizes {
     pub concurrency: usize,
     pub storm_fleets: usize,
     pub storm_capacity: u32,
+    /// Section 4: converged fleets measured idle, as (fleets, instances each).
+    pub idle: Vec<(u32, u32)>,
     pub seed: u64,
 }
 
@@ -526,6 +530,7 @@ impl Sizes {
             // 2-3 events of the 50 in flight per fleet.
             storm_fleets: 20,
             storm_capacity: 8,
+            idle: vec![(1, 10), (1, 1_000), (1, 10_000), (100, 100)],
             seed: 7,
         }
     }
@@ -536,6 +541,7 @@ impl Sizes {
             large_fleet: 100,
             events: 500,
             storm_fleets: 10,
+            idle: vec![(1, 10), (1, 100), (5, 10)],
             ..Self::full()
         }
     }
@@ -563,7 +569,7 @@ impl Section {
     }
 }
 
-/// The sections named in `only` (`requests`, `scaling`, `storm`), or all, in order.
+/// The sections named in `only` (`requests`, `scaling`, `storm`, `idle`), or all, in order.
 pub async fn run(
     sizes: &Sizes,
     only: &[String],
@@ -579,6 +585,9 @@ pub async fn run(
     }
     if wanted("storm") {
         out.push(event_storm(sizes, progress).await?);
+    }
+    if wanted("idle") {
+        out.push(idle_cost(sizes, progress).await?);
     }
     Ok(out)
 }
@@ -1788,4 +1797,127 @@ async fn storm_event(f: &StormFleet, rng: &mut SplitMix64) -> Result<Envelope> {
         },
     };
     Ok(w.event(&intent, w.now()))
+}
+
+// ------------------------------------------------------------------------------- 4. idle cost
+
+/// AWS's published on-demand prices, us-east-1, as listed in November 2024 (DynamoDB after its
+/// on-demand price cut of that month; Lambda on arm64, as the functions are built).
+const PRICE_PER_READ_UNIT: f64 = 0.125 / 1e6;
+const PRICE_PER_WRITE_UNIT: f64 = 0.625 / 1e6;
+const PRICE_PER_LAMBDA_REQUEST: f64 = 0.20 / 1e6;
+const PRICE_PER_GB_SECOND_ARM: f64 = 0.000_013_333_4;
+/// The reconcile function's memory (the template's `MemorySize`).
+const FUNCTION_GB: f64 = 0.25;
+/// The schedule reconciles every fleet once a minute: passes in 30 days.
+const PASSES_PER_MONTH: f64 = 60.0 * 24.0 * 30.0;
+/// EC2's non-mutating request bucket refills 20 requests a second per account and region.
+const EC2_READS_PER_MINUTE: f64 = 20.0 * 60.0;
+
+/// Section 4: converged fleets left alone. Each (fleets, instances) is set up on its own emulator
+/// (`Bench::seed_fleet`); the schedule's tick is delivered once to settle anything seeding left,
+/// then once more, measured: what every minute of an idle control plane costs.
+pub async fn idle_cost(sizes: &Sizes, progress: &mut impl FnMut(&str)) -> Result<Section> {
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for &(fleets, capacity) in &sizes.idle {
+        let b = Bench::start(sizes.seed, 1).await?;
+        let image = b.world.images[0].clone();
+        let t = Instant::now();
+        for k in 0..fleets {
+            b.seed_fleet(&format!("web-{k}"), &image, capacity)
+                .await
+                .with_context(|| format!("setting up fleet {k} of {capacity}"))?;
+        }
+        progress(&format!(
+            "{fleets} × {capacity}: set up in {:.0} s",
+            t.elapsed().as_secs_f64()
+        ));
+        let tick = || {
+            b.world
+                .event(&Intent::Reconcile { fleet: None }, b.world.now())
+        };
+        ensure!(b.world.deliver(&tick()).await, "the first pass failed");
+        b.meter.reset();
+        let t = Instant::now();
+        ensure!(b.world.deliver(&tick()).await, "the measured pass failed");
+        let seconds = t.elapsed().as_secs_f64();
+        let u = b.meter.take();
+        for k in 0..fleets {
+            let name = format!("web-{k}");
+            ensure!(
+                converged(&b.world.fleet(&name).await?),
+                "fleet {name} is not converged"
+            );
+        }
+        let c = u.capacity();
+        let ec2: u64 = u
+            .ops
+            .iter()
+            .filter(|(op, _)| op.starts_with("ec2:"))
+            .map(|(_, o)| o.requests)
+            .sum();
+        let dynamo =
+            (c.rcu * PRICE_PER_READ_UNIT + c.wcu * PRICE_PER_WRITE_UNIT) * PASSES_PER_MONTH;
+        let gb_seconds = seconds * FUNCTION_GB * PASSES_PER_MONTH;
+        let lambda =
+            PASSES_PER_MONTH * PRICE_PER_LAMBDA_REQUEST + gb_seconds * PRICE_PER_GB_SECOND_ARM;
+        let instances = u64::from(fleets) * u64::from(capacity);
+        progress(&format!(
+            "{fleets} × {capacity}: {} requests, {:.1} RCU, {seconds:.1} s",
+            u.requests(),
+            c.rcu
+        ));
+        rows.push(vec![
+            format!("{fleets} × {}", thousands(u64::from(capacity))),
+            u.requests().to_string(),
+            format!("{ec2} ({:.1} %)", 100.0 * ec2 as f64 / EC2_READS_PER_MINUTE),
+            units(c.rcu),
+            units(c.wcu),
+            thousands(u.response_bytes()),
+            format!("{seconds:.2} s"),
+            format!("${dynamo:.2}"),
+            format!("${lambda:.2}"),
+            format!("${:.2}", dynamo + lambda),
+            format!(
+                "${:.2}",
+                (dynamo + lambda) * 10_000.0 / instances.max(1) as f64
+            ),
+            u.breakdown(),
+        ]);
+    }
+    let mut body = String::from(
+        "Converged fleets, nothing happening: one scheduled pass over every fleet (the schedule \
+         sends one a minute), its requests by operation, and a month of them (43 200 passes) at \
+         AWS's published on-demand prices in us-east-1 as of November 2024: DynamoDB $0.125 per \
+         million read and $0.625 per million write request units; Lambda arm64 $0.20 per million \
+         requests and $0.0000133334 per GB-second, at the function's 256 MB. EC2's API is free \
+         but rate-limited: its share is of the account's non-mutating bucket (refilled 20 a \
+         second, 1 200 a minute). Lambda time is the pass's handler time against the emulator \
+         in a debug build, an upper bound for AWS. Logs, EventBridge and data transfer are left \
+         out.\n\n",
+    );
+    body.push_str(&table(
+        &[
+            "fleets × instances",
+            "requests per pass>",
+            "EC2 per minute (share)>",
+            "RCU>",
+            "WCU>",
+            "bytes received>",
+            "pass time>",
+            "DynamoDB $/month>",
+            "Lambda $/month>",
+            "total $/month>",
+            "per 10 000 instances (goal ≤ $1)>",
+            "requests by operation",
+        ],
+        &rows,
+    ));
+    Ok(Section {
+        title: "Idle cost: converged fleets, nothing happening (emulator)".into(),
+        body,
+        seconds: started.elapsed().as_secs_f64(),
+        ok: true,
+    })
 }

@@ -20,7 +20,7 @@ use crate::store::{EventKey, EventRecord};
 use phoenix_core::aws_events::{self, AwsEvent};
 use phoenix_core::events::{Cause, Envelope, Intent};
 use phoenix_core::images::{self, ImageBuild, ImageFacts};
-use phoenix_core::model::{FleetSpec, Location};
+use phoenix_core::model::{Fleet, FleetSpec, Location};
 use phoenix_core::patterns::Function;
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use std::collections::BTreeMap;
@@ -354,20 +354,18 @@ impl<P: Ports> Controller<P> {
         Ok(())
     }
 
-    /// Why the image may not be launched for the fleet — its owner is not an allowed account, or
-    /// the fleet's admission gate refuses it — if it may not (not for the image it runs).
-    pub(super) fn refusal<'a>(
-        &'a self,
-        name: &'a FleetName,
-        image: &'a ImageId,
-        facts: &'a ImageFacts,
-    ) -> BoxFuture<'a, Result<Option<String>>> {
-        Box::pin(async move {
-            let fleet = self.store.load_partial(name, &[]).await?;
-            Ok((fleet.spec.image != *image)
-                .then(|| images::refusal(&fleet, &self.intake.image_accounts, image, facts))
-                .flatten())
-        })
+    /// Why the image may not be launched for the fleet (as its record says) — its owner is not
+    /// an allowed account, or the fleet's admission gate refuses it — if it may not (not for the
+    /// image it runs).
+    pub(super) fn refusal(
+        &self,
+        fleet: &Fleet,
+        image: &ImageId,
+        facts: &ImageFacts,
+    ) -> Option<String> {
+        (fleet.spec.image != *image)
+            .then(|| images::refusal(fleet, &self.intake.image_accounts, image, facts))
+            .flatten()
     }
 
     /// Records `ImageRejected` in the fleet's history, with the event, and publishes it.

@@ -388,9 +388,9 @@ impl<P: Ports> Controller<P> {
         };
         let fleets = match &intent {
             Intent::ImageReady { fleet, image } => {
-                let spec = self.store.load_partial(fleet, &[]).await?.spec;
+                let record = self.store.load_partial(fleet, &[]).await?;
                 let Some(facts) = self
-                    .apis(&spec)
+                    .apis(&record.spec)
                     .await?
                     .compute
                     .describe_image(image)
@@ -398,12 +398,12 @@ impl<P: Ports> Controller<P> {
                 else {
                     return Err(Error::NotFound(format!(
                         "image {image} does not exist or is not available in {}",
-                        where_(&spec)
+                        where_(&record.spec)
                     )));
                 };
                 // The accounts allowed and the fleet's admission gate first: a refused image is
                 // recorded, not rolled out.
-                match self.refusal(fleet, image, &facts).await? {
+                match self.refusal(&record, image, &facts) {
                     Some(reason) => vec![
                         self.reject_image(fleet.clone(), image.clone(), reason, &cause, &key)
                             .await?,

@@ -2,7 +2,7 @@
 //! event's intent (if any) and a reconcile against what EC2 reports; after lost races, the intent
 //! goes to the inbox instead.
 
-use super::{Controller, FleetOutcome, FleetReport, QUEUE_AFTER_CONFLICTS};
+use super::{Apis, Controller, FleetOutcome, FleetReport, QUEUE_AFTER_CONFLICTS};
 use crate::error::{Error, Result};
 use crate::ports::{Deadline, Ports};
 use crate::store::{EventKey, EventRecord, Mail};
@@ -134,8 +134,8 @@ impl<P: Ports> Controller<P> {
             };
             let at = self.apis(&fleet.spec).await?;
             let mut observed = at.compute.describe_fleet(name).await?;
-            let missing = self.observe_targets(&fleet, &mut observed).await?;
-            let template = self.template_version(&fleet).await?;
+            let missing = self.observe_targets(&at, &fleet, &mut observed).await?;
+            let template = self.template_version(&at, &fleet).await?;
             let now = self.now();
             let step = match (queued, intent) {
                 (Some(q), _) => self.planner.apply_queued(&fleet, q, now),
@@ -244,18 +244,14 @@ impl<P: Ports> Controller<P> {
     /// and which groups do not exist (none: the fleet has no groups to look at).
     async fn observe_targets(
         &self,
+        at: &Apis<P>,
         fleet: &Fleet,
         observed: &mut [Observed],
     ) -> Result<Option<Vec<(String, String)>>> {
         if fleet.spec.target_groups().is_empty() {
             return Ok((!fleet.lb_missing.is_empty()).then(Vec::new));
         }
-        let mut seen = self
-            .apis(&fleet.spec)
-            .await?
-            .targets
-            .observe(&fleet.spec)
-            .await?;
+        let mut seen = at.targets.observe(&fleet.spec).await?;
         for o in observed.iter_mut() {
             o.targets = seen.by_instance.remove(o.id.as_str()).unwrap_or_default();
         }
@@ -265,7 +261,7 @@ impl<P: Ports> Controller<P> {
     /// The version the fleet's launch template resolves to now, if it floats (`$Latest`,
     /// `$Default`, no version). A template that no longer exists leaves the fleet as it is: its
     /// launches fail and say why.
-    async fn template_version(&self, fleet: &Fleet) -> Result<Option<String>> {
+    async fn template_version(&self, at: &Apis<P>, fleet: &Fleet) -> Result<Option<String>> {
         let Some(t) = fleet
             .spec
             .launch_template
@@ -274,13 +270,7 @@ impl<P: Ports> Controller<P> {
         else {
             return Ok(None);
         };
-        match self
-            .apis(&fleet.spec)
-            .await?
-            .compute
-            .resolve_template(t)
-            .await
-        {
+        match at.compute.resolve_template(t).await {
             Ok(v) => Ok(Some(v)),
             Err(Error::NotFound(why)) => {
                 warn!(fleet = %fleet.spec.name, %why, "launch template not found");
