@@ -212,6 +212,17 @@ impl With for Observed {
     }
 }
 
+/// The instances a step asks to detach from their group.
+fn detaching(step: &Step) -> Vec<InstanceId> {
+    step.commands
+        .iter()
+        .flat_map(|c| match c {
+            Command::Detach { instances, .. } => instances.clone(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
 /// Commits and carries out one step, then records its outcomes.
 fn apply(world: &mut World, step: Step, now: DateTime<Utc>) -> Fleet {
     let f = committed(&step);
@@ -438,15 +449,7 @@ fn a_failed_instance_in_its_group_is_detached_at_once_then_repaired() {
     // The budget (max_unavailable 1 of 2) leaves no room to take the healthy one out as well.
     let now = t0() + Duration::minutes(1);
     let step = reconcile(&f, &world.observed(&f), now);
-    let detached: Vec<&InstanceId> = step
-        .commands
-        .iter()
-        .flat_map(|c| match c {
-            Command::Detach { instances, .. } => instances.iter().collect(),
-            _ => Vec::new(),
-        })
-        .collect();
-    assert_eq!(detached, vec![&id(0)], "{:?}", step.commands);
+    assert_eq!(detaching(&step), vec![id(0)], "{:?}", step.commands);
     // Not repaired while still in the group...
     let touches = |step: &Step, i: &InstanceId| {
         step.commands.iter().any(|c| match c {
@@ -469,34 +472,20 @@ fn a_detach_whose_outcome_was_lost_is_asked_again_after_the_lease() {
     let f = adopt_into(&mut world, 4, &[2, 2, 2, 2], Some("web-asg"));
     let now = t0() + Duration::minutes(1);
     let step = reconcile(&f, &world.observed(&f), now);
-    let asked: Vec<InstanceId> = step
-        .commands
-        .iter()
-        .flat_map(|c| match c {
-            Command::Detach { instances, .. } => instances.clone(),
-            _ => Vec::new(),
-        })
-        .collect();
+    let asked = detaching(&step);
     assert_eq!(asked.len(), 1);
     // Committed; the process died before the outcome was recorded (the call may or may not
     // have gone through). Within the lease nothing more is detached — the one in flight counts
     // as out of service — and after it, the same instance is asked again.
     let f = committed(&step);
     let soon = reconcile(&f, &world.observed(&f), now + Duration::seconds(30));
-    assert!(!soon
-        .commands
-        .iter()
-        .any(|c| matches!(c, Command::Detach { .. })));
+    assert!(detaching(&soon).is_empty());
     let later = reconcile(&f, &world.observed(&f), now + LEASE);
-    let again: Vec<InstanceId> = later
-        .commands
-        .iter()
-        .flat_map(|c| match c {
-            Command::Detach { instances, .. } => instances.clone(),
-            _ => Vec::new(),
-        })
-        .collect();
-    assert!(again.contains(&asked[0]), "{:?}", later.commands);
+    assert!(
+        detaching(&later).contains(&asked[0]),
+        "{:?}",
+        later.commands
+    );
 }
 
 #[test]
