@@ -147,7 +147,8 @@ impl Timeline {
                 });
                 lane.image = inst.image.clone();
                 lane.from = inst.launched_at;
-                lane.to = inst.terminated_at;
+                // Out of the fleet: terminated, or given back.
+                lane.to = inst.terminated_at.or(inst.released.as_ref().map(|r| r.at));
             }
             let mut rollback_here = false;
             for change in &entry.changes {
