@@ -5,7 +5,8 @@
 
 use crate::error::{Error, Result};
 use crate::ports::ec2::{
-    Ec2, Ec2Instance, Instances, RunInstances, MAX_FILTER_VALUES, MAX_STATUS_IDS, MAX_TERMINATE_IDS,
+    Ec2, Ec2Instance, InstanceStatus, Instances, RunInstances, MAX_FILTER_VALUES, MAX_STATUS_IDS,
+    MAX_TERMINATE_IDS,
 };
 use crate::variant::Variant;
 use phoenix_core::images::ImageFacts;
@@ -37,6 +38,26 @@ pub struct TerminateOutput {
     pub gone: Vec<InstanceId>,
     /// One request id per TerminateInstances call.
     pub request_ids: Vec<String>,
+}
+
+/// An instance as phoenix reads what EC2 reports of it: its phoenix tags, and its status checks
+/// when they were read (none: not running, or not asked).
+pub fn observed(i: Ec2Instance, status: Option<&InstanceStatus>) -> Option<Observed> {
+    Some(Observed {
+        id: InstanceId::parse(&i.id).ok()?,
+        image: i.image.as_deref().and_then(|s| ImageId::parse(s).ok()),
+        state: i.state,
+        status_ok: status.is_some_and(|s| s.ok),
+        system_impaired: status.is_some_and(|s| s.system_impaired),
+        launched_at: i.launched_at,
+        token: i.tags.get(TAG_TOKEN).cloned(),
+        definition: i.tags.get(TAG_DEFINITION).cloned(),
+        zone: i.zone,
+        instance_type: i.instance_type,
+        protected: i.tags.contains_key(TAG_PROTECTED),
+        subnet: i.subnet,
+        targets: Default::default(),
+    })
 }
 
 /// phoenix's use of EC2.
@@ -120,21 +141,8 @@ impl<E: Ec2> Compute<E> {
         Ok(instances
             .into_iter()
             .filter_map(|i| {
-                Some(Observed {
-                    id: InstanceId::parse(&i.id).ok()?,
-                    image: i.image.as_deref().and_then(|s| ImageId::parse(s).ok()),
-                    state: i.state,
-                    status_ok: status.get(&i.id).is_some_and(|s| s.ok),
-                    system_impaired: status.get(&i.id).is_some_and(|s| s.system_impaired),
-                    launched_at: i.launched_at,
-                    token: i.tags.get(TAG_TOKEN).cloned(),
-                    definition: i.tags.get(TAG_DEFINITION).cloned(),
-                    zone: i.zone,
-                    instance_type: i.instance_type,
-                    protected: i.tags.contains_key(TAG_PROTECTED),
-                    subnet: i.subnet,
-                    targets: Default::default(),
-                })
+                let s = status.get(&i.id);
+                observed(i, s)
             })
             .collect())
     }
@@ -155,22 +163,7 @@ impl<E: Ec2> Compute<E> {
         } else {
             Vec::new()
         };
-        let s = status.first();
-        Ok(Some(Observed {
-            id: id.clone(),
-            image: i.image.as_deref().and_then(|s| ImageId::parse(s).ok()),
-            state: i.state,
-            status_ok: s.is_some_and(|s| s.ok),
-            system_impaired: s.is_some_and(|s| s.system_impaired),
-            launched_at: i.launched_at,
-            token: i.tags.get(TAG_TOKEN).cloned(),
-            definition: i.tags.get(TAG_DEFINITION).cloned(),
-            zone: i.zone,
-            instance_type: i.instance_type,
-            protected: i.tags.contains_key(TAG_PROTECTED),
-            subnet: i.subnet,
-            targets: Default::default(),
-        }))
+        Ok(observed(i, status.first()))
     }
 
     /// Launches `count` instances for one decision, all or nothing, on the first of `offerings`

@@ -17,15 +17,15 @@
 //! 5. The detaches, a batch at a time, are the reconcile passes' work (`planner::adoption`).
 
 use super::{Apis, Controller, FleetReport};
+use crate::compute::observed;
 use crate::error::{Error, Result};
 use crate::ports::autoscaling::{AutoScaling, Group};
 use crate::ports::ec2::{Ec2, Ec2Instance, Instances, MAX_FILTER_VALUES};
 use crate::ports::{Deadline, Ports};
 use phoenix_core::events::Cause;
-use phoenix_core::model::TAG_TOKEN;
-use phoenix_core::model::{FleetSpec, Observed, TAG_DEFINITION, TAG_FLEET, TAG_PROTECTED};
+use phoenix_core::model::{FleetSpec, Observed, TAG_FLEET};
 use phoenix_core::planner::{self, Adoption, MAX_ADOPTED_PER_STEP};
-use phoenix_core::{FleetName, ImageId, InstanceId};
+use phoenix_core::{FleetName, InstanceId};
 use serde::Serialize;
 use std::collections::BTreeSet;
 
@@ -91,7 +91,10 @@ impl<P: Ports> Controller<P> {
         };
         let found = self.select(&at, selection, group.as_ref()).await?;
         self.check_owners(&name, &found).await?;
-        let found: Vec<Observed> = found.into_iter().filter_map(observed).collect();
+        let found: Vec<Observed> = found
+            .into_iter()
+            .filter_map(|i| observed(i, None))
+            .collect();
         let already: BTreeSet<InstanceId> = match self.store.load_fleet(&name).await {
             Ok(f) => found
                 .iter()
@@ -395,23 +398,4 @@ impl<P: Ports> Controller<P> {
         }
         Err(Error::Conflict(name.to_string()))
     }
-}
-
-/// An instance EC2 reports, as the planner reads a candidate for adoption.
-fn observed(i: Ec2Instance) -> Option<Observed> {
-    Some(Observed {
-        id: InstanceId::parse(&i.id).ok()?,
-        image: i.image.as_deref().and_then(|s| ImageId::parse(s).ok()),
-        state: i.state,
-        status_ok: false,
-        system_impaired: false,
-        launched_at: i.launched_at,
-        token: i.tags.get(TAG_TOKEN).cloned(),
-        definition: i.tags.get(TAG_DEFINITION).cloned(),
-        zone: i.zone,
-        instance_type: i.instance_type,
-        subnet: i.subnet,
-        targets: Default::default(),
-        protected: i.tags.contains_key(TAG_PROTECTED),
-    })
 }
