@@ -772,3 +772,84 @@ async fn a_notification_whose_publish_failed_waits_for_the_next_pass() {
     w.tick().await.unwrap();
     assert_eq!(w.notifications().await.unwrap(), vec![expected]);
 }
+
+/// The operations of the calls the proxy answered since the last reset, without the test's own.
+fn quick_look_calls(w: &World) -> Vec<String> {
+    w.proxy.call_log()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_fleet_is_looked_at_quickly_and_what_changes_outside_is_still_repaired() {
+    let (w, victim) = fleet_of_two().await;
+    // The first scheduled pass over the settled fleet decides nothing and records it quiet.
+    w.tick().await.unwrap();
+    let version = w.fleet("web").await.unwrap().version;
+
+    // The next is a quick look: the fleet index, the record with its outbox, the inbox's first
+    // key, the instances; no status checks, no instance items, no write.
+    w.proxy.reset_calls();
+    w.tick().await.unwrap();
+    assert_eq!(
+        quick_look_calls(&w),
+        [
+            "dynamodb:Query",
+            "dynamodb:Query",
+            "dynamodb:Query",
+            "ec2:DescribeInstances"
+        ]
+    );
+    assert_eq!(w.fleet("web").await.unwrap().version, version);
+
+    // An instance terminated outside phoenix changes what EC2 reports: the next scheduled pass
+    // is a full one (it records what it sees), and the fleet replaces it.
+    w.ec2
+        .terminate_instances()
+        .instance_ids(&victim)
+        .send()
+        .await
+        .unwrap();
+    w.proxy.reset_calls();
+    w.tick().await.unwrap();
+    let calls = quick_look_calls(&w);
+    assert!(
+        calls.iter().any(|c| c == "dynamodb:TransactWriteItems"),
+        "a full pass, which records the termination: {calls:?}"
+    );
+    let mut f = w.fleet("web").await.unwrap();
+    for _ in 0..20 {
+        if f.live_instances().all(|i| i.id.as_str() != victim) {
+            break;
+        }
+        w.advance(chrono::Duration::minutes(1));
+        w.tick().await.unwrap();
+        f = w.fleet("web").await.unwrap();
+    }
+    assert!(
+        f.live_instances().all(|i| i.id.as_str() != victim),
+        "{f:#?}"
+    );
+    let f = w.settle("web", true, 20).await.unwrap();
+    assert_eq!(f.live_instances().count(), 2);
+
+    // Quiet again; an hour on, the quiet has run out: a full pass (the instance items read,
+    // status checks of none), which finds nothing to do and records the fleet quiet once more.
+    w.tick().await.unwrap();
+    w.proxy.reset_calls();
+    w.tick().await.unwrap();
+    assert_eq!(quick_look_calls(&w).len(), 4, "{:?}", quick_look_calls(&w));
+    w.advance(chrono::Duration::minutes(61));
+    w.proxy.reset_calls();
+    w.tick().await.unwrap();
+    let calls = quick_look_calls(&w);
+    assert_eq!(
+        calls,
+        [
+            "dynamodb:Query",
+            "dynamodb:Query",
+            "dynamodb:Query",
+            "ec2:DescribeInstances",
+            "dynamodb:TransactWriteItems"
+        ],
+        "a full pass: the fleet index, the record, the instances, EC2, the quiet written"
+    );
+}

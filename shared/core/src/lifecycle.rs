@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// EC2's lifecycle states, as observed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Lifecycle {
     Pending,

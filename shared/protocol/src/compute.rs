@@ -118,8 +118,15 @@ impl<E: Ec2> Compute<E> {
         &self.ec2
     }
 
-    /// Every instance tagged with the fleet, in any state but terminated, with its status checks.
-    pub async fn describe_fleet(&self, fleet: &FleetName) -> Result<Vec<Observed>> {
+    /// Every instance tagged with the fleet, in any state but terminated; with its status checks
+    /// if it is running and `checks` asks for them. The planner reads status checks only of
+    /// instances not yet counted healthy: asking for those alone keeps `DescribeInstanceStatus`
+    /// out of a settled fleet's pass.
+    pub async fn describe_fleet(
+        &self,
+        fleet: &FleetName,
+        checks: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Observed>> {
         let instances = self
             .ec2
             .describe_instances(&Instances::Tagged {
@@ -129,7 +136,7 @@ impl<E: Ec2> Compute<E> {
             .await?;
         let running: Vec<String> = instances
             .iter()
-            .filter(|i| i.state == Lifecycle::Running)
+            .filter(|i| i.state == Lifecycle::Running && checks(&i.id))
             .map(|i| i.id.clone())
             .collect();
         let mut status = BTreeMap::new();

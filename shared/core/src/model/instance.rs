@@ -268,7 +268,7 @@ impl Extend<(InstanceId, Instance)> for Instances {
 }
 
 /// What EC2 says about one instance tagged with the fleet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Observed {
     pub id: InstanceId,
     pub image: Option<ImageId>,

@@ -130,7 +130,7 @@ impl LoadBalancing {
 }
 
 /// What a target group reports about one of its targets (`DescribeTargetHealth`'s state).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum TargetState {
     /// Registered; the first health checks are running.

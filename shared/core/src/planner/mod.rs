@@ -36,6 +36,7 @@
 //! - `adoption`: instances phoenix did not launch: adopted, detached from their Auto Scaling
 //!   group, released;
 //! - `reconcile`: one pass over the whole fleet against what EC2 reports;
+//! - `quiet`: until when a fleet that a pass left as it was needs no full pass;
 //! - `intents`: a new fleet, a fleet file applied, an event's intent.
 
 mod adoption;
@@ -45,6 +46,7 @@ mod lifetime;
 mod notices;
 mod outcomes;
 mod placement;
+mod quiet;
 mod rebalance;
 mod reconcile;
 mod repair;
@@ -61,6 +63,7 @@ pub use intents::{
     apply_intent, apply_queued, create_fleet, template_resolved, update_spec, Resolved,
 };
 pub use outcomes::{outcome_parts, record_outcome_part, record_outcomes};
+pub use quiet::{quiet_until, QUIET_HORIZON, QUIET_PROBE};
 pub use reconcile::{observe_instance, reconcile, OBSERVE_GRACE};
 pub use rollout::{wave_healthy, wave_to_recheck, what_rolls};
 pub use serving::targets_observed;

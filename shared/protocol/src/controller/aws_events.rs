@@ -103,6 +103,7 @@ impl<P: Ports> Controller<P> {
                         &cause,
                         Some(&key),
                         deadline,
+                        None,
                     )
                     .await?
                 }

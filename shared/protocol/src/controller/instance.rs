@@ -100,7 +100,7 @@ impl<P: Ports> Controller<P> {
                         // share), and a wave made healthy lets the next one start: reconcile the
                         // fleet now rather than at the next schedule.
                         let full = self
-                            .reconcile_within(&name, None, event_time, cause, None, deadline)
+                            .reconcile_within(&name, None, event_time, cause, None, deadline, None)
                             .await?;
                         done.absorb(full);
                     }

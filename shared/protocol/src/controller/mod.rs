@@ -41,8 +41,10 @@ mod adopt;
 mod aws_events;
 mod execute;
 mod instance;
+mod observe;
 mod pass;
 pub mod report;
+mod sweep;
 
 pub use adopt::{Adopted, Selection};
 pub use report::{FleetOutcome, FleetReport, Report};
@@ -384,6 +386,7 @@ impl<P: Ports> Controller<P> {
                 &cause,
                 Some(&key),
                 deadline,
+                None,
             ))
         };
         let fleets = match &intent {
@@ -431,7 +434,7 @@ impl<P: Ports> Controller<P> {
                 ]
             }
             Intent::Reconcile { fleet: Some(name) } => vec![
-                Box::pin(self.reconcile_within(name, None, env.time, &cause, None, deadline))
+                Box::pin(self.reconcile_within(name, None, env.time, &cause, None, deadline, None))
                     .await?,
             ],
             // Every fleet: one that fails must not stop the others. Its failure is in the report
@@ -440,16 +443,10 @@ impl<P: Ports> Controller<P> {
             Intent::Reconcile { fleet: None } => {
                 let mut reports = Vec::new();
                 for name in self.store.list_fleets().await? {
-                    let result =
-                        match self.check_time(deadline, "reconcile another fleet") {
-                            Ok(()) => {
-                                Box::pin(self.reconcile_within(
-                                    &name, None, env.time, &cause, None, deadline,
-                                ))
-                                .await
-                            }
-                            Err(e) => Err(e),
-                        };
+                    let result = match self.check_time(deadline, "reconcile another fleet") {
+                        Ok(()) => Box::pin(self.sweep(&name, env.time, &cause, deadline)).await,
+                        Err(e) => Err(e),
+                    };
                     match result {
                         Ok(r) => reports.push(r),
                         Err(e) => {
@@ -480,7 +477,8 @@ impl<P: Ports> Controller<P> {
         cause: &Cause,
         key: Option<&EventKey>,
     ) -> Result<FleetReport> {
-        Box::pin(self.reconcile_within(name, intent, event_time, cause, key, Deadline::NONE)).await
+        Box::pin(self.reconcile_within(name, intent, event_time, cause, key, Deadline::NONE, None))
+            .await
     }
 
     /// What `phoenix fleet apply` checks before it writes anything, and what `apply_fleet` and

@@ -2,14 +2,15 @@
 //! event's intent (if any) and a reconcile against what EC2 reports; after lost races, the intent
 //! goes to the inbox instead.
 
-use super::{Apis, Controller, FleetOutcome, FleetReport, QUEUE_AFTER_CONFLICTS};
+use super::{Controller, FleetOutcome, FleetReport, QUEUE_AFTER_CONFLICTS};
 use crate::error::{Error, Result};
 use crate::ports::{Deadline, Ports};
 use crate::store::{EventKey, EventRecord, Mail};
 use phoenix_core::events::{Cause, Intent, QueuedIntent};
-use phoenix_core::model::{Fleet, Observed, Timestamp};
+use phoenix_core::model::{Fleet, Health, Timestamp};
 use phoenix_core::planner::{targets_observed, template_resolved, Step};
 use phoenix_core::FleetName;
+use std::collections::BTreeSet;
 use tracing::{info, warn};
 
 /// What one pass over a fleet did (`reconcile_pass`).
@@ -25,7 +26,9 @@ enum Pass {
 impl<P: Ports> Controller<P> {
     /// `reconcile_fleet` within `deadline`: passes over the fleet (`reconcile_pass`) until one
     /// does what this call is for. A loop, not recursion: each pass holds several calls' state,
-    /// and a long inbox recursed deep enough to overflow a worker thread's stack.
+    /// and a long inbox recursed deep enough to overflow a worker thread's stack. `looked`: the
+    /// fleet record as just read (`Store::look`), which the first pass need not read again.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn reconcile_within(
         &self,
         name: &FleetName,
@@ -34,6 +37,7 @@ impl<P: Ports> Controller<P> {
         cause: &Cause,
         key: Option<&EventKey>,
         deadline: Deadline,
+        mut looked: Option<Fleet>,
     ) -> Result<FleetReport> {
         let (mut intent, mut key) = (intent, intent.and(key));
         let mut done: Option<FleetReport> = None;
@@ -47,9 +51,16 @@ impl<P: Ports> Controller<P> {
             } else {
                 Self::conflict_attempts(deadline)
             };
-            let pass = Box::pin(
-                self.reconcile_pass(name, intent, event_time, cause, key, attempts, deadline),
-            )
+            let pass = Box::pin(self.reconcile_pass(
+                name,
+                intent,
+                event_time,
+                cause,
+                key,
+                attempts,
+                deadline,
+                looked.take(),
+            ))
             .await;
             match pass {
                 Ok(Pass::Done(r)) => return Ok(FleetReport::absorbed(done, r)),
@@ -93,6 +104,7 @@ impl<P: Ports> Controller<P> {
         key: Option<&EventKey>,
         attempts: usize,
         deadline: Deadline,
+        mut looked: Option<Fleet>,
     ) -> Result<Pass> {
         for attempt in 0..attempts {
             // On a busy fleet, short instance events keep winning the race against a plan that
@@ -109,7 +121,11 @@ impl<P: Ports> Controller<P> {
                 }
             }
             self.check_time(deadline, "plan a change")?;
-            let (fleet, outbox) = self.store.load_fleet_and_outbox(name).await?;
+            let (fleet, outbox) = match looked.take() {
+                Some(record) => self.store.load_rest(record).await?,
+                None => self.store.load_fleet_and_outbox(name).await?,
+            };
+            let outbox_empty = outbox.is_empty();
             // What a crash or a failed PutEvents left in the outbox goes first, once per pass —
             // a lifecycle hook's on every attempt (a race lost may have begun one): its timeout
             // runs from its commit, so a pass that cannot announce it does not plan.
@@ -133,9 +149,16 @@ impl<P: Ports> Controller<P> {
                 None => (cause, key),
             };
             let at = self.apis(&fleet.spec).await?;
-            let mut observed = at.compute.describe_fleet(name).await?;
-            let missing = self.observe_targets(&at, &fleet, &mut observed).await?;
-            let template = self.template_version(&at, &fleet).await?;
+            // Status checks only of instances not yet counted healthy: the planner reads no
+            // other's.
+            let unproven: BTreeSet<&str> = fleet
+                .live_instances()
+                .filter(|i| i.health == Health::Unknown)
+                .map(|i| i.id.as_str())
+                .collect();
+            let seen = self
+                .observe(&at, &fleet, |id| unproven.contains(id))
+                .await?;
             let now = self.now();
             let step = match (queued, intent) {
                 (Some(q), _) => self.planner.apply_queued(&fleet, q, now),
@@ -161,18 +184,21 @@ impl<P: Ports> Controller<P> {
             };
             // A floating launch template's new version is drift, seen here as the scheduled pass
             // comes by (or at once, when CloudTrail reports the new version).
-            let step = match &template {
+            let step = match &seen.template {
                 Some(version) => step.then(|f| template_resolved(f, version, now)),
                 None => step,
             };
             // Which target groups exist, recorded before the pass plans on them.
-            let step = match missing {
-                Some(missing) => step.then(|f| targets_observed(f, &missing, now)),
+            let step = match &seen.missing {
+                Some(missing) => step.then(|f| targets_observed(f, missing, now)),
                 None => step,
             };
-            let step = self.planner.reconcile(step, &observed, now);
+            let step = self.planner.reconcile(step, &seen.observed, now);
             // (A queued intent is always committed: its commit deletes it from the inbox.)
             if step.is_noop() && queued.is_none() {
+                if intent.is_none() && outbox_empty {
+                    self.settle(&fleet, &seen, now).await;
+                }
                 return Ok(Pass::Done(FleetReport::of(
                     FleetOutcome::Unchanged,
                     &fleet,
@@ -240,46 +266,6 @@ impl<P: Ports> Controller<P> {
         Err(Error::Conflict(name.to_string()))
     }
 
-    /// What the fleet's target groups report about its instances, put next to what EC2 reports;
-    /// and which groups do not exist (none: the fleet has no groups to look at).
-    async fn observe_targets(
-        &self,
-        at: &Apis<P>,
-        fleet: &Fleet,
-        observed: &mut [Observed],
-    ) -> Result<Option<Vec<(String, String)>>> {
-        if fleet.spec.target_groups().is_empty() {
-            return Ok((!fleet.lb_missing.is_empty()).then(Vec::new));
-        }
-        let mut seen = at.targets.observe(&fleet.spec).await?;
-        for o in observed.iter_mut() {
-            o.targets = seen.by_instance.remove(o.id.as_str()).unwrap_or_default();
-        }
-        Ok(Some(seen.missing))
-    }
-
-    /// The version the fleet's launch template resolves to now, if it floats (`$Latest`,
-    /// `$Default`, no version). A template that no longer exists leaves the fleet as it is: its
-    /// launches fail and say why.
-    async fn template_version(&self, at: &Apis<P>, fleet: &Fleet) -> Result<Option<String>> {
-        let Some(t) = fleet
-            .spec
-            .launch_template
-            .as_ref()
-            .filter(|t| t.is_floating())
-        else {
-            return Ok(None);
-        };
-        match at.compute.resolve_template(t).await {
-            Ok(v) => Ok(Some(v)),
-            Err(Error::NotFound(why)) => {
-                warn!(fleet = %fleet.spec.name, %why, "launch template not found");
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     /// Puts the intent in the fleet's inbox, which completes its event's record.
     async fn queue(
         &self,
@@ -331,7 +317,7 @@ impl<P: Ports> Controller<P> {
             Error::Unfinished(_) => {
                 info!(fleet = %name, "duplicate of an unfinished event; reconciling without it");
                 let mut r = Box::pin(Box::pin(
-                    self.reconcile_within(name, None, event_time, cause, None, deadline),
+                    self.reconcile_within(name, None, event_time, cause, None, deadline, None),
                 ))
                 .await?;
                 r.outcome = FleetOutcome::Duplicate;

@@ -32,6 +32,9 @@ pub enum FleetOutcome {
     Changed,
     /// Nothing to do.
     Unchanged,
+    /// Nothing to do, seen by the schedule's quick look: the fleet is quiet and nothing EC2 or
+    /// its target groups report changed (`controller::sweep`).
+    Quiet,
     /// This event was handled before; its intent was not applied again. If the earlier delivery
     /// did not finish (its record expired in progress) the fleet was reconciled, and `changes`
     /// lists what that did; otherwise nothing was done.

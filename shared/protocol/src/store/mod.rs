@@ -10,10 +10,12 @@
 mod commit;
 pub mod items;
 pub mod outbox;
+mod quiet;
 
 pub use commit::{EventKey, EventRecord};
 pub use items::{EventRecordItem, Standing, INSTANCE_INDEX, STATUS_COMPLETED, STATUS_IN_PROGRESS};
 pub use outbox::{Mail, OUTBOX_GRACE};
+pub use quiet::{Look, Quiet};
 
 use crate::error::{Error, Result};
 use crate::ports::table::{Condition, Key, Query, SortKeys, Table, MAX_BATCH_GET};
@@ -60,7 +62,13 @@ impl<T: Table> Store<T> {
             .get(&meta_key(name))
             .await?
             .ok_or_else(|| unknown_fleet(name))?;
-        let mut fleet = decode_meta(&meta)?;
+        self.load_rest(decode_meta(&meta)?).await
+    }
+
+    /// `load_fleet_and_outbox` for a fleet whose record was just read (`look`): the rest of it.
+    pub async fn load_rest(&self, mut fleet: Fleet) -> Result<(Fleet, Vec<Mail>)> {
+        let name = fleet.spec.name.clone();
+        let name = &name;
         let mut query = Query::partition(
             fleet_pk(name),
             SortKeys::Between(INBOX.into(), MAIL_END.into()),

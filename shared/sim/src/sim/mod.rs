@@ -676,7 +676,7 @@ impl Sim {
                 FleetOutcome::Duplicate => w.stats.duplicates += 1,
                 FleetOutcome::InFlight => w.stats.in_flight += 1,
                 FleetOutcome::Queued => w.stats.listed_failures += 1,
-                FleetOutcome::Changed | FleetOutcome::Unchanged => {}
+                FleetOutcome::Changed | FleetOutcome::Unchanged | FleetOutcome::Quiet => {}
             }
             if f.failures
                 .iter()
