@@ -48,6 +48,7 @@ use phoenix_core::planner::LEASE;
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use phoenix_protocol::ports::Time;
 use phoenix_protocol::store::OUTBOX_GRACE;
+use phoenix_protocol::Intake;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -340,16 +341,25 @@ impl World {
     /// `faults`: for scenarios that inject faults — short timeouts, and the proxy honours
     /// idempotency tokens as AWS does, since it loses answers after AWS acted.
     pub async fn start_with(seed: u64, images: usize, faults: bool) -> Result<World> {
-        Self::start_custom(seed, images, faults, ControllerClients::new).await
+        Self::start_custom(
+            seed,
+            images,
+            faults,
+            ControllerClients::new,
+            Intake::default(),
+        )
+        .await
     }
 
     /// `start_with`, with the controller's clients built by `clients` from the SDK configuration
-    /// that goes through the proxy (to attach an interceptor, say).
+    /// that goes through the proxy (to attach an interceptor, say), and its `intake` (an EC2
+    /// call budget, say).
     pub async fn start_custom(
         seed: u64,
         images: usize,
         faults: bool,
         clients: impl FnOnce(&SdkConfig) -> ControllerClients,
+        intake: Intake,
     ) -> Result<World> {
         let emulator = Emulator::start()?;
         let proxy = FaultProxy::start_with(&emulator.endpoint, seed, true, faults).await?;
@@ -378,7 +388,7 @@ impl World {
             phoenix_aws::reach::AwsReach::new(&sdk),
             EventBridgeBus::new(clients.events, "default"),
             SystemTime::skewed(offset),
-            Default::default(),
+            intake,
         ));
         let ec2 = aws_sdk_ec2::Client::new(&direct);
         let mut imgs = Vec::new();

@@ -197,6 +197,8 @@ struct Shared {
     /// Answered calls since the last `reset_calls`, and their operations.
     calls: AtomicU64,
     call_log: Mutex<Vec<String>>,
+    /// When each EC2 request arrived (EC2 counts its rate on arrival), since the last reset.
+    ec2_arrivals: Mutex<Vec<std::time::SystemTime>>,
     serialize_dynamodb: bool,
     honour_tokens: bool,
     dynamodb: tokio::sync::Mutex<()>,
@@ -255,6 +257,7 @@ impl FaultProxy {
             crashes: watch::channel(0).0,
             calls: AtomicU64::new(0),
             call_log: Mutex::new(Vec::new()),
+            ec2_arrivals: Mutex::new(Vec::new()),
             serialize_dynamodb,
             honour_tokens,
             dynamodb: tokio::sync::Mutex::new(()),
@@ -303,9 +306,24 @@ impl FaultProxy {
         lock(&self.shared.call_log).clone()
     }
 
+    /// The most EC2 requests that arrived within one second of the clock (as the budget counts
+    /// them: by whole second since the epoch) since the last reset.
+    pub fn ec2_peak_per_second(&self) -> usize {
+        let mut by_second: BTreeMap<u64, usize> = BTreeMap::new();
+        for at in lock(&self.shared.ec2_arrivals).iter() {
+            let second = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            *by_second.entry(second).or_default() += 1;
+        }
+        by_second.into_values().max().unwrap_or(0)
+    }
+
     pub fn reset_calls(&self) {
         self.shared.calls.store(0, Ordering::SeqCst);
         lock(&self.shared.call_log).clear();
+        lock(&self.shared.ec2_arrivals).clear();
     }
 
     /// The caller crashes right after the `n`th call answered from now (`n` ≥ 1).
@@ -862,6 +880,9 @@ async fn serve(shared: Arc<Shared>, mut conn: TcpStream) -> Result<()> {
         return Ok(());
     };
     let (service, op) = req.operation();
+    if service == "ec2" {
+        lock(&shared.ec2_arrivals).push(std::time::SystemTime::now());
+    }
     if lock(&shared.crash).crashed {
         lock(&shared.stats).refused_after_crash += 1;
         reset(conn);

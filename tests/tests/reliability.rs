@@ -19,7 +19,7 @@ use phoenix_aws::{
 use phoenix_core::events::{self, Cause, Change, Envelope, Intent, ScaleTarget};
 use phoenix_core::history::HistoryEntry;
 use phoenix_core::images::ImageFacts;
-use phoenix_core::model::{LaunchTemplateRef, TAG_FLEET, TAG_TOKEN};
+use phoenix_core::model::{Fleet, LaunchTemplateRef, TAG_FLEET, TAG_TOKEN};
 use phoenix_core::planner::{Step, LEASE};
 use phoenix_core::FleetName;
 use phoenix_protocol::ports::ec2::{
@@ -851,5 +851,63 @@ async fn a_settled_fleet_is_looked_at_quickly_and_what_changes_outside_is_still_
             "dynamodb:TransactWriteItems"
         ],
         "a full pass: the fleet index, the record, the instances, EC2, the quiet written"
+    );
+}
+
+/// A fleet of 12 on the first image whose controller runs under an EC2 call budget of
+/// `per_second` (none: no budget), and the peak of EC2 requests in one second while two health
+/// events arrive at once (as many as the breaker lets be repaired at once) and the fleet then
+/// settles; whether every event was handled.
+async fn storm_of_failures(per_second: Option<u32>) -> (usize, bool, Fleet) {
+    let intake = phoenix_protocol::Intake {
+        ec2_calls_per_second: per_second,
+        ..Default::default()
+    };
+    let w = World::start_custom(
+        7,
+        1,
+        false,
+        phoenix_tests::chaos::ControllerClients::new,
+        intake,
+    )
+    .await
+    .unwrap();
+    let a = w.images[0].clone();
+    w.create_fleet("web", &a, 12, 2).await.unwrap();
+    let victims: Vec<String> = w.live_ids("web").await.unwrap()[..2].to_vec();
+    w.proxy.reset_calls();
+    let w = Arc::new(w);
+    let mut storm = tokio::task::JoinSet::new();
+    for victim in victims {
+        let w = w.clone();
+        storm.spawn(async move {
+            let env = health_failed(&w, &victim);
+            w.deliver(&env).await
+        });
+    }
+    let mut handled = true;
+    while let Some(done) = storm.join_next().await {
+        handled &= done.unwrap();
+    }
+    let f = w.settle("web", true, 40).await.unwrap();
+    (w.proxy.ec2_peak_per_second(), handled, f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_failures_stays_within_the_ec2_call_budget_and_every_event_is_handled() {
+    let (peak, handled, f) = storm_of_failures(Some(2)).await;
+    assert!(handled, "every health event handled, none dead-lettered");
+    assert!(
+        peak <= 2,
+        "{peak} EC2 requests in one second, over the budget of 2"
+    );
+    assert_eq!(f.live_instances().count(), 12);
+    assert!(phoenix_tests::converged(&f));
+    // The control: the same storm without a budget sends more than 2 in some second.
+    let (peak, handled, _) = storm_of_failures(None).await;
+    assert!(handled);
+    assert!(
+        peak > 2,
+        "without a budget the storm peaked at only {peak} a second"
     );
 }

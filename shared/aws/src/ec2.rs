@@ -16,6 +16,7 @@ use phoenix_core::model::LaunchTemplateRef;
 use phoenix_core::model::Lifecycle;
 use phoenix_protocol::ports::ec2::{
     Ec2, Ec2Instance, InstanceStatus, Instances, Ran, RunInstances, Subnet, TemplateVersions,
+    DESCRIBE_PAGE,
 };
 
 #[derive(Clone, Debug)]
@@ -114,7 +115,7 @@ impl Ec2 for Ec2Client {
             .describe_instances()
             .filters(selector)
             .filters(not_terminated())
-            .max_results(1000)
+            .max_results(DESCRIBE_PAGE as i32)
             .into_paginator()
             .send();
         let mut out = Vec::new();

@@ -4,6 +4,7 @@ use crate::error::{sdk_error, Error, Result};
 use phoenix_core::aws_events::SourcePolicy;
 use phoenix_core::images::{AllowedImageAccounts, ImageBuild};
 use phoenix_core::ImageId;
+use phoenix_protocol::budget::DEFAULT_PER_SECOND;
 use phoenix_protocol::ports::images::{BoxFuture, ImageResolver};
 use phoenix_protocol::Intake;
 use std::sync::Arc;
@@ -76,5 +77,25 @@ pub fn intake_from_env(sdk: &aws_config::SdkConfig) -> Intake {
         )),
         home_account: Some(var("PHOENIX_ACCOUNT")).filter(|a| !a.is_empty()),
         home_region: sdk.region().map(|r| r.to_string()),
+        ec2_calls_per_second: ec2_budget(&var("PHOENIX_EC2_CALLS_PER_SECOND")),
+    }
+}
+
+/// `PHOENIX_EC2_CALLS_PER_SECOND`: phoenix's share of each account and region's EC2 request
+/// rate; unset, `budget::DEFAULT_PER_SECOND`; `0`, no budget.
+fn ec2_budget(value: &str) -> Option<u32> {
+    match value.trim() {
+        "" => Some(DEFAULT_PER_SECOND),
+        v => match v.parse::<u32>() {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(_) => {
+                warn!(
+                    value = v,
+                    "PHOENIX_EC2_CALLS_PER_SECOND is not a number: the default applies"
+                );
+                Some(DEFAULT_PER_SECOND)
+            }
+        },
     }
 }

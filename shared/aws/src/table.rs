@@ -201,6 +201,33 @@ impl DynamoTable {
                     .map_err(|e| malformed("update", e))?;
                 TransactWriteItem::builder().update(update).build()
             }
+            Write::Add {
+                key,
+                add: (attribute, by),
+                set,
+                condition,
+            } => {
+                let mut expression =
+                    format!("ADD {} {}", e.name(attribute), e.value(&Value::N(by)));
+                if !set.is_empty() {
+                    let clauses: Vec<String> = set
+                        .iter()
+                        .map(|(a, v)| format!("{} = {}", e.name(a), e.value(v)))
+                        .collect();
+                    expression.push_str(&format!(" SET {}", clauses.join(", ")));
+                }
+                let condition = condition.map(|c| e.condition(&c));
+                let update = Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key_attributes(&key)))
+                    .update_expression(expression)
+                    .set_condition_expression(condition)
+                    .set_expression_attribute_names(e.names())
+                    .set_expression_attribute_values(e.values())
+                    .build()
+                    .map_err(|e| malformed("update", e))?;
+                TransactWriteItem::builder().update(update).build()
+            }
             Write::Delete { key, condition } => {
                 let condition = condition.map(|c| e.condition(&c));
                 let delete = Delete::builder()

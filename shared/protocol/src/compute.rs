@@ -3,11 +3,13 @@
 //! the decision is carried out again), terminate only what carries the fleet's tag, re-validated
 //! just before the call.
 
+use crate::budget::Admit;
 use crate::error::{Error, Result};
 use crate::ports::ec2::{
-    Ec2, Ec2Instance, InstanceStatus, Instances, RunInstances, MAX_FILTER_VALUES, MAX_STATUS_IDS,
-    MAX_TERMINATE_IDS,
+    Ec2, Ec2Instance, InstanceStatus, Instances, RunInstances, DESCRIBE_PAGE, MAX_FILTER_VALUES,
+    MAX_STATUS_IDS, MAX_TERMINATE_IDS,
 };
+use crate::ports::Deadline;
 use crate::variant::Variant;
 use phoenix_core::images::ImageFacts;
 use phoenix_core::model::{
@@ -17,6 +19,8 @@ use phoenix_core::model::{
 use phoenix_core::planner::{Launched, Refusal};
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
 use tracing::info;
 
 /// What a launch produced.
@@ -60,11 +64,12 @@ pub fn observed(i: Ec2Instance, status: Option<&InstanceStatus>) -> Option<Obser
     })
 }
 
-/// phoenix's use of EC2.
-#[derive(Debug, Clone)]
+/// phoenix's use of EC2, every request admitted by the call budget first (when it has one).
+#[derive(Clone)]
 pub struct Compute<E> {
     ec2: E,
     variant: Variant,
+    budget: Option<Arc<dyn Admit>>,
 }
 
 /// The subnet a launch decision goes to: spread over the fleet's subnets by its token, so every
@@ -100,7 +105,44 @@ impl<E: Ec2> Compute<E> {
         Compute {
             ec2,
             variant: Variant::Real,
+            budget: None,
         }
+    }
+
+    /// Every request from here on is admitted by `budget` first.
+    pub fn set_budget(&mut self, budget: Arc<dyn Admit>) {
+        self.budget = Some(budget);
+    }
+
+    /// One request under the budget: admitted before it is sent; a throttle EC2 answers anyway
+    /// (after the SDK's own retries) backs the budget off.
+    async fn call<T>(
+        &self,
+        deadline: Deadline,
+        request: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        if let Some(budget) = &self.budget {
+            budget.admit(1, deadline).await?;
+        }
+        let out = request.await;
+        if let (Some(budget), Err(Error::Throttled { .. })) = (&self.budget, &out) {
+            budget.throttled().await;
+        }
+        out
+    }
+
+    /// `DescribeInstances` under the budget: its pages after the first counted once answered.
+    async fn describe(&self, which: &Instances, deadline: Deadline) -> Result<Vec<Ec2Instance>> {
+        let found = self
+            .call(deadline, self.ec2.describe_instances(which))
+            .await?;
+        let more_pages = found.len().saturating_sub(1) / DESCRIBE_PAGE;
+        if let (Some(budget), true) = (&self.budget, more_pages > 0) {
+            budget
+                .count(u32::try_from(more_pages).unwrap_or(u32::MAX))
+                .await;
+        }
+        Ok(found)
     }
 
     /// EC2's use with one of the simulator's deliberate bugs.
@@ -126,13 +168,16 @@ impl<E: Ec2> Compute<E> {
         &self,
         fleet: &FleetName,
         checks: impl Fn(&str) -> bool,
+        deadline: Deadline,
     ) -> Result<Vec<Observed>> {
         let instances = self
-            .ec2
-            .describe_instances(&Instances::Tagged {
-                key: TAG_FLEET.into(),
-                value: fleet.to_string(),
-            })
+            .describe(
+                &Instances::Tagged {
+                    key: TAG_FLEET.into(),
+                    value: fleet.to_string(),
+                },
+                deadline,
+            )
             .await?;
         let running: Vec<String> = instances
             .iter()
@@ -141,7 +186,7 @@ impl<E: Ec2> Compute<E> {
             .collect();
         let mut status = BTreeMap::new();
         for chunk in running.chunks(MAX_STATUS_IDS) {
-            for s in self.ec2.instance_status(chunk).await? {
+            for s in self.call(deadline, self.ec2.instance_status(chunk)).await? {
                 status.insert(s.id.clone(), s);
             }
         }
@@ -155,18 +200,23 @@ impl<E: Ec2> Compute<E> {
     }
 
     /// What EC2 says of one instance now (state, status checks), if it lists it.
-    pub async fn describe_instance(&self, id: &InstanceId) -> Result<Option<Observed>> {
+    pub async fn describe_instance(
+        &self,
+        id: &InstanceId,
+        deadline: Deadline,
+    ) -> Result<Option<Observed>> {
         let found = self
-            .ec2
-            .describe_instances(&Instances::Ids(vec![id.to_string()]))
+            .describe(&Instances::Ids(vec![id.to_string()]), deadline)
             .await?;
         let Some(i) = found.into_iter().next() else {
             return Ok(None);
         };
         let status = if i.state == Lifecycle::Running {
-            self.ec2
-                .instance_status(std::slice::from_ref(&i.id))
-                .await?
+            self.call(
+                deadline,
+                self.ec2.instance_status(std::slice::from_ref(&i.id)),
+            )
+            .await?
         } else {
             Vec::new()
         };
@@ -181,6 +231,7 @@ impl<E: Ec2> Compute<E> {
     /// the token tag are returned instead of launching again — which also holds where
     /// ClientToken is not honoured (the local emulator). A fresh decision, committed by this
     /// invocation a moment ago, cannot have been launched before, so it skips that lookup.
+    #[allow(clippy::too_many_arguments)]
     pub async fn launch(
         &self,
         fleet: &Fleet,
@@ -189,14 +240,17 @@ impl<E: Ec2> Compute<E> {
         count: u32,
         offerings: &[Offering],
         fresh: bool,
+        deadline: Deadline,
     ) -> Result<LaunchOutput> {
         if !fresh && self.variant != Variant::RelaunchBlind {
             let existing = self
-                .ec2
-                .describe_instances(&Instances::Tagged {
-                    key: TAG_TOKEN.into(),
-                    value: token.into(),
-                })
+                .describe(
+                    &Instances::Tagged {
+                        key: TAG_TOKEN.into(),
+                        value: token.into(),
+                    },
+                    deadline,
+                )
                 .await?;
             if !existing.is_empty() {
                 info!(%token, found = existing.len(), "instances of this launch decision exist already");
@@ -260,7 +314,7 @@ impl<E: Ec2> Compute<E> {
                 tags: tags.clone(),
                 spot: offering.spot,
             };
-            let ran = match self.ec2.run_instances(&request).await {
+            let ran = match self.call(deadline, self.ec2.run_instances(&request)).await {
                 Ok(ran) => ran,
                 // No capacity for this type in this zone: the next offering, if there is one.
                 Err(Error::Capacity(why)) if !offerings.is_empty() => {
@@ -309,6 +363,7 @@ impl<E: Ec2> Compute<E> {
         &self,
         fleet: &FleetName,
         ids: &[InstanceId],
+        deadline: Deadline,
     ) -> Result<TerminateOutput> {
         if ids.is_empty() {
             return Ok(TerminateOutput::default());
@@ -328,7 +383,7 @@ impl<E: Ec2> Compute<E> {
         };
         for chunk in checked.chunks(MAX_FILTER_VALUES) {
             let which = Instances::Ids(chunk.iter().map(ToString::to_string).collect());
-            for i in self.ec2.describe_instances(&which).await? {
+            for i in self.describe(&which, deadline).await? {
                 if i.tags.get(TAG_FLEET).map(String::as_str) == Some(fleet.as_str()) {
                     alive.push(i.id);
                 } else {
@@ -338,7 +393,10 @@ impl<E: Ec2> Compute<E> {
         }
         let mut request_ids = Vec::new();
         for chunk in alive.chunks(MAX_TERMINATE_IDS) {
-            match self.ec2.terminate_instances(chunk).await {
+            match self
+                .call(deadline, self.ec2.terminate_instances(chunk))
+                .await
+            {
                 Ok(id) => {
                     info!(
                         count = chunk.len(),
@@ -366,7 +424,12 @@ impl<E: Ec2> Compute<E> {
     /// adoption's token as `phoenix:launch`, their image and definition (one `CreateTags` call per
     /// distinct set). Returns the ids EC2 no longer knows: a call that fails for one of them is
     /// made again id by id, so the others are tagged all the same.
-    pub async fn tag_adopted(&self, fleet: &Fleet, ids: &[InstanceId]) -> Result<Vec<InstanceId>> {
+    pub async fn tag_adopted(
+        &self,
+        fleet: &Fleet,
+        ids: &[InstanceId],
+        deadline: Deadline,
+    ) -> Result<Vec<InstanceId>> {
         let mut sets: BTreeMap<BTreeMap<String, String>, Vec<String>> = BTreeMap::new();
         for id in ids {
             let Some(i) = fleet.instances.get(id) else {
@@ -385,11 +448,15 @@ impl<E: Ec2> Compute<E> {
         let mut gone = Vec::new();
         for (tags, ids) in sets {
             for chunk in ids.chunks(MAX_FILTER_VALUES) {
-                match self.ec2.create_tags(chunk, &tags).await {
+                match self
+                    .call(deadline, self.ec2.create_tags(chunk, &tags))
+                    .await
+                {
                     Ok(()) => {}
                     Err(Error::NotFound(_)) => {
                         for id in chunk {
-                            match self.ec2.create_tags(std::slice::from_ref(id), &tags).await {
+                            let one = std::slice::from_ref(id);
+                            match self.call(deadline, self.ec2.create_tags(one, &tags)).await {
                                 Ok(()) => {}
                                 Err(Error::NotFound(_)) => gone.extend(InstanceId::parse(id).ok()),
                                 Err(e) => return Err(e),
@@ -404,7 +471,7 @@ impl<E: Ec2> Compute<E> {
     }
 
     /// Removes phoenix's tags from released instances; an instance already gone has none.
-    pub async fn untag(&self, ids: &[InstanceId]) -> Result<()> {
+    pub async fn untag(&self, ids: &[InstanceId], deadline: Deadline) -> Result<()> {
         let keys: Vec<String> = [
             TAG_FLEET,
             TAG_TOKEN,
@@ -417,7 +484,10 @@ impl<E: Ec2> Compute<E> {
         .collect();
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         for chunk in ids.chunks(MAX_FILTER_VALUES) {
-            match self.ec2.delete_tags(chunk, &keys).await {
+            match self
+                .call(deadline, self.ec2.delete_tags(chunk, &keys))
+                .await
+            {
                 Ok(()) | Err(Error::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -426,11 +496,17 @@ impl<E: Ec2> Compute<E> {
     }
 
     /// The availability zone of each of these subnets that exists (`DescribeSubnets`).
-    pub async fn subnet_zones(&self, subnets: &[String]) -> Result<BTreeMap<String, String>> {
+    pub async fn subnet_zones(
+        &self,
+        subnets: &[String],
+        deadline: Deadline,
+    ) -> Result<BTreeMap<String, String>> {
         if subnets.is_empty() {
             return Ok(BTreeMap::new());
         }
-        let found = self.ec2.describe_subnets(subnets).await?;
+        let found = self
+            .call(deadline, self.ec2.describe_subnets(subnets))
+            .await?;
         if let Some(missing) = subnets.iter().find(|s| !found.contains_key(*s)) {
             return Err(phoenix_core::Error::invalid(
                 "subnets",
@@ -446,8 +522,15 @@ impl<E: Ec2> Compute<E> {
 
     /// The version a launch template reference launches now (for one named by `$Latest`,
     /// `$Default` or no version: the number it resolves to), or why it cannot be used.
-    pub async fn resolve_template(&self, template: &LaunchTemplateRef) -> Result<String> {
-        match self.ec2.describe_launch_template(template).await? {
+    pub async fn resolve_template(
+        &self,
+        template: &LaunchTemplateRef,
+        deadline: Deadline,
+    ) -> Result<String> {
+        match self
+            .call(deadline, self.ec2.describe_launch_template(template))
+            .await?
+        {
             Some(versions) => Ok(versions.resolve(template)),
             None => Err(Error::NotFound(format!(
                 "launch template {} does not exist",
@@ -462,7 +545,12 @@ impl<E: Ec2> Compute<E> {
 
     /// What EC2 reports about an AMI (name, owner, tags), or `None` if this account cannot see
     /// it. Image selectors and admission gates judge these facts.
-    pub async fn describe_image(&self, image: &ImageId) -> Result<Option<ImageFacts>> {
-        self.ec2.describe_image(image.as_str()).await
+    pub async fn describe_image(
+        &self,
+        image: &ImageId,
+        deadline: Deadline,
+    ) -> Result<Option<ImageFacts>> {
+        self.call(deadline, self.ec2.describe_image(image.as_str()))
+            .await
     }
 }

@@ -6,7 +6,8 @@
 //!   (DynamoDB's terms), EC2, the event bus, Image Builder, and time (clock, sleep, jitter).
 //! - `store` — phoenix's state in the table: the items, the conditional transaction of each
 //!   change, the event records that make delivery at-least-once safe.
-//! - `compute` — phoenix's use of EC2: observe by tag, launch with tags and token, terminate only
+//! - `budget` — the EC2 call budget of an account and region, its counters in the table.
+//! - `compute` — phoenix's use of EC2, under the budget: observe by tag, launch with tags and token, terminate only
 //!   what is re-validated as the fleet's.
 //! - `targets` — phoenix's use of the load balancers' target groups: what they report,
 //!   registering, deregistering (and for how long instances drain), checking a fleet file's.
@@ -17,6 +18,7 @@
 //! No AWS SDK and no wall clock: `phoenix_aws` plugs in the AWS adapters and real time, the
 //! simulator in-memory ones and simulated time, and both run this same code.
 
+pub mod budget;
 pub mod compute;
 pub mod controller;
 pub mod error;

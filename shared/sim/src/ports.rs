@@ -73,6 +73,7 @@ impl Ports for Sim {
     type Time = SimTime;
 }
 
+#[derive(Clone)]
 pub struct SimTable(pub Shared);
 pub struct SimEc2(pub Shared);
 pub struct SimElb(pub Shared);
@@ -81,6 +82,7 @@ pub struct SimAutoScaling;
 /// The simulated world is one account in one region: other accounts are proved on the emulator.
 pub struct SimReach;
 pub struct SimBus(pub Shared);
+#[derive(Clone)]
 pub struct SimTime(pub Shared);
 
 impl Table for SimTable {

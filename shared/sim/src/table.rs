@@ -186,9 +186,9 @@ impl TableState {
                     return_old,
                     ..
                 } => (condition.as_ref(), *return_old),
-                Write::Update { condition, .. } | Write::Delete { condition, .. } => {
-                    (condition.as_ref(), false)
-                }
+                Write::Update { condition, .. }
+                | Write::Add { condition, .. }
+                | Write::Delete { condition, .. } => (condition.as_ref(), false),
                 Write::Check { condition, .. } => (Some(condition), false),
             };
             if condition.is_some_and(|c| !c.holds(current)) {
@@ -233,6 +233,26 @@ impl TableState {
                     }
                     for a in remove {
                         item.remove(a);
+                    }
+                    self.put(key.clone(), item);
+                    written.push(key);
+                }
+                Write::Add {
+                    key,
+                    add: (attribute, by),
+                    set,
+                    ..
+                } => {
+                    let mut item = self.items.get(&key).cloned().unwrap_or_else(|| {
+                        Item::from([
+                            ("pk".into(), Value::S(key.pk.clone())),
+                            ("sk".into(), Value::S(key.sk.clone())),
+                        ])
+                    });
+                    let now = item.get(attribute).and_then(Value::as_n).unwrap_or(0);
+                    item.insert(attribute.to_string(), Value::N(now + by));
+                    for (a, v) in set {
+                        item.insert(a.to_string(), v);
                     }
                     self.put(key.clone(), item);
                     written.push(key);

@@ -90,7 +90,7 @@ impl<P: Ports> Controller<P> {
         refuse_misrouted(env, function)?;
         self.check_time(deadline, "handle the event")?;
         let cause = Cause::from_envelope(env);
-        let jobs = self.jobs(env, event).await?;
+        let jobs = self.jobs(env, event, deadline).await?;
         let mut fleets = Vec::new();
         for job in jobs {
             self.check_time(deadline, "act on another fleet")?;
@@ -128,14 +128,15 @@ impl<P: Ports> Controller<P> {
     }
 
     /// What the event asks of each fleet it concerns.
-    async fn jobs(&self, env: &Envelope, event: AwsEvent) -> Result<Vec<Job>> {
+    async fn jobs(&self, env: &Envelope, event: AwsEvent, deadline: Deadline) -> Result<Vec<Job>> {
         let mut jobs = Vec::new();
         match event {
             AwsEvent::Ignored { reason } => {
                 debug!(event_id = %env.id, detail_type = %env.detail_type, %reason, "ignored");
             }
             AwsEvent::ImageAvailable { image } => {
-                self.image_jobs(env, &image, None, &mut jobs).await?;
+                self.image_jobs(env, &image, None, &mut jobs, deadline)
+                    .await?;
             }
             AwsEvent::ImageBuilt { arn } => {
                 let build = self.intake.images.resolve(&arn).await?;
@@ -150,7 +151,8 @@ impl<P: Ports> Controller<P> {
                     debug!(%arn, "the build has no AMI in this region: ignored");
                 }
                 for image in here {
-                    self.image_jobs(env, image, Some(&build), &mut jobs).await?;
+                    self.image_jobs(env, image, Some(&build), &mut jobs, deadline)
+                        .await?;
                 }
             }
             AwsEvent::HealthCheckFailed { instance, reason } => {
@@ -246,11 +248,16 @@ impl<P: Ports> Controller<P> {
     /// What EC2 reports about an AMI an AWS event announced, in the account and region of a
     /// fleet of `spec`. Not visible yet (EC2's reads are eventually consistent): retryable, the
     /// event is delivered again.
-    async fn visible_image(&self, spec: &FleetSpec, image: &ImageId) -> Result<ImageFacts> {
+    async fn visible_image(
+        &self,
+        spec: &FleetSpec,
+        image: &ImageId,
+        deadline: Deadline,
+    ) -> Result<ImageFacts> {
         self.apis(spec)
             .await?
             .compute
-            .describe_image(image)
+            .describe_image(image, deadline)
             .await?
             .ok_or_else(|| Error::Transient {
                 service: "ec2",
@@ -301,6 +308,7 @@ impl<P: Ports> Controller<P> {
         image: &ImageId,
         build: Option<&ImageBuild>,
         jobs: &mut Vec<Job>,
+        deadline: Deadline,
     ) -> Result<()> {
         let before = jobs.len();
         // What EC2 reports about the image, read once per account and region.
@@ -318,7 +326,7 @@ impl<P: Ports> Controller<P> {
             let facts = match seen.get(&location) {
                 Some(f) => f.clone(),
                 None => {
-                    let f = self.visible_image(&fleet.spec, image).await?;
+                    let f = self.visible_image(&fleet.spec, image, deadline).await?;
                     seen.insert(location, f.clone());
                     f
                 }

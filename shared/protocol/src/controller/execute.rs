@@ -257,6 +257,7 @@ impl<P: Ports> Controller<P> {
                         *count,
                         offerings,
                         fresh.contains(token),
+                        deadline,
                     )
                     .await
                 {
@@ -303,7 +304,7 @@ impl<P: Ports> Controller<P> {
                     }
                 },
                 Command::Tag { instances } => {
-                    match at.compute.tag_adopted(fleet, instances).await {
+                    match at.compute.tag_adopted(fleet, instances, deadline).await {
                         Ok(gone) => ran.outcomes.push(Outcome::Tagged {
                             instances: instances.clone(),
                             gone,
@@ -317,7 +318,7 @@ impl<P: Ports> Controller<P> {
                         }
                     }
                 }
-                Command::Untag { instances } => match at.compute.untag(instances).await {
+                Command::Untag { instances } => match at.compute.untag(instances, deadline).await {
                     Ok(()) => ran.outcomes.push(Outcome::Untagged {
                         instances: instances.clone(),
                     }),
@@ -355,7 +356,8 @@ impl<P: Ports> Controller<P> {
                         continue;
                     }
                     if self.variant == Variant::SkipDrain {
-                        self.skip_drain(&at, name, instances, &mut ran).await;
+                        self.skip_drain(&at, name, instances, &mut ran, deadline)
+                            .await;
                         continue;
                     }
                     match at.targets.deregister(&fleet.spec, instances).await {
@@ -395,7 +397,7 @@ impl<P: Ports> Controller<P> {
                         });
                         continue;
                     }
-                    match at.compute.terminate(name, instances).await {
+                    match at.compute.terminate(name, instances, deadline).await {
                         Ok(out) => {
                             let gone = out.gone;
                             let kept: Vec<InstanceId> = instances
@@ -476,8 +478,9 @@ impl<P: Ports> Controller<P> {
         name: &FleetName,
         instances: &[InstanceId],
         ran: &mut Ran,
+        deadline: Deadline,
     ) {
-        match at.compute.terminate(name, instances).await {
+        match at.compute.terminate(name, instances, deadline).await {
             Ok(out) => ran.outcomes.push(Outcome::Terminated {
                 instances: out.gone,
                 request_ids: out.request_ids,

@@ -29,11 +29,19 @@ impl<P: Ports> Controller<P> {
             // its host impaired) is not taken for the image's.
             let seen = match self.judges_image(&fleet, id, intent) {
                 true => {
-                    self.apis(&fleet.spec)
-                        .await?
-                        .compute
-                        .describe_instance(id)
-                        .await?
+                    let at = self.apis(&fleet.spec).await?;
+                    match at.compute.describe_instance(id, deadline).await {
+                        Ok(seen) => seen,
+                        // EC2's rate is spent: the report waits in the fleet's inbox.
+                        Err(e @ Error::Throttled { .. }) => {
+                            return self
+                                .queue_for_later(
+                                    &fleet, intent, event_time, cause, key, deadline, e,
+                                )
+                                .await;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 false => None,
             };
@@ -99,10 +107,15 @@ impl<P: Ports> Controller<P> {
                         // The breaker decides on the whole fleet (and names what the failures
                         // share), and a wave made healthy lets the next one start: reconcile the
                         // fleet now rather than at the next schedule.
-                        let full = self
+                        // The event's work is recorded: a pass that fails now is the next
+                        // one's to do, not a reason to deliver the event again.
+                        match self
                             .reconcile_within(&name, None, event_time, cause, None, deadline, None)
-                            .await?;
-                        done.absorb(full);
+                            .await
+                        {
+                            Ok(full) => done.absorb(full),
+                            Err(e) => done.failures.push(e.to_string()),
+                        }
                     }
                     return Ok(done);
                 }

@@ -49,6 +49,7 @@ mod sweep;
 pub use adopt::{Adopted, Selection};
 pub use report::{FleetOutcome, FleetReport, Report};
 
+use crate::budget::Budget;
 use crate::compute::Compute;
 use crate::error::{Error, Result};
 use crate::planner::{CorePlanner, Planner};
@@ -101,6 +102,9 @@ pub struct Intake {
     /// an AWS event's account and region are not checked against such fleets).
     pub home_account: Option<String>,
     pub home_region: Option<String>,
+    /// phoenix's share of each account and region's EC2 request rate, requests a second, across
+    /// all its invocations (`budget`); none: no budget.
+    pub ec2_calls_per_second: Option<u32>,
 }
 
 impl Default for Intake {
@@ -113,6 +117,7 @@ impl Default for Intake {
             images: Arc::new(StaticImageResolver::default()),
             home_account: None,
             home_region: None,
+            ec2_calls_per_second: None,
         }
     }
 }
@@ -124,6 +129,7 @@ impl std::fmt::Debug for Intake {
             .field("image_accounts", &self.image_accounts)
             .field("home_account", &self.home_account)
             .field("home_region", &self.home_region)
+            .field("ec2_calls_per_second", &self.ec2_calls_per_second)
             .finish_non_exhaustive()
     }
 }
@@ -231,6 +237,20 @@ impl<P: Ports> Controller<P> {
         time: P::Time,
         intake: Intake,
     ) -> Self {
+        let mut home = home;
+        if let Some(per_second) = intake.ec2_calls_per_second {
+            let home_location = format!(
+                "{}/{}",
+                intake.home_account.as_deref().unwrap_or("home"),
+                intake.home_region.as_deref().unwrap_or("home")
+            );
+            home.compute.set_budget(Arc::new(Budget::new(
+                store.clone(),
+                time.clone(),
+                home_location,
+                per_second,
+            )));
+        }
         Controller {
             store: Store::new(store),
             home: Arc::new(home),
@@ -275,6 +295,14 @@ impl<P: Ports> Controller<P> {
         let (ec2, elb, autoscaling) = Box::pin(self.reach.reach(&location)).await?;
         let mut apis = Apis::new(ec2, elb, autoscaling);
         apis.compute.set_variant(self.variant);
+        if let Some(per_second) = self.intake.ec2_calls_per_second {
+            apis.compute.set_budget(Arc::new(Budget::new(
+                self.store.table().clone(),
+                self.time.clone(),
+                location.describe(),
+                per_second,
+            )));
+        }
         let apis = Arc::new(apis);
         self.remote
             .lock()
@@ -396,7 +424,7 @@ impl<P: Ports> Controller<P> {
                     .apis(&record.spec)
                     .await?
                     .compute
-                    .describe_image(image)
+                    .describe_image(image, deadline)
                     .await?
                 else {
                     return Err(Error::NotFound(format!(
@@ -490,7 +518,11 @@ impl<P: Ports> Controller<P> {
     pub async fn resolve_spec(&self, spec: &FleetSpec) -> Result<Resolved> {
         spec.validate()?;
         let at = self.apis(spec).await?;
-        let Some(facts) = at.compute.describe_image(&spec.image).await? else {
+        let Some(facts) = at
+            .compute
+            .describe_image(&spec.image, Deadline::NONE)
+            .await?
+        else {
             return Err(Error::NotFound(format!(
                 "image {} does not exist or is not available in {}",
                 spec.image,
@@ -504,11 +536,14 @@ impl<P: Ports> Controller<P> {
         }
         // Its target groups exist, take instances, and are in its subnets' VPC.
         at.targets.check(spec, at.compute.ec2()).await?;
-        let zones = at.compute.subnet_zones(&spec.subnets).await?;
+        let zones = at
+            .compute
+            .subnet_zones(&spec.subnets, Deadline::NONE)
+            .await?;
         let template_version = match &spec.launch_template {
             Some(t) => at
                 .compute
-                .resolve_template(t)
+                .resolve_template(t, Deadline::NONE)
                 .await
                 .map(Some)
                 .map_err(|e| match e {

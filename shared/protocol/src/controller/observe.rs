@@ -5,7 +5,7 @@
 
 use super::{Apis, Controller};
 use crate::error::{Error, Result};
-use crate::ports::Ports;
+use crate::ports::{Deadline, Ports};
 use phoenix_core::model::{Fleet, Observed};
 use std::hash::{Hash, Hasher};
 use tracing::warn;
@@ -42,10 +42,12 @@ impl<P: Ports> Controller<P> {
         at: &Apis<P>,
         fleet: &Fleet,
         checks: impl Fn(&str) -> bool,
+        deadline: Deadline,
     ) -> Result<Seen> {
-        let mut observed = at.compute.describe_fleet(&fleet.spec.name, checks).await?;
+        let name = &fleet.spec.name;
+        let mut observed = at.compute.describe_fleet(name, checks, deadline).await?;
         let missing = self.observe_targets(at, fleet, &mut observed).await?;
-        let template = self.template_version(at, fleet).await?;
+        let template = self.template_version(at, fleet, deadline).await?;
         Ok(Seen {
             observed,
             missing,
@@ -74,7 +76,12 @@ impl<P: Ports> Controller<P> {
     /// The version the fleet's launch template resolves to now, if it floats (`$Latest`,
     /// `$Default`, no version). A template that no longer exists leaves the fleet as it is: its
     /// launches fail and say why.
-    async fn template_version(&self, at: &Apis<P>, fleet: &Fleet) -> Result<Option<String>> {
+    async fn template_version(
+        &self,
+        at: &Apis<P>,
+        fleet: &Fleet,
+        deadline: Deadline,
+    ) -> Result<Option<String>> {
         let Some(t) = fleet
             .spec
             .launch_template
@@ -83,7 +90,7 @@ impl<P: Ports> Controller<P> {
         else {
             return Ok(None);
         };
-        match at.compute.resolve_template(t).await {
+        match at.compute.resolve_template(t, deadline).await {
             Ok(v) => Ok(Some(v)),
             Err(Error::NotFound(why)) => {
                 warn!(fleet = %fleet.spec.name, %why, "launch template not found");

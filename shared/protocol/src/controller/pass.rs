@@ -156,9 +156,20 @@ impl<P: Ports> Controller<P> {
                 .filter(|i| i.health == Health::Unknown)
                 .map(|i| i.id.as_str())
                 .collect();
-            let seen = self
-                .observe(&at, &fleet, |id| unproven.contains(id))
-                .await?;
+            let observed = self
+                .observe(&at, &fleet, |id| unproven.contains(id), deadline)
+                .await;
+            let seen = match (observed, queued, intent, key) {
+                (Ok(seen), ..) => seen,
+                // EC2's rate (phoenix's budget of it, or the account's) is spent: the intent,
+                // which needs no EC2 call to be kept, waits in the inbox rather than failing.
+                (Err(Error::Throttled { .. }), None, Some(intent), Some(key)) => {
+                    return self
+                        .queue(name, intent, event_time, cause, key, deadline)
+                        .await;
+                }
+                (Err(e), ..) => return Err(e),
+            };
             let now = self.now();
             let step = match (queued, intent) {
                 (Some(q), _) => self.planner.apply_queued(&fleet, q, now),
@@ -264,6 +275,34 @@ impl<P: Ports> Controller<P> {
             }
         }
         Err(Error::Conflict(name.to_string()))
+    }
+
+    /// Puts an event's intent in the fleet's inbox instead of acting on it now (`why`): a later
+    /// pass over the fleet applies it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn queue_for_later(
+        &self,
+        fleet: &Fleet,
+        intent: &Intent,
+        event_time: Timestamp,
+        cause: &Cause,
+        key: &EventKey,
+        deadline: Deadline,
+        why: Error,
+    ) -> Result<FleetReport> {
+        let name = &fleet.spec.name;
+        info!(fleet = %name, reason = %why, "intent queued for a later pass");
+        match self
+            .queue(name, intent, event_time, cause, key, deadline)
+            .await?
+        {
+            Pass::Done(report) => Ok(report),
+            Pass::AppliedQueued(report) => Ok(report),
+            Pass::QueuedOwn => {
+                Ok(FleetReport::empty(name, FleetOutcome::Queued)
+                    .with_failures(vec![why.to_string()]))
+            }
+        }
     }
 
     /// Puts the intent in the fleet's inbox, which completes its event's record.

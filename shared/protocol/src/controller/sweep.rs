@@ -38,7 +38,7 @@ impl<P: Ports> Controller<P> {
         if let Some(quiet) = look.quiet_at(self.now()) {
             if look.outbox.is_empty() && !self.store.has_queued(name).await? {
                 let at = self.apis(&look.fleet.spec).await?;
-                let seen = self.observe(&at, &look.fleet, |_| false).await?;
+                let seen = self.observe(&at, &look.fleet, |_| false, deadline).await?;
                 if seen.digest() == quiet.digest {
                     debug!(fleet = %name, "quiet: nothing reported changed");
                     return Ok(FleetReport::of(

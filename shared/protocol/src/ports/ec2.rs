@@ -46,6 +46,9 @@ pub enum Instances {
 pub const MAX_FILTER_VALUES: usize = 200;
 /// Ids per `DescribeInstanceStatus` call.
 pub const MAX_STATUS_IDS: usize = 100;
+/// Instances per page of `DescribeInstances` (its `MaxResults` at most): a listing of more took
+/// one request per page.
+pub const DESCRIBE_PAGE: usize = 1000;
 /// Ids per `TerminateInstances` call: AWS accepts 1000; Karpenter uses batches of 500, and so do
 /// we.
 pub const MAX_TERMINATE_IDS: usize = 500;

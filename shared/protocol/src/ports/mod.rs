@@ -25,12 +25,13 @@ pub use time::{Deadline, Time, DEADLINE_RESERVE};
 
 /// One set of adapters, named together so the controller has one type parameter.
 pub trait Ports: 'static {
-    type Table: Table;
+    /// Cloned for the EC2 call budget, which keeps its counters in the table.
+    type Table: Table + Clone;
     type Ec2: Ec2;
     type Elb: Elb;
     type AutoScaling: AutoScaling;
     /// The same three ports in another account or region.
     type Reach: Reach<Ec2 = Self::Ec2, Elb = Self::Elb, AutoScaling = Self::AutoScaling>;
     type Bus: Bus;
-    type Time: Time;
+    type Time: Time + Clone;
 }

@@ -121,6 +121,14 @@ pub enum Write {
         remove: Vec<&'static str>,
         condition: Option<Condition>,
     },
+    /// Adds to a number (`ADD a :by`; an absent one counts as 0) and sets attributes, creating
+    /// the item if it does not exist: a counter that concurrent writers share.
+    Add {
+        key: Key,
+        add: (&'static str, i64),
+        set: Vec<(&'static str, Value)>,
+        condition: Option<Condition>,
+    },
     Delete {
         key: Key,
         condition: Option<Condition>,
@@ -133,9 +141,10 @@ impl Write {
     pub fn key(&self) -> Option<Key> {
         match self {
             Write::Put { item, .. } => Key::of(item),
-            Write::Update { key, .. } | Write::Delete { key, .. } | Write::Check { key, .. } => {
-                Some(key.clone())
-            }
+            Write::Update { key, .. }
+            | Write::Add { key, .. }
+            | Write::Delete { key, .. }
+            | Write::Check { key, .. } => Some(key.clone()),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | outbox | `FLEET#<name>` | `MAIL#<version, 12 digits>` | `mail`: the notifications the commit of that version publishes, and when it was made (JSON) |
 //! | handled event | `EVENT#<event id>` | `EVENT` | `hash`, `fleet`, `version` (once applied), `status`, `in_progress_until` (ms), `completed_version`, `expires_at` |
 //! | fleet index | `FLEETS` | `FLEET#<name>` | (lists fleets without a scan) |
+//! | call budget | `BUDGET#<api>#<account and region>` | `<unix second>` | `calls` admitted in that second, `expires_at` (`budget`) |
 //!
 //! `INBOX#` sorts just before `INST#`, and `MAIL#` just after (before `META`), with nothing
 //! between: one query reads a fleet's queued intents, its instances and its outbox, and neither
@@ -78,6 +79,11 @@ pub fn history_key(name: &FleetName, version: u64) -> Key {
 
 pub fn event_key(id: &str) -> Key {
     Key::new(format!("{EVENT_PREFIX}{id}"), "EVENT")
+}
+
+/// The counter of one second of an API's call budget in one account and region.
+pub fn budget_key(api: &str, location: &str, second: i64) -> Key {
+    Key::new(format!("BUDGET#{api}#{location}"), second.to_string())
 }
 
 pub fn index_key(name: &FleetName) -> Key {

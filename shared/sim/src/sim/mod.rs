@@ -36,7 +36,7 @@ use phoenix_core::events::{
 use phoenix_core::model::{Fleet, Timestamp};
 use phoenix_core::patterns::route;
 use phoenix_protocol::planner::Planner;
-use phoenix_protocol::{Apis, Controller, Deadline, FleetOutcome, Report as Handled};
+use phoenix_protocol::{Apis, Controller, Deadline, FleetOutcome, Intake, Report as Handled};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::task::Poll;
@@ -51,6 +51,10 @@ const LAMBDA_RETRIES: u8 = 2;
 /// `Config::fan_out`). At 8 the many more racing invocations timed out ten times as often, which
 /// starved instance events instead.
 const DELIVERY_FAN_OUT: usize = 2;
+/// The EC2 call budget the simulated controller runs under: low enough that bursts of events
+/// wait for it.
+const EC2_CALLS_PER_SECOND: u32 = 8;
+
 /// The scheduled reconcile's period.
 const SCHEDULE: Duration = Duration::seconds(60);
 
@@ -229,7 +233,10 @@ impl Sim {
             SimReach,
             SimBus(world.clone()),
             SimTime(world.clone()),
-            Default::default(),
+            Intake {
+                ec2_calls_per_second: Some(EC2_CALLS_PER_SECOND),
+                ..Intake::default()
+            },
         )
         .with_planner(planner.clone())
         .with_variant(cfg.variant.protocol());
