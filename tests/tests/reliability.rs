@@ -911,3 +911,75 @@ async fn a_storm_of_failures_stays_within_the_ec2_call_budget_and_every_event_is
         "without a budget the storm peaked at only {peak} a second"
     );
 }
+
+/// A clock that moves only when slept on.
+#[derive(Clone)]
+struct ManualTime(Arc<std::sync::Mutex<chrono::DateTime<chrono::Utc>>>);
+
+impl Time for ManualTime {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        *self.0.lock().unwrap()
+    }
+    async fn sleep(&self, d: Duration) {
+        *self.0.lock().unwrap() += chrono::Duration::from_std(d).unwrap();
+    }
+    fn jitter(&self, _n: u64) -> u64 {
+        0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_budget_admits_its_share_a_second_and_backs_off_after_a_throttle() {
+    use phoenix_protocol::budget::{Admit, Budget};
+    let emulator = Emulator::start().unwrap();
+    let sdk = phoenix_aws::config::emulator_sdk_config(&emulator.endpoint).await;
+    let table = DynamoTable::new(aws_sdk_dynamodb::Client::new(&sdk), "phoenix");
+    table.create_table().await.unwrap();
+    let start = chrono::DateTime::from_timestamp(1_900_000_000, 0).unwrap();
+    let clock = ManualTime(Arc::new(std::sync::Mutex::new(start)));
+    let budget = Budget::new(table.clone(), clock.clone(), "test".into(), 4);
+    let second = |c: &ManualTime| c.now().timestamp() - start.timestamp();
+
+    // Four a second, without waiting; the fifth waits for the next second.
+    for _ in 0..4 {
+        budget.admit(1, Deadline::NONE).await.unwrap();
+    }
+    assert_eq!(second(&clock), 0);
+    budget.admit(1, Deadline::NONE).await.unwrap();
+    assert_eq!(second(&clock), 1);
+
+    // EC2 throttled a request: the next ten seconds are half spent for everyone.
+    budget.throttled().await;
+    clock.sleep(Duration::from_secs(1)).await;
+    budget.admit(1, Deadline::NONE).await.unwrap();
+    budget.admit(1, Deadline::NONE).await.unwrap();
+    assert_eq!(second(&clock), 2);
+    budget.admit(1, Deadline::NONE).await.unwrap();
+    assert_eq!(second(&clock), 3, "half of second 2 was spent in advance");
+
+    // Another process's view: the counters are the table's, so a second budget on the same
+    // account finds second 3 as full as this one left it (the back-off's two and one more):
+    // room for one, then the next second.
+    let other = Budget::new(table.clone(), clock.clone(), "test".into(), 4);
+    other.admit(1, Deadline::NONE).await.unwrap();
+    assert_eq!(second(&clock), 3);
+    other.admit(1, Deadline::NONE).await.unwrap();
+    assert_eq!(second(&clock), 4);
+
+    // A budget spent for longer than an invocation may wait: refused, nothing sent.
+    let deadline = Deadline::at(clock.now() + chrono::Duration::seconds(11));
+    let mut refused = None;
+    for _ in 0..10 {
+        if let Err(e) = other.admit(1, deadline).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    assert!(
+        matches!(
+            refused,
+            Some(Error::Throttled { .. }) | Some(Error::Deadline(_))
+        ),
+        "{refused:?}"
+    );
+}

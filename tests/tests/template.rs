@@ -922,6 +922,25 @@ fn the_member_accounts_reach_the_functions_with_the_allowed_event_accounts() {
 }
 
 #[test]
+fn the_ec2_call_budget_reaches_the_functions_and_its_counters_expire() {
+    let sam = sam();
+    let budget = &sam["Parameters"]["Ec2CallsPerSecond"];
+    assert_eq!(budget["Default"], 10);
+    assert_eq!(budget["MinValue"], 0);
+    assert_eq!(
+        sam["Globals"]["Function"]["Environment"]["Variables"]["PHOENIX_EC2_CALLS_PER_SECOND"],
+        reference("Ec2CallsPerSecond")
+    );
+    // The counters are the fleet table's items with a TTL on `expires_at`, written in
+    // transactions the functions may make.
+    let table = &sam["Resources"]["FleetTable"]["Properties"];
+    assert_eq!(
+        table["TimeToLiveSpecification"]["AttributeName"],
+        "expires_at"
+    );
+}
+
+#[test]
 fn the_member_role_name_is_the_one_the_control_plane_may_assume() {
     let (sam, plain, member) = (sam(), plain(), member());
     let name = &sam["Parameters"]["MemberRoleName"];

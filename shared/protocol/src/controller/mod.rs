@@ -39,6 +39,7 @@
 
 mod adopt;
 mod aws_events;
+mod digest;
 mod execute;
 mod instance;
 mod observe;
@@ -47,6 +48,7 @@ pub mod report;
 mod sweep;
 
 pub use adopt::{Adopted, Selection};
+use digest::fnv;
 pub use report::{FleetOutcome, FleetReport, Report};
 
 use crate::budget::Budget;
@@ -219,13 +221,6 @@ fn refuse_misrouted(env: &Envelope, function: Option<Function>) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-fn fnv(content: &str) -> String {
-    let hash = content.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{hash:016x}")
 }
 
 impl<P: Ports> Controller<P> {

@@ -3,6 +3,7 @@
 //! the version its launch template resolves to if it floats; and the digest of all that, which
 //! the schedule's quick look compares with a settled fleet's (`store::Quiet`).
 
+use super::digest::Fnv1a;
 use super::{Apis, Controller};
 use crate::error::{Error, Result};
 use crate::ports::{Deadline, Ports};
@@ -98,28 +99,5 @@ impl<P: Ports> Controller<P> {
             }
             Err(e) => Err(e),
         }
-    }
-}
-
-/// FNV-1a, 64 bits: a digest that stays the same across builds and processes (std's hasher
-/// promises neither).
-struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv1a {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
