@@ -39,6 +39,7 @@ use phoenix_core::{FleetName, ImageId, InstanceId};
 use phoenix_protocol::budget::DEFAULT_PER_SECOND;
 use phoenix_protocol::compute::Compute;
 use phoenix_protocol::ports::Deadline;
+use phoenix_protocol::store::STATUS_COMPLETED;
 use phoenix_protocol::Intake;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -523,6 +524,9 @@ pub struct Sizes {
     pub storm_capacity: u32,
     /// Section 4: converged fleets measured idle, as (fleets, instances each).
     pub idle: Vec<(u32, u32)>,
+    /// Section 5: a zone failing, as (fleets, instances each): every instance reported failed at
+    /// once.
+    pub zone: (u32, u32),
     pub seed: u64,
 }
 
@@ -542,6 +546,7 @@ impl Sizes {
             storm_fleets: 20,
             storm_capacity: 8,
             idle: vec![(1, 10), (1, 1_000), (1, 10_000), (100, 100)],
+            zone: (10, 100),
             seed: 7,
         }
     }
@@ -553,6 +558,7 @@ impl Sizes {
             events: 500,
             storm_fleets: 10,
             idle: vec![(1, 10), (1, 100), (5, 10)],
+            zone: (2, 20),
             ..Self::full()
         }
     }
@@ -580,7 +586,8 @@ impl Section {
     }
 }
 
-/// The sections named in `only` (`requests`, `scaling`, `storm`, `idle`), or all, in order.
+/// The sections named in `only` (`requests`, `scaling`, `storm`, `idle`, `zone`), or all, in
+/// order.
 pub async fn run(
     sizes: &Sizes,
     only: &[String],
@@ -599,6 +606,9 @@ pub async fn run(
     }
     if wanted("idle") {
         out.push(idle_cost(sizes, progress).await?);
+    }
+    if wanted("zone") {
+        out.push(zone_failure(sizes, progress).await?);
     }
     Ok(out)
 }
@@ -654,10 +664,15 @@ impl Measured {
 
 impl Bench {
     pub async fn start(seed: u64, images: usize) -> Result<Bench> {
+        Self::start_with(seed, images, budgeted()).await
+    }
+
+    /// `start`, with the controller's `intake` (another EC2 call budget, or none).
+    pub async fn start_with(seed: u64, images: usize, intake: Intake) -> Result<Bench> {
         let meter = Meter::new();
         let m = meter.clone();
         let world =
-            World::start_custom(seed, images, false, move |sdk| m.clients(sdk), budgeted()).await?;
+            World::start_custom(seed, images, false, move |sdk| m.clients(sdk), intake).await?;
         Ok(Bench { world, meter })
     }
 
@@ -1997,5 +2012,123 @@ pub async fn idle_cost(sizes: &Sizes, progress: &mut impl FnMut(&str)) -> Result
         body,
         seconds: started.elapsed().as_secs_f64(),
         ok: true,
+    })
+}
+
+// ------------------------------------------------------------------------------- 5. a zone fails
+
+/// Section 5: a zone fails. Converged fleets in one account (one emulator, one table), and every
+/// instance's health check fails at once: one event each, delivered `sizes.concurrency` at a
+/// time, as Lambda would run them. Under the budget (phoenix's default share) and, as the
+/// control, without one: EC2 requests in the busiest second, events handled and dead-lettered,
+/// whether every failure is on record, the requests by operation.
+pub async fn zone_failure(sizes: &Sizes, progress: &mut impl FnMut(&str)) -> Result<Section> {
+    let started = Instant::now();
+    let (fleets, capacity) = sizes.zone;
+    let mut rows = Vec::new();
+    let mut ok = true;
+    for budget in [Some(DEFAULT_PER_SECOND), None] {
+        let intake = Intake {
+            ec2_calls_per_second: budget,
+            ..Intake::default()
+        };
+        let b = Arc::new(Bench::start_with(sizes.seed, 1, intake).await?);
+        let image = b.world.images[0].clone();
+        let mut events = Vec::new();
+        for k in 0..fleets {
+            let name = format!("zone-{k}");
+            b.seed_fleet(&name, &image, capacity).await?;
+            for id in live_ids(&b, &name).await? {
+                events.push(b.world.event(
+                    &Intent::HealthCheckFailed {
+                        instance: id,
+                        reason: "zone outage".into(),
+                    },
+                    b.world.now(),
+                ));
+            }
+        }
+        let total = events.len();
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        b.meter.reset();
+        b.world.proxy.reset_calls();
+        let t = Instant::now();
+        let gate = Arc::new(tokio::sync::Semaphore::new(sizes.concurrency));
+        let mut storm = tokio::task::JoinSet::new();
+        for env in events {
+            let (b, gate) = (b.clone(), gate.clone());
+            storm.spawn(async move {
+                let _slot = gate.acquire().await;
+                b.world.deliver(&env).await
+            });
+        }
+        let mut handled = 0;
+        while let Some(done) = storm.join_next().await {
+            handled += usize::from(done.unwrap_or(false));
+        }
+        let seconds = t.elapsed().as_secs_f64();
+        let peak = b.world.proxy.ec2_peak_per_second();
+        let u = b.meter.take();
+        // Every event on record: applied (or put in its fleet's inbox), its record completed.
+        let mut recorded = 0;
+        for id in &ids {
+            if let Some(r) = b.world.store.event_record(id).await? {
+                recorded += usize::from(r.status == STATUS_COMPLETED);
+            }
+        }
+        let label = match budget {
+            Some(n) => format!("budget {n} a second"),
+            None => "no budget (the control)".into(),
+        };
+        progress(&format!(
+            "zone: {label}: {handled} of {total} handled, {recorded} recorded, peak {peak} EC2 a \
+             second, {seconds:.0} s"
+        ));
+        if budget.is_some_and(|n| peak > n as usize) || handled < total || recorded < total {
+            ok = false;
+        }
+        let ec2: u64 = u
+            .ops
+            .iter()
+            .filter(|(op, _)| op.starts_with("ec2:"))
+            .map(|(_, o)| o.requests)
+            .sum();
+        rows.push(vec![
+            label,
+            thousands(total as u64),
+            format!("{handled}"),
+            format!("{}", total - handled),
+            format!("{recorded}"),
+            format!("{peak}"),
+            thousands(ec2),
+            format!("{seconds:.0} s"),
+            u.breakdown(),
+        ]);
+    }
+    let mut body = format!(
+        "{fleets} fleets of {capacity} in one account; every instance's health check fails at \
+         once, one event each, delivered {} at a time. The busiest second's EC2 requests are \
+         counted as they reach the emulator, by second of the clock (as the budget counts).\n\n",
+        sizes.concurrency
+    );
+    body.push_str(&table(
+        &[
+            "controller",
+            "events>",
+            "handled>",
+            "dead-lettered>",
+            "events on record>",
+            "EC2 in the busiest second>",
+            "EC2 requests>",
+            "time>",
+            "requests by operation",
+        ],
+        &rows,
+    ));
+    Ok(Section {
+        title: "A zone fails: health events at once, under the EC2 call budget (emulator)".into(),
+        body,
+        seconds: started.elapsed().as_secs_f64(),
+        ok,
     })
 }

@@ -3,7 +3,7 @@
 //! EC2 call above its floor, per-event requests growing with the fleet, a duplicate action in
 //! the storm).
 //!
-//! `bench [--small] [--only requests|scaling|storm|idle]... [--events N] [--size N] [--fleets N]
+//! `bench [--small] [--only requests|scaling|storm|idle|zone]... [--events N] [--size N] [--fleets N]
 //! [--seed N]`: `--small` runs every section quickly; `--events` is the storm's event count,
 //! `--fleets` its fleets; `--size` the large fleet of the scaling section.
 
@@ -18,7 +18,7 @@ async fn main() {
     let mut size = None;
     let mut fleets = None;
     let mut seed = None;
-    let usage = "usage: bench [--small] [--only requests|scaling|storm|idle]... [--events N] [--size N] [--fleets N] [--seed N]";
+    let usage = "usage: bench [--small] [--only requests|scaling|storm|idle|zone]... [--events N] [--size N] [--fleets N] [--seed N]";
     while let Some(a) = args.next() {
         let mut number = |what: &str| -> u64 {
             match args.next().and_then(|s| s.replace('_', "").parse().ok()) {
@@ -36,7 +36,9 @@ async fn main() {
             "--fleets" => fleets = Some(number("--fleets") as usize),
             "--seed" => seed = Some(number("--seed")),
             "--only" => match args.next() {
-                Some(s) if ["requests", "scaling", "storm", "idle"].contains(&s.as_str()) => {
+                Some(s)
+                    if ["requests", "scaling", "storm", "idle", "zone"].contains(&s.as_str()) =>
+                {
                     only.push(s)
                 }
                 _ => {
@@ -67,7 +69,7 @@ async fn main() {
     );
     // Each section is printed as soon as it is done: the storm is long.
     let mut ok = true;
-    for key in ["requests", "scaling", "storm", "idle"] {
+    for key in ["requests", "scaling", "storm", "idle", "zone"] {
         if !only.is_empty() && !only.iter().any(|o| o == key) {
             continue;
         }
