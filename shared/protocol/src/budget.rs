@@ -32,6 +32,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(5);
 pub const BACKOFF_SECONDS: i64 = 10;
 /// How long a second's counter is kept.
 const COUNTER_TTL_SECONDS: i64 = 60;
+/// The service a refusal names (`Error::Throttled`): phoenix's own limit, not EC2's answer.
+pub const SERVICE: &str = "ec2 call budget";
 /// phoenix's share of EC2's non-mutating rate (its bucket refills 20 requests a second per
 /// account and region) when none is configured.
 pub const DEFAULT_PER_SECOND: u32 = 10;
@@ -83,11 +85,7 @@ impl<T: Table, C: Time> Budget<T, C> {
             let second = now.timestamp();
             // Waiting, or writing, took time: a request must not start in the reserve.
             if deadline.is_short(now) {
-                return Err(Error::Deadline(
-                    "the EC2 call budget admitted the request only within the invocation's \
-                     reserve: not sending it"
-                        .into(),
-                ));
+                return Err(self.spent("only within the invocation's reserve"));
             }
             if self.spend(second, calls) {
                 return Ok(());
@@ -98,11 +96,7 @@ impl<T: Table, C: Time> Budget<T, C> {
                 if self.add(second, ask, Some(most_before)).await? {
                     *self.credit.lock().unwrap_or_else(|e| e.into_inner()) = (second, ask - calls);
                     if deadline.is_short(self.time.now()) {
-                        return Err(Error::Deadline(
-                            "the EC2 call budget admitted the request only within the \
-                             invocation's reserve: not sending it"
-                                .into(),
-                        ));
+                        return Err(self.spent("only within the invocation's reserve"));
                     }
                     return Ok(());
                 }
@@ -117,15 +111,21 @@ impl<T: Table, C: Time> Budget<T, C> {
             let after = now + chrono::Duration::from_std(wait).unwrap_or_default();
             let waited = (after - started).to_std().unwrap_or_default();
             if waited > MAX_WAIT || deadline.is_short(after) {
-                return Err(Error::Throttled {
-                    service: "ec2",
-                    message: format!(
-                        "phoenix's EC2 call budget in {} ({} a second) is spent",
-                        self.location, self.per_second
-                    ),
-                });
+                return Err(self.spent("too late"));
             }
             self.time.sleep(wait).await;
+        }
+    }
+
+    /// The request refused: throttled, as EC2 would (retryable), having sent nothing.
+    fn spent(&self, admitted: &str) -> Error {
+        Error::Throttled {
+            service: SERVICE,
+            message: format!(
+                "phoenix's EC2 call budget in {} ({} a second) is spent: room came {admitted}; \
+                 the request was not sent",
+                self.location, self.per_second
+            ),
         }
     }
 

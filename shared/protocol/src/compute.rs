@@ -114,6 +114,16 @@ impl<E: Ec2> Compute<E> {
         self.budget = Some(budget);
     }
 
+    /// A request that changes nothing (a read) under the budget, `call`'s way; it may be sent
+    /// within the deadline's reserve, which is kept for starting commands.
+    async fn read<T>(
+        &self,
+        deadline: Deadline,
+        request: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.call(deadline.into_reserve(), request).await
+    }
+
     /// One request under the budget: admitted before it is sent; a throttle EC2 answers anyway
     /// (after the SDK's own retries) backs the budget off.
     async fn call<T>(
@@ -121,7 +131,11 @@ impl<E: Ec2> Compute<E> {
         deadline: Deadline,
         request: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        if let Some(budget) = &self.budget {
+        if let Some(budget) = self
+            .budget
+            .as_ref()
+            .filter(|_| self.variant != Variant::NoCallBudget)
+        {
             budget.admit(1, deadline).await?;
         }
         let out = request.await;
@@ -176,7 +190,7 @@ impl<E: Ec2> Compute<E> {
                     key: TAG_FLEET.into(),
                     value: fleet.to_string(),
                 },
-                deadline,
+                deadline.into_reserve(),
             )
             .await?;
         let running: Vec<String> = instances
@@ -186,7 +200,7 @@ impl<E: Ec2> Compute<E> {
             .collect();
         let mut status = BTreeMap::new();
         for chunk in running.chunks(MAX_STATUS_IDS) {
-            for s in self.call(deadline, self.ec2.instance_status(chunk)).await? {
+            for s in self.read(deadline, self.ec2.instance_status(chunk)).await? {
                 status.insert(s.id.clone(), s);
             }
         }
@@ -206,7 +220,10 @@ impl<E: Ec2> Compute<E> {
         deadline: Deadline,
     ) -> Result<Option<Observed>> {
         let found = self
-            .describe(&Instances::Ids(vec![id.to_string()]), deadline)
+            .describe(
+                &Instances::Ids(vec![id.to_string()]),
+                deadline.into_reserve(),
+            )
             .await?;
         let Some(i) = found.into_iter().next() else {
             return Ok(None);
@@ -505,7 +522,7 @@ impl<E: Ec2> Compute<E> {
             return Ok(BTreeMap::new());
         }
         let found = self
-            .call(deadline, self.ec2.describe_subnets(subnets))
+            .read(deadline, self.ec2.describe_subnets(subnets))
             .await?;
         if let Some(missing) = subnets.iter().find(|s| !found.contains_key(*s)) {
             return Err(phoenix_core::Error::invalid(
@@ -528,7 +545,7 @@ impl<E: Ec2> Compute<E> {
         deadline: Deadline,
     ) -> Result<String> {
         match self
-            .call(deadline, self.ec2.describe_launch_template(template))
+            .read(deadline, self.ec2.describe_launch_template(template))
             .await?
         {
             Some(versions) => Ok(versions.resolve(template)),
@@ -550,7 +567,7 @@ impl<E: Ec2> Compute<E> {
         image: &ImageId,
         deadline: Deadline,
     ) -> Result<Option<ImageFacts>> {
-        self.call(deadline, self.ec2.describe_image(image.as_str()))
+        self.read(deadline, self.ec2.describe_image(image.as_str()))
             .await
     }
 }

@@ -35,10 +35,15 @@ pub enum Variant {
     /// `controller`: an instance to be deregistered from the fleet's target groups (to drain) is
     /// terminated at once instead, still registered.
     SkipDrain,
+    /// `compute`: EC2 requests are sent without the call budget's admission.
+    NoCallBudget,
+    /// `controller`: the schedule's quick look takes a quiet fleet as unchanged without comparing
+    /// what EC2 reports with its digest.
+    QuietBlind,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 10] = [
+    pub const ALL: [Variant; 12] = [
         Variant::Real,
         Variant::RelaunchBlind,
         Variant::ActBeforeDeciding,
@@ -49,6 +54,8 @@ impl Variant {
         Variant::RemoveBeforePublish,
         Variant::PublishOnlyAfterCommit,
         Variant::SkipDrain,
+        Variant::NoCallBudget,
+        Variant::QuietBlind,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +70,8 @@ impl Variant {
             Variant::RemoveBeforePublish => "remove-before-publish",
             Variant::PublishOnlyAfterCommit => "publish-only-after-commit",
             Variant::SkipDrain => "skip-drain",
+            Variant::NoCallBudget => "no-call-budget",
+            Variant::QuietBlind => "quiet-blind",
         }
     }
 

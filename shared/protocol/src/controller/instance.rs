@@ -2,6 +2,7 @@
 //! not grow with the fleet.
 
 use super::{Controller, FleetOutcome, FleetReport};
+use crate::budget;
 use crate::error::{Error, Result};
 use crate::ports::{Deadline, Ports};
 use crate::store::{EventKey, EventRecord};
@@ -33,7 +34,9 @@ impl<P: Ports> Controller<P> {
                     match at.compute.describe_instance(id, deadline).await {
                         Ok(seen) => seen,
                         // EC2's rate is spent: the report waits in the fleet's inbox.
-                        Err(e @ Error::Throttled { .. }) => {
+                        Err(e @ Error::Throttled { service, .. })
+                            if service == "ec2" || service == budget::SERVICE =>
+                        {
                             return self
                                 .queue_for_later(
                                     &fleet, intent, event_time, cause, key, deadline, e,

@@ -3,6 +3,7 @@
 //! goes to the inbox instead.
 
 use super::{Controller, FleetOutcome, FleetReport, QUEUE_AFTER_CONFLICTS};
+use crate::budget;
 use crate::error::{Error, Result};
 use crate::ports::{Deadline, Ports};
 use crate::store::{EventKey, EventRecord, Mail};
@@ -163,7 +164,9 @@ impl<P: Ports> Controller<P> {
                 (Ok(seen), ..) => seen,
                 // EC2's rate (phoenix's budget of it, or the account's) is spent: the intent,
                 // which needs no EC2 call to be kept, waits in the inbox rather than failing.
-                (Err(Error::Throttled { .. }), None, Some(intent), Some(key)) => {
+                (Err(Error::Throttled { service, .. }), None, Some(intent), Some(key))
+                    if service == "ec2" || service == budget::SERVICE =>
+                {
                     return self
                         .queue(name, intent, event_time, cause, key, deadline)
                         .await;
@@ -355,10 +358,25 @@ impl<P: Ports> Controller<P> {
             }
             Error::Unfinished(_) => {
                 info!(fleet = %name, "duplicate of an unfinished event; reconciling without it");
-                let mut r = Box::pin(Box::pin(
+                let pass = Box::pin(Box::pin(
                     self.reconcile_within(name, None, event_time, cause, None, deadline, None),
                 ))
-                .await?;
+                .await;
+                let mut r = match pass {
+                    Ok(r) => r,
+                    // phoenix's EC2 call budget is spent: the intent was applied and its
+                    // decisions are recorded, and the fleet's next pass finishes them. Failing
+                    // the delivery would only have it retried into the same storm until it is
+                    // dead-lettered.
+                    Err(
+                        e @ Error::Throttled {
+                            service: budget::SERVICE,
+                            ..
+                        },
+                    ) => FleetReport::of(FleetOutcome::Duplicate, fleet, Vec::new())
+                        .with_failures(vec![e.to_string()]),
+                    Err(e) => return Err(e),
+                };
                 r.outcome = FleetOutcome::Duplicate;
                 Ok(r)
             }

@@ -53,6 +53,12 @@ impl Deadline {
         self.0.map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
     }
 
+    /// For work that may run into the reserve (reads, which start nothing): short only once
+    /// the deadline itself is reached.
+    pub fn into_reserve(self) -> Deadline {
+        Deadline(self.0.map(|t| t + DEADLINE_RESERVE))
+    }
+
     /// Less than `DEADLINE_RESERVE` left at `now`: start nothing new.
     pub fn is_short(&self, now: Timestamp) -> bool {
         self.remaining(now).is_some_and(|r| r < DEADLINE_RESERVE)

@@ -101,6 +101,8 @@ pub struct Invocation {
     pub pass_refused: bool,
     /// A TerminateInstances call of it failed.
     pub terminate_failed: bool,
+    /// The EC2 call budget refused its last request for room (the budget's counter was full).
+    pub ec2_denied: bool,
 }
 
 impl Invocation {
@@ -112,9 +114,11 @@ impl Invocation {
         }
     }
 
-    /// The protocol's promise for an unfinished event kept: a pass over the whole fleet followed.
+    /// The protocol's promise for an unfinished event kept: a pass over the whole fleet followed
+    /// — or the EC2 call budget had no room for one, and the decisions wait, recorded, for the
+    /// fleet's next pass.
     pub fn finished_unfinished(&self) -> bool {
-        !self.met_unfinished || (self.loaded_after && self.observed_after)
+        !self.met_unfinished || (self.loaded_after && self.observed_after) || self.ec2_denied
     }
 }
 

@@ -175,6 +175,18 @@ impl World {
             return Err(self.invalid("TransactWriteItems", e.0));
         }
         self.dynamo_throttled("TransactWriteItems")?;
+        // The EC2 call budget's counter (`phoenix_protocol::budget`): not the fleet's state. A
+        // refusal is the invocation denied EC2 for now.
+        if let [Write::Add { key, .. }] = writes.as_slice() {
+            if key.pk.starts_with("BUDGET#") {
+                let (out, _) = self.table.transact(writes);
+                let denied = matches!(out, Transacted::Cancelled(_));
+                if let Some(inv) = self.invocation() {
+                    inv.ec2_denied = denied;
+                }
+                return Ok(out);
+            }
+        }
         let who = self.who();
         if self.chaos_fault(self.service_faults.conflict) {
             self.stats.conflicts += 1;
