@@ -429,8 +429,9 @@ impl Checker {
                     }
                 }
                 None => {
-                    if let Some(n) = pending.get(vm.token.as_str()) {
-                        let u = used.entry(vm.token.as_str()).or_default();
+                    let token = vm.token().unwrap_or_default();
+                    if let Some(n) = pending.get(token) {
+                        let u = used.entry(token).or_default();
                         if *u < *n {
                             *u += 1;
                             counted += 1;
@@ -585,7 +586,7 @@ impl Checker {
             && !hourly_spent
             && !hurt
             && books.live().all(|i| !i.protected && !i.is_failed())
-            && ec2.alive().all(|vm| !vm.protected);
+            && ec2.alive().all(|vm| !vm.protected());
         match Self::unbalanced(ec2).filter(|_| settled && !recently_short) {
             Some(zones) => {
                 let spread = Self::zone_spread(ec2);
@@ -901,12 +902,12 @@ impl Checker {
         }
         if let Some(vm) = ec2
             .alive()
-            .find(|vm| vm.definition.as_deref() != Some(target.definition.as_str()))
+            .find(|vm| vm.definition() != Some(target.definition.as_str()))
         {
             return Some(format!(
                 "{} in EC2 carries definition {}, the fleet's is {}",
                 vm.id,
-                vm.definition.as_deref().unwrap_or("none"),
+                vm.definition().unwrap_or("none"),
                 target.definition
             ));
         }
@@ -957,9 +958,9 @@ impl Checker {
         let leaked: Vec<String> = seen_unowned
             .iter()
             .filter(|id| {
-                ec2.vms.get(*id).is_some_and(|vm| vm.alive() && vm.tagged) && !books.is_live(id)
+                ec2.vms.get(*id).is_some_and(|vm| vm.alive() && vm.tagged()) && !books.is_live(id)
             })
-            .map(|id| format!("{id} ({})", ec2.vms[id].token))
+            .map(|id| format!("{id} ({})", ec2.vms[id].token().unwrap_or("no token")))
             .collect();
         (!leaked.is_empty()).then(|| {
             format!(

@@ -27,6 +27,8 @@ pub const SUBNETS: [&str; 3] = ["subnet-0000000a", "subnet-0000000b", "subnet-00
 pub const INSTANCE_TYPE: &str = "t3.micro";
 /// The simulated fleet's name.
 pub const FLEET: &str = "web";
+/// The prefix of phoenix's own tag keys (`phoenix:fleet`, `phoenix:launch`, ...).
+pub const PHOENIX_PREFIX: &str = "phoenix:";
 
 /// A pool of EC2 capacity: an instance type in a zone. `None` is every type, or every zone.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -74,22 +76,17 @@ impl Badness {
     }
 }
 
-/// One simulated instance. It carries the fleet's tag (the simulator runs one fleet) unless an
-/// operator took it out of the fleet by removing the tag.
+/// One simulated instance. Its tags are what EC2 keeps: those it was launched with, and those
+/// CreateTags and DeleteTags changed since. One phoenix launched carries the fleet's tag (the
+/// simulator runs one fleet) unless an operator took it out of the fleet by removing the tag.
 #[derive(Debug, Clone)]
 pub struct Vm {
     pub id: InstanceId,
     pub image: ImageId,
-    pub token: String,
     pub zone: usize,
     pub instance_type: String,
-    /// Its `phoenix:definition` tag.
-    pub definition: Option<String>,
     pub launched_at: Timestamp,
-    /// It carries the `phoenix:fleet` tag.
-    pub tagged: bool,
-    /// It carries the `phoenix:protected` tag.
-    pub protected: bool,
+    pub tags: BTreeMap<String, String>,
     /// DescribeInstances shows it from then (eventual consistency).
     pub visible_from: Timestamp,
     pub state: Lifecycle,
@@ -112,6 +109,38 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// It carries the `phoenix:fleet` tag of the simulated fleet.
+    pub fn tagged(&self) -> bool {
+        self.tags.get(TAG_FLEET).is_some_and(|f| f == FLEET)
+    }
+    /// Its `phoenix:launch` tag: the decision (or adoption) it belongs to.
+    pub fn token(&self) -> Option<&str> {
+        self.tags.get(TAG_TOKEN).map(String::as_str)
+    }
+    /// Its `phoenix:definition` tag.
+    pub fn definition(&self) -> Option<&str> {
+        self.tags.get(TAG_DEFINITION).map(String::as_str)
+    }
+    /// It carries the `phoenix:protected` tag.
+    pub fn protected(&self) -> bool {
+        self.tags.contains_key(TAG_PROTECTED)
+    }
+    /// An operator sets or removes the `phoenix:protected` tag.
+    pub fn set_protected(&mut self, on: bool) {
+        if on {
+            self.tags
+                .insert(TAG_PROTECTED.to_string(), "true".to_string());
+        } else {
+            self.tags.remove(TAG_PROTECTED);
+        }
+    }
+    /// The keys of phoenix's tags (`phoenix:*`) it carries.
+    pub fn phoenix_tags(&self) -> impl Iterator<Item = &str> {
+        self.tags
+            .keys()
+            .map(String::as_str)
+            .filter(|k| k.starts_with(PHOENIX_PREFIX))
+    }
     /// Exists and is not on its way out (stopped instances still exist).
     pub fn alive(&self) -> bool {
         !self.state.is_gone()
@@ -217,16 +246,6 @@ impl Ec2 {
     }
 
     fn described(&self, vm: &Vm) -> Ec2Instance {
-        let mut tags = BTreeMap::from([(TAG_TOKEN.to_string(), vm.token.clone())]);
-        if vm.tagged {
-            tags.insert(TAG_FLEET.to_string(), FLEET.to_string());
-        }
-        if let Some(d) = &vm.definition {
-            tags.insert(TAG_DEFINITION.to_string(), d.clone());
-        }
-        if vm.protected {
-            tags.insert(TAG_PROTECTED.to_string(), "true".to_string());
-        }
         Ec2Instance {
             id: vm.id.to_string(),
             image: Some(vm.image.to_string()),
@@ -235,7 +254,7 @@ impl Ec2 {
             zone: Some(ZONES[vm.zone].to_string()),
             subnet: Some(SUBNETS[vm.zone].to_string()),
             instance_type: Some(vm.instance_type.clone()),
-            tags,
+            tags: vm.tags.clone(),
         }
     }
 
@@ -260,9 +279,7 @@ impl Ec2 {
             return Err(throttled("DescribeInstances"));
         }
         let selected = |vm: &Vm| match which {
-            Instances::Tagged { key, value } if key == TAG_FLEET => vm.tagged && value == FLEET,
-            Instances::Tagged { key, value } if key == TAG_TOKEN => vm.token == *value,
-            Instances::Tagged { .. } => false,
+            Instances::Tagged { key, value } => vm.tags.get(key) == Some(value),
             Instances::Ids(ids) => ids.iter().any(|id| id == vm.id.as_str()),
         };
         Ok(self
@@ -390,7 +407,7 @@ impl Ec2 {
         for id in ids {
             match self.vms.values().find(|vm| vm.id.as_str() == id.as_str()) {
                 None => return Err(Error::NotFound(format!("InvalidInstanceID.NotFound: {id}"))),
-                Some(vm) if !vm.tagged => {
+                Some(vm) if !vm.tagged() => {
                     return Err(Error::Permanent {
                         service: "ec2",
                         message: format!("UnauthorizedOperation: {id} is not tagged {TAG_FLEET}"),
@@ -441,7 +458,7 @@ impl Ec2 {
     pub fn observed(&self, now: Timestamp) -> Vec<Observed> {
         self.vms
             .values()
-            .filter(|vm| Self::visible(vm, now) && vm.tagged)
+            .filter(|vm| Self::visible(vm, now) && vm.tagged())
             .map(|vm| Observed {
                 targets: Default::default(),
                 id: vm.id.clone(),
@@ -450,12 +467,12 @@ impl Ec2 {
                 status_ok: self.status_ok(vm, now),
                 system_impaired: self.system_impaired(vm),
                 launched_at: Some(vm.launched_at),
-                token: Some(vm.token.clone()),
+                token: vm.token().map(str::to_string),
                 zone: Some(ZONES[vm.zone].to_string()),
                 instance_type: Some(vm.instance_type.clone()),
                 subnet: Some(SUBNETS[vm.zone].to_string()),
-                definition: vm.definition.clone(),
-                protected: vm.protected,
+                definition: vm.definition().map(str::to_string),
+                protected: vm.protected(),
             })
             .collect()
     }
@@ -469,7 +486,8 @@ impl Ec2 {
         rng: &mut Rng,
     ) -> Vec<InstanceId> {
         // The decision's token is the `phoenix:launch` tag; the ClientToken is one attempt at
-        // it (`<token>.<k>` for a later offering), which EC2 keeps apart from the tag.
+        // it (`<token>.<k>` for a later offering), which EC2 keeps apart from the tag. The
+        // instances carry the request's tags.
         let token = r
             .tags
             .get(TAG_TOKEN)
@@ -493,16 +511,13 @@ impl Ec2 {
                 Vm {
                     id: id.clone(),
                     image: image.clone(),
-                    token: token.to_string(),
                     zone,
                     instance_type: r
                         .instance_type
                         .clone()
                         .unwrap_or_else(|| INSTANCE_TYPE.to_string()),
-                    definition: r.tags.get(TAG_DEFINITION).cloned(),
                     launched_at: now,
-                    tagged: true,
-                    protected: false,
+                    tags: r.tags.clone(),
                     visible_from: now + Duration::seconds(lag),
                     state: Lifecycle::Pending,
                     running_at,
@@ -573,7 +588,7 @@ impl Ec2 {
 
     /// The fleet's instances that exist and are not on their way out.
     pub fn alive(&self) -> impl Iterator<Item = &Vm> {
-        self.vms.values().filter(|vm| vm.alive() && vm.tagged)
+        self.vms.values().filter(|vm| vm.alive() && vm.tagged())
     }
 }
 

@@ -12,7 +12,7 @@ use crate::world::{Shared, World};
 use crate::{run_seed, Config, Report, Variant};
 use chrono::{Duration, TimeZone, Utc};
 use phoenix_core::events::{Cause, Change, Intent, QueuedIntent, ScaleTarget};
-use phoenix_core::model::{Fleet, FleetSpec, Lifecycle, Openness, Timestamp};
+use phoenix_core::model::{Fleet, FleetSpec, Lifecycle, Openness, Timestamp, TAG_FLEET, TAG_TOKEN};
 use phoenix_core::planner::{self, Step};
 use phoenix_core::ImageId;
 use phoenix_protocol::planner::{CorePlanner, Planner};
@@ -395,6 +395,7 @@ fn intents_are_queued_after_lost_races_and_all_applied() {
     assert!(stats.queued > 0, "no intent was queued in 40 seeds");
 }
 
+/// A RunInstances request of `count` instances for decision `token`, tagged as phoenix tags them.
 fn run_request(token: &str, count: u32) -> RunInstances {
     RunInstances {
         image: ami(10).to_string(),
@@ -407,7 +408,10 @@ fn run_request(token: &str, count: u32) -> RunInstances {
         instance_profile: None,
         launch_template: None,
         user_data: None,
-        tags: Default::default(),
+        tags: [(TAG_FLEET, FLEET), (TAG_TOKEN, token)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         spot: false,
     }
 }
@@ -453,7 +457,7 @@ fn ec2_honours_client_tokens_unless_told_not_to_and_lists_new_instances_late() {
     let found = moto
         .describe_instances(
             &Instances::Tagged {
-                key: phoenix_core::model::TAG_TOKEN.into(),
+                key: TAG_TOKEN.into(),
                 value: "web-x-3-0".into(),
             },
             now,
@@ -473,7 +477,7 @@ fn ec2_honours_client_tokens_unless_told_not_to_and_lists_new_instances_late() {
         .terminate_instances(&[id.clone(), "i-00000000".into()], now, &mut rng)
         .is_err());
     if let Some(vm) = moto.vms.get_mut(&a[0]) {
-        vm.tagged = false;
+        vm.tags.remove(TAG_FLEET);
     }
     assert!(matches!(
         moto.terminate_instances(std::slice::from_ref(&id), now, &mut rng),

@@ -382,7 +382,7 @@ impl Traffic {
                 };
                 // An instance an operator took out of the fleet (untagged) is theirs now, with
                 // whatever serves it.
-                if ec2.vms.get(&id).is_some_and(|vm| !vm.tagged) {
+                if ec2.vms.get(&id).is_some_and(|vm| !vm.tagged()) {
                     continue;
                 }
                 let serves = books

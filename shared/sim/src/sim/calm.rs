@@ -23,7 +23,7 @@ impl Sim {
             w.ec2.zones_down.clear();
             w.ec2.shortage.clear();
             for vm in w.ec2.vms.values_mut() {
-                vm.protected = false;
+                vm.set_protected(false);
             }
             w.ec2.throttle = None;
             w.ec2.lost_response = 0;
@@ -197,7 +197,7 @@ impl Sim {
             w.ec2
                 .vms
                 .get(&i.id)
-                .is_some_and(|vm| vm.protected != i.protected)
+                .is_some_and(|vm| vm.protected() != i.protected)
         }) {
             return not(format!("{} still recorded protected", i.id));
         }

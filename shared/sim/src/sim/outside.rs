@@ -7,7 +7,7 @@ use crate::ec2::{Pool, FLEET, INSTANCE_TYPE, ZONES};
 use crate::scenario::Edit;
 use chrono::Duration;
 use phoenix_core::events::{ControlAction, Intent, ScaleTarget};
-use phoenix_core::model::{Lifecycle, Openness, RolloutStatus};
+use phoenix_core::model::{Lifecycle, Openness, RolloutStatus, TAG_FLEET};
 use phoenix_core::InstanceId;
 
 impl Sim {
@@ -165,7 +165,7 @@ impl Sim {
                     let protected: Vec<InstanceId> = w
                         .ec2
                         .alive()
-                        .filter(|vm| vm.protected)
+                        .filter(|vm| vm.protected())
                         .map(|vm| vm.id.clone())
                         .collect();
                     let lift = protected.len() >= 2 || (!protected.is_empty() && w.rng.chance(400));
@@ -177,7 +177,7 @@ impl Sim {
                         break 'what (None, false);
                     };
                     if let Some(vm) = w.ec2.vms.get_mut(&id) {
-                        vm.protected = on;
+                        vm.set_protected(on);
                     }
                     if on {
                         w.checker.on_protected(&id);
@@ -464,7 +464,7 @@ impl Sim {
                     ));
                     w.checker.on_gone(&id, true);
                     if let Some(vm) = w.ec2.vms.get_mut(&id) {
-                        vm.tagged = false;
+                        vm.tags.remove(TAG_FLEET);
                     }
                 }
                 // A target group is deleted for a while, then made again, empty, by its stack:

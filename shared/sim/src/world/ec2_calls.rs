@@ -69,7 +69,7 @@ impl World {
                             .ec2
                             .vms
                             .values()
-                            .any(|vm| vm.id.as_str() == id && vm.tagged);
+                            .any(|vm| vm.id.as_str() == id && vm.tagged());
                         (id.clone(), tagged)
                     })
                     .collect();
@@ -224,7 +224,7 @@ impl World {
             .filter_map(|i| InstanceId::parse(i).ok())
             .collect();
         for (id, seen) in ids_parsed.iter().zip(&seen) {
-            let Some((alive, tagged)) = self.ec2.vms.get(id).map(|vm| (vm.alive(), vm.tagged))
+            let Some((alive, tagged)) = self.ec2.vms.get(id).map(|vm| (vm.alive(), vm.tagged()))
             else {
                 continue;
             };

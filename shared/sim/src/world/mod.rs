@@ -344,13 +344,14 @@ impl World {
             let mut world = String::new();
             match self.ec2.vms.get(id) {
                 Some(vm) => {
-                    let _ = write!(world, "ec2 {} {} {:?}", vm.image, vm.token, vm.state);
+                    let token = vm.token().unwrap_or("-");
+                    let _ = write!(world, "ec2 {} {token} {:?}", vm.image, vm.state);
                     for (flag, text) in [
                         (self.ec2.world_healthy(vm, now), " healthy"),
                         (self.ec2.status_ok(vm, now), " status-ok"),
                         (self.ec2.fault(vm), " FAULT"),
                         (vm.reported, " reported"),
-                        (!vm.tagged, " UNTAGGED"),
+                        (!vm.tagged(), " UNTAGGED"),
                     ] {
                         if flag {
                             world.push_str(text);
