@@ -17,6 +17,7 @@
 //!   `Fleet::definition`), which every instance carries from its launch (`phoenix:definition`).
 
 use crate::books::Books;
+use crate::custody::Custody;
 use crate::ec2::{Ec2, Vm, INSTANCE_TYPE, ZONES};
 use chrono::Duration;
 use phoenix_core::events::{Change, Notification};
@@ -304,6 +305,7 @@ impl Checker {
         &mut self,
         books: &Books,
         ec2: &Ec2,
+        custody: &Custody,
         now: Timestamp,
     ) -> (Census, Vec<(&'static str, String)>) {
         let mut out = Vec::new();
@@ -496,9 +498,21 @@ impl Checker {
         }
 
         // ---- One decision, at most its count kept -------------------------------------------
+        // An adoption is recorded under a token of its own, which keeps exactly the instances it
+        // adopted (they were not launched: no decision asked for them).
         let mut per_token: BTreeMap<&str, u32> = BTreeMap::new();
         for i in books.live() {
-            *per_token.entry(i.token.as_str()).or_default() += 1;
+            match custody.adopted_under(&i.token) {
+                Some(adopted) if !adopted.contains(&i.id) => out.push((
+                    "double-launch",
+                    format!(
+                        "{} is kept for adoption {}, which did not adopt it",
+                        i.id, i.token
+                    ),
+                )),
+                Some(_) => {}
+                None => *per_token.entry(i.token.as_str()).or_default() += 1,
+            }
         }
         for (token, n) in per_token {
             let asked = self.decided.get(token).map_or(0, |d| d.count);

@@ -2,12 +2,13 @@
 //! the fleet and their decision token, RunInstances with a ClientToken (honoured, or ignored as the
 //! emulator does) and MinCount = MaxCount, DescribeInstances that lists everything but terminated
 //! instances and is eventually consistent for new ones, DescribeInstanceStatus, TerminateInstances
-//! that fails whole for an unknown id or one the fleet's IAM policy does not cover. Plus the
-//! faults: boot and status-check delays, bad images, zone outages, single failures, instances
-//! vanishing or stopping, capacity shortages (per pool: an instance type in a zone, every type in
-//! a zone — an outage of the zone's capacity — or everywhere), throttling and lost responses; and
-//! the `phoenix:protected` tag an operator sets on an instance and removes.
-
+//! that fails whole for an unknown id or one the fleet's IAM policy does not cover, CreateTags and
+//! DeleteTags of phoenix's keys (adopting and releasing instances) likewise, and instances
+//! launched outside phoenix for it to adopt or to leave alone. Plus the faults: boot and
+//! status-check delays, bad images, zone outages, single failures, instances vanishing or
+//! stopping, capacity shortages (per pool: an instance type in a zone, every type in a zone — an
+//! outage of the zone's capacity — or everywhere), throttling and lost responses; and the
+//! `phoenix:protected` tag an operator sets on an instance and removes.
 use crate::rng::Rng;
 use chrono::Duration;
 use phoenix_core::images::ImageFacts;
@@ -178,6 +179,14 @@ pub struct Ec2 {
     pub lost_response: u32,
     /// Longest DescribeInstances lag for a new instance, in seconds.
     pub max_lag: u64,
+}
+
+/// What IAM answers a call the functions' policy does not allow.
+fn unauthorized(message: String) -> Error {
+    Error::Permanent {
+        service: "ec2",
+        message: format!("UnauthorizedOperation: {message}"),
+    }
 }
 
 fn throttled(call: &str) -> Error {
@@ -408,10 +417,7 @@ impl Ec2 {
             match self.vms.values().find(|vm| vm.id.as_str() == id.as_str()) {
                 None => return Err(Error::NotFound(format!("InvalidInstanceID.NotFound: {id}"))),
                 Some(vm) if !vm.tagged() => {
-                    return Err(Error::Permanent {
-                        service: "ec2",
-                        message: format!("UnauthorizedOperation: {id} is not tagged {TAG_FLEET}"),
-                    })
+                    return Err(unauthorized(format!("{id} is not tagged {TAG_FLEET}")))
                 }
                 Some(vm) => found.push(vm.id.clone()),
             }
@@ -477,6 +483,133 @@ impl Ec2 {
             .collect()
     }
 
+    /// The next instance id EC2 hands out.
+    fn new_id(&mut self) -> InstanceId {
+        let id = InstanceId::parse(&format!("i-{:08x}", self.next_id))
+            .unwrap_or_else(|_| unreachable!("8 hex digits make an instance id"));
+        self.next_id += 1;
+        id
+    }
+
+    /// An instance launched outside phoenix (by hand, by another tool, by an Auto Scaling group)
+    /// at `launched_at`, with `tags`: running, booted and listed long before `now`.
+    pub fn run_outside(
+        &mut self,
+        image: &ImageId,
+        zone: usize,
+        launched_at: Timestamp,
+        tags: BTreeMap<String, String>,
+    ) -> InstanceId {
+        let id = self.new_id();
+        let running_at = launched_at + Duration::seconds(30);
+        let ready_at = running_at + Duration::seconds(60);
+        self.vms.insert(
+            id.clone(),
+            Vm {
+                id: id.clone(),
+                image: image.clone(),
+                zone,
+                instance_type: INSTANCE_TYPE.to_string(),
+                launched_at,
+                tags,
+                visible_from: launched_at,
+                state: Lifecycle::Running,
+                running_at,
+                ready_at,
+                transition_at: None,
+                gone_at: None,
+                born: Badness::Good,
+                impaired: false,
+                app_failed: false,
+                reported: false,
+                next_fail_report: None,
+                passes_left: 4,
+                next_pass_report: Some(ready_at + Duration::seconds(10)),
+            },
+        );
+        id
+    }
+
+    /// The instances these ids name, all of them known to EC2 (a terminated one for the hour it
+    /// is still listed), or `InvalidInstanceID.NotFound` for the first that is not.
+    fn known(&self, ids: &[String]) -> Result<Vec<InstanceId>> {
+        ids.iter()
+            .map(|id| {
+                InstanceId::parse(id)
+                    .ok()
+                    .filter(|i| self.vms.contains_key(i))
+                    .ok_or_else(|| Error::NotFound(format!("InvalidInstanceID.NotFound: {id}")))
+            })
+            .collect()
+    }
+
+    /// CreateTags, as the functions' IAM policy lets them call it: a request that sets
+    /// `phoenix:fleet` and no key but phoenix's (`UnauthorizedOperation` otherwise). One id that
+    /// does not exist fails the whole call. Returns the ids tagged: all of them.
+    pub fn create_tags(
+        &mut self,
+        ids: &[String],
+        tags: &BTreeMap<String, String>,
+        now: Timestamp,
+        rng: &mut Rng,
+    ) -> Result<Vec<InstanceId>> {
+        if self.throttles(now, rng) {
+            return Err(throttled("CreateTags"));
+        }
+        let found = self.known(ids)?;
+        if !tags.contains_key(TAG_FLEET) || tags.keys().any(|k| !k.starts_with(PHOENIX_PREFIX)) {
+            return Err(unauthorized(format!(
+                "CreateTags of [{}] without {TAG_FLEET} or with a key not phoenix's",
+                tags.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        for id in &found {
+            if let Some(vm) = self.vms.get_mut(id) {
+                vm.tags.extend(tags.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    /// DeleteTags, as the functions' IAM policy lets them call it: of phoenix's keys only, named
+    /// (a request naming none would delete every tag), from instances that carry `phoenix:fleet`
+    /// (`UnauthorizedOperation` otherwise, for the whole call). One id that does not exist fails
+    /// the whole call; a key an instance does not carry is no error. Returns the ids untagged.
+    pub fn delete_tags(
+        &mut self,
+        ids: &[String],
+        keys: &[String],
+        now: Timestamp,
+        rng: &mut Rng,
+    ) -> Result<Vec<InstanceId>> {
+        if self.throttles(now, rng) {
+            return Err(throttled("DeleteTags"));
+        }
+        let found = self.known(ids)?;
+        if keys.is_empty() || keys.iter().any(|k| !k.starts_with(PHOENIX_PREFIX)) {
+            return Err(unauthorized(format!(
+                "DeleteTags of [{}]: only phoenix's keys, named",
+                keys.join(", ")
+            )));
+        }
+        if let Some(id) = found
+            .iter()
+            .find(|id| !self.vms[*id].tags.contains_key(TAG_FLEET))
+        {
+            return Err(unauthorized(format!(
+                "DeleteTags on {id}, which does not carry {TAG_FLEET}"
+            )));
+        }
+        for id in &found {
+            if let Some(vm) = self.vms.get_mut(id) {
+                for k in keys {
+                    vm.tags.remove(k);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     fn create(
         &mut self,
         r: &RunInstances,
@@ -496,9 +629,7 @@ impl Ec2 {
         let born = self.bad_images.get(image).copied().unwrap_or(Badness::Good);
         let mut ids = Vec::new();
         for _ in 0..count {
-            let id = InstanceId::parse(&format!("i-{:08x}", self.next_id))
-                .unwrap_or_else(|_| unreachable!("8 hex digits make an instance id"));
-            self.next_id += 1;
+            let id = self.new_id();
             let running_at = now + Duration::seconds(rng.range(5, 60) as i64);
             let ready_at = running_at + Duration::seconds(rng.range(10, 120) as i64);
             let lag = if self.max_lag == 0 {

@@ -6,13 +6,16 @@
 //!
 //! From the bottom up: `rng` (the one source of randomness), `table`, `ec2` and `elb` (the
 //! simulated services), `books` (the table as the checks read it), `check` (the invariants on the
-//! state), `traffic` (those of target groups and lifecycle hooks),
+//! state), `traffic` (those of target groups and lifecycle hooks), `custody` (those of whose each
+//! instance is: launched, adopted, given back or never phoenix's),
 //! `world` (the services, the clock and the checks on each call, shared by the ports), `ports`
 //! (the protocol's ports on the world), `executor` (invocations as tasks), `scenario` (what a seed
-//! draws), `variant` (broken planners and protocols), `sim` (the driver).
+//! draws), `start` (how its fleet is created: applied, or adopted), `variant` (broken planners and
+//! protocols), `sim` (the driver).
 
 pub mod books;
 pub mod check;
+pub mod custody;
 pub mod ec2;
 pub mod elb;
 pub mod executor;
@@ -20,6 +23,7 @@ pub mod ports;
 pub mod rng;
 pub mod scenario;
 pub mod sim;
+pub mod start;
 pub mod table;
 pub mod traffic;
 pub mod variant;

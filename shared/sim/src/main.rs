@@ -1,7 +1,7 @@
 //! `phoenix-sim`: runs the deterministic simulation over many seeds, or replays one.
 //!
 //! ```text
-//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--placement] [--trace] [--quiet]
+//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--placement] [--adoption] [--releases] [--trace] [--quiet]
 //! ```
 
 use phoenix_sim::{run_seed, Config, Report, Stats, Variant};
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--placement] [--trace] [--quiet]
+usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--placement] [--adoption] [--releases] [--trace] [--quiet]
 
   --steps N        run seeds FIRST, FIRST+1, ... until N steps in all (default 100000)
   --seeds FIRST    first seed of the range (default 1)
@@ -35,6 +35,11 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
   --placement      every seed draws a list of instance types to fall back on, a
                    max_instance_lifetime (fleets of up to six) and an operator who protects
                    instances (without it, some seeds do)
+  --adoption       every seed (with a capacity) adopts its fleet from instances launched outside
+                   phoenix, beside decoys it must leave alone, and some release it (without it,
+                   one seed in five does)
+  --releases       seeds that release their fleet also release it during the chaos, and at rest
+                   interleaved with the passes (without it, only at rest, alone)
   --trace          print every step of the trace
   --quiet          print only the summary (and failures)
 
@@ -53,6 +58,8 @@ struct Args {
     drift: bool,
     traffic: bool,
     placement: bool,
+    adoption: bool,
+    releases: bool,
     quiet: bool,
 }
 
@@ -69,6 +76,8 @@ fn parse() -> Result<Args, String> {
         drift: false,
         traffic: false,
         placement: false,
+        adoption: false,
+        releases: false,
         quiet: false,
     };
     let mut it = std::env::args().skip(1);
@@ -94,6 +103,8 @@ fn parse() -> Result<Args, String> {
             "--drift" => a.drift = true,
             "--traffic" => a.traffic = true,
             "--placement" => a.placement = true,
+            "--adoption" => a.adoption = true,
+            "--releases" => a.releases = true,
             "--quiet" => a.quiet = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -112,6 +123,8 @@ fn config(a: &Args, seed: u64) -> Config {
     cfg.drift = a.drift;
     cfg.traffic = a.traffic;
     cfg.placement = a.placement;
+    cfg.adoption = a.adoption;
+    cfg.releases = a.releases;
     cfg
 }
 
@@ -137,6 +150,12 @@ fn replay_command(a: &Args, seed: u64) -> String {
     }
     if a.placement {
         cmd.push_str(" --placement");
+    }
+    if a.adoption {
+        cmd.push_str(" --adoption");
+    }
+    if a.releases {
+        cmd.push_str(" --releases");
     }
     cmd
 }
@@ -229,14 +248,17 @@ fn stats_line(s: &Stats) -> String {
     ) + &format!(
         ", capacity shortages {} (offerings refused {}, launches with no offering left {}, \
          launched on a fallback type {}), rebalances {}, retired at their lifetime {}, \
-         protections set or lifted {}",
+         protections set or lifted {}, instances adopted {} (released {}, releases refused {})",
         s.shortages,
         s.offerings_refused,
         s.capacity_unavailable,
         s.fallback_launches,
         s.rebalances,
         s.lifetime_retirements,
-        s.protections
+        s.protections,
+        s.adopted,
+        s.released,
+        s.releases_refused
     )
 }
 

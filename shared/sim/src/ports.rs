@@ -175,22 +175,16 @@ impl Ec2 for SimEc2 {
         out
     }
 
-    /// Adoption is proved on the emulator: the simulated EC2 keeps no tags but phoenix's own,
-    /// set at launch, and refuses to change them rather than pretend to.
-    async fn create_tags(&self, _ids: &[String], _tags: &BTreeMap<String, String>) -> Result<()> {
+    async fn create_tags(&self, ids: &[String], tags: &BTreeMap<String, String>) -> Result<()> {
+        let out = self.0.lock().ec2_create_tags(ids, tags);
         yield_now().await;
-        Err(Error::Permanent {
-            service: "ec2",
-            message: "the simulated EC2 does not tag instances after launch".into(),
-        })
+        out
     }
 
-    async fn delete_tags(&self, _ids: &[String], _keys: &[String]) -> Result<()> {
+    async fn delete_tags(&self, ids: &[String], keys: &[String]) -> Result<()> {
+        let out = self.0.lock().ec2_delete_tags(ids, keys);
         yield_now().await;
-        Err(Error::Permanent {
-            service: "ec2",
-            message: "the simulated EC2 does not untag instances".into(),
-        })
+        out
     }
 
     async fn describe_subnets(&self, ids: &[String]) -> Result<BTreeMap<String, Subnet>> {

@@ -11,9 +11,9 @@
 //!   interruption, would be exempt; the simulator does not model it.)
 //! - *hook*: with a terminating hook, no running instance phoenix recorded is terminated before
 //!   its `InstanceTerminating` reached the bus and then was answered or timed out; with a
-//!   launching hook, no instance is registered with a target group, or counted healthy in a
-//!   committed fleet record, before its launching hook ended CONTINUE (answered so, or timed out
-//!   with CONTINUE as its default).
+//!   launching hook, no instance phoenix launched is registered with a target group, or counted
+//!   healthy in a committed fleet record, before its launching hook ended CONTINUE (answered so,
+//!   or timed out with CONTINUE as its default).
 //! - *serving*: with target groups, no instance that stays is counted healthy in a committed
 //!   fleet record before every group reported it healthy since it was registered; at
 //!   convergence, every live running instance counted healthy is registered with every group,
@@ -124,9 +124,14 @@ impl Traffic {
     }
 
     /// Whether the launching hook of the recorded instance `id` ended CONTINUE by `at`: `None`
-    /// if so (or the fleet has no launching hook), else why not.
+    /// if so (or the fleet has no launching hook, or phoenix adopted the instance: a launching
+    /// hook is for what phoenix launches, and an adopted one served before it was taken), else
+    /// why not.
     fn launch_hook_open(&self, books: &Books, id: &InstanceId, at: Timestamp) -> Option<String> {
         let h = books.meta().spec.hooks.launching?;
+        if books.instance(id).is_some_and(|i| i.adopted.is_some()) {
+            return None;
+        }
         let Some(round) = self
             .rounds
             .get(&(id.clone(), HookKind::Launching))

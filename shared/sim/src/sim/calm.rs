@@ -76,7 +76,8 @@ impl Sim {
     }
 
     /// `None` once the fleet has converged, else why not, with the kind of violation it is if it
-    /// lasts past the deadline: `serving` when what is left is an instance counted healthy and
+    /// lasts past the deadline: `adoption` or `release` when an adoption or a release is not
+    /// carried out in EC2 (`Custody::unsettled`), `serving` when what is left is an instance counted healthy and
     /// not registered, or a registration of what the fleet does not keep
     /// (`Traffic::check_serving`), `drift` when all that is left is drift
     /// (`Checker::check_drift`), else `liveness`.
@@ -88,6 +89,11 @@ impl Sim {
     /// healthy, staying and matching the spec like the rest.
     pub(super) fn converged(&self) -> Option<(&'static str, String)> {
         let w = self.world.lock();
+        // Adoptions and releases carried out in EC2: an adopted instance tagged as the fleet's, a
+        // released one untagged.
+        if let Some(unsettled) = w.custody.unsettled(&w.books, &w.ec2) {
+            return Some(unsettled);
+        }
         let meta = w.books.meta();
         let now = w.now;
         let not = |why: String| Some(("liveness", why));

@@ -26,6 +26,7 @@ use crate::executor::{Handler, Task};
 use crate::ports::{self, SimAutoScaling, SimBus, SimEc2, SimElb, SimReach, SimTable, SimTime};
 use crate::rng::Rng;
 use crate::scenario::{Edit, Scenario};
+use crate::start::{How, Start};
 use crate::variant::Variant;
 use crate::world::{Invocation, Shared, Stats, Violation, World};
 use chrono::Duration;
@@ -35,6 +36,8 @@ use phoenix_core::events::{
 };
 use phoenix_core::model::{Fleet, Timestamp};
 use phoenix_core::patterns::route;
+use phoenix_protocol::controller::Selection;
+use phoenix_protocol::error::Error;
 use phoenix_protocol::planner::Planner;
 use phoenix_protocol::{Apis, Controller, Deadline, FleetOutcome, Intake, Report as Handled};
 use std::collections::{BTreeMap, VecDeque};
@@ -83,6 +86,16 @@ pub struct Config {
     /// Every seed draws a list of instance types, a `max_instance_lifetime` (fleets of up to
     /// six) and an operator who protects instances (`Scenario::draw`); without it, some seeds do.
     pub placement: bool,
+    /// Every seed with a capacity adopts its fleet from instances launched outside phoenix
+    /// (`Start::draw`); without it, one in five does.
+    pub adoption: bool,
+    /// Seeds whose operator releases the fleet (`Start::release`) also release it during the
+    /// chaos (refused while anything is under way), and at rest as an invocation the scheduled
+    /// passes interleave with; without it, they release it only at rest, alone. Off by default:
+    /// a release whose untagging is cut short (a crash, a pass in between) leaves instances
+    /// tagged that no longer have a live record, and a pass terminates them as owned by no
+    /// decision (`tests::a_released_instance_is_never_terminated`, ignored until that holds).
+    pub releases: bool,
 }
 
 impl Config {
@@ -98,6 +111,8 @@ impl Config {
             drift: false,
             traffic: false,
             placement: false,
+            adoption: false,
+            releases: false,
         }
     }
 }
@@ -126,6 +141,9 @@ enum What {
     /// of `Controller::apply_fleet` (run as an invocation, interleaved with the others), after
     /// which the command publishes `ReconcileRequested`.
     Apply(Edit),
+    /// The operator runs `phoenix fleet release`: a call of `Controller::release`, run as an
+    /// invocation.
+    Release,
 }
 
 #[derive(Debug, Clone)]
@@ -150,7 +168,7 @@ impl Event {
                 let (detail_type, detail) = i.to_detail();
                 Envelope::new(&self.id, SOURCE, detail_type, self.time, detail)
             }
-            What::Apply(_) => unreachable!("an apply is a call, not an event"),
+            What::Apply(_) | What::Release => unreachable!("a command is a call, not an event"),
         }
     }
 }
@@ -178,6 +196,9 @@ pub struct Sim {
     controller: Arc<Controller<ports::Sim>>,
     planner: Arc<dyn Planner>,
     scenario: Scenario,
+    start: Start,
+    /// When the operator released the fleet once it was at rest (`Start::release`).
+    released_at_rest: Option<Timestamp>,
     bus: BTreeMap<(Timestamp, u64), Delivery>,
     bus_seq: u64,
     next_event: u64,
@@ -216,6 +237,7 @@ impl Sim {
         let mut ec2 = Ec2::new();
         let scenario = Scenario::draw(&mut rng, &mut ec2, cfg.drift, cfg.traffic, cfg.placement);
         let t0 = scenario.t0;
+        let start = Start::draw(cfg.seed, &rng, cfg.adoption, &scenario.spec, t0, &mut ec2);
         let world = Shared::new(World::new(
             t0,
             rng,
@@ -240,14 +262,26 @@ impl Sim {
         )
         .with_planner(planner.clone())
         .with_variant(cfg.variant.protocol());
-        // The fleet is created as `phoenix fleet apply` creates it; then the chaos begins.
-        let created = run_alone(Box::pin(controller.apply_fleet(scenario.spec.clone())));
+        // The fleet is created as `phoenix fleet apply` or `phoenix fleet adopt` creates it; then
+        // the chaos begins.
+        let spec = scenario.spec.clone();
+        let created = match start.how {
+            How::Apply => run_alone(Box::pin(async {
+                controller.apply_fleet(spec).await.map(|_| ())
+            })),
+            How::Adopt => {
+                let selection = Selection::Ids(start.adopt.clone());
+                run_alone(Box::pin(async {
+                    controller.adopt(spec, &selection).await.map(|_| ())
+                }))
+            }
+        };
         {
             let mut w = world.lock();
             match created {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => w.violate("setup", format!("the fleet could not be applied: {e}")),
-                None => w.violate("setup", "applying the fleet did not end".into()),
+                Some(Ok(())) => {}
+                Some(Err(e)) => w.violate("setup", format!("the fleet could not be created: {e}")),
+                None => w.violate("setup", "creating the fleet did not end".into()),
             }
             w.checker = Checker::new(&w.books);
             w.timers.clear();
@@ -259,6 +293,8 @@ impl Sim {
             controller: Arc::new(controller),
             planner,
             scenario,
+            start,
+            released_at_rest: None,
             bus: BTreeMap::new(),
             bus_seq: 0,
             next_event: 0,
@@ -272,11 +308,43 @@ impl Sim {
         };
         let line = {
             let w = sim.world.lock();
-            format!("seed {}: {}", sim.cfg.seed, sim.scenario.describe(&w.ec2))
+            format!("seed {}: {}", sim.cfg.seed, sim.describe(&w.ec2))
         };
         sim.world.lock().line = line;
         sim.flush_line();
         sim
+    }
+
+    /// Once the fleet is at rest, in a seed whose operator releases it, the release: `true` when
+    /// it is made now, or made so recently that no scheduled pass has been over the fleet since
+    /// (the run goes on until the fleet, given back, is at rest again after one). Alone (nothing
+    /// else runs until it returns), unless `Config::releases`. A fleet at rest has nothing under
+    /// way: the release must be accepted.
+    fn release_at_rest(&mut self) -> bool {
+        if !self.start.release {
+            return false;
+        }
+        if let Some(at) = self.released_at_rest {
+            return self.now() < at + SCHEDULE * 2;
+        }
+        self.released_at_rest = Some(self.now());
+        self.note("operator: FleetRelease, the fleet at rest");
+        if self.cfg.releases {
+            self.call(What::Release);
+            return true;
+        }
+        let name = self.scenario.spec.name.clone();
+        let released = run_alone(Box::pin(self.controller.release(&name)));
+        let mut w = self.world.lock();
+        match released {
+            Some(Ok((ids, _))) => w.note(format!("the fleet gives back {} instances", ids.len())),
+            Some(Err(e)) => w.violate("release", format!("a fleet at rest refused release: {e}")),
+            None => w.violate("release", "releasing the fleet did not end".into()),
+        }
+        w.timers.clear();
+        drop(w);
+        self.flush_line();
+        true
     }
 
     /// Runs the seed to its end (or its first violation).
@@ -291,7 +359,9 @@ impl Sim {
                 if self.violated() {
                     break;
                 }
-                if self.tasks.is_empty() && self.converged().is_none() && self.unsent().is_none() {
+                let at_rest =
+                    self.tasks.is_empty() && self.converged().is_none() && self.unsent().is_none();
+                if at_rest && !self.release_at_rest() {
                     self.final_checks();
                     break;
                 }
@@ -314,6 +384,8 @@ impl Sim {
             }
         }
         let w = self.world.lock();
+        let mut stats = w.stats.clone();
+        (stats.adopted, stats.released) = w.custody.counts();
         Report {
             seed: self.cfg.seed,
             steps: w.steps,
@@ -321,9 +393,14 @@ impl Sim {
             violation: w.violation.clone(),
             trace_tail: self.trace.iter().cloned().collect(),
             digest: self.digest,
-            stats: w.stats.clone(),
-            scenario: self.scenario.describe(&w.ec2),
+            stats,
+            scenario: self.describe(&w.ec2),
         }
+    }
+
+    /// The scenario line: what the seed drew, and how its fleet was created.
+    fn describe(&self, ec2: &Ec2) -> String {
+        self.scenario.describe(ec2) + &self.start.describe()
     }
 
     fn violated(&self) -> bool {
@@ -554,6 +631,18 @@ impl Sim {
         let controller = self.controller.clone();
         let deadline = self.now() + LAMBDA_TIMEOUT;
         let handler = match &d.event.what {
+            What::Release => {
+                let name = self.scenario.spec.name.clone();
+                let id = d.event.id.clone();
+                Box::pin(async move {
+                    let (_, fleet) = controller.release(&name).await?;
+                    Ok(Handled {
+                        event_id: id,
+                        detail_type: "FleetRelease".into(),
+                        fleets: vec![fleet],
+                    })
+                }) as Handler
+            }
             What::Apply(edit) => {
                 let file = self.fleet_file(edit);
                 let id = d.event.id.clone();
@@ -652,6 +741,18 @@ impl Sim {
         let took = (w.now - task.started).num_seconds();
         let report = match result {
             Ok(report) => report,
+            // A release refused (something is under way) must have written nothing.
+            Err(e @ Error::Invalid(_)) if matches!(task.delivery.event.what, What::Release) => {
+                w.stats.releases_refused += 1;
+                w.note(format!("inv#{n} release refused: {e}"));
+                if inv.committed {
+                    w.violate(
+                        "release",
+                        format!("inv#{n}'s release was refused ({e}) after it committed"),
+                    );
+                }
+                return;
+            }
             Err(e) => {
                 let scheduled = matches!(task.delivery.event.what, What::Scheduled);
                 if scheduled || !e.is_retryable() {
@@ -745,5 +846,6 @@ fn describe_what(w: &What) -> String {
         What::Scheduled => "Scheduled".into(),
         What::Intent(i) => describe_intent(i),
         What::Apply(edit) => format!("FleetApply {}", edit.describe()),
+        What::Release => "FleetRelease".into(),
     }
 }

@@ -104,6 +104,11 @@ impl Sim {
                 if sc.template.is_some() { 6 } else { 0 },
                 if sc.scheduled() { 4 } else { 0 },
                 if sc.protection { 6 } else { 0 },
+                if self.start.release && self.cfg.releases {
+                    3
+                } else {
+                    0
+                },
             ]);
             let intent = match pick {
                 0 => {
@@ -191,6 +196,8 @@ impl Sim {
                     w.note(format!("operator {what} {id}"));
                     break 'what (None, false);
                 }
+                // `phoenix fleet release`: a call, made now; refused while anything is under way.
+                14 => break 'what (Some(What::Release), true),
                 // `rollout resume --now`: the rollout goes on outside its windows and freezes.
                 _ => Intent::RolloutControl {
                     fleet,
@@ -463,6 +470,7 @@ impl Sim {
                         "fault: an operator removes {id}'s {FLEET} fleet tag"
                     ));
                     w.checker.on_gone(&id, true);
+                    w.custody.on_taken_out(&id);
                     if let Some(vm) = w.ec2.vms.get_mut(&id) {
                         vm.tags.remove(TAG_FLEET);
                     }

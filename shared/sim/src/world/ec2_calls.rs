@@ -5,8 +5,9 @@
 
 use super::World;
 use crate::check::Checker;
+use crate::rng::Rng;
 use chrono::Duration;
-use phoenix_core::model::{TAG_DEFINITION, TAG_FLEET, TAG_TOKEN};
+use phoenix_core::model::{Timestamp, TAG_DEFINITION, TAG_FLEET, TAG_TOKEN};
 use phoenix_core::{ImageId, InstanceId};
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::ec2::{Ec2Instance, InstanceStatus, Instances, Ran, RunInstances};
@@ -158,6 +159,7 @@ impl World {
         let image = ImageId::parse(&r.image).ok();
         let (out, created) = self.ec2.run_instances(r, self.now, &mut self.rng);
         if !created.is_empty() {
+            self.custody.on_launched(&created);
             self.stats.instances_launched += created.len() as u64;
             let first = self
                 .books
@@ -199,6 +201,64 @@ impl World {
             }
         }
         out
+    }
+
+    /// CreateTags: phoenix tags only what it launched or adopted (`Custody::check_tag`).
+    pub fn ec2_create_tags(
+        &mut self,
+        ids: &[String],
+        tags: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let who = self.who();
+        for id in ids.iter().filter_map(|i| InstanceId::parse(i).ok()) {
+            if let Some(problem) = self.custody.check_tag(&id) {
+                self.violate("foreign", format!("{who} {problem}"));
+            }
+        }
+        let tagged = self.ec2_change("CreateTags", |ec2, now, rng| {
+            ec2.create_tags(ids, tags, now, rng)
+        })?;
+        let ids: Vec<&str> = tagged.iter().map(InstanceId::as_str).collect();
+        self.note(format!("{who} tags {}", ids.join(" ")));
+        Ok(())
+    }
+
+    /// DeleteTags.
+    pub fn ec2_delete_tags(&mut self, ids: &[String], keys: &[String]) -> Result<()> {
+        let who = self.who();
+        let untagged = self.ec2_change("DeleteTags", |ec2, now, rng| {
+            ec2.delete_tags(ids, keys, now, rng)
+        })?;
+        let ids: Vec<&str> = untagged.iter().map(InstanceId::as_str).collect();
+        self.note(format!("{who} untags {}", ids.join(" ")));
+        Ok(())
+    }
+
+    /// A call that changes EC2, with the faults of the chaos phase: a 5xx after the SDK's
+    /// retries, before EC2 acted or after (the answer lost: the caller cannot tell which).
+    fn ec2_change<T>(
+        &mut self,
+        call: &str,
+        act: impl FnOnce(&mut crate::ec2::Ec2, Timestamp, &mut Rng) -> Result<T>,
+    ) -> Result<T> {
+        let who = self.who();
+        let unanswered = self.chaos_fault(self.service_faults.ec2_5xx);
+        let out = if unanswered && self.rng.chance(500) {
+            Err(internal_error(call))
+        } else {
+            act(&mut self.ec2, self.now, &mut self.rng)
+        };
+        match out {
+            Err(e) => {
+                self.note(format!("{who} {call} fails: {e}"));
+                Err(e)
+            }
+            Ok(_) if unanswered => {
+                self.note(format!("{who} {call} is carried out; its answer is lost"));
+                Err(internal_error(call))
+            }
+            Ok(done) => Ok(done),
+        }
     }
 
     pub fn ec2_terminate(&mut self, ids: &[String]) -> Result<Option<String>> {
@@ -274,6 +334,11 @@ impl World {
         for (id, excused) in ids_parsed.iter().zip(excused) {
             if terminated.contains(id) {
                 self.checker.on_gone(id, excused);
+            }
+        }
+        for id in &terminated {
+            if let Some((kind, problem)) = self.custody.check_terminate(id) {
+                self.violate(kind, format!("{who} {problem}"));
             }
         }
         let gone: Vec<&str> = terminated.iter().map(InstanceId::as_str).collect();

@@ -19,6 +19,7 @@ pub use stats::{Stats, Violation};
 
 use crate::books::Books;
 use crate::check::{Census, Checker};
+use crate::custody::Custody;
 use crate::ec2::Ec2;
 use crate::elb::Elb;
 use crate::rng::Rng;
@@ -103,6 +104,8 @@ pub struct Invocation {
     pub terminate_failed: bool,
     /// The EC2 call budget refused its last request for room (the budget's counter was full).
     pub ec2_denied: bool,
+    /// A commit of it went through.
+    pub committed: bool,
 }
 
 impl Invocation {
@@ -160,6 +163,7 @@ pub struct World {
     pub books: Books,
     pub checker: Checker,
     pub traffic: Traffic,
+    pub custody: Custody,
     /// Hook notifications that reached the bus, not yet read by the hook handler.
     pub hook_notices: Vec<HookNotice>,
     pub stats: Stats,
@@ -199,6 +203,7 @@ impl World {
             books,
             checker: Checker::default(),
             traffic: Traffic::default(),
+            custody: Custody::default(),
             hook_notices: Vec::new(),
             stats: Stats::default(),
             chaos: false,
@@ -294,7 +299,9 @@ impl World {
     // --- the checks after each step ---------------------------------------------------------
 
     pub fn check_world(&mut self) {
-        let (census, problems) = self.checker.check_world(&self.books, &self.ec2, self.now);
+        let (census, problems) =
+            self.checker
+                .check_world(&self.books, &self.ec2, &self.custody, self.now);
         self.last_census = census;
         for (kind, message) in problems {
             self.violate(kind, message);

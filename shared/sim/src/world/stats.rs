@@ -78,11 +78,16 @@ pub struct Stats {
     pub lifetime_retirements: u64,
     /// phoenix:protected tags set and removed by the operator.
     pub protections: u64,
+    /// Instances adopted, and given back by releases.
+    pub adopted: u64,
+    pub released: u64,
+    /// Releases refused (something was under way).
+    pub releases_refused: u64,
 }
 
 impl Stats {
     pub fn add(&mut self, o: &Stats) {
-        let pairs: [(&mut u64, u64); 54] = [
+        let pairs: [(&mut u64, u64); 57] = [
             (&mut self.events, o.events),
             (&mut self.events_lost, o.events_lost),
             (&mut self.events_duplicated, o.events_duplicated),
@@ -137,6 +142,9 @@ impl Stats {
             (&mut self.rebalances, o.rebalances),
             (&mut self.lifetime_retirements, o.lifetime_retirements),
             (&mut self.protections, o.protections),
+            (&mut self.adopted, o.adopted),
+            (&mut self.released, o.released),
+            (&mut self.releases_refused, o.releases_refused),
         ];
         for (a, b) in pairs {
             *a += b;

@@ -279,6 +279,7 @@ impl World {
         }
         if let Some(inv) = self.invocation() {
             inv.pass_refused = false;
+            inv.committed = true;
         }
         for key in &enqueued {
             self.stats.queued += 1;
@@ -349,6 +350,7 @@ impl World {
             }
         }
         self.checker.on_commit(&self.books, changes);
+        self.custody.on_commit(changes, version);
         if let Some(problem) = Checker::check_windows(&self.books, changes, at) {
             self.violate("window", problem);
         }
