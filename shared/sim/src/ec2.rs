@@ -10,6 +10,7 @@
 //! outage of the zone's capacity — or everywhere), throttling and lost responses; and the
 //! `phoenix:protected` tag an operator sets on an instance and removes.
 use crate::rng::Rng;
+use crate::variant::WorldBug;
 use chrono::Duration;
 use phoenix_core::images::ImageFacts;
 use phoenix_core::model::{
@@ -179,6 +180,8 @@ pub struct Ec2 {
     pub lost_response: u32,
     /// Longest DescribeInstances lag for a new instance, in seconds.
     pub max_lag: u64,
+    /// A promise about tags this EC2 breaks (`Variant::World`), if any.
+    pub bug: Option<WorldBug>,
 }
 
 /// What IAM answers a call the functions' policy does not allow.
@@ -212,6 +215,7 @@ impl Ec2 {
             honour_client_token: true,
             lost_response: 0,
             max_lag: 20,
+            bug: None,
         }
     }
 
@@ -563,7 +567,18 @@ impl Ec2 {
                 tags.keys().cloned().collect::<Vec<_>>().join(", ")
             )));
         }
-        for id in &found {
+        let mut tagged = found.clone();
+        match self.bug {
+            Some(WorldBug::ForgetTags) => tagged.clear(),
+            Some(WorldBug::TagNeighbour) => {
+                tagged.extend(found.iter().filter_map(|id| {
+                    let next = u64::from_str_radix(id.as_str().strip_prefix("i-")?, 16).ok()? + 1;
+                    InstanceId::parse(&format!("i-{next:08x}")).ok()
+                }));
+            }
+            _ => {}
+        }
+        for id in &tagged {
             if let Some(vm) = self.vms.get_mut(id) {
                 vm.tags.extend(tags.clone());
             }
@@ -599,6 +614,9 @@ impl Ec2 {
             return Err(unauthorized(format!(
                 "DeleteTags on {id}, which does not carry {TAG_FLEET}"
             )));
+        }
+        if self.bug == Some(WorldBug::KeepTags) {
+            return Ok(found);
         }
         for id in &found {
             if let Some(vm) = self.vms.get_mut(id) {

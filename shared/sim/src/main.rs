@@ -17,7 +17,8 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
   --seed-steps K   chaos steps per seed before the world calms down (default 2000)
   --fan-out F      up to F due events delivered at once (default 2): more invocations racing for
                    the fleet, more intents queued after lost races
-  --variant NAME   drive a deliberately broken planner or protocol: real (default);
+  --variant NAME   drive a deliberately broken planner or protocol, or the real one in a broken
+                   world: real (default);
                    planners: drop-after-launch, replace-in-place, launch-quarantined,
                    surge-blind, ignore-health-failures, ignore-windows, ignore-drift,
                    ignore-launch-hook, ignore-target-health, skip-terminating-hook,
@@ -25,7 +26,9 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    protocols: relaunch-blind,
                    act-before-deciding, lapsed-as-completed, keep-queued,
                    ignore-deadline-reserve, terminate-unchecked, remove-before-publish,
-                   publish-only-after-commit, skip-drain
+                   publish-only-after-commit, skip-drain;
+                   worlds (with --adoption): world-forgets-tags, world-keeps-tags,
+                   world-tags-neighbour
   --chatty         the health checker reports every healthy instance passed every 30 s
                    (fleets of up to ten)
   --drift          every seed draws rollout windows or freezes, a floating launch template and an

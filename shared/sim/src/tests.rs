@@ -7,7 +7,7 @@ use crate::ec2::{Ec2, FLEET, SUBNETS};
 use crate::ports::SimTable;
 use crate::rng::Rng;
 use crate::sim::run_alone;
-use crate::variant::PlannerBug;
+use crate::variant::{PlannerBug, WorldBug};
 use crate::world::{Shared, World};
 use crate::{run_seed, Config, Report, Variant};
 use chrono::{Duration, TimeZone, Utc};
@@ -62,6 +62,16 @@ fn run_placing(seed: u64, steps: u64, variant: Variant) -> Report {
     cfg.chaos_steps = steps;
     cfg.variant = variant;
     cfg.placement = true;
+    run_seed(cfg)
+}
+
+/// A run in which every seed with a capacity adopts its fleet from instances launched outside
+/// phoenix (`Config::adoption`).
+fn run_adopting(seed: u64, steps: u64, variant: Variant) -> Report {
+    let mut cfg = Config::new(seed);
+    cfg.chaos_steps = steps;
+    cfg.variant = variant;
+    cfg.adoption = true;
     run_seed(cfg)
 }
 
@@ -548,6 +558,183 @@ fn instance_types_lifetimes_protection_and_shortages_keep_every_invariant_on_the
     assert!(stats.rebalances > 0, "{stats:?}");
     assert!(stats.lifetime_retirements > 0, "{stats:?}");
     assert!(stats.protections > 0, "{stats:?}");
+}
+
+#[test]
+fn adoption_and_release_keep_every_invariant_on_these_seeds() {
+    let stats = keep_every_invariant(12, 1500, run_adopting);
+    // What these seeds are for happened: instances adopted, rolled from the older image they
+    // ran, fleets given back.
+    assert!(stats.adopted > 0, "{stats:?}");
+    assert!(stats.rollouts > 0, "{stats:?}");
+    assert!(stats.released > 0, "{stats:?}");
+}
+
+#[test]
+fn one_seed_in_five_adopts_running_untagged_instances_beside_decoys() {
+    use crate::start::{How, Start};
+    let mut adopting = 0;
+    for seed in 1..=200 {
+        let rng = Rng::new(seed);
+        let mut ec2 = Ec2::new();
+        let spec =
+            crate::scenario::Scenario::draw(&mut rng.clone(), &mut ec2, false, false, false).spec;
+        let start = Start::draw(seed, &rng, false, &spec, t0(), &mut ec2);
+        let adopts = seed % 5 == 0 && spec.capacity > 0;
+        assert_eq!(start.how == How::Adopt, adopts, "seed {seed}");
+        if !adopts {
+            assert!(start.adopt.is_empty() && start.decoys.is_empty() && !start.release);
+            continue;
+        }
+        adopting += 1;
+        assert!((1..=spec.capacity as usize).contains(&start.adopt.len()));
+        assert!(!start.decoys.is_empty());
+        for id in start.adopt.iter().chain(&start.decoys) {
+            let vm = &ec2.vms[id];
+            assert_eq!(vm.state, Lifecycle::Running);
+            assert!(vm.launched_at < t0() && vm.ready_at < t0());
+            assert_eq!(vm.phoenix_tags().count(), 0, "launched outside phoenix");
+        }
+    }
+    assert!((20..=40).contains(&adopting), "{adopting} of 200");
+}
+
+#[test]
+fn custody_allows_tagging_and_terminating_only_what_phoenix_launched_or_adopted_and_kept() {
+    use crate::custody::Custody;
+    let id = |n: u32| {
+        phoenix_core::InstanceId::parse(&format!("i-{n:08x}")).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (launched, adopted, decoy) = (id(1), id(2), id(3));
+    let mut custody = Custody::default();
+    custody.on_launched(std::slice::from_ref(&launched));
+    custody.on_commit(
+        &[Change::Adopted {
+            token: "web-x-2-a".into(),
+            from: "instances".into(),
+            instances: vec![adopted.clone()],
+        }],
+        2,
+    );
+    assert!(custody.check_tag(&adopted).is_none());
+    assert!(custody.check_tag(&decoy).is_some());
+    for ours in [&launched, &adopted] {
+        assert!(custody.check_terminate(ours).is_none(), "{ours}");
+    }
+    assert_eq!(
+        custody.check_terminate(&decoy).map(|(k, _)| k),
+        Some("foreign")
+    );
+    assert_eq!(
+        custody.adopted_under("web-x-2-a").map(|ids| ids.len()),
+        Some(1)
+    );
+    // Given back: never terminated by phoenix again, whoever launched it.
+    custody.on_commit(
+        &[Change::Released {
+            instances: vec![launched.clone(), adopted.clone()],
+        }],
+        3,
+    );
+    for ours in [&launched, &adopted] {
+        assert_eq!(
+            custody.check_terminate(ours).map(|(k, _)| k),
+            Some("release")
+        );
+    }
+}
+
+/// A fleet of `spec()` adopted from two instances launched outside phoenix, and the controller
+/// over the simulated ports: the world, the controller, the adopted ids.
+fn adopted_fleet() -> (
+    Shared,
+    phoenix_protocol::Controller<crate::ports::Sim>,
+    Vec<phoenix_core::InstanceId>,
+) {
+    use crate::ports::{Sim, SimAutoScaling, SimBus, SimEc2, SimElb, SimReach, SimTime};
+    use phoenix_protocol::controller::Selection;
+    use phoenix_protocol::{Apis, Controller};
+    let mut ec2 = Ec2::new();
+    ec2.images.insert(spec().image);
+    let ids: Vec<_> = (0..2)
+        .map(|zone| {
+            let started = t0() - Duration::minutes(10);
+            ec2.run_outside(&spec().image, zone, started, Default::default())
+        })
+        .collect();
+    let world = Shared::new(World::new(
+        t0(),
+        Rng::new(1),
+        ec2,
+        Books::new(Fleet::new(spec(), t0())),
+        Default::default(),
+    ));
+    let controller = Controller::<Sim>::new(
+        SimTable(world.clone()),
+        Apis::new(SimEc2(world.clone()), SimElb(world.clone()), SimAutoScaling),
+        SimReach,
+        SimBus(world.clone()),
+        SimTime(world.clone()),
+        Default::default(),
+    );
+    block(controller.adopt(spec(), &Selection::Ids(ids.clone()))).unwrap_or_else(|e| panic!("{e}"));
+    (world, controller, ids)
+}
+
+#[test]
+fn an_adopted_fleet_is_tagged_and_a_release_gives_it_back_untagged() {
+    let (world, controller, ids) = adopted_fleet();
+    for id in &ids {
+        let w = world.lock();
+        let vm = &w.ec2.vms[id];
+        assert!(vm.tagged(), "{id}");
+        assert_eq!(vm.token(), w.books.instance(id).map(|i| i.token.as_str()));
+        assert!(vm.definition().is_some());
+    }
+    let (released, _) = block(controller.release(&spec().name)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(released, ids);
+    let w = world.lock();
+    for id in &ids {
+        assert_eq!(w.ec2.vms[id].phoenix_tags().count(), 0, "{id}");
+        assert!(w.ec2.vms[id].alive());
+    }
+    assert!(w.violation.is_none(), "{:?}", w.violation);
+}
+
+#[test]
+#[ignore = "a whole-fleet load skips released records (`gone`), so a pass takes a released \
+            instance still tagged for one owned by no decision, and terminates it"]
+fn a_release_cut_short_after_its_commit_leaves_its_instances_running() {
+    use phoenix_core::events::{Envelope, SCHEDULED_EVENT, SCHEDULE_SOURCE};
+    use phoenix_core::patterns::route;
+    use std::future::Future;
+    let (world, controller, ids) = adopted_fleet();
+    // The release commits, and its process dies before it removes phoenix's tags.
+    let name = spec().name;
+    {
+        let mut release = Box::pin(controller.release(&name));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        while world.lock().custody.counts().1 == 0 {
+            assert!(release.as_mut().poll(&mut cx).is_pending(), "ended");
+        }
+    }
+    assert!(world.lock().ec2.vms[&ids[0]].tagged());
+    // The next scheduled pass.
+    let env = Envelope::new(
+        "ev-1",
+        SCHEDULE_SOURCE,
+        SCHEDULED_EVENT,
+        t0(),
+        serde_json::json!({}),
+    );
+    let function = route(&env.source, &env.detail_type);
+    block(controller.handle_within(&env, function, phoenix_protocol::Deadline::NONE))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let w = world.lock();
+    assert!(w.violation.is_none(), "{:?}", w.violation);
+    for id in &ids {
+        assert!(w.ec2.vms[id].alive(), "{id} terminated after its release");
+    }
 }
 
 #[test]
@@ -1041,9 +1228,39 @@ fn placing_without_balancing_is_caught() {
 }
 
 #[test]
+fn adopted_instances_left_without_the_fleet_tag_are_caught() {
+    caught_in(
+        Variant::World(WorldBug::ForgetTags),
+        "adoption",
+        3,
+        run_adopting,
+    );
+}
+
+#[test]
+fn released_instances_left_with_phoenix_tags_are_caught() {
+    caught_in(
+        Variant::World(WorldBug::KeepTags),
+        "release",
+        10,
+        run_adopting,
+    );
+}
+
+#[test]
+fn terminating_an_instance_phoenix_never_adopted_is_caught() {
+    caught_in(
+        Variant::World(WorldBug::TagNeighbour),
+        "foreign",
+        3,
+        run_adopting,
+    );
+}
+
+#[test]
 fn every_variant_has_its_test() {
     // The list above names each variant once; a variant added without a test fails here.
-    assert_eq!(Variant::all().len(), 1 + 11 + 9);
+    assert_eq!(Variant::all().len(), 1 + 11 + 9 + 3);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The broken protocols the simulator drives to prove its invariants can fail: planners that
-//! break one promise each (a wrapper rewriting the real planner's steps, here), and the
-//! protocol's own deliberate bugs (`phoenix_protocol::variant`, switched on in the controller).
-//! Each must be caught, on the check it breaks.
+//! break one promise each (a wrapper rewriting the real planner's steps, here), the protocol's
+//! own deliberate bugs (`phoenix_protocol::variant`, switched on in the controller), and a world
+//! that breaks one promise of AWS's (`WorldBug`), where what the checks judge is what phoenix
+//! does, or leaves undone, on it. Each must be caught, on the check it breaks.
 
 use phoenix_core::events::{Change, Intent};
 use phoenix_core::model::{
@@ -47,12 +48,27 @@ pub enum PlannerBug {
     PlaceBlind,
 }
 
-/// What the simulator drives: the real protocol, a broken planner, or a broken protocol.
+/// A simulated EC2 that breaks one promise about tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorldBug {
+    /// CreateTags answers success and tags nothing: adopted instances never carry the fleet's
+    /// tag.
+    ForgetTags,
+    /// DeleteTags answers success and removes nothing: released instances keep phoenix's tags.
+    KeepTags,
+    /// CreateTags also tags the instance with the next id: one phoenix never adopted (a decoy)
+    /// comes to carry the fleet's tag.
+    TagNeighbour,
+}
+
+/// What the simulator drives: the real protocol, a broken planner, a broken protocol, or the
+/// real protocol in a broken world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
     Real,
     Planner(PlannerBug),
     Protocol(ProtocolVariant),
+    World(WorldBug),
 }
 
 impl Variant {
@@ -70,7 +86,13 @@ impl Variant {
         PlannerBug::PlaceBlind,
     ];
 
-    /// Every variant: the real one, the planner's, the protocol's.
+    pub const WORLD: [WorldBug; 3] = [
+        WorldBug::ForgetTags,
+        WorldBug::KeepTags,
+        WorldBug::TagNeighbour,
+    ];
+
+    /// Every variant: the real one, the planner's, the protocol's, the world's.
     pub fn all() -> Vec<Variant> {
         let mut all = vec![Variant::Real];
         all.extend(Self::PLANNER.map(Variant::Planner));
@@ -80,6 +102,7 @@ impl Variant {
                 .filter(|v| *v != ProtocolVariant::Real)
                 .map(Variant::Protocol),
         );
+        all.extend(Self::WORLD.map(Variant::World));
         all
     }
 
@@ -98,6 +121,9 @@ impl Variant {
             Variant::Planner(PlannerBug::SkipTerminatingHook) => "skip-terminating-hook",
             Variant::Planner(PlannerBug::PlaceBlind) => "place-blind",
             Variant::Protocol(v) => v.name(),
+            Variant::World(WorldBug::ForgetTags) => "world-forgets-tags",
+            Variant::World(WorldBug::KeepTags) => "world-keeps-tags",
+            Variant::World(WorldBug::TagNeighbour) => "world-tags-neighbour",
         }
     }
 
@@ -118,6 +144,14 @@ impl Variant {
         match self {
             Variant::Protocol(v) => v,
             _ => ProtocolVariant::Real,
+        }
+    }
+
+    /// The simulated EC2's broken promise, if this is one.
+    pub fn world(self) -> Option<WorldBug> {
+        match self {
+            Variant::World(bug) => Some(bug),
+            _ => None,
         }
     }
 }

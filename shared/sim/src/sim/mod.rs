@@ -235,6 +235,7 @@ impl Sim {
     pub fn new(cfg: Config) -> Sim {
         let mut rng = Rng::new(cfg.seed);
         let mut ec2 = Ec2::new();
+        ec2.bug = cfg.variant.world();
         let scenario = Scenario::draw(&mut rng, &mut ec2, cfg.drift, cfg.traffic, cfg.placement);
         let t0 = scenario.t0;
         let start = Start::draw(cfg.seed, &rng, cfg.adoption, &scenario.spec, t0, &mut ec2);
