@@ -61,6 +61,11 @@ impl Custody {
         }
     }
 
+    /// An operator took it out of the fleet.
+    pub fn taken_out(&self, id: &InstanceId) -> bool {
+        self.taken_out.contains(id)
+    }
+
     fn adopted(&self, id: &InstanceId) -> bool {
         self.adoptions.values().any(|ids| ids.contains(id))
     }

@@ -4,15 +4,16 @@
 //! simulated time, with faults, lost and duplicated events, interleaved and crashing invocations.
 //! After every step it checks the invariants; a failing seed replays exactly.
 //!
-//! From the bottom up: `rng` (the one source of randomness), `table`, `ec2` and `elb` (the
+//! From the bottom up: `rng` (the one source of randomness), `table`, `ec2`, `elb` and `asg` (the
 //! simulated services), `books` (the table as the checks read it), `check` (the invariants on the
 //! state), `traffic` (those of target groups and lifecycle hooks), `custody` (those of whose each
-//! instance is: launched, adopted, given back or never phoenix's),
-//! `world` (the services, the clock and the checks on each call, shared by the ports), `ports`
-//! (the protocol's ports on the world), `executor` (invocations as tasks), `scenario` (what a seed
-//! draws), `start` (how its fleet is created: applied, or adopted), `variant` (broken planners and
-//! protocols), `sim` (the driver).
+//! instance is: launched, adopted, given back or never phoenix's), `world` (the services, the
+//! clock and the checks on each call, shared by the ports), `ports` (the protocol's ports on the
+//! world), `executor` (invocations as tasks), `scenario` (what a seed draws), `start` (how its
+//! fleet is created: applied, adopted, or taken over from an Auto Scaling group), `variant`
+//! (broken planners, protocols and worlds), `sim` (the driver).
 
+pub mod asg;
 pub mod books;
 pub mod check;
 pub mod custody;

@@ -1,7 +1,7 @@
 //! `phoenix-sim`: runs the deterministic simulation over many seeds, or replays one.
 //!
 //! ```text
-//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--placement] [--adoption] [--releases] [--trace] [--quiet]
+//! phoenix-sim --steps N [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--placement] [--adoption] [--releases] [--takeovers] [--trace] [--quiet]
 //! ```
 
 use phoenix_sim::{run_seed, Config, Report, Stats, Variant};
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--placement] [--adoption] [--releases] [--trace] [--quiet]
+usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fan-out F] [--variant NAME] [--chatty] [--drift] [--traffic] [--placement] [--adoption] [--releases] [--takeovers] [--trace] [--quiet]
 
   --steps N        run seeds FIRST, FIRST+1, ... until N steps in all (default 100000)
   --seeds FIRST    first seed of the range (default 1)
@@ -28,7 +28,7 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    ignore-deadline-reserve, terminate-unchecked, remove-before-publish,
                    publish-only-after-commit, skip-drain;
                    worlds (with --adoption): world-forgets-tags, world-keeps-tags,
-                   world-tags-neighbour
+                   world-tags-neighbour, world-detaches-nothing
   --chatty         the health checker reports every healthy instance passed every 30 s
                    (fleets of up to ten)
   --drift          every seed draws rollout windows or freezes, a floating launch template and an
@@ -43,6 +43,8 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    one seed in five does)
   --releases       seeds that release their fleet also release it during the chaos, and at rest
                    interleaved with the passes (without it, only at rest, alone)
+  --takeovers      every adopting seed takes over an Auto Scaling group, behind target groups or
+                   not (without it, half of those without target groups do)
   --trace          print every step of the trace
   --quiet          print only the summary (and failures)
 
@@ -63,6 +65,7 @@ struct Args {
     placement: bool,
     adoption: bool,
     releases: bool,
+    takeovers: bool,
     quiet: bool,
 }
 
@@ -81,6 +84,7 @@ fn parse() -> Result<Args, String> {
         placement: false,
         adoption: false,
         releases: false,
+        takeovers: false,
         quiet: false,
     };
     let mut it = std::env::args().skip(1);
@@ -108,6 +112,7 @@ fn parse() -> Result<Args, String> {
             "--placement" => a.placement = true,
             "--adoption" => a.adoption = true,
             "--releases" => a.releases = true,
+            "--takeovers" => a.takeovers = true,
             "--quiet" => a.quiet = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -128,6 +133,7 @@ fn config(a: &Args, seed: u64) -> Config {
     cfg.placement = a.placement;
     cfg.adoption = a.adoption;
     cfg.releases = a.releases;
+    cfg.takeovers = a.takeovers;
     cfg
 }
 
@@ -159,6 +165,9 @@ fn replay_command(a: &Args, seed: u64) -> String {
     }
     if a.releases {
         cmd.push_str(" --releases");
+    }
+    if a.takeovers {
+        cmd.push_str(" --takeovers");
     }
     cmd
 }
@@ -251,7 +260,8 @@ fn stats_line(s: &Stats) -> String {
     ) + &format!(
         ", capacity shortages {} (offerings refused {}, launches with no offering left {}, \
          launched on a fallback type {}), rebalances {}, retired at their lifetime {}, \
-         protections set or lifted {}, instances adopted {} (released {}, releases refused {})",
+         protections set or lifted {}, instances adopted {} (released {}, releases refused {}), \
+         Auto Scaling groups taken over {} (refused {}, instances detached {})",
         s.shortages,
         s.offerings_refused,
         s.capacity_unavailable,
@@ -261,7 +271,10 @@ fn stats_line(s: &Stats) -> String {
         s.protections,
         s.adopted,
         s.released,
-        s.releases_refused
+        s.releases_refused,
+        s.takeovers,
+        s.takeovers_refused,
+        s.detached
     )
 }
 

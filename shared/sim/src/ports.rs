@@ -77,8 +77,7 @@ impl Ports for Sim {
 pub struct SimTable(pub Shared);
 pub struct SimEc2(pub Shared);
 pub struct SimElb(pub Shared);
-/// The simulated world has no Auto Scaling groups: taking one over is proved on the emulator.
-pub struct SimAutoScaling;
+pub struct SimAutoScaling(pub Shared);
 /// The simulated world is one account in one region: other accounts are proved on the emulator.
 pub struct SimReach;
 pub struct SimBus(pub Shared);
@@ -207,26 +206,40 @@ impl Ec2 for SimEc2 {
 }
 
 impl AutoScaling for SimAutoScaling {
-    async fn describe_group(&self, _name: &str) -> Result<Option<Group>> {
+    async fn describe_group(&self, name: &str) -> Result<Option<Group>> {
+        let out = self.0.lock().asg_describe(name);
         yield_now().await;
-        Ok(None)
+        out
     }
-    async fn refresh_active(&self, _name: &str) -> Result<bool> {
+
+    async fn refresh_active(&self, name: &str) -> Result<bool> {
+        let out = self.0.lock().asg_refresh_active(name);
         yield_now().await;
-        Ok(false)
+        out
     }
-    async fn tag_group(&self, name: &str, _key: &str, _value: &str) -> Result<()> {
-        no_group(name).await
+
+    async fn tag_group(&self, name: &str, key: &str, value: &str) -> Result<()> {
+        let out = self.0.lock().asg_tag(name, key, value);
+        yield_now().await;
+        out
     }
+
     async fn suspend_processes(&self, name: &str) -> Result<()> {
-        no_group(name).await
+        let out = self.0.lock().asg_suspend(name);
+        yield_now().await;
+        out
     }
-    async fn set_min_size(&self, name: &str, _min: u32) -> Result<()> {
-        no_group(name).await
+
+    async fn set_min_size(&self, name: &str, min: u32) -> Result<()> {
+        let out = self.0.lock().asg_set_min(name, min);
+        yield_now().await;
+        out
     }
-    async fn detach_instances(&self, name: &str, _ids: &[String]) -> Result<Option<String>> {
-        no_group(name).await?;
-        Ok(None)
+
+    async fn detach_instances(&self, name: &str, ids: &[String]) -> Result<Option<String>> {
+        let out = self.0.lock().asg_detach(name, ids);
+        yield_now().await;
+        out
     }
 }
 
@@ -244,15 +257,6 @@ impl Reach for SimReach {
             ),
         })
     }
-}
-
-/// What Auto Scaling answers about a group that does not exist.
-async fn no_group(name: &str) -> Result<()> {
-    yield_now().await;
-    Err(Error::Permanent {
-        service: "autoscaling",
-        message: format!("ValidationError: group {name} not found"),
-    })
 }
 
 impl Elb for SimElb {

@@ -48,7 +48,7 @@ pub enum PlannerBug {
     PlaceBlind,
 }
 
-/// A simulated EC2 that breaks one promise about tags.
+/// A simulated EC2 or Auto Scaling that breaks one promise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorldBug {
     /// CreateTags answers success and tags nothing: adopted instances never carry the fleet's
@@ -59,6 +59,9 @@ pub enum WorldBug {
     /// CreateTags also tags the instance with the next id: one phoenix never adopted (a decoy)
     /// comes to carry the fleet's tag.
     TagNeighbour,
+    /// DetachInstances answers success and detaches nothing: a group taken over keeps its
+    /// instances.
+    DetachNothing,
 }
 
 /// What the simulator drives: the real protocol, a broken planner, a broken protocol, or the
@@ -86,10 +89,11 @@ impl Variant {
         PlannerBug::PlaceBlind,
     ];
 
-    pub const WORLD: [WorldBug; 3] = [
+    pub const WORLD: [WorldBug; 4] = [
         WorldBug::ForgetTags,
         WorldBug::KeepTags,
         WorldBug::TagNeighbour,
+        WorldBug::DetachNothing,
     ];
 
     /// Every variant: the real one, the planner's, the protocol's, the world's.
@@ -124,6 +128,7 @@ impl Variant {
             Variant::World(WorldBug::ForgetTags) => "world-forgets-tags",
             Variant::World(WorldBug::KeepTags) => "world-keeps-tags",
             Variant::World(WorldBug::TagNeighbour) => "world-tags-neighbour",
+            Variant::World(WorldBug::DetachNothing) => "world-detaches-nothing",
         }
     }
 

@@ -77,7 +77,7 @@ impl Sim {
 
     /// `None` once the fleet has converged, else why not, with the kind of violation it is if it
     /// lasts past the deadline: `adoption` or `release` when an adoption or a release is not
-    /// carried out in EC2 (`Custody::unsettled`), `serving` when what is left is an instance counted healthy and
+    /// carried out in EC2 (`Custody::unsettled`), `group` when a group taken over is not empty, `serving` when what is left is an instance counted healthy and
     /// not registered, or a registration of what the fleet does not keep
     /// (`Traffic::check_serving`), `drift` when all that is left is drift
     /// (`Checker::check_drift`), else `liveness`.
@@ -93,6 +93,18 @@ impl Sim {
         // released one untagged.
         if let Some(unsettled) = w.custody.unsettled(&w.books, &w.ec2) {
             return Some(unsettled);
+        }
+        // A group taken over ends empty, but for instances an operator took out of the fleet
+        // meanwhile (theirs, wherever they are).
+        if let Some((group, id)) = w
+            .autoscaling
+            .left_in_takeovers()
+            .find(|(_, id)| !w.custody.taken_out(id))
+        {
+            return Some((
+                "group",
+                format!("{id} is still in Auto Scaling group {group}, which the fleet took over"),
+            ));
         }
         let meta = w.books.meta();
         let now = w.now;

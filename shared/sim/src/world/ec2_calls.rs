@@ -5,9 +5,8 @@
 
 use super::World;
 use crate::check::Checker;
-use crate::rng::Rng;
 use chrono::Duration;
-use phoenix_core::model::{Timestamp, TAG_DEFINITION, TAG_FLEET, TAG_TOKEN};
+use phoenix_core::model::{TAG_DEFINITION, TAG_FLEET, TAG_TOKEN};
 use phoenix_core::{ImageId, InstanceId};
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::ec2::{Ec2Instance, InstanceStatus, Instances, Ran, RunInstances};
@@ -15,10 +14,7 @@ use phoenix_protocol::ports::DEADLINE_RESERVE;
 use std::collections::BTreeMap;
 
 fn internal_error(call: &str) -> Error {
-    Error::Transient {
-        service: "ec2",
-        message: format!("InternalError ({call})"),
-    }
+    super::internal_error("ec2", call)
 }
 
 impl World {
@@ -215,8 +211,8 @@ impl World {
                 self.violate("foreign", format!("{who} {problem}"));
             }
         }
-        let tagged = self.ec2_change("CreateTags", |ec2, now, rng| {
-            ec2.create_tags(ids, tags, now, rng)
+        let tagged = self.change("ec2", "CreateTags", |w| {
+            w.ec2.create_tags(ids, tags, w.now, &mut w.rng)
         })?;
         let ids: Vec<&str> = tagged.iter().map(InstanceId::as_str).collect();
         self.note(format!("{who} tags {}", ids.join(" ")));
@@ -226,39 +222,12 @@ impl World {
     /// DeleteTags.
     pub fn ec2_delete_tags(&mut self, ids: &[String], keys: &[String]) -> Result<()> {
         let who = self.who();
-        let untagged = self.ec2_change("DeleteTags", |ec2, now, rng| {
-            ec2.delete_tags(ids, keys, now, rng)
+        let untagged = self.change("ec2", "DeleteTags", |w| {
+            w.ec2.delete_tags(ids, keys, w.now, &mut w.rng)
         })?;
         let ids: Vec<&str> = untagged.iter().map(InstanceId::as_str).collect();
         self.note(format!("{who} untags {}", ids.join(" ")));
         Ok(())
-    }
-
-    /// A call that changes EC2, with the faults of the chaos phase: a 5xx after the SDK's
-    /// retries, before EC2 acted or after (the answer lost: the caller cannot tell which).
-    fn ec2_change<T>(
-        &mut self,
-        call: &str,
-        act: impl FnOnce(&mut crate::ec2::Ec2, Timestamp, &mut Rng) -> Result<T>,
-    ) -> Result<T> {
-        let who = self.who();
-        let unanswered = self.chaos_fault(self.service_faults.ec2_5xx);
-        let out = if unanswered && self.rng.chance(500) {
-            Err(internal_error(call))
-        } else {
-            act(&mut self.ec2, self.now, &mut self.rng)
-        };
-        match out {
-            Err(e) => {
-                self.note(format!("{who} {call} fails: {e}"));
-                Err(e)
-            }
-            Ok(_) if unanswered => {
-                self.note(format!("{who} {call} is carried out; its answer is lost"));
-                Err(internal_error(call))
-            }
-            Ok(done) => Ok(done),
-        }
     }
 
     pub fn ec2_terminate(&mut self, ids: &[String]) -> Result<Option<String>> {
@@ -337,6 +306,11 @@ impl World {
             }
         }
         for id in &terminated {
+            if let Some(group) = self.autoscaling.group_of(id) {
+                let problem =
+                    format!("{who} terminates {id} while it is in Auto Scaling group {group}");
+                self.violate("group", problem);
+            }
             if let Some((kind, problem)) = self.custody.check_terminate(id) {
                 self.violate(kind, format!("{who} {problem}"));
             }

@@ -10,6 +10,7 @@
 //! registration before the launching hook let it, no delivery of an unfinished event acknowledged
 //! without a pass over the fleet.
 
+mod asg_calls;
 mod ec2_calls;
 mod elb_calls;
 mod stats;
@@ -17,6 +18,7 @@ mod table_calls;
 
 pub use stats::{Stats, Violation};
 
+use crate::asg::AutoScaling;
 use crate::books::Books;
 use crate::check::{Census, Checker};
 use crate::custody::Custody;
@@ -62,9 +64,17 @@ pub struct ServiceFaults {
     pub lost: u32,
     /// A PutEvents call failing.
     pub publish: u32,
-    /// An EC2 call answered with a 5xx after the SDK's retries (a TerminateInstances one may have
-    /// been carried out).
+    /// An EC2 or Auto Scaling call answered with a 5xx after the SDK's retries (one that changes
+    /// something may have been carried out).
     pub ec2_5xx: u32,
+}
+
+/// A 5xx of `service` after the SDK's retries.
+fn internal_error(service: &'static str, call: &str) -> Error {
+    Error::Transient {
+        service,
+        message: format!("InternalError ({call})"),
+    }
 }
 
 /// What the simulator knows of one invocation, from its traffic.
@@ -160,6 +170,7 @@ pub struct World {
     pub table: TableState,
     pub ec2: Ec2,
     pub elb: Elb,
+    pub autoscaling: AutoScaling,
     pub books: Books,
     pub checker: Checker,
     pub traffic: Traffic,
@@ -200,6 +211,7 @@ impl World {
             table: TableState::default(),
             ec2,
             elb: Elb::default(),
+            autoscaling: AutoScaling::default(),
             books,
             checker: Checker::default(),
             traffic: Traffic::default(),
@@ -254,6 +266,35 @@ impl World {
             message,
             state: self.dump(),
         });
+    }
+
+    /// A call that changes a service (EC2, Auto Scaling), with the faults of the chaos phase: a
+    /// 5xx after the SDK's retries, before the service acted or after (the answer lost: the
+    /// caller cannot tell which).
+    pub(crate) fn change<T>(
+        &mut self,
+        service: &'static str,
+        call: &str,
+        act: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        let who = self.who();
+        let unanswered = self.chaos_fault(self.service_faults.ec2_5xx);
+        let out = if unanswered && self.rng.chance(500) {
+            Err(internal_error(service, call))
+        } else {
+            act(self)
+        };
+        match out {
+            Err(e) => {
+                self.note(format!("{who} {call} fails: {e}"));
+                Err(e)
+            }
+            Ok(_) if unanswered => {
+                self.note(format!("{who} {call} is carried out; its answer is lost"));
+                Err(internal_error(service, call))
+            }
+            Ok(done) => Ok(done),
+        }
     }
 
     pub(crate) fn chaos_fault(&mut self, per_mille: u32) -> bool {

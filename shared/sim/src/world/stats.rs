@@ -83,11 +83,15 @@ pub struct Stats {
     pub released: u64,
     /// Releases refused (something was under way).
     pub releases_refused: u64,
+    /// Auto Scaling groups taken over, takeovers refused, instances detached from them.
+    pub takeovers: u64,
+    pub takeovers_refused: u64,
+    pub detached: u64,
 }
 
 impl Stats {
     pub fn add(&mut self, o: &Stats) {
-        let pairs: [(&mut u64, u64); 57] = [
+        let pairs: [(&mut u64, u64); 60] = [
             (&mut self.events, o.events),
             (&mut self.events_lost, o.events_lost),
             (&mut self.events_duplicated, o.events_duplicated),
@@ -145,6 +149,9 @@ impl Stats {
             (&mut self.adopted, o.adopted),
             (&mut self.released, o.released),
             (&mut self.releases_refused, o.releases_refused),
+            (&mut self.takeovers, o.takeovers),
+            (&mut self.takeovers_refused, o.takeovers_refused),
+            (&mut self.detached, o.detached),
         ];
         for (a, b) in pairs {
             *a += b;

@@ -389,6 +389,7 @@ impl World {
                     self.stats.registered += instances.len() as u64
                 }
                 Change::DrainStarted { .. } => self.stats.drains += 1,
+                Change::TakeoverStarted { .. } => self.stats.takeovers += 1,
                 Change::OfferingsRefused { offerings, .. } => {
                     self.stats.offerings_refused += offerings.len() as u64
                 }
