@@ -22,7 +22,7 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    planners: drop-after-launch, replace-in-place, launch-quarantined,
                    surge-blind, ignore-health-failures, ignore-windows, ignore-drift,
                    ignore-launch-hook, ignore-target-health, skip-terminating-hook,
-                   place-blind;
+                   place-blind, never-detach;
                    protocols: relaunch-blind,
                    act-before-deciding, lapsed-as-completed, keep-queued,
                    ignore-deadline-reserve, terminate-unchecked, remove-before-publish,

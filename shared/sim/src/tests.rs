@@ -1350,9 +1350,19 @@ fn an_instance_left_in_a_group_taken_over_is_caught() {
 }
 
 #[test]
+fn a_group_taken_over_and_never_emptied_is_caught() {
+    caught_in(
+        Variant::Planner(PlannerBug::NeverDetach),
+        "group",
+        3,
+        run_adopting,
+    );
+}
+
+#[test]
 fn every_variant_has_its_test() {
     // The list above names each variant once; a variant added without a test fails here.
-    assert_eq!(Variant::all().len(), 1 + 11 + 9 + 4);
+    assert_eq!(Variant::all().len(), 1 + 12 + 9 + 4);
 }
 
 #[test]

@@ -46,6 +46,9 @@ pub enum PlannerBug {
     /// Places without balancing: every launch tries the fleet's first zone only (its types
     /// there), whichever zone the planner chose — the rebalance's launches too.
     PlaceBlind,
+    /// Takes Auto Scaling groups over without ever detaching their instances: the detaches it
+    /// decides are never carried out.
+    NeverDetach,
 }
 
 /// A simulated EC2 or Auto Scaling that breaks one promise.
@@ -75,7 +78,7 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const PLANNER: [PlannerBug; 11] = [
+    pub const PLANNER: [PlannerBug; 12] = [
         PlannerBug::DropAfterLaunch,
         PlannerBug::ReplaceInPlace,
         PlannerBug::LaunchQuarantined,
@@ -87,6 +90,7 @@ impl Variant {
         PlannerBug::IgnoreTargetHealth,
         PlannerBug::SkipTerminatingHook,
         PlannerBug::PlaceBlind,
+        PlannerBug::NeverDetach,
     ];
 
     pub const WORLD: [WorldBug; 4] = [
@@ -124,6 +128,7 @@ impl Variant {
             Variant::Planner(PlannerBug::IgnoreTargetHealth) => "ignore-target-health",
             Variant::Planner(PlannerBug::SkipTerminatingHook) => "skip-terminating-hook",
             Variant::Planner(PlannerBug::PlaceBlind) => "place-blind",
+            Variant::Planner(PlannerBug::NeverDetach) => "never-detach",
             Variant::Protocol(v) => v.name(),
             Variant::World(WorldBug::ForgetTags) => "world-forgets-tags",
             Variant::World(WorldBug::KeepTags) => "world-keeps-tags",
@@ -285,6 +290,9 @@ impl Broken {
             | PlannerBug::SkipTerminatingHook => {}
             PlannerBug::IgnoreTargetHealth => count_unserved(&mut step),
             PlannerBug::PlaceBlind => place_blind(&mut step),
+            PlannerBug::NeverDetach => step
+                .commands
+                .retain(|c| !matches!(c, Command::Detach { .. })),
             PlannerBug::DropAfterLaunch => {
                 for c in &mut step.commands {
                     if let Command::Terminate { after_launch, .. } = c {
