@@ -5,6 +5,9 @@
 //! Lambda's timeout). After every step the invariants (`check`, and the checks of the calls in
 //! `world`) are checked.
 //!
+//! The fleet is created before the run as `start` says: applied empty, or adopted from instances
+//! launched outside phoenix (by their ids, or by taking over their Auto Scaling group).
+//!
 //! A run has two phases. *Chaos*: events from the pipeline and the operator (who, in some seeds,
 //! also applies the fleet file changed, makes new launch template versions or lets a rollout go
 //! on outside its windows), the schedule and the health checker, with faults injected. *Calm*:
@@ -12,8 +15,10 @@
 //! repairs the breaker halted and lets a rollout the windows hold go on now, and the fleet must
 //! converge — every rollout ended, every instance healthy on the fleet's image and launch
 //! definition, the books and EC2 in agreement, the outbox empty; only a scale-in may wait for the
-//! windows — within `Config::settle` of simulated time; and every notification ever committed in
-//! the outbox must have reached the bus at least once.
+//! windows — within `Config::settle` of simulated time, every adoption, release and takeover
+//! carried out in EC2 and Auto Scaling; and every notification ever committed in the outbox must
+//! have reached the bus at least once. A seed whose operator releases the fleet releases it then,
+//! and the fleet given back must come to rest again.
 
 mod calm;
 mod hooks;
@@ -392,7 +397,7 @@ impl Sim {
         if let Some(at) = self.released_at_rest {
             return self.now() < at + SCHEDULE * 2;
         }
-        // Release gives back at most what one step records; a larger fleet is scaled in first.
+        // Release gives back at most what one step records: a larger fleet is not released.
         if self.world.lock().books.live().count() > MAX_TOUCHED_PER_STEP {
             return false;
         }

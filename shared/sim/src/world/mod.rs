@@ -1,14 +1,16 @@
 //! The simulated world the controller's ports talk to: the clock, the table, EC2, the load
-//! balancers' target groups, the bus's published events, and what the simulator checks as each
-//! call takes effect. One `World` behind one lock, shared by the ports (`ports`) and the
+//! balancers' target groups, Auto Scaling's groups, the bus's published events, and what the
+//! simulator checks as each call takes effect. One `World` behind one lock, shared by the ports (`ports`) and the
 //! simulator's driver (`sim`); everything runs on one thread, in an order fixed by the seed.
 //!
 //! Each port call is attributed to the invocation that made it (`current`), so the checks can
 //! judge the protocol by its traffic: no launch without a committed decision, no launch of a
 //! decision carried out again without first looking for its instances, no command started inside
 //! the deadline's reserve, no instance terminated that is not the fleet's or that still serves, no
-//! registration before the launching hook let it, no delivery of an unfinished event acknowledged
-//! without a pass over the fleet.
+//! instance tagged or terminated that phoenix neither launched nor adopted, none terminated after
+//! the fleet gave it back or while it is in an Auto Scaling group, no registration before the
+//! launching hook let it, no delivery of an unfinished event acknowledged without a pass over the
+//! fleet.
 
 mod asg_calls;
 mod ec2_calls;
