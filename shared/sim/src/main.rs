@@ -43,8 +43,8 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    one seed in five does)
   --releases       seeds that release their fleet also release it during the chaos, and at rest
                    interleaved with the passes (without it, only at rest, alone)
-  --takeovers      every adopting seed takes over an Auto Scaling group, behind target groups or
-                   not (without it, half of those without target groups do)
+  --takeovers      every adopting seed takes over the Auto Scaling group its instances are in,
+                   rather than adopting them by id
   --trace          print every step of the trace
   --quiet          print only the summary (and failures)
 

@@ -4,8 +4,8 @@
 //! adopt --asg`: the group is emptied a batch at a time). The world of an adopting seed also runs
 //! an instance or two that are none of the fleet's business (decoys: phoenix must never tag or
 //! terminate them), and in some of those seeds the operator gives the fleet back (`phoenix fleet
-//! release`) once it is at rest (`Config::releases`: during the chaos too). Takeovers are drawn
-//! for fleets without target groups (`Config::takeovers`: every adopting seed's).
+//! release`) once it is at rest (`Config::releases`: during the chaos too). With
+//! `Config::takeovers`, every adopting seed takes over the group its instances are in instead.
 //!
 //! Which seeds adopt is decided by the seed's number alone (one in five, or every seed with
 //! `Config::adoption`), and what they adopt is drawn from a stream of their own: every other seed
@@ -62,8 +62,8 @@ impl Start {
     /// How seed `seed` creates its fleet of `spec` (every seed adopts with `every`, else one in
     /// five, and only fleets with a capacity), with the instances it adopts and the decoys
     /// launched in `ec2` before `t0`, and the group that launched them in `autoscaling` for a
-    /// takeover (half of the adopting seeds whose fleet has no target groups, or with
-    /// `takeovers` all of them). `seeded` is the seed's stream, which is not advanced.
+    /// takeover (every adopting seed's, with `takeovers`). `seeded` is the seed's stream, which
+    /// is not advanced.
     pub fn draw(
         seed: u64,
         seeded: &Rng,
@@ -91,9 +91,7 @@ impl Start {
         // adoption), or a mix.
         let on_old = own.below(3);
         let count = own.range(1, u64::from(spec.capacity));
-        let drawn = own.chance(500);
-        let takeover = takeovers || (drawn && spec.target_groups().is_empty());
-        let app = if takeover { "web-asg" } else { "web" };
+        let app = if takeovers { "web-asg" } else { "web" };
         for _ in 0..count {
             let old_one = on_old == 1 || (on_old == 2 && own.chance(500));
             let image = if old_one { &old } else { &spec.image };
@@ -101,7 +99,7 @@ impl Start {
             let id = launch_outside(&mut own, ec2, image, t0, "web-legacy", app);
             start.adopt.push(id);
         }
-        if takeover {
+        if takeovers {
             let members: BTreeSet<InstanceId> = start.adopt.iter().cloned().collect();
             for id in &members {
                 if let Some(vm) = ec2.vms.get_mut(id) {
@@ -123,7 +121,7 @@ impl Start {
             let id = launch_outside(&mut own, ec2, &old, t0, "bastion", "ops");
             start.decoys.push(id);
         }
-        start.how = if takeover { How::TakeOver } else { How::Adopt };
+        start.how = if takeovers { How::TakeOver } else { How::Adopt };
         start.release = own.chance(500);
         start
     }

@@ -104,12 +104,12 @@ pub struct Config {
     /// decision (`tests::a_release_cut_short_after_its_commit_leaves_its_instances_running`,
     /// ignored until that holds).
     pub releases: bool,
-    /// Every adopting seed takes over an Auto Scaling group, its fleet behind target groups or
-    /// not; without it, half of those whose fleet has none do. Off by default: behind target
-    /// groups the detaches go a few at a time, and a batch that meets an instance already out of
-    /// the group (its detach's answer lost) fails whole, which is taken for every instance of the
-    /// batch out (`tests::a_detach_meeting_an_instance_already_out_leaves_none_behind`, ignored
-    /// until that holds).
+    /// Every adopting seed takes over the Auto Scaling group its instances are in, rather than
+    /// adopting them by id. Off by default: a DetachInstances batch that meets an instance no
+    /// longer in the group (EC2 terminated it, or the answer of its own detach was lost) fails
+    /// whole, and that is taken for every instance of the batch out of the group
+    /// (`tests::a_detach_meeting_an_instance_already_out_leaves_none_behind`, ignored until that
+    /// holds).
     pub takeovers: bool,
 }
 
