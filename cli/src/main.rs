@@ -24,7 +24,7 @@ use phoenix_core::model::{HookKind, HookResult, Timestamp, TAG_PROTECTED};
 use phoenix_core::timeline::{self, Timeline, Window};
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use phoenix_local::{self as local, Dispatcher};
-use phoenix_protocol::ports::Ec2;
+use phoenix_protocol::ports::Deadline;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -445,11 +445,12 @@ async fn run(cli: Cli) -> Result<()> {
             let ids = [instance.to_string()];
             if protect {
                 let tag = [(TAG_PROTECTED.to_string(), "true".to_string())];
-                at.compute.ec2().create_tags(&ids, &tag.into()).await?;
+                at.compute
+                    .set_tags(&ids, &tag.into(), Deadline::NONE)
+                    .await?;
             } else {
                 at.compute
-                    .ec2()
-                    .delete_tags(&ids, &[TAG_PROTECTED.to_string()])
+                    .remove_tags(&ids, &[TAG_PROTECTED.to_string()], Deadline::NONE)
                     .await?;
             }
             // The record follows the tag; reconciled now rather than at the next pass.

@@ -6,8 +6,8 @@
 use crate::budget::Admit;
 use crate::error::{Error, Result};
 use crate::ports::ec2::{
-    Ec2, Ec2Instance, InstanceStatus, Instances, RunInstances, DESCRIBE_PAGE, MAX_FILTER_VALUES,
-    MAX_STATUS_IDS, MAX_TERMINATE_IDS,
+    Ec2, Ec2Instance, InstanceStatus, Instances, RunInstances, Subnet, TemplateVersions,
+    DESCRIBE_PAGE, MAX_FILTER_VALUES, MAX_STATUS_IDS, MAX_TERMINATE_IDS,
 };
 use crate::ports::Deadline;
 use crate::variant::Variant;
@@ -131,6 +131,11 @@ impl<E: Ec2> Compute<E> {
         deadline: Deadline,
         request: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        // (The deliberate bug that ignores the deadline's reserve ignores it here too.)
+        let deadline = match self.variant {
+            Variant::IgnoreDeadlineReserve => Deadline::NONE,
+            _ => deadline,
+        };
         if let Some(budget) = self
             .budget
             .as_ref()
@@ -170,8 +175,54 @@ impl<E: Ec2> Compute<E> {
         self
     }
 
+    /// The port itself, outside the budget: for tests that look at it.
     pub fn ec2(&self) -> &E {
         &self.ec2
+    }
+
+    /// `DescribeInstances` of what `which` names (a read, under the budget).
+    pub async fn list(&self, which: &Instances, deadline: Deadline) -> Result<Vec<Ec2Instance>> {
+        self.describe(which, deadline.into_reserve()).await
+    }
+
+    /// `DescribeSubnets` of these ids, those that exist (a read, under the budget).
+    pub async fn subnets(
+        &self,
+        ids: &[String],
+        deadline: Deadline,
+    ) -> Result<BTreeMap<String, Subnet>> {
+        self.read(deadline, self.ec2.describe_subnets(ids)).await
+    }
+
+    /// `DescribeLaunchTemplates` of the template a reference names, if it exists (a read, under
+    /// the budget).
+    pub async fn launch_template(
+        &self,
+        template: &LaunchTemplateRef,
+        deadline: Deadline,
+    ) -> Result<Option<TemplateVersions>> {
+        self.read(deadline, self.ec2.describe_launch_template(template))
+            .await
+    }
+
+    /// Sets tags on instances (an operator's protection), under the budget.
+    pub async fn set_tags(
+        &self,
+        ids: &[String],
+        tags: &BTreeMap<String, String>,
+        deadline: Deadline,
+    ) -> Result<()> {
+        self.call(deadline, self.ec2.create_tags(ids, tags)).await
+    }
+
+    /// Removes tags from instances (an operator's protection lifted), under the budget.
+    pub async fn remove_tags(
+        &self,
+        ids: &[String],
+        keys: &[String],
+        deadline: Deadline,
+    ) -> Result<()> {
+        self.call(deadline, self.ec2.delete_tags(ids, keys)).await
     }
 
     /// Every instance tagged with the fleet, in any state but terminated; with its status checks
@@ -505,7 +556,17 @@ impl<E: Ec2> Compute<E> {
                 .call(deadline, self.ec2.delete_tags(chunk, &keys))
                 .await
             {
-                Ok(()) | Err(Error::NotFound(_)) => {}
+                Ok(()) => {}
+                // One id EC2 does not know fails the whole call: the others, alone.
+                Err(Error::NotFound(_)) => {
+                    for id in chunk {
+                        let one = std::slice::from_ref(id);
+                        match self.call(deadline, self.ec2.delete_tags(one, &keys)).await {
+                            Ok(()) | Err(Error::NotFound(_)) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }

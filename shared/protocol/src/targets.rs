@@ -7,9 +7,11 @@
 //! delete), and its delay is not waited for; registering skips such a group (the pass that
 //! observes the fleet records it missing).
 
+use crate::compute::Compute;
 use crate::error::{Error, Result};
 use crate::ports::ec2::Ec2;
 use crate::ports::elb::{Elb, Target, MAX_TARGETS_PER_CALL};
+use crate::ports::Deadline;
 use phoenix_core::model::{group_name, FleetSpec, TargetGroupRef, Targets, TAG_FLEETS};
 use phoenix_core::InstanceId;
 use std::collections::BTreeMap;
@@ -129,13 +131,13 @@ impl<L: Elb> TargetGroups<L> {
 
     /// Whether the spec's groups can be used: each exists, takes instances as targets, is in the
     /// VPC of the fleet's subnets, and carries the tag phoenix's IAM policy requires. The reason when not, naming the group.
-    pub async fn check<E: Ec2>(&self, spec: &FleetSpec, ec2: &E) -> Result<()> {
+    pub async fn check<E: Ec2>(&self, spec: &FleetSpec, compute: &Compute<E>) -> Result<()> {
         let groups = spec.target_groups();
         if groups.is_empty() {
             return Ok(());
         }
-        let vpcs: BTreeMap<String, String> = ec2
-            .describe_subnets(&spec.subnets)
+        let vpcs: BTreeMap<String, String> = compute
+            .subnets(&spec.subnets, Deadline::NONE)
             .await?
             .into_iter()
             .map(|(id, s)| (id, s.vpc))

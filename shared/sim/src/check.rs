@@ -972,7 +972,9 @@ impl Checker {
         let leaked: Vec<String> = seen_unowned
             .iter()
             .filter(|id| {
-                ec2.vms.get(*id).is_some_and(|vm| vm.alive() && vm.tagged()) && !books.is_live(id)
+                ec2.vms.get(*id).is_some_and(|vm| vm.alive() && vm.tagged())
+                    && !books.is_live(id)
+                    && books.instance(id).is_none_or(|i| i.released.is_none())
             })
             .map(|id| format!("{id} ({})", ec2.vms[id].token().unwrap_or("no token")))
             .collect();

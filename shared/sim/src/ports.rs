@@ -136,24 +136,28 @@ impl Table for SimTable {
 
 impl Ec2 for SimEc2 {
     async fn describe_instances(&self, which: &Instances) -> Result<Vec<Ec2Instance>> {
+        self.0.lock().ec2_request();
         let out = self.0.lock().ec2_describe(which);
         yield_now().await;
         out
     }
 
     async fn instance_status(&self, ids: &[String]) -> Result<Vec<InstanceStatus>> {
+        self.0.lock().ec2_request();
         let out = self.0.lock().ec2_status(ids);
         yield_now().await;
         out
     }
 
     async fn run_instances(&self, request: &RunInstances) -> Result<Ran> {
+        self.0.lock().ec2_request();
         let out = self.0.lock().ec2_run(request);
         yield_now().await;
         out
     }
 
     async fn terminate_instances(&self, ids: &[String]) -> Result<Option<String>> {
+        self.0.lock().ec2_request();
         let out = self.0.lock().ec2_terminate(ids);
         yield_now().await;
         out
@@ -163,30 +167,35 @@ impl Ec2 for SimEc2 {
         &self,
         template: &LaunchTemplateRef,
     ) -> Result<Option<TemplateVersions>> {
+        self.0.lock().ec2_request();
         let out = Ok(self.0.lock().ec2.describe_launch_template(template));
         yield_now().await;
         out
     }
 
     async fn describe_image(&self, image: &str) -> Result<Option<ImageFacts>> {
+        self.0.lock().ec2_request();
         let out = Ok(self.0.lock().ec2.describe_image(image));
         yield_now().await;
         out
     }
 
     async fn create_tags(&self, ids: &[String], tags: &BTreeMap<String, String>) -> Result<()> {
+        self.0.lock().ec2_request();
         let out = self.0.lock().ec2_create_tags(ids, tags);
         yield_now().await;
         out
     }
 
     async fn delete_tags(&self, ids: &[String], keys: &[String]) -> Result<()> {
+        self.0.lock().ec2_request();
         let out = self.0.lock().ec2_delete_tags(ids, keys);
         yield_now().await;
         out
     }
 
     async fn describe_subnets(&self, ids: &[String]) -> Result<BTreeMap<String, Subnet>> {
+        self.0.lock().ec2_request();
         let out = Ok(ids
             .iter()
             .filter_map(|s| {

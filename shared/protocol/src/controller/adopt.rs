@@ -20,7 +20,7 @@ use super::{Apis, Controller, FleetReport};
 use crate::compute::observed;
 use crate::error::{Error, Result};
 use crate::ports::autoscaling::{AutoScaling, Group};
-use crate::ports::ec2::{Ec2, Ec2Instance, Instances, MAX_FILTER_VALUES};
+use crate::ports::ec2::{Ec2Instance, Instances, MAX_FILTER_VALUES};
 use crate::ports::{Deadline, Ports};
 use phoenix_core::events::Cause;
 use phoenix_core::model::{FleetSpec, Observed, TAG_FLEET};
@@ -200,12 +200,13 @@ impl<P: Ports> Controller<P> {
         selection: &Selection,
         group: Option<&Group>,
     ) -> Result<Vec<Ec2Instance>> {
-        let ec2 = at.compute.ec2();
+        let compute = &at.compute;
         let by_ids = |ids: Vec<String>| async move {
             let mut out = Vec::new();
             for chunk in ids.chunks(MAX_FILTER_VALUES) {
                 out.extend(
-                    ec2.describe_instances(&Instances::Ids(chunk.to_vec()))
+                    compute
+                        .list(&Instances::Ids(chunk.to_vec()), Deadline::NONE)
                         .await?,
                 );
             }
@@ -216,11 +217,14 @@ impl<P: Ports> Controller<P> {
                 let Some((key, value)) = tags.first() else {
                     return Err(refuse("no tag to select instances by".into()));
                 };
-                let mut found = ec2
-                    .describe_instances(&Instances::Tagged {
-                        key: key.clone(),
-                        value: value.clone(),
-                    })
+                let mut found = compute
+                    .list(
+                        &Instances::Tagged {
+                            key: key.clone(),
+                            value: value.clone(),
+                        },
+                        Deadline::NONE,
+                    )
                     .await?;
                 found.retain(|i| tags.iter().all(|(k, v)| i.tags.get(k) == Some(v)));
                 if found.is_empty() {

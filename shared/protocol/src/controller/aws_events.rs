@@ -13,7 +13,6 @@
 
 use super::{fnv, refuse_misrouted, Controller, FleetOutcome, FleetReport, Report, MAX_CONFLICTS};
 use crate::error::{Error, Result};
-use crate::ports::ec2::Ec2;
 use crate::ports::images::BoxFuture;
 use crate::ports::{Deadline, Ports};
 use crate::store::{EventKey, EventRecord};
@@ -169,7 +168,7 @@ impl<P: Ports> Controller<P> {
             }
             AwsEvent::TemplateChanged { id, name } => {
                 for fleet in self
-                    .fleets_on_template(env, id.as_deref(), name.as_deref())
+                    .fleets_on_template(env, id.as_deref(), name.as_deref(), deadline)
                     .await?
                 {
                     jobs.push(Job::Fleet {
@@ -211,6 +210,7 @@ impl<P: Ports> Controller<P> {
         env: &Envelope,
         id: Option<&str>,
         name: Option<&str>,
+        deadline: Deadline,
     ) -> Result<Vec<FleetName>> {
         let mut out = Vec::new();
         for fleet in self.store.list_fleets().await? {
@@ -227,7 +227,7 @@ impl<P: Ports> Controller<P> {
                 (_, Some(tname)) if name.is_some() => name == Some(tname.as_str()),
                 _ => {
                     let at = self.apis(&f.spec).await?;
-                    let found = at.compute.ec2().describe_launch_template(t).await?;
+                    let found = at.compute.launch_template(t, deadline).await?;
                     found.is_some_and(|v| id == Some(v.id.as_str()))
                 }
             };

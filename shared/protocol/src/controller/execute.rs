@@ -441,19 +441,26 @@ impl<P: Ports> Controller<P> {
         ids: &[InstanceId],
         ran: &mut Ran,
     ) {
-        for chunk in ids.chunks(MAX_DETACH_IDS) {
+        // A batch fails whole if one of its instances is no longer in the group: then each is
+        // asked alone, and only those the group does not hold count as out of it.
+        let batches = ids.chunks(MAX_DETACH_IDS).map(<[InstanceId]>::to_vec);
+        let mut queue: std::collections::VecDeque<Vec<InstanceId>> = batches.collect();
+        while let Some(chunk) = queue.pop_front() {
             let text: Vec<String> = chunk.iter().map(ToString::to_string).collect();
             match at.autoscaling.detach_instances(group, &text).await {
                 Ok(request) => ran.outcomes.push(Outcome::Detached {
                     group: group.to_string(),
-                    instances: chunk.to_vec(),
+                    instances: chunk,
                     request_ids: request.into_iter().collect(),
                 }),
+                Err(Error::NotFound(_)) if chunk.len() > 1 => {
+                    queue.extend(chunk.into_iter().map(|id| vec![id]));
+                }
                 Err(Error::NotFound(why)) => {
-                    info!(fleet = %name, group, %why, "instances already out of the group");
+                    info!(fleet = %name, group, %why, "instance already out of the group");
                     ran.outcomes.push(Outcome::Detached {
                         group: group.to_string(),
-                        instances: chunk.to_vec(),
+                        instances: chunk,
                         request_ids: Vec::new(),
                     })
                 }
@@ -461,7 +468,7 @@ impl<P: Ports> Controller<P> {
                     let error = ran.failed(name, "detach", &e);
                     ran.outcomes.push(Outcome::DetachFailed {
                         group: group.to_string(),
-                        instances: chunk.to_vec(),
+                        instances: chunk,
                         error,
                     });
                 }

@@ -530,7 +530,7 @@ impl<P: Ports> Controller<P> {
             return Err(phoenix_core::Error::invalid("image", reason).into());
         }
         // Its target groups exist, take instances, and are in its subnets' VPC.
-        at.targets.check(spec, at.compute.ec2()).await?;
+        at.targets.check(spec, &at.compute).await?;
         let zones = at
             .compute
             .subnet_zones(&spec.subnets, Deadline::NONE)

@@ -4,7 +4,7 @@
 //! | item | pk | sk | attributes |
 //! |---|---|---|---|
 //! | fleet | `FLEET#<name>` | `META` | `version`, `state` (spec, rollout, pending launches, counters; JSON), `updated_at` |
-//! | instance | `FLEET#<name>` | `INST#<id>` | `instance_id` (index key; none once released), `data` (JSON), `gone` + `expires_at` once terminated or released |
+//! | instance | `FLEET#<name>` | `INST#<id>` | `instance_id` (index key; none once released), `data` (JSON), `gone` + `expires_at` once terminated, `expires_at` once released |
 //! | history | `FLEET#<name>` | `HIST#<version, 12 digits>` | `at`, `entry` (cause + changes; JSON) |
 //! | queued intent | `FLEET#<name>` | `INBOX#<event time, ms>#<event id>` | `queued` (intent + cause; JSON) |
 //! | outbox | `FLEET#<name>` | `MAIL#<version, 12 digits>` | `mail`: the notifications the commit of that version publishes, and when it was made (JSON) |
@@ -144,10 +144,11 @@ pub fn instance_item(fleet: &FleetName, inst: &Instance) -> Result<Item> {
         item.insert("expires_at".into(), n((at + TOMBSTONE_TTL).timestamp()));
     }
     // A released instance is no longer this fleet's: out of the instance index, so an event
-    // about it (or its adoption by another fleet) does not find this record.
+    // about it (or its adoption by another fleet) does not find this record. It is still read
+    // with the fleet, though: a pass that sees it carrying phoenix's tags again (the untagging
+    // after the release did not happen) untags it rather than take it for an orphan.
     if let Some(r) = &inst.released {
         item.remove("instance_id");
-        item.insert("gone".into(), Value::Bool(true));
         item.insert("expires_at".into(), n((r.at + TOMBSTONE_TTL).timestamp()));
     }
     Ok(item)

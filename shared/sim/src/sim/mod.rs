@@ -327,6 +327,7 @@ impl Sim {
             world.lock().elb.add_group(arn, *delay);
         }
         world.lock().autoscaling = autoscaling;
+        world.lock().ec2_budget = Some(EC2_CALLS_PER_SECOND);
         let planner = cfg.variant.planner();
         let controller = Controller::<ports::Sim>::new(
             SimTable(world.clone()),

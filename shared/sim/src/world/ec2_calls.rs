@@ -18,6 +18,26 @@ fn internal_error(call: &str) -> Error {
 }
 
 impl World {
+    /// A request reached EC2: within the controller's call budget, counted by second of arrival,
+    /// as EC2 counts its rate.
+    pub fn ec2_request(&mut self) {
+        let second = self.now.timestamp();
+        if self.ec2_second.0 != second {
+            self.ec2_second = (second, 0);
+        }
+        self.ec2_second.1 += 1;
+        let sent = self.ec2_second.1;
+        if let Some(budget) = self.ec2_budget.filter(|b| sent > *b) {
+            let who = self.who();
+            self.violate(
+                "ec2 budget",
+                format!(
+                    "{who}: EC2's request {sent} within one second, over the budget of {budget}"
+                ),
+            );
+        }
+    }
+
     /// The first call of a command (a launch or a termination) must leave the deadline's reserve.
     fn check_reserve(&mut self, what: &str) {
         let Some(left) = self.time_left() else {

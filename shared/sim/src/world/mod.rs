@@ -180,6 +180,10 @@ pub struct World {
     /// Hook notifications that reached the bus, not yet read by the hook handler.
     pub hook_notices: Vec<HookNotice>,
     pub stats: Stats,
+    /// The EC2 call budget the controller runs under (requests a second), and the requests EC2
+    /// received in the current second: (second, count).
+    pub ec2_budget: Option<u32>,
+    ec2_second: (i64, u32),
     /// The chaos phase: faults of the services are injected.
     pub chaos: bool,
     pub service_faults: ServiceFaults,
@@ -220,6 +224,8 @@ impl World {
             custody: Custody::default(),
             hook_notices: Vec::new(),
             stats: Stats::default(),
+            ec2_budget: None,
+            ec2_second: (i64::MIN, 0),
             chaos: false,
             service_faults,
             invocations: BTreeMap::new(),

@@ -10,7 +10,9 @@ use phoenix_core::model::{Lifecycle, Timestamp};
 use phoenix_core::InstanceId;
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::table::{Cancellation, Item, Key, Query, SortKeys, Transacted, Write};
-use phoenix_protocol::store::items::{decode_event, decode_mail, Standing, INBOX, MAIL, MAIL_END};
+use phoenix_protocol::store::items::{
+    decode_event, decode_mail, Standing, INBOX, INST, MAIL, MAIL_END,
+};
 use std::collections::BTreeSet;
 
 fn summarize(changes: &[Change]) -> String {
@@ -112,9 +114,12 @@ impl World {
         if q.pk == format!("FLEET#{FLEET}")
             && q.sort == SortKeys::Between(INBOX.into(), MAIL_END.into())
         {
+            // Every record it read: live ones, and released ones (out of the instance index,
+            // still the fleet's to untag).
             let live: BTreeSet<InstanceId> = items
                 .iter()
-                .filter_map(|i| i.get("instance_id").and_then(|v| v.as_s()))
+                .filter_map(|i| i.get("sk").and_then(|v| v.as_s()))
+                .filter_map(|sk| sk.strip_prefix(INST))
                 .filter_map(|id| InstanceId::parse(id).ok())
                 .collect();
             let who = self.who();
