@@ -545,7 +545,7 @@ impl Sizes {
             // 2-3 events of the 50 in flight per fleet.
             storm_fleets: 20,
             storm_capacity: 8,
-            idle: vec![(1, 10), (1, 1_000), (1, 10_000), (100, 100)],
+            idle: vec![(1, 10), (1, 1_000), (100, 100), (1, 10_000)],
             // 1 000 events on one emulator time out its transactions (it copies the whole table
             // for each): 200, in one table, so that they share one budget as in one account.
             zone: (5, 40),

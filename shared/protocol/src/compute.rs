@@ -143,7 +143,9 @@ impl<E: Ec2> Compute<E> {
         {
             budget.admit(1, deadline).await?;
         }
-        let out = request.await;
+        // Boxed: the SDK's request futures are large, and every method's future would hold one
+        // (nested deep enough, they overflowed a worker thread's stack in debug builds).
+        let out = Box::pin(request).await;
         if let (Some(budget), Err(Error::Throttled { .. })) = (&self.budget, &out) {
             budget.throttled().await;
         }

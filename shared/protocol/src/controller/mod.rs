@@ -375,7 +375,7 @@ impl<P: Ports> Controller<P> {
     /// Handles one phoenix event. `function` (when given) is the function receiving it, which
     /// refuses event kinds routed elsewhere.
     pub async fn handle(&self, env: &Envelope, function: Option<Function>) -> Result<Report> {
-        self.handle_within(env, function, Deadline::NONE).await
+        Box::pin(self.handle_within(env, function, Deadline::NONE)).await
     }
 
     /// `handle` for an invocation that must be done by `deadline` (`lambda::handle` passes the
@@ -394,7 +394,7 @@ impl<P: Ports> Controller<P> {
         // Only allowed accounts and sources; AWS's own events have their own path.
         self.intake.policy.check(env)?;
         if let Some(event) = AwsEvent::from_envelope(env) {
-            return self.handle_aws(env, event?, function, deadline).await;
+            return Box::pin(self.handle_aws(env, event?, function, deadline)).await;
         }
         let intent = Intent::from_envelope(env)?;
         refuse_misrouted(env, function)?;
