@@ -145,6 +145,26 @@ impl DynamoTable {
         &self.table
     }
 
+    /// One update action of a transaction: `expression` on `key`, with its condition.
+    fn update(
+        &self,
+        key: &Key,
+        expression: String,
+        condition: Option<String>,
+        e: &Expression,
+    ) -> Result<TransactWriteItem> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_attributes(key)))
+            .update_expression(expression)
+            .set_condition_expression(condition)
+            .set_expression_attribute_names(e.names())
+            .set_expression_attribute_values(e.values())
+            .build()
+            .map_err(|e| malformed("update", e))?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
     fn transact_item(&self, write: Write) -> Result<TransactWriteItem> {
         let mut e = Expression::default();
         let item = match write {
@@ -190,16 +210,7 @@ impl DynamoTable {
                     expression.push_str(&format!(" REMOVE {}", names.join(", ")));
                 }
                 let condition = condition.map(|c| e.condition(&c));
-                let update = Update::builder()
-                    .table_name(&self.table)
-                    .set_key(Some(key_attributes(&key)))
-                    .update_expression(expression)
-                    .set_condition_expression(condition)
-                    .set_expression_attribute_names(e.names())
-                    .set_expression_attribute_values(e.values())
-                    .build()
-                    .map_err(|e| malformed("update", e))?;
-                TransactWriteItem::builder().update(update).build()
+                self.update(&key, expression, condition, &e)?
             }
             Write::Add {
                 key,
@@ -217,16 +228,7 @@ impl DynamoTable {
                     expression.push_str(&format!(" SET {}", clauses.join(", ")));
                 }
                 let condition = condition.map(|c| e.condition(&c));
-                let update = Update::builder()
-                    .table_name(&self.table)
-                    .set_key(Some(key_attributes(&key)))
-                    .update_expression(expression)
-                    .set_condition_expression(condition)
-                    .set_expression_attribute_names(e.names())
-                    .set_expression_attribute_values(e.values())
-                    .build()
-                    .map_err(|e| malformed("update", e))?;
-                TransactWriteItem::builder().update(update).build()
+                self.update(&key, expression, condition, &e)?
             }
             Write::Delete { key, condition } => {
                 let condition = condition.map(|c| e.condition(&c));
