@@ -1918,7 +1918,9 @@ pub async fn idle_cost(sizes: &Sizes, progress: &mut impl FnMut(&str)) -> Result
         let Some((quick, quick_seconds)) = quick else {
             // The emulator lists 1 000 instances in seconds and copies its table for every
             // transaction: its passes over the largest fleets time out before one settles.
-            progress(&format!("{fleets} × {capacity}: not all quiet after 10 passes"));
+            progress(&format!(
+                "{fleets} × {capacity}: not all quiet after 10 passes"
+            ));
             let mut row = vec![format!("{fleets} × {}", thousands(u64::from(capacity)))];
             row.push("not quiet after 10 passes on the emulator".into());
             row.resize(14, "–".into());

@@ -773,11 +773,6 @@ async fn a_notification_whose_publish_failed_waits_for_the_next_pass() {
     assert_eq!(w.notifications().await.unwrap(), vec![expected]);
 }
 
-/// The operations of the calls the proxy answered since the last reset, without the test's own.
-fn quick_look_calls(w: &World) -> Vec<String> {
-    w.proxy.call_log()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settled_fleet_is_looked_at_quickly_and_what_changes_outside_is_still_repaired() {
     let (w, victim) = fleet_of_two().await;
@@ -790,7 +785,7 @@ async fn a_settled_fleet_is_looked_at_quickly_and_what_changes_outside_is_still_
     w.proxy.reset_calls();
     w.tick().await.unwrap();
     assert_eq!(
-        quick_look_calls(&w),
+        w.proxy.call_log(),
         [
             "dynamodb:Query",
             "dynamodb:Query",
@@ -810,7 +805,7 @@ async fn a_settled_fleet_is_looked_at_quickly_and_what_changes_outside_is_still_
         .unwrap();
     w.proxy.reset_calls();
     w.tick().await.unwrap();
-    let calls = quick_look_calls(&w);
+    let calls = w.proxy.call_log();
     assert!(
         calls.iter().any(|c| c == "dynamodb:TransactWriteItems"),
         "a full pass, which records the termination: {calls:?}"
@@ -836,11 +831,11 @@ async fn a_settled_fleet_is_looked_at_quickly_and_what_changes_outside_is_still_
     w.tick().await.unwrap();
     w.proxy.reset_calls();
     w.tick().await.unwrap();
-    assert_eq!(quick_look_calls(&w).len(), 4, "{:?}", quick_look_calls(&w));
+    assert_eq!(w.proxy.call_log().len(), 4, "{:?}", w.proxy.call_log());
     w.advance(chrono::Duration::minutes(61));
     w.proxy.reset_calls();
     w.tick().await.unwrap();
-    let calls = quick_look_calls(&w);
+    let calls = w.proxy.call_log();
     assert_eq!(
         calls,
         [
