@@ -87,13 +87,14 @@ demo: venv binaries
 # Binaries first: the end-to-end tests run the CLI and the Lambda binaries as processes. Built
 # with the tests in one invocation, so that the workspace's crates compile once (a build of the
 # binaries alone unifies fewer features, and the tests would build them again). Each end-to-end
-# test waits mostly on its own emulator process, so four run at once on two cores. The template
-# checks (Python, their own emulator) run beside the tests, their output shown after them.
+# test waits mostly on its own emulator process, so four run at once, and two test binaries at
+# once (scripts/test-lanes.py), on two cores. The template checks (Python, their own emulator) run
+# beside the tests, their output shown after them.
 test: venv
 	cargo build --workspace --all-targets
 	@scripts/check-template.sh >$(TARGET_DIR)/check-template.log 2>&1 & templates=$$!; \
 	status=0; \
-	cargo test --workspace -- --test-threads=4 || status=$$?; \
+	python3 scripts/test-lanes.py -- --test-threads=4 || status=$$?; \
 	if [ $$status -eq 0 ]; then $(TARGET_DIR)/debug/phoenix-sim --steps 100000 --quiet || status=$$?; fi; \
 	wait $$templates || status=$$?; \
 	echo "scripts/check-template.sh:"; cat $(TARGET_DIR)/check-template.log; \

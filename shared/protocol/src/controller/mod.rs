@@ -375,7 +375,7 @@ impl<P: Ports> Controller<P> {
     /// Handles one phoenix event. `function` (when given) is the function receiving it, which
     /// refuses event kinds routed elsewhere.
     pub async fn handle(&self, env: &Envelope, function: Option<Function>) -> Result<Report> {
-        Box::pin(self.handle_within(env, function, Deadline::NONE)).await
+        self.handle_within(env, function, Deadline::NONE).await
     }
 
     /// `handle` for an invocation that must be done by `deadline` (`lambda::handle` passes the
@@ -386,6 +386,16 @@ impl<P: Ports> Controller<P> {
     /// The per-fleet work is boxed (`Box::pin`): its futures hold several calls' state, and
     /// nested unboxed they overflowed a 2 MiB worker-thread stack in debug builds.
     pub async fn handle_within(
+        &self,
+        env: &Envelope,
+        function: Option<Function>,
+        deadline: Deadline,
+    ) -> Result<Report> {
+        // Boxed, so that a caller's future holds a pointer, not the whole of an event's work.
+        Box::pin(self.handle_event(env, function, deadline)).await
+    }
+
+    async fn handle_event(
         &self,
         env: &Envelope,
         function: Option<Function>,
