@@ -60,6 +60,25 @@ impl Future for SleepUntil {
     }
 }
 
+/// The controller over the simulated world's ports, taking in events as `intake` says.
+pub fn controller(
+    world: &Shared,
+    intake: phoenix_protocol::Intake,
+) -> phoenix_protocol::Controller<Sim> {
+    phoenix_protocol::Controller::new(
+        SimTable(world.clone()),
+        phoenix_protocol::Apis::new(
+            SimEc2(world.clone()),
+            SimElb(world.clone()),
+            SimAutoScaling(world.clone()),
+        ),
+        SimReach,
+        SimBus(world.clone()),
+        SimTime(world.clone()),
+        intake,
+    )
+}
+
 /// The simulated ports.
 pub struct Sim;
 

@@ -675,9 +675,7 @@ fn adopted_fleet(
     phoenix_protocol::Controller<crate::ports::Sim>,
     Vec<phoenix_core::InstanceId>,
 ) {
-    use crate::ports::{Sim, SimAutoScaling, SimBus, SimEc2, SimElb, SimReach, SimTime};
     use phoenix_protocol::controller::Selection;
-    use phoenix_protocol::{Apis, Controller};
     let mut ec2 = Ec2::new();
     ec2.images.insert(spec().image);
     let ids: Vec<_> = (0..2)
@@ -706,18 +704,7 @@ fn adopted_fleet(
     } else {
         Selection::Ids(ids.clone())
     };
-    let controller = Controller::<Sim>::new(
-        SimTable(world.clone()),
-        Apis::new(
-            SimEc2(world.clone()),
-            SimElb(world.clone()),
-            SimAutoScaling(world.clone()),
-        ),
-        SimReach,
-        SimBus(world.clone()),
-        SimTime(world.clone()),
-        Default::default(),
-    );
+    let controller = crate::ports::controller(&world, Default::default());
     block(controller.adopt(spec(), &selection)).unwrap_or_else(|e| panic!("{e}"));
     (world, controller, ids)
 }
@@ -1443,10 +1430,9 @@ fn the_planner_variants_rewrite_only_what_they_say() {
 
 #[test]
 fn the_controller_launches_no_image_of_an_account_not_allowed() {
-    use crate::ports::{Sim, SimAutoScaling, SimBus, SimEc2, SimElb, SimReach, SimTime};
     use phoenix_core::events::Envelope;
     use phoenix_core::images::AllowedImageAccounts;
-    use phoenix_protocol::{Apis, Controller, Intake};
+    use phoenix_protocol::Intake;
 
     let (store, world, fleet) = store();
     {
@@ -1454,16 +1440,8 @@ fn the_controller_launches_no_image_of_an_account_not_allowed() {
         w.ec2.images.insert(fleet.spec.image.clone());
         w.ec2.images.insert(ami(0xb));
     }
-    let controller = Controller::<Sim>::new(
-        SimTable(world.clone()),
-        Apis::new(
-            SimEc2(world.clone()),
-            SimElb(world.clone()),
-            SimAutoScaling(world.clone()),
-        ),
-        SimReach,
-        SimBus(world.clone()),
-        SimTime(world.clone()),
+    let controller = crate::ports::controller(
+        &world,
         Intake {
             image_accounts: AllowedImageAccounts::from_list("111122223333"),
             ..Intake::default()

@@ -29,7 +29,7 @@ use crate::books::Books;
 use crate::check::Checker;
 use crate::ec2::Ec2;
 use crate::executor::{Handler, Task};
-use crate::ports::{self, SimAutoScaling, SimBus, SimEc2, SimElb, SimReach, SimTable, SimTime};
+use crate::ports;
 use crate::rng::Rng;
 use crate::scenario::{Edit, Scenario};
 use crate::start::{How, Start, GROUP};
@@ -46,7 +46,7 @@ use phoenix_core::planner::MAX_TOUCHED_PER_STEP;
 use phoenix_protocol::controller::Selection;
 use phoenix_protocol::error::Error;
 use phoenix_protocol::planner::Planner;
-use phoenix_protocol::{Apis, Controller, Deadline, FleetOutcome, Intake, Report as Handled};
+use phoenix_protocol::{Controller, Deadline, FleetOutcome, Intake, Report as Handled};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::task::Poll;
@@ -329,16 +329,8 @@ impl Sim {
         world.lock().autoscaling = autoscaling;
         world.lock().ec2_budget = Some(EC2_CALLS_PER_SECOND);
         let planner = cfg.variant.planner();
-        let controller = Controller::<ports::Sim>::new(
-            SimTable(world.clone()),
-            Apis::new(
-                SimEc2(world.clone()),
-                SimElb(world.clone()),
-                SimAutoScaling(world.clone()),
-            ),
-            SimReach,
-            SimBus(world.clone()),
-            SimTime(world.clone()),
+        let controller = ports::controller(
+            &world,
             Intake {
                 ec2_calls_per_second: Some(EC2_CALLS_PER_SECOND),
                 ..Intake::default()
