@@ -517,25 +517,10 @@ impl<E: Ec2> Compute<E> {
         }
         let mut gone = Vec::new();
         for (tags, ids) in sets {
-            for chunk in ids.chunks(MAX_FILTER_VALUES) {
-                match self
-                    .call(deadline, self.ec2.create_tags(chunk, &tags))
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(Error::NotFound(_)) => {
-                        for id in chunk {
-                            let one = std::slice::from_ref(id);
-                            match self.call(deadline, self.ec2.create_tags(one, &tags)).await {
-                                Ok(()) => {}
-                                Err(Error::NotFound(_)) => gone.extend(InstanceId::parse(id).ok()),
-                                Err(e) => return Err(e),
-                            }
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            let unknown = self
+                .each_known(&ids, deadline, |chunk| self.ec2.create_tags(chunk, &tags))
+                .await?;
+            gone.extend(unknown.iter().filter_map(|id| InstanceId::parse(id).ok()));
         }
         Ok(gone)
     }
@@ -553,18 +538,31 @@ impl<E: Ec2> Compute<E> {
         .map(|k| k.to_string())
         .collect();
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        self.each_known(&ids, deadline, |chunk| self.ec2.delete_tags(chunk, &keys))
+            .await?;
+        Ok(())
+    }
+
+    /// `request` of `ids`, in batches EC2 accepts. One id EC2 does not know fails a whole call:
+    /// such a batch is asked again one id at a time. Returns the ids EC2 does not know.
+    async fn each_known<'a, F>(
+        &self,
+        ids: &'a [String],
+        deadline: Deadline,
+        request: impl Fn(&'a [String]) -> F,
+    ) -> Result<Vec<&'a String>>
+    where
+        F: Future<Output = Result<()>>,
+    {
+        let mut unknown = Vec::new();
         for chunk in ids.chunks(MAX_FILTER_VALUES) {
-            match self
-                .call(deadline, self.ec2.delete_tags(chunk, &keys))
-                .await
-            {
+            match self.call(deadline, request(chunk)).await {
                 Ok(()) => {}
-                // One id EC2 does not know fails the whole call: the others, alone.
                 Err(Error::NotFound(_)) => {
-                    for id in chunk {
-                        let one = std::slice::from_ref(id);
-                        match self.call(deadline, self.ec2.delete_tags(one, &keys)).await {
-                            Ok(()) | Err(Error::NotFound(_)) => {}
+                    for one in chunk.chunks(1) {
+                        match self.call(deadline, request(one)).await {
+                            Ok(()) => {}
+                            Err(Error::NotFound(_)) => unknown.extend(one),
                             Err(e) => return Err(e),
                         }
                     }
@@ -572,7 +570,7 @@ impl<E: Ec2> Compute<E> {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(unknown)
     }
 
     /// The availability zone of each of these subnets that exists (`DescribeSubnets`).
