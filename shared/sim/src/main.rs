@@ -206,7 +206,7 @@ fn stats_line(s: &Stats) -> String {
          runs ended with a scale-in the windows hold {}, \
          registered {}, drains {}, hooks answered {} / timed out {}, target groups deleted {}, \
          quarantined {} bad / {} good images (good ones: {} wave deadline, {} stopped instance, {} host or zone failure, {} one instance's application failing, {} spurious report), breaker trips {}, stalled rollouts {}, \
-         intents queued {} (applied from the inbox {}, reconcile failures reported after one {}), \
+         intents queued {} (about one instance {}, applied from the inbox {}, reconcile failures reported after one {}), \
          service faults {} (DynamoDB, EventBridge), events published {} \
          (notifications committed {}, published again {})",
         s.events,
@@ -251,6 +251,7 @@ fn stats_line(s: &Stats) -> String {
         s.breaker_trips,
         s.stalls,
         s.queued,
+        s.queued_instance_events,
         s.dequeued,
         s.listed_failures,
         s.service_faults,

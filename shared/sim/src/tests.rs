@@ -415,6 +415,11 @@ fn intents_are_queued_after_lost_races_and_all_applied() {
         stats.add(&r.stats);
     }
     assert!(stats.queued > 0, "no intent was queued in 40 seeds");
+    // Health reports lose races too, and wait in the inbox like the fleet's own intents.
+    assert!(
+        stats.queued_instance_events > 0,
+        "no instance's event was queued in 40 seeds"
+    );
 }
 
 /// A RunInstances request of `count` instances for decision `token`, tagged as phoenix tags them.

@@ -1,7 +1,7 @@
 //! Events about one instance: read only that instance and its fleet's record, so the work does
 //! not grow with the fleet.
 
-use super::{Controller, FleetOutcome, FleetReport};
+use super::{Controller, FleetOutcome, FleetReport, QUEUE_AFTER_CONFLICTS};
 use crate::budget;
 use crate::error::{Error, Result};
 use crate::ports::{Deadline, Ports};
@@ -22,9 +22,20 @@ impl<P: Ports> Controller<P> {
         key: &EventKey,
         deadline: Deadline,
     ) -> Result<FleetReport> {
+        let mut name = None;
         for attempt in 0..Self::conflict_attempts(deadline) {
+            // A report that keeps losing the race for its fleet (a zone failing: every
+            // instance's at once) goes to the fleet's inbox, as a fleet-wide intent does, rather
+            // than failing until it is dead-lettered.
+            if let Some(name) = name.as_ref().filter(|_| attempt >= QUEUE_AFTER_CONFLICTS) {
+                let why = Error::Conflict(format!("lost {attempt} races for {id}'s fleet"));
+                return self
+                    .queue_for_later(name, intent, event_time, cause, key, deadline, why)
+                    .await;
+            }
             self.check_time(deadline, "plan a change")?;
             let fleet = self.store.load_for_instance(id).await?;
+            name = Some(fleet.spec.name.clone());
             // A failure report about a rollout's new instance may send the rollout back: first
             // a look at what EC2 says of it, so that a failure of the instance alone (stopped,
             // its host impaired) is not taken for the image's.
@@ -39,7 +50,13 @@ impl<P: Ports> Controller<P> {
                         {
                             return self
                                 .queue_for_later(
-                                    &fleet, intent, event_time, cause, key, deadline, e,
+                                    &fleet.spec.name,
+                                    intent,
+                                    event_time,
+                                    cause,
+                                    key,
+                                    deadline,
+                                    e,
                                 )
                                 .await;
                         }

@@ -83,7 +83,8 @@ use tracing::warn;
 /// until the reserve lost none (BENCHMARKS.md).
 pub const MAX_CONFLICTS: usize = 10;
 pub const MAX_CONFLICTS_WITHIN_DEADLINE: usize = 200;
-/// Lost races after which a fleet-wide event puts its intent in the fleet's inbox.
+/// Lost races after which an event puts its intent in the fleet's inbox (a fleet-wide one, or
+/// one about an instance).
 pub const QUEUE_AFTER_CONFLICTS: usize = 3;
 
 /// When an event's record stays `INPROGRESS` with no deadline known (CLI, local dispatcher): the

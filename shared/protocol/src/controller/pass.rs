@@ -285,7 +285,7 @@ impl<P: Ports> Controller<P> {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn queue_for_later(
         &self,
-        fleet: &Fleet,
+        name: &FleetName,
         intent: &Intent,
         event_time: Timestamp,
         cause: &Cause,
@@ -293,7 +293,6 @@ impl<P: Ports> Controller<P> {
         deadline: Deadline,
         why: Error,
     ) -> Result<FleetReport> {
-        let name = &fleet.spec.name;
         info!(fleet = %name, reason = %why, "intent queued for a later pass");
         match self
             .queue(name, intent, event_time, cause, key, deadline)

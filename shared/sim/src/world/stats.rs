@@ -42,6 +42,8 @@ pub struct Stats {
     /// Rollouts that stalled (waited past their deadline on something not the image's fault).
     pub stalls: u64,
     pub queued: u64,
+    /// Of `queued`, intents about one instance (health reports, lifecycle hooks' answers).
+    pub queued_instance_events: u64,
     pub dequeued: u64,
     /// Reconcile failures reported after the event's own intent was queued or applied.
     pub listed_failures: u64,
@@ -91,7 +93,7 @@ pub struct Stats {
 
 impl Stats {
     pub fn add(&mut self, o: &Stats) {
-        let pairs: [(&mut u64, u64); 60] = [
+        let pairs: [(&mut u64, u64); 61] = [
             (&mut self.events, o.events),
             (&mut self.events_lost, o.events_lost),
             (&mut self.events_duplicated, o.events_duplicated),
@@ -127,6 +129,7 @@ impl Stats {
             (&mut self.breaker_trips, o.breaker_trips),
             (&mut self.stalls, o.stalls),
             (&mut self.queued, o.queued),
+            (&mut self.queued_instance_events, o.queued_instance_events),
             (&mut self.dequeued, o.dequeued),
             (&mut self.listed_failures, o.listed_failures),
             (&mut self.drift_rollouts, o.drift_rollouts),

@@ -5,13 +5,13 @@ use super::World;
 use crate::check::Checker;
 use crate::ec2::FLEET;
 use crate::table::TableState;
-use phoenix_core::events::Change;
+use phoenix_core::events::{Change, Intent};
 use phoenix_core::model::{Lifecycle, Timestamp};
 use phoenix_core::InstanceId;
 use phoenix_protocol::error::{Error, Result};
 use phoenix_protocol::ports::table::{Cancellation, Item, Key, Query, SortKeys, Transacted, Write};
 use phoenix_protocol::store::items::{
-    decode_event, decode_mail, Standing, INBOX, INST, MAIL, MAIL_END,
+    decode_event, decode_mail, decode_queued, Standing, INBOX, INST, MAIL, MAIL_END,
 };
 use std::collections::BTreeSet;
 
@@ -233,11 +233,22 @@ impl World {
                 _ => None,
             })
             .collect();
-        let enqueued: Vec<String> = writes
+        // Queued intents, by key, with whether each is about one instance (a health report, a
+        // lifecycle hook's answer) rather than the fleet.
+        let enqueued: Vec<(String, bool)> = writes
             .iter()
             .filter_map(|w| match w {
                 Write::Put { item, .. } => {
-                    Key::of(item).and_then(|k| k.sk.strip_prefix(INBOX).map(str::to_string))
+                    let key = Key::of(item)?.sk.strip_prefix(INBOX)?.to_string();
+                    let one = decode_queued(item).is_ok_and(|q| {
+                        matches!(
+                            q.intent,
+                            Intent::HealthCheckFailed { .. }
+                                | Intent::HealthCheckPassed { .. }
+                                | Intent::LifecycleActionCompleted { .. }
+                        )
+                    });
+                    Some((key, one))
                 }
                 _ => None,
             })
@@ -286,8 +297,9 @@ impl World {
             inv.pass_refused = false;
             inv.committed = true;
         }
-        for key in &enqueued {
+        for (key, one) in &enqueued {
             self.stats.queued += 1;
+            self.stats.queued_instance_events += u64::from(*one);
             self.note(format!("{who} queues {key}"));
             if let Some(problem) = self.checker.on_enqueue(key) {
                 self.violate("inbox", problem);
