@@ -714,8 +714,13 @@ impl World {
                         request_ids: Vec::new(),
                     });
                 }
-                Command::Register { instances } => outcomes.push(Outcome::Registered {
+                Command::Register {
+                    instances,
+                    lands_by,
+                    ..
+                } => outcomes.push(Outcome::Registered {
                     instances: instances.clone(),
+                    lands_by: *lands_by,
                     request_ids: Vec::new(),
                 }),
                 Command::Tag { instances } => outcomes.push(Outcome::Tagged {

@@ -137,12 +137,17 @@ impl World {
                         request_ids: Vec::new(),
                     });
                 }
-                Command::Register { instances } => {
+                Command::Register {
+                    instances,
+                    lands_by,
+                    ..
+                } => {
                     for i in instances {
                         self.serving.insert(i.clone(), true);
                     }
                     out.push(Outcome::Registered {
                         instances: instances.clone(),
+                        lands_by: *lands_by,
                         request_ids: Vec::new(),
                     });
                 }

@@ -133,8 +133,13 @@ fn carried_out(step: &Step, next: &mut u32, now: DateTime<Utc>) -> Vec<Outcome> 
                     refused: Vec::new(),
                 });
             }
-            Command::Register { instances } => outcomes.push(Outcome::Registered {
+            Command::Register {
+                instances,
+                lands_by,
+                ..
+            } => outcomes.push(Outcome::Registered {
                 instances: instances.clone(),
+                lands_by: *lands_by,
                 request_ids: Vec::new(),
             }),
             Command::Deregister { instances, .. } => outcomes.push(Outcome::Deregistered {

@@ -105,7 +105,7 @@ fn observed(f: &Fleet, listed: &[(u32, TargetState)]) -> Vec<Observed> {
 
 fn registers(step: &Step, i: &InstanceId) -> bool {
     let commanded = step.commands.iter().any(|c| match c {
-        Command::Register { instances } => instances.contains(i),
+        Command::Register { instances, .. } => instances.contains(i),
         _ => false,
     });
     let recorded = step.changes.iter().any(|c| match c {
@@ -146,6 +146,7 @@ fn an_instance_a_group_lists_as_registered_again_on_its_way_out_is_deregistered_
             decided_at: t0() - Duration::minutes(10),
             after_launch: None,
             stage: stage.clone(),
+            drained: false,
         });
         let listed = [(0, TargetState::Healthy), (1, TargetState::Healthy)];
         let step = reconcile(&f, &observed(&f, &listed), t0());

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 use chrono::{DateTime, Duration, Utc};
-use phoenix_core::events::{Change, Intent};
+use phoenix_core::events::{Change, Intent, ScaleTarget};
 use phoenix_core::model::{
     Fleet, FleetSpec, Health, HookKind, HookResult, Lifecycle, Observed, RolloutStatus, Seconds,
     Stage, TargetState,
@@ -18,7 +18,7 @@ use phoenix_core::model::{
 use phoenix_core::notice::Notice;
 use phoenix_core::planner::{
     apply_intent, create_fleet, reconcile, record_outcomes, targets_observed, Command, Launched,
-    Outcome, Step,
+    Outcome, Step, REGISTRATION_LEASE,
 };
 use phoenix_core::{FleetName, ImageId, InstanceId};
 use std::collections::BTreeMap;
@@ -227,7 +227,11 @@ impl World {
                 Command::Tag { .. } | Command::Untag { .. } | Command::Detach { .. } => {
                     panic!("no adoption here: {c:?}")
                 }
-                Command::Register { instances } => {
+                Command::Register {
+                    instances,
+                    lands_by,
+                    ..
+                } => {
                     for id in instances {
                         for (arn, g) in self.groups.iter_mut() {
                             if !self.missing.contains(arn) {
@@ -243,6 +247,7 @@ impl World {
                     }
                     outcomes.push(Outcome::Registered {
                         instances: instances.clone(),
+                        lands_by: *lands_by,
                         request_ids: Vec::new(),
                     });
                 }
@@ -279,6 +284,14 @@ impl World {
         }
         self.commit(&step);
         self.execute(&step);
+    }
+
+    /// One scheduled pass, committed but not carried out yet: its step.
+    fn decide(&mut self) -> Step {
+        let observed = self.observe();
+        let step = targets_observed(&self.fleet, &[], self.now).then_reconcile(&observed, self.now);
+        self.commit(&step);
+        step
     }
 
     /// One scheduled pass, then `secs` later.
@@ -408,6 +421,84 @@ fn control_a_world_that_skips_the_drain_is_caught() {
         !w.blind.is_empty(),
         "the world did not see a blind termination"
     );
+}
+
+/// A registration decided by one pass and carried out late — after a scale-in deregistered the
+/// instance and the next pass found no group listing it (the slow invocation that decided it
+/// still running): the drain does not end while that registration may land. `forget`: the
+/// control, a planner that forgets registrations in flight. Returns the instances terminated
+/// while a group listed them.
+fn late_registration(forget: bool) -> Vec<InstanceId> {
+    let mut w = ready(2, &[A], "", 30);
+    let late = w.fleet.live_instances().next().unwrap().id.clone();
+    // The group no longer lists it (made anew, say): the next pass registers it again.
+    for g in w.groups.values_mut() {
+        g.remove(&late);
+    }
+    let register = w.decide();
+    assert!(
+        register
+            .commands
+            .iter()
+            .any(|c| matches!(c, Command::Register { instances, .. } if instances.contains(&late))),
+        "{:?}",
+        register.commands
+    );
+    // Before it is carried out, the fleet scales in to nothing: both are deregistered.
+    w.event(Intent::Scale {
+        fleet: FleetName::parse("web").unwrap(),
+        target: ScaleTarget::Desired(0),
+    });
+    w.pass(1);
+    assert!(w.fleet.instances[&late].disposal.is_some());
+    if forget {
+        w.fleet.registering.clear();
+    }
+    let next = w.decide();
+    // The registration lands, then the pass's commands run.
+    w.execute(&register);
+    w.execute(&next);
+    for _ in 0..30 {
+        w.pass(10);
+    }
+    assert_eq!(w.fleet.live_instances().count(), 0);
+    w.blind.clone()
+}
+
+#[test]
+fn a_registration_carried_out_late_holds_the_drain_until_it_landed() {
+    let blind = late_registration(false);
+    assert!(blind.is_empty(), "terminated while listed: {blind:?}");
+}
+
+#[test]
+fn control_a_planner_that_forgets_registrations_in_flight_is_caught() {
+    assert_eq!(late_registration(true).len(), 1);
+}
+
+#[test]
+fn a_registration_whose_outcome_never_comes_holds_the_drain_for_its_lease_only() {
+    let mut w = ready(2, &[A], "", 30);
+    let late = w.fleet.live_instances().next().unwrap().id.clone();
+    for g in w.groups.values_mut() {
+        g.remove(&late);
+    }
+    let decided = w.now;
+    // Decided, and never carried out: the invocation died.
+    let _lost = w.decide();
+    w.event(Intent::Scale {
+        fleet: FleetName::parse("web").unwrap(),
+        target: ScaleTarget::Desired(0),
+    });
+    for _ in 0..30 {
+        w.pass(5);
+    }
+    assert_eq!(w.fleet.live_instances().count(), 0);
+    let drained = w.changes(|c| matches!(c, Change::Drained { instance, .. } if *instance == late));
+    assert_eq!(drained.len(), 1, "{drained:?}");
+    assert!(drained[0].0 >= decided + REGISTRATION_LEASE, "{drained:?}");
+    assert!(drained[0].0 < decided + REGISTRATION_LEASE + Duration::seconds(10));
+    assert!(w.fleet.registering.is_empty(), "{:?}", w.fleet.registering);
 }
 
 #[test]

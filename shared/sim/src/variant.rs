@@ -454,6 +454,7 @@ fn replace_in_place(step: &mut Step) {
                 reason: "replaced in place".into(),
                 decided_at: now,
                 after_launch: None,
+                drained: false,
             });
         }
         step.touched.insert(id.clone());

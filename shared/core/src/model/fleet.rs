@@ -270,6 +270,11 @@ pub struct Fleet {
     /// instance that may serve is taken away voluntarily, and no drain ends before its delay.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub lb_missing: BTreeSet<String>,
+    /// Registrations decided whose outcome is not recorded yet, by instance: until when each may
+    /// still reach the target groups (`planner::REGISTRATION_LEASE` after its decision). While
+    /// one may, the instance is not registered again, and a drain of it does not end.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registering: BTreeMap<InstanceId, Timestamp>,
     /// The availability zone of each of the spec's subnets, as EC2 reported it when the fleet
     /// file was applied (`placement`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -317,6 +322,7 @@ impl Fleet {
             definitions: BTreeMap::new(),
             legacy_definition: None,
             lb_missing: BTreeSet::new(),
+            registering: BTreeMap::new(),
             zones: BTreeMap::new(),
             unavailable: BTreeMap::new(),
             interruptions: BTreeMap::new(),

@@ -57,6 +57,10 @@ pub struct Disposal {
     /// Where it is on its way out.
     #[serde(default, skip_serializing_if = "Stage::is_terminate")]
     pub stage: Stage,
+    /// It drained: no group lists it, and no registration decided before can land any more
+    /// (`Fleet::registering`). It is terminated without being deregistered again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
 }
 
 /// The way out of a fleet, in order: deregistered from the fleet's target groups, drained,

@@ -68,4 +68,7 @@ pub use reconcile::{observe_instance, reconcile, OBSERVE_GRACE};
 pub use rollout::{wave_healthy, wave_to_recheck, what_rolls};
 pub use serving::targets_observed;
 pub use step::{Command, Launched, Outcome, Refusal, Step};
-pub use tx::{LEASE, MAX_LAUNCHES_PER_STEP, MAX_TERMINATIONS_PER_STEP, MAX_TOUCHED_PER_STEP};
+pub use tx::{
+    LEASE, MAX_LAUNCHES_PER_STEP, MAX_TERMINATIONS_PER_STEP, MAX_TOUCHED_PER_STEP, REGISTER_WITHIN,
+    REGISTRATION_LEASE,
+};

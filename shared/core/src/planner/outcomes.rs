@@ -214,12 +214,21 @@ pub fn record_outcome_part(
             }
             Outcome::Registered {
                 instances,
+                lands_by,
                 request_ids,
-            } => tx.changes.push(Change::Registered {
-                instances: instances.clone(),
-                request_ids: request_ids.clone(),
-            }),
-            Outcome::RegisterFailed { instances, error } => {
+            } => {
+                tx.registration_over(instances, *lands_by);
+                tx.changes.push(Change::Registered {
+                    instances: instances.clone(),
+                    request_ids: request_ids.clone(),
+                })
+            }
+            Outcome::RegisterFailed {
+                instances,
+                lands_by,
+                error,
+            } => {
+                tx.registration_over(instances, *lands_by);
                 tx.changes.push(Change::RegistrationFailed {
                     instances: instances.clone(),
                     error: error.clone(),

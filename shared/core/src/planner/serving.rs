@@ -156,7 +156,7 @@ impl Tx {
     fn register_now(&mut self, id: &InstanceId) {
         let ready = self.fleet.instances.get(id).is_some_and(|i| {
             i.state == Lifecycle::Running && i.disposal.is_none() && !i.is_failed()
-        });
+        }) && !self.registering(id);
         if ready && !self.fleet.spec.target_groups().is_empty() {
             self.changes.push(Change::RegistrationDecided {
                 instances: vec![id.clone()],
@@ -252,8 +252,18 @@ impl Tx {
             .all(|g| state(g).is_some_and(TargetState::is_registered));
         let eligible =
             report.state == Lifecycle::Running && !now.is_failed() && now.launch_hook_passed();
-        if eligible && !registered && !self.register.contains(id) {
+        if eligible && !registered && !self.register.contains(id) && !self.registering(id) {
             self.register.push(id.clone());
+        }
+    }
+
+    /// A registration's outcome is recorded: it can no longer reach the groups later. (Not one
+    /// decided since, after this one's lease ran out: that one keeps its own entry.)
+    pub(super) fn registration_over(&mut self, ids: &[InstanceId], lands_by: Timestamp) {
+        for id in ids {
+            if self.fleet.registering.get(id) == Some(&lands_by) {
+                self.fleet.registering.remove(id);
+            }
         }
     }
 

@@ -32,8 +32,13 @@ pub enum Command {
         instances: Vec<InstanceId>,
         after_launch: Option<String>,
     },
-    /// Register with every target group of the fleet.
-    Register { instances: Vec<InstanceId> },
+    /// Register with every target group of the fleet: not started after `start_by`; recorded in
+    /// the fleet as possibly landing until `lands_by` (`Fleet::registering`).
+    Register {
+        instances: Vec<InstanceId>,
+        start_by: Timestamp,
+        lands_by: Timestamp,
+    },
     /// Deregister from every target group of the fleet: they start draining.
     Deregister {
         instances: Vec<InstanceId>,
@@ -76,12 +81,15 @@ pub enum Outcome {
         instances: Vec<InstanceId>,
         error: String,
     },
+    /// `lands_by`: the command's, naming the registration whose outcome this is.
     Registered {
         instances: Vec<InstanceId>,
+        lands_by: Timestamp,
         request_ids: Vec<String>,
     },
     RegisterFailed {
         instances: Vec<InstanceId>,
+        lands_by: Timestamp,
         error: String,
     },
     /// Deregistered from every group; `delay`: the longest deregistration delay of the groups.

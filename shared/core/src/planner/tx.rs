@@ -42,6 +42,17 @@ pub const MAX_TOUCHED_PER_STEP: usize = 92;
 /// than one RunInstances round trip would cause needless retries.
 pub const LEASE: Duration = Duration::minutes(2);
 
+/// How long after its decision a registration may still be started: one the executor reaches
+/// later is not carried out (recorded as failed; a later pass decides it again). Within an
+/// invocation's life (the functions' timeout is 60 s), so it binds only where there is no
+/// deadline (the CLI).
+pub const REGISTER_WITHIN: Duration = Duration::seconds(30);
+
+/// How long after its decision a registration whose outcome is never recorded (the invocation
+/// died) is still taken as possibly landing: `LEASE`. By then the invocation that decided it has
+/// ended (and its calls with it), and a pass planning then read the target groups after that.
+pub const REGISTRATION_LEASE: Duration = LEASE;
+
 /// A step being built.
 pub(super) struct Tx {
     pub(super) fleet: Fleet,
@@ -84,8 +95,24 @@ impl Tx {
         }
     }
 
-    pub(super) fn finish(self) -> Step {
+    pub(super) fn finish(mut self) -> Step {
         let mut commands = Vec::new();
+        // A registration may land until its outcome is recorded, or its lease runs out: the
+        // fleet record says so (in this very commit, before any command runs), and a drain of
+        // the instance does not end meanwhile (`way_out`).
+        let now = self.now;
+        self.fleet.registering.retain(|_, until| *until > now);
+        if !self.register.is_empty() {
+            let lands_by = now + REGISTRATION_LEASE;
+            for id in &self.register {
+                self.fleet.registering.insert(id.clone(), lands_by);
+            }
+            commands.push(Command::Register {
+                instances: self.register,
+                start_by: now + REGISTER_WITHIN,
+                lands_by,
+            });
+        }
         if !self.tag.is_empty() {
             commands.push(Command::Tag {
                 instances: self.tag,
@@ -109,11 +136,6 @@ impl Tx {
             commands.push(Command::Deregister {
                 instances: self.deregister_now,
                 after_launch: None,
-            });
-        }
-        if !self.register.is_empty() {
-            commands.push(Command::Register {
-                instances: self.register,
             });
         }
         commands.extend(self.launches);
@@ -141,6 +163,15 @@ impl Tx {
         let inst = self.fleet.instances.get_mut(id)?;
         self.touched.insert(id.clone());
         Some(inst)
+    }
+
+    /// A registration of `id` decided earlier may still reach the target groups (its outcome
+    /// is not recorded, and its lease has not run out).
+    pub(super) fn registering(&self, id: &InstanceId) -> bool {
+        self.fleet
+            .registering
+            .get(id)
+            .is_some_and(|until| *until > self.now)
     }
 
     pub(super) fn room_to_touch(&self) -> bool {

@@ -10,6 +10,10 @@
 //!   groups' deregistration delay has passed — or, for an instance AWS takes back at a known
 //!   time (a Spot interruption), until then at most; one a group lists as registered again on
 //!   its way out (a registration decided before and carried out after) is deregistered again;
+//! - a drain does not end while a registration decided before it may still land
+//!   (`Fleet::registering`: until its outcome is recorded, or its lease runs out). The pass that
+//!   ends it loaded the fleet record before reading the groups, and commits only if no commit
+//!   came between: so a registration recorded as done had landed before the groups were read;
 //! - while a group the fleet names does not exist, a drain is not ended early (the groups cannot
 //!   all be read), only by its delay;
 //! - the terminating hook, when the fleet has one, holds the drained instance until
@@ -50,6 +54,7 @@ impl Tx {
             decided_at: now,
             after_launch: after_launch.clone(),
             stage: stage.clone(),
+            drained: false,
         });
         // Entries older than the hour no longer count; they are dropped with the next change
         // (not on their own: a step that only forgets is not worth a write).
@@ -167,6 +172,12 @@ impl Tx {
 
     /// Done draining: on to the terminating hook, if the fleet has one, else terminated.
     fn drained(&mut self, inst: &Instance, how: &str) {
+        if let Some(d) = self
+            .instance_mut(&inst.id)
+            .and_then(|i| i.disposal.as_mut())
+        {
+            d.drained = true;
+        }
         self.changes.push(Change::Drained {
             instance: inst.id.clone(),
             how: how.into(),
@@ -232,6 +243,11 @@ impl Tx {
             Stage::Draining { .. } | Stage::Hook { .. } | Stage::Terminate if registered => {
                 self.deregister_again(inst)
             }
+            // A registration decided before its termination may still land: the drain goes on
+            // until its outcome is recorded (or its lease runs out), and the pass after that
+            // sees it registered, if it was, and deregisters it again.
+            Stage::Draining { .. }
+                if report.state == Lifecycle::Running && self.registering(&inst.id) => {}
             Stage::Draining { until, .. } => {
                 if report.state != Lifecycle::Running {
                     self.drained(
@@ -277,6 +293,7 @@ impl Tx {
         {
             disposal.stage = Stage::Deregister;
             disposal.decided_at = now;
+            disposal.drained = false;
         }
         self.changes.push(Change::TerminationDecided {
             instance: inst.id.clone(),

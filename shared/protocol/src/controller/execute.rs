@@ -14,9 +14,10 @@ use phoenix_core::{FleetName, InstanceId};
 use std::collections::BTreeSet;
 use tracing::{info, warn};
 
-/// The executor's order: tags, detaches, terminations and deregistrations already covered by
-/// healthy replacements, and registrations, then launches, then the deregistrations and terminations
-/// that wait for a launch (carried out only if it succeeded).
+/// The executor's order: registrations (first, as each must start soon after its decision),
+/// tags, detaches, terminations and deregistrations already covered by healthy replacements, then
+/// launches, then the deregistrations and terminations that wait for a launch (carried out only
+/// if it succeeded).
 pub fn executor_order(commands: &[Command]) -> Vec<&Command> {
     let (first, rest): (Vec<&Command>, Vec<&Command>) = commands.iter().partition(|c| {
         matches!(
@@ -333,16 +334,42 @@ impl<P: Ports> Controller<P> {
                 Command::Detach { group, instances } => {
                     self.detach(&at, name, group, instances, &mut ran).await;
                 }
-                Command::Register { instances } => {
+                Command::Register {
+                    instances,
+                    start_by,
+                    lands_by,
+                } => {
+                    // Started late, a registration could land after its lease, when a drain no
+                    // longer waits for it: not started, and a later pass decides it again.
+                    if self.now() > *start_by {
+                        let error = "not started in time after its decision; a later pass \
+                                     registers them"
+                            .to_string();
+                        ran.failures.push(format!("register: {error}"));
+                        ran.outcomes.push(Outcome::RegisterFailed {
+                            instances: instances.clone(),
+                            lands_by: *lands_by,
+                            error,
+                        });
+                        continue;
+                    }
                     match at.targets.register(&fleet.spec, instances).await {
                         Ok(request_ids) => ran.outcomes.push(Outcome::Registered {
                             instances: instances.clone(),
+                            lands_by: *lands_by,
                             request_ids,
                         }),
+                        // A timeout or a 5xx may hide a registration that lands later: no
+                        // outcome, so the fleet record keeps waiting for it until its lease
+                        // runs out; then a later pass registers them if they are not.
+                        Err(e @ Error::Transient { .. }) => {
+                            ran.failed(name, "register (outcome unknown)", &e);
+                        }
                         Err(e) => {
                             let error = ran.failed(name, "register", &e);
                             ran.outcomes.push(Outcome::RegisterFailed {
                                 instances: instances.clone(),
+                                lands_by: *lands_by,
                                 error,
                             });
                         }
@@ -382,13 +409,27 @@ impl<P: Ports> Controller<P> {
                     if launch_failed(after_launch, &launched_ok) {
                         continue;
                     }
-                    // Never terminated while a target group lists it: deregistered again just
-                    // before (an instance that drained is deregistered already, and this is a
-                    // no-op; one that was not running was not drained, and is deregistered here).
-                    let deregistered = match fleet.spec.target_groups().is_empty() {
-                        true => Ok(Default::default()),
-                        false => at.targets.deregister(&fleet.spec, instances).await,
-                    };
+                    // Never terminated while a target group lists it: one that did not drain (it
+                    // was not running when its termination was decided) is deregistered just
+                    // before. One that drained is not listed, nor can it be again: no
+                    // registration is decided for an instance on its way out, and its drain
+                    // waited for those decided before (the pass that ended it saw none listed).
+                    let undrained: Vec<InstanceId> = instances
+                        .iter()
+                        .filter(|i| {
+                            !fleet
+                                .instances
+                                .get(i)
+                                .and_then(|x| x.disposal.as_ref())
+                                .is_some_and(|d| d.drained)
+                        })
+                        .cloned()
+                        .collect();
+                    let deregistered =
+                        match fleet.spec.target_groups().is_empty() || undrained.is_empty() {
+                            true => Ok(Default::default()),
+                            false => at.targets.deregister(&fleet.spec, &undrained).await,
+                        };
                     if let Err(e) = deregistered {
                         let error = ran.failed(name, "deregister before terminate", &e);
                         ran.outcomes.push(Outcome::TerminateFailed {
