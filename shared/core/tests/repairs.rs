@@ -310,9 +310,11 @@ fn after_a_rollback_an_ordinary_failure_is_repaired() {
     canary.image = ami(2);
     canary.health = Health::failed("503");
     canary.terminated_at = Some(t0() - Duration::minutes(1));
+    // A replacement (of an old instance), so that only its image keeps it out of the count.
+    canary.replacement_for = Some(id(7));
     f.failures.push(RecentFailure {
         at: t0() - Duration::minutes(3),
-        instance: canary,
+        instance: (&canary).into(),
     });
     let mut next = 100;
     let (_, step) = event(&f, &id(3), &failed(&id(3), "503"), t0(), &mut next);

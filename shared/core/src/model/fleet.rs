@@ -189,12 +189,46 @@ pub struct Quarantine {
     pub rollout: u64,
 }
 
-/// A failure in the breaker's window, as the instance was then: a replacement that failed again
-/// within the window is churn, the sign that repairing does not help.
+/// A replacement's failure in the breaker's window: one that failed again within the window is
+/// churn, the sign that repairing does not help. At most `MAX_RECENT_FAILURES` are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecentFailure {
     pub at: Timestamp,
-    pub instance: Instance,
+    pub instance: FailedInstance,
+}
+
+/// Most failures the fleet record keeps for its breaker: each is a few hundred bytes of a record
+/// DynamoDB holds to 400 KB (and the history entry copies), and past this many the breaker has
+/// long tripped (more than its share of capacity unhealthy at once) in all but the largest fleets.
+pub const MAX_RECENT_FAILURES: usize = 500;
+
+/// What the breaker reads of a failed instance: whether it was a replacement, and what the
+/// failures may share (image, zone, type, launch time). (Records written before it kept the whole
+/// instance; these fields read from them as they are.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedInstance {
+    pub id: InstanceId,
+    pub image: ImageId,
+    pub launched_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement_for: Option<InstanceId>,
+}
+
+impl From<&Instance> for FailedInstance {
+    fn from(i: &Instance) -> Self {
+        FailedInstance {
+            id: i.id.clone(),
+            image: i.image.clone(),
+            launched_at: i.launched_at,
+            zone: i.zone.clone(),
+            instance_type: i.instance_type.clone(),
+            replacement_for: i.replacement_for.clone(),
+        }
+    }
 }
 
 /// The mass-failure breaker, while tripped.

@@ -37,8 +37,8 @@ pub use adoption::{Adopted, AsgMember, Released, Takeover, MAX_DETACH_IDS};
 pub use budgets::{Reason, ReasonBudget, ReasonBudgets};
 pub use definition::Definition;
 pub use fleet::{
-    Breaker, DefinitionChange, Fleet, Pause, PendingLaunch, Quarantine, RecentFailure, Rollout,
-    RolloutStatus, Stall, Wave, WindowWait,
+    Breaker, DefinitionChange, FailedInstance, Fleet, Pause, PendingLaunch, Quarantine,
+    RecentFailure, Rollout, RolloutStatus, Stall, Wave, WindowWait, MAX_RECENT_FAILURES,
 };
 pub use instance::{
     Disposal, Instance, Instances, Observed, Signals, Stage, TAG_DEFINITION, TAG_FLEET, TAG_IMAGE,

@@ -13,8 +13,9 @@
 
 use super::tx::{Tx, MAX_LAUNCHES_PER_STEP};
 use crate::events::Change;
+use crate::ids::ImageId;
 use crate::ids::InstanceId;
-use crate::model::{Breaker, Health, Instance, Offering};
+use crate::model::{Breaker, FailedInstance, Health, Instance, Offering, Timestamp};
 use std::collections::BTreeMap;
 
 /// What the breaker counts: instances unhealthy now (failed, not yet replaced) and replacements
@@ -25,7 +26,7 @@ struct AtOnce {
     failed_now: Vec<InstanceId>,
     failed_now_count: u32,
     /// Replacements that failed again within the window, not failed now.
-    churn: Vec<Instance>,
+    churn: Vec<FailedInstance>,
 }
 
 impl AtOnce {
@@ -34,14 +35,19 @@ impl AtOnce {
     }
 }
 
+/// Instances named in the breaker's figures, at most: a zone failing fails hundreds, and the
+/// figures go into the fleet record and every deferred repair's history.
+const NAMED: usize = 20;
+
 fn ids(v: &[InstanceId]) -> String {
     if v.is_empty() {
         return "none".into();
     }
-    v.iter()
-        .map(InstanceId::as_str)
-        .collect::<Vec<_>>()
-        .join(" ")
+    let named: Vec<&str> = v.iter().take(NAMED).map(InstanceId::as_str).collect();
+    match v.len().saturating_sub(NAMED) {
+        0 => named.join(" "),
+        more => format!("{} and {more} more", named.join(" ")),
+    }
 }
 
 impl Tx {
@@ -63,7 +69,8 @@ impl Tx {
             .filter(|f| f.at + window > self.now)
         {
             let i = &f.instance;
-            if i.replacement_for.is_some() && !blameless(i) && seen.insert(&i.id, ()).is_none() {
+            let blameless = self.fleet.quarantined.contains_key(&i.image);
+            if i.replacement_for.is_some() && !blameless && seen.insert(&i.id, ()).is_none() {
                 churn.push(i.clone());
             }
         }
@@ -246,14 +253,15 @@ impl Tx {
         let tripped = exceeded && !self.fleet.breaker_overridden;
         let is_tripped = self.fleet.breaker.is_some();
         if tripped && !is_tripped {
-            let mut unhealthy: Vec<&Instance> = at_once
+            let mut unhealthy: Vec<Traits> = at_once
                 .failed_now
                 .iter()
                 .filter_map(|id| self.fleet.instances.get(id))
+                .map(Traits::of)
                 .collect();
-            unhealthy.extend(at_once.churn.iter());
-            let mut all: Vec<&Instance> = self.fleet.live_instances().collect();
-            all.extend(at_once.churn.iter());
+            unhealthy.extend(at_once.churn.iter().map(Traits::of_failed));
+            let mut all: Vec<Traits> = self.fleet.live_instances().map(Traits::of).collect();
+            all.extend(at_once.churn.iter().map(Traits::of_failed));
             // Naming what the failures share helps the operator; it is never the reason to halt
             // (in a fleet of one image, type and zone every pair of failures shares them all).
             let shared = shared_attribute(&unhealthy, &all);
@@ -283,15 +291,43 @@ impl Tx {
 /// The attribute that stands out among unhealthy instances: shared by at least 80 % of them and
 /// more common among them than in the fleet (a bad image, a zone outage, a bad instance type, a
 /// batch launched together). `None` when nothing stands out.
-fn shared_attribute(unhealthy: &[&Instance], all: &[&Instance]) -> Option<String> {
+/// What failures may share, of a live instance or a recorded failure.
+struct Traits<'a> {
+    image: &'a ImageId,
+    zone: Option<&'a String>,
+    instance_type: Option<&'a String>,
+    launched_at: Timestamp,
+}
+
+impl<'a> Traits<'a> {
+    fn of(i: &'a Instance) -> Self {
+        Traits {
+            image: &i.image,
+            zone: i.zone.as_ref(),
+            instance_type: i.instance_type.as_ref(),
+            launched_at: i.launched_at,
+        }
+    }
+
+    fn of_failed(i: &'a FailedInstance) -> Self {
+        Traits {
+            image: &i.image,
+            zone: i.zone.as_ref(),
+            instance_type: i.instance_type.as_ref(),
+            launched_at: i.launched_at,
+        }
+    }
+}
+
+fn shared_attribute(unhealthy: &[Traits], all: &[Traits]) -> Option<String> {
     if unhealthy.is_empty() {
         return None;
     }
-    type Key = fn(&Instance) -> Option<String>;
+    type Key = fn(&Traits) -> Option<String>;
     let keys: [(&str, Key); 4] = [
         ("image", |i| Some(i.image.to_string())),
-        ("availability zone", |i| i.zone.clone()),
-        ("instance type", |i| i.instance_type.clone()),
+        ("availability zone", |i| i.zone.cloned()),
+        ("instance type", |i| i.instance_type.cloned()),
         ("launch window", |i| {
             Some(i.launched_at.format("%Y-%m-%dT%H:%M").to_string()[..15].to_string() + "0")
         }),

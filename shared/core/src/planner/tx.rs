@@ -17,7 +17,8 @@ use super::step::{Command, Step};
 use crate::events::Change;
 use crate::ids::{ImageId, InstanceId};
 use crate::model::{
-    Fleet, Health, Instance, Lifecycle, Offering, PendingLaunch, RecentFailure, Target, Timestamp,
+    FailedInstance, Fleet, Health, Instance, Lifecycle, Offering, PendingLaunch, RecentFailure,
+    Target, Timestamp, MAX_RECENT_FAILURES,
 };
 use chrono::Duration;
 use std::collections::{BTreeMap, BTreeSet};
@@ -302,13 +303,15 @@ impl Tx {
         inst.health = health.clone();
         let is_failed = inst.is_failed();
         if is_failed && !was_failed {
-            let snapshot = inst.clone();
+            let snapshot = FailedInstance::from(&*inst);
             self.fleet.failed += 1;
-            // Enough to decide the breaker (it trips past its threshold): the list stays small.
+            // Only a replacement's failure can be churn; enough to decide the breaker (it trips
+            // past its threshold), and the record stays small.
             let window = self.fleet.spec.policy.breaker.window.duration();
             let now = self.now;
             self.fleet.failures.retain(|f| f.at + window > now);
-            if self.fleet.failures.len() <= self.fleet.spec.capacity as usize {
+            let room = (self.fleet.spec.capacity as usize).min(MAX_RECENT_FAILURES);
+            if snapshot.replacement_for.is_some() && self.fleet.failures.len() < room {
                 self.fleet.failures.push(RecentFailure {
                     at: self.now,
                     instance: snapshot,
