@@ -26,9 +26,12 @@ usage: phoenix-sim [--steps N] [--seeds FIRST | --seed N] [--seed-steps K] [--fa
                    protocols: relaunch-blind,
                    act-before-deciding, lapsed-as-completed, keep-queued,
                    ignore-deadline-reserve, terminate-unchecked, remove-before-publish,
-                   publish-only-after-commit, skip-drain;
+                   publish-only-after-commit, skip-drain, no-call-budget, quiet-blind;
                    worlds (with --adoption): world-forgets-tags, world-keeps-tags,
                    world-tags-neighbour, world-detaches-nothing
+  --storm N        a zone fails: the fleet runs N instances, and once it is at rest every one's
+                   health check fails at once, one event each (delivered up to --fan-out at a
+                   time); none may be dead-lettered (use few --seed-steps: it settles first)
   --chatty         the health checker reports every healthy instance passed every 30 s
                    (fleets of up to ten)
   --drift          every seed draws rollout windows or freezes, a floating launch template and an
@@ -66,6 +69,7 @@ struct Args {
     adoption: bool,
     releases: bool,
     takeovers: bool,
+    storm: Option<u32>,
     quiet: bool,
 }
 
@@ -85,6 +89,7 @@ fn parse() -> Result<Args, String> {
         adoption: false,
         releases: false,
         takeovers: false,
+        storm: None,
         quiet: false,
     };
     let mut it = std::env::args().skip(1);
@@ -113,6 +118,7 @@ fn parse() -> Result<Args, String> {
             "--adoption" => a.adoption = true,
             "--releases" => a.releases = true,
             "--takeovers" => a.takeovers = true,
+            "--storm" => a.storm = Some(num("--storm")?.clamp(1, 5_000) as u32),
             "--quiet" => a.quiet = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -134,6 +140,7 @@ fn config(a: &Args, seed: u64) -> Config {
     cfg.adoption = a.adoption;
     cfg.releases = a.releases;
     cfg.takeovers = a.takeovers;
+    cfg.storm = a.storm;
     cfg
 }
 
@@ -207,6 +214,7 @@ fn stats_line(s: &Stats) -> String {
          registered {}, drains {}, hooks answered {} / timed out {}, target groups deleted {}, \
          quarantined {} bad / {} good images (good ones: {} wave deadline, {} stopped instance, {} host or zone failure, {} one instance's application failing, {} spurious report), breaker trips {}, stalled rollouts {}, \
          intents queued {} (about one instance {}, applied from the inbox {}, reconcile failures reported after one {}), \
+         zone failure events {}, events dead-lettered {} (and schedule ticks {}), \
          service faults {} (DynamoDB, EventBridge), events published {} \
          (notifications committed {}, published again {})",
         s.events,
@@ -254,6 +262,9 @@ fn stats_line(s: &Stats) -> String {
         s.queued_instance_events,
         s.dequeued,
         s.listed_failures,
+        s.storm_events,
+        s.dead_lettered,
+        s.ticks_dead_lettered,
         s.service_faults,
         s.published,
         s.notifications,

@@ -1366,6 +1366,38 @@ fn sending_ec2_requests_without_the_call_budget_is_caught() {
     );
 }
 
+/// A zone fails under a fleet of 300: its hundred or so instances' health checks fail at once,
+/// delivered 50 at a time, under the EC2 call budget.
+fn zone_storm(seed: u64, variant: Variant) -> Report {
+    let mut cfg = Config::new(seed);
+    cfg.chaos_steps = 100;
+    cfg.fan_out = 50;
+    cfg.storm = Some(300);
+    cfg.variant = variant;
+    run_seed(cfg)
+}
+
+#[test]
+fn a_zone_failing_loses_no_event_and_keeps_the_call_budget() {
+    for seed in 1..=3 {
+        let r = zone_storm(seed, Variant::Real);
+        // The budget's invariant ("ec2 budget") is checked at every EC2 request.
+        assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
+        assert!(r.stats.storm_events >= 90, "seed {seed}: {:?}", r.stats);
+        assert_eq!(r.stats.dead_lettered, 0, "seed {seed}");
+        assert!(
+            r.stats.queued_instance_events > 0,
+            "seed {seed}: no report waited in the inbox"
+        );
+    }
+}
+
+#[test]
+fn a_zone_failing_without_the_call_budget_is_caught() {
+    let r = zone_storm(1, Variant::Protocol(ProtocolVariant::NoCallBudget));
+    assert_eq!(r.violation.map(|v| v.kind), Some("ec2 budget"));
+}
+
 /// A settled fleet of two, recorded quiet by the schedule's passes, loses an instance outside
 /// phoenix; whether the next scheduled pass still records it live.
 fn vanished_while_quiet(variant: ProtocolVariant) -> bool {

@@ -27,13 +27,22 @@ impl<P: Ports> Controller<P> {
             // A report that keeps losing the race for its fleet (a zone failing: every
             // instance's at once) goes to the fleet's inbox, as a fleet-wide intent does, rather
             // than failing until it is dead-lettered.
-            if let Some(name) = name.as_ref().filter(|_| attempt >= QUEUE_AFTER_CONFLICTS) {
-                let why = Error::Conflict(format!("lost {attempt} races for {id}'s fleet"));
-                return self
-                    .queue_for_later(name, intent, event_time, cause, key, deadline, why)
-                    .await;
+            // So does one left too little time to plan after its lost races.
+            let mut why = self.check_time(deadline, "plan a change").err();
+            if let Some(name) = name.as_ref() {
+                if why.is_none() && attempt >= QUEUE_AFTER_CONFLICTS {
+                    why = Some(Error::Conflict(format!(
+                        "lost {attempt} races for {id}'s fleet"
+                    )));
+                }
+                if let Some(why) = why {
+                    return self
+                        .queue_for_later(name, intent, event_time, cause, key, deadline, why)
+                        .await;
+                }
+            } else if let Some(e) = why {
+                return Err(e);
             }
-            self.check_time(deadline, "plan a change")?;
             let fleet = self.store.load_for_instance(id).await?;
             name = Some(fleet.spec.name.clone());
             // A failure report about a rollout's new instance may send the rollout back: first

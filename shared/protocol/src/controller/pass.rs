@@ -121,7 +121,18 @@ impl<P: Ports> Controller<P> {
                         .await;
                 }
             }
-            self.check_time(deadline, "plan a change")?;
+            // Too little time left to plan (the queued intents before it took it, or slow
+            // calls): the intent waits in the inbox rather than failing the invocation, which
+            // Lambda would retry only twice.
+            if let Err(e) = self.check_time(deadline, "plan a change") {
+                return match (intent, key) {
+                    (Some(intent), Some(key)) => {
+                        self.queue(name, intent, event_time, cause, key, deadline)
+                            .await
+                    }
+                    _ => Err(e),
+                };
+            }
             let (fleet, outbox) = match looked.take() {
                 Some(record) => self.store.load_rest(record).await?,
                 None => self.store.load_fleet_and_outbox(name).await?,
@@ -363,15 +374,16 @@ impl<P: Ports> Controller<P> {
                 .await;
                 let mut r = match pass {
                     Ok(r) => r,
-                    // phoenix's EC2 call budget is spent: the intent was applied and its
-                    // decisions are recorded, and the fleet's next pass finishes them. Failing
-                    // the delivery would only have it retried into the same storm until it is
-                    // dead-lettered.
+                    // phoenix's EC2 call budget is spent, or the invocation's time (the queued
+                    // intents before it took it): the intent was applied and its decisions are
+                    // recorded, and the fleet's next pass finishes them. Failing the delivery
+                    // would only have it retried into the same storm until it is dead-lettered.
                     Err(
-                        e @ Error::Throttled {
+                        e @ (Error::Throttled {
                             service: budget::SERVICE,
                             ..
-                        },
+                        }
+                        | Error::Deadline(_)),
                     ) => FleetReport::of(FleetOutcome::Duplicate, fleet, Vec::new())
                         .with_failures(vec![e.to_string()]),
                     Err(e) => return Err(e),

@@ -43,6 +43,7 @@ use phoenix_core::events::{
 use phoenix_core::model::{Fleet, FleetSpec, Timestamp};
 use phoenix_core::patterns::route;
 use phoenix_core::planner::MAX_TOUCHED_PER_STEP;
+use phoenix_core::InstanceId;
 use phoenix_protocol::controller::Selection;
 use phoenix_protocol::error::Error;
 use phoenix_protocol::planner::Planner;
@@ -98,19 +99,17 @@ pub struct Config {
     pub adoption: bool,
     /// Seeds whose operator releases the fleet (`Start::release`) also release it during the
     /// chaos (refused while anything is under way), and at rest as an invocation the scheduled
-    /// passes interleave with; without it, they release it only at rest, alone. Off by default:
-    /// a release whose untagging is cut short (a crash, a pass in between) leaves instances
-    /// tagged that no longer have a live record, and a pass terminates them as owned by no
-    /// decision (`tests::a_release_cut_short_after_its_commit_leaves_its_instances_running`,
-    /// ignored until that holds).
+    /// passes interleave with; without it, they release it only at rest, alone. (A release cut
+    /// short after its commit: `tests::a_release_cut_short_after_its_commit_leaves_its_instances_running`.)
     pub releases: bool,
     /// Every adopting seed takes over the Auto Scaling group its instances are in, rather than
-    /// adopting them by id. Off by default: a DetachInstances batch that meets an instance no
-    /// longer in the group (EC2 terminated it, or the answer of its own detach was lost) fails
-    /// whole, and that is taken for every instance of the batch out of the group
-    /// (`tests::a_detach_meeting_an_instance_already_out_leaves_none_behind`, ignored until that
-    /// holds).
+    /// adopting them by id. (A detach batch meeting an instance no longer in the group:
+    /// `tests::a_detach_meeting_an_instance_already_out_leaves_none_behind`.)
     pub takeovers: bool,
+    /// A zone fails: the fleet runs this many instances and, once it is at rest after the chaos,
+    /// every one's health check fails at once, one event each. Each must be handled: none
+    /// dead-lettered (`Stats::dead_lettered`), the EC2 call budget kept as always.
+    pub storm: Option<u32>,
 }
 
 impl Config {
@@ -129,6 +128,7 @@ impl Config {
             adoption: false,
             releases: false,
             takeovers: false,
+            storm: None,
         }
     }
 }
@@ -225,6 +225,8 @@ pub struct Sim {
     hooks: HookHandler,
     trace: VecDeque<String>,
     digest: u64,
+    /// The zone failure (`Config::storm`) happened.
+    stormed: bool,
 }
 
 fn fnv(h: u64, s: &str) -> u64 {
@@ -301,7 +303,12 @@ impl Sim {
         let mut rng = Rng::new(cfg.seed);
         let mut ec2 = Ec2::new();
         ec2.bug = cfg.variant.world();
-        let scenario = Scenario::draw(&mut rng, &mut ec2, cfg.drift, cfg.traffic, cfg.placement);
+        let mut scenario =
+            Scenario::draw(&mut rng, &mut ec2, cfg.drift, cfg.traffic, cfg.placement);
+        if let Some(n) = cfg.storm {
+            scenario.spec.capacity = n;
+            scenario.max_capacity = scenario.max_capacity.max(n);
+        }
         let t0 = scenario.t0;
         let mut autoscaling = AutoScaling {
             bug: cfg.variant.world(),
@@ -368,6 +375,7 @@ impl Sim {
             hooks: HookHandler::default(),
             trace: VecDeque::new(),
             digest: 0xcbf2_9ce4_8422_2325,
+            stormed: false,
         };
         let line = {
             let w = sim.world.lock();
@@ -414,6 +422,46 @@ impl Sim {
         true
     }
 
+    /// Once the fleet is at rest, in a run with `Config::storm`, the zone failure: the zone with
+    /// the most of the fleet's instances goes down for ten minutes, and every one of them fails
+    /// its health check, one event each, all at once (neither lost nor late: what is measured is
+    /// what the controller does with them). `true` when it happens now.
+    fn zone_fails(&mut self) -> bool {
+        if self.cfg.storm.is_none() || self.stormed {
+            return false;
+        }
+        self.stormed = true;
+        let (zone, live) = {
+            let mut w = self.world.lock();
+            let mut by_zone: BTreeMap<usize, Vec<InstanceId>> = BTreeMap::new();
+            for i in w.books.live() {
+                if let Some(vm) = w.ec2.vms.get(&i.id) {
+                    by_zone.entry(vm.zone).or_default().push(i.id.clone());
+                }
+            }
+            let Some((zone, live)) = by_zone.into_iter().max_by_key(|(_, ids)| ids.len()) else {
+                return false;
+            };
+            let until = w.now + Duration::minutes(10);
+            w.ec2.zones_down.insert(zone, until);
+            (zone, live)
+        };
+        self.note(format!(
+            "zone {} fails: {} health checks fail at once",
+            crate::ec2::ZONES[zone],
+            live.len()
+        ));
+        self.world.lock().stats.storm_events += live.len() as u64;
+        self.flush_line();
+        for instance in live {
+            self.emit(What::Intent(Intent::HealthCheckFailed {
+                instance,
+                reason: "its zone failed".into(),
+            }));
+        }
+        true
+    }
+
     /// Runs the seed to its end (or its first violation).
     pub fn run(mut self) -> Report {
         while !self.violated() && self.steps() < self.cfg.chaos_steps {
@@ -422,12 +470,22 @@ impl Sim {
         if !self.violated() {
             self.calm_down();
             let deadline = self.now() + self.settle_time();
+            let mut deadline = deadline;
             loop {
                 if self.violated() {
                     break;
                 }
-                let at_rest =
-                    self.tasks.is_empty() && self.converged().is_none() && self.unsent().is_none();
+                // After a zone failed, its events (and their retries) must all have been
+                // delivered too.
+                let delivering = self.stormed && !self.bus.is_empty();
+                let at_rest = self.tasks.is_empty()
+                    && !delivering
+                    && self.converged().is_none()
+                    && self.unsent().is_none();
+                if at_rest && self.zone_fails() {
+                    deadline = self.now() + self.settle_time();
+                    continue;
+                }
                 if at_rest && !self.release_at_rest() {
                     self.final_checks();
                     break;
@@ -788,7 +846,13 @@ impl Sim {
             drop(w);
             self.enqueue(delivery.event, delivery.attempt + 1, at);
         } else {
-            w.note(format!("inv#{n} failed ({why}); retries exhausted"));
+            match delivery.event.what {
+                What::Scheduled => w.stats.ticks_dead_lettered += 1,
+                _ => w.stats.dead_lettered += 1,
+            }
+            w.note(format!(
+                "inv#{n} failed ({why}); retries exhausted, dead-lettered"
+            ));
         }
     }
 
@@ -833,8 +897,11 @@ impl Sim {
             }
         };
         // The protocol's promise for a delivery of an event applied but unfinished: it passes
-        // over the whole fleet before it returns, which finishes the work.
-        if !inv.finished_unfinished() {
+        // over the whole fleet before it returns, which finishes the work — unless it has too
+        // little time left to start one (then the schedule's next pass does).
+        let short = task.deadline - w.now
+            < Duration::from_std(phoenix_protocol::DEADLINE_RESERVE).unwrap_or_default();
+        if !inv.finished_unfinished() && !short {
             w.violate(
                 "unfinished",
                 format!(

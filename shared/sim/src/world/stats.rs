@@ -41,6 +41,13 @@ pub struct Stats {
     pub breaker_trips: u64,
     /// Rollouts that stalled (waited past their deadline on something not the image's fault).
     pub stalls: u64,
+    /// Events carrying an intent whose every delivery failed (Lambda's two retries too):
+    /// dead-lettered.
+    pub dead_lettered: u64,
+    /// The schedule's ticks dead-lettered so (the next minute's tick does their work).
+    pub ticks_dead_lettered: u64,
+    /// Health events of a zone failing at once (`Config::storm`).
+    pub storm_events: u64,
     pub queued: u64,
     /// Of `queued`, intents about one instance (health reports, lifecycle hooks' answers).
     pub queued_instance_events: u64,
@@ -93,7 +100,7 @@ pub struct Stats {
 
 impl Stats {
     pub fn add(&mut self, o: &Stats) {
-        let pairs: [(&mut u64, u64); 61] = [
+        let pairs: [(&mut u64, u64); 64] = [
             (&mut self.events, o.events),
             (&mut self.events_lost, o.events_lost),
             (&mut self.events_duplicated, o.events_duplicated),
@@ -128,6 +135,9 @@ impl Stats {
             (&mut self.good_by_spurious, o.good_by_spurious),
             (&mut self.breaker_trips, o.breaker_trips),
             (&mut self.stalls, o.stalls),
+            (&mut self.dead_lettered, o.dead_lettered),
+            (&mut self.ticks_dead_lettered, o.ticks_dead_lettered),
+            (&mut self.storm_events, o.storm_events),
             (&mut self.queued, o.queued),
             (&mut self.queued_instance_events, o.queued_instance_events),
             (&mut self.dequeued, o.dequeued),
