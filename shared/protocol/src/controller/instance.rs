@@ -25,9 +25,9 @@ impl<P: Ports> Controller<P> {
         let mut name = None;
         for attempt in 0..Self::conflict_attempts(deadline) {
             // A report that keeps losing the race for its fleet (a zone failing: every
-            // instance's at once) goes to the fleet's inbox, as a fleet-wide intent does, rather
-            // than failing until it is dead-lettered.
-            // So does one left too little time to plan after its lost races.
+            // instance's at once), or that its lost races left too little time to plan, goes to
+            // the fleet's inbox, as a fleet-wide intent does, rather than failing until it is
+            // dead-lettered.
             let mut why = self.check_time(deadline, "plan a change").err();
             if let Some(name) = name.as_ref() {
                 if why.is_none() && attempt >= QUEUE_AFTER_CONFLICTS {

@@ -107,8 +107,9 @@ pub struct Config {
     /// `tests::a_detach_meeting_an_instance_already_out_leaves_none_behind`.)
     pub takeovers: bool,
     /// A zone fails: the fleet runs this many instances and, once it is at rest after the chaos,
-    /// every one's health check fails at once, one event each. Each must be handled: none
-    /// dead-lettered (`Stats::dead_lettered`), the EC2 call budget kept as always.
+    /// its largest zone goes down and every instance there fails its health check at once, one
+    /// event each (`Sim::zone_fails`). What is dead-lettered is counted (`Stats::dead_lettered`);
+    /// the EC2 call budget is checked as always.
     pub storm: Option<u32>,
 }
 
