@@ -176,6 +176,9 @@ fn replay_command(a: &Args, seed: u64) -> String {
     if a.takeovers {
         cmd.push_str(" --takeovers");
     }
+    if let Some(n) = a.storm {
+        cmd.push_str(&format!(" --storm {n}"));
+    }
     cmd
 }
 
